@@ -1,0 +1,85 @@
+"""What a caller asks for, and the checks that turn bad input into a message a user can act on."""
+
+import os
+import random
+from dataclasses import dataclass
+
+from .prompts import check_prompt_syntax
+from .schedulers import scheduler_spec
+
+MAX_SEED = 2**32 - 1
+MAX_PROMPT_CHARS = 4000
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Upper bounds a deployment chooses; each has an SDWEB_* environment variable."""
+
+    max_side: int = 1024
+    max_images: int = 8
+    max_steps: int = 150
+
+    @classmethod
+    def from_env(cls) -> "Limits":
+        return cls(
+            max_side=int(os.environ.get("SDWEB_MAX_SIDE", cls.max_side)),
+            max_images=int(os.environ.get("SDWEB_MAX_IMAGES", cls.max_images)),
+            max_steps=min(150, int(os.environ.get("SDWEB_MAX_STEPS", cls.max_steps))),
+        )
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    prompt: str
+    model: str
+    negative_prompt: str = ""
+    width: int = 512
+    height: int = 512
+    steps: int = 20
+    guidance_scale: float = 7.0
+    scheduler: str = "Euler a"
+    seed: int = -1
+    num_images: int = 1
+
+    def validate(self, limits: Limits | None = None) -> None:
+        """Raise ValueError naming the field and what is allowed; return None when all is well."""
+        limits = limits or Limits.from_env()
+        for field in ("prompt", "negative_prompt"):
+            text = getattr(self, field)
+            if not isinstance(text, str):
+                raise ValueError(f"{field} must be text")
+            if "\x00" in text:
+                raise ValueError(f"{field} must not contain the NUL character")
+            if len(text) > MAX_PROMPT_CHARS:
+                raise ValueError(f"{field} is {len(text)} characters long; at most {MAX_PROMPT_CHARS} are allowed")
+            check_prompt_syntax(text, field=field)
+        if not self.prompt.strip():
+            raise ValueError("prompt is empty: describe the image you want")
+        if not self.model:
+            raise ValueError("model is required: a diffusers folder or a Hugging Face model id")
+        for field in ("width", "height"):
+            value = getattr(self, field)
+            if not _is_int(value):
+                raise ValueError(f"{field} must be a whole number of pixels")
+            if value % 8:
+                raise ValueError(f"{field} must be a multiple of 8 (got {value})")
+            if not 256 <= value <= limits.max_side:
+                raise ValueError(f"{field} must be between 256 and {limits.max_side} pixels (got {value})")
+        if not _is_int(self.steps) or not 1 <= self.steps <= limits.max_steps:
+            raise ValueError(f"steps must be a whole number from 1 to {limits.max_steps} (got {self.steps!r})")
+        if not isinstance(self.guidance_scale, (int, float)) or not 0 <= self.guidance_scale <= 30:
+            raise ValueError(f"guidance_scale must be a number from 0 to 30 (got {self.guidance_scale!r})")
+        if not _is_int(self.num_images) or not 1 <= self.num_images <= limits.max_images:
+            raise ValueError(f"num_images must be from 1 to {limits.max_images} (got {self.num_images!r})")
+        if not _is_int(self.seed) or not -1 <= self.seed <= MAX_SEED:
+            raise ValueError(f"seed must be -1 (random) or a whole number from 0 to {MAX_SEED} (got {self.seed!r})")
+        scheduler_spec(self.scheduler)
+
+    def seeds(self) -> list[int]:
+        """Seeds s, s+1, ... for the batch; seed -1 picks s at random."""
+        first = random.SystemRandom().randint(0, MAX_SEED) if self.seed == -1 else self.seed
+        return [first + k for k in range(self.num_images)]
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

@@ -1,0 +1,177 @@
+"""generate(): one txt2img run, written as the steps it takes."""
+
+import dataclasses
+import functools
+import time
+from dataclasses import dataclass, field
+
+import torch
+from PIL import Image
+
+from .loading import load_pipeline
+from .metadata import format_parameters, save_png
+from .previews import PreviewSettings, PreviewThrottle, encode_preview, latents_to_rgb, load_taesd
+from .prompts import encode_prompts
+from .request import GenerationRequest, Limits
+from .safety import checker_from_env
+from .schedulers import make_scheduler
+from .watermark import PAYLOAD_BYTES, embed_watermark
+
+
+class GenerationCancelled(Exception):
+    """should_cancel() said stop; nothing half-made is returned."""
+
+
+@dataclass
+class GenerationResult:
+    request: GenerationRequest  # with the seed that was used
+    images: list[Image.Image]  # only images cleared by the safety checker
+    seeds: list[int]  # one per image above
+    indexes: list[int]  # each image's position in the batch (0..num_images-1)
+    flagged: list[int] = field(default_factory=list)  # batch positions withheld as unsafe
+    model_name: str = ""
+    model_hash: str = ""
+    timings: dict = field(default_factory=dict)  # seconds
+
+    def parameters(self, k: int) -> str:
+        """The A1111-style infotext of image k."""
+        r = self.request
+        return format_parameters(
+            prompt=r.prompt, negative_prompt=r.negative_prompt, steps=r.steps, scheduler=r.scheduler,
+            guidance_scale=r.guidance_scale, seed=self.seeds[k], width=r.width, height=r.height,
+            model_hash=self.model_hash, model_name=self.model_name,
+        )
+
+    def save_png(self, k: int, fp) -> None:
+        save_png(self.images[k], fp, self.parameters(k))
+
+
+def generate(
+    request: GenerationRequest,
+    *,
+    on_preview=None,
+    should_cancel=None,
+    watermark_payloads: list[bytes] | None = None,
+    preview: PreviewSettings | None = None,
+    checker="settings",
+    device=None,
+    dtype=None,
+    limits: Limits | None = None,
+) -> GenerationResult:
+    """Turn `request` into images. `on_preview(step, total_steps, image_bytes)` gets throttled
+    previews; `should_cancel()` is asked every step and stops the run with GenerationCancelled;
+    `watermark_payloads` holds one 8-byte payload per image; `checker` is an ImageChecker, None
+    for no check, or "settings" for SDWEB_SAFETY_CHECKER."""
+    timings, started = {}, time.perf_counter()
+    should_cancel = should_cancel or (lambda: False)
+    preview = preview or PreviewSettings.from_env()
+    checker = _settings_checker() if checker == "settings" else checker
+
+    # 1. Check the input before any work.
+    request.validate(limits)
+    if watermark_payloads is not None and (
+        len(watermark_payloads) != request.num_images
+        or any(not isinstance(p, bytes) or len(p) != PAYLOAD_BYTES for p in watermark_payloads)
+    ):
+        raise ValueError(f"watermark_payloads must hold one {PAYLOAD_BYTES}-byte payload per image")
+    seeds = request.seeds()
+    request = dataclasses.replace(request, seed=seeds[0])
+
+    # 2. Load the model (a cache hit costs nothing).
+    tick = time.perf_counter()
+    model = load_pipeline(request.model, device=device, dtype=dtype)
+    timings["load"] = time.perf_counter() - tick
+    pipe = _pipeline_for_run(model.pipe, request.scheduler, seeds)
+
+    # 3. Encode the prompts, A1111 weights and long prompts included.
+    tick = time.perf_counter()
+    prompt_embeds, negative_embeds = encode_prompts(
+        pipe.tokenizer, pipe.text_encoder, request.prompt, request.negative_prompt, model.device
+    )
+    timings["text_encode"] = time.perf_counter() - tick
+
+    # 4. Denoise, sending previews and honouring cancel at every step.
+    taesd = load_taesd(preview.taesd, model.device, model.dtype) if preview.taesd and on_preview else None
+    throttle = PreviewThrottle(preview.min_interval)
+    cancelled = False
+
+    def on_step_end(pipe, i, t, tensors):
+        nonlocal cancelled
+        if should_cancel():
+            cancelled = pipe._interrupt = True  # the pipeline skips every later step
+        elif on_preview is not None and throttle.should_send(i + 1, pipe.num_timesteps):
+            on_preview(i + 1, pipe.num_timesteps, encode_preview(latents_to_rgb(tensors["latents"], taesd), preview))
+        return {}
+
+    if should_cancel():
+        raise GenerationCancelled()
+    tick = time.perf_counter()
+    latents = pipe(
+        prompt_embeds=prompt_embeds,
+        negative_prompt_embeds=negative_embeds,
+        width=request.width,
+        height=request.height,
+        num_inference_steps=request.steps,
+        guidance_scale=request.guidance_scale,
+        num_images_per_prompt=request.num_images,
+        # One CPU generator per image: image k is reproducible alone with seed s+k, on any device.
+        generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],
+        output_type="latent",
+        callback_on_step_end=on_step_end,
+    ).images
+    timings["denoise"] = time.perf_counter() - tick
+    if cancelled:
+        raise GenerationCancelled()
+
+    # 5. Decode.
+    tick = time.perf_counter()
+    with torch.no_grad():
+        decoded = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False)[0]
+    images = pipe.image_processor.postprocess(decoded, output_type="pil")
+    timings["decode"] = time.perf_counter() - tick
+
+    # 6. Safety check: fail closed, and never return a flagged image as a normal one.
+    tick = time.perf_counter()
+    flags = [False] * len(images)
+    if checker is not None:
+        try:
+            flags = [bool(f) for f in checker.check(images)]
+        except Exception as error:
+            raise RuntimeError(f"the safety checker failed, so no image is returned: {error}") from error
+        if len(flags) != len(images):
+            raise RuntimeError("the safety checker gave a verdict count that doesn't match the images")
+    timings["safety"] = time.perf_counter() - tick
+    kept = [k for k, flagged in enumerate(flags) if not flagged]
+
+    # 7. Watermark each kept image with its own payload.
+    tick = time.perf_counter()
+    if watermark_payloads is not None:
+        images = [embed_watermark(im, watermark_payloads[k]) if k in kept else im for k, im in enumerate(images)]
+    timings["watermark"] = time.perf_counter() - tick
+    timings["total"] = time.perf_counter() - started
+
+    return GenerationResult(
+        request=request,
+        images=[images[k] for k in kept],
+        seeds=[seeds[k] for k in kept],
+        indexes=kept,
+        flagged=[k for k, flagged in enumerate(flags) if flagged],
+        model_name=model.name,
+        model_hash=model.hash,
+        timings=timings,
+    )
+
+
+def _pipeline_for_run(base, scheduler_name: str, seeds: list[int]):
+    """The cached pipeline's modules with a scheduler of this run's own: runs share no state."""
+    from diffusers import StableDiffusionPipeline
+
+    components = {**base.components, "scheduler": make_scheduler(scheduler_name, base.scheduler.config, seeds)}
+    pipe = StableDiffusionPipeline(**components, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@functools.lru_cache(maxsize=1)
+def _settings_checker():
+    return checker_from_env()

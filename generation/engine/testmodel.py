@@ -1,0 +1,107 @@
+"""The built-in test model: a tiny random-weight Stable Diffusion pipeline built from real
+diffusers classes, so the whole product runs and is tested on any machine without downloads.
+
+It makes noise, honestly. It is saved with `save_pretrained` and loaded through exactly the same
+code as any other diffusers folder.
+"""
+
+import json
+from pathlib import Path
+
+import torch
+
+TEST_MODEL_NAME = "sdweb-test-tiny"
+
+
+def make_test_model(path) -> Path:
+    """Build the test model into `path` (a folder) and return it. Same files every time."""
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    path = Path(path)
+    tokenizer = _byte_level_tokenizer()
+
+    # One seed before each module: the files depend only on the library versions.
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+    )
+    torch.manual_seed(0)
+    # Four blocks give the latent scale factor 8 of real SD, so sizes and costs scale alike.
+    vae = AutoencoderKL(
+        block_out_channels=[32, 32, 64, 64],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D"] * 4,
+        up_block_types=["UpDecoderBlock2D"] * 4,
+        latent_channels=4,
+        sample_size=256,
+    )
+    torch.manual_seed(0)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            hidden_size=32,
+            intermediate_size=37,
+            num_attention_heads=4,
+            num_hidden_layers=5,
+            max_position_embeddings=77,
+            vocab_size=len(tokenizer),
+        )
+    )
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        image_encoder=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(path, safe_serialization=True)
+    (path / "sdweb.json").write_text(json.dumps({"name": TEST_MODEL_NAME, "test_model": True}))
+    return path
+
+
+def _byte_level_tokenizer():
+    """A CLIP tokenizer with one symbol per byte and no merges: built in code, no download."""
+    from transformers import CLIPTokenizer
+
+    symbols = _byte_symbols()
+    vocab = {s: i for i, s in enumerate(symbols + [s + "</w>" for s in symbols])}
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+
+
+def _byte_symbols() -> list[str]:
+    # The byte-level pre-tokenizer shows printable Latin-1 bytes as themselves and moves the
+    # rest above U+0100; the vocabulary must use the same alphabet.
+    printable = {*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)}
+    symbols, moved = [], 0
+    for byte in range(256):
+        if byte in printable:
+            symbols.append(chr(byte))
+        else:
+            symbols.append(chr(0x100 + moved))
+            moved += 1
+    return symbols

@@ -1,0 +1,190 @@
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from generation.engine import (
+    SCHEDULERS, GenerationCancelled, PreviewSettings, load_pipeline, parse_parameters, read_watermark,
+)
+from generation.engine.previews import PreviewThrottle
+from generation.engine.schedulers import make_scheduler
+
+
+def pixels(image):
+    return np.asarray(image).astype(int)
+
+
+def test_the_same_request_twice_gives_byte_identical_images(run):
+    first, second = run(num_images=2), run(num_images=2)
+    assert [im.tobytes() for im in first.images] == [im.tobytes() for im in second.images]
+
+
+def test_a_different_seed_gives_a_different_image(run):
+    assert run(seed=1).images[0].tobytes() != run(seed=2).images[0].tobytes()
+
+
+def test_batch_image_k_is_the_single_image_made_with_seed_s_plus_k(run):
+    batch = run(seed=500, num_images=3)
+    assert batch.seeds == [500, 501, 502]
+    for k in range(3):
+        single = run(seed=500 + k)
+        assert np.abs(pixels(batch.images[k]) - pixels(single.images[0])).max() <= 2
+
+
+def test_seed_minus_one_picks_a_seed_reports_it_and_it_reproduces_the_image(run):
+    random_run = run(seed=-1)
+    seed = random_run.seeds[0]
+    assert 0 <= seed <= 2**32 - 1 and random_run.request.seed == seed
+    assert run(seed=seed).images[0].tobytes() == random_run.images[0].tobytes()
+    assert run(seed=-1, num_images=3).seeds[1:] != [seed + 1, seed + 2]  # a fresh pick each time
+
+
+@pytest.mark.parametrize("name", list(SCHEDULERS))
+def test_every_scheduler_runs_and_writes_the_a1111_sampler_and_schedule_names(run, name):
+    result = run(scheduler=name, steps=3)
+    assert len(result.images) == 1 and result.images[0].size == (256, 256)
+    info = parse_parameters(result.parameters(0))
+    assert (info["sampler"], info["schedule_type"]) == (SCHEDULERS[name].sampler, SCHEDULERS[name].schedule_type)
+    assert info["scheduler"] == name
+
+
+def test_stochastic_sde_scheduler_is_still_reproducible_and_batch_consistent(run):
+    batch = run(scheduler="DPM++ SDE Karras", seed=7, num_images=2)
+    again = run(scheduler="DPM++ SDE Karras", seed=7, num_images=2)
+    assert batch.images[1].tobytes() == again.images[1].tobytes()
+    single = run(scheduler="DPM++ SDE Karras", seed=8)
+    assert np.abs(pixels(batch.images[1]) - pixels(single.images[0])).max() <= 2
+
+
+def test_a_v_prediction_model_keeps_its_prediction_type_under_every_scheduler(test_model):
+    config = dict(load_pipeline(test_model).pipe.scheduler.config, prediction_type="v_prediction")
+    for name in SCHEDULERS:
+        assert make_scheduler(name, config, [1]).config.prediction_type == "v_prediction", name
+
+
+def test_a_v_prediction_folder_generates_differently_from_epsilon(run, test_model, tmp_path):
+    import json
+    import shutil
+
+    folder = tmp_path / "v-model"
+    shutil.copytree(test_model, folder)
+    config_file = folder / "scheduler" / "scheduler_config.json"
+    config_file.write_text(json.dumps(dict(json.loads(config_file.read_text()), prediction_type="v_prediction")))
+    assert run(model=str(folder)).images[0].tobytes() != run().images[0].tobytes()
+
+
+def test_previews_follow_the_throttle_and_the_last_step_always_arrives(run):
+    every, hourly = [], []
+    run(steps=6, preview=PreviewSettings(min_interval=0), on_preview=lambda *a: every.append(a))
+    run(steps=6, preview=PreviewSettings(min_interval=3600), on_preview=lambda *a: hourly.append(a))
+    assert [(step, total) for step, total, _ in every] == [(s, 6) for s in range(1, 7)]
+    assert [(step, total) for step, total, _ in hourly] == [(1, 6), (6, 6)]
+
+
+def test_a_preview_is_a_small_jpeg_of_the_whole_batch_that_changes_as_the_image_forms(run):
+    previews = []
+    run(steps=4, num_images=2, preview=PreviewSettings(min_interval=0, max_edge=128),
+        on_preview=lambda step, total, data: previews.append(data))
+    first, last = (Image.open(io.BytesIO(p)) for p in (previews[0], previews[-1]))
+    assert first.format == "JPEG" and max(first.size) == 128 and first.size[0] > first.size[1]
+    assert previews[0] != previews[-1]
+
+
+def test_the_throttle_sends_at_most_one_preview_per_interval_and_always_the_last():
+    now = [0.0]
+    throttle = PreviewThrottle(0.25, clock=lambda: now[0])
+    sent = []
+    for step in range(1, 21):
+        now[0] = step * 0.1
+        if throttle.should_send(step, 20):
+            sent.append(step)
+    assert sent == [1, 4, 7, 10, 13, 16, 19, 20]
+
+
+def test_a_taesd_folder_gives_previews_from_the_tiny_autoencoder(run, tmp_path):
+    from diffusers import AutoencoderTiny
+
+    torch.manual_seed(0)
+    AutoencoderTiny(encoder_block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8, 8)).save_pretrained(tmp_path)
+    previews = []
+    run(steps=2, preview=PreviewSettings(min_interval=0, taesd=str(tmp_path)),
+        on_preview=lambda step, total, data: previews.append(Image.open(io.BytesIO(data))))
+    assert len(previews) == 2 and max(previews[-1].size) == 256
+
+
+def test_cancel_stops_the_run_within_one_step_and_returns_nothing(run, test_model):
+    unet = load_pipeline(test_model).pipe.unet
+    calls = []
+    hook = unet.register_forward_hook(lambda *a: calls.append(1))
+    asked = []
+    try:
+        with pytest.raises(GenerationCancelled):
+            run(steps=10, should_cancel=lambda: asked.append(1) or len(asked) > 3)
+    finally:
+        hook.remove()
+    # asked once before the run, then after steps 1, 2 and 3: the fourth answer stopped it.
+    assert len(calls) == 3
+
+
+def test_a_cancel_before_the_run_starts_runs_no_step(run, test_model):
+    unet = load_pipeline(test_model).pipe.unet
+    calls = []
+    hook = unet.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        with pytest.raises(GenerationCancelled):
+            run(should_cancel=lambda: True)
+    finally:
+        hook.remove()
+    assert calls == []
+
+
+def test_each_image_carries_its_own_watermark_payload(run):
+    result = run(num_images=2, watermark_payloads=[b"image-01", b"image-02"])
+    assert [read_watermark(im) for im in result.images] == [b"image-01", b"image-02"]
+
+
+def test_watermark_payloads_must_be_one_8_byte_payload_per_image(run):
+    with pytest.raises(ValueError, match="one 8-byte payload per image"):
+        run(num_images=2, watermark_payloads=[b"image-01"])
+    with pytest.raises(ValueError, match="8-byte"):
+        run(watermark_payloads=[b"short"])
+
+
+class FlagSecond:
+    def check(self, images):
+        return [k == 1 for k in range(len(images))]
+
+
+class Broken:
+    def check(self, images):
+        raise OSError("weights missing")
+
+
+def test_a_flagged_image_is_withheld_and_reported(run):
+    result = run(num_images=3, seed=10, checker=FlagSecond(), watermark_payloads=[b"a" * 8, b"b" * 8, b"c" * 8])
+    assert result.flagged == [1]
+    assert result.indexes == [0, 2] and result.seeds == [10, 12]
+    assert [read_watermark(im) for im in result.images] == [b"a" * 8, b"c" * 8]
+
+
+def test_a_checker_error_fails_the_run(run):
+    with pytest.raises(RuntimeError, match="safety checker failed"):
+        run(checker=Broken())
+
+
+def test_the_result_reports_model_and_timings(run):
+    result = run()
+    assert result.model_name == "sdweb-test-tiny" and len(result.model_hash) == 10
+    assert set(result.timings) >= {"load", "text_encode", "denoise", "decode", "watermark"}
+    assert all(seconds >= 0 for seconds in result.timings.values())
+
+
+def test_bfloat16_can_be_chosen_on_the_cpu(test_model):
+    from generation.engine import GenerationRequest, generate
+
+    request = GenerationRequest(prompt="x", model=test_model, width=256, height=256, steps=2, seed=1)
+    result = generate(request, dtype="bfloat16", device="cpu", checker=None)
+    assert result.images[0].size == (256, 256)
+    assert load_pipeline(test_model, dtype="bfloat16", device="cpu").pipe.unet.dtype == torch.bfloat16
