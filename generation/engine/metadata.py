@@ -76,7 +76,11 @@ def parse_parameters(text: str) -> dict:
             result[key] = value
     if "sampler" in result:
         try:
-            result["scheduler"] = resolve_scheduler(result["sampler"], result.get("schedule_type"))
+            # Without a Schedule type key (A1111 before 1.9) the sampler name says it all.
+            result["scheduler"] = (
+                resolve_scheduler(result["sampler"], result["schedule_type"])
+                if "schedule_type" in result else scheduler_spec(result["sampler"]).name
+            )
         except ValueError:
             pass  # a sampler we don't run: the raw names are still there
     return result

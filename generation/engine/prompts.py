@@ -12,7 +12,7 @@ import re
 import torch
 
 CHUNK_TOKENS = 75
-BREAK = -1.0  # the weight that marks a BREAK fragment
+BREAK = float("-inf")  # the weight that marks a BREAK fragment; no product of weights reaches it
 
 _TOKEN = re.compile(
     r"""
@@ -42,14 +42,15 @@ def check_prompt_syntax(text: str, *, field: str = "prompt") -> None:
 
 
 def parse_attention(text: str) -> list[tuple[str, float]]:
-    """Split a prompt into (text, weight) fragments; ("BREAK", -1.0) marks a chunk break."""
+    """Split a prompt into (text, weight) fragments; ("BREAK", BREAK) marks a chunk break."""
     fragments: list[list] = []
     round_open: list[int] = []
     square_open: list[int] = []
 
     def scale(start: int, factor: float) -> None:
         for fragment in fragments[start:]:
-            fragment[1] *= factor
+            if fragment[1] != BREAK:
+                fragment[1] *= factor
 
     for match in _TOKEN.finditer(text):
         kind, token = match.lastgroup, match.group(0)

@@ -51,11 +51,13 @@ def scheduler_spec(name: str) -> SchedulerSpec:
 
 
 def resolve_scheduler(sampler: str, schedule_type: str | None = "automatic") -> str:
-    """Map an A1111 (sampler, schedule type) pair to our scheduler name."""
+    """Map an A1111 (sampler, schedule type) pair, as its API sends them, to our scheduler name.
+    Our names are A1111's names from before it split the schedule out of the sampler."""
     schedule = (schedule_type or "automatic").strip().lower()
-    if schedule == "automatic":
-        return scheduler_spec(sampler).name
     wanted = str(sampler).strip().lower()
+    if schedule == "automatic":
+        # A1111 1.9+ pairs: "automatic" is the sampler's own default, Karras for some.
+        return _AUTOMATIC.get(wanted) or scheduler_spec(sampler).name
     for spec in SCHEDULERS.values():
         same_sampler = wanted in (spec.sampler.lower(), spec.name.lower())
         # For samplers whose automatic schedule is the model's own, "Uniform" is that schedule.
