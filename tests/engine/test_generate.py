@@ -152,28 +152,6 @@ def test_watermark_payloads_must_be_one_8_byte_payload_per_image(run):
         run(watermark_payloads=[b"short"])
 
 
-class FlagSecond:
-    def check(self, images):
-        return [k == 1 for k in range(len(images))]
-
-
-class Broken:
-    def check(self, images):
-        raise OSError("weights missing")
-
-
-def test_a_flagged_image_is_withheld_and_reported(run):
-    result = run(num_images=3, seed=10, checker=FlagSecond(), watermark_payloads=[b"a" * 8, b"b" * 8, b"c" * 8])
-    assert result.flagged == [1]
-    assert result.indexes == [0, 2] and result.seeds == [10, 12]
-    assert [read_watermark(im) for im in result.images] == [b"a" * 8, b"c" * 8]
-
-
-def test_a_checker_error_fails_the_run(run):
-    with pytest.raises(RuntimeError, match="safety checker failed"):
-        run(checker=Broken())
-
-
 def test_the_result_reports_model_and_timings(run):
     result = run()
     assert result.model_name == "sdweb-test-tiny" and len(result.model_hash) == 10
