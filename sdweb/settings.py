@@ -1,16 +1,51 @@
-"""One settings module: every setting comes from the environment with a safe default."""
+"""One settings module: every setting comes from the environment with a safe default.
+
+Unset, sdweb runs embedded: SQLite, Celery on an in-memory broker with a worker thread, the
+in-memory channel layer, media in a local folder, the built-in test model. The README lists
+every variable.
+"""
 
 import os
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 BASE_DIR = Path(__file__).resolve().parent.parent
-DEBUG = os.environ.get("SDWEB_DEBUG", "0") == "1"
-SECRET_KEY = os.environ.get("SECRET_KEY", "")
+
+
+def env(name: str, default: str = "") -> str:
+    return os.environ.get(name, default)
+
+
+def env_int(name: str, default: int) -> int:
+    return int(env(name, str(default)))
+
+
+def env_float(name: str, default: float) -> float:
+    return float(env(name, str(default)))
+
+
+def database_from_url(url: str) -> dict:
+    parts = urlparse(url)
+    if parts.scheme == "sqlite":
+        return {"ENGINE": "django.db.backends.sqlite3", "NAME": unquote(parts.path) or ":memory:"}
+    if parts.scheme in ("postgres", "postgresql"):
+        return {
+            "ENGINE": "django.db.backends.postgresql", "NAME": parts.path.lstrip("/"),
+            "USER": unquote(parts.username or ""), "PASSWORD": unquote(parts.password or ""),
+            "HOST": parts.hostname or "", "PORT": str(parts.port or ""), "CONN_MAX_AGE": 60,
+        }
+    raise RuntimeError(f"DATABASE_URL must start with sqlite:// or postgres:// (got {parts.scheme!r})")
+
+
+VAR_DIR = Path(env("SDWEB_VAR_DIR", str(BASE_DIR / "var")))
+DEBUG = env("SDWEB_DEBUG", "0") == "1"
+SECRET_KEY = env("SECRET_KEY")
 if not SECRET_KEY:
-    if not DEBUG and os.environ.get("SDWEB_ENV") == "production":
-        raise RuntimeError("SECRET_KEY must be set in production")
-    SECRET_KEY = "dev-only-insecure-key"
-ALLOWED_HOSTS = os.environ.get("SDWEB_ALLOWED_HOSTS", "127.0.0.1,localhost").split(",")
+    if env("SDWEB_ENV") == "production":
+        raise RuntimeError("SECRET_KEY must be set when SDWEB_ENV=production")
+    SECRET_KEY = "embedded-dev-key-not-for-production"
+ALLOWED_HOSTS = env("SDWEB_ALLOWED_HOSTS", "127.0.0.1,localhost").split(",")
+CSRF_TRUSTED_ORIGINS = [o for o in env("SDWEB_CSRF_TRUSTED_ORIGINS").split(",") if o]
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -19,6 +54,8 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "channels",
+    "sdweb",
     "generation",
     "gallery",
 ]
@@ -42,18 +79,84 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "sdweb.views.studio_context",
             ]
         },
     }
 ]
 ASGI_APPLICATION = "sdweb.asgi.application"
-DATABASES = {
-    "default": {
-        "ENGINE": "django.db.backends.sqlite3",
-        "NAME": os.environ.get("SDWEB_SQLITE_PATH", str(BASE_DIR / "var" / "sdweb.sqlite3")),
-    }
-}
+DATABASES = {"default": database_from_url(env("DATABASE_URL", f"sqlite:///{VAR_DIR / 'sdweb.sqlite3'}"))}
+if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+    # The web thread and the worker thread share the file: wait for a lock rather than fail.
+    DATABASES["default"]["OPTIONS"] = {"timeout": 30, "transaction_mode": "IMMEDIATE"}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+USE_TZ = True
+TIME_ZONE = "UTC"
+
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
-USE_TZ = True
+MEDIA_ROOT = Path(env("SDWEB_MEDIA_ROOT", str(VAR_DIR / "media")))
+STORAGES = {
+    # Image files are never served from a public URL: views check permissions first.
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage",
+                "OPTIONS": {"location": str(MEDIA_ROOT), "base_url": None}},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "generate"
+LOGOUT_REDIRECT_URL = "home"
+EMAIL_BACKEND = env("SDWEB_EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
+DEFAULT_FROM_EMAIL = env("SDWEB_FROM_EMAIL", "sdweb@localhost")
+SESSION_COOKIE_HTTPONLY = True
+X_FRAME_OPTIONS = "DENY"
+
+REDIS_URL = env("REDIS_URL")
+if REDIS_URL:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer",
+                                  "CONFIG": {"hosts": [REDIS_URL], "capacity": 200}}}
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
+# Celery: the Job table is the queue of record; a message only says "a job is waiting".
+CELERY_BROKER_URL = REDIS_URL or "memory://"
+CELERY_BROKER_TRANSPORT_OPTIONS = {"polling_interval": 0.01} if not REDIS_URL else {"visibility_timeout": 4 * 3600}
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_WORKER_REDIRECT_STDOUTS = False
+
+# The studio's own settings (README: "Settings").
+SDWEB = {
+    "STARTING_CREDITS": env_int("SDWEB_STARTING_CREDITS", 100),
+    "TOPUP_AMOUNT": env_int("SDWEB_TOPUP_AMOUNT", 0),
+    "TOPUP_EVERY_HOURS": env_float("SDWEB_TOPUP_EVERY_HOURS", 24),
+    "TOPUP_CEILING": env_int("SDWEB_TOPUP_CEILING", 100),
+    # cost = ceil(images x width x height x steps / COST_UNIT), at least 1
+    "COST_UNIT": env_int("SDWEB_COST_UNIT", 512 * 512 * 30),
+    "MAX_IMAGES": env_int("SDWEB_MAX_IMAGES", 4),
+    "ACTIVE_JOB_CAP": env_int("SDWEB_ACTIVE_JOB_CAP", 10),
+    "ATTEMPT_LIMIT": env_int("SDWEB_ATTEMPT_LIMIT", 3),
+    "LEASE_SECONDS": env_int("SDWEB_LEASE_SECONDS", 120),
+    "JOB_TIMEOUT_SECONDS": env_int("SDWEB_JOB_TIMEOUT_SECONDS", 1800),
+    "FAIR_WINDOW_MINUTES": env_int("SDWEB_FAIR_WINDOW_MINUTES", 60),
+    "REGISTRATION": env("SDWEB_REGISTRATION", "open"),  # open | invite | closed
+    "AUTH_ATTEMPTS_PER_IP": env_int("SDWEB_AUTH_ATTEMPTS_PER_IP", 20),
+    "AUTH_FAILURES_PER_ACCOUNT": env_int("SDWEB_AUTH_FAILURES_PER_ACCOUNT", 5),
+    "AUTH_WINDOW_SECONDS": env_int("SDWEB_AUTH_WINDOW_SECONDS", 900),
+    "MODELS_DIR": Path(env("SDWEB_MODELS_DIR", str(VAR_DIR / "models"))),
+}
+if SDWEB["REGISTRATION"] not in ("open", "invite", "closed"):
+    raise RuntimeError("SDWEB_REGISTRATION must be open, invite or closed")
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "root": {"handlers": ["console"], "level": env("SDWEB_LOG_LEVEL", "INFO")},
+    "loggers": {"celery": {"level": "WARNING"}, "uvicorn.access": {"level": "WARNING"}},
+}

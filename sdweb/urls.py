@@ -1,4 +1,22 @@
 from django.contrib import admin
-from django.urls import path
+from django.contrib.auth import views as auth_views
+from django.urls import include, path
 
-urlpatterns = [path("admin/", admin.site.urls)]
+from gallery import views as gallery_views
+from generation import views as generation_views
+from sdweb import views
+
+urlpatterns = [
+    path("", views.home, name="home"),
+    path("generate/", generation_views.generate, name="generate"),
+    path("jobs/<uuid:job_id>/", generation_views.job_detail, name="job"),
+    path("jobs/<uuid:job_id>/cancel/", generation_views.job_cancel, name="job-cancel"),
+    path("images/<str:hex_id>.png", gallery_views.image_file, name="image-file"),
+    path("images/<str:hex_id>.webp", gallery_views.image_thumbnail, name="image-thumbnail"),
+    path("account/", views.account, name="account"),
+    path("accounts/signup/", views.signup, name="signup"),
+    path("accounts/signup/<str:code>/", views.signup, name="signup-invite"),
+    path("accounts/login/", views.LoginView.as_view(), name="login"),
+    path("accounts/", include("django.contrib.auth.urls")),
+    path("admin/", admin.site.urls),
+]

@@ -1,0 +1,35 @@
+from django.conf import settings
+from django.db import models
+
+
+class Image(models.Model):
+    """A stored image. Its id was allocated at submit and is its watermark payload."""
+
+    id = models.BigIntegerField(primary_key=True)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="images")
+    job = models.ForeignKey("generation.Job", on_delete=models.CASCADE, related_name="images")
+    index = models.PositiveIntegerField(help_text="Position in the job's batch")
+    seed = models.BigIntegerField()
+    png = models.FileField(upload_to="images/")
+    thumbnail = models.FileField(upload_to="thumbnails/")
+    width = models.PositiveIntegerField()
+    height = models.PositiveIntegerField()
+    is_public = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "index"]
+
+    def __str__(self):
+        return f"image {self.id:016x}"
+
+    @property
+    def hex_id(self) -> str:
+        return f"{self.id:016x}"
+
+    @property
+    def watermark_payload(self) -> bytes:
+        return self.id.to_bytes(8, "big")
+
+    def can_view(self, user) -> bool:
+        return user.is_authenticated and (user.pk == self.owner_id or user.is_staff)

@@ -1,0 +1,19 @@
+from django.apps import AppConfig
+
+
+class GenerationConfig(AppConfig):
+    name = "generation"
+
+    def ready(self):
+        from django.conf import settings
+        from django.contrib.auth import get_user_model
+        from django.db.models.signals import post_save
+
+        def starting_grant(sender, instance, created, raw=False, **kwargs):
+            # Every new account, however it was made (sign-up, createsuperuser, admin), starts here.
+            if created and not raw and settings.SDWEB["STARTING_CREDITS"] > 0:
+                from generation.services import credits_grant
+
+                credits_grant(user=instance, amount=settings.SDWEB["STARTING_CREDITS"], reason="starting grant")
+
+        post_save.connect(starting_grant, sender=get_user_model(), weak=False, dispatch_uid="sdweb-starting-grant")

@@ -1,0 +1,137 @@
+import secrets
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+
+class Checkpoint(models.Model):
+    """A registered model: a diffusers folder on disk or a Hugging Face id."""
+
+    name = models.CharField(max_length=100, unique=True)
+    source = models.CharField(max_length=500, help_text="A diffusers folder on disk, or a Hugging Face id")
+    family = models.CharField(max_length=10, choices=[("sd1", "SD 1.x"), ("sd2", "SD 2.x")], default="sd1")
+    default_width = models.PositiveIntegerField(default=512)
+    default_height = models.PositiveIntegerField(default=512)
+    default_steps = models.PositiveIntegerField(default=20)
+    enabled = models.BooleanField(default=True)
+    is_default = models.BooleanField(default=False)
+    is_test_model = models.BooleanField(default=False, help_text="The built-in random-weight model: images are noise")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-is_default", "name"]
+        constraints = [models.UniqueConstraint(fields=["is_default"], condition=Q(is_default=True),
+                                               name="one_default_checkpoint")]
+
+    def __str__(self):
+        return self.name
+
+
+class Job(models.Model):
+    QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
+    STATUSES = [(s, s) for s in (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)]
+    ACTIVE = (QUEUED, RUNNING)
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="jobs")
+    checkpoint = models.ForeignKey(Checkpoint, on_delete=models.PROTECT)
+    prompt = models.TextField()
+    negative_prompt = models.TextField(blank=True)
+    width = models.PositiveIntegerField()
+    height = models.PositiveIntegerField()
+    steps = models.PositiveIntegerField()
+    guidance_scale = models.FloatField()
+    scheduler = models.CharField(max_length=40)
+    seed = models.BigIntegerField(help_text="The first image's seed; image k has seed + k")
+    num_images = models.PositiveIntegerField()
+    image_ids = models.JSONField(help_text="Identifiers allocated at submit; also the watermark payloads")
+    cost = models.PositiveIntegerField()
+
+    status = models.CharField(max_length=10, choices=STATUSES, default=QUEUED, db_index=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    lease_until = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    cancel_requested = models.BooleanField(default=False)
+    progress_step = models.PositiveIntegerField(default=0)
+    progress_total = models.PositiveIntegerField(default=0)
+    preview = models.BinaryField(null=True, blank=True, editable=False)
+    timings = models.JSONField(default=dict, blank=True)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["status", "created_at"])]
+
+    def __str__(self):
+        return f"{self.id} ({self.status})"
+
+    @property
+    def is_active(self):
+        return self.status in self.ACTIVE
+
+    def params(self) -> dict:
+        return {f: getattr(self, f) for f in ("prompt", "negative_prompt", "width", "height", "steps",
+                                                "guidance_scale", "scheduler", "seed", "num_images")}
+
+
+class CreditAccount(models.Model):
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="credits")
+    balance = models.IntegerField(default=0)
+    last_topup_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self):
+        return f"{self.user} ({self.balance})"
+
+
+class CreditEntry(models.Model):
+    """One change of a balance. The balance always equals the sum of its account's entries."""
+
+    GRANT, TOPUP, CHARGE, REFUND, ADJUST = "grant", "topup", "charge", "refund", "adjust"
+    KINDS = [(k, k) for k in (GRANT, TOPUP, CHARGE, REFUND, ADJUST)]
+
+    account = models.ForeignKey(CreditAccount, on_delete=models.CASCADE, related_name="entries")
+    kind = models.CharField(max_length=10, choices=KINDS)
+    amount = models.IntegerField()
+    reason = models.CharField(max_length=200)
+    job = models.ForeignKey(Job, null=True, blank=True, on_delete=models.SET_NULL, related_name="credit_entries")
+    staff = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                              related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name_plural = "credit entries"
+        # A job is charged once and refunded at most once, whatever retries or races happen.
+        constraints = [models.UniqueConstraint(fields=["job", "kind"], condition=Q(kind__in=["charge", "refund"]),
+                                               name="one_charge_and_one_refund_per_job")]
+
+
+class PromptAudit(models.Model):
+    """Every submission, accepted or refused, as it was decided. Appended, never edited."""
+
+    ACCEPTED, REFUSED = "accepted", "refused"
+
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    username = models.CharField(max_length=150)
+    client_ip = models.GenericIPAddressField(null=True, blank=True)
+    prompt = models.TextField(blank=True)
+    negative_prompt = models.TextField(blank=True)
+    params = models.JSONField(default=dict)
+    checkpoint = models.CharField(max_length=100, blank=True)
+    decision = models.CharField(max_length=10, choices=[(ACCEPTED, ACCEPTED), (REFUSED, REFUSED)])
+    reason = models.TextField(blank=True)
+    job_id = models.UUIDField(null=True, blank=True, db_index=True)
+    image_ids = models.JSONField(default=list)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+
+def new_image_id() -> int:
+    """A random positive 63-bit id: fits a signed bigint, and its 8 bytes are the watermark."""
+    return secrets.randbits(63) or 1

@@ -1,0 +1,81 @@
+"""python manage.py up: the whole studio in one process, with no services to install.
+
+An ASGI server (uvicorn) for pages and websockets, a Celery worker thread on the in-memory broker,
+the in-memory channel layer and SQLite: the same tasks, consumers and services as production.
+"""
+
+import asyncio
+import threading
+import time
+
+from django.conf import settings
+from django.core.management import call_command
+from django.core.management.base import BaseCommand
+
+from generation import live, services
+from generation.models import Job
+
+
+class Command(BaseCommand):
+    help = "Start the studio on http://127.0.0.1:8000 (web, websockets and a GPU/CPU worker in one process)."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--host", default="127.0.0.1")
+        parser.add_argument("--port", type=int, default=8000)
+
+    def handle(self, host, port, **options):
+        import uvicorn
+
+        settings.MEDIA_ROOT.mkdir(parents=True, exist_ok=True)
+        call_command("migrate", interactive=False, verbosity=0)
+        checkpoint = services.checkpoint_ensure_test_model()
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            self.stderr.write(self.style.WARNING(
+                f"Listening on {host}: the studio is reachable from the network. "
+                "Set SECRET_KEY and SDWEB_ALLOWED_HOSTS to the names people use to reach it."))
+            if host not in ("0.0.0.0", "::"):
+                settings.ALLOWED_HOSTS.append(host)
+        waiting = services.jobs_recover_orphans()
+        worker = start_worker_thread()
+        for _ in range(waiting):
+            services.enqueue_job()
+
+        shown = "localhost" if host in ("0.0.0.0", "::") else host
+        self.stdout.write(f"\nsdweb is running at http://{shown}:{port}/  (Ctrl-C stops it)")
+        if checkpoint.is_default and checkpoint.is_test_model:
+            self.stdout.write("Model: the built-in test model (images are noise); add a real one with "
+                              "'python manage.py add_model NAME FOLDER_OR_HUB_ID --default'.")
+        self.stdout.write("Make an admin account with 'python manage.py createsuperuser'.")
+        if waiting:
+            self.stdout.write(f"{waiting} job(s) left from the last run are queued again.")
+
+        async def serve():
+            live.use_event_loop(asyncio.get_running_loop())
+            config = uvicorn.Config("sdweb.asgi:application", host=host, port=port, log_level="warning",
+                                    lifespan="off", ws="websockets-sansio", timeout_graceful_shutdown=2)
+            await uvicorn.Server(config).serve()
+
+        try:
+            asyncio.run(serve())
+        finally:
+            live.use_event_loop(None)
+            stop_worker(worker)
+            self.stdout.write("Stopped. Unfinished jobs resume at the next start.")
+
+
+def start_worker_thread():
+    from sdweb.celery import app
+
+    worker = app.Worker(pool="solo", concurrency=1, loglevel="WARNING", quiet=True, without_heartbeat=True,
+                        without_mingle=True, without_gossip=True, hostname="embedded@sdweb")
+    threading.Thread(target=worker.start, name="celery-worker", daemon=True).start()
+    return worker
+
+
+def stop_worker(worker, wait_seconds: float = 10) -> None:
+    """A running job notices within one step, goes back to the queue, and the worker stops."""
+    services.SHUTTING_DOWN.set()
+    deadline = time.monotonic() + wait_seconds
+    while Job.objects.filter(status=Job.RUNNING).exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    worker.stop(in_sighandler=False)

@@ -1,0 +1,71 @@
+// The live view of one job: progress, the preview updating in place, then the images.
+// Every message has the shape the server's events have; "state" is sent first on (re)connect.
+(function () {
+  const root = document.getElementById("job");
+  if (!root) return;
+  const $ = (id) => document.getElementById(id);
+  const done = new Set(["succeeded", "failed", "cancelled"]);
+  let status = root.dataset.status;
+
+  function setStatus(text) {
+    status = text;
+    $("status").querySelector("strong").textContent = text;
+    if (done.has(text) && $("cancel-form")) $("cancel-form").hidden = true;
+  }
+  function progress(step, total, eta) {
+    if (total) { $("progress").max = total; $("progress").value = step; }
+    $("eta").textContent = total ? `Step ${step} of ${total}` + (eta != null && step < total ? ` · about ${Math.ceil(eta)} s left` : "") : "";
+  }
+  function showImages(images) {
+    $("preview").hidden = true;
+    const box = $("images");
+    box.replaceChildren(...images.map((im) => {
+      const figure = document.createElement("figure");
+      const link = document.createElement("a");
+      link.href = im.url;
+      const img = document.createElement("img");
+      img.src = im.thumbnail;
+      img.alt = `Generated image, seed ${im.seed}`;
+      link.append(img);
+      const caption = document.createElement("figcaption");
+      caption.textContent = `Seed ${im.seed}`;
+      figure.append(link, caption);
+      return figure;
+    }));
+  }
+  function fail(text) {
+    $("error").textContent = text;
+    $("error").hidden = !text;
+  }
+
+  const handlers = {
+    state(m) {
+      setStatus(m.status);
+      progress(m.step, m.total);
+      if (m.status === "queued") $("eta").textContent = `Queued · ${m.position} job(s) ahead`;
+      if (m.preview) { $("preview").src = m.preview; $("preview").hidden = false; }
+      if (m.images) showImages(m.images);
+      fail(m.error);
+    },
+    queued(m) { setStatus("queued"); $("eta").textContent = `Queued · ${m.position} job(s) ahead`; },
+    started() { setStatus("running"); $("eta").textContent = "Starting…"; },
+    progress(m) {
+      setStatus("running");
+      progress(m.step, m.total, m.eta);
+      $("preview").src = m.preview;
+      $("preview").hidden = false;
+    },
+    finished(m) { setStatus("succeeded"); progress(1, 1); $("eta").textContent = ""; showImages(m.images); },
+    failed(m) { setStatus("failed"); fail(m.reason); },
+    cancelled() { setStatus("cancelled"); $("preview").hidden = true; fail("Cancelled; the credits are back."); },
+  };
+
+  let retry = 500;
+  function connect() {
+    const scheme = location.protocol === "https:" ? "wss" : "ws";
+    const socket = new WebSocket(`${scheme}://${location.host}${root.dataset.socket}`);
+    socket.onmessage = (e) => { const m = JSON.parse(e.data); (handlers[m.type] || (() => {}))(m); retry = 500; };
+    socket.onclose = () => { if (!done.has(status)) setTimeout(connect, retry = Math.min(retry * 2, 8000)); };
+  }
+  connect();
+})();

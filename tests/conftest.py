@@ -1,0 +1,29 @@
+import pytest
+from django.contrib.auth.models import User
+
+
+@pytest.fixture
+def alice(db):
+    """A user with the starting credits."""
+    return User.objects.create_user("alice", "alice@example.com", "alice-password-1")
+
+
+@pytest.fixture
+def bob(db):
+    """A user with no credits left."""
+    from generation.services import credits_change
+
+    bob = User.objects.create_user("bob", "bob@example.com", "bob-password-1")
+    credits_change(user=bob, kind="adjust", amount=-bob.credits.balance, reason="spent elsewhere")
+    return bob
+
+
+@pytest.fixture
+def carol(db):
+    """A stranger to everyone else's jobs."""
+    return User.objects.create_user("carol", "carol@example.com", "carol-password-1")
+
+
+@pytest.fixture
+def admin(db):
+    return User.objects.create_superuser("admin", "admin@example.com", "admin-password-1")

@@ -1,0 +1,51 @@
+"""The embedded default: a Celery worker thread on the in-memory broker, as `manage.py up` runs it."""
+
+import time
+
+import pytest
+from django.contrib.auth.models import User
+
+from generation import services
+from generation.models import Job
+from generation.services import job_claim, job_submit
+from generation.runner import job_run
+from sdweb.management.commands.up import start_worker_thread
+
+from .helpers import assert_ledger_balanced, params, refunds
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def wait_for(condition, timeout=60):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_a_submitted_job_is_run_by_the_worker_thread_through_the_memory_broker(checkpoint):
+    alice = User.objects.create_user("alice", password="pw-alice-123")
+    worker = start_worker_thread()
+    try:
+        job = job_submit(user=alice, params=params(checkpoint))  # on commit: a message to the broker
+        wait_for(lambda: Job.objects.get(pk=job.pk).status == "succeeded")
+    finally:
+        worker.stop(in_sighandler=False)
+    assert Job.objects.get(pk=job.pk).images.count() == 2
+    assert_ledger_balanced()
+
+
+def test_a_job_running_when_the_server_stops_goes_back_to_the_queue_and_finishes_later(checkpoint):
+    alice = User.objects.create_user("alice", password="pw-alice-123")
+    job_submit(user=alice, params=params(checkpoint))
+    services.SHUTTING_DOWN.set()
+    try:
+        job_run(job_claim())
+    finally:
+        services.SHUTTING_DOWN.clear()
+    job = Job.objects.get()
+    assert (job.status, job.attempts, refunds(job)) == ("queued", 1, 0)
+    job_run(job_claim())
+    job.refresh_from_db()
+    assert (job.status, job.attempts, job.images.count()) == ("succeeded", 2, 2)
+    assert_ledger_balanced()

@@ -1,0 +1,223 @@
+"""The whole flow: HTTP submit -> the real Celery task on the test model -> events over the
+websocket in order -> images stored -> credits charged once (or refunded once)."""
+
+import asyncio
+import io
+import shutil
+
+import pytest
+from asgiref.sync import async_to_sync, sync_to_async
+from channels.testing import WebsocketCommunicator
+from django.contrib.auth.models import User
+from django.core.files.storage import default_storage
+from PIL import Image as PILImage
+
+from gallery.models import Image
+from generation import live
+from generation.engine import parse_parameters, read_watermark
+from generation.models import Job
+from generation.services import job_cancel
+from generation.tasks import run_next_job
+from sdweb.asgi import application
+
+from .helpers import assert_ledger_balanced, form_data, refunds
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def submit(client, user, checkpoint, **overrides) -> Job:
+    client.force_login(user)
+    response = client.post("/generate/", form_data(checkpoint, **overrides))
+    assert response.status_code == 302, response.content
+    return Job.objects.get(pk=response["Location"].split("/")[2])
+
+
+def socket_for(client, job, origin=b"http://127.0.0.1:8000"):
+    headers = [(b"cookie", f"sessionid={client.cookies['sessionid'].value}".encode())] if "sessionid" in client.cookies else []
+    if origin:
+        headers.append((b"origin", origin))
+    return WebsocketCommunicator(application, f"/ws/jobs/{job.pk}/", headers=headers)
+
+
+async def events_until(socket, last_types=("finished", "failed", "cancelled"), timeout=60):
+    events = []
+    while not events or events[-1]["type"] not in last_types:
+        events.append(await socket.receive_json_from(timeout=timeout))
+    return events
+
+
+def in_a_worker_thread(fn, *args):
+    """Run like a worker process would: another thread, its own database connection."""
+    return sync_to_async(fn, thread_sensitive=False)(*args)
+
+
+def watch(client, job, during):
+    """Connect to the job's socket, then run `during(socket)`; return every event received."""
+
+    async def scenario():
+        live.use_event_loop(asyncio.get_running_loop())
+        socket = socket_for(client, job)
+        connected, _ = await socket.connect()
+        assert connected
+        try:
+            return await during(socket)
+        finally:
+            await socket.disconnect()
+            live.use_event_loop(None)
+
+    return async_to_sync(scenario)()
+
+
+def test_submit_streams_progress_and_previews_then_stores_watermarked_images_charged_once(client, checkpoint):
+    alice = User.objects.create_user("alice", password="pw-alice-123")
+    job = submit(client, alice, checkpoint, steps=5, num_images=2)
+
+    async def during(socket):
+        first = await socket.receive_json_from()
+        await in_a_worker_thread(run_next_job.apply)
+        return [first] + await events_until(socket)
+
+    events = watch(client, job, during)
+    assert [e["type"] for e in events] == ["state", "started"] + ["progress"] * 5 + ["finished"]
+    assert events[0]["status"] == "queued" and events[0]["position"] == 0
+    assert [(e["step"], e["total"]) for e in events if e["type"] == "progress"] == [(s, 5) for s in range(1, 6)]
+    previews = [e["preview"] for e in events if e["type"] == "progress"]
+    assert all(p.startswith("data:image/jpeg;base64,") for p in previews) and len(set(previews)) > 1
+
+    job.refresh_from_db()
+    assert job.status == "succeeded" and job.attempts == 1 and set(job.timings) >= {"denoise", "decode"}
+    images = list(job.images.order_by("index"))
+    assert [im.hex_id for im in images] == [f"{i:016x}" for i in job.image_ids]
+    assert [e["id"] for e in events[-1]["images"]] == [im.hex_id for im in images]
+    for image in images:
+        with default_storage.open(image.png.name) as file:
+            png = PILImage.open(io.BytesIO(file.read()))
+        assert read_watermark(png) == image.id.to_bytes(8, "big")
+        info = parse_parameters(png.info["parameters"])
+        assert (info["seed"], info["steps"], info["prompt"]) == (job.seed + image.index, 5, job.prompt)
+        with default_storage.open(image.thumbnail.name) as file:
+            assert PILImage.open(file).format == "WEBP"
+    assert alice.credits.entries.filter(kind="charge").count() == 1 and refunds(job) == 0
+    assert_ledger_balanced()
+
+
+def test_a_failed_job_says_why_and_refunds_once(client, checkpoint, tmp_path):
+    alice = User.objects.create_user("alice", password="pw-alice-123")
+    folder = tmp_path / "vanishing-model"
+    shutil.copytree(checkpoint.source, folder)
+    checkpoint.source = str(folder)
+    checkpoint.save()
+    job = submit(client, alice, checkpoint)
+    shutil.rmtree(folder)  # the model disappears before a worker gets to it
+
+    async def during(socket):
+        await socket.receive_json_from()
+        await in_a_worker_thread(run_next_job.apply)
+        return await events_until(socket)
+
+    events = watch(client, job, during)
+    assert [e["type"] for e in events] == ["started", "failed"]
+    assert "unknown model" in events[-1]["reason"]
+    job.refresh_from_db()
+    assert job.status == "failed" and refunds(job) == 1
+    assert User.objects.get(pk=alice.pk).credits.balance == 100
+    assert_ledger_balanced()
+
+
+def test_cancelling_a_running_job_stops_it_and_refunds_once(client, checkpoint):
+    alice = User.objects.create_user("alice", password="pw-alice-123")
+    job = submit(client, alice, checkpoint, steps=40)
+
+    async def during(socket):
+        await socket.receive_json_from()
+        worker = asyncio.ensure_future(in_a_worker_thread(run_next_job.apply))
+        seen = [await socket.receive_json_from(timeout=60) for _ in range(3)]  # started, step 1, step 2
+        await in_a_worker_thread(lambda: job_cancel(user=alice, job_id=job.pk))
+        seen += await events_until(socket)
+        await worker
+        return seen
+
+    events = watch(client, job, during)
+    types = [e["type"] for e in events]
+    assert types[0] == "started" and types[-1] == "cancelled" and set(types[1:-1]) == {"progress"}
+    assert events[-2]["step"] < 40
+    job.refresh_from_db()
+    assert job.status == "cancelled" and not job.images.exists() and refunds(job) == 1
+    assert User.objects.get(pk=alice.pk).credits.balance == 100
+    assert_ledger_balanced()
+
+
+def test_cancelling_a_queued_job_refunds_it_at_once(client, checkpoint):
+    alice = User.objects.create_user("alice", password="pw-alice-123")
+    job = submit(client, alice, checkpoint)
+    response = client.post(f"/jobs/{job.pk}/cancel/")
+    assert response.status_code == 302
+    job.refresh_from_db()
+    assert job.status == "cancelled" and refunds(job) == 1
+    assert run_next_job.apply().get() is None  # nothing left to run
+    assert_ledger_balanced()
+
+
+def test_a_reconnecting_page_gets_the_current_state_first(client, checkpoint):
+    alice = User.objects.create_user("alice", password="pw-alice-123")
+    job = submit(client, alice, checkpoint, steps=3)
+    run_next_job.apply()
+    state = watch(client, job, lambda socket: socket.receive_json_from())
+    assert state["type"] == "state" and state["status"] == "succeeded" and len(state["images"]) == 2
+
+
+def test_mid_job_the_state_has_the_step_and_the_latest_preview(client, checkpoint):
+    alice = User.objects.create_user("alice", password="pw-alice-123")
+    job = submit(client, alice, checkpoint)
+    Job.objects.filter(pk=job.pk).update(status="running", progress_step=3, progress_total=20, preview=b"\xff\xd8jpeg")
+    state = watch(client, job, lambda socket: socket.receive_json_from())
+    assert (state["status"], state["step"], state["total"]) == ("running", 3, 20)
+    assert state["preview"] == "data:image/jpeg;base64,/9hqcGVn"
+
+
+@pytest.mark.parametrize("who", ["stranger", "signed out"])
+def test_someone_elses_job_socket_is_refused(client, checkpoint, who):
+    alice = User.objects.create_user("alice", password="pw-alice-123")
+    job = submit(client, alice, checkpoint)
+    client.logout()
+    if who == "stranger":
+        client.force_login(User.objects.create_user("carol", password="pw-carol-123"))
+
+    async def connect():
+        connected, code = await socket_for(client, job).connect()
+        return connected
+
+    assert async_to_sync(connect)() is False
+
+
+def test_staff_may_watch_any_job(client, checkpoint):
+    alice = User.objects.create_user("alice", password="pw-alice-123")
+    job = submit(client, alice, checkpoint)
+    client.force_login(User.objects.create_superuser("admin", password="pw-admin-123"))
+    assert watch(client, job, lambda socket: socket.receive_json_from())["status"] == "queued"
+
+
+@pytest.mark.parametrize("origin", [None, b"http://evil.example"])
+def test_a_socket_without_our_origin_is_refused(client, checkpoint, origin):
+    alice = User.objects.create_user("alice", password="pw-alice-123")
+    job = submit(client, alice, checkpoint)
+
+    async def connect():
+        connected, _ = await socket_for(client, job, origin=origin).connect()
+        return connected
+
+    assert async_to_sync(connect)() is False
+
+
+def test_a_job_page_and_its_images_are_private_to_the_owner(client, checkpoint):
+    alice = User.objects.create_user("alice", password="pw-alice-123")
+    job = submit(client, alice, checkpoint, steps=2)
+    run_next_job.apply()
+    image = Image.objects.filter(job=job).first()
+    assert client.get(f"/jobs/{job.pk}/").status_code == 200
+    assert client.get(f"/images/{image.hex_id}.png")["Content-Type"] == "image/png"
+    client.force_login(User.objects.create_user("carol", password="pw-carol-123"))
+    assert client.get(f"/jobs/{job.pk}/").status_code == 404
+    assert client.get(f"/images/{image.hex_id}.png").status_code == 404
+    assert client.get(f"/images/{image.hex_id}.webp").status_code == 404
+    assert client.post(f"/jobs/{job.pk}/cancel/").status_code == 404

@@ -1,0 +1,78 @@
+from datetime import timedelta
+
+from django.contrib.auth.models import User
+from django.utils import timezone
+
+from generation.models import Job
+from generation.services import job_claim, job_submit
+from generation.tasks import run_next_job
+
+from .helpers import assert_ledger_balanced, params, refunds
+
+
+def test_a_user_at_the_cap_does_not_hold_back_another_users_job(alice, carol, checkpoint, settings):
+    settings.SDWEB = {**settings.SDWEB, "ACTIVE_JOB_CAP": 10}
+    for _ in range(10):
+        job_submit(user=alice, params=params(checkpoint))
+    carols = job_submit(user=carol, params=params(checkpoint))
+    first, second = job_claim(), job_claim()
+    assert carols.pk in (first.pk, second.pk)
+    # Then the policy alternates: the user with fewer recent starts goes first, oldest job first.
+    assert first.user == alice and first.pk == Job.objects.filter(user=alice).order_by("created_at").first().pk
+
+
+def test_among_equals_the_oldest_job_is_claimed_first(alice, checkpoint):
+    jobs = [job_submit(user=alice, params=params(checkpoint)) for _ in range(3)]
+    assert [job_claim().pk for _ in range(3)] == [j.pk for j in jobs]
+    assert job_claim() is None
+
+
+def test_a_claim_takes_a_lease_and_counts_the_attempt(alice, checkpoint, settings):
+    job_submit(user=alice, params=params(checkpoint))
+    job = job_claim()
+    assert (job.status, job.attempts) == ("running", 1)
+    assert timezone.now() + timedelta(seconds=settings.SDWEB["LEASE_SECONDS"] - 5) < job.lease_until
+
+
+def test_a_second_delivery_of_the_same_message_finds_nothing_to_claim(alice, checkpoint):
+    job_submit(user=alice, params=params(checkpoint))
+    assert job_claim() is not None
+    assert job_claim() is None
+    assert run_next_job.apply().get() is None
+
+
+def expire_lease(job):
+    Job.objects.filter(pk=job.pk).update(lease_until=timezone.now() - timedelta(seconds=1))
+
+
+def test_a_job_whose_worker_died_is_claimed_again_and_finished(transactional_db, alice, checkpoint):
+    job_submit(user=alice, params=params(checkpoint))
+    orphan = job_claim()  # a worker took it, then its process died
+    expire_lease(orphan)
+    assert run_next_job.apply().get() == str(orphan.pk)
+    job = Job.objects.get(pk=orphan.pk)
+    assert (job.status, job.attempts, job.images.count()) == ("succeeded", 2, 2)
+    assert refunds(job) == 0 and User.objects.get(pk=alice.pk).credits.balance == 99
+    assert_ledger_balanced()
+
+
+def test_past_the_attempt_limit_a_job_fails_with_exactly_one_refund(transactional_db, alice, checkpoint, settings):
+    job = job_submit(user=alice, params=params(checkpoint))
+    Job.objects.filter(pk=job.pk).update(status="running", attempts=settings.SDWEB["ATTEMPT_LIMIT"])
+    expire_lease(job)
+    run_next_job.apply()
+    run_next_job.apply()
+    job.refresh_from_db()
+    assert job.status == "failed" and "gave up" in job.error.replace("giving up", "gave up")
+    assert refunds(job) == 1 and User.objects.get(pk=alice.pk).credits.balance == 100
+    assert_ledger_balanced()
+
+
+def test_the_embedded_server_start_makes_orphaned_running_jobs_claimable(alice, checkpoint):
+    from generation.services import jobs_recover_orphans
+
+    job_submit(user=alice, params=params(checkpoint))
+    job_submit(user=alice, params=params(checkpoint))
+    running = job_claim()
+    assert jobs_recover_orphans() == 2
+    assert job_claim().pk == running.pk  # its lease no longer holds it

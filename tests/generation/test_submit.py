@@ -1,0 +1,96 @@
+import pytest
+
+from generation.models import CreditEntry, Job, PromptAudit
+from generation.services import Refused, job_submit
+
+from .helpers import assert_ledger_balanced, form_data, params
+
+
+def test_an_accepted_submission_charges_once_queues_the_job_and_audits_it(client, alice, checkpoint):
+    client.force_login(alice)
+    response = client.post("/generate/", form_data(checkpoint, num_images=2), REMOTE_ADDR="10.1.2.3")
+    job = Job.objects.get(user=alice)
+    assert response.status_code == 302 and response["Location"] == f"/jobs/{job.pk}/"
+    assert (job.status, job.seed, job.num_images, job.cost) == ("queued", 42, 2, 1)
+    assert len(set(job.image_ids)) == 2
+    assert list(CreditEntry.objects.filter(job=job).values_list("kind", "amount")) == [("charge", -1)]
+    audit = PromptAudit.objects.get()
+    assert (audit.decision, audit.username, audit.client_ip, audit.prompt) == ("accepted", "alice", "10.1.2.3",
+                                                                              "a lighthouse at dusk")
+    assert audit.job_id == job.pk and audit.image_ids == job.image_ids
+    assert audit.checkpoint == "sdweb-test-tiny" and audit.params["steps"] == 4
+    assert_ledger_balanced()
+
+
+def test_a_random_seed_is_fixed_at_submit_so_a_retry_makes_the_same_images(alice, checkpoint):
+    job = job_submit(user=alice, params=params(checkpoint, seed=-1))
+    assert 0 <= job.seed <= 2**32 - 1
+
+
+@pytest.mark.parametrize("overrides, field, message", [
+    ({"width": 300}, "width", "multiple of 8"),
+    ({"prompt": ""}, "prompt", "This field is required"),
+    ({"prompt": "a cat AND a dog"}, "prompt", "AND"),
+    ({"steps": 500}, "steps", "less than or equal to 150"),
+    ({"num_images": 9}, "num_images", "less than or equal to 4"),
+    ({"scheduler": "Euler z"}, "scheduler", "Select a valid choice"),
+])
+def test_bad_input_is_refused_next_to_its_field_and_costs_nothing(client, alice, checkpoint, overrides, field, message):
+    client.force_login(alice)
+    response = client.post("/generate/", form_data(checkpoint, **overrides))
+    assert response.status_code == 400
+    assert message in " ".join(response.context["form"].errors[field])
+    assert not Job.objects.exists() and alice.credits.balance == 100
+    assert_ledger_balanced()
+
+
+def test_a_refusal_from_the_engine_is_audited_with_its_reason(alice, checkpoint):
+    with pytest.raises(Refused) as refusal:
+        job_submit(user=alice, params=params(checkpoint, prompt="portrait <lora:detail:1>"), client_ip="10.0.0.9")
+    assert refusal.value.field == "prompt"
+    audit = PromptAudit.objects.get()
+    assert (audit.decision, audit.prompt, audit.client_ip) == ("refused", "portrait <lora:detail:1>", "10.0.0.9")
+    assert "LoRA" in audit.reason and audit.job_id is None
+
+
+def test_a_submission_costing_more_than_the_balance_is_refused_and_audited(client, bob, checkpoint):
+    client.force_login(bob)
+    response = client.post("/generate/", form_data(checkpoint))
+    assert "costs 1 credits and your balance is 0" in response.content.decode()
+    assert not Job.objects.exists()
+    assert PromptAudit.objects.get().decision == "refused"
+    assert_ledger_balanced()
+
+
+def test_past_the_active_job_cap_a_submission_is_refused(alice, checkpoint, settings):
+    settings.SDWEB = {**settings.SDWEB, "ACTIVE_JOB_CAP": 2}
+    job_submit(user=alice, params=params(checkpoint))
+    job_submit(user=alice, params=params(checkpoint))
+    with pytest.raises(Refused, match="2 jobs queued or running"):
+        job_submit(user=alice, params=params(checkpoint))
+    assert Job.objects.count() == 2
+    assert list(PromptAudit.objects.order_by("id").values_list("decision", flat=True)) == [
+        "accepted", "accepted", "refused"]
+    assert alice.credits.balance == 98
+    assert_ledger_balanced()
+
+
+def test_a_disabled_checkpoint_cannot_be_used(alice, checkpoint):
+    checkpoint.enabled = False
+    checkpoint.save()
+    with pytest.raises(Refused) as refusal:
+        job_submit(user=alice, params=params(checkpoint))
+    assert refusal.value.field == "checkpoint"
+
+
+def test_the_form_shows_the_cost_settings_and_the_test_model_notice(client, alice, checkpoint):
+    client.force_login(alice)
+    page = client.get("/generate/").content.decode()
+    assert 'data-cost-unit="7864320"' in page and 'data-balance="100"' in page
+    assert "Test model: images are noise" in page
+
+
+def test_signed_out_visitors_are_sent_to_sign_in(client, checkpoint):
+    response = client.post("/generate/", form_data(checkpoint))
+    assert response.status_code == 302 and response["Location"].startswith("/accounts/login/")
+    assert not PromptAudit.objects.exists()
