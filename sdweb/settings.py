@@ -123,6 +123,7 @@ else:
 # Celery: the Job table is the queue of record; a message only says "a job is waiting".
 CELERY_BROKER_URL = REDIS_URL or "memory://"
 CELERY_BROKER_TRANSPORT_OPTIONS = {"polling_interval": 0.01} if not REDIS_URL else {"visibility_timeout": 4 * 3600}
+CELERY_IMPORTS = ("generation.tasks",)
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1

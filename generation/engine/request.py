@@ -16,7 +16,7 @@ class Limits:
     """Upper bounds a deployment chooses; each has an SDWEB_* environment variable."""
 
     max_side: int = 1024
-    max_images: int = 8
+    max_images: int = 4
     max_steps: int = 150
 
     @classmethod

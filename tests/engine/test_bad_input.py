@@ -17,7 +17,7 @@ from generation.engine import GenerationRequest, Limits, generate
     ({"prompt": "nul\x00byte"}, "NUL"),
     ({"prompt": "x" * 4001}, "at most 4000"),
     ({"guidance_scale": -1}, "guidance_scale must be a number from 0 to 30"),
-    ({"num_images": 0}, "num_images must be from 1 to 8"),
+    ({"num_images": 0}, "num_images must be from 1 to 4"),
     ({"seed": -2}, "seed must be -1"),
     ({"seed": 2**32}, "seed must be -1"),
     ({"model": ""}, "model is required"),

@@ -154,7 +154,7 @@ def test_cancelling_a_queued_job_refunds_it_at_once(client, checkpoint):
     assert response.status_code == 302
     job.refresh_from_db()
     assert job.status == "cancelled" and refunds(job) == 1
-    assert run_next_job.apply().get() is None  # nothing left to run
+    assert run_next_job.apply().result is None  # nothing left to run
     assert_ledger_balanced()
 
 

@@ -38,7 +38,7 @@ def test_a_second_delivery_of_the_same_message_finds_nothing_to_claim(alice, che
     job_submit(user=alice, params=params(checkpoint))
     assert job_claim() is not None
     assert job_claim() is None
-    assert run_next_job.apply().get() is None
+    assert run_next_job.apply().result is None
 
 
 def expire_lease(job):
@@ -49,7 +49,7 @@ def test_a_job_whose_worker_died_is_claimed_again_and_finished(transactional_db,
     job_submit(user=alice, params=params(checkpoint))
     orphan = job_claim()  # a worker took it, then its process died
     expire_lease(orphan)
-    assert run_next_job.apply().get() == str(orphan.pk)
+    assert run_next_job.apply().result == str(orphan.pk)
     job = Job.objects.get(pk=orphan.pk)
     assert (job.status, job.attempts, job.images.count()) == ("succeeded", 2, 2)
     assert refunds(job) == 0 and User.objects.get(pk=alice.pk).credits.balance == 99

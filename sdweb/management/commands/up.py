@@ -57,6 +57,8 @@ class Command(BaseCommand):
 
         try:
             asyncio.run(serve())
+        except KeyboardInterrupt:
+            pass  # uvicorn hands Ctrl-C back once it has shut down cleanly
         finally:
             live.use_event_loop(None)
             stop_worker(worker)
@@ -64,8 +66,12 @@ class Command(BaseCommand):
 
 
 def start_worker_thread():
+    import warnings
+
     from sdweb.celery import app
 
+    # Root is the usual user in a container; the worker here runs no code that others send.
+    warnings.filterwarnings("ignore", message="You're running the worker with superuser privileges")
     worker = app.Worker(pool="solo", concurrency=1, loglevel="WARNING", quiet=True, without_heartbeat=True,
                         without_mingle=True, without_gossip=True, hostname="embedded@sdweb")
     threading.Thread(target=worker.start, name="celery-worker", daemon=True).start()
