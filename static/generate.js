@@ -26,7 +26,7 @@
     field("height").value = h;
     quote();
   });
-  form.addEventListener("input", () => { syncPreset(); quote(); });
+  form.addEventListener("input", (e) => { if (e.target !== preset) syncPreset(); quote(); });
   syncPreset();
   quote();
 })();
