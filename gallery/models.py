@@ -14,8 +14,10 @@ class Image(models.Model):
     thumbnail = models.FileField(upload_to="thumbnails/")
     width = models.PositiveIntegerField()
     height = models.PositiveIntegerField()
-    is_public = models.BooleanField(default=False)
-    created_at = models.DateTimeField(auto_now_add=True)
+    is_public = models.BooleanField(default=False, db_index=True)
+    share_slug = models.CharField(max_length=32, null=True, blank=True, unique=True,
+                                  help_text="Set while public; a new one each time, so old links stay dead")
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
     class Meta:
         ordering = ["-created_at", "index"]
@@ -32,4 +34,7 @@ class Image(models.Model):
         return self.id.to_bytes(8, "big")
 
     def can_view(self, user) -> bool:
+        return self.is_public or self.can_manage(user)
+
+    def can_manage(self, user) -> bool:
         return user.is_authenticated and (user.pk == self.owner_id or user.is_staff)

@@ -1,27 +1,140 @@
+import tempfile
+
+from django.contrib import messages
+from django.contrib.auth import authenticate
 from django.contrib.auth.decorators import login_required
 from django.http import FileResponse, Http404
-from django.shortcuts import get_object_or_404
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.utils.http import urlencode
+from django.views.decorators.http import require_POST
 
+from gallery import services
 from gallery.models import Image
+from gallery.selectors import gallery_page
+from generation import services as generation_services
+from generation.models import Job
+from sdweb.throttle import client_ip
 
 
-def _viewable(request, hex_id) -> Image:
+def _image(hex_id) -> Image:
     try:
-        image = get_object_or_404(Image, pk=int(hex_id, 16))
+        return get_object_or_404(Image.objects.select_related("job", "job__checkpoint"), pk=int(hex_id, 16))
     except ValueError:
         raise Http404
-    if not image.can_view(request.user):
+
+
+def _managed(request, hex_id) -> Image:
+    image = _image(hex_id)
+    if not image.can_manage(request.user):
         raise Http404  # the same answer as for an id that doesn't exist
     return image
 
 
-@login_required
+def _private_response(response):
+    # Never cached by a browser or proxy: making an image private must close its URL at once.
+    response["Cache-Control"] = "private, no-store"
+    return response
+
+
 def image_file(request, hex_id):
-    image = _viewable(request, hex_id)
-    return FileResponse(image.png.open("rb"), content_type="image/png",
-                        as_attachment="download" in request.GET, filename=f"sdweb-{hex_id}.png")
+    image = _image(hex_id)
+    if not image.can_view(request.user):
+        raise Http404
+    return _private_response(FileResponse(image.png.open("rb"), content_type="image/png",
+                                          as_attachment="download" in request.GET, filename=f"sdweb-{hex_id}.png"))
+
+
+def image_thumbnail(request, hex_id):
+    image = _image(hex_id)
+    if not image.can_view(request.user):
+        raise Http404
+    return _private_response(FileResponse(image.thumbnail.open("rb"), content_type="image/webp"))
 
 
 @login_required
-def image_thumbnail(request, hex_id):
-    return FileResponse(_viewable(request, hex_id).thumbnail.open("rb"), content_type="image/webp")
+def gallery(request):
+    query = request.GET.get("q", "").strip()
+    page = gallery_page(owner=request.user, query=query, page=request.GET.get("page"))
+    return render(request, "gallery.html", {"page": page, "query": query})
+
+
+def explore(request):
+    return render(request, "explore.html", {"page": gallery_page(public=True, page=request.GET.get("page"))})
+
+
+def share(request, slug):
+    image = get_object_or_404(Image.objects.select_related("job", "job__checkpoint"), share_slug=slug, is_public=True)
+    return render(request, "share.html", {"image": image, "job": image.job})
+
+
+@login_required
+def image_page(request, hex_id):
+    image = _managed(request, hex_id)
+    job = image.job
+    settings_query = urlencode({**{k: v for k, v in job.params().items() if k != "num_images"},
+                                "seed": image.seed, "checkpoint": job.checkpoint_id, "num_images": 1})
+    return render(request, "image.html", {"image": image, "job": job,
+                                          "use_settings_url": reverse("generate") + "?" + settings_query})
+
+
+@login_required
+@require_POST
+def image_visibility(request, hex_id):
+    image = services.image_set_public(image=_managed(request, hex_id), public=request.POST.get("public") == "1")
+    messages.success(request, "Public: anyone with the share link can see it." if image.is_public
+                     else "Private again: its share link and file URL no longer work for others.")
+    return redirect("image", hex_id=hex_id)
+
+
+@login_required
+@require_POST
+def image_delete(request, hex_id):
+    services.images_delete(images=[_managed(request, hex_id)])
+    messages.success(request, "Image deleted.")
+    return redirect("gallery")
+
+
+@login_required
+@require_POST
+def image_variants(request, hex_id):
+    """Same settings, new seeds: a new job through the same checks, charge and audit."""
+    job = _managed(request, hex_id).job
+    params = {**job.params(), "seed": -1, "checkpoint": job.checkpoint}
+    try:
+        new_job = generation_services.job_submit(user=request.user, params=params, client_ip=client_ip(request))
+    except generation_services.Refused as refusal:
+        messages.error(request, str(refusal))
+        return redirect("image", hex_id=hex_id)
+    return redirect("job", job_id=new_job.pk)
+
+
+@login_required
+@require_POST
+def job_keep(request, job_id):
+    job = get_object_or_404(Job, pk=job_id, user=request.user)
+    keep = {int(value, 16) for value in request.POST.getlist("keep") if value.isalnum()}
+    deleted = services.images_keep(job=job, keep_ids=keep)
+    messages.success(request, f"Kept {job.images.count()}, discarded {deleted}.")
+    return redirect("job", job_id=job.pk)
+
+
+@login_required
+def account_delete(request):
+    error = None
+    if request.method == "POST":
+        if authenticate(request, username=request.user.get_username(), password=request.POST.get("password", "")):
+            services.account_delete(user=request.user)
+            messages.success(request, "Your account, images and files are deleted.")
+            return redirect("home")
+        error = "That password is not right."
+    return render(request, "account_delete.html", {"error": error}, status=400 if error else 200)
+
+
+@login_required
+def account_export(request):
+    archive = tempfile.TemporaryFile()
+    services.export_zip(user=request.user, into=archive)
+    archive.seek(0)
+    return FileResponse(archive, as_attachment=True, filename=f"sdweb-{request.user.get_username()}-images.zip",
+                        content_type="application/zip")

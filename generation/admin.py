@@ -1,5 +1,11 @@
+import csv
+import json
+
 from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.http import HttpResponse
+from django.urls import path
 
 from generation import services
 from generation.models import Checkpoint, CreditAccount, CreditEntry, Job, PromptAudit
@@ -72,9 +78,30 @@ class CreditAccountAdmin(admin.ModelAdmin):
 
 @admin.register(PromptAudit)
 class PromptAuditAdmin(admin.ModelAdmin):
-    list_display = ("created_at", "username", "decision", "checkpoint", "prompt", "reason")
-    list_filter = ("decision", "checkpoint")
-    search_fields = ("prompt", "username")
+    """Every submission, as decided. Read-only here; the CSV export takes the rows as filtered."""
+
+    list_display = ("created_at", "username", "decision", "checkpoint", "prompt_text", "reason", "job_id")
+    list_filter = ("decision", "checkpoint", ("created_at", admin.DateFieldListFilter), "username")
+    search_fields = ("prompt", "negative_prompt")
+    date_hierarchy = "created_at"
+    change_list_template = "admin/generation/promptaudit/change_list.html"
+
+    @admin.display(description="prompt")
+    def prompt_text(self, row):
+        return row.prompt[:120]
+
+    def get_urls(self):
+        export = path("export/", self.admin_site.admin_view(self.export_csv), name="generation_promptaudit_export")
+        return [export] + super().get_urls()
+
+    def export_csv(self, request):
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        rows = self.get_changelist_instance(request).get_queryset(request)
+        response = HttpResponse(content_type="text/csv; charset=utf-8")
+        response["Content-Disposition"] = 'attachment; filename="prompt-audit.csv"'
+        write_audit_csv(rows, response)
+        return response
 
     def has_add_permission(self, request):
         return False
@@ -84,3 +111,23 @@ class PromptAuditAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+
+AUDIT_COLUMNS = ("created_at", "username", "user_id", "client_ip", "decision", "reason", "checkpoint", "prompt",
+                 "negative_prompt", "params", "job_id", "image_ids")
+
+
+def write_audit_csv(rows, out) -> None:
+    writer = csv.writer(out)
+    writer.writerow(AUDIT_COLUMNS)
+    for row in rows.iterator():
+        values = {f: getattr(row, f) for f in AUDIT_COLUMNS}
+        values["params"] = json.dumps(row.params, sort_keys=True)
+        values["image_ids"] = " ".join(f"{i:016x}" for i in row.image_ids)
+        writer.writerow([spreadsheet_safe(values[f]) for f in AUDIT_COLUMNS])
+
+
+def spreadsheet_safe(value):
+    """A cell a spreadsheet would run as a formula is written as text (a leading apostrophe)."""
+    text = "" if value is None else str(value)
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text

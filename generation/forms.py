@@ -24,8 +24,8 @@ class GenerateForm(forms.Form):
         checkpoints = Checkpoint.objects.filter(enabled=True)
         self.fields["checkpoint"].queryset = checkpoints
         default = checkpoints.order_by("-is_default", "name").first()
-        if default and not self.is_bound:
-            self.initial.update(checkpoint=default, width=default.default_width, height=default.default_height,
-                                steps=default.default_steps)
+        if default and not self.is_bound:  # the checkpoint's defaults, unless the link says otherwise
+            self.initial = {"checkpoint": default, "width": default.default_width, "height": default.default_height,
+                            "steps": default.default_steps, **self.initial}
         self.fields["num_images"] = forms.IntegerField(min_value=1, max_value=settings.SDWEB["MAX_IMAGES"],
                                                        initial=1, label="Images", help_text="Variants, seeds s, s+1, …")

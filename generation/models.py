@@ -110,8 +110,22 @@ class CreditEntry(models.Model):
                                                name="one_charge_and_one_refund_per_job")]
 
 
+class AppendOnly(models.QuerySet):
+    def update(self, **kwargs):
+        raise PermissionError("audit rows are append-only")
+
+    def delete(self):
+        raise PermissionError("audit rows are append-only")
+
+    def pseudonymise_user(self, user_id: int, pseudonym: str) -> int:
+        """The one change allowed: a deleted account's name replaced by a stable pseudonym."""
+        return models.QuerySet.update(self.filter(user_id=user_id), username=pseudonym)
+
+
 class PromptAudit(models.Model):
     """Every submission, accepted or refused, as it was decided. Appended, never edited."""
+
+    objects = AppendOnly.as_manager()
 
     ACCEPTED, REFUSED = "accepted", "refused"
 
@@ -130,6 +144,14 @@ class PromptAudit(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-id"]
+
+    def save(self, *args, **kwargs):
+        if not self._state.adding:
+            raise PermissionError("audit rows are append-only")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise PermissionError("audit rows are append-only")
 
 
 def new_image_id() -> int:

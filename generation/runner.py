@@ -110,7 +110,7 @@ def store_image(job: Job, result, k: int) -> Image:
 
 
 def image_summary(image: Image) -> dict:
-    return {"id": image.hex_id, "seed": image.seed,
+    return {"id": image.hex_id, "seed": image.seed, "page": reverse("image", args=[image.hex_id]),
             "url": reverse("image-file", args=[image.hex_id]), "thumbnail": reverse("image-thumbnail", args=[image.hex_id])}
 
 

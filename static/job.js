@@ -22,16 +22,24 @@
     box.replaceChildren(...images.map((im) => {
       const figure = document.createElement("figure");
       const link = document.createElement("a");
-      link.href = im.url;
+      link.href = im.page;
       const img = document.createElement("img");
       img.src = im.thumbnail;
       img.alt = `Generated image, seed ${im.seed}`;
       link.append(img);
       const caption = document.createElement("figcaption");
-      caption.textContent = `Seed ${im.seed}`;
+      if (box.dataset.keep) {
+        const label = document.createElement("label");
+        const box_ = document.createElement("input");
+        Object.assign(box_, { type: "checkbox", name: "keep", value: im.id, checked: true });
+        label.append(box_, " Keep");
+        caption.append(label, " · ");
+      }
+      caption.append(`Seed ${im.seed}`);
       figure.append(link, caption);
       return figure;
     }));
+    $("keep-form").hidden = false;
   }
   function fail(text) {
     $("error").textContent = text;

@@ -1,6 +1,8 @@
 import pytest
 from django.contrib.auth.models import User
 
+from generation.engine import make_test_model
+
 
 @pytest.fixture
 def alice(db):
@@ -27,3 +29,15 @@ def carol(db):
 @pytest.fixture
 def admin(db):
     return User.objects.create_superuser("admin", "admin@example.com", "admin-password-1")
+
+
+@pytest.fixture(scope="session")
+def test_model_folder(tmp_path_factory):
+    return str(make_test_model(tmp_path_factory.mktemp("studio-models") / "tiny"))
+
+
+@pytest.fixture
+def checkpoint(db, test_model_folder):
+    from generation.services import checkpoint_register
+
+    return checkpoint_register(name="sdweb-test-tiny", source=test_model_folder, is_test_model=True)

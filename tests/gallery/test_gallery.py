@@ -1,0 +1,140 @@
+import io
+import json
+import zipfile
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+from django.core.files.storage import default_storage
+from PIL import Image as PILImage
+
+from gallery.models import Image
+from gallery.selectors import PAGE_SIZE
+from generation.engine import parse_parameters, read_watermark
+from generation.models import Job
+
+
+def test_the_private_gallery_lists_my_images_newest_first(client, alice, carol, make_job):
+    older = make_job(alice, prompt="an old barn")
+    newer = make_job(alice, prompt="a new bridge")
+    make_job(carol, prompt="carol's secret")
+    client.force_login(alice)
+    page = client.get("/gallery/")
+    shown = [image.job_id for image in page.context["page"]]
+    assert shown == [newer.pk, newer.pk, older.pk, older.pk]
+    assert "carol&#x27;s secret" not in page.content.decode()
+
+
+def test_the_gallery_is_searchable_by_prompt(client, alice, make_job):
+    make_job(alice, prompt="a red fox in snow")
+    make_job(alice, prompt="a blue whale")
+    client.force_login(alice)
+    found = client.get("/gallery/", {"q": "FOX"}).context["page"]
+    assert {image.job.prompt for image in found} == {"a red fox in snow"}
+    empty = client.get("/gallery/", {"q": "zebra"})
+    assert "No image has a prompt with" in empty.content.decode()
+
+
+def test_the_gallery_is_paginated(client, alice, make_job, settings):
+    settings.SDWEB = {**settings.SDWEB, "MAX_IMAGES": 4}
+    for _ in range(7):
+        make_job(alice, num_images=4)
+    client.force_login(alice)
+    first = client.get("/gallery/").context["page"]
+    last = client.get("/gallery/", {"page": 2}).context["page"]
+    assert (len(first), len(last), first.paginator.num_pages) == (PAGE_SIZE, 28 - PAGE_SIZE, 2)
+    assert not set(i.pk for i in first) & set(i.pk for i in last)
+
+
+def test_an_empty_gallery_says_what_to_do(client, alice):
+    client.force_login(alice)
+    assert "Generate your first image" in client.get("/gallery/").content.decode()
+
+
+def test_the_image_page_shows_every_parameter_and_the_seed(client, alice, make_job):
+    job = make_job(alice, prompt="a castle, (fog:1.2)", negative_prompt="blurry")
+    image = job.images.get(index=1)
+    client.force_login(alice)
+    page = client.get(f"/images/{image.hex_id}/").content.decode()
+    for text in ("a castle, (fog:1.2)", "Negative: blurry", f"<dd>{job.seed + 1}</dd>", "<dd>256×256</dd>",
+                 "<dd>2</dd>", "<dd>Euler a</dd>", "<dd>7.0</dd>", "<dd>sdweb-test-tiny</dd>"):
+        assert text in page
+
+
+def test_use_these_settings_prefills_the_form_with_this_images_seed(client, alice, make_job):
+    job = make_job(alice, prompt="a castle", negative_prompt="blurry", guidance_scale=5.5)
+    image = job.images.get(index=1)
+    client.force_login(alice)
+    url = client.get(f"/images/{image.hex_id}/").context["use_settings_url"]
+    form = client.get(url).context["form"]
+    query = parse_qs(urlparse(url).query)
+    assert query["seed"] == [str(job.seed + 1)]
+    for field, value in [("prompt", "a castle"), ("negative_prompt", "blurry"), ("guidance_scale", "5.5"),
+                         ("width", "256"), ("steps", "2"), ("seed", str(job.seed + 1)), ("num_images", "1")]:
+        assert str(form[field].value()) == value, field
+
+
+def test_more_variants_queues_the_same_settings_with_new_seeds_and_charges_for_it(client, alice, make_job):
+    job = make_job(alice)
+    client.force_login(alice)
+    response = client.post(f"/images/{job.images.first().hex_id}/variants/")
+    variant = Job.objects.exclude(pk=job.pk).get()
+    assert response["Location"] == f"/jobs/{variant.pk}/"
+    assert variant.params() | {"seed": None} == job.params() | {"seed": None}
+    assert variant.seed != job.seed and variant.status == "queued"
+    assert alice.credits.entries.filter(kind="charge").count() == 2
+
+
+def test_keeping_some_variants_discards_the_rest_with_their_files(client, alice, make_job, settings):
+    settings.SDWEB = {**settings.SDWEB, "MAX_IMAGES": 4}
+    job = make_job(alice, num_images=4)
+    images = list(job.images.order_by("index"))
+    client.force_login(alice)
+    client.post(f"/jobs/{job.pk}/keep/", {"keep": [images[0].hex_id, images[2].hex_id]})
+    assert list(job.images.order_by("index").values_list("index", flat=True)) == [0, 2]
+    assert default_storage.exists(images[0].png.name)
+    for gone in (images[1], images[3]):
+        assert not default_storage.exists(gone.png.name) and not default_storage.exists(gone.thumbnail.name)
+
+
+def test_someone_else_cannot_discard_my_variants(client, alice, carol, make_job):
+    job = make_job(alice)
+    client.force_login(carol)
+    assert client.post(f"/jobs/{job.pk}/keep/", {"keep": []}).status_code == 404
+    assert job.images.count() == 2
+
+
+def test_deleting_an_image_removes_its_files(client, alice, make_job):
+    image = make_job(alice).images.first()
+    client.force_login(alice)
+    client.post(f"/images/{image.hex_id}/delete/")
+    assert not Image.objects.filter(pk=image.pk).exists()
+    assert not default_storage.exists(image.png.name) and not default_storage.exists(image.thumbnail.name)
+    assert client.get(f"/images/{image.hex_id}.png").status_code == 404
+
+
+def test_the_downloaded_original_carries_its_metadata_and_watermark(client, alice, make_job):
+    image = make_job(alice, prompt="a quiet harbour").images.first()
+    client.force_login(alice)
+    response = client.get(f"/images/{image.hex_id}.png", {"download": "1"})
+    assert f'filename="sdweb-{image.hex_id}.png"' in response["Content-Disposition"]
+    png = PILImage.open(io.BytesIO(b"".join(response.streaming_content)))
+    assert parse_parameters(png.info["parameters"])["prompt"] == "a quiet harbour"
+    assert read_watermark(png) == image.watermark_payload
+
+
+def test_the_zip_export_holds_my_originals_and_their_metadata(client, alice, carol, make_job):
+    mine = make_job(alice, prompt="mine, all mine")
+    make_job(carol, prompt="not alice's")
+    client.force_login(alice)
+    response = client.get("/account/export.zip")
+    archive = zipfile.ZipFile(io.BytesIO(b"".join(response.streaming_content)))
+    index = json.loads(archive.read("index.json"))
+    assert sorted(entry["id"] for entry in index) == sorted(i.hex_id for i in mine.images.all())
+    assert all(entry["prompt"] == "mine, all mine" for entry in index)
+    png = PILImage.open(io.BytesIO(archive.read(index[0]["file"])))
+    assert parse_parameters(png.info["parameters"])["seed"] == index[0]["seed"]
+
+
+@pytest.mark.parametrize("url", ["/gallery/", "/account/export.zip"])
+def test_signed_out_visitors_have_no_private_gallery(client, db, url):
+    assert client.get(url).status_code == 302

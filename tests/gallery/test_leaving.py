@@ -1,0 +1,37 @@
+from django.contrib.auth.models import User
+from django.core.files.storage import default_storage
+
+from gallery.models import Image
+from gallery.services import pseudonym
+from generation.models import Job, PromptAudit
+
+
+def test_deleting_my_account_removes_images_and_files_and_keeps_audit_rows_pseudonymised(client, alice, carol,
+                                                                                       make_job):
+    job = make_job(alice, prompt="alice's lighthouse")
+    images = list(job.images.all())
+    make_job(carol)
+    client.force_login(alice)
+    response = client.post("/account/delete/", {"password": "alice-password-1"})
+    assert response.status_code == 302
+    assert not User.objects.filter(username="alice").exists()
+    assert not Job.objects.filter(pk=job.pk).exists() and not Image.objects.filter(owner_id=alice.pk).exists()
+    for image in images:
+        assert not default_storage.exists(image.png.name) and not default_storage.exists(image.thumbnail.name)
+    row = PromptAudit.objects.get(job_id=job.pk)
+    assert row.username == pseudonym(alice.pk) and row.username.startswith("deleted-")
+    assert row.user is None and row.prompt == "alice's lighthouse" and row.image_ids == job.image_ids
+    assert PromptAudit.objects.filter(username="carol").count() == 1  # others untouched
+    assert client.get("/account/").status_code == 302  # signed out
+
+
+def test_account_deletion_needs_the_password(client, alice, make_job):
+    make_job(alice)
+    client.force_login(alice)
+    response = client.post("/account/delete/", {"password": "wrong"})
+    assert response.status_code == 400 and "That password is not right." in response.content.decode()
+    assert User.objects.filter(username="alice").exists() and Image.objects.count() == 2
+
+
+def test_the_pseudonym_is_stable_per_account_and_differs_between_accounts():
+    assert pseudonym(1) == pseudonym(1) != pseudonym(2)
