@@ -64,7 +64,7 @@ def main() -> None:
             try:
                 no_redirect.open(request, timeout=30)
             except urllib.error.HTTPError as redirect:
-                job_id = redirect.headers["Location"].split("/")[2]
+                job_id = redirect.headers["Location"].split("job=")[1]
             first_preview = None
             with connect(f"ws://127.0.0.1:{studio.port}/ws/jobs/{job_id}/",
                          additional_headers={"Cookie": f"sessionid={browser.cookie('sessionid')}",

@@ -14,6 +14,7 @@ from gallery.models import Image
 from gallery.selectors import gallery_page
 from generation import services as generation_services
 from generation.models import Job
+from generation.views import back_to
 from sdweb.throttle import client_ip
 
 
@@ -116,7 +117,7 @@ def job_keep(request, job_id):
     keep = {int(value, 16) for value in request.POST.getlist("keep") if value.isalnum()}
     deleted = services.images_keep(job=job, keep_ids=keep)
     messages.success(request, f"Kept {job.images.count()}, discarded {deleted}.")
-    return redirect("job", job_id=job.pk)
+    return back_to(request, reverse("job", args=[job.pk]))
 
 
 @login_required

@@ -1,8 +1,12 @@
+import uuid
+
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import Http404
 from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
 from generation import services
@@ -14,19 +18,43 @@ from sdweb.throttle import client_ip
 
 @login_required
 def generate(request):
+    """The studio page: the form, and beside it the live view of the job just submitted (or the
+    latest one still running), with the form keeping that job's settings for the next try."""
     services.credits_topup_if_due(user=request.user)
-    form = GenerateForm(request.POST or None, initial=request.GET.dict() if request.method == "GET" else None)
+    job = _job_or_none(request.user, request.GET.get("job"))
+    if job is None and request.method == "GET":
+        job = request.user.jobs.filter(status__in=Job.ACTIVE).select_related("checkpoint").first()
+    initial = None
+    if request.method == "GET":
+        initial = request.GET.dict() if "prompt" in request.GET else (
+            {**job.params(), "seed": -1, "checkpoint": job.checkpoint_id} if job else {})
+    form = GenerateForm(request.POST or None, initial=initial)
     if request.method == "POST" and form.is_valid():
         try:
             job = services.job_submit(user=request.user, params=form.cleaned_data, client_ip=client_ip(request))
         except services.Refused as refusal:
             form.add_error(refusal.field, str(refusal))
         else:
-            return redirect("job", job_id=job.pk)
+            return redirect(reverse("generate") + f"?job={job.pk}")
     return render(request, "generate.html", {
-        "form": form, "presets": SIZE_PRESETS, "cost_unit": settings.SDWEB["COST_UNIT"],
+        "form": form, "presets": SIZE_PRESETS, "cost_unit": settings.SDWEB["COST_UNIT"], "job": job,
         "recent_jobs": request.user.jobs.select_related("checkpoint")[:10],
     }, status=400 if form.errors else 200)
+
+
+def _job_or_none(user, job_id):
+    try:
+        return job_for_viewer(user, uuid.UUID(str(job_id))) if job_id else None
+    except ValueError:
+        return None
+
+
+def back_to(request, fallback):
+    """Where a small form on several pages should return: the page it came from, if ours."""
+    target = request.POST.get("next", "")
+    if url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()}):
+        return redirect(target)
+    return redirect(fallback)
 
 
 @login_required
@@ -48,4 +76,4 @@ def job_cancel(request, job_id):
         messages.info(request, "Cancelled; the credits are back.")
     elif job.cancel_requested:
         messages.info(request, "Stopping at the next step…")
-    return redirect("job", job_id=job.pk)
+    return back_to(request, reverse("job", args=[job.pk]))

@@ -24,21 +24,21 @@ _TOKEN = re.compile(
     re.VERBOSE,
 )
 _UNSUPPORTED = [
-    (re.compile(r"\bAND\b"), "AND (composable prompts); write 'and' in lower case to mean the word"),
-    (re.compile(r"<\s*(lora|lyco)\s*:[^>]*>", re.I), "LoRA tags such as <lora:name:1>"),
-    (re.compile(r"<\s*hypernet\s*:[^>]*>", re.I), "hypernetwork tags such as <hypernet:name:1>"),
-    (re.compile(r"\[[^\[\]]*:[^\[\]]*\]"), "prompt editing [from:to:when]"),
-    (re.compile(r"\[[^\[\]]*\|[^\[\]]*\]"), "alternation [a|b]"),
+    (re.compile(r"\bAND\b"), "AND (composable prompts)", " Write 'and' in lower case to mean the word."),
+    (re.compile(r"<\s*(lora|lyco)\s*:[^>]*>", re.I), "a LoRA tag", ""),
+    (re.compile(r"<\s*hypernet\s*:[^>]*>", re.I), "a hypernetwork tag", ""),
+    (re.compile(r"\[[^\[\]]*:[^\[\]]*\]"), "prompt editing [from:to:when]", ""),
+    (re.compile(r"\[[^\[\]]*\|[^\[\]]*\]"), "alternation [a|b]", ""),
 ]
 
 
 def check_prompt_syntax(text: str, *, field: str = "prompt") -> None:
     """Refuse A1111 syntax this engine does not run, rather than feed it to the model as words."""
     plain = re.sub(r"\\[()\[\]\\]", "_", text)
-    for pattern, what in _UNSUPPORTED:
+    for pattern, what, hint in _UNSUPPORTED:
         match = pattern.search(plain)
         if match:
-            raise ValueError(f"{field} uses {what}, which is not supported yet: {match.group(0)!r}")
+            raise ValueError(f"{field} uses {what}, which is not supported yet: {match.group(0)!r}.{hint}")
 
 
 def parse_attention(text: str) -> list[tuple[str, float]]:

@@ -13,7 +13,7 @@ from generation.engine import GenerationRequest, Limits, generate
     ({"scheduler": "Euler b"}, "unknown scheduler 'Euler b'; choose one of: Euler, Euler a"),
     ({"prompt": "   "}, "prompt is empty"),
     ({"prompt": "a cat AND a dog"}, "prompt uses AND"),
-    ({"negative_prompt": "<lora:x:1>"}, "negative_prompt uses LoRA"),
+    ({"negative_prompt": "<lora:x:1>"}, "negative_prompt uses a LoRA tag"),
     ({"prompt": "nul\x00byte"}, "NUL"),
     ({"prompt": "x" * 4001}, "at most 4000"),
     ({"guidance_scale": -1}, "guidance_scale must be a number from 0 to 30"),

@@ -29,7 +29,7 @@ def submit(client, user, checkpoint, **overrides) -> Job:
     client.force_login(user)
     response = client.post("/generate/", form_data(checkpoint, **overrides))
     assert response.status_code == 302, response.content
-    return Job.objects.get(pk=response["Location"].split("/")[2])
+    return Job.objects.get(pk=response["Location"].split("job=")[1])
 
 
 def socket_for(client, job, origin=b"http://127.0.0.1:8000"):

@@ -10,7 +10,7 @@ def test_an_accepted_submission_charges_once_queues_the_job_and_audits_it(client
     client.force_login(alice)
     response = client.post("/generate/", form_data(checkpoint, num_images=2), REMOTE_ADDR="10.1.2.3")
     job = Job.objects.get(user=alice)
-    assert response.status_code == 302 and response["Location"] == f"/jobs/{job.pk}/"
+    assert response.status_code == 302 and response["Location"] == f"/generate/?job={job.pk}"
     assert (job.status, job.seed, job.num_images, job.cost) == ("queued", 42, 2, 1)
     assert len(set(job.image_ids)) == 2
     assert list(CreditEntry.objects.filter(job=job).values_list("kind", "amount")) == [("charge", -1)]
@@ -94,3 +94,20 @@ def test_signed_out_visitors_are_sent_to_sign_in(client, checkpoint):
     response = client.post("/generate/", form_data(checkpoint))
     assert response.status_code == 302 and response["Location"].startswith("/accounts/login/")
     assert not PromptAudit.objects.exists()
+
+
+def test_after_submitting_the_studio_page_shows_the_job_live_and_keeps_its_settings(client, alice, checkpoint):
+    client.force_login(alice)
+    response = client.post("/generate/", form_data(checkpoint, prompt="a foggy pier", steps=7), follow=True)
+    job = Job.objects.get()
+    page = response.content.decode()
+    assert f'data-socket="/ws/jobs/{job.pk}/"' in page and 'id="progress"' in page and 'id="preview"' in page
+    form = response.context["form"]
+    assert (form["prompt"].value(), form["steps"].value(), form["seed"].value()) == ("a foggy pier", 7, -1)
+
+
+def test_the_studio_page_follows_the_latest_running_job(client, alice, checkpoint):
+    job = job_submit(user=alice, params=params(checkpoint))
+    client.force_login(alice)
+    assert client.get("/generate/").context["job"] == job
+    assert client.get("/generate/", {"job": "not-a-uuid"}).status_code == 200

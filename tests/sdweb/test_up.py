@@ -110,7 +110,7 @@ def test_up_serves_the_studio_and_a_job_survives_a_restart(studio):
     url, page = browser.post("/generate/", {"prompt": "a slow lighthouse", "checkpoint": checkpoint,
                                             "width": 512, "height": 512, "steps": 150, "guidance_scale": 7,
                                             "scheduler": "Euler a", "seed": 5, "num_images": 1})
-    job_page = urllib.parse.urlparse(url).path
+    job_page = f"/jobs/{url.split('job=')[1]}/"
 
     def status():
         return re.search(r"Status: <strong>(\w+)</strong>", browser.get(job_page)[1]).group(1)

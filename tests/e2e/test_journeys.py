@@ -1,0 +1,200 @@
+"""Every user journey of the studio, in a real browser, asserted on what the page shows."""
+
+import csv
+import io
+import re
+
+from .conftest import balance, generate, make_admin, screenshot, sign_up
+
+# Records, in order, what the live view changes: progress values, preview images, final images.
+WATCH_LIVE_VIEW = """
+window.__live = [];
+new MutationObserver((changes) => {
+  for (const change of changes) {
+    const el = change.target;
+    if (el.id === "preview" && change.attributeName === "src") __live.push(["preview", el.getAttribute("src")]);
+    if (el.id === "progress" && change.attributeName === "value") __live.push(["progress", Number(el.value)]);
+    if (el.id === "images" && change.type === "childList") __live.push(["images", el.querySelectorAll("img").length]);
+  }
+}).observe(document, {subtree: true, attributes: true, childList: true, attributeFilter: ["src", "value"]});
+"""
+
+
+def test_1_a_newcomer_signs_up_generates_two_variants_and_watches_them_form(new_page):
+    page = new_page()
+    page.add_init_script(WATCH_LIVE_VIEW)
+    sign_up(page)
+    assert balance(page) == 100
+    page.get_by_label("Prompt", exact=True).fill("a lighthouse on a cliff at dusk")
+    page.get_by_label("Steps").fill("40")
+    page.get_by_label("Images").fill("2")
+    cost = int(page.locator("#cost").text_content())
+    assert cost == 1
+    page.get_by_role("button", name="Generate").click()
+    page.wait_for_function("document.querySelectorAll('#images img').length == 2")
+    live = page.evaluate("window.__live")
+    images_at = next(i for i, (kind, value) in enumerate(live) if kind == "images" and value)
+    previews = {value for kind, value in live[:images_at] if kind == "preview"}
+    progress = [value for kind, value in live[:images_at] if kind == "progress"][:-1]  # then "done": 1 of 1
+    assert len(previews) >= 2, "the preview changed at least twice before the images"
+    assert len(set(progress)) >= 3 and progress == sorted(progress), "the progress bar advanced"
+    assert page.locator("#status").text_content() == "Status: succeeded"
+    screenshot(page, "1-studio-finished")
+    page.reload()
+    assert balance(page) == 100 - cost
+
+
+def test_2_image_page_settings_variants_and_keeping_one(new_page):
+    page = new_page()
+    sign_up(page)
+    job = generate(page, prompt="a castle in fog, (towers:1.2)", steps=5, images=2)
+    seeds = [int(s) for s in re.findall(r"Seed (\d+)", page.locator("#images").inner_text())]
+    page.locator("#images a").first.click()
+    page.wait_for_url("**/images/*/")
+    params = page.locator(".params-list").inner_text()
+    for text in (str(seeds[0]), "256×256", "Euler a", "7.0", "sdweb-test-tiny"):
+        assert text in params
+    assert "a castle in fog, (towers:1.2)" in page.locator(".prompt").inner_text()
+    screenshot(page, "2-image-page")
+
+    page.get_by_role("link", name="Use these settings").click()
+    assert page.get_by_label("Prompt", exact=True).input_value() == "a castle in fog, (towers:1.2)"
+    assert page.get_by_label("Seed").input_value() == str(seeds[0])
+    assert page.get_by_label("Steps").input_value() == "5"
+    page.go_back()
+
+    page.get_by_role("button", name=re.compile("More variants")).click()
+    page.wait_for_url("**/jobs/*/")
+    assert job not in page.url
+    page.wait_for_function("document.querySelectorAll('#images img').length == 2")
+    new_seeds = [int(s) for s in re.findall(r"Seed (\d+)", page.locator("#images").inner_text())]
+    assert len(new_seeds) == 2 and not set(new_seeds) & set(seeds)
+
+    page.locator("#images input[type=checkbox]").nth(1).uncheck()
+    page.get_by_role("button", name="Keep the checked, discard the rest").click()
+    assert page.locator(".message").inner_text() == "Kept 1, discarded 1."
+    assert page.locator("#images img").count() == 1
+    page.goto("/gallery/")
+    assert page.locator(".thumbs img").count() == 3
+
+
+def test_3_a_public_image_is_found_by_a_visitor_until_it_is_private_again(new_page):
+    owner = new_page()
+    sign_up(owner)
+    generate(owner, prompt="a shared sunrise over dunes", steps=3, images=1)
+    owner.locator("#images a").first.click()
+    owner.get_by_role("button", name="Make public").click()
+    share_url = owner.locator("a[href*='/s/']").get_attribute("href")
+    file_url = owner.locator("img.full").get_attribute("src")
+
+    visitor = new_page(phone=True)
+    visitor.goto("/explore/")
+    assert visitor.locator(f"a[href='{share_url}']").count() == 1
+    visitor.locator(f"a[href='{share_url}']").click()
+    assert "a shared sunrise over dunes" in visitor.locator(".prompt").inner_text()
+    screenshot(visitor, "3-share-page")
+    assert visitor.request.get(file_url).status == 200
+
+    owner.get_by_role("button", name="Make private").click()
+    assert "Private again" in owner.locator(".message").inner_text()
+    assert visitor.goto(share_url).status == 404
+    assert visitor.request.get(file_url).status == 404
+    visitor.goto("/explore/")
+    assert visitor.locator(f"a[href='{share_url}']").count() == 0
+
+
+def test_4_cancelling_a_running_job_says_so_and_gives_the_credits_back(new_page):
+    page = new_page()
+    sign_up(page)
+    generate(page, prompt="a very slow painting", steps=150, images=1, size=512, wait=False)
+    page.wait_for_function("document.getElementById('progress').value >= 2")
+    assert balance(page) == 95
+    page.get_by_role("button", name="Cancel").click()
+    page.wait_for_function("document.querySelector('#status strong').textContent === 'cancelled'")
+    assert "Cancelled; the credits are back." in page.locator("#error").inner_text()
+    screenshot(page, "4-cancelled")
+    page.reload()
+    assert balance(page) == 100
+
+
+def test_5_reloading_mid_generation_resumes_the_progress(new_page):
+    page = new_page()
+    page.add_init_script(WATCH_LIVE_VIEW)
+    sign_up(page)
+    generate(page, prompt="a long exposure of a city", steps=150, images=1, size=512, wait=False)
+    page.wait_for_function("document.getElementById('progress').value >= 10")
+    before = page.evaluate("document.getElementById('progress').value")
+    page.reload()
+    # Straight from the page and its first message, not from zero.
+    assert int(page.locator("#progress").get_attribute("value")) >= before
+    page.wait_for_function(f"document.getElementById('progress').value > {before}")
+    assert page.locator("#preview").is_visible()
+    screenshot(page, "5-running")
+    page.wait_for_function("document.querySelectorAll('#images img').length == 1", timeout=180_000)
+    progress = [value for kind, value in page.evaluate("window.__live") if kind == "progress"][:-1]
+    assert min(progress) >= before and progress == sorted(progress)
+
+
+def test_6_an_admin_reviews_the_prompt_audit_filters_by_user_and_exports_csv(new_page, studio):
+    user = new_page()
+    name = sign_up(user)
+    generate(user, prompt="an accepted harbour", steps=2, images=1)
+    user.goto("/generate/")
+    user.get_by_label("Prompt", exact=True).fill("a cat AND a dog")
+    user.get_by_role("button", name="Generate").click()
+    assert "Prompt uses AND (composable prompts), which is not supported yet" in user.locator(".field.invalid .error").inner_text()
+
+    admin = new_page()
+    make_admin(studio)
+    admin.goto("/admin/login/")
+    admin.get_by_label("Username").fill("boss")
+    admin.get_by_label("Password").fill("admin-pass-123")
+    admin.get_by_role("button", name="Log in").click()
+    admin.goto("/admin/generation/promptaudit/")
+    admin.locator("#changelist-filter").get_by_role("link", name=name, exact=True).click()
+    rows = admin.locator("#result_list tbody tr")
+    assert rows.count() == 2
+    table = admin.locator("#result_list").inner_text()
+    assert "an accepted harbour" in table and "a cat AND a dog" in table
+    assert "accepted" in table and "refused" in table
+    screenshot(admin, "6-audit")
+    with admin.expect_download() as download:
+        admin.get_by_role("link", name="Export these rows as CSV").click()
+    exported = list(csv.DictReader(io.StringIO(open(download.value.path(), encoding="utf-8").read())))
+    assert {r["username"] for r in exported} == {name}
+    assert sorted(r["decision"] for r in exported) == ["accepted", "refused"]
+
+
+def test_7_hostile_prompts_render_as_text_everywhere_and_pages_carry_security_headers(new_page, studio):
+    page = new_page()
+    sign_up(page)
+    script, onerror = '<script>alert("s1")</script>', '<img src=x onerror=alert("s2")>'
+    generate(page, prompt=f"{script} {onerror}", steps=2, images=1)
+    assert script in page.locator(".prompt").inner_text()
+    page.locator("#images a").first.click()
+    page.get_by_role("button", name="Make public").click()
+    share_url = page.locator("a[href*='/s/']").get_attribute("href")
+    visited = [page.url]
+    for path in ("/gallery/", f"/gallery/?q={onerror}", "/explore/", share_url, "/account/"):
+        page.goto(path)
+        visited.append(page.url)
+        assert script in page.content().replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", '"')
+    make_admin(studio, "boss7")
+    admin = new_page()
+    admin.goto("/admin/login/")
+    admin.get_by_label("Username").fill("boss7")
+    admin.get_by_label("Password").fill("admin-pass-123")
+    admin.get_by_role("button", name="Log in").click()
+    admin.goto("/admin/generation/promptaudit/?q=alert")
+    assert script in admin.locator("#result_list").inner_text()
+    admin.locator("#result_list tbody a").first.click()
+    admin.goto("/admin/generation/job/")
+    admin.locator("#result_list tbody a").first.click()
+    assert page.dialogs == [] and admin.dialogs == []
+
+    for path in ("/", "/generate/", "/gallery/", "/explore/", share_url, "/accounts/login/", "/admin/"):
+        response = page.request.get(path)
+        assert "script-src 'self'" in response.headers["content-security-policy"], path
+        assert response.headers["x-frame-options"] == "DENY", path
+    session = next(c for c in page.context.cookies() if c["name"] == "sessionid")
+    assert session["httpOnly"] is True
