@@ -169,13 +169,13 @@ def test_7_hostile_prompts_render_as_text_everywhere_and_pages_carry_security_he
     page = new_page()
     sign_up(page)
     script, onerror = '<script>alert("s1")</script>', '<img src=x onerror=alert("s2")>'
-    generate(page, prompt=f"{script} {onerror}", steps=2, images=1)
+    job = generate(page, prompt=f"{script} {onerror}", steps=2, images=1)
     assert script in page.locator(".prompt").inner_text()
     page.locator("#images a").first.click()
     page.get_by_role("button", name="Make public").click()
     share_url = page.locator("a[href*='/s/']").get_attribute("href")
     visited = [page.url]
-    for path in ("/gallery/", f"/gallery/?q={onerror}", "/explore/", share_url, "/account/"):
+    for path in (f"/jobs/{job}/", "/gallery/", f"/gallery/?q={onerror}", "/explore/", share_url, "/account/"):
         page.goto(path)
         visited.append(page.url)
         assert script in page.content().replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", '"')
