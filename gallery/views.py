@@ -18,11 +18,19 @@ from generation.views import back_to
 from sdweb.throttle import client_ip
 
 
-def _image(hex_id) -> Image:
+def parse_image_id(hex_id: str) -> int:
+    """An image id from its URL form; anything that can't be one is a 404, never an error."""
     try:
-        return get_object_or_404(Image.objects.select_related("job", "job__checkpoint"), pk=int(hex_id, 16))
+        value = int(hex_id, 16)
     except ValueError:
         raise Http404
+    if not 0 < value < 2**63 or len(hex_id) != 16:
+        raise Http404
+    return value
+
+
+def _image(hex_id) -> Image:
+    return get_object_or_404(Image.objects.select_related("job", "job__checkpoint"), pk=parse_image_id(hex_id))
 
 
 def _managed(request, hex_id) -> Image:
@@ -114,7 +122,7 @@ def image_variants(request, hex_id):
 @require_POST
 def job_keep(request, job_id):
     job = get_object_or_404(Job, pk=job_id, user=request.user)
-    keep = {int(value, 16) for value in request.POST.getlist("keep") if value.isalnum()}
+    keep = {parse_image_id(value) for value in request.POST.getlist("keep")}
     deleted = services.images_keep(job=job, keep_ids=keep)
     messages.success(request, f"Kept {job.images.count()}, discarded {deleted}.")
     return back_to(request, reverse("job", args=[job.pk]))

@@ -222,7 +222,19 @@ def job_claim() -> Job | None:
         claimed = Job.objects.filter(_claimable(now), pk=pick.pk).update(
             status=Job.RUNNING, started_at=now, attempts=F("attempts") + 1, progress_step=0, progress_total=0,
             preview=None, lease_until=now + timedelta(seconds=settings.SDWEB["LEASE_SECONDS"]))
-    return Job.objects.get(pk=pick.pk) if claimed else None
+    if not claimed:
+        return None
+    announce_queue_positions()
+    return Job.objects.get(pk=pick.pk)
+
+
+def announce_queue_positions(limit: int = 100) -> None:
+    """Tell the pages watching queued jobs that the queue moved."""
+    from generation.live import job_event
+
+    waiting = Job.objects.filter(status=Job.QUEUED).order_by("created_at").values_list("pk", flat=True)[:limit]
+    for position, job_id in enumerate(waiting):
+        job_event(job_id, {"type": "queued", "position": position})
 
 
 def job_run_next() -> Job | None:

@@ -83,3 +83,10 @@ def test_a_guessed_share_slug_or_image_id_finds_nothing(client, shared):
 
 def test_the_public_gallery_says_what_to_do_when_empty(client, db):
     assert "Nobody has shared an image yet" in client.get("/explore/").content.decode()
+
+
+@pytest.mark.parametrize("hex_id", ["ffffffffffffffff", "8000000000000000", "0000000000000000", "12", "-000000000000001"])
+def test_impossible_image_ids_are_404_not_errors(client, alice, hex_id):
+    client.force_login(alice)
+    for url in (f"/images/{hex_id}.png", f"/images/{hex_id}/", f"/images/{hex_id}.webp"):
+        assert client.get(url).status_code == 404, url

@@ -16,7 +16,7 @@ from gallery.models import Image
 from generation import live
 from generation.engine import parse_parameters, read_watermark
 from generation.models import Job
-from generation.services import job_cancel
+from generation.services import job_cancel, job_claim
 from generation.tasks import run_next_job
 from sdweb.asgi import application
 
@@ -156,6 +156,21 @@ def test_cancelling_a_queued_job_refunds_it_at_once(client, checkpoint):
     assert job.status == "cancelled" and refunds(job) == 1
     assert run_next_job.apply().result is None  # nothing left to run
     assert_ledger_balanced()
+
+
+def test_a_queued_job_hears_its_place_in_the_queue_move(client, checkpoint):
+    alice = User.objects.create_user("alice", password="pw-alice-123")
+    submit(client, alice, checkpoint)
+    second = submit(client, alice, checkpoint)
+
+    async def during(socket):
+        first = await socket.receive_json_from()
+        await in_a_worker_thread(job_claim)
+        return [first, await socket.receive_json_from()]
+
+    state, moved = watch(client, second, during)
+    assert (state["status"], state["position"]) == ("queued", 1)
+    assert moved == {"type": "queued", "position": 0}
 
 
 def test_a_reconnecting_page_gets_the_current_state_first(client, checkpoint):

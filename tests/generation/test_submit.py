@@ -111,3 +111,16 @@ def test_the_studio_page_follows_the_latest_running_job(client, alice, checkpoin
     client.force_login(alice)
     assert client.get("/generate/").context["job"] == job
     assert client.get("/generate/", {"job": "not-a-uuid"}).status_code == 200
+
+
+@pytest.mark.parametrize("overrides", [
+    {"width": "1e400"}, {"width": "99999999999999999999999"}, {"seed": "99999999999999999999"},
+    {"checkpoint": "abc"}, {"checkpoint": "999999"}, {"num_images": "-1"}, {"guidance_scale": "nan"},
+    {"guidance_scale": "inf"}, {"prompt": "nul \x00 byte"}, {"steps": ""}, {"scheduler": ""},
+    {"prompt": "x" * 5000}, {"negative_prompt": "[a:b:0.5]"},
+])
+def test_junk_in_any_field_is_a_400_with_a_message_never_an_error(client, alice, checkpoint, overrides):
+    client.force_login(alice)
+    response = client.post("/generate/", {**form_data(checkpoint), **overrides})
+    assert response.status_code == 400 and response.context["form"].errors
+    assert not Job.objects.exists() and alice.credits.balance == 100
