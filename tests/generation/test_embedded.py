@@ -49,3 +49,13 @@ def test_a_job_running_when_the_server_stops_goes_back_to_the_queue_and_finishes
     job.refresh_from_db()
     assert (job.status, job.attempts, job.images.count()) == ("succeeded", 2, 2)
     assert_ledger_balanced()
+
+
+def test_a_job_past_its_time_limit_fails_with_one_refund(checkpoint, settings):
+    settings.SDWEB = {**settings.SDWEB, "JOB_TIMEOUT_SECONDS": 0}
+    alice = User.objects.create_user("alice", password="pw-alice-123")
+    job_submit(user=alice, params=params(checkpoint))
+    job_run(job_claim())
+    job = Job.objects.get()
+    assert job.status == "failed" and "time limit" in job.error and refunds(job) == 1
+    assert_ledger_balanced()
