@@ -61,10 +61,14 @@ class Job(models.Model):
     preview = models.BinaryField(null=True, blank=True, editable=False)
     timings = models.JSONField(default=dict, blank=True)
     error = models.TextField(blank=True)
+    idempotency_key = models.CharField(max_length=200, null=True, blank=True)
+    request_fingerprint = models.CharField(max_length=64, blank=True)
 
     class Meta:
         ordering = ["-created_at"]
         indexes = [models.Index(fields=["status", "created_at"])]
+        constraints = [models.UniqueConstraint(fields=["user", "idempotency_key"],
+                                               condition=Q(idempotency_key__isnull=False), name="one_job_per_idempotency_key")]
 
     def __str__(self):
         return f"{self.id} ({self.status})"

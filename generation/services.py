@@ -1,5 +1,7 @@
 """Every write of the generation domain: credits, submissions, claims, runs, cancels, audit."""
 
+import hashlib
+import json
 import logging
 import math
 import threading
@@ -21,11 +23,12 @@ REQUEST_FIELDS = ("prompt", "negative_prompt", "width", "height", "steps", "guid
 
 
 class Refused(Exception):
-    """A submission that was not accepted; `field` names the input at fault, if one is."""
+    """A submission that was not accepted; `field` names the input at fault, if one is, and
+    `code` says why: invalid, insufficient_credits, active_job_cap or idempotency_mismatch."""
 
-    def __init__(self, message: str, field: str | None = None):
+    def __init__(self, message: str, field: str | None = None, code: str = "invalid"):
         super().__init__(message)
-        self.field = field
+        self.field, self.code = field, code
 
 
 # Credits ------------------------------------------------------------------------------------
@@ -92,9 +95,21 @@ def engine_limits() -> Limits:
                   max_steps=Limits.from_env().max_steps)
 
 
-def job_submit(*, user, params: dict, client_ip: str | None = None) -> Job:
+def job_submit(*, user, params: dict, client_ip: str | None = None, idempotency_key: str | None = None) -> Job:
     """Validate, quote, and in one transaction charge, create the job and audit it; or refuse
-    (audited too) with a message naming the field."""
+    (audited too) with a message naming the field. With an `idempotency_key`, a repeated request
+    returns the job the first one made, charged once; the same key with other params is refused."""
+    fingerprint = request_fingerprint(params)
+    idempotency_key = (idempotency_key or "").strip() or None
+    if idempotency_key and len(idempotency_key) > 200:
+        raise Refused("An Idempotency-Key is at most 200 characters.", field="Idempotency-Key")
+    if idempotency_key:
+        earlier = Job.objects.filter(user=user, idempotency_key=idempotency_key).first()
+        if earlier is not None:
+            if earlier.request_fingerprint != fingerprint:
+                raise Refused("This Idempotency-Key was already used with a different request.",
+                              code="idempotency_mismatch")
+            return earlier
     try:
         checkpoint, fields = _validated(params)
     except Refused as refusal:
@@ -103,28 +118,42 @@ def job_submit(*, user, params: dict, client_ip: str | None = None) -> Job:
         raise
     cost = quote_cost(width=fields["width"], height=fields["height"], steps=fields["steps"],
                       num_images=fields["num_images"])
-    with transaction.atomic():
-        account = _locked_account(user)
-        refusal = None
-        active = Job.objects.filter(user=user, status__in=Job.ACTIVE).count()
-        if active >= settings.SDWEB["ACTIVE_JOB_CAP"]:
-            refusal = Refused(f"You already have {active} jobs queued or running, the most allowed at once; "
-                              "wait for one to finish or cancel one.")
-        elif account.balance < cost:
-            refusal = Refused(f"This costs {cost} credits and your balance is {account.balance}.")
-        if refusal:
-            audit_append(user=user, client_ip=client_ip, params=params, checkpoint=checkpoint,
-                         decision=PromptAudit.REFUSED, reason=str(refusal))
-        else:
-            job = Job.objects.create(user=user, checkpoint=checkpoint, cost=cost,
-                                     image_ids=[new_image_id() for _ in range(fields["num_images"])], **fields)
-            credits_change(user=user, kind=CreditEntry.CHARGE, amount=-cost, reason="generation", job=job)
-            audit_append(user=user, client_ip=client_ip, params=params, checkpoint=checkpoint,
-                         decision=PromptAudit.ACCEPTED, job=job)
-            transaction.on_commit(enqueue_job)
+    try:
+        with transaction.atomic():
+            account = _locked_account(user)
+            refusal = None
+            active = Job.objects.filter(user=user, status__in=Job.ACTIVE).count()
+            if active >= settings.SDWEB["ACTIVE_JOB_CAP"]:
+                refusal = Refused(f"You already have {active} jobs queued or running, the most allowed at once; "
+                                  "wait for one to finish or cancel one.", code="active_job_cap")
+            elif account.balance < cost:
+                refusal = Refused(f"This costs {cost} credits and your balance is {account.balance}.",
+                                  code="insufficient_credits")
+            if refusal:
+                audit_append(user=user, client_ip=client_ip, params=params, checkpoint=checkpoint,
+                             decision=PromptAudit.REFUSED, reason=str(refusal))
+            else:
+                job = Job.objects.create(user=user, checkpoint=checkpoint, cost=cost, idempotency_key=idempotency_key,
+                                         request_fingerprint=fingerprint,
+                                         image_ids=[new_image_id() for _ in range(fields["num_images"])], **fields)
+                credits_change(user=user, kind=CreditEntry.CHARGE, amount=-cost, reason="generation", job=job)
+                audit_append(user=user, client_ip=client_ip, params=params, checkpoint=checkpoint,
+                             decision=PromptAudit.ACCEPTED, job=job)
+                transaction.on_commit(enqueue_job)
+    except IntegrityError:
+        if not idempotency_key:
+            raise
+        # The same key raced in twice: the other request's job stands, this one charged nothing.
+        return job_submit(user=user, params=params, client_ip=client_ip, idempotency_key=idempotency_key)
     if refusal:
         raise refusal
     return job
+
+
+def request_fingerprint(params: dict) -> str:
+    shown = {k: str(v.name if isinstance(v, Checkpoint) else v) for k, v in params.items()
+             if k in REQUEST_FIELDS or k == "checkpoint"}
+    return hashlib.sha256(json.dumps(shown, sort_keys=True).encode()).hexdigest()
 
 
 def _validated(params: dict) -> tuple[Checkpoint, dict]:
@@ -274,14 +303,11 @@ def jobs_recover_orphans() -> int:
     return Job.objects.filter(status__in=Job.ACTIVE).count()
 
 
-
 # Checkpoints --------------------------------------------------------------------------------
 
 def checkpoint_register(*, name: str, source: str, family: str = "sd1", make_default: bool = False,
                         is_test_model: bool = False) -> Checkpoint:
     """Register (or update) a checkpoint. A hub id is downloaded now, with a progress bar."""
-    import json
-
     from generation.engine.loading import resolve_source
 
     folder = resolve_source(source)  # ValueError with a clear message when it can't be used

@@ -20,3 +20,22 @@ class Invite(models.Model):
 
     def __str__(self):
         return self.note or self.code[:8]
+
+
+class ApiKey(models.Model):
+    """A long random key for scripts. Only its SHA-256 is stored: a fast hash is enough for a
+    secret with 256 bits of entropy, and every API call checks one."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_keys")
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=12, help_text="The key's first characters, to recognise it")
+    digest = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self):
+        return f"{self.name} ({self.prefix}…)"

@@ -1,5 +1,9 @@
 from django.contrib import admin
 from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
+
+from gallery import api as gallery_api
+from generation import api
 
 from gallery import views as gallery_views
 from generation import views as generation_views
@@ -27,5 +31,20 @@ urlpatterns = [
     path("accounts/signup/<str:code>/", views.signup, name="signup-invite"),
     path("accounts/login/", views.LoginView.as_view(), name="login"),
     path("accounts/", include("django.contrib.auth.urls")),
+    path("account/api-keys/", views.api_key_create, name="api-key-create"),
+    path("account/api-keys/<int:key_id>/revoke/", views.api_key_revoke, name="api-key-revoke"),
     path("admin/", admin.site.urls),
+    path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("api/docs/", SpectacularSwaggerSplitView.as_view(url_name="api-schema"), name="api-docs"),
+    path("api/v1/jobs/", api.JobList.as_view()),
+    path("api/v1/jobs/<uuid:pk>/", api.JobDetail.as_view()),
+    path("api/v1/jobs/<uuid:pk>/cancel/", api.JobCancel.as_view()),
+    path("api/v1/images/", gallery_api.ImageList.as_view()),
+    path("api/v1/images/<str:hex_id>/", gallery_api.ImageDetail.as_view()),
+    path("api/v1/images/<str:hex_id>/download/", gallery_api.ImageDownload.as_view()),
+    path("api/v1/checkpoints/", api.CheckpointList.as_view()),
+    path("api/v1/schedulers/", api.SchedulerList.as_view()),
+    path("api/v1/credits/", api.Credits.as_view()),
+    path("api/v1/credits/ledger/", api.CreditLedger.as_view()),
+    path("api/v1/quote/", api.Quote.as_view()),
 ]

@@ -8,7 +8,9 @@ from django.shortcuts import get_object_or_404, redirect, render
 
 from generation.models import Checkpoint, CreditAccount
 from generation.services import credits_topup_if_due
-from sdweb import throttle
+from django.views.decorators.http import require_POST
+
+from sdweb import services, throttle
 from sdweb.forms import SignUpForm
 from sdweb.models import Invite
 
@@ -81,11 +83,28 @@ def signup(request, code=None):
 
 
 @login_required
-def account(request):
+def account(request, new_key=None):
     credits_topup_if_due(user=request.user)
     account, _ = CreditAccount.objects.get_or_create(user=request.user)
     return render(request, "account.html", {
         "account": account,
         "entries": account.entries.select_related("job")[:50],
         "jobs": request.user.jobs.select_related("checkpoint")[:20],
+        "api_keys": request.user.api_keys.filter(revoked_at=None),
+        "new_key": new_key,
     })
+
+
+@login_required
+@require_POST
+def api_key_create(request):
+    key, raw = services.api_key_create(user=request.user, name=request.POST.get("name", ""))
+    return account(request, new_key=raw)  # shown this once, never stored
+
+
+@login_required
+@require_POST
+def api_key_revoke(request, key_id):
+    if services.api_key_revoke(user=request.user, key_id=key_id):
+        messages.success(request, "API key revoked; it stops working at once.")
+    return redirect("account")

@@ -41,3 +41,11 @@ def checkpoint(db, test_model_folder):
     from generation.services import checkpoint_register
 
     return checkpoint_register(name="sdweb-test-tiny", source=test_model_folder, is_test_model=True)
+
+
+@pytest.fixture(autouse=True)
+def fresh_cache():
+    """Throttle counters live in the cache; each test starts with none."""
+    from django.core.cache import cache
+
+    cache.clear()

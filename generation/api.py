@@ -1,0 +1,135 @@
+"""The sdweb API, /api/v1/: thin views over the same services as the studio's pages."""
+
+from django.shortcuts import get_object_or_404
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from rest_framework import generics, serializers, status
+from rest_framework.exceptions import ValidationError
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from generation import services
+from generation.engine import SCHEDULERS
+from generation.models import Checkpoint, CreditAccount, Job
+from generation.serializers import (
+    CheckpointSerializer, CreditEntrySerializer, JobCreateSerializer, JobSerializer, QuoteSerializer,
+)
+from sdweb.throttle import client_ip
+
+REFUSAL_STATUS = {"insufficient_credits": 402, "active_job_cap": 409, "idempotency_mismatch": 422}
+
+
+class JobList(generics.ListCreateAPIView):
+    """Your jobs, newest first; POST submits a new one (charged at once, refunded if it fails)."""
+
+    def get_serializer_class(self):
+        return JobCreateSerializer if self.request.method == "POST" else JobSerializer
+
+    @extend_schema(parameters=[
+        OpenApiParameter("status", str, enum=[s for s, _ in Job.STATUSES], description="Only jobs in this status."),
+        OpenApiParameter("created_after", str, description="ISO date-time: only jobs made after it."),
+        OpenApiParameter("created_before", str, description="ISO date-time: only jobs made before it."),
+    ])
+    def get(self, request, *args, **kwargs):
+        return super().get(request, *args, **kwargs)
+
+    def get_queryset(self):
+        jobs = Job.objects.filter(user=self.request.user).select_related("checkpoint")
+        query = self.request.query_params
+        if query.get("status"):
+            jobs = jobs.filter(status=query["status"])
+        for param, lookup in (("created_after", "created_at__gt"), ("created_before", "created_at__lt")):
+            if query.get(param):
+                value = serializers.DateTimeField().run_validation(query[param])
+                jobs = jobs.filter(**{lookup: value})
+        return jobs
+
+    @extend_schema(
+        request=JobCreateSerializer, responses={201: JobSerializer, 200: JobSerializer},
+        parameters=[OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER,
+                                     description="Retrying with the same key returns the same job, charged once.")],
+    )
+    def post(self, request, *args, **kwargs):
+        form = JobCreateSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        params = dict(form.validated_data)
+        params.setdefault("checkpoint", Checkpoint.objects.filter(enabled=True).order_by("-is_default", "name").first())
+        key = request.headers.get("Idempotency-Key")
+        earlier = key and Job.objects.filter(user=request.user, idempotency_key=key).exists()
+        try:
+            job = services.job_submit(user=request.user, params=params, client_ip=client_ip(request),
+                                      idempotency_key=key)
+        except services.Refused as refusal:
+            if refusal.field:
+                raise ValidationError({refusal.field: [str(refusal)]})
+            return Response({"detail": str(refusal), "code": refusal.code},
+                            status=REFUSAL_STATUS.get(refusal.code, 400))
+        return Response(JobSerializer(job).data, status=status.HTTP_200_OK if earlier else status.HTTP_201_CREATED)
+
+
+class JobDetail(generics.RetrieveAPIView):
+    """One of your jobs, with its progress and, when done, its images."""
+
+    serializer_class = JobSerializer
+
+    def get_queryset(self):
+        return Job.objects.filter(user=self.request.user).select_related("checkpoint")
+
+
+class JobCancel(APIView):
+    """Cancel your job: a queued one at once (refunded), a running one within a step."""
+
+    @extend_schema(request=None, responses={200: JobSerializer})
+    def post(self, request, pk):
+        get_object_or_404(Job, pk=pk, user=request.user)
+        return Response(JobSerializer(services.job_cancel(user=request.user, job_id=pk)).data)
+
+
+class CheckpointList(generics.ListAPIView):
+    """The checkpoints you can generate with."""
+
+    serializer_class = CheckpointSerializer
+    pagination_class = None
+    queryset = Checkpoint.objects.filter(enabled=True)
+
+
+class SchedulerList(APIView):
+    """The schedulers, with the names A1111 writes for them."""
+
+    @extend_schema(responses=inline_serializer("Scheduler", {
+        "name": serializers.CharField(), "sampler": serializers.CharField(), "schedule_type": serializers.CharField(),
+    }, many=True))
+    def get(self, request):
+        return Response([{"name": s.name, "sampler": s.sampler, "schedule_type": s.schedule_type}
+                         for s in SCHEDULERS.values()])
+
+
+class Credits(APIView):
+    """Your balance."""
+
+    @extend_schema(responses=inline_serializer("Balance", {"balance": serializers.IntegerField()}))
+    def get(self, request):
+        account, _ = CreditAccount.objects.get_or_create(user=request.user)
+        return Response({"balance": account.balance})
+
+
+class CreditLedger(generics.ListAPIView):
+    """Every change of your balance, newest first."""
+
+    serializer_class = CreditEntrySerializer
+
+    def get_queryset(self):
+        return CreditAccount.objects.get_or_create(user=self.request.user)[0].entries.all()
+
+
+class Quote(APIView):
+    """What a job with these settings would cost, in credits."""
+
+    @extend_schema(parameters=[QuoteSerializer], responses=inline_serializer("Quote", {
+        "cost": serializers.IntegerField(), "balance": serializers.IntegerField()}))
+    def get(self, request):
+        form = QuoteSerializer(data=request.query_params)
+        form.is_valid(raise_exception=True)
+        account, _ = CreditAccount.objects.get_or_create(user=request.user)
+        return Response({"cost": services.quote_cost(**form.validated_data), "balance": account.balance})
+
+

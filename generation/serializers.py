@@ -1,0 +1,95 @@
+from django.conf import settings
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from generation.engine import SCHEDULERS
+from generation.models import Checkpoint, CreditEntry, Job
+
+
+class JobCreateSerializer(serializers.Serializer):
+    prompt = serializers.CharField(max_length=4000, help_text="What to draw. A1111 syntax: (word:1.3), [word], BREAK.")
+    negative_prompt = serializers.CharField(max_length=4000, required=False, allow_blank=True, default="",
+                                            help_text="What to keep out of the image.")
+    checkpoint = serializers.CharField(required=False, help_text="A checkpoint name; the default one if left out.")
+    width = serializers.IntegerField(default=512, help_text="Pixels; a multiple of 8, at least 256.")
+    height = serializers.IntegerField(default=512, help_text="Pixels; a multiple of 8, at least 256.")
+    steps = serializers.IntegerField(default=20, min_value=1, max_value=150, help_text="Denoising steps.")
+    guidance_scale = serializers.FloatField(default=7.0, min_value=0, max_value=30,
+                                            help_text="How closely to follow the prompt (CFG scale).")
+    scheduler = serializers.ChoiceField(choices=list(SCHEDULERS), default="Euler a", help_text="The sampler.")
+    seed = serializers.IntegerField(default=-1, min_value=-1, max_value=2**32 - 1,
+                                    help_text="-1 picks a random seed; image k gets seed + k.")
+    num_images = serializers.IntegerField(default=1, min_value=1, help_text="Images (variants) in this job.")
+
+    def validate_num_images(self, value):
+        if value > settings.SDWEB["MAX_IMAGES"]:
+            raise serializers.ValidationError(f"At most {settings.SDWEB['MAX_IMAGES']} images per job.")
+        return value
+
+    def validate_checkpoint(self, name):
+        checkpoint = Checkpoint.objects.filter(name=name, enabled=True).first()
+        if checkpoint is None:
+            raise serializers.ValidationError(f"No enabled checkpoint is called {name!r}; GET /api/v1/checkpoints/.")
+        return checkpoint
+
+
+class ImageSummarySerializer(serializers.Serializer):
+    id = serializers.CharField(help_text="The image's id (16 hex digits), also its watermark payload.")
+    seed = serializers.IntegerField(help_text="The seed that made it.")
+    url = serializers.CharField(help_text="The original PNG.")
+    thumbnail = serializers.CharField(help_text="A small WebP.")
+    page = serializers.CharField(help_text="The image's page in the studio.")
+
+
+class JobSerializer(serializers.ModelSerializer):
+    checkpoint = serializers.CharField(source="checkpoint.name", help_text="The checkpoint used.")
+    images = serializers.SerializerMethodField(help_text="The stored images, once the job succeeded.")
+    queue_position = serializers.SerializerMethodField(help_text="Queued jobs ahead of this one, while queued.")
+
+    class Meta:
+        model = Job
+        fields = ["id", "status", "prompt", "negative_prompt", "checkpoint", "width", "height", "steps",
+                  "guidance_scale", "scheduler", "seed", "num_images", "cost", "created_at", "started_at",
+                  "finished_at", "attempts", "progress_step", "progress_total", "queue_position", "error",
+                  "timings", "images"]
+        extra_kwargs = {
+            "id": {"help_text": "The job's id."},
+            "status": {"help_text": "queued, running, succeeded, failed or cancelled."},
+            "cost": {"help_text": "Credits charged (refunded if it failed or was cancelled)."},
+            "progress_step": {"help_text": "Denoising steps done."},
+            "progress_total": {"help_text": "Denoising steps in all."},
+            "timings": {"help_text": "Seconds per stage: load, text_encode, denoise, decode, watermark, total."},
+            "error": {"help_text": "Why it failed, when it did."},
+        }
+
+    @extend_schema_field(ImageSummarySerializer(many=True))
+    def get_images(self, job):
+        from generation.runner import image_summary
+
+        return [image_summary(image) for image in job.images.order_by("index")]
+
+    def get_queue_position(self, job) -> int | None:
+        from generation.services import queue_position
+
+        return queue_position(job) if job.status == Job.QUEUED else None
+
+
+class CheckpointSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Checkpoint
+        fields = ["name", "family", "default_width", "default_height", "default_steps", "is_default", "is_test_model"]
+
+
+class CreditEntrySerializer(serializers.ModelSerializer):
+    job = serializers.UUIDField(source="job_id", allow_null=True, help_text="The job it was for, if any.")
+
+    class Meta:
+        model = CreditEntry
+        fields = ["created_at", "kind", "amount", "reason", "job"]
+
+
+class QuoteSerializer(serializers.Serializer):
+    width = serializers.IntegerField(min_value=1, max_value=100_000)
+    height = serializers.IntegerField(min_value=1, max_value=100_000)
+    steps = serializers.IntegerField(min_value=1, max_value=150)
+    num_images = serializers.IntegerField(min_value=1, max_value=100)
