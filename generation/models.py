@@ -82,6 +82,13 @@ class Job(models.Model):
                                                 "guidance_scale", "scheduler", "seed", "num_images")}
 
 
+class UserSettings(models.Model):
+    """A user's own defaults (A1111 clients set the checkpoint through /sdapi/v1/options)."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="studio_settings")
+    default_checkpoint = models.ForeignKey(Checkpoint, null=True, blank=True, on_delete=models.SET_NULL)
+
+
 class CreditAccount(models.Model):
     user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="credits")
     balance = models.IntegerField(default=0)

@@ -4,6 +4,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitVie
 
 from gallery import api as gallery_api
 from generation import api
+from generation.compat import a1111
 
 from gallery import views as gallery_views
 from generation import views as generation_views
@@ -47,4 +48,13 @@ urlpatterns = [
     path("api/v1/credits/", api.Credits.as_view()),
     path("api/v1/credits/ledger/", api.CreditLedger.as_view()),
     path("api/v1/quote/", api.Quote.as_view()),
+    path("sdapi/v1/txt2img", a1111.Txt2Img.as_view()),
+    path("sdapi/v1/progress", a1111.Progress.as_view()),
+    path("sdapi/v1/interrupt", a1111.Interrupt.as_view()),
+    path("sdapi/v1/sd-models", a1111.SdModels.as_view()),
+    path("sdapi/v1/samplers", a1111.Samplers.as_view()),
+    path("sdapi/v1/schedulers", a1111.Schedulers.as_view()),
+    path("sdapi/v1/options", a1111.Options.as_view()),
+    path("sdapi/v1/embeddings", a1111.Embeddings.as_view()),
+    *[path(f"sdapi/v1/{name}", a1111.EmptyList.as_view()) for name in a1111.EMPTY_LISTS],
 ]

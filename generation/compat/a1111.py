@@ -1,0 +1,269 @@
+"""AUTOMATIC1111's web UI API, /sdapi/v1/, so existing clients work unchanged. Multi-user and
+metered: every job goes through the same submit, charge, queue and audit as the studio's."""
+
+import base64
+import io
+import json
+import time
+
+from django.conf import settings
+from django.core.files.storage import default_storage
+from django.db import transaction
+from drf_spectacular.utils import extend_schema
+from PIL import Image as PILImage
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from generation import services
+from generation.engine import SCHEDULERS, resolve_scheduler
+from generation.engine.loading import model_hash, resolve_source
+from generation.models import Checkpoint, Job, UserSettings
+from sdweb.api_auth import ApiKeyAuthentication, CachedBasicAuthentication
+from sdweb.throttle import client_ip
+
+# Fields of A1111's txt2img payload that we accept when they hold a value that leaves the image
+# as we make it; any other value is refused by name rather than silently ignored.
+NEUTRAL = {
+    "enable_hr": (False, None), "styles": ([], None), "subseed": (-1, 0, None), "subseed_strength": (0, 0.0, None),
+    "seed_resize_from_h": (-1, 0, None), "seed_resize_from_w": (-1, 0, None), "eta": (None,),
+    "s_churn": (0, 0.0, None), "s_tmin": (0, 0.0, None), "s_tmax": (None, 0, 0.0, float("inf")),
+    "s_noise": (1, 1.0, None), "s_min_uncond": (0, 0.0, None), "restore_faces": (False, None),
+    "tiling": (False, None), "refiner_checkpoint": (None, ""), "refiner_switch_at": (None, 0),
+    "script_name": (None, ""), "script_args": ([], None), "alwayson_scripts": ({}, None),
+    "firstphase_width": (0, None), "firstphase_height": (0, None), "firstpass_image": (None,),
+}
+# Fields that never change the picture (saving, returning, or hires settings while hires is off).
+HARMLESS = {
+    "denoising_strength", "hr_scale", "hr_upscaler", "hr_second_pass_steps", "hr_resize_x", "hr_resize_y",
+    "hr_checkpoint_name", "hr_sampler_name", "hr_scheduler", "hr_prompt", "hr_negative_prompt",
+    "hr_additional_modules", "do_not_save_samples", "do_not_save_grid", "save_images", "send_images",
+    "disable_extra_networks", "comments", "infotext", "force_task_id", "override_settings_restore_afterwards",
+    "sampler_index", "user",
+}
+USED = {"prompt", "negative_prompt", "seed", "steps", "cfg_scale", "width", "height", "sampler_name", "scheduler",
+        "batch_size", "n_iter", "override_settings"}
+SETTINGS_USED = {"sd_model_checkpoint"}
+SETTINGS_NEUTRAL = {"CLIP_stop_at_last_layers": (1, None), "sd_vae": ("Automatic", "None", None)}
+EMPTY_LISTS = ("loras", "upscalers", "latent-upscale-modes", "sd-vae", "prompt-styles", "hypernetworks",
+               "face-restorers", "realesrgan-models", "scripts")
+
+
+def a1111_error(status: int, detail: str, error: str = "HTTPException") -> Response:
+    return Response({"error": error, "detail": detail, "body": "", "errors": detail}, status=status)
+
+
+class A1111View(APIView):
+    authentication_classes = [ApiKeyAuthentication, CachedBasicAuthentication]
+
+
+def checkpoint_title(checkpoint: Checkpoint) -> str:
+    return f"{checkpoint.name} [{cached_hash(checkpoint.source)}]"
+
+
+_hashes = {}
+
+
+def cached_hash(source: str) -> str:
+    if source not in _hashes:
+        try:
+            _hashes[source] = model_hash(resolve_source(source))
+        except ValueError:
+            return ""
+    return _hashes[source]
+
+
+def user_checkpoint(user) -> Checkpoint | None:
+    chosen = UserSettings.objects.filter(user=user).values_list("default_checkpoint", flat=True).first()
+    enabled = Checkpoint.objects.filter(enabled=True)
+    return enabled.filter(pk=chosen).first() or enabled.order_by("-is_default", "name").first()
+
+
+def find_checkpoint(title: str) -> Checkpoint | None:
+    """A1111 names checkpoints "name [hash]" or by file name; match on our name either way."""
+    name = str(title).split(" [")[0].strip()
+    return Checkpoint.objects.filter(enabled=True, name=name).first()
+
+
+def translate(payload: dict, user) -> tuple[dict, list[str]]:
+    """A1111 txt2img payload -> our submit params, plus the fields that were ignored."""
+    if not isinstance(payload, dict):
+        raise ValueError("body: a JSON object is required")
+    ignored = []
+    for field, value in payload.items():
+        if field in USED:
+            continue
+        if field in NEUTRAL:
+            if value not in NEUTRAL[field]:
+                raise ValueError(f"{field}: {value!r} is not supported (only {NEUTRAL[field][0]!r})")
+            ignored.append(field)
+        elif field in HARMLESS or field not in USED:
+            ignored.append(field)
+    overrides = payload.get("override_settings") or {}
+    if not isinstance(overrides, dict):
+        raise ValueError("override_settings: an object is required")
+    checkpoint = user_checkpoint(user)
+    for key, value in overrides.items():
+        if key == "sd_model_checkpoint":
+            checkpoint = find_checkpoint(value)
+            if checkpoint is None:
+                raise ValueError(f"override_settings.sd_model_checkpoint: no checkpoint called {value!r}")
+        elif key in SETTINGS_NEUTRAL and value in SETTINGS_NEUTRAL[key]:
+            ignored.append(f"override_settings.{key}")
+        else:
+            raise ValueError(f"override_settings.{key}: not supported")
+    sampler = payload.get("sampler_name") or payload.get("sampler_index") or "Euler"
+    try:
+        scheduler = resolve_scheduler(sampler, payload.get("scheduler") or "automatic")
+    except ValueError as error:
+        raise ValueError(f"sampler_name: {error}") from error
+    batch_size, n_iter = payload.get("batch_size", 1), payload.get("n_iter", 1)
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in (batch_size, n_iter)):
+        raise ValueError("batch_size and n_iter: whole numbers of at least 1")
+    params = {
+        "prompt": payload.get("prompt", ""), "negative_prompt": payload.get("negative_prompt") or "",
+        "seed": payload.get("seed", -1), "steps": payload.get("steps", 50), "guidance_scale": payload.get("cfg_scale", 7.0),
+        "width": payload.get("width", 512), "height": payload.get("height", 512), "scheduler": scheduler,
+        "num_images": batch_size * n_iter, "checkpoint": checkpoint,
+    }
+    return params, sorted(ignored)
+
+
+def wait_for(job: Job, timeout: float) -> Job:
+    """Block this request until the job ends (the page-less A1111 call is synchronous)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        job.refresh_from_db()
+        if job.status not in Job.ACTIVE or time.monotonic() > deadline:
+            return job
+        time.sleep(0.05)
+
+
+class Txt2Img(A1111View):
+    @extend_schema(exclude=True)
+    def post(self, request):
+        try:
+            params, ignored = translate(request.data, request.user)
+        except ValueError as error:
+            return a1111_error(400, str(error))
+        try:
+            job = services.job_submit(user=request.user, params=params, client_ip=client_ip(request))
+        except services.Refused as refusal:
+            status = 402 if refusal.code == "insufficient_credits" else 409 if refusal.code == "active_job_cap" else 400
+            field = {"guidance_scale": "cfg_scale", "num_images": "batch_size"}.get(refusal.field, refusal.field)
+            return a1111_error(status, f"{field}: {refusal}" if field else str(refusal))
+        job = wait_for(job, settings.SDWEB["JOB_TIMEOUT_SECONDS"] + 600)
+        if job.status != Job.SUCCEEDED:
+            return a1111_error(409 if job.status == Job.CANCELLED else 422 if job.status == Job.FAILED else 504,
+                               job.error or f"the job is {job.status}", error="GenerationError")
+        images = list(job.images.order_by("index"))
+        encoded, infotexts = [], []
+        for image in images:
+            with default_storage.open(image.png.name, "rb") as file:
+                data = file.read()
+            encoded.append(base64.b64encode(data).decode())
+            infotexts.append(PILImage.open(io.BytesIO(data)).info.get("parameters", ""))
+        seeds = [image.seed for image in images]
+        spec = SCHEDULERS[job.scheduler]
+        info = {
+            "prompt": job.prompt, "all_prompts": [job.prompt] * len(images), "negative_prompt": job.negative_prompt,
+            "all_negative_prompts": [job.negative_prompt] * len(images), "seed": job.seed, "all_seeds": seeds,
+            "subseed": -1, "all_subseeds": [-1] * len(images), "subseed_strength": 0, "width": job.width,
+            "height": job.height, "sampler_name": spec.sampler, "scheduler": spec.schedule_type,
+            "cfg_scale": job.guidance_scale, "steps": job.steps, "batch_size": request.data.get("batch_size", 1),
+            "n_iter": request.data.get("n_iter", 1), "restore_faces": False, "sd_model_name": job.checkpoint.name,
+            "sd_model_hash": cached_hash(job.checkpoint.source), "seed_resize_from_w": -1, "seed_resize_from_h": -1,
+            "denoising_strength": None, "extra_generation_params": {}, "index_of_first_image": 0,
+            "infotexts": infotexts, "styles": [], "job_timestamp": job.created_at.strftime("%Y%m%d%H%M%S"),
+            "clip_skip": 1, "is_using_inpainting_conditioning": False, "version": "sdweb",
+            "ignored": ignored, "sdweb_job": str(job.pk), "sdweb_image_ids": [image.hex_id for image in images],
+        }
+        return Response({"images": encoded, "parameters": request.data, "info": json.dumps(info)})
+
+
+class Progress(A1111View):
+    @extend_schema(exclude=True)
+    def get(self, request):
+        job = (Job.objects.filter(user=request.user, status=Job.RUNNING).order_by("-started_at").first()
+               or Job.objects.filter(user=request.user, status=Job.QUEUED).order_by("created_at").first())
+        state = {"skipped": False, "interrupted": False, "job": "", "job_count": 0, "job_timestamp": "0",
+                 "job_no": 0, "sampling_step": 0, "sampling_steps": 0}
+        if job is None:
+            return Response({"progress": 0, "eta_relative": 0, "state": state, "current_image": None,
+                             "textinfo": None})
+        total = job.progress_total or job.steps
+        progress = job.progress_step / total if total else 0
+        elapsed = (time.time() - job.started_at.timestamp()) if job.started_at else 0
+        eta = elapsed / progress - elapsed if progress else 0
+        state.update(job=str(job.pk), job_count=1, sampling_step=job.progress_step, sampling_steps=total,
+                     interrupted=job.cancel_requested, job_timestamp=job.created_at.strftime("%Y%m%d%H%M%S"))
+        preview = None
+        if job.preview and request.query_params.get("skip_current_image") not in ("true", "1"):
+            preview = base64.b64encode(bytes(job.preview)).decode()
+        return Response({"progress": round(progress, 4), "eta_relative": round(eta, 2), "state": state,
+                         "current_image": preview, "textinfo": job.status})
+
+
+class Interrupt(A1111View):
+    @extend_schema(exclude=True)
+    def post(self, request):
+        for job in Job.objects.filter(user=request.user, status=Job.RUNNING):
+            services.job_cancel(user=request.user, job_id=job.pk)
+        return Response({})
+
+
+class SdModels(A1111View):
+    @extend_schema(exclude=True)
+    def get(self, request):
+        return Response([{"title": checkpoint_title(c), "model_name": c.name, "hash": cached_hash(c.source),
+                          "sha256": None, "filename": c.source, "config": None}
+                         for c in Checkpoint.objects.filter(enabled=True)])
+
+
+class Samplers(A1111View):
+    @extend_schema(exclude=True)
+    def get(self, request):
+        samplers = {}
+        for spec in SCHEDULERS.values():
+            entry = samplers.setdefault(spec.sampler, {"name": spec.sampler, "aliases": [], "options": {}})
+            if spec.name != spec.sampler:
+                entry["aliases"].append(spec.name)
+        return Response(list(samplers.values()))
+
+
+class Schedulers(A1111View):
+    @extend_schema(exclude=True)
+    def get(self, request):
+        return Response([{"name": name.lower(), "label": name, "aliases": None, "default_rho": -1,
+                          "need_inner_model": False} for name in ("Automatic", "Uniform", "Karras")])
+
+
+class Options(A1111View):
+    @extend_schema(exclude=True)
+    def get(self, request):
+        checkpoint = user_checkpoint(request.user)
+        return Response({"sd_model_checkpoint": checkpoint_title(checkpoint) if checkpoint else None,
+                         "sd_checkpoint_hash": None, "CLIP_stop_at_last_layers": 1, "sd_vae": "Automatic",
+                         "samples_format": "png"})
+
+    @extend_schema(exclude=True)
+    def post(self, request):
+        data = request.data if isinstance(request.data, dict) else {}
+        if "sd_model_checkpoint" in data:
+            checkpoint = find_checkpoint(data["sd_model_checkpoint"])
+            if checkpoint is None:
+                return a1111_error(400, f"sd_model_checkpoint: no checkpoint called {data['sd_model_checkpoint']!r}")
+            with transaction.atomic():
+                UserSettings.objects.update_or_create(user=request.user, defaults={"default_checkpoint": checkpoint})
+        return Response(None)
+
+
+class EmptyList(A1111View):
+    @extend_schema(exclude=True)
+    def get(self, request):
+        return Response([])
+
+
+class Embeddings(A1111View):
+    @extend_schema(exclude=True)
+    def get(self, request):
+        return Response({"loaded": {}, "skipped": {}})

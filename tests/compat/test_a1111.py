@@ -1,0 +1,144 @@
+"""AUTOMATIC1111 clients against /sdapi/v1/, with the real embedded worker making the images."""
+
+import base64
+import io
+import json
+
+import pytest
+from django.contrib.auth.hashers import check_password
+from django.contrib.auth.models import User
+from PIL import Image as PILImage
+from rest_framework.test import APIClient
+
+from generation.engine import parse_parameters, read_watermark
+from generation.models import CreditEntry, Job
+from generation.services import job_submit
+from sdweb.management.commands.up import start_worker_thread
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+# What A1111's API documents as the txt2img request body, defaults and all, as clients send it.
+A1111_DEFAULT_PAYLOAD = {
+    "prompt": "a lighthouse at dusk", "negative_prompt": "", "styles": [], "seed": -1, "subseed": -1,
+    "subseed_strength": 0, "seed_resize_from_h": -1, "seed_resize_from_w": -1, "sampler_name": "DPM++ 2M",
+    "scheduler": "Karras", "batch_size": 2, "n_iter": 1, "steps": 3, "cfg_scale": 7, "width": 256, "height": 256,
+    "restore_faces": None, "tiling": None, "do_not_save_samples": False, "do_not_save_grid": False, "eta": None,
+    "denoising_strength": 0, "s_min_uncond": 0, "s_churn": 0, "s_tmax": None, "s_tmin": 0, "s_noise": 1,
+    "override_settings": {}, "override_settings_restore_afterwards": True, "refiner_checkpoint": None,
+    "refiner_switch_at": None, "disable_extra_networks": False, "firstpass_image": None, "comments": {},
+    "enable_hr": False, "firstphase_width": 0, "firstphase_height": 0, "hr_scale": 2, "hr_upscaler": "Latent",
+    "hr_second_pass_steps": 0, "hr_resize_x": 0, "hr_resize_y": 0, "hr_checkpoint_name": None,
+    "hr_sampler_name": None, "hr_scheduler": None, "hr_prompt": "", "hr_negative_prompt": "",
+    "force_task_id": None, "sampler_index": "Euler", "script_name": None, "script_args": [], "send_images": True,
+    "save_images": False, "alwayson_scripts": {}, "infotext": None,
+}
+
+
+@pytest.fixture
+def worker(checkpoint):
+    worker = start_worker_thread()
+    yield worker
+    worker.stop(in_sighandler=False)
+
+
+@pytest.fixture
+def dana(checkpoint):
+    User.objects.create_user("dana", password="dana-pass-123")
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION="Basic " + base64.b64encode(b"dana:dana-pass-123").decode())
+    return client
+
+
+def test_a1111s_full_default_payload_makes_watermarked_images_with_a1111_metadata(dana, worker):
+    response = dana.post("/sdapi/v1/txt2img", A1111_DEFAULT_PAYLOAD, format="json")
+    assert response.status_code == 200, response.data
+    info = json.loads(response.data["info"])
+    assert response.data["parameters"]["sampler_name"] == "DPM++ 2M"
+    assert len(response.data["images"]) == 2 and info["all_seeds"] == [info["seed"], info["seed"] + 1]
+    assert (info["sampler_name"], info["scheduler"], info["steps"], info["sd_model_name"]) == (
+        "DPM++ 2M", "Karras", 3, "sdweb-test-tiny")
+    assert {"enable_hr", "hr_scale", "styles", "eta", "s_noise", "alwayson_scripts"} <= set(info["ignored"])
+    job = Job.objects.get()
+    for k, encoded in enumerate(response.data["images"]):
+        png = PILImage.open(io.BytesIO(base64.b64decode(encoded)))
+        meta = parse_parameters(png.info["parameters"])
+        assert (meta["seed"], meta["sampler"], meta["schedule_type"]) == (info["all_seeds"][k], "DPM++ 2M", "Karras")
+        assert read_watermark(png) == job.image_ids[k].to_bytes(8, "big")
+        assert png.info["parameters"] == info["infotexts"][k]
+    assert CreditEntry.objects.filter(job=job, kind="charge").count() == 1
+    assert job.images.count() == 2  # in the owner's gallery too
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"enable_hr": True}, "enable_hr"), ({"styles": ["cinematic"]}, "styles"), ({"subseed_strength": 0.5}, "subseed"),
+    ({"alwayson_scripts": {"controlnet": {}}}, "alwayson_scripts"), ({"sampler_name": "DDPM"}, "sampler_name"),
+    ({"override_settings": {"sd_vae": "other.pt"}}, "override_settings.sd_vae"), ({"width": 300}, "width"),
+    ({"cfg_scale": 99}, "cfg_scale"), ({"batch_size": 0}, "batch_size"), ({"eta": 0.5}, "eta"),
+])
+def test_a_value_that_would_change_the_result_is_a_400_naming_the_field(dana, change, field):
+    response = dana.post("/sdapi/v1/txt2img", {**A1111_DEFAULT_PAYLOAD, **change}, format="json")
+    assert response.status_code == 400 and field in response.data["detail"], response.data
+    assert not Job.objects.exists()
+
+
+def test_basic_auth_is_checked_once_then_remembered(dana, monkeypatch):
+    checks = []
+    monkeypatch.setattr("django.contrib.auth.base_user.check_password",
+                        lambda *a, **k: checks.append(1) or check_password(*a, **k))
+    for _ in range(3):
+        assert dana.get("/sdapi/v1/progress").status_code == 200
+    assert len(checks) == 1
+
+
+def test_a_wrong_password_or_none_is_a_401(dana, checkpoint):
+    stranger = APIClient()
+    assert stranger.get("/sdapi/v1/sd-models").status_code == 401
+    stranger.credentials(HTTP_AUTHORIZATION="Basic " + base64.b64encode(b"dana:wrong").decode())
+    assert stranger.get("/sdapi/v1/sd-models").status_code == 401
+
+
+def test_progress_and_interrupt_see_only_the_callers_own_job(dana, checkpoint):
+    dana_user = User.objects.get(username="dana")
+    other = User.objects.create_user("erin", password="erin-pass-123")
+    params = {"prompt": "x", "checkpoint": checkpoint, "width": 256, "height": 256, "steps": 10,
+              "guidance_scale": 7, "scheduler": "Euler a", "seed": 1, "num_images": 1}
+    theirs = job_submit(user=other, params=params)
+    Job.objects.filter(pk=theirs.pk).update(status="running", progress_step=3, progress_total=10)
+    assert dana.get("/sdapi/v1/progress").data["state"]["job_count"] == 0
+    dana.post("/sdapi/v1/interrupt")
+    assert Job.objects.get(pk=theirs.pk).cancel_requested is False
+    mine = job_submit(user=dana_user, params=params)
+    Job.objects.filter(pk=mine.pk).update(status="running", progress_step=5, progress_total=10, preview=b"jpeg",
+                                          started_at=mine.created_at)
+    progress = dana.get("/sdapi/v1/progress").data
+    assert progress["progress"] == 0.5 and progress["state"]["sampling_step"] == 5
+    assert base64.b64decode(progress["current_image"]) == b"jpeg"
+    dana.post("/sdapi/v1/interrupt")
+    assert Job.objects.get(pk=mine.pk).cancel_requested is True
+
+
+def test_models_samplers_schedulers_options_and_the_empty_lists(dana, checkpoint, tmp_path, test_model_folder):
+    from generation.services import checkpoint_register
+
+    checkpoint_register(name="second", source=test_model_folder)
+    models = dana.get("/sdapi/v1/sd-models").data
+    assert {m["model_name"] for m in models} == {"sdweb-test-tiny", "second"}
+    assert models[0]["title"].endswith(f"[{models[0]['hash']}]") and len(models[0]["hash"]) == 10
+    samplers = {s["name"]: s for s in dana.get("/sdapi/v1/samplers").data}
+    assert {"Euler a", "DPM++ 2M", "DPM++ SDE", "UniPC", "PLMS"} <= set(samplers)
+    assert [s["name"] for s in dana.get("/sdapi/v1/schedulers").data] == ["automatic", "uniform", "karras"]
+    assert dana.get("/sdapi/v1/options").data["sd_model_checkpoint"].startswith("sdweb-test-tiny [")
+    assert dana.post("/sdapi/v1/options", {"sd_model_checkpoint": "second [abc]"}, format="json").status_code == 200
+    assert dana.get("/sdapi/v1/options").data["sd_model_checkpoint"].startswith("second [")
+    assert dana.post("/sdapi/v1/options", {"sd_model_checkpoint": "nope"}, format="json").status_code == 400
+    for name in ("loras", "upscalers", "sd-vae", "prompt-styles"):
+        assert dana.get(f"/sdapi/v1/{name}").data == []
+    assert dana.get("/sdapi/v1/embeddings").data == {"loaded": {}, "skipped": {}}
+
+
+def test_insufficient_credits_is_refused_before_any_work(dana, checkpoint):
+    from generation.services import credits_change
+
+    credits_change(user=User.objects.get(username="dana"), kind="adjust", amount=-100, reason="spent")
+    response = dana.post("/sdapi/v1/txt2img", A1111_DEFAULT_PAYLOAD, format="json")
+    assert response.status_code == 402 and "balance is 0" in response.data["detail"]
