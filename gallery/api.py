@@ -12,7 +12,7 @@ from gallery.views import parse_image_id
 class ImageSerializer(serializers.ModelSerializer):
     id = serializers.CharField(source="hex_id", read_only=True, help_text="16 hex digits; also the watermark payload.")
     job = serializers.UUIDField(source="job_id", read_only=True, help_text="The job that made it.")
-    prompt = serializers.CharField(source="job.prompt", read_only=True)
+    prompt = serializers.CharField(source="job.prompt", read_only=True, help_text="The prompt that made it.")
     share_url = serializers.SerializerMethodField(help_text="The public page, while the image is public.")
     is_public = serializers.BooleanField(help_text="Whether anyone may see it; PATCH to change.")
 
@@ -20,6 +20,13 @@ class ImageSerializer(serializers.ModelSerializer):
         model = Image
         fields = ["id", "job", "index", "seed", "width", "height", "prompt", "is_public", "share_url", "created_at"]
         read_only_fields = ["index", "seed", "width", "height", "created_at"]
+        extra_kwargs = {
+            "index": {"help_text": "Its place in the job's batch."},
+            "seed": {"help_text": "The seed that made it."},
+            "width": {"help_text": "Pixels."},
+            "height": {"help_text": "Pixels."},
+            "created_at": {"help_text": "When it was stored."},
+        }
 
     def get_share_url(self, image) -> str | None:
         return f"/s/{image.share_slug}/" if image.is_public else None

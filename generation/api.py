@@ -96,7 +96,9 @@ class SchedulerList(APIView):
     """The schedulers, with the names A1111 writes for them."""
 
     @extend_schema(responses=inline_serializer("Scheduler", {
-        "name": serializers.CharField(), "sampler": serializers.CharField(), "schedule_type": serializers.CharField(),
+        "name": serializers.CharField(help_text="Use as `scheduler` when submitting."),
+        "sampler": serializers.CharField(help_text="A1111's sampler name for it."),
+        "schedule_type": serializers.CharField(help_text="A1111's schedule type for it."),
     }, many=True))
     def get(self, request):
         return Response([{"name": s.name, "sampler": s.sampler, "schedule_type": s.schedule_type}
@@ -106,7 +108,7 @@ class SchedulerList(APIView):
 class Credits(APIView):
     """Your balance."""
 
-    @extend_schema(responses=inline_serializer("Balance", {"balance": serializers.IntegerField()}))
+    @extend_schema(responses=inline_serializer("Balance", {"balance": serializers.IntegerField(help_text="Credits.")}))
     def get(self, request):
         account, _ = CreditAccount.objects.get_or_create(user=request.user)
         return Response({"balance": account.balance})
@@ -125,7 +127,8 @@ class Quote(APIView):
     """What a job with these settings would cost, in credits."""
 
     @extend_schema(parameters=[QuoteSerializer], responses=inline_serializer("Quote", {
-        "cost": serializers.IntegerField(), "balance": serializers.IntegerField()}))
+        "cost": serializers.IntegerField(help_text="Credits these settings cost."),
+        "balance": serializers.IntegerField(help_text="Your credits now.")}))
     def get(self, request):
         form = QuoteSerializer(data=request.query_params)
         form.is_valid(raise_exception=True)

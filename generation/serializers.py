@@ -54,6 +54,19 @@ class JobSerializer(serializers.ModelSerializer):
                   "timings", "images"]
         extra_kwargs = {
             "id": {"help_text": "The job's id."},
+            "prompt": {"help_text": "What was asked for."},
+            "negative_prompt": {"help_text": "What was kept out."},
+            "width": {"help_text": "Pixels."},
+            "height": {"help_text": "Pixels."},
+            "steps": {"help_text": "Denoising steps."},
+            "guidance_scale": {"help_text": "CFG scale."},
+            "scheduler": {"help_text": "The sampler, by its A1111 name."},
+            "seed": {"help_text": "The first image's seed; image k has seed + k."},
+            "num_images": {"help_text": "Images in the job."},
+            "created_at": {"help_text": "When it was submitted."},
+            "started_at": {"help_text": "When a worker last started it."},
+            "finished_at": {"help_text": "When it ended."},
+            "attempts": {"help_text": "Times a worker started it (a worker that died counts)."},
             "status": {"help_text": "queued, running, succeeded, failed or cancelled."},
             "cost": {"help_text": "Credits charged (refunded if it failed or was cancelled)."},
             "progress_step": {"help_text": "Denoising steps done."},
@@ -78,6 +91,15 @@ class CheckpointSerializer(serializers.ModelSerializer):
     class Meta:
         model = Checkpoint
         fields = ["name", "family", "default_width", "default_height", "default_steps", "is_default", "is_test_model"]
+        extra_kwargs = {
+            "name": {"help_text": "Use this name as `checkpoint` when submitting."},
+            "family": {"help_text": "sd1 or sd2."},
+            "default_width": {"help_text": "The size it was trained at, pixels."},
+            "default_height": {"help_text": "The size it was trained at, pixels."},
+            "default_steps": {"help_text": "Suggested denoising steps."},
+            "is_default": {"help_text": "Used when a request names no checkpoint."},
+            "is_test_model": {"help_text": "The built-in random-weight model: its images are noise."},
+        }
 
 
 class CreditEntrySerializer(serializers.ModelSerializer):
@@ -86,10 +108,16 @@ class CreditEntrySerializer(serializers.ModelSerializer):
     class Meta:
         model = CreditEntry
         fields = ["created_at", "kind", "amount", "reason", "job"]
+        extra_kwargs = {
+            "created_at": {"help_text": "When the balance changed."},
+            "kind": {"help_text": "grant, topup, charge, refund or adjust."},
+            "amount": {"help_text": "Credits added (negative: taken)."},
+            "reason": {"help_text": "Why."},
+        }
 
 
 class QuoteSerializer(serializers.Serializer):
-    width = serializers.IntegerField(min_value=1, max_value=100_000)
-    height = serializers.IntegerField(min_value=1, max_value=100_000)
-    steps = serializers.IntegerField(min_value=1, max_value=150)
-    num_images = serializers.IntegerField(min_value=1, max_value=100)
+    width = serializers.IntegerField(min_value=1, max_value=100_000, help_text="Pixels.")
+    height = serializers.IntegerField(min_value=1, max_value=100_000, help_text="Pixels.")
+    steps = serializers.IntegerField(min_value=1, max_value=150, help_text="Denoising steps.")
+    num_images = serializers.IntegerField(min_value=1, max_value=100, help_text="Images in the job.")

@@ -4,7 +4,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitVie
 
 from gallery import api as gallery_api
 from generation import api
-from generation.compat import a1111
+from generation.compat import a1111, openai
 
 from gallery import views as gallery_views
 from generation import views as generation_views
@@ -57,4 +57,6 @@ urlpatterns = [
     path("sdapi/v1/options", a1111.Options.as_view()),
     path("sdapi/v1/embeddings", a1111.Embeddings.as_view()),
     *[path(f"sdapi/v1/{name}", a1111.EmptyList.as_view()) for name in a1111.EMPTY_LISTS],
+    path("v1/images/generations", openai.images_generations, name="openai-generations"),
+    path("v1/files/<str:token>", openai.signed_file, name="openai-file"),
 ]

@@ -1,0 +1,128 @@
+"""OpenAI Images API clients against /v1/images/generations, with the real embedded worker."""
+
+import base64
+import io
+import json
+import time
+
+import pytest
+from asgiref.sync import async_to_sync, sync_to_async
+from django.test import AsyncClient, Client
+from PIL import Image as PILImage
+
+from generation.engine import parse_parameters, read_watermark
+from generation.models import CreditEntry, Job
+from generation.services import credits_change
+from sdweb.management.commands.up import start_worker_thread
+from sdweb.services import api_key_create
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def worker(checkpoint):
+    worker = start_worker_thread()
+    yield worker
+    worker.stop(in_sighandler=False)
+
+
+@pytest.fixture
+def key(alice, checkpoint):
+    return api_key_create(user=alice, name="openai")[1]
+
+
+def post(key, **body):
+    return Client().post("/v1/images/generations", json.dumps(body), content_type="application/json",
+                         HTTP_AUTHORIZATION=f"Bearer {key}")
+
+
+def test_b64_json_images_carry_our_metadata_and_watermark(key, worker):
+    response = post(key, prompt="a red kite over the sea", n=2, size="256x256")
+    assert response.status_code == 200, response.content
+    body = response.json()
+    assert len(body["data"]) == 2 and body["data"][0]["revised_prompt"] == "a red kite over the sea"
+    job = Job.objects.get()
+    for k, item in enumerate(body["data"]):
+        png = PILImage.open(io.BytesIO(base64.b64decode(item["b64_json"])))
+        assert png.format == "PNG" and read_watermark(png) == job.image_ids[k].to_bytes(8, "big")
+        assert parse_parameters(png.info["parameters"])["prompt"] == "a red kite over the sea"
+    assert CreditEntry.objects.filter(job=job, kind="charge").count() == 1 and job.images.count() == 2
+
+
+def test_jpeg_output_keeps_the_watermark(key, worker):
+    item = post(key, prompt="a quiet street", size="256x256", output_format="jpeg").json()["data"][0]
+    jpeg = PILImage.open(io.BytesIO(base64.b64decode(item["b64_json"])))
+    assert jpeg.format == "JPEG" and read_watermark(jpeg) == Job.objects.get().image_ids[0].to_bytes(8, "big")
+
+
+def test_a_url_works_without_credentials_until_it_expires(key, worker, monkeypatch):
+    url = post(key, prompt="a quiet street", size="256x256", response_format="url").json()["data"][0]["url"]
+    path = url.split("testserver", 1)[1]
+    assert Client().get(path)["Content-Type"] == "image/png"
+    later = time.time() + 3601
+    monkeypatch.setattr("django.core.signing.time.time", lambda: later)
+    assert Client().get(path).status_code == 404
+    assert Client().get(path[:-3] + "abc").status_code == 404  # tampered
+
+
+@pytest.mark.parametrize("body, status, param, code", [
+    ({"prompt": "x", "size": "huge"}, 400, "size", None),
+    ({"prompt": "x", "size": "300x256"}, 400, "size", None),
+    ({"prompt": ""}, 400, "prompt", None),
+    ({"prompt": "x", "n": 9}, 400, "n", None),
+    ({"prompt": "x", "response_format": "gif"}, 400, "response_format", None),
+    ({"prompt": "x", "model": "no-such-model"}, 400, "model", "model_not_found"),
+    ({"prompt": "x", "stream": True, "n": 2}, 400, "n", None),
+])
+def test_bad_fields_get_openais_error_object(key, body, status, param, code):
+    response = post(key, **body)
+    error = response.json()["error"]
+    assert response.status_code == status and error["param"] == param and error["code"] == code
+    assert error["type"] == "invalid_request_error" and error["message"]
+    assert not Job.objects.exists()
+
+
+def test_a_bad_key_is_a_401(checkpoint):
+    response = post("sdw_wrong", prompt="x")
+    assert response.status_code == 401 and response.json()["error"]["code"] == "invalid_api_key"
+
+
+def test_running_out_of_credits_is_429_insufficient_quota(key, alice):
+    credits_change(user=alice, kind="adjust", amount=-100, reason="spent")
+    response = post(key, prompt="x", size="256x256")
+    assert response.status_code == 429 and response.json()["error"]["code"] == "insufficient_quota"
+
+
+def test_too_many_requests_is_429_rate_limit_exceeded(key, settings):
+    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": {"user": "1/min"}}
+    post(key, prompt="x", size="bad")
+    response = post(key, prompt="x", size="bad")
+    assert response.status_code == 429 and response.json()["error"]["code"] == "rate_limit_exceeded"
+    assert response["Retry-After"] == "60"
+
+
+def test_streaming_sends_a_partial_image_while_the_job_runs_then_the_final_one(key, worker):
+    async def scenario():
+        response = await AsyncClient().post(
+            "/v1/images/generations", json.dumps({"prompt": "a storm", "size": "256x256", "stream": True,
+                                                  "partial_images": 2}),
+            content_type="application/json", headers={"Authorization": f"Bearer {key}"})
+        assert response["Content-Type"] == "text/event-stream"
+        events, buffer = [], b""
+        async for chunk in response.streaming_content:
+            buffer += chunk
+            while b"\n\n" in buffer:
+                block, buffer = buffer.split(b"\n\n", 1)
+                name = block.split(b"\n")[0].removeprefix(b"event: ").decode()
+                data = json.loads(block.split(b"data: ", 1)[1])
+                status = await sync_to_async(lambda: Job.objects.get().status)()
+                events.append((name, data, status))
+        return events
+
+    events = async_to_sync(scenario)()
+    partials = [(data, status) for name, data, status in events if name == "image_generation.partial_image"]
+    assert partials and partials[0][1] == "running"  # it arrived while the job was still running
+    assert [d["partial_image_index"] for d, _ in partials] == list(range(len(partials)))
+    name, final, _ = events[-1]
+    assert name == "image_generation.completed"
+    assert PILImage.open(io.BytesIO(base64.b64decode(final["b64_json"]))).format == "PNG"
