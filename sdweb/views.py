@@ -96,8 +96,9 @@ def account(request, new_key=None):
 
 
 @login_required
-@require_POST
 def api_key_create(request):
+    if request.method != "POST":  # a reload of the page that showed a new key shows it no more
+        return redirect("account")
     key, raw = services.api_key_create(user=request.user, name=request.POST.get("name", ""))
     return account(request, new_key=raw)  # shown this once, never stored
 

@@ -198,3 +198,27 @@ def test_7_hostile_prompts_render_as_text_everywhere_and_pages_carry_security_he
         assert response.headers["x-frame-options"] == "DENY", path
     session = next(c for c in page.context.cookies() if c["name"] == "sessionid")
     assert session["httpOnly"] is True
+
+
+def test_8_a_user_makes_an_api_key_uses_it_from_a_script_and_revokes_it(new_page):
+    page = new_page()
+    sign_up(page)
+    page.goto("/account/")
+    assert "No API keys" in page.locator("main").inner_text()
+    page.get_by_label("New key's name").fill("my bot")
+    page.get_by_role("button", name="Create API key").click()
+    key = page.locator("#new-key").inner_text()
+    screenshot(page, "8-api-key")
+    script = page.context.browser.new_context(base_url=page.url).request  # no cookies: a script
+    job = script.post("/api/v1/jobs/", headers={"Authorization": f"Bearer {key}"},
+                      data={"prompt": "a bot's lighthouse", "width": 256, "height": 256, "steps": 3})
+    assert job.status == 201
+    page.goto(f"/jobs/{job.json()['id']}/")
+    page.wait_for_function("document.querySelectorAll('#images img').length == 1")
+    page.goto("/account/")
+    assert key not in page.content()  # shown once
+    page.get_by_role("button", name="Revoke").click()
+    assert script.get("/api/v1/credits/", headers={"Authorization": f"Bearer {key}"}).status == 401
+    page.goto("/api/docs/")
+    page.wait_for_selector(".swagger-ui .opblock")  # the docs render from our own files
+    assert page.dialogs == []
