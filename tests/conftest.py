@@ -49,3 +49,14 @@ def fresh_cache():
     from django.core.cache import cache
 
     cache.clear()
+
+
+@pytest.fixture
+def worker(checkpoint):
+    """The embedded Celery worker thread, as `manage.py up` runs it (needs committed data:
+    use it with transactional tests)."""
+    from sdweb.management.commands.up import start_worker_thread
+
+    worker = start_worker_thread()
+    yield worker
+    worker.stop(in_sighandler=False)

@@ -13,7 +13,6 @@ from rest_framework.test import APIClient
 from generation.engine import parse_parameters, read_watermark
 from generation.models import CreditEntry, Job
 from generation.services import job_submit
-from sdweb.management.commands.up import start_worker_thread
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -32,13 +31,6 @@ A1111_DEFAULT_PAYLOAD = {
     "force_task_id": None, "sampler_index": "Euler", "script_name": None, "script_args": [], "send_images": True,
     "save_images": False, "alwayson_scripts": {}, "infotext": None,
 }
-
-
-@pytest.fixture
-def worker(checkpoint):
-    worker = start_worker_thread()
-    yield worker
-    worker.stop(in_sighandler=False)
 
 
 @pytest.fixture

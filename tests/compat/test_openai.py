@@ -13,17 +13,9 @@ from PIL import Image as PILImage
 from generation.engine import parse_parameters, read_watermark
 from generation.models import CreditEntry, Job
 from generation.services import credits_change
-from sdweb.management.commands.up import start_worker_thread
 from sdweb.services import api_key_create
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def worker(checkpoint):
-    worker = start_worker_thread()
-    yield worker
-    worker.stop(in_sighandler=False)
 
 
 @pytest.fixture

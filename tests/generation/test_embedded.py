@@ -9,7 +9,6 @@ from generation import services
 from generation.models import Job
 from generation.services import job_claim, job_submit
 from generation.runner import job_run
-from sdweb.management.commands.up import start_worker_thread
 
 from .helpers import assert_ledger_balanced, params, refunds
 
@@ -23,14 +22,10 @@ def wait_for(condition, timeout=60):
         time.sleep(0.05)
 
 
-def test_a_submitted_job_is_run_by_the_worker_thread_through_the_memory_broker(checkpoint):
+def test_a_submitted_job_is_run_by_the_worker_thread_through_the_memory_broker(checkpoint, worker):
     alice = User.objects.create_user("alice", password="pw-alice-123")
-    worker = start_worker_thread()
-    try:
-        job = job_submit(user=alice, params=params(checkpoint))  # on commit: a message to the broker
-        wait_for(lambda: Job.objects.get(pk=job.pk).status == "succeeded")
-    finally:
-        worker.stop(in_sighandler=False)
+    job = job_submit(user=alice, params=params(checkpoint))  # on commit: a message to the broker
+    wait_for(lambda: Job.objects.get(pk=job.pk).status == "succeeded")
     assert Job.objects.get(pk=job.pk).images.count() == 2
     assert_ledger_balanced()
 
