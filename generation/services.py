@@ -234,9 +234,7 @@ def job_claim() -> Job | None:
     SDWEB_FAIR_WINDOW_MINUTES first, then the oldest job. A job whose worker died (its lease
     ran out) is claimable again until SDWEB_ATTEMPT_LIMIT attempts."""
     now = timezone.now()
-    for job in Job.objects.filter(status=Job.RUNNING, lease_until__lt=now,
-                                  attempts__gte=settings.SDWEB["ATTEMPT_LIMIT"]):
-        job_finish_failed(job=job, attempt=job.attempts, error=f"The worker stopped {job.attempts} times; giving up.")
+    fail_exhausted(now)
     with transaction.atomic():
         # SKIP LOCKED lets workers on PostgreSQL pass over rows another worker is claiming.
         candidates = list(Job.objects.select_for_update(skip_locked=True).filter(_claimable(now))
@@ -264,6 +262,24 @@ def announce_queue_positions(limit: int = 100) -> None:
     waiting = Job.objects.filter(status=Job.QUEUED).order_by("created_at").values_list("pk", flat=True)[:limit]
     for position, job_id in enumerate(waiting):
         job_event(job_id, {"type": "queued", "position": position})
+
+
+def fail_exhausted(now) -> int:
+    """Jobs whose worker died SDWEB_ATTEMPT_LIMIT times fail, with one refund each."""
+    exhausted = Job.objects.filter(status=Job.RUNNING, lease_until__lt=now, attempts__gte=settings.SDWEB["ATTEMPT_LIMIT"])
+    return sum(job_finish_failed(job=job, attempt=job.attempts, error=f"The worker stopped {job.attempts} times; giving up.")
+               for job in exhausted)
+
+
+def jobs_reap() -> dict:
+    """The sweep for when no worker is free to notice: fail exhausted jobs, and send one message
+    per job whose worker died so that the next free worker claims it."""
+    now = timezone.now()
+    failed = fail_exhausted(now)
+    orphans = Job.objects.filter(status=Job.RUNNING, lease_until__lt=now).count()
+    for _ in range(orphans):
+        enqueue_job()
+    return {"failed": failed, "requeued": orphans}
 
 
 def job_run_next() -> Job | None:

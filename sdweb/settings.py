@@ -39,11 +39,23 @@ def database_from_url(url: str) -> dict:
 
 VAR_DIR = Path(env("SDWEB_VAR_DIR", str(BASE_DIR / "var")))
 DEBUG = env("SDWEB_DEBUG", "0") == "1"
+def embedded_secret_key(path: Path) -> str:
+    """The embedded default's own random key, made once and kept beside its database: never a
+    known key, even when `up --host` puts the studio on a network."""
+    import secrets
+
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_urlsafe(50))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
 SECRET_KEY = env("SECRET_KEY")
 if not SECRET_KEY:
     if env("SDWEB_ENV") == "production":
         raise RuntimeError("SECRET_KEY must be set when SDWEB_ENV=production")
-    SECRET_KEY = "embedded-dev-key-not-for-production"
+    SECRET_KEY = embedded_secret_key(VAR_DIR / "secret_key")
 ALLOWED_HOSTS = env("SDWEB_ALLOWED_HOSTS", "127.0.0.1,localhost").split(",")
 CSRF_TRUSTED_ORIGINS = [o for o in env("SDWEB_CSRF_TRUSTED_ORIGINS").split(",") if o]
 
@@ -134,6 +146,8 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_WORKER_REDIRECT_STDOUTS = False
+CELERY_BEAT_SCHEDULE = {"reap-jobs": {"task": "generation.reap_jobs",
+                                      "schedule": float(env("SDWEB_REAP_EVERY_SECONDS", "60"))}}
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["sdweb.api_auth.ApiKeyAuthentication",

@@ -12,6 +12,7 @@ from sdweb import views
 
 urlpatterns = [
     path("", views.home, name="home"),
+    path("healthz", views.healthz, name="healthz"),
     path("generate/", generation_views.generate, name="generate"),
     path("jobs/<uuid:job_id>/", generation_views.job_detail, name="job"),
     path("jobs/<uuid:job_id>/cancel/", generation_views.job_cancel, name="job-cancel"),

@@ -3,7 +3,8 @@ from django.contrib import messages
 from django.contrib.auth import login
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
-from django.db import transaction
+from django.db import connection, transaction
+from django.http import JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 
 from generation.models import Checkpoint, CreditAccount
@@ -109,3 +110,35 @@ def api_key_revoke(request, key_id):
     if services.api_key_revoke(user=request.user, key_id=key_id):
         messages.success(request, "API key revoked; it stops working at once.")
     return redirect("account")
+
+
+def healthz(request):
+    """Reachability of the database, the broker and the channel layer, for load balancers."""
+    checks = {}
+    for name, probe in (("database", _probe_database), ("broker", _probe_broker), ("channel_layer", _probe_layer)):
+        try:
+            probe()
+            checks[name] = "ok"
+        except Exception as error:  # any failure means "not healthy"; its type is enough to act on
+            checks[name] = f"error: {type(error).__name__}"
+    healthy = all(v == "ok" for v in checks.values())
+    return JsonResponse({"status": "ok" if healthy else "unhealthy", **checks}, status=200 if healthy else 503)
+
+
+def _probe_database():
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+
+
+def _probe_broker():
+    from sdweb.celery import app
+
+    with app.connection_for_write() as conn:
+        conn.ensure_connection(max_retries=1, timeout=2)
+
+
+def _probe_layer():
+    from asgiref.sync import async_to_sync
+    from channels.layers import get_channel_layer
+
+    async_to_sync(get_channel_layer().group_send)("healthz", {"type": "healthz"})
