@@ -1,0 +1,54 @@
+"""Concurrency where money is involved, on PostgreSQL (row locks do nothing on SQLite)."""
+
+RACE = """
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from django.contrib.auth.models import User
+from django.db import connection
+from generation.models import CreditAccount, Job
+from generation.services import Refused, checkpoint_ensure_test_model, credits_change, job_submit
+
+checkpoint = checkpoint_ensure_test_model()
+user = User.objects.create_user(USERNAME)
+credits_change(user=user, kind="adjust", amount=10 - user.credits.balance, reason="exactly ten")
+params = {"prompt": "a race", "checkpoint": checkpoint, "width": 256, "height": 256, "steps": 2,
+          "guidance_scale": 7, "scheduler": "Euler a", "seed": 1, "num_images": 1}
+start = threading.Barrier(THREADS)
+
+def submit(i):
+    start.wait()
+    try:
+        return str(job_submit(user=user, params=params, idempotency_key=KEY).pk)
+    except Refused as refusal:
+        return refusal.code
+    finally:
+        connection.close()
+
+with ThreadPoolExecutor(THREADS) as pool:
+    results = list(pool.map(submit, range(THREADS)))
+account = CreditAccount.objects.get(user=user)
+print(json.dumps({"results": results, "balance": account.balance,
+                  "ledger": sum(account.entries.values_list("amount", flat=True)),
+                  "jobs": Job.objects.filter(user=user).count(),
+                  "charges": account.entries.filter(kind="charge").count()}))
+"""
+
+
+def race(production, username, threads, key=None):
+    code = RACE.replace("USERNAME", repr(username)).replace("THREADS", str(threads)).replace("KEY", repr(key))
+    return production.script(code)
+
+
+def test_50_concurrent_submissions_with_credit_for_10_accept_exactly_10(production):
+    outcome = race(production, "racer", 50)
+    refused = [r for r in outcome["results"] if r == "insufficient_credits"]
+    assert (len(outcome["results"]) - len(refused), len(refused)) == (10, 40)
+    assert outcome["balance"] == 0 == outcome["ledger"]
+    assert outcome["jobs"] == outcome["charges"] == 10
+
+
+def test_concurrent_retries_with_one_idempotency_key_make_one_job_and_one_charge(production):
+    outcome = race(production, "retrier", 12, key="same-key")
+    assert len(set(outcome["results"])) == 1  # every retry got the same job id
+    assert outcome["jobs"] == outcome["charges"] == 1
+    assert outcome["balance"] == 9 == outcome["ledger"]

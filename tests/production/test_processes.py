@@ -1,0 +1,119 @@
+"""A web process and a separate Celery worker process sharing PostgreSQL and Redis, as on a
+deployment with GPU hosts: live progress crosses processes through channels_redis."""
+
+import json
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
+
+from tests.sdweb.test_up import ROOT, Browser, free_port, wait_until
+
+
+@pytest.fixture(scope="module")
+def deployment(production):
+    production.script("from generation.services import checkpoint_ensure_test_model\n"
+                      "checkpoint_ensure_test_model()\nprint('{}')")
+    port = free_port()
+    log = open(production.env["SDWEB_VAR_DIR"] + "/processes.log", "a")
+    web = subprocess.Popen([sys.executable, "-m", "uvicorn", "sdweb.asgi:application", "--host", "127.0.0.1",
+                            "--port", str(port), "--log-level", "warning", "--ws", "websockets-sansio"],
+                           cwd=ROOT, env=production.env, stdout=log, stderr=subprocess.STDOUT)
+    worker = subprocess.Popen([sys.executable, "-m", "celery", "-A", "sdweb", "worker", "--pool=prefork",
+                               "--concurrency=1", "--loglevel=WARNING", "-n", "gpu1@%h"],
+                              cwd=ROOT, env=production.env, stdout=log, stderr=subprocess.STDOUT)
+    production.base, production.port = f"http://127.0.0.1:{port}", port
+    try:
+        wait_until(lambda: _answers(production.base), timeout=60)
+        yield production
+    finally:
+        for process in (web, worker):
+            process.terminate()
+        for process in (web, worker):
+            process.wait(timeout=60)
+        log.close()
+
+
+def _answers(base) -> bool:
+    try:
+        Browser(base).get("/healthz")
+        return True
+    except OSError:
+        return False
+
+
+def sign_up(base, name) -> Browser:
+    browser = Browser(base)
+    browser.post("/accounts/signup/", {"username": name, "password1": "a-long-pass-123",
+                                       "password2": "a-long-pass-123"})
+    return browser
+
+
+def socket(deployment, browser, job_id, origin="own"):
+    headers = {"Cookie": f"sessionid={browser.cookie('sessionid')}"}
+    if origin == "own":
+        headers["Origin"] = deployment.base
+    elif origin:
+        headers["Origin"] = origin
+    return connect(f"ws://127.0.0.1:{deployment.port}/ws/jobs/{job_id}/", additional_headers=headers)
+
+
+def test_healthz_sees_postgresql_redis_and_the_channel_layer(deployment):
+    assert json.loads(Browser(deployment.base).get("/healthz")[1]) == {
+        "status": "ok", "database": "ok", "broker": "ok", "channel_layer": "ok"}
+
+
+def test_progress_reaches_the_owner_from_a_worker_in_another_process(deployment):
+    owner = sign_up(deployment.base, "owner")
+    page = owner.get("/generate/")[1]
+    checkpoint = re.search(r'<option value="(\d+)" selected>', page).group(1)
+    url, _ = owner.post("/generate/", {"prompt": "across processes", "checkpoint": checkpoint, "width": 256,
+                                       "height": 256, "steps": 30, "guidance_scale": 7, "scheduler": "Euler a",
+                                       "seed": 3, "num_images": 1})
+    job_id = url.split("job=")[1]
+    events = []
+    with socket(deployment, owner, job_id) as ws:
+        while not events or events[-1]["type"] not in ("finished", "failed"):
+            event = json.loads(ws.recv(timeout=120))
+            events.append(event)
+            if event.get("status") == "succeeded":
+                break
+    kinds = [e["type"] for e in events]
+    assert kinds[-1] == "finished" and "progress" in kinds, kinds
+    steps = [e["step"] for e in events if e["type"] == "progress"]
+    assert steps == sorted(steps) and steps[-1] == 30
+
+    stranger = sign_up(deployment.base, "stranger")
+    for browser, origin in ((stranger, "own"), (owner, "http://evil.example"), (owner, None)):
+        with pytest.raises(InvalidStatus):
+            with socket(deployment, browser, job_id, origin=origin) as ws:
+                ws.recv(timeout=5)
+
+
+def test_the_same_message_delivered_twice_makes_one_run_and_one_set_of_images(deployment):
+    job_id = deployment.script("""
+        from django.contrib.auth.models import User
+        from generation.models import Checkpoint
+        from generation.services import job_submit
+        from generation.tasks import run_next_job
+        user = User.objects.create_user("twice")
+        job = job_submit(user=user, params={"prompt": "twice", "checkpoint": Checkpoint.objects.get(),
+                         "width": 256, "height": 256, "steps": 4, "guidance_scale": 7, "scheduler": "Euler a",
+                         "seed": 1, "num_images": 2})
+        run_next_job.delay()  # the broker delivers the same news a second time
+        print(json.dumps(str(job.pk)))
+    """)
+    state = f"""
+        from generation.models import Job
+        job = Job.objects.get(pk="{job_id}")
+        print(json.dumps([job.status, job.attempts, job.images.count(), job.credit_entries.count()]))
+    """
+    deadline = time.monotonic() + 120
+    while (result := deployment.script(state))[0] in ("queued", "running"):
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    assert result == ["succeeded", 1, 2, 1]
