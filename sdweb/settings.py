@@ -118,14 +118,36 @@ STORAGES = {
                 "OPTIONS": {"location": str(MEDIA_ROOT), "base_url": None}},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
+if env("SDWEB_S3_BUCKET"):
+    # S3-compatible storage (django-storages): private objects, read only through our views.
+    STORAGES["default"] = {"BACKEND": "storages.backends.s3.S3Storage", "OPTIONS": {
+        "bucket_name": env("SDWEB_S3_BUCKET"), "endpoint_url": env("SDWEB_S3_ENDPOINT_URL") or None,
+        "region_name": env("SDWEB_S3_REGION") or None, "access_key": env("SDWEB_S3_ACCESS_KEY") or None,
+        "secret_key": env("SDWEB_S3_SECRET_KEY") or None, "default_acl": "private", "querystring_auth": True,
+        "file_overwrite": True, "location": env("SDWEB_S3_PREFIX", "sdweb"),
+    }}
 
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "generate"
 LOGOUT_REDIRECT_URL = "home"
 EMAIL_BACKEND = env("SDWEB_EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
+if env("SDWEB_SMTP_HOST"):
+    EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    EMAIL_HOST, EMAIL_PORT = env("SDWEB_SMTP_HOST"), env_int("SDWEB_SMTP_PORT", 587)
+    EMAIL_HOST_USER, EMAIL_HOST_PASSWORD = env("SDWEB_SMTP_USER"), env("SDWEB_SMTP_PASSWORD")
+    EMAIL_USE_TLS = env("SDWEB_SMTP_TLS", "1") == "1"
 DEFAULT_FROM_EMAIL = env("SDWEB_FROM_EMAIL", "sdweb@localhost")
 SESSION_COOKIE_HTTPONLY = True
 X_FRAME_OPTIONS = "DENY"
+if env("SDWEB_ENV") == "production":
+    # TLS ends at the reverse proxy, which says so in X-Forwarded-Proto.
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_SSL_REDIRECT = env("SDWEB_SSL_REDIRECT", "1") == "1"
+    SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = env_int("SDWEB_HSTS_SECONDS", 31536000)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env("SDWEB_HSTS_SUBDOMAINS", "1") == "1"
+    SECURE_HSTS_PRELOAD = env("SDWEB_HSTS_PRELOAD", "1") == "1"
+    SECURE_CONTENT_TYPE_NOSNIFF = True
 
 REDIS_URL = env("REDIS_URL")
 if REDIS_URL:
@@ -138,7 +160,12 @@ else:
 
 # Celery: the Job table is the queue of record; a message only says "a job is waiting".
 CELERY_BROKER_URL = REDIS_URL or "memory://"
-CELERY_BROKER_TRANSPORT_OPTIONS = {"polling_interval": 0.01} if not REDIS_URL else {"visibility_timeout": 4 * 3600}
+# A GPU worker runs one job at a time and must not hoard messages; a message comes back if the
+# worker process dies (the claim and lease make a second delivery harmless).
+CELERY_TASK_SOFT_TIME_LIMIT = env_int("SDWEB_JOB_TIMEOUT_SECONDS", 1800) + 60
+CELERY_TASK_TIME_LIMIT = CELERY_TASK_SOFT_TIME_LIMIT + 120
+CELERY_BROKER_TRANSPORT_OPTIONS = ({"visibility_timeout": 4 * CELERY_TASK_TIME_LIMIT} if REDIS_URL
+                                   else {"polling_interval": 0.01})
 CELERY_IMPORTS = ("generation.tasks",)
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True

@@ -1,0 +1,36 @@
+"""Production settings, as an operator would check them."""
+
+import subprocess
+import sys
+
+from tests.sdweb.test_up import ROOT
+
+PRODUCTION = {"SDWEB_ENV": "production", "SDWEB_ALLOWED_HOSTS": "studio.example.com",
+              "SECRET_KEY": "k" * 20 + "a-long-random-production-secret-0123456789"}
+
+
+def manage(*args, **env):
+    import os
+
+    environment = {**{k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}, **env}
+    return subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=environment, capture_output=True,
+                          text=True)
+
+
+def test_check_deploy_reports_nothing_with_production_settings(tmp_path):
+    result = manage("check", "--deploy", "--fail-level", "WARNING", SDWEB_VAR_DIR=str(tmp_path), **PRODUCTION)
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert "no issues" in result.stdout
+
+
+def test_production_refuses_to_start_without_a_secret_key(tmp_path):
+    result = manage("check", SDWEB_VAR_DIR=str(tmp_path), **{**PRODUCTION, "SECRET_KEY": ""})
+    assert result.returncode != 0 and "SECRET_KEY must be set" in result.stderr
+
+
+def test_the_embedded_default_makes_and_keeps_its_own_secret_key(tmp_path):
+    code = "from django.conf import settings; print(settings.SECRET_KEY)"
+    first = manage("shell", "-c", code, SDWEB_VAR_DIR=str(tmp_path), SECRET_KEY="").stdout.strip().splitlines()[-1]
+    second = manage("shell", "-c", code, SDWEB_VAR_DIR=str(tmp_path), SECRET_KEY="").stdout.strip().splitlines()[-1]
+    assert first == second and len(first) >= 50
+    assert (tmp_path / "secret_key").stat().st_mode & 0o077 == 0  # readable by its owner only
