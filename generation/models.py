@@ -55,6 +55,7 @@ class Job(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
     lease_until = models.DateTimeField(null=True, blank=True)
     attempts = models.PositiveIntegerField(default=0)
+    worker = models.CharField(max_length=100, blank=True, help_text="The worker that last started it")
     cancel_requested = models.BooleanField(default=False)
     progress_step = models.PositiveIntegerField(default=0)
     progress_total = models.PositiveIntegerField(default=0)

@@ -229,30 +229,27 @@ def _claimable(now) -> Q:
     return Q(status=Job.QUEUED) | Q(status=Job.RUNNING, lease_until__lt=now)
 
 
-def job_claim() -> Job | None:
+def job_claim(*, worker: str = "") -> Job | None:
     """Claim the fairest claimable job: the user with the fewest jobs started in the last
     SDWEB_FAIR_WINDOW_MINUTES first, then the oldest job. A job whose worker died (its lease
     ran out) is claimable again until SDWEB_ATTEMPT_LIMIT attempts."""
     now = timezone.now()
     fail_exhausted(now)
-    with transaction.atomic():
-        # SKIP LOCKED lets workers on PostgreSQL pass over rows another worker is claiming.
-        candidates = list(Job.objects.select_for_update(skip_locked=True).filter(_claimable(now))
-                          .order_by("created_at")[:200])
-        if not candidates:
-            return None
-        window_start = now - timedelta(minutes=settings.SDWEB["FAIR_WINDOW_MINUTES"])
-        recent = dict(Job.objects.filter(user__in={j.user_id for j in candidates}, started_at__gte=window_start)
-                      .values_list("user").annotate(n=Count("id")).values_list("user", "n"))
-        pick = min(candidates, key=lambda j: (recent.get(j.user_id, 0), j.created_at))
-        # A conditional update: a duplicate message or a second worker finds nothing to claim.
+    candidates = list(Job.objects.filter(_claimable(now)).order_by("created_at")[:200])
+    window_start = now - timedelta(minutes=settings.SDWEB["FAIR_WINDOW_MINUTES"])
+    recent = dict(Job.objects.filter(user__in={j.user_id for j in candidates}, started_at__gte=window_start)
+                  .values_list("user").annotate(n=Count("id")).values_list("user", "n"))
+    for pick in sorted(candidates, key=lambda j: (recent.get(j.user_id, 0), j.created_at)):
+        # A conditional update, nothing locked beforehand: when two workers reach for the same job,
+        # PostgreSQL makes the second re-check the condition, it finds nothing and takes the next
+        # fairest job instead of sitting idle. A duplicate message claims nothing.
         claimed = Job.objects.filter(_claimable(now), pk=pick.pk).update(
             status=Job.RUNNING, started_at=now, attempts=F("attempts") + 1, progress_step=0, progress_total=0,
-            preview=None, lease_until=now + timedelta(seconds=settings.SDWEB["LEASE_SECONDS"]))
-    if not claimed:
-        return None
-    announce_queue_positions()
-    return Job.objects.get(pk=pick.pk)
+            preview=None, worker=worker[:100], lease_until=now + timedelta(seconds=settings.SDWEB["LEASE_SECONDS"]))
+        if claimed:
+            announce_queue_positions()
+            return Job.objects.get(pk=pick.pk)
+    return None
 
 
 def announce_queue_positions(limit: int = 100) -> None:
@@ -282,11 +279,11 @@ def jobs_reap() -> dict:
     return {"failed": failed, "requeued": orphans}
 
 
-def job_run_next() -> Job | None:
+def job_run_next(*, worker: str = "") -> Job | None:
     """Claim the fairest job and run it to an end. Returns the job, or None if none was waiting."""
     from generation.runner import job_run
 
-    job = job_claim()
+    job = job_claim(worker=worker)
     if job is not None:
         job_run(job)
     return job

@@ -3,10 +3,10 @@ from celery import shared_task
 from generation import services
 
 
-@shared_task(name="generation.run_next_job", acks_late=True)
-def run_next_job() -> str | None:
+@shared_task(name="generation.run_next_job", acks_late=True, bind=True)
+def run_next_job(self) -> str | None:
     """A job is waiting: claim the fairest one and run it."""
-    job = services.job_run_next()
+    job = services.job_run_next(worker=self.request.hostname or "")
     return str(job.pk) if job else None
 
 

@@ -95,3 +95,53 @@ def test_a_whole_worker_killed_mid_job_is_finished_by_another(production, worker
     production.script("from generation.services import jobs_reap\nprint(json.dumps(jobs_reap()))")
     final = workers.wait(job_id, lambda s: s["status"] not in ("queued", "running"))
     assert final == {"status": "succeeded", "attempts": 2, "images": 1, "charges": 1, "refunds": 0}
+
+
+def test_a_job_past_its_deadline_fails_refunded_and_the_worker_takes_the_next(production, workers):
+    workers.env["SDWEB_JOB_TIMEOUT_SECONDS"] = "2"
+    workers.start("gpu1")
+    slow = production.script(SUBMIT)
+    quick = production.script(SUBMIT.replace('"steps": 150', '"steps": 2'))
+    late = workers.wait(slow, lambda s: s["status"] not in ("queued", "running"))
+    assert late == {"status": "failed", "attempts": 1, "images": 0, "charges": 1, "refunds": 1}
+    assert "time limit" in production.script(f'from generation.models import Job\n'
+                                             f'print(json.dumps(Job.objects.get(pk="{slow}").error))')
+    assert workers.wait(quick, lambda s: s["status"] == "succeeded")["images"] == 1
+
+
+FAIRNESS = """
+    from collections import Counter
+    from django.contrib.auth.models import User
+    from generation.models import Job
+    from generation.services import checkpoint_ensure_test_model, job_submit
+    checkpoint = checkpoint_ensure_test_model()
+    users = [User.objects.get_or_create(username=f"fair{u}")[0] for u in range(4)]
+    for user in users:  # each user fills the queue in turn: the oldest-first order would be unfair
+        for _ in range(10):
+            job_submit(user=user, params={"prompt": "fair", "checkpoint": checkpoint, "width": 256, "height": 256,
+                       "steps": 2, "guidance_scale": 7, "scheduler": "Euler a", "seed": 1, "num_images": 1})
+    print(json.dumps([u.pk for u in users]))
+"""
+STARTS = """
+    from generation.models import Job
+    jobs = Job.objects.filter(user__username__startswith="fair").order_by("started_at")
+    print(json.dumps([[j.status, j.user.username, j.worker] for j in jobs]))
+"""
+
+
+def test_two_workers_run_40_jobs_of_4_users_in_fair_order_both_busy(production, workers):
+    workers.start("gpu1")
+    workers.start("gpu2")
+    production.script(FAIRNESS)
+    deadline = time.monotonic() + 240
+    starts = production.script(STARTS)
+    while any(status != "succeeded" for status, _, _ in starts):
+        assert time.monotonic() < deadline, starts
+        time.sleep(1)
+        starts = production.script(STARTS)
+    users = [user for _, user, _ in starts]
+    for n in range(4, 41, 4):  # in every prefix of the start order, each user got a fair share
+        counts = [users[:n].count(f"fair{u}") for u in range(4)]
+        assert max(counts) - min(counts) <= 2, (n, counts)
+    by_worker = {worker for _, _, worker in starts}
+    assert len(by_worker) == 2 and min(sum(w == worker for *_, w in starts) for worker in by_worker) >= 10
