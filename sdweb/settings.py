@@ -151,8 +151,11 @@ if env("SDWEB_ENV") == "production":
 
 REDIS_URL = env("REDIS_URL")
 if REDIS_URL:
+    # redis-py 8 reads with a 5 s socket timeout by default, exactly channels_redis's 5 s blocking
+    # pop: on a busy machine the reply comes a moment later and the socket dies. Read longer.
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer",
-                                  "CONFIG": {"hosts": [REDIS_URL], "capacity": 200}}}
+                                  "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 30}],
+                                             "capacity": 200}}}
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}

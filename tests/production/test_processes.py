@@ -21,7 +21,8 @@ def deployment(production):
     port = free_port()
     log = open(production.env["SDWEB_VAR_DIR"] + "/processes.log", "a")
     web = subprocess.Popen([sys.executable, "-m", "uvicorn", "sdweb.asgi:application", "--host", "127.0.0.1",
-                            "--port", str(port), "--log-level", "warning", "--ws", "websockets-sansio"],
+                            "--port", str(port), "--log-level", "warning", "--ws", "websockets-sansio",
+                            "--timeout-graceful-shutdown", "5"],
                            cwd=ROOT, env=production.env, stdout=log, stderr=subprocess.STDOUT)
     worker = subprocess.Popen([sys.executable, "-m", "celery", "-A", "sdweb", "worker", "--pool=prefork",
                                "--concurrency=1", "--loglevel=WARNING", "-n", "gpu1@%h"],
@@ -34,7 +35,11 @@ def deployment(production):
         for process in (web, worker):
             process.terminate()
         for process in (web, worker):
-            process.wait(timeout=60)
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                raise
         log.close()
 
 
