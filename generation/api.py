@@ -50,7 +50,10 @@ class JobList(generics.ListCreateAPIView):
     )
     def post(self, request, *args, **kwargs):
         form = JobCreateSerializer(data=request.data)
-        form.is_valid(raise_exception=True)
+        if not form.is_valid():
+            services.audit_refused(user=request.user, client_ip=client_ip(request), data=request.data,
+                                   errors=form.errors)
+            raise ValidationError(form.errors)
         params = dict(form.validated_data)
         params.setdefault("checkpoint", Checkpoint.objects.filter(enabled=True).order_by("-is_default", "name").first())
         key = request.headers.get("Idempotency-Key")
@@ -131,7 +134,10 @@ class Quote(APIView):
         "balance": serializers.IntegerField(help_text="Your credits now.")}))
     def get(self, request):
         form = QuoteSerializer(data=request.query_params)
-        form.is_valid(raise_exception=True)
+        if not form.is_valid():
+            services.audit_refused(user=request.user, client_ip=client_ip(request), data=request.data,
+                                   errors=form.errors)
+            raise ValidationError(form.errors)
         account, _ = CreditAccount.objects.get_or_create(user=request.user)
         return Response({"cost": services.quote_cost(**form.validated_data), "balance": account.balance})
 

@@ -6,8 +6,19 @@ from django.db import models
 from django.db.models import Q
 
 
+class CheckpointQuerySet(models.QuerySet):
+    def enabled_named(self, name) -> "Checkpoint | None":
+        """The enabled checkpoint called `name`; None for any name that isn't one (also for text
+        that could not be stored, such as NUL or a lone surrogate)."""
+        if not isinstance(name, str) or "\x00" in name or not name.isprintable() or len(name) > 100:
+            return None
+        return self.filter(enabled=True, name=name).first()
+
+
 class Checkpoint(models.Model):
     """A registered model: a diffusers folder on disk or a Hugging Face id."""
+
+    objects = CheckpointQuerySet.as_manager()
 
     name = models.CharField(max_length=100, unique=True)
     source = models.CharField(max_length=500, help_text="A diffusers folder on disk, or a Hugging Face id")

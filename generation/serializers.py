@@ -27,7 +27,7 @@ class JobCreateSerializer(serializers.Serializer):
         return value
 
     def validate_checkpoint(self, name):
-        checkpoint = Checkpoint.objects.filter(name=name, enabled=True).first()
+        checkpoint = Checkpoint.objects.enabled_named(name)
         if checkpoint is None:
             raise serializers.ValidationError(f"No enabled checkpoint is called {name!r}; GET /api/v1/checkpoints/.")
         return checkpoint

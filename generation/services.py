@@ -101,8 +101,11 @@ def job_submit(*, user, params: dict, client_ip: str | None = None, idempotency_
     returns the job the first one made, charged once; the same key with other params is refused."""
     fingerprint = request_fingerprint(params)
     idempotency_key = (idempotency_key or "").strip() or None
-    if idempotency_key and len(idempotency_key) > 200:
-        raise Refused("An Idempotency-Key is at most 200 characters.", field="Idempotency-Key")
+    if idempotency_key and not (len(idempotency_key) <= 200 and idempotency_key.isascii()
+                                and idempotency_key.isprintable()):
+        refusal = Refused("An Idempotency-Key is at most 200 printable ASCII characters.", field="Idempotency-Key")
+        audit_append(user=user, client_ip=client_ip, params=params, decision=PromptAudit.REFUSED, reason=str(refusal))
+        raise refusal
     if idempotency_key:
         earlier = Job.objects.filter(user=user, idempotency_key=idempotency_key).first()
         if earlier is not None:
@@ -159,7 +162,7 @@ def request_fingerprint(params: dict) -> str:
 def _validated(params: dict) -> tuple[Checkpoint, dict]:
     checkpoint = params.get("checkpoint")
     if not isinstance(checkpoint, Checkpoint):
-        checkpoint = Checkpoint.objects.filter(enabled=True, name=checkpoint).first() if checkpoint else None
+        checkpoint = Checkpoint.objects.enabled_named(checkpoint)
     if checkpoint is None or not checkpoint.enabled:
         raise Refused("Choose one of the available checkpoints.", field="checkpoint")
     fields = {f: params[f] for f in REQUEST_FIELDS if f in params}
@@ -177,19 +180,36 @@ def _validated(params: dict) -> tuple[Checkpoint, dict]:
 
 def audit_append(*, user, client_ip, params: dict, decision: str, reason: str = "", checkpoint=None,
                  job: Job | None = None) -> PromptAudit:
+    params = params if isinstance(params, dict) else {}
     shown = {k: v for k, v in params.items() if k in REQUEST_FIELDS and k not in ("prompt", "negative_prompt")}
     if job is not None:
         shown.update({f: getattr(job, f) for f in ("width", "height", "steps", "guidance_scale", "scheduler",
                                                    "seed", "num_images", "cost")})
     checkpoint_name = checkpoint.name if checkpoint else str(params.get("checkpoint") or "")
+    texts = [str(params.get(f) or "") for f in ("prompt", "negative_prompt")]
+    stored = [storable(text) for text in texts]
+    if stored != texts:
+        reason += " (characters that cannot be stored are written as \\x00 and \\uXXXX escapes)"
     return PromptAudit.objects.create(
-        user=user, username=user.get_username(), client_ip=client_ip,
-        prompt=str(params.get("prompt") or "").replace("\x00", "\ufffd"),
-        negative_prompt=str(params.get("negative_prompt") or "").replace("\x00", "\ufffd"),
-        params={k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in shown.items()},
-        checkpoint=checkpoint_name[:100], decision=decision, reason=reason,
+        user=user, username=user.get_username(), client_ip=client_ip, prompt=stored[0], negative_prompt=stored[1],
+        params={k: v if isinstance(v, int) or isinstance(v, float) and math.isfinite(v) else storable(str(v))
+                for k, v in shown.items()},
+        checkpoint=storable(checkpoint_name)[:100], decision=decision, reason=storable(reason).strip(),
         job_id=job.pk if job else None, image_ids=list(job.image_ids) if job else [],
     )
+
+
+def audit_refused(*, user, client_ip, data, errors) -> PromptAudit:
+    """Audit a submission refused before it reached `job_submit` (a form or body that did not parse)."""
+    if isinstance(errors, dict):
+        errors = "; ".join(f"{field}: {' '.join(map(str, messages)) if isinstance(messages, list) else messages}"
+                           for field, messages in errors.items())
+    return audit_append(user=user, client_ip=client_ip, params=data, decision=PromptAudit.REFUSED, reason=str(errors))
+
+
+def storable(text: str) -> str:
+    """Text PostgreSQL can keep: NUL and lone surrogates become visible backslash escapes."""
+    return text.encode("utf-8", "backslashreplace").decode().replace("\x00", "\\x00")
 
 
 def enqueue_job() -> None:

@@ -36,6 +36,9 @@ def generate(request):
             form.add_error(refusal.field, str(refusal))
         else:
             return redirect(reverse("generate") + f"?job={job.pk}")
+    elif request.method == "POST":
+        services.audit_refused(user=request.user, client_ip=client_ip(request), data=request.POST.dict(),
+                               errors=form.errors)
     return render(request, "generate.html", {
         "form": form, "presets": SIZE_PRESETS, "cost_unit": settings.SDWEB["COST_UNIT"], "job": job,
         "recent_jobs": request.user.jobs.select_related("checkpoint")[:10],

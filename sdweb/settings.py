@@ -180,6 +180,7 @@ CELERY_BEAT_SCHEDULE = {"reap-jobs": {"task": "generation.reap_jobs",
                                       "schedule": float(env("SDWEB_REAP_EVERY_SECONDS", "60"))}}
 
 REST_FRAMEWORK = {
+    "UNICODE_JSON": False,  # \u escapes: an error that echoes a lone surrogate still renders
     "DEFAULT_AUTHENTICATION_CLASSES": ["sdweb.api_auth.ApiKeyAuthentication",
                                        "rest_framework.authentication.SessionAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],

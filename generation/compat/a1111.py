@@ -81,7 +81,7 @@ def user_checkpoint(user) -> Checkpoint | None:
 def find_checkpoint(title: str) -> Checkpoint | None:
     """A1111 names checkpoints "name [hash]" or by file name; match on our name either way."""
     name = str(title).split(" [")[0].strip()
-    return Checkpoint.objects.filter(enabled=True, name=name).first()
+    return Checkpoint.objects.enabled_named(name)
 
 
 def translate(payload: dict, user) -> tuple[dict, list[str]]:
@@ -144,6 +144,7 @@ class Txt2Img(A1111View):
         try:
             params, ignored = translate(request.data, request.user)
         except ValueError as error:
+            services.audit_refused(user=request.user, client_ip=client_ip(request), data=request.data, errors=error)
             return a1111_error(400, str(error))
         try:
             job = services.job_submit(user=request.user, params=params, client_ip=client_ip(request))

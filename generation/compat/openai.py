@@ -59,10 +59,22 @@ def authenticate(request):
     return user
 
 
-def parse(body: bytes, user) -> dict:
+def parse(request, user) -> dict:
+    """The body as submit params and options; a refusal here is audited like any other."""
     try:
-        data = json.loads(body or b"{}")
+        data = json.loads(request.body or b"{}")
     except ValueError:
+        data = None
+    try:
+        return _spec(data, user)
+    except OpenAIError as error:
+        services.audit_refused(user=user, client_ip=throttle.client_ip(request), data=data,
+                               errors=f"{error.param or 'body'}: {error}")
+        raise
+
+
+def _spec(data, user) -> dict:
+    if data is None:
         raise OpenAIError(400, "The body must be JSON.")
     if not isinstance(data, dict):
         raise OpenAIError(400, "The body must be a JSON object.")
@@ -71,7 +83,7 @@ def parse(body: bytes, user) -> dict:
         raise OpenAIError(400, "prompt is required.", param="prompt")
     checkpoint = user_checkpoint(user)
     if data.get("model") not in (None, "", "dall-e-2", "dall-e-3", "gpt-image-1"):
-        checkpoint = Checkpoint.objects.filter(enabled=True, name=data["model"]).first()
+        checkpoint = Checkpoint.objects.enabled_named(data["model"])
         if checkpoint is None:
             raise OpenAIError(400, f"The model {data['model']!r} does not exist.", param="model",
                               code="model_not_found")
@@ -179,7 +191,7 @@ async def images_generations(request):
         return OpenAIError(405, "Use POST.").response()
     try:
         user = await sync_to_async(authenticate)(request)
-        spec = await sync_to_async(parse)(request.body, user)
+        spec = await sync_to_async(parse)(request, user)
         job = await sync_to_async(submit)(user, request, spec["params"])
         if spec["stream"]:
             response = StreamingHttpResponse(stream_events(request, job, spec), content_type="text/event-stream")

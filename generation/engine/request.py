@@ -50,6 +50,8 @@ class GenerationRequest:
                 raise ValueError(f"{field} must be text")
             if "\x00" in text:
                 raise ValueError(f"{field} must not contain the NUL character")
+            if surrogate := next((c for c in text if "\ud800" <= c <= "\udfff"), None):
+                raise ValueError(f"{field} is not valid Unicode: it holds a lone surrogate U+{ord(surrogate):04X}")
             if len(text) > MAX_PROMPT_CHARS:
                 raise ValueError(f"{field} is {len(text)} characters long; at most {MAX_PROMPT_CHARS} are allowed")
             check_prompt_syntax(text, field=field)
