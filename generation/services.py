@@ -306,6 +306,7 @@ def job_run_next(*, worker: str = "") -> Job | None:
     job = job_claim(worker=worker)
     if job is not None:
         job_run(job)
+        jobs_reap()  # this worker is free again: a job whose worker died meanwhile is claimed next
     return job
 
 

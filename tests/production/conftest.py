@@ -46,6 +46,19 @@ class Production:
                     "SECRET_KEY": "production-tests-secret", "SDWEB_PREVIEW_INTERVAL": "0",
                     "SDWEB_ACTIVE_JOB_CAP": "100", "PYTHONUNBUFFERED": "1"}
 
+    def web(self, port: int, log) -> subprocess.Popen:
+        """The ASGI web process (pages, API, websockets) as deployed."""
+        return subprocess.Popen([sys.executable, "-m", "uvicorn", "sdweb.asgi:application", "--host", "127.0.0.1",
+                                 "--port", str(port), "--log-level", "warning", "--ws", "websockets-sansio",
+                                 "--timeout-graceful-shutdown", "5"],
+                                cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+
+    def worker(self, name: str, log=subprocess.DEVNULL, env: dict | None = None) -> subprocess.Popen:
+        """A GPU host's Celery worker: prefork, one pool process."""
+        return subprocess.Popen([sys.executable, "-m", "celery", "-A", "sdweb", "worker", "--pool=prefork",
+                                 "--concurrency=1", "--loglevel=WARNING", "-n", f"{name}@%h"],
+                                cwd=ROOT, env=env or self.env, stdout=log, stderr=subprocess.STDOUT)
+
     def script(self, code: str) -> dict:
         """Run Python with Django set up against this deployment; it prints one JSON object."""
         program = "import django, json\ndjango.setup()\n" + textwrap.dedent(code)

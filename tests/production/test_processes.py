@@ -20,13 +20,7 @@ def deployment(production):
                       "checkpoint_ensure_test_model()\nprint('{}')")
     port = free_port()
     log = open(production.env["SDWEB_VAR_DIR"] + "/processes.log", "a")
-    web = subprocess.Popen([sys.executable, "-m", "uvicorn", "sdweb.asgi:application", "--host", "127.0.0.1",
-                            "--port", str(port), "--log-level", "warning", "--ws", "websockets-sansio",
-                            "--timeout-graceful-shutdown", "5"],
-                           cwd=ROOT, env=production.env, stdout=log, stderr=subprocess.STDOUT)
-    worker = subprocess.Popen([sys.executable, "-m", "celery", "-A", "sdweb", "worker", "--pool=prefork",
-                               "--concurrency=1", "--loglevel=WARNING", "-n", "gpu1@%h"],
-                              cwd=ROOT, env=production.env, stdout=log, stderr=subprocess.STDOUT)
+    web, worker = production.web(port, log), production.worker("gpu1", log)
     production.base, production.port = f"http://127.0.0.1:{port}", port
     try:
         wait_until(lambda: _answers(production.base), timeout=60)
