@@ -17,6 +17,7 @@ class Image(models.Model):
     is_public = models.BooleanField(default=False, db_index=True)
     share_slug = models.CharField(max_length=32, null=True, blank=True, unique=True,
                                   help_text="Set while public; a new one each time, so old links stay dead")
+    hidden = models.BooleanField(default=False, help_text="Hidden by staff: private, and can't be made public again")
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
     class Meta:
@@ -38,3 +39,18 @@ class Image(models.Model):
 
     def can_manage(self, user) -> bool:
         return user.is_authenticated and (user.pk == self.owner_id or user.is_staff)
+
+
+class Report(models.Model):
+    """Someone reported a public image; staff resolve it."""
+
+    image = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="reports")
+    reporter = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                 related_name="+")
+    reason = models.TextField(max_length=1000)
+    created_at = models.DateTimeField(auto_now_add=True)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+    outcome = models.CharField(max_length=40, blank=True)
+
+    class Meta:
+        ordering = ["resolved_at", "-created_at"]

@@ -1,16 +1,14 @@
 """Every write of the gallery: sharing, deleting, keeping variants, leaving, exporting."""
 
-import hashlib
-import hmac
 import json
 import secrets
 import zipfile
 
-from django.conf import settings
 from django.core.files.storage import default_storage
 from django.db import transaction
 
 from gallery.models import Image
+from generation import audit
 from generation.models import PromptAudit
 
 
@@ -39,17 +37,11 @@ def images_keep(*, job, keep_ids: set[int]) -> int:
     return images_delete(images=job.images.exclude(pk__in=keep_ids))
 
 
-def pseudonym(user_id: int) -> str:
-    """Stable for one account, so staff can still tell its audit rows apart from others'."""
-    digest = hmac.new(settings.SECRET_KEY.encode(), f"user:{user_id}".encode(), hashlib.sha256).hexdigest()
-    return f"deleted-{digest[:12]}"
-
-
 def account_delete(*, user) -> None:
     """Remove the user, their jobs, images and files; their audit rows stay, pseudonymised."""
     images = list(Image.objects.filter(owner=user))
     with transaction.atomic():
-        PromptAudit.objects.pseudonymise_user(user.pk, pseudonym(user.pk))
+        PromptAudit.objects.pseudonymise_user(user.pk, audit.pseudonym(user.pk))
         Image.objects.filter(owner=user).delete()
         user.delete()  # jobs, credits and ledger go with it; audit rows keep their ids
     for image in images:

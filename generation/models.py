@@ -4,6 +4,7 @@ import uuid
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
 
 
 class CheckpointQuerySet(models.QuerySet):
@@ -69,6 +70,7 @@ class Job(models.Model):
     worker = models.CharField(max_length=100, blank=True, help_text="The worker that last started it")
     cancel_requested = models.BooleanField(default=False)
     progress_step = models.PositiveIntegerField(default=0)
+    previews_sent = models.PositiveIntegerField(default=0)
     progress_total = models.PositiveIntegerField(default=0)
     preview = models.BinaryField(null=True, blank=True, editable=False)
     timings = models.JSONField(default=dict, blank=True)
@@ -99,6 +101,8 @@ class UserSettings(models.Model):
 
     user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="studio_settings")
     default_checkpoint = models.ForeignKey(Checkpoint, null=True, blank=True, on_delete=models.SET_NULL)
+    suspended_at = models.DateTimeField(null=True, blank=True, help_text="Set by staff: no more submissions")
+    suspended_reason = models.TextField(blank=True)
 
 
 class CreditAccount(models.Model):
@@ -141,8 +145,13 @@ class AppendOnly(models.QuerySet):
         raise PermissionError("audit rows are append-only")
 
     def pseudonymise_user(self, user_id: int, pseudonym: str) -> int:
-        """The one change allowed: a deleted account's name replaced by a stable pseudonym."""
+        """The one change allowed: a deleted account's name replaced by a stable pseudonym
+        (outside the hash chain, which covers `subject` instead)."""
         return models.QuerySet.update(self.filter(user_id=user_id), username=pseudonym)
+
+    def prune_through(self, pk: int) -> int:
+        """The one removal allowed, used by `prune_audit`: every row up to `pk`."""
+        return models.QuerySet.delete(self.filter(pk__lte=pk))[1].get(self.model._meta.label, 0)
 
 
 class PromptAudit(models.Model):
@@ -152,9 +161,10 @@ class PromptAudit(models.Model):
 
     ACCEPTED, REFUSED = "accepted", "refused"
 
-    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
     user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
     username = models.CharField(max_length=150)
+    subject = models.CharField(max_length=40, blank=True, help_text="A stable pseudonym of the user id")
     client_ip = models.GenericIPAddressField(null=True, blank=True)
     prompt = models.TextField(blank=True)
     negative_prompt = models.TextField(blank=True)
@@ -164,6 +174,7 @@ class PromptAudit(models.Model):
     reason = models.TextField(blank=True)
     job_id = models.UUIDField(null=True, blank=True, db_index=True)
     image_ids = models.JSONField(default=list)
+    hash = models.CharField(max_length=64, blank=True, help_text="sha256 of this row and the hash before it")
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -180,3 +191,51 @@ class PromptAudit(models.Model):
 def new_image_id() -> int:
     """A random positive 63-bit id: fits a signed bigint, and its 8 bytes are the watermark."""
     return secrets.randbits(63) or 1
+
+
+class AuditChain(models.Model):
+    """The one row that holds the audit chain's head and the point it was pruned to."""
+
+    head = models.CharField(max_length=64, default="0" * 64)
+    length = models.BigIntegerField(default=0, help_text="Rows ever appended")
+    base = models.CharField(max_length=64, default="0" * 64, help_text="The hash before the first kept row")
+    base_id = models.BigIntegerField(default=0, help_text="Rows up to this id were pruned")
+    pruned = models.BigIntegerField(default=0)
+
+
+class AuditImage(models.Model):
+    """Which audit row made an image: tracing a watermark finds its job after the job is gone."""
+
+    image_id = models.BigIntegerField(primary_key=True)
+    audit = models.ForeignKey(PromptAudit, on_delete=models.CASCADE, related_name="+")
+
+
+class BlockRule(models.Model):
+    """A prompt filter rule staff edit in the admin (SDWEB_BLOCKLIST adds more from settings)."""
+
+    pattern = models.CharField(max_length=500, help_text="A word or phrase, or a regular expression")
+    is_regex = models.BooleanField(default=False)
+    note = models.CharField(max_length=200, blank=True)
+    enabled = models.BooleanField(default=True)
+
+    def __str__(self):
+        return f"{'re:' if self.is_regex else ''}{self.pattern}"
+
+
+class StaffAction(models.Model):
+    """What staff did to users, credits and images. Appended, never edited."""
+
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    staff = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    staff_name = models.CharField(max_length=150)
+    action = models.CharField(max_length=40)
+    target = models.CharField(max_length=200)
+    details = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def save(self, *args, **kwargs):
+        if not self._state.adding:
+            raise PermissionError("staff actions are append-only")
+        super().save(*args, **kwargs)

@@ -12,6 +12,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Count, F, Q
 from django.utils import timezone
 
+from generation import audit
 from generation.engine import GenerationRequest, Limits
 from generation.models import Checkpoint, CreditAccount, CreditEntry, Job, PromptAudit, new_image_id
 
@@ -190,8 +191,9 @@ def audit_append(*, user, client_ip, params: dict, decision: str, reason: str = 
     stored = [storable(text) for text in texts]
     if stored != texts:
         reason += " (characters that cannot be stored are written as \\x00 and \\uXXXX escapes)"
-    return PromptAudit.objects.create(
-        user=user, username=user.get_username(), client_ip=client_ip, prompt=stored[0], negative_prompt=stored[1],
+    return audit.append(
+        user=user, username=user.get_username(), subject=audit.pseudonym(user.pk), client_ip=client_ip,
+        prompt=stored[0], negative_prompt=stored[1],
         params={k: v if isinstance(v, int) or isinstance(v, float) and math.isfinite(v) else storable(str(v))
                 for k, v in shown.items()},
         checkpoint=storable(checkpoint_name)[:100], decision=decision, reason=storable(reason).strip(),

@@ -222,6 +222,12 @@ SDWEB = {
     "AUTH_FAILURES_PER_ACCOUNT": env_int("SDWEB_AUTH_FAILURES_PER_ACCOUNT", 5),
     "AUTH_WINDOW_SECONDS": env_int("SDWEB_AUTH_WINDOW_SECONDS", 900),
     "MODELS_DIR": Path(env("SDWEB_MODELS_DIR", str(VAR_DIR / "models"))),
+    "AUDIT_RETENTION_DAYS": env_int("SDWEB_AUDIT_RETENTION_DAYS", 365),  # prune_audit keeps at least this
+    # Prompt filter rules beside the admin's: words or phrases, "re:" before a regular expression; "|" between
+    "BLOCKLIST": [rule.strip() for rule in env("SDWEB_BLOCKLIST", "").split("|") if rule.strip()],
+    "METRICS_TOKEN": env("SDWEB_METRICS_TOKEN", ""),  # /metrics wants "Authorization: Bearer <token>"...
+    "METRICS_ALLOW": [ip for ip in env("SDWEB_METRICS_ALLOW", "").split(",") if ip],  # ...or a caller from here
+    "WORKER_METRICS_PORT": env_int("SDWEB_WORKER_METRICS_PORT", 0),  # 0: workers expose no metrics port
 }
 if SDWEB["REGISTRATION"] not in ("open", "invite", "closed"):
     raise RuntimeError("SDWEB_REGISTRATION must be open, invite or closed")

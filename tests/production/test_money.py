@@ -5,7 +5,8 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from django.contrib.auth.models import User
 from django.db import connection
-from generation.models import CreditAccount, Job
+from generation.audit import verify
+from generation.models import CreditAccount, Job, PromptAudit
 from generation.services import Refused, checkpoint_ensure_test_model, credits_change, job_submit
 
 checkpoint = checkpoint_ensure_test_model()
@@ -30,7 +31,8 @@ account = CreditAccount.objects.get(user=user)
 print(json.dumps({"results": results, "balance": account.balance,
                   "ledger": sum(account.entries.values_list("amount", flat=True)),
                   "jobs": Job.objects.filter(user=user).count(),
-                  "charges": account.entries.filter(kind="charge").count()}))
+                  "charges": account.entries.filter(kind="charge").count(),
+                  "audit_rows": PromptAudit.objects.filter(user=user).count(), "chain": verify()}))
 """
 
 
@@ -45,6 +47,7 @@ def test_50_concurrent_submissions_with_credit_for_10_accept_exactly_10(producti
     assert (len(outcome["results"]) - len(refused), len(refused)) == (10, 40)
     assert outcome["balance"] == 0 == outcome["ledger"]
     assert outcome["jobs"] == outcome["charges"] == 10
+    assert outcome["audit_rows"] == 50 and outcome["chain"][1] is None, outcome["chain"]  # 50 writers, one chain
 
 
 def test_concurrent_retries_with_one_idempotency_key_make_one_job_and_one_charge(production):

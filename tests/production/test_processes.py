@@ -4,14 +4,13 @@ deployment with GPU hosts: live progress crosses processes through channels_redi
 import json
 import re
 import subprocess
-import sys
 import time
 
 import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from tests.sdweb.test_up import ROOT, Browser, free_port, wait_until
+from tests.sdweb.test_up import Browser, free_port, wait_until
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,8 @@ import json
 import signal
 import time
 
-from tests.production.conftest import ROOT  # noqa: F401 (the deployment's checkout)
 from tests.production.test_processes import _answers, sign_up, socket
-from tests.sdweb.test_up import Browser, free_port, wait_until
+from tests.sdweb.test_up import free_port, wait_until
 
 STATE = """
     from generation.models import Job
