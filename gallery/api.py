@@ -1,7 +1,7 @@
 from django.http import FileResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
-from rest_framework import generics, serializers
+from rest_framework import exceptions, generics, serializers
 from rest_framework.views import APIView
 
 from gallery import services
@@ -32,7 +32,10 @@ class ImageSerializer(serializers.ModelSerializer):
         return f"/s/{image.share_slug}/" if image.is_public else None
 
     def update(self, image, validated_data):
-        return services.image_set_public(image=image, public=validated_data.get("is_public", image.is_public))
+        try:
+            return services.image_set_public(image=image, public=validated_data.get("is_public", image.is_public))
+        except PermissionError as error:
+            raise exceptions.PermissionDenied(str(error))
 
 
 class ImageList(generics.ListAPIView):

@@ -6,15 +6,19 @@ import zipfile
 
 from django.core.files.storage import default_storage
 from django.db import transaction
+from django.utils import timezone
 
-from gallery.models import Image
+from gallery.models import Image, Report
 from generation import audit
-from generation.models import PromptAudit
+from generation.models import PromptAudit, UserSettings
 
 
 @transaction.atomic
 def image_set_public(*, image: Image, public: bool) -> Image:
-    """Public images get a fresh share slug; making one private closes the old link at once."""
+    """Public images get a fresh share slug; making one private closes the old link at once.
+    An image staff hid stays private."""
+    if public and image.hidden:
+        raise PermissionError("Staff hid this image; it can't be made public again.")
     image.is_public = public
     image.share_slug = secrets.token_urlsafe(16) if public else None
     image.save(update_fields=["is_public", "share_slug"])
@@ -62,3 +66,47 @@ def export_zip(*, user, into) -> None:
                           "seed": image.seed, "public": image.is_public, "checkpoint": job.checkpoint.name,
                           **{k: v for k, v in job.params().items() if k not in ("seed", "num_images")}})
         archive.writestr("index.json", json.dumps(index, indent=1, ensure_ascii=False))
+
+
+# Moderation ---------------------------------------------------------------------------------
+
+def report_create(*, image: Image, reporter, reason: str) -> Report:
+    return Report.objects.create(image=image, reporter=reporter if reporter.is_authenticated else None,
+                                 reason=reason.strip()[:1000] or "(no reason given)")
+
+
+def _hide(images, outcome: str) -> int:
+    ids = [image.pk for image in images]
+    Image.objects.filter(pk__in=ids).update(is_public=False, share_slug=None, hidden=True)
+    Report.objects.filter(image_id__in=ids, resolved_at=None).update(resolved_at=timezone.now(), outcome=outcome)
+    return len(ids)
+
+
+@transaction.atomic
+def image_hide(*, image: Image, staff, reason: str = "") -> None:
+    """Staff take a public image down: private for good, its open reports resolved."""
+    _hide([image], "image hidden")
+    audit.staff_action(staff=staff, action="hide image", target=str(image), details=reason)
+
+
+@transaction.atomic
+def report_dismiss(*, report: Report, staff) -> None:
+    Report.objects.filter(pk=report.pk, resolved_at=None).update(resolved_at=timezone.now(), outcome="dismissed")
+    audit.staff_action(staff=staff, action="dismiss report", target=f"report {report.pk} on {report.image}")
+
+
+@transaction.atomic
+def user_suspend(*, user, staff, reason: str = "") -> int:
+    """No more submissions from `user`, and their public images hidden; returns how many."""
+    UserSettings.objects.update_or_create(user=user, defaults={"suspended_at": timezone.now(),
+                                                               "suspended_reason": reason})
+    hidden = _hide(list(Image.objects.filter(owner=user, is_public=True)), "owner suspended")
+    audit.staff_action(staff=staff, action="suspend user", target=user.get_username(),
+                       details=f"{reason} ({hidden} public images hidden)".strip())
+    return hidden
+
+
+@transaction.atomic
+def user_unsuspend(*, user, staff) -> None:
+    UserSettings.objects.filter(user=user).update(suspended_at=None, suspended_reason="")
+    audit.staff_action(staff=staff, action="unsuspend user", target=user.get_username())

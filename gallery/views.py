@@ -77,6 +77,15 @@ def share(request, slug):
     return render(request, "share.html", {"image": image, "job": image.job})
 
 
+@require_POST
+def share_report(request, slug):
+    """Anyone may report a public image; staff see it in the admin's Reports."""
+    image = get_object_or_404(Image, share_slug=slug, is_public=True)
+    services.report_create(image=image, reporter=request.user, reason=request.POST.get("reason", ""))
+    messages.success(request, "Thank you: staff will look at this image.")
+    return redirect("share", slug=slug)
+
+
 @login_required
 def image_page(request, hex_id):
     image = _managed(request, hex_id)
@@ -90,7 +99,11 @@ def image_page(request, hex_id):
 @login_required
 @require_POST
 def image_visibility(request, hex_id):
-    image = services.image_set_public(image=_managed(request, hex_id), public=request.POST.get("public") == "1")
+    try:
+        image = services.image_set_public(image=_managed(request, hex_id), public=request.POST.get("public") == "1")
+    except PermissionError as error:
+        messages.error(request, str(error))
+        return redirect("image", hex_id=hex_id)
     messages.success(request, "Public: anyone with the share link can see it." if image.is_public
                      else "Private again: its share link and file URL no longer work for others.")
     return redirect("image", hex_id=hex_id)

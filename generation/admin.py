@@ -8,7 +8,7 @@ from django.http import HttpResponse
 from django.urls import path
 
 from generation import services
-from generation.models import Checkpoint, CreditAccount, CreditEntry, Job, PromptAudit
+from generation.models import BlockRule, Checkpoint, CreditAccount, CreditEntry, Job, PromptAudit, StaffAction
 
 
 @admin.register(Checkpoint)
@@ -131,3 +131,28 @@ def spreadsheet_safe(value):
     """A cell a spreadsheet would run as a formula is written as text (a leading apostrophe)."""
     text = "" if value is None else str(value)
     return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
+@admin.register(BlockRule)
+class BlockRuleAdmin(admin.ModelAdmin):
+    """The prompt filter: words and phrases match whole words of the normalised prompt (case,
+    full-width forms, zero-width characters and accents don't hide them); regexes match it as is."""
+
+    list_display = ("pattern", "is_regex", "enabled", "note")
+    list_filter = ("enabled", "is_regex")
+
+
+@admin.register(StaffAction)
+class StaffActionAdmin(admin.ModelAdmin):
+    list_display = ("created_at", "staff_name", "action", "target", "details")
+    list_filter = ("action",)
+    search_fields = ("staff_name", "target", "details")
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False

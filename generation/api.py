@@ -15,7 +15,7 @@ from generation.serializers import (
 )
 from sdweb.throttle import client_ip
 
-REFUSAL_STATUS = {"insufficient_credits": 402, "active_job_cap": 409, "idempotency_mismatch": 422}
+REFUSAL_STATUS = {"insufficient_credits": 402, "suspended": 403, "active_job_cap": 409, "idempotency_mismatch": 422}
 
 
 class JobList(generics.ListCreateAPIView):

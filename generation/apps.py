@@ -17,3 +17,16 @@ class GenerationConfig(AppConfig):
                 credits_grant(user=instance, amount=settings.SDWEB["STARTING_CREDITS"], reason="starting grant")
 
         post_save.connect(starting_grant, sender=get_user_model(), weak=False, dispatch_uid="sdweb-starting-grant")
+
+        from django.contrib.admin.models import LogEntry
+
+        def admin_change(sender, instance, created, raw=False, **kwargs):
+            # Every add, change and delete staff make in the admin is a staff action too.
+            if created and not raw:
+                from generation.audit import staff_action
+
+                verb = {1: "add", 2: "change", 3: "delete"}.get(instance.action_flag, "edit")
+                staff_action(staff=instance.user, action=f"{verb} {instance.content_type.model}",
+                             target=instance.object_repr, details=instance.get_change_message())
+
+        post_save.connect(admin_change, sender=LogEntry, weak=False, dispatch_uid="sdweb-admin-staff-action")

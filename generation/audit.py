@@ -15,7 +15,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from generation.models import AuditChain, AuditImage, PromptAudit
+from generation.models import AuditChain, AuditImage, PromptAudit, StaffAction
 
 GENESIS = "0" * 64
 
@@ -81,3 +81,9 @@ def prune(before: datetime) -> int:
     removed = PromptAudit.objects.prune_through(last.pk)
     AuditChain.objects.filter(pk=1).update(base=last.hash, base_id=last.pk, pruned=chain.pruned + removed)
     return removed
+
+
+def staff_action(*, staff, action: str, target: str, details: str = "") -> StaffAction:
+    """Record what a member of staff did to a user, credits or an image."""
+    return StaffAction.objects.create(staff=staff, staff_name=staff.get_username() if staff else "system",
+                                      action=action, target=target[:200], details=details)

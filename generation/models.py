@@ -221,6 +221,17 @@ class BlockRule(models.Model):
     def __str__(self):
         return f"{'re:' if self.is_regex else ''}{self.pattern}"
 
+    def clean(self):
+        import re
+
+        from django.core.exceptions import ValidationError
+
+        if self.is_regex:
+            try:
+                re.compile(self.pattern)
+            except re.error as error:
+                raise ValidationError({"pattern": f"Not a valid regular expression: {error}"})
+
 
 class StaffAction(models.Model):
     """What staff did to users, credits and images. Appended, never edited."""

@@ -12,9 +12,9 @@ from django.db import IntegrityError, transaction
 from django.db.models import Count, F, Q
 from django.utils import timezone
 
-from generation import audit
+from generation import audit, filters
 from generation.engine import GenerationRequest, Limits
-from generation.models import Checkpoint, CreditAccount, CreditEntry, Job, PromptAudit, new_image_id
+from generation.models import Checkpoint, CreditAccount, CreditEntry, Job, PromptAudit, UserSettings, new_image_id
 
 log = logging.getLogger(__name__)
 SHUTTING_DOWN = threading.Event()  # set when the embedded server stops: running jobs go back to the queue
@@ -25,11 +25,12 @@ REQUEST_FIELDS = ("prompt", "negative_prompt", "width", "height", "steps", "guid
 
 class Refused(Exception):
     """A submission that was not accepted; `field` names the input at fault, if one is, and
-    `code` says why: invalid, insufficient_credits, active_job_cap or idempotency_mismatch."""
+    `code` says why: invalid, insufficient_credits, active_job_cap, idempotency_mismatch, blocked or
+    suspended; `audit_reason`, when given, is what the audit records instead of the message."""
 
-    def __init__(self, message: str, field: str | None = None, code: str = "invalid"):
+    def __init__(self, message: str, field: str | None = None, code: str = "invalid", audit_reason: str = ""):
         super().__init__(message)
-        self.field, self.code = field, code
+        self.field, self.code, self.audit_reason = field, code, audit_reason
 
 
 # Credits ------------------------------------------------------------------------------------
@@ -54,9 +55,13 @@ def credits_change(*, user, kind: str, amount: int, reason: str, job=None, staff
     return entry
 
 
+@transaction.atomic
 def credits_grant(*, user, amount: int, reason: str, staff=None) -> CreditEntry:
-    kind = CreditEntry.ADJUST if staff else CreditEntry.GRANT
-    return credits_change(user=user, kind=kind, amount=amount, reason=reason, staff=staff)
+    if staff:
+        audit.staff_action(staff=staff, action="adjust credits", target=user.get_username(),
+                           details=f"{amount:+d}: {reason}")
+    return credits_change(user=user, kind=CreditEntry.ADJUST if staff else CreditEntry.GRANT, amount=amount,
+                          reason=reason, staff=staff)
 
 
 @transaction.atomic
@@ -116,9 +121,10 @@ def job_submit(*, user, params: dict, client_ip: str | None = None, idempotency_
             return earlier
     try:
         checkpoint, fields = _validated(params)
+        _check_allowed(user, fields["prompt"])
     except Refused as refusal:
         audit_append(user=user, client_ip=client_ip, params=params, decision=PromptAudit.REFUSED,
-                     reason=str(refusal))
+                     reason=refusal.audit_reason or str(refusal))
         raise
     cost = quote_cost(width=fields["width"], height=fields["height"], steps=fields["steps"],
                       num_images=fields["num_images"])
@@ -152,6 +158,18 @@ def job_submit(*, user, params: dict, client_ip: str | None = None, idempotency_
     if refusal:
         raise refusal
     return job
+
+
+def _check_allowed(user, prompt: str) -> None:
+    """Refuse suspended accounts and prompts that match a block rule."""
+    suspended = UserSettings.objects.filter(user=user, suspended_at__isnull=False).first()
+    if suspended:
+        raise Refused("Your account is suspended, so it can't generate images"
+                      + (f": {suspended.suspended_reason}" if suspended.suspended_reason else "."), code="suspended")
+    rule = filters.blocked_by(prompt)
+    if rule:
+        raise Refused("This prompt asks for something this site doesn't allow; change it and try again.",
+                      field="prompt", code="blocked", audit_reason=f"blocked by the prompt filter rule {rule!r}")
 
 
 def request_fingerprint(params: dict) -> str:

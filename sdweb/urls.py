@@ -20,6 +20,7 @@ urlpatterns = [
     path("gallery/", gallery_views.gallery, name="gallery"),
     path("explore/", gallery_views.explore, name="explore"),
     path("s/<str:slug>/", gallery_views.share, name="share"),
+    path("s/<str:slug>/report/", gallery_views.share_report, name="share-report"),
     path("images/<str:hex_id>.png", gallery_views.image_file, name="image-file"),
     path("images/<str:hex_id>.webp", gallery_views.image_thumbnail, name="image-thumbnail"),
     path("images/<str:hex_id>/", gallery_views.image_page, name="image"),

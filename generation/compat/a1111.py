@@ -149,7 +149,7 @@ class Txt2Img(A1111View):
         try:
             job = services.job_submit(user=request.user, params=params, client_ip=client_ip(request))
         except services.Refused as refusal:
-            status = 402 if refusal.code == "insufficient_credits" else 409 if refusal.code == "active_job_cap" else 400
+            status = {"insufficient_credits": 402, "suspended": 403, "active_job_cap": 409}.get(refusal.code, 400)
             field = {"guidance_scale": "cfg_scale", "num_images": "batch_size"}.get(refusal.field, refusal.field)
             return a1111_error(status, f"{field}: {refusal}" if field else str(refusal))
         job = wait_for(job, settings.SDWEB["JOB_TIMEOUT_SECONDS"] + 600)

@@ -62,8 +62,9 @@ def latents_to_rgb(latents: torch.Tensor, taesd=None) -> torch.Tensor:
     return ((rgb + 1) * 127.5).clamp(0, 255).to(torch.uint8).cpu()
 
 
-def encode_preview(rgb: torch.Tensor, settings: PreviewSettings) -> bytes:
-    """A batch of previews tiled in a near-square grid, scaled to `max_edge`, as image bytes."""
+def encode_preview(rgb: torch.Tensor, settings: PreviewSettings, blur: bool = False) -> bytes:
+    """A batch of previews tiled in a near-square grid, scaled to `max_edge`, as image bytes;
+    `blur` (while a safety checker has yet to clear the images) leaves 12 blocks along an edge."""
     count, height, width, _ = rgb.shape
     columns = math.ceil(math.sqrt(count))
     rows = math.ceil(count / columns)
@@ -72,6 +73,10 @@ def encode_preview(rgb: torch.Tensor, settings: PreviewSettings) -> bytes:
         grid.paste(Image.fromarray(rgb[k].numpy()), ((k % columns) * width, (k // columns) * height))
     scale = settings.max_edge / max(grid.size)
     grid = grid.resize((max(1, round(grid.width * scale)), max(1, round(grid.height * scale))), Image.BILINEAR)
+    if blur:
+        coarse = 12 / max(grid.size)
+        grid = grid.resize((max(1, round(grid.width * coarse)), max(1, round(grid.height * coarse))),
+                           Image.BOX).resize(grid.size, Image.BILINEAR)
     out = io.BytesIO()
     grid.save(out, format=settings.format, quality=settings.quality)
     return out.getvalue()

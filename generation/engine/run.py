@@ -100,7 +100,8 @@ def generate(
         if should_cancel():
             cancelled = pipe._interrupt = True  # the pipeline skips every later step
         elif on_preview is not None and throttle.should_send(i + 1, pipe.num_timesteps):
-            on_preview(i + 1, pipe.num_timesteps, encode_preview(latents_to_rgb(tensors["latents"], taesd), preview))
+            on_preview(i + 1, pipe.num_timesteps, encode_preview(latents_to_rgb(tensors["latents"], taesd), preview,
+                                                               blur=checker is not None))
         return {}
 
     if should_cancel():

@@ -1,0 +1,68 @@
+"""The prompt filter catches disguised spellings, refuses without charging, and audits the rule."""
+
+import pytest
+
+from generation.filters import blocked_by, normalise
+from generation.models import BlockRule, CreditEntry, Job, PromptAudit
+from generation.services import Refused, job_submit
+
+from .helpers import params
+
+DISGUISED = [
+    "a NUDE figure",  # case
+    "a ｎｕｄｅ figure",  # full-width letters (NFKC)
+    "a n\u200bude figure",  # zero-width space
+    "a n\u200du\u200dd\u200de figure",  # zero-width joiners
+    "a nu\u00adde figure",  # soft hyphen
+    "a n\u0336u\u0336d\u0336e\u0336 figure",  # combining strike-through
+    "a \u202enude figure",  # right-to-left override
+    "a nud\u0065\u0301 figure",  # a combining accent
+    "a\tnude\nfigure",  # control characters as spaces
+    "(nude:1.4) figure",  # A1111 weighting
+]
+
+
+@pytest.fixture
+def rules(db, settings):
+    settings.SDWEB = {**settings.SDWEB, "BLOCKLIST": ["nude", r"re:\bgore(fest)?\b"]}
+    BlockRule.objects.create(pattern="bad word")
+
+
+@pytest.mark.parametrize("prompt", DISGUISED)
+def test_each_disguised_spelling_is_caught(rules, prompt):
+    assert blocked_by(prompt) == "nude"
+
+
+def test_regex_rules_phrases_from_the_admin_and_whole_words_only(rules):
+    assert blocked_by("goreFEST tonight") == "re:\\bgore(fest)?\\b"
+    assert blocked_by("a BAD\u200b  WORD here") == "bad word"
+    assert blocked_by("a nudibranch on a reef, denuded hills, gorey") is None
+    assert normalise("Ｆｕｌｌ\u200bwidth\u00a0 text") == "fullwidth text"
+
+
+def test_a_blocked_prompt_is_refused_by_name_not_charged_and_audited_with_the_rule(rules, alice, checkpoint):
+    with pytest.raises(Refused) as refused:
+        job_submit(user=alice, params=params(checkpoint, prompt="portrait, n\u200bude"))
+    assert refused.value.field == "prompt" and refused.value.code == "blocked"
+    assert not Job.objects.exists() and not CreditEntry.objects.filter(kind="charge").exists()
+    row = PromptAudit.objects.get()
+    assert row.decision == "refused" and row.reason == "blocked by the prompt filter rule 'nude'"
+    assert row.prompt == "portrait, n\u200bude"  # the audit keeps what was sent
+
+
+def test_the_studio_form_shows_the_refusal_by_the_prompt(rules, client, alice, checkpoint):
+    from .helpers import form_data
+
+    client.force_login(alice)
+    response = client.post("/generate/", form_data(checkpoint, prompt="ＮＵＤＥ study"))
+    assert response.status_code == 400
+    assert response.context["form"].errors["prompt"] == [
+        "This prompt asks for something this site doesn't allow; change it and try again."]
+
+
+def test_an_invalid_regex_is_refused_in_the_admin(client, admin):
+    client.force_login(admin)
+    response = client.post("/admin/generation/blockrule/add/", {"pattern": "(unclosed", "is_regex": "on",
+                                                                 "enabled": "on"})
+    assert "Not a valid regular expression" in response.content.decode()
+    assert not BlockRule.objects.exists()
