@@ -5,9 +5,11 @@ from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.http import HttpResponse
+from django.template.response import TemplateResponse
 from django.urls import path
 
 from generation import services
+from generation.trace import trace_image
 from generation.models import BlockRule, Checkpoint, CreditAccount, CreditEntry, Job, PromptAudit, StaffAction
 
 
@@ -92,7 +94,22 @@ class PromptAuditAdmin(admin.ModelAdmin):
 
     def get_urls(self):
         export = path("export/", self.admin_site.admin_view(self.export_csv), name="generation_promptaudit_export")
-        return [export] + super().get_urls()
+        trace = path("trace/", self.admin_site.admin_view(self.trace), name="generation_promptaudit_trace")
+        return [export, trace] + super().get_urls()
+
+    def trace(self, request):
+        """Trace an image: upload it, read its watermark, show the audit row that made it."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        result, error = None, None
+        if request.method == "POST":
+            try:
+                result = trace_image(request.FILES.get("image"))
+            except ValueError as problem:
+                error = str(problem)
+        return TemplateResponse(request, "admin/generation/promptaudit/trace.html", {
+            **self.admin_site.each_context(request), "title": "Trace an image", "result": result, "error": error,
+            "opts": self.model._meta}, status=400 if error else 200)
 
     def export_csv(self, request):
         if not self.has_view_permission(request):

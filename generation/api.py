@@ -2,7 +2,7 @@
 
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
-from rest_framework import generics, serializers, status
+from rest_framework import generics, parsers, permissions, serializers, status
 from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -13,6 +13,7 @@ from generation.models import Checkpoint, CreditAccount, Job
 from generation.serializers import (
     CheckpointSerializer, CreditEntrySerializer, JobCreateSerializer, JobSerializer, QuoteSerializer,
 )
+from generation.trace import trace_image
 from sdweb.throttle import client_ip
 
 REFUSAL_STATUS = {"insufficient_credits": 402, "suspended": 403, "active_job_cap": 409, "idempotency_mismatch": 422}
@@ -134,11 +135,35 @@ class Quote(APIView):
         "balance": serializers.IntegerField(help_text="Your credits now.")}))
     def get(self, request):
         form = QuoteSerializer(data=request.query_params)
-        if not form.is_valid():
-            services.audit_refused(user=request.user, client_ip=client_ip(request), data=request.data,
-                                   errors=form.errors)
-            raise ValidationError(form.errors)
+        form.is_valid(raise_exception=True)
         account, _ = CreditAccount.objects.get_or_create(user=request.user)
         return Response({"cost": services.quote_cost(**form.validated_data), "balance": account.balance})
 
 
+
+
+class Trace(APIView):
+    """Staff only: upload an image (multipart field `image`); its watermark (or, failing that, its
+    PNG metadata) gives the image id, and the audit log the job, owner, prompt, time and checkpoint."""
+
+    permission_classes = [permissions.IsAdminUser]
+    parser_classes = [parsers.MultiPartParser]
+
+    @extend_schema(request=inline_serializer("TraceUpload", {"image": serializers.ImageField()}),
+                   responses=inline_serializer("TraceResult", {
+                       "found": serializers.BooleanField(help_text="Whether an audit row made this image."),
+                       "method": serializers.CharField(allow_null=True, help_text="watermark, metadata or null."),
+                       "image_id": serializers.CharField(allow_null=True, help_text="16 hex digits."),
+                       "message": serializers.CharField(help_text="What was found, in words."),
+                       "job_id": serializers.CharField(required=False, help_text="The job that made it."),
+                       "owner": serializers.CharField(required=False, help_text="Username, or a pseudonym."),
+                       "prompt": serializers.CharField(required=False, help_text="The prompt, as audited."),
+                       "created_at": serializers.CharField(required=False, help_text="When it was submitted."),
+                       "checkpoint": serializers.CharField(required=False, help_text="The checkpoint's name."),
+                   }))
+    def post(self, request):
+        try:
+            return Response(trace_image(request.FILES.get("image")))
+        except ValueError as error:
+            field, _, message = str(error).partition(": ")
+            raise ValidationError({field: [message]})

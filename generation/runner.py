@@ -95,7 +95,7 @@ def store_image(job: Job, result, k: int) -> Image:
     """Write image k's PNG (metadata + watermark) and WebP thumbnail through Django's storage."""
     image_id = job.image_ids[result.indexes[k]]
     png = io.BytesIO()
-    result.save_png(k, png)
+    result.save_png(k, png, image_id=f"{image_id:016x}")
     thumb = result.images[k].copy()
     thumb.thumbnail((THUMBNAIL_EDGE, THUMBNAIL_EDGE), PILImage.LANCZOS)
     webp = io.BytesIO()

@@ -50,6 +50,7 @@ urlpatterns = [
     path("api/v1/credits/", api.Credits.as_view()),
     path("api/v1/credits/ledger/", api.CreditLedger.as_view()),
     path("api/v1/quote/", api.Quote.as_view()),
+    path("api/v1/trace", api.Trace.as_view()),
     path("sdapi/v1/txt2img", a1111.Txt2Img.as_view()),
     path("sdapi/v1/progress", a1111.Progress.as_view()),
     path("sdapi/v1/interrupt", a1111.Interrupt.as_view()),

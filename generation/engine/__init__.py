@@ -3,7 +3,7 @@
 __version__ = "0.1.0"
 
 from .loading import PIPELINES, load_pipeline, model_hash, pick_device, pick_dtype  # noqa: E402
-from .metadata import format_parameters, parse_parameters, read_png_parameters, save_png  # noqa: E402
+from .metadata import format_parameters, parse_parameters, read_png_marking, read_png_parameters, save_png  # noqa: E402
 from .previews import PreviewSettings  # noqa: E402
 from .prompts import parse_attention  # noqa: E402
 from .request import GenerationRequest, Limits  # noqa: E402
@@ -18,5 +18,5 @@ __all__ = [
     "GenerationRequest", "GenerationResult", "ImageChecker", "Limits", "PreviewSettings",
     "embed_watermark", "format_parameters", "generate", "load_pipeline", "make_test_model",
     "model_hash", "parse_attention", "parse_parameters", "pick_device", "pick_dtype",
-    "read_png_parameters", "read_watermark", "resolve_scheduler", "save_png",
+    "read_png_marking", "read_png_parameters", "read_watermark", "resolve_scheduler", "save_png",
 ]

@@ -7,6 +7,7 @@ newline is written as a JSON string.
 """
 
 import json
+import re
 
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
@@ -86,15 +87,32 @@ def parse_parameters(text: str) -> dict:
     return result
 
 
-def save_png(image: Image.Image, fp, parameters: str) -> None:
-    """Save `image` as PNG with the `parameters` text chunk (iTXt when it isn't Latin-1)."""
+AI_GENERATED = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
+_XMP = ('<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+        '<rdf:Description rdf:about="" xmlns:Iptc4xmpExt="http://iptc.org/std/Iptc4xmpExt/2008-02-29/" '
+        'xmlns:sdweb="urn:sdweb:1.0:" Iptc4xmpExt:DigitalSourceType="{source}" sdweb:ImageId="{image_id}"/>'
+        '</rdf:RDF></x:xmpmeta>')
+
+
+def save_png(image: Image.Image, fp, parameters: str, image_id: str = "") -> None:
+    """Save `image` as PNG with the `parameters` text chunk (iTXt when it isn't Latin-1) and an
+    XMP packet marking it as made by a trained algorithm (IPTC's digital source type), with
+    `image_id` for tracing when the watermark can't be read."""
     info = PngInfo()
     info.add_text("parameters", parameters)
+    info.add_itxt("XML:com.adobe.xmp", _XMP.format(source=AI_GENERATED, image_id=image_id))
     image.save(fp, format="PNG", pnginfo=info)
 
 
 def read_png_parameters(image: Image.Image) -> str | None:
     return image.info.get("parameters")
+
+
+def read_png_marking(image: Image.Image) -> dict:
+    """{"ai_generated": bool, "image_id": str} from the XMP packet that `save_png` writes."""
+    xmp = str(image.info.get("XML:com.adobe.xmp", ""))
+    found = re.search(r'sdweb:ImageId="([0-9a-f]*)"', xmp)
+    return {"ai_generated": f'DigitalSourceType="{AI_GENERATED}"' in xmp, "image_id": found.group(1) if found else ""}
 
 
 def _quote(value) -> str:

@@ -42,8 +42,8 @@ class GenerationResult:
             model_hash=self.model_hash, model_name=self.model_name,
         )
 
-    def save_png(self, k: int, fp) -> None:
-        save_png(self.images[k], fp, self.parameters(k))
+    def save_png(self, k: int, fp, image_id: str = "") -> None:
+        save_png(self.images[k], fp, self.parameters(k), image_id)
 
 
 def generate(

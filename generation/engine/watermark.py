@@ -15,6 +15,8 @@ _METHOD = "dwtDctSvd"
 _BITS = (PAYLOAD_BYTES + 2) * 8
 
 
+CRC_INIT = 0xFFFF  # not 0: a flat image reads as all-zero bits, which a zero-start CRC would pass
+
 def embed_watermark(image: Image.Image, payload: bytes) -> Image.Image:
     from imwatermark import WatermarkEncoder
 
@@ -23,7 +25,7 @@ def embed_watermark(image: Image.Image, payload: bytes) -> Image.Image:
     if min(image.size) < 256:
         raise ValueError("images under 256x256 can't carry the watermark")
     encoder = WatermarkEncoder()
-    encoder.set_watermark("bytes", payload + binascii.crc_hqx(payload, 0).to_bytes(2, "big"))
+    encoder.set_watermark("bytes", payload + binascii.crc_hqx(payload, CRC_INIT).to_bytes(2, "big"))
     bgr = np.asarray(image.convert("RGB"))[:, :, ::-1]
     marked = encoder.encode(np.ascontiguousarray(bgr), _METHOD)
     return Image.fromarray(np.ascontiguousarray(marked[:, :, ::-1]))
@@ -38,4 +40,4 @@ def read_watermark(image: Image.Image) -> bytes | None:
     bgr = np.ascontiguousarray(np.asarray(image.convert("RGB"))[:, :, ::-1])
     data = WatermarkDecoder("bytes", _BITS).decode(bgr, _METHOD)
     payload, check = bytes(data[:PAYLOAD_BYTES]), bytes(data[PAYLOAD_BYTES:])
-    return payload if binascii.crc_hqx(payload, 0).to_bytes(2, "big") == check else None
+    return payload if binascii.crc_hqx(payload, CRC_INIT).to_bytes(2, "big") == check else None
