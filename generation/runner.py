@@ -12,6 +12,7 @@ from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import transaction
+from django.db.models import F
 from django.urls import reverse
 from django.utils import timezone
 from PIL import Image as PILImage
@@ -49,7 +50,7 @@ def job_run(job: Job) -> None:
         return stop_reason is not None
 
     def on_preview(step: int, total: int, image: bytes) -> None:
-        owned.update(progress_step=step, progress_total=total, preview=image)
+        owned.update(progress_step=step, progress_total=total, preview=image, previews_sent=F("previews_sent") + 1)
         elapsed = time.monotonic() - started
         job_event(job.pk, {"type": "progress", "step": step, "total": total,
                            "eta": round(elapsed / step * (total - step), 1), "preview": data_url(image)})

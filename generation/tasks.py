@@ -1,4 +1,6 @@
 from celery import shared_task
+from celery.signals import worker_process_init
+from django.conf import settings
 
 from generation import services
 
@@ -14,3 +16,12 @@ def run_next_job(self) -> str | None:
 def reap_jobs() -> dict:
     """Scheduled by Celery beat (SDWEB_REAP_EVERY_SECONDS): recover jobs whose worker died."""
     return services.jobs_reap()
+
+
+@worker_process_init.connect
+def serve_metrics(**kwargs):
+    """SDWEB_WORKER_METRICS_PORT: each worker (one pool process per GPU) serves its own figures."""
+    if settings.SDWEB["WORKER_METRICS_PORT"]:
+        from generation.metrics import serve_worker_metrics
+
+        serve_worker_metrics(settings.SDWEB["WORKER_METRICS_PORT"])

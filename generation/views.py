@@ -1,9 +1,11 @@
+import hmac
 import uuid
 
 from django.conf import settings
 from django.contrib import messages
+from django.contrib.admin.views.decorators import staff_member_required
 from django.contrib.auth.decorators import login_required
-from django.http import Http404
+from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
@@ -80,3 +82,26 @@ def job_cancel(request, job_id):
     elif job.cancel_requested:
         messages.info(request, "Stopping at the next step…")
     return back_to(request, reverse("job", args=[job.pk]))
+
+
+def metrics(request):
+    """Prometheus figures from the database, for a caller with SDWEB_METRICS_TOKEN or from an
+    address in SDWEB_METRICS_ALLOW."""
+    token, allowed = settings.SDWEB["METRICS_TOKEN"], settings.SDWEB["METRICS_ALLOW"]
+    sent = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+    if not (token and sent and hmac.compare_digest(sent, token)) and client_ip(request) not in allowed:
+        response = HttpResponse("Metrics need a bearer token (SDWEB_METRICS_TOKEN) or an allowed address "
+                                "(SDWEB_METRICS_ALLOW).\n", status=401, content_type="text/plain")
+        response["WWW-Authenticate"] = "Bearer"
+        return response
+    from generation.metrics import render_database_metrics
+
+    return HttpResponse(render_database_metrics(), content_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+@staff_member_required
+def dashboard(request):
+    """Staff: the key figures of the last 24 hours and 7 days, with jobs charted."""
+    from generation.dashboard import figures
+
+    return render(request, "dashboard.html", {"windows": [figures(24), figures(24 * 7)]})

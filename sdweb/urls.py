@@ -13,6 +13,8 @@ from sdweb import views
 urlpatterns = [
     path("", views.home, name="home"),
     path("healthz", views.healthz, name="healthz"),
+    path("metrics", generation_views.metrics, name="metrics"),
+    path("staff/dashboard/", generation_views.dashboard, name="dashboard"),
     path("generate/", generation_views.generate, name="generate"),
     path("jobs/<uuid:job_id>/", generation_views.job_detail, name="job"),
     path("jobs/<uuid:job_id>/cancel/", generation_views.job_cancel, name="job-cancel"),

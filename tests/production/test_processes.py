@@ -5,6 +5,7 @@ import json
 import re
 import subprocess
 import time
+import urllib.request
 
 import pytest
 from websockets.exceptions import InvalidStatus
@@ -19,7 +20,10 @@ def deployment(production):
                       "checkpoint_ensure_test_model()\nprint('{}')")
     port = free_port()
     log = open(production.env["SDWEB_VAR_DIR"] + "/processes.log", "a")
-    web, worker = production.web(port, log), production.worker("gpu1", log)
+    production.worker_metrics_port = free_port()
+    web = production.web(port, log)
+    worker = production.worker("gpu1", log, env={**production.env,
+                                                  "SDWEB_WORKER_METRICS_PORT": str(production.worker_metrics_port)})
     production.base, production.port = f"http://127.0.0.1:{port}", port
     try:
         wait_until(lambda: _answers(production.base), timeout=60)
@@ -84,6 +88,8 @@ def test_progress_reaches_the_owner_from_a_worker_in_another_process(deployment)
     assert kinds[-1] == "finished" and "progress" in kinds, kinds
     steps = [e["step"] for e in events if e["type"] == "progress"]
     assert steps == sorted(steps) and steps[-1] == 30
+    worker_figures = urllib.request.urlopen(f"http://127.0.0.1:{deployment.worker_metrics_port}/metrics").read()
+    assert b"sdweb_worker_pipeline_loads_total 1.0" in worker_figures  # the worker's own process figures
 
     stranger = sign_up(deployment.base, "stranger")
     for browser, origin in ((stranger, "own"), (owner, "http://evil.example"), (owner, None)):
