@@ -107,3 +107,14 @@ def make_admin(studio, name="boss") -> str:
     subprocess.run([sys.executable, "manage.py", "createsuperuser", "--noinput", "--username", name,
                     "--email", f"{name}@example.com"], cwd=ROOT, env=env, check=True, capture_output=True)
     return name
+
+
+def staff_page(new_page, studio, name):
+    """A page signed in as a new superuser called `name`."""
+    make_admin(studio, name)
+    page = new_page()
+    page.goto("/admin/login/")
+    page.get_by_label("Username").fill(name)
+    page.get_by_label("Password").fill("admin-pass-123")
+    page.get_by_role("button", name="Log in").click()
+    return page

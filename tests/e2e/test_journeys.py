@@ -4,7 +4,7 @@ import csv
 import io
 import re
 
-from .conftest import balance, generate, make_admin, screenshot, sign_up
+from .conftest import balance, generate, screenshot, sign_up, staff_page
 
 # Records, in order, what the live view changes: progress values, preview images, final images.
 WATCH_LIVE_VIEW = """
@@ -144,12 +144,7 @@ def test_6_an_admin_reviews_the_prompt_audit_filters_by_user_and_exports_csv(new
     user.get_by_role("button", name="Generate").click()
     assert "Prompt uses AND (composable prompts), which is not supported yet" in user.locator(".field.invalid .error").inner_text()
 
-    admin = new_page()
-    make_admin(studio)
-    admin.goto("/admin/login/")
-    admin.get_by_label("Username").fill("boss")
-    admin.get_by_label("Password").fill("admin-pass-123")
-    admin.get_by_role("button", name="Log in").click()
+    admin = staff_page(new_page, studio, "boss")
     admin.goto("/admin/generation/promptaudit/")
     admin.locator("#changelist-filter").get_by_role("link", name=name, exact=True).click()
     rows = admin.locator("#result_list tbody tr")
@@ -179,12 +174,7 @@ def test_7_hostile_prompts_render_as_text_everywhere_and_pages_carry_security_he
         page.goto(path)
         visited.append(page.url)
         assert script in page.content().replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", '"')
-    make_admin(studio, "boss7")
-    admin = new_page()
-    admin.goto("/admin/login/")
-    admin.get_by_label("Username").fill("boss7")
-    admin.get_by_label("Password").fill("admin-pass-123")
-    admin.get_by_role("button", name="Log in").click()
+    admin = staff_page(new_page, studio, "boss7")
     admin.goto("/admin/generation/promptaudit/?q=alert")
     assert script in admin.locator("#result_list").inner_text()
     admin.locator("#result_list tbody a").first.click()
@@ -222,3 +212,84 @@ def test_8_a_user_makes_an_api_key_uses_it_from_a_script_and_revokes_it(new_page
     page.goto("/api/docs/")
     page.wait_for_selector(".swagger-ui .opblock")  # the docs render from our own files
     assert page.dialogs == []
+
+
+def share_an_image(page, prompt) -> tuple[str, str]:
+    """Sign up, make one image and publish it: (share URL, file URL)."""
+    sign_up(page)
+    generate(page, prompt=prompt, steps=2, images=1)
+    page.locator("#images a").first.click()
+    page.get_by_role("button", name="Make public").click()
+    return page.locator("a[href*='/s/']").get_attribute("href"), page.locator("img.full").get_attribute("src")
+
+
+def test_9_a_visitor_reports_an_image_and_staff_hide_it_from_the_moderation_queue(new_page, studio):
+    owner = new_page()
+    share_url, _ = share_an_image(owner, "a reported seascape")
+    visitor = new_page(phone=True)
+    visitor.goto(share_url)
+    visitor.get_by_text("Report this image").click()
+    visitor.get_by_label("What is wrong with it?").fill("it shows a real person")
+    visitor.get_by_role("button", name="Send report").click()
+    assert "staff will look at this image" in visitor.locator(".message").inner_text()
+
+    staff = staff_page(new_page, studio, "moderator9")
+    staff.goto("/staff/dashboard/")
+    staff.get_by_role("link", name="open reports").click()
+    staff.wait_for_url("**/admin/gallery/report/**")
+    row = staff.locator("#result_list tbody tr", has_text="it shows a real person")
+    assert row.count() == 1 and row.locator("img").count() == 1
+    screenshot(staff, "9-moderation-queue")
+    row.locator("input[type=checkbox]").check()
+    staff.locator("select[name=action]").select_option("hide_images")
+    staff.get_by_role("button", name="Go").click()
+    assert "The images are hidden." in staff.locator(".messagelist").inner_text()
+    assert visitor.goto(share_url).status == 404
+    owner.reload()
+    assert "Hidden by staff" in owner.locator("main").inner_text()
+    assert owner.get_by_role("button", name="Make public").count() == 0
+    staff.goto("/admin/generation/staffaction/")
+    assert "hide image" in staff.locator("#result_list").inner_text()
+
+
+def test_10_staff_trace_a_jpeg_copy_of_an_image_to_its_job_and_owner(new_page, studio):
+    import io
+
+    from PIL import Image
+
+    owner = new_page()
+    owner_name = sign_up(owner)
+    job = generate(owner, prompt="a traced windmill", steps=2, images=1)
+    png = owner.request.get(owner.locator("#images img").first.get_attribute("src").replace(".webp", ".png")).body()
+    copy = io.BytesIO()
+    Image.open(io.BytesIO(png)).convert("RGB").save(copy, format="JPEG", quality=90, subsampling=0)
+
+    staff = staff_page(new_page, studio, "tracer10")
+    staff.goto("/admin/generation/promptaudit/")
+    staff.get_by_role("link", name="Trace an image").click()
+    staff.wait_for_url("**/trace/")
+    staff.get_by_label("Image").set_input_files({"name": "found.jpg", "mimeType": "image/jpeg",
+                                                 "buffer": copy.getvalue()})
+    staff.get_by_role("button", name="Trace").click()
+    result = staff.locator("#trace-result").inner_text()
+    assert "Watermark read." in result and job in result and owner_name in result
+    assert "a traced windmill" in staff.locator(".trace-prompt").inner_text()
+    screenshot(staff, "10-trace")
+
+
+def test_11_staff_read_the_days_figures_on_the_dashboard(new_page, studio):
+    page = new_page()
+    sign_up(page)
+    generate(page, prompt="a counted lighthouse", steps=2, images=2)
+    staff = staff_page(new_page, studio, "watcher11")
+    staff.goto("/")
+    staff.get_by_role("link", name="Dashboard").click()
+    staff.wait_for_url("**/staff/dashboard/")
+    day = staff.locator("#window-24h")
+    assert int(day.locator(".images").inner_text()) >= 2 and int(day.locator(".succeeded").inner_text()) >= 1
+    assert "credits" in day.locator(".cost").inner_text()
+    assert day.locator("svg.chart g.bar").count() == 24 and staff.locator("#window-168h svg.chart g.bar").count() == 7
+    tallest = max(float(h) for h in day.locator("svg.chart rect[fill='#4a6fa5']").evaluate_all(
+        "rects => rects.map(r => r.getAttribute('height'))"))
+    assert tallest == 120  # the busiest hour fills the chart
+    screenshot(staff, "11-dashboard")
