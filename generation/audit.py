@@ -45,9 +45,11 @@ def append(**fields) -> PromptAudit:
     """Add a row at the head of the chain."""
     chain = locked_chain()
     row = PromptAudit(created_at=timezone.now(), **fields)  # after the lock: time order is chain order
-    row.client_ip = PromptAudit._meta.get_field("client_ip").get_prep_value(row.client_ip)
-    row.hash = chain_hash(chain.head, row)
     row.save()
+    # Hash the row as the database gives it back (PostgreSQL's jsonb writes 2.5e16 as an integer,
+    # inet normalises addresses...), which is what verification will read.
+    row.hash = chain_hash(chain.head, PromptAudit.objects.get(pk=row.pk))
+    PromptAudit.objects.seal(row.pk, row.hash)
     AuditImage.objects.bulk_create([AuditImage(image_id=i, audit=row) for i in row.image_ids])
     AuditChain.objects.filter(pk=1).update(head=row.hash, length=chain.length + 1)
     return row

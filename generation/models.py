@@ -149,6 +149,10 @@ class AppendOnly(models.QuerySet):
         (outside the hash chain, which covers `subject` instead)."""
         return models.QuerySet.update(self.filter(user_id=user_id), username=pseudonym)
 
+    def seal(self, pk: int, hash: str) -> int:
+        """Set a new row's chain hash, once (see generation.audit.append)."""
+        return models.QuerySet.update(self.filter(pk=pk, hash=""), hash=hash)
+
     def prune_through(self, pk: int) -> int:
         """The one removal allowed, used by `prune_audit`: every row up to `pk`."""
         return models.QuerySet.delete(self.filter(pk__lte=pk))[1].get(self.model._meta.label, 0)

@@ -151,5 +151,9 @@ def openai(body):
 if __name__ == "__main__":
     for run in (api, form, a1111, openai):
         run()
+    from generation.audit import verify
+
+    rows, problem = verify()  # every odd value above went through PostgreSQL's jsonb and back
+    assert problem is None and rows >= sum(attempts.values()), (rows, problem)
     print(json.dumps(attempts))
     sys.exit(0)
