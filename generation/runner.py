@@ -21,6 +21,7 @@ from gallery.models import Image
 from generation.engine import GenerationCancelled, GenerationRequest, PreviewSettings, generate
 from generation.live import job_event
 from generation.models import Job
+from generation.provenance import sign_png
 from generation.services import SHUTTING_DOWN, credits_refund, engine_limits, job_finish_failed, job_requeue
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,7 @@ def store_image(job: Job, result, k: int) -> Image:
     image_id = job.image_ids[result.indexes[k]]
     png = io.BytesIO()
     result.save_png(k, png, image_id=f"{image_id:016x}")
+    png = io.BytesIO(sign_png(png.getvalue(), title=f"{image_id:016x}.png"))
     thumb = result.images[k].copy()
     thumb.thumbnail((THUMBNAIL_EDGE, THUMBNAIL_EDGE), PILImage.LANCZOS)
     webp = io.BytesIO()

@@ -7,6 +7,7 @@ from PIL import UnidentifiedImageError
 from gallery.models import Image
 from generation.engine import read_png_marking, read_png_parameters, read_watermark
 from generation.models import AuditImage
+from generation.provenance import read_credentials
 
 MAX_UPLOAD_BYTES = 30 * 1024 * 1024
 
@@ -22,10 +23,13 @@ def trace_image(upload) -> dict:
         picture.load()
     except (UnidentifiedImageError, OSError, PILImage.DecompressionBombError) as error:
         raise ValueError(f"image: not an image this site can read ({error.__class__.__name__})")
+    upload.seek(0)
+    credentials = read_credentials(upload.read(), PILImage.MIME.get(picture.format, "image/png"))
     payload = read_watermark(picture.convert("RGB"))
     marking = read_png_marking(picture)
     found = {"watermark": payload.hex() if payload else None, "metadata": marking["image_id"] or None,
-             "ai_generated_marking": marking["ai_generated"], "parameters": read_png_parameters(picture)}
+             "ai_generated_marking": marking["ai_generated"], "parameters": read_png_parameters(picture),
+             "c2pa": credentials}
     method = "watermark" if payload else "metadata" if marking["image_id"] else None
     result = {"found": False, "method": method, "image_id": found[method] if method else None, "read": found}
     if method is None:

@@ -228,6 +228,12 @@ SDWEB = {
     "METRICS_TOKEN": env("SDWEB_METRICS_TOKEN", ""),  # /metrics wants "Authorization: Bearer <token>"...
     "METRICS_ALLOW": [ip for ip in env("SDWEB_METRICS_ALLOW", "").split(",") if ip],  # ...or a caller from here
     "WORKER_METRICS_PORT": env_int("SDWEB_WORKER_METRICS_PORT", 0),  # 0: workers expose no metrics port
+    # C2PA content credentials: "local" signs with a certificate made in the var folder (untrusted),
+    # "off" signs nothing; SDWEB_C2PA_CERT + SDWEB_C2PA_KEY (PEM files) sign with the operator's own.
+    "C2PA": env("SDWEB_C2PA", "local"),
+    "C2PA_CERT": env("SDWEB_C2PA_CERT", ""),
+    "C2PA_KEY": env("SDWEB_C2PA_KEY", ""),
+    "C2PA_TSA_URL": env("SDWEB_C2PA_TSA_URL", ""),
 }
 if SDWEB["REGISTRATION"] not in ("open", "invite", "closed"):
     raise RuntimeError("SDWEB_REGISTRATION must be open, invite or closed")

@@ -50,6 +50,7 @@ def test_trace_finds_the_right_job_among_many(client, admin, jobs, copy):
     assert result["found"] and result["method"] == "watermark", result
     assert (result["image_id"], result["job_id"], result["owner"]) == (target.hex_id, str(jobs[3].pk), "carol")
     assert result["prompt"] == "picture 3 by carol" and result["checkpoint"] == jobs[3].checkpoint.name
+    assert result["read"]["c2pa"]["present"] == (copy == "png")  # re-saved copies lose the manifest
 
 
 def test_trace_still_works_after_the_image_and_the_account_are_deleted(client, admin, carol, jobs):
