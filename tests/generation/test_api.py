@@ -188,3 +188,8 @@ def test_a_blank_idempotency_key_is_no_key(api, key):
 def test_an_overlong_idempotency_key_is_refused_by_name(api):
     response = api.post("/api/v1/jobs/", BODY, format="json", HTTP_IDEMPOTENCY_KEY="k" * 201)
     assert response.status_code == 400 and "Idempotency-Key" in response.data
+
+
+def test_a_huge_page_limit_is_capped_not_an_error(api, alice):
+    response = api.get("/api/v1/credits/ledger/", {"offset": -12188, "limit": 28318526686381935836528640})
+    assert response.status_code == 200 and len(response.json()["results"]) == 1  # the starting grant
