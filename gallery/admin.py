@@ -19,19 +19,33 @@ class ImageAdmin(admin.ModelAdmin):
         messages.success(request, f"Hid {queryset.count()} images.")
 
 
+class ReportStatus(admin.SimpleListFilter):
+    title, parameter_name = "status", "status"
+
+    def lookups(self, request, model_admin):
+        return [("open", "Open"), ("resolved", "Resolved")]
+
+    def queryset(self, request, queryset):
+        if self.value() == "open":
+            return queryset.filter(resolved_at=None)
+        if self.value() == "resolved":
+            return queryset.exclude(resolved_at=None)
+        return queryset
+
+
 @admin.register(Report)
 class ReportAdmin(admin.ModelAdmin):
     """The moderation queue: open reports first."""
 
     list_display = ("image", "thumbnail", "owner", "reason", "reporter", "created_at", "outcome")
-    list_filter = (("resolved_at", admin.EmptyFieldListFilter), "outcome")
+    list_filter = (ReportStatus, "outcome")
     readonly_fields = ("image", "reporter", "reason", "created_at", "resolved_at", "outcome")
     actions = ["hide_images", "suspend_owners", "dismiss"]
 
     def has_add_permission(self, request):
         return False
 
-    @admin.display(description="Image")
+    @admin.display(description="Preview")
     def thumbnail(self, report):
         from django.urls import reverse
         from django.utils.html import format_html

@@ -53,4 +53,4 @@ class Report(models.Model):
     outcome = models.CharField(max_length=40, blank=True)
 
     class Meta:
-        ordering = ["resolved_at", "-created_at"]
+        ordering = [models.F("resolved_at").asc(nulls_first=True), "-created_at"]  # open reports first
