@@ -5,6 +5,8 @@ import json
 import re
 import subprocess
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 
 import pytest
@@ -121,3 +123,42 @@ def test_the_same_message_delivered_twice_makes_one_run_and_one_set_of_images(de
         assert time.monotonic() < deadline
         time.sleep(0.5)
     assert result == ["succeeded", 1, 2, 1]
+
+
+def cancel(deployment, browser, job_id) -> int:
+    """POST the job page's cancel form, as the page does; returns the HTTP status."""
+    page = browser.get("/generate/")[1]
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page).group(1)
+    request = urllib.request.Request(f"{deployment.base}/jobs/{job_id}/cancel/", headers={"Referer": deployment.base},
+                                     data=urllib.parse.urlencode({"csrfmiddlewaretoken": token}).encode())
+    try:
+        with browser.opener.open(request, timeout=30) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def test_only_the_owner_cancels_and_the_worker_in_another_process_stops_within_a_step(deployment):
+    owner, stranger = sign_up(deployment.base, "canceller"), sign_up(deployment.base, "meddler")
+    page = owner.get("/generate/")[1]
+    checkpoint = re.search(r'<option value="(\d+)" selected>', page).group(1)
+    url, _ = owner.post("/generate/", {"prompt": "stop me", "checkpoint": checkpoint, "width": 512, "height": 512,
+                                       "steps": 150, "guidance_scale": 7, "scheduler": "Euler a", "seed": 3,
+                                       "num_images": 1})
+    job_id = url.split("job=")[1]
+    with socket(deployment, owner, job_id) as ws:
+        while json.loads(ws.recv(timeout=120)).get("type") != "progress":
+            pass
+        assert cancel(deployment, stranger, job_id) == 404
+        assert cancel(deployment, owner, job_id) == 200  # redirected back to the job page
+        after = []
+        while not after or after[-1]["type"] != "cancelled":
+            after.append(json.loads(ws.recv(timeout=120)))
+    steps = [e["step"] for e in after if e["type"] == "progress"]
+    assert len(steps) <= 2 and steps[-1:] != [150], steps  # the step under way (and one in flight), no more
+    state = deployment.script(f"""
+        from generation.models import Job
+        job = Job.objects.get(pk="{job_id}")
+        print(json.dumps([job.status, job.images.count(), list(job.credit_entries.values_list("kind", flat=True))]))
+    """)
+    assert state[0] == "cancelled" and state[1] == 0 and sorted(state[2]) == ["charge", "refund"]
