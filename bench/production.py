@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.production.conftest import POSTGRES, REDIS, Production  # noqa: E402
+from tests.production.conftest import POSTGRES, REDIS, Production, web_answers  # noqa: E402
 from tests.sdweb.test_up import Browser, free_port, wait_until  # noqa: E402
 
 STANDIN = """
@@ -80,7 +80,7 @@ def overhead(deployment, jobs: int) -> list[dict]:
     processes = [deployment.web(port, log), deployment.worker("gpu1", log)]
     rows = []
     try:
-        wait_until(lambda: _answers(base), timeout=60)
+        wait_until(lambda: web_answers(base), timeout=60)
         browser = Browser(base)
         _, page = browser.post("/accounts/signup/", {"username": "bench", "password1": "bench-pass-123",
                                                      "password2": "bench-pass-123"})
@@ -146,13 +146,6 @@ def throughput(deployment, workers: int, jobs: int, step_s: float) -> float:
     finally:
         stop(processes)
 
-
-def _answers(base) -> bool:
-    try:
-        Browser(base).get("/healthz")
-        return True
-    except OSError:
-        return False
 
 
 def stop(processes) -> None:

@@ -78,8 +78,21 @@ class CreditAccountAdmin(admin.ModelAdmin):
             messages.info(request, f"{amount:+d} credits recorded in {obj.user}'s ledger.")
 
 
+class AppendOnlyAdmin(admin.ModelAdmin):
+    """Rows staff may read but never add, change or delete."""
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
 @admin.register(PromptAudit)
-class PromptAuditAdmin(admin.ModelAdmin):
+class PromptAuditAdmin(AppendOnlyAdmin):
     """Every submission, as decided. Read-only here; the CSV export takes the rows as filtered."""
 
     list_display = ("created_at", "username", "decision", "checkpoint", "prompt_text", "reason", "job_id")
@@ -120,15 +133,6 @@ class PromptAuditAdmin(admin.ModelAdmin):
         write_audit_csv(rows, response)
         return response
 
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
-
 
 AUDIT_COLUMNS = ("created_at", "username", "user_id", "client_ip", "decision", "reason", "checkpoint", "prompt",
                  "negative_prompt", "params", "job_id", "image_ids")
@@ -160,16 +164,7 @@ class BlockRuleAdmin(admin.ModelAdmin):
 
 
 @admin.register(StaffAction)
-class StaffActionAdmin(admin.ModelAdmin):
+class StaffActionAdmin(AppendOnlyAdmin):
     list_display = ("created_at", "staff_name", "action", "target", "details")
     list_filter = ("action",)
     search_fields = ("staff_name", "target", "details")
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False

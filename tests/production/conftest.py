@@ -68,6 +68,17 @@ class Production:
         return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def web_answers(base: str) -> bool:
+    """Whether the web process at `base` answers /healthz yet."""
+    from tests.sdweb.test_up import Browser
+
+    try:
+        Browser(base).get("/healthz")
+        return True
+    except OSError:
+        return False
+
+
 @pytest.fixture(scope="session")
 def production(tmp_path_factory):
     missing = missing_services()

@@ -13,6 +13,7 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
+from tests.production.conftest import web_answers
 from tests.sdweb.test_up import Browser, free_port, wait_until
 
 
@@ -28,7 +29,7 @@ def deployment(production):
                                                   "SDWEB_WORKER_METRICS_PORT": str(production.worker_metrics_port)})
     production.base, production.port = f"http://127.0.0.1:{port}", port
     try:
-        wait_until(lambda: _answers(production.base), timeout=60)
+        wait_until(lambda: web_answers(production.base), timeout=60)
         yield production
     finally:
         for process in (web, worker):
@@ -41,13 +42,6 @@ def deployment(production):
                 raise
         log.close()
 
-
-def _answers(base) -> bool:
-    try:
-        Browser(base).get("/healthz")
-        return True
-    except OSError:
-        return False
 
 
 def sign_up(base, name) -> Browser:

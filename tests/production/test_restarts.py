@@ -6,7 +6,8 @@ import json
 import signal
 import time
 
-from tests.production.test_processes import _answers, sign_up, socket
+from tests.production.conftest import web_answers
+from tests.production.test_processes import sign_up, socket
 from tests.sdweb.test_up import free_port, wait_until
 
 STATE = """
@@ -24,7 +25,7 @@ def test_restarting_web_and_worker_mid_job_loses_nothing(production):
     production.base, production.port = base, port
     try:
         processes += [production.web(port, log), production.worker("gpu1", log)]
-        wait_until(lambda: _answers(base), timeout=60)
+        wait_until(lambda: web_answers(base), timeout=60)
         user = sign_up(base, "restarts")
         form = {"prompt": "through restarts", "width": 512, "height": 512, "steps": 100, "guidance_scale": 7,
                 "scheduler": "Euler a", "seed": 5, "num_images": 1, "checkpoint": "1"}
@@ -40,7 +41,7 @@ def test_restarting_web_and_worker_mid_job_loses_nothing(production):
         processes[0].send_signal(signal.SIGTERM)  # the web process restarts meanwhile
         processes[0].wait(timeout=30)  # uvicorn shuts down gracefully, then re-raises SIGTERM
         processes.append(production.web(port, log))
-        wait_until(lambda: _answers(base), timeout=60)
+        wait_until(lambda: web_answers(base), timeout=60)
 
         events = []  # what the job page's socket sees from the new web process
         with socket(production, user, long_job) as ws:
