@@ -6,7 +6,7 @@ from rest_framework.views import APIView
 
 from gallery import services
 from gallery.models import Image
-from gallery.views import parse_image_id
+from gallery.selectors import parse_image_id
 
 
 class ImageSerializer(serializers.ModelSerializer):

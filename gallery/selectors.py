@@ -1,8 +1,20 @@
 from django.core.paginator import Paginator
+from django.http import Http404
 
 from gallery.models import Image
 
 PAGE_SIZE = 24
+
+
+def parse_image_id(hex_id: str) -> int:
+    """An image id from its URL form; anything that can't be one is a 404, never an error."""
+    try:
+        value = int(hex_id, 16)
+    except ValueError:
+        raise Http404
+    if not 0 < value < 2**63 or len(hex_id) != 16:
+        raise Http404
+    return value
 
 
 def gallery_page(*, owner=None, public=False, query: str = "", page=1):

@@ -4,13 +4,28 @@ import json
 import secrets
 import zipfile
 
+from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import transaction
 from django.utils import timezone
 
 from gallery.models import Image, Report
-from generation import audit
 from generation.models import PromptAudit, UserSettings
+from generation.services.audit import pseudonym, staff_action
+
+
+def image_files_save(*, image_id: int, attempt: int, png: bytes, thumbnail: bytes) -> dict:
+    """Write an image's original and thumbnail under names of one attempt's own, so an attempt
+    that loses its job (its lease ran out) never replaces or deletes the winner's files."""
+    stem = f"{image_id:016x}-{attempt}"
+    return {"png": default_storage.save(f"images/{stem}.png", ContentFile(png)),
+            "thumbnail": default_storage.save(f"thumbnails/{stem}.webp", ContentFile(thumbnail))}
+
+
+def image_files_delete(images) -> None:
+    for image in images:
+        default_storage.delete(image.png.name)
+        default_storage.delete(image.thumbnail.name)
 
 
 @transaction.atomic
@@ -30,9 +45,7 @@ def images_delete(*, images) -> int:
     images = list(images)
     with transaction.atomic():
         Image.objects.filter(pk__in=[image.pk for image in images]).delete()
-    for image in images:
-        default_storage.delete(image.png.name)
-        default_storage.delete(image.thumbnail.name)
+    image_files_delete(images)
     return len(images)
 
 
@@ -45,12 +58,10 @@ def account_delete(*, user) -> None:
     """Remove the user, their jobs, images and files; their audit rows stay, pseudonymised."""
     images = list(Image.objects.filter(owner=user))
     with transaction.atomic():
-        PromptAudit.objects.pseudonymise_user(user.pk, audit.pseudonym(user.pk))
+        PromptAudit.objects.pseudonymise_user(user.pk, pseudonym(user.pk))
         Image.objects.filter(owner=user).delete()
         user.delete()  # jobs, credits and ledger go with it; audit rows keep their ids
-    for image in images:
-        default_storage.delete(image.png.name)
-        default_storage.delete(image.thumbnail.name)
+    image_files_delete(images)
 
 
 def export_zip(*, user, into) -> None:
@@ -86,13 +97,13 @@ def _hide(images, outcome: str) -> int:
 def image_hide(*, image: Image, staff, reason: str = "") -> None:
     """Staff take a public image down: private for good, its open reports resolved."""
     _hide([image], "image hidden")
-    audit.staff_action(staff=staff, action="hide image", target=str(image), details=reason)
+    staff_action(staff=staff, action="hide image", target=str(image), details=reason)
 
 
 @transaction.atomic
 def report_dismiss(*, report: Report, staff) -> None:
     Report.objects.filter(pk=report.pk, resolved_at=None).update(resolved_at=timezone.now(), outcome="dismissed")
-    audit.staff_action(staff=staff, action="dismiss report", target=f"report {report.pk} on {report.image}")
+    staff_action(staff=staff, action="dismiss report", target=f"report {report.pk} on {report.image}")
 
 
 @transaction.atomic
@@ -101,7 +112,7 @@ def user_suspend(*, user, staff, reason: str = "") -> int:
     UserSettings.objects.update_or_create(user=user, defaults={"suspended_at": timezone.now(),
                                                                "suspended_reason": reason})
     hidden = _hide(list(Image.objects.filter(owner=user, is_public=True)), "owner suspended")
-    audit.staff_action(staff=staff, action="suspend user", target=user.get_username(),
+    staff_action(staff=staff, action="suspend user", target=user.get_username(),
                        details=f"{reason} ({hidden} public images hidden)".strip())
     return hidden
 
@@ -109,4 +120,4 @@ def user_suspend(*, user, staff, reason: str = "") -> int:
 @transaction.atomic
 def user_unsuspend(*, user, staff) -> None:
     UserSettings.objects.filter(user=user).update(suspended_at=None, suspended_reason="")
-    audit.staff_action(staff=staff, action="unsuspend user", target=user.get_username())
+    staff_action(staff=staff, action="unsuspend user", target=user.get_username())

@@ -11,22 +11,11 @@ from django.views.decorators.http import require_POST
 
 from gallery import services
 from gallery.models import Image
-from gallery.selectors import gallery_page
-from generation import services as generation_services
+from gallery.selectors import gallery_page, parse_image_id
 from generation.models import Job
-from generation.views import back_to
+from generation.presenters import back_to
+from generation.services.submit import Refused, job_submit
 from sdweb.throttle import client_ip
-
-
-def parse_image_id(hex_id: str) -> int:
-    """An image id from its URL form; anything that can't be one is a 404, never an error."""
-    try:
-        value = int(hex_id, 16)
-    except ValueError:
-        raise Http404
-    if not 0 < value < 2**63 or len(hex_id) != 16:
-        raise Http404
-    return value
 
 
 def _image(hex_id) -> Image:
@@ -124,8 +113,8 @@ def image_variants(request, hex_id):
     job = _managed(request, hex_id).job
     params = {**job.params(), "seed": -1, "checkpoint": job.checkpoint}
     try:
-        new_job = generation_services.job_submit(user=request.user, params=params, client_ip=client_ip(request))
-    except generation_services.Refused as refusal:
+        new_job = job_submit(user=request.user, params=params, client_ip=client_ip(request))
+    except Refused as refusal:
         messages.error(request, str(refusal))
         return redirect("image", hex_id=hex_id)
     return redirect("job", job_id=new_job.pk)

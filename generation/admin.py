@@ -8,9 +8,9 @@ from django.http import HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import path
 
-from generation import services
-from generation.trace import trace_image
 from generation.models import BlockRule, Checkpoint, CreditAccount, CreditEntry, Job, PromptAudit, StaffAction
+from generation.services.credits import credits_grant
+from generation.trace import trace_image
 
 
 @admin.register(Checkpoint)
@@ -74,7 +74,7 @@ class CreditAccountAdmin(admin.ModelAdmin):
     def save_model(self, request, obj, form, change):
         amount = form.cleaned_data.get("adjust_by")
         if amount:
-            services.credits_grant(user=obj.user, amount=amount, reason=form.cleaned_data["reason"], staff=request.user)
+            credits_grant(user=obj.user, amount=amount, reason=form.cleaned_data["reason"], staff=request.user)
             messages.info(request, f"{amount:+d} credits recorded in {obj.user}'s ledger.")
 
 

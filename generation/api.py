@@ -7,16 +7,19 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from generation import services
-from generation.engine import SCHEDULERS
+from generation.engine.schedulers import SCHEDULERS
 from generation.models import Checkpoint, CreditAccount, Job
+from generation.presenters import refusal_status
+from generation.selectors import default_checkpoint
 from generation.serializers import (
     CheckpointSerializer, CreditEntrySerializer, JobCreateSerializer, JobSerializer, QuoteSerializer,
 )
+from generation.services.audit import audit_refused
+from generation.services.credits import quote_cost
+from generation.services.queue import job_cancel
+from generation.services.submit import Refused, job_submit
 from generation.trace import trace_image
 from sdweb.throttle import client_ip
-
-REFUSAL_STATUS = {"insufficient_credits": 402, "suspended": 403, "active_job_cap": 409, "idempotency_mismatch": 422}
 
 
 class JobList(generics.ListCreateAPIView):
@@ -52,21 +55,18 @@ class JobList(generics.ListCreateAPIView):
     def post(self, request, *args, **kwargs):
         form = JobCreateSerializer(data=request.data)
         if not form.is_valid():
-            services.audit_refused(user=request.user, client_ip=client_ip(request), data=request.data,
-                                   errors=form.errors)
+            audit_refused(user=request.user, client_ip=client_ip(request), data=request.data, errors=form.errors)
             raise ValidationError(form.errors)
         params = dict(form.validated_data)
-        params.setdefault("checkpoint", Checkpoint.objects.filter(enabled=True).order_by("-is_default", "name").first())
+        params.setdefault("checkpoint", default_checkpoint())
         key = request.headers.get("Idempotency-Key")
         earlier = key and Job.objects.filter(user=request.user, idempotency_key=key).exists()
         try:
-            job = services.job_submit(user=request.user, params=params, client_ip=client_ip(request),
-                                      idempotency_key=key)
-        except services.Refused as refusal:
+            job = job_submit(user=request.user, params=params, client_ip=client_ip(request), idempotency_key=key)
+        except Refused as refusal:
             if refusal.field:
                 raise ValidationError({refusal.field: [str(refusal)]})
-            return Response({"detail": str(refusal), "code": refusal.code},
-                            status=REFUSAL_STATUS.get(refusal.code, 400))
+            return Response({"detail": str(refusal), "code": refusal.code}, status=refusal_status(refusal))
         return Response(JobSerializer(job).data, status=status.HTTP_200_OK if earlier else status.HTTP_201_CREATED)
 
 
@@ -85,7 +85,7 @@ class JobCancel(APIView):
     @extend_schema(request=None, responses={200: JobSerializer})
     def post(self, request, pk):
         get_object_or_404(Job, pk=pk, user=request.user)
-        return Response(JobSerializer(services.job_cancel(user=request.user, job_id=pk)).data)
+        return Response(JobSerializer(job_cancel(user=request.user, job_id=pk)).data)
 
 
 class CheckpointList(generics.ListAPIView):
@@ -137,7 +137,7 @@ class Quote(APIView):
         form = QuoteSerializer(data=request.query_params)
         form.is_valid(raise_exception=True)
         account, _ = CreditAccount.objects.get_or_create(user=request.user)
-        return Response({"cost": services.quote_cost(**form.validated_data), "balance": account.balance})
+        return Response({"cost": quote_cost(**form.validated_data), "balance": account.balance})
 
 
 

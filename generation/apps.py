@@ -12,7 +12,7 @@ class GenerationConfig(AppConfig):
         def starting_grant(sender, instance, created, raw=False, **kwargs):
             # Every new account, however it was made (sign-up, createsuperuser, admin), starts here.
             if created and not raw and settings.SDWEB["STARTING_CREDITS"] > 0:
-                from generation.services import credits_grant
+                from generation.services.credits import credits_grant
 
                 credits_grant(user=instance, amount=settings.SDWEB["STARTING_CREDITS"], reason="starting grant")
 
@@ -23,7 +23,7 @@ class GenerationConfig(AppConfig):
         def admin_change(sender, instance, created, raw=False, **kwargs):
             # Every add, change and delete staff make in the admin is a staff action too.
             if created and not raw:
-                from generation.audit import staff_action
+                from generation.services.audit import staff_action
 
                 verb = {1: "add", 2: "change", 3: "delete"}.get(instance.action_flag, "edit")
                 staff_action(staff=instance.user, action=f"{verb} {instance.content_type.model}",

@@ -2,7 +2,9 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from generation.live import group_name
-from generation.selectors import job_for_viewer, job_state
+from generation.models import Job
+from generation.presenters import job_event_shown, job_state
+from generation.selectors import job_for_viewer
 
 
 class JobConsumer(AsyncJsonWebsocketConsumer):
@@ -18,11 +20,11 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
         # Join before reading the state: an event sent meanwhile is queued, not lost.
         await self.channel_layer.group_add(self.group, self.channel_name)
         await self.accept()
-        await self.send_json(await database_sync_to_async(lambda: job_state(job.__class__.objects.get(pk=job.pk)))())
+        await self.send_json(await database_sync_to_async(lambda: job_state(Job.objects.get(pk=job.pk)))())
 
     async def disconnect(self, code):
         if hasattr(self, "group"):
             await self.channel_layer.group_discard(self.group, self.channel_name)
 
     async def job_event(self, message):
-        await self.send_json(message["event"])
+        await self.send_json(job_event_shown(message["event"]))

@@ -1,10 +1,16 @@
-"""Job events to the browsers watching a job, through the channel layer."""
+"""Job events through the channel layer: sent by the services, heard by the pages' sockets and by
+the API calls that wait for a job."""
 
 import asyncio
+import time
 
 from asgiref.sync import async_to_sync
+from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 
+from generation.models import Job
+
+ENDINGS = ("finished", "failed", "cancelled")
 _server_loop: asyncio.AbstractEventLoop | None = None
 
 
@@ -27,3 +33,45 @@ def job_event(job_id, event: dict) -> None:
         asyncio.run_coroutine_threadsafe(layer.group_send(group_name(job_id), message), loop)
     else:
         async_to_sync(layer.group_send)(group_name(job_id), message)
+
+
+async def job_events(job_id, timeout: float, recheck: float = 2.0):
+    """The job's events as they come, until it ends or `timeout` seconds pass. Listening starts
+    before the job row is read, so no event is missed; the row is read again whenever `recheck`
+    seconds pass in silence (a dropped message or a lost connection must not hang the caller),
+    and an ending found there is yielded as an event of its own."""
+    layer = get_channel_layer()
+    channel = await layer.new_channel()
+    group = group_name(job_id)
+    await layer.group_add(group, channel)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            status = await database_sync_to_async(
+                lambda: Job.objects.filter(pk=job_id).values_list("status", flat=True).first())()
+            if status not in Job.ACTIVE:
+                yield {"type": {Job.SUCCEEDED: "finished", Job.CANCELLED: "cancelled"}.get(status, "failed")}
+                return
+            while (left := deadline - time.monotonic()) > 0:
+                try:
+                    message = await asyncio.wait_for(layer.receive(channel), min(recheck, left))
+                except asyncio.TimeoutError:
+                    break  # silence: read the row again
+                yield message["event"]
+                if message["event"]["type"] in ENDINGS:
+                    return
+            if left <= 0:
+                return
+    finally:
+        await layer.group_discard(group, channel)
+
+
+def wait_for_end(job_id, timeout: float) -> None:
+    """Block a synchronous caller until the job ends or `timeout` passes; the caller then reads
+    the job row, which is the truth either way."""
+
+    async def listen():
+        async for _ in job_events(job_id, timeout):
+            pass
+
+    async_to_sync(listen)()

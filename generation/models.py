@@ -45,6 +45,9 @@ class Job(models.Model):
     QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
     STATUSES = [(s, s) for s in (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)]
     ACTIVE = (QUEUED, RUNNING)
+    # What a submission asks for (the engine's GenerationRequest fields, less the model).
+    PARAMS = ("prompt", "negative_prompt", "width", "height", "steps", "guidance_scale", "scheduler", "seed",
+              "num_images")
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="jobs")
@@ -92,8 +95,7 @@ class Job(models.Model):
         return self.status in self.ACTIVE
 
     def params(self) -> dict:
-        return {f: getattr(self, f) for f in ("prompt", "negative_prompt", "width", "height", "steps",
-                                                "guidance_scale", "scheduler", "seed", "num_images")}
+        return {f: getattr(self, f) for f in self.PARAMS}
 
 
 class UserSettings(models.Model):
@@ -150,7 +152,7 @@ class AppendOnly(models.QuerySet):
         return models.QuerySet.update(self.filter(user_id=user_id), username=pseudonym)
 
     def seal(self, pk: int, hash: str) -> int:
-        """Set a new row's chain hash, once (see generation.audit.append)."""
+        """Set a new row's chain hash, once (see generation.services.audit.audit_append)."""
         return models.QuerySet.update(self.filter(pk=pk, hash=""), hash=hash)
 
     def prune_through(self, pk: int) -> int:

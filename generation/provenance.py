@@ -12,13 +12,13 @@ from pathlib import Path
 
 from django.conf import settings
 
-AI_GENERATED = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
+from generation.engine import __version__
+from generation.engine.metadata import AI_GENERATED
+
 UNTRUSTED = "signingCredential.untrusted"
 
 
 def _manifest(title: str) -> dict:
-    from generation.engine import __version__
-
     return {"claim_generator_info": [{"name": "sdweb", "version": __version__}], "title": title,
             "assertions": [{"label": "c2pa.actions", "data": {"actions": [
                 {"action": "c2pa.created", "digitalSourceType": AI_GENERATED}]}}]}

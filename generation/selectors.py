@@ -1,5 +1,6 @@
-from generation.models import Job
-from generation.services import queue_position
+"""Reads of the generation domain that take more than a line."""
+
+from generation.models import Checkpoint, Job, UserSettings
 
 
 def job_for_viewer(user, job_id) -> Job | None:
@@ -12,16 +13,23 @@ def job_for_viewer(user, job_id) -> Job | None:
     return jobs.filter(pk=job_id).first()
 
 
-def job_state(job: Job) -> dict:
-    """Where a job is now, in the shape of the live events, so a reloaded page resumes."""
-    from generation.runner import data_url, image_summary
+def queue_position(job: Job) -> int:
+    """Queued jobs submitted before this one (the fair order can move it ahead)."""
+    return Job.objects.filter(status=Job.QUEUED, created_at__lt=job.created_at).count()
 
-    state = {"type": "state", "status": job.status, "step": job.progress_step, "total": job.progress_total,
-             "error": job.error}
-    if job.status == Job.QUEUED:
-        state["position"] = queue_position(job)
-    if job.status == Job.RUNNING and job.preview:
-        state["preview"] = data_url(bytes(job.preview))
-    if job.status == Job.SUCCEEDED:
-        state["images"] = [image_summary(image) for image in job.images.order_by("index")]
-    return state
+
+def queued_ahead(limit: int) -> list[tuple]:
+    """(job id, queued jobs ahead of it) for the first `limit` queued jobs."""
+    waiting = Job.objects.filter(status=Job.QUEUED).order_by("created_at").values_list("pk", flat=True)[:limit]
+    return [(job_id, position) for position, job_id in enumerate(waiting)]
+
+
+def default_checkpoint() -> Checkpoint | None:
+    """The checkpoint a request that names none gets."""
+    return Checkpoint.objects.filter(enabled=True).order_by("-is_default", "name").first()
+
+
+def user_checkpoint(user) -> Checkpoint | None:
+    """The user's own default (A1111 clients set it through /sdapi/v1/options), else the site's."""
+    chosen = UserSettings.objects.filter(user=user).values_list("default_checkpoint", flat=True).first()
+    return Checkpoint.objects.filter(enabled=True, pk=chosen).first() or default_checkpoint()

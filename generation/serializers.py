@@ -2,22 +2,25 @@ from django.conf import settings
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from generation.engine import SCHEDULERS
+from generation.engine.request import MAX_PROMPT_CHARS, MAX_SEED, MAX_STEPS
+from generation.engine.schedulers import SCHEDULERS
 from generation.models import Checkpoint, CreditEntry, Job
+from generation.presenters import job_images
+from generation.selectors import queue_position
 
 
 class JobCreateSerializer(serializers.Serializer):
-    prompt = serializers.CharField(max_length=4000, help_text="What to draw. A1111 syntax: (word:1.3), [word], BREAK.")
-    negative_prompt = serializers.CharField(max_length=4000, required=False, allow_blank=True, default="",
+    prompt = serializers.CharField(max_length=MAX_PROMPT_CHARS, help_text="What to draw. A1111 syntax: (word:1.3), [word], BREAK.")
+    negative_prompt = serializers.CharField(max_length=MAX_PROMPT_CHARS, required=False, allow_blank=True, default="",
                                             help_text="What to keep out of the image.")
     checkpoint = serializers.CharField(required=False, help_text="A checkpoint name; the default one if left out.")
     width = serializers.IntegerField(default=512, help_text="Pixels; a multiple of 8, at least 256.")
     height = serializers.IntegerField(default=512, help_text="Pixels; a multiple of 8, at least 256.")
-    steps = serializers.IntegerField(default=20, min_value=1, max_value=150, help_text="Denoising steps.")
+    steps = serializers.IntegerField(default=20, min_value=1, max_value=MAX_STEPS, help_text="Denoising steps.")
     guidance_scale = serializers.FloatField(default=7.0, min_value=0, max_value=30,
                                             help_text="How closely to follow the prompt (CFG scale).")
     scheduler = serializers.ChoiceField(choices=list(SCHEDULERS), default="Euler a", help_text="The sampler.")
-    seed = serializers.IntegerField(default=-1, min_value=-1, max_value=2**32 - 1,
+    seed = serializers.IntegerField(default=-1, min_value=-1, max_value=MAX_SEED,
                                     help_text="-1 picks a random seed; image k gets seed + k.")
     num_images = serializers.IntegerField(default=1, min_value=1, help_text="Images (variants) in this job.")
 
@@ -77,13 +80,9 @@ class JobSerializer(serializers.ModelSerializer):
 
     @extend_schema_field(ImageSummarySerializer(many=True))
     def get_images(self, job):
-        from generation.runner import image_summary
-
-        return [image_summary(image) for image in job.images.order_by("index")]
+        return job_images(job)
 
     def get_queue_position(self, job) -> int | None:
-        from generation.services import queue_position
-
         return queue_position(job) if job.status == Job.QUEUED else None
 
 
@@ -119,5 +118,5 @@ class CreditEntrySerializer(serializers.ModelSerializer):
 class QuoteSerializer(serializers.Serializer):
     width = serializers.IntegerField(min_value=1, max_value=100_000, help_text="Pixels.")
     height = serializers.IntegerField(min_value=1, max_value=100_000, help_text="Pixels.")
-    steps = serializers.IntegerField(min_value=1, max_value=150, help_text="Denoising steps.")
+    steps = serializers.IntegerField(min_value=1, max_value=MAX_STEPS, help_text="Denoising steps.")
     num_images = serializers.IntegerField(min_value=1, max_value=100, help_text="Images in the job.")

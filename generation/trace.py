@@ -5,7 +5,8 @@ from PIL import Image as PILImage
 from PIL import UnidentifiedImageError
 
 from gallery.models import Image
-from generation.engine import read_png_marking, read_png_parameters, read_watermark
+from generation.engine.metadata import read_png_marking, read_png_parameters
+from generation.engine.watermark import read_watermark
 from generation.models import AuditImage
 from generation.provenance import read_credentials
 

@@ -8,13 +8,16 @@ from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
-from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
-from generation import services
 from generation.forms import SIZE_PRESETS, GenerateForm
 from generation.models import Job
+from generation.presenters import back_to
 from generation.selectors import job_for_viewer
+from generation.services.audit import audit_refused
+from generation.services.credits import credits_topup_if_due
+from generation.services.queue import job_cancel as cancel
+from generation.services.submit import Refused, job_submit
 from sdweb.throttle import client_ip
 
 
@@ -22,7 +25,7 @@ from sdweb.throttle import client_ip
 def generate(request):
     """The studio page: the form, and beside it the live view of the job just submitted (or the
     latest one still running), with the form keeping that job's settings for the next try."""
-    services.credits_topup_if_due(user=request.user)
+    credits_topup_if_due(user=request.user)
     job = _job_or_none(request.user, request.GET.get("job"))
     if job is None and request.method == "GET":
         job = request.user.jobs.filter(status__in=Job.ACTIVE).select_related("checkpoint").first()
@@ -33,14 +36,13 @@ def generate(request):
     form = GenerateForm(request.POST or None, initial=initial)
     if request.method == "POST" and form.is_valid():
         try:
-            job = services.job_submit(user=request.user, params=form.cleaned_data, client_ip=client_ip(request))
-        except services.Refused as refusal:
+            job = job_submit(user=request.user, params=form.cleaned_data, client_ip=client_ip(request))
+        except Refused as refusal:
             form.add_error(refusal.field, str(refusal))
         else:
             return redirect(reverse("generate") + f"?job={job.pk}")
     elif request.method == "POST":
-        services.audit_refused(user=request.user, client_ip=client_ip(request), data=request.POST.dict(),
-                               errors=form.errors)
+        audit_refused(user=request.user, client_ip=client_ip(request), data=request.POST.dict(), errors=form.errors)
     return render(request, "generate.html", {
         "form": form, "presets": SIZE_PRESETS, "cost_unit": settings.SDWEB["COST_UNIT"], "job": job,
         "recent_jobs": request.user.jobs.select_related("checkpoint")[:10],
@@ -52,14 +54,6 @@ def _job_or_none(user, job_id):
         return job_for_viewer(user, uuid.UUID(str(job_id))) if job_id else None
     except ValueError:
         return None
-
-
-def back_to(request, fallback):
-    """Where a small form on several pages should return: the page it came from, if ours."""
-    target = request.POST.get("next", "")
-    if url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()}):
-        return redirect(target)
-    return redirect(fallback)
 
 
 @login_required
@@ -74,7 +68,7 @@ def job_detail(request, job_id):
 @require_POST
 def job_cancel(request, job_id):
     try:
-        job = services.job_cancel(user=request.user, job_id=job_id)
+        job = cancel(user=request.user, job_id=job_id)
     except Job.DoesNotExist:
         raise Http404
     if job.status == Job.CANCELLED:

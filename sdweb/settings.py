@@ -7,38 +7,67 @@ every variable.
 
 import os
 from pathlib import Path
-from urllib.parse import unquote, urlparse
+
+import dj_database_url
 
 BASE_DIR = Path(__file__).resolve().parent.parent
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
 def env(name: str, default: str = "") -> str:
     return os.environ.get(name, default)
 
 
-def env_int(name: str, default: int) -> int:
-    return int(env(name, str(default)))
+def _parsed(name: str, default, parse, allowed: str):
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return parse(raw.strip())
+    except ValueError:
+        raise RuntimeError(f"{name} must be {allowed} (got {raw!r})") from None
+
+
+def env_int(name: str, default: int, minimum: int | None = None) -> int:
+    value = _parsed(name, default, int, "a whole number")
+    if minimum is not None and value < minimum:
+        raise RuntimeError(f"{name} must be at least {minimum} (got {value})")
+    return value
 
 
 def env_float(name: str, default: float) -> float:
-    return float(env(name, str(default)))
+    return _parsed(name, default, float, "a number")
+
+
+def env_bool(name: str, default: bool) -> bool:
+    def parse(raw):
+        if raw.lower() not in _TRUE + _FALSE:
+            raise ValueError
+        return raw.lower() in _TRUE
+
+    return _parsed(name, default, parse, "one of " + "/".join(_TRUE + _FALSE))
+
+
+def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    def parse(raw):
+        if raw not in choices:
+            raise ValueError
+        return raw
+
+    return _parsed(name, default, parse, "one of " + ", ".join(choices))
 
 
 def database_from_url(url: str) -> dict:
-    parts = urlparse(url)
-    if parts.scheme == "sqlite":
-        return {"ENGINE": "django.db.backends.sqlite3", "NAME": unquote(parts.path) or ":memory:"}
-    if parts.scheme in ("postgres", "postgresql"):
-        return {
-            "ENGINE": "django.db.backends.postgresql", "NAME": parts.path.lstrip("/"),
-            "USER": unquote(parts.username or ""), "PASSWORD": unquote(parts.password or ""),
-            "HOST": parts.hostname or "", "PORT": str(parts.port or ""), "CONN_MAX_AGE": 60,
-        }
-    raise RuntimeError(f"DATABASE_URL must start with sqlite:// or postgres:// (got {parts.scheme!r})")
+    """DATABASE_URL as Django wants it, query options (?sslmode=require ...) included."""
+    if not url.startswith(("sqlite:", "postgres:", "postgresql:")):
+        raise RuntimeError(f"DATABASE_URL must start with sqlite:// or postgres:// (got {url.split(':')[0]!r})")
+    return dj_database_url.parse(url, conn_max_age=0 if url.startswith("sqlite:") else 60)
 
 
 VAR_DIR = Path(env("SDWEB_VAR_DIR", str(BASE_DIR / "var")))
-DEBUG = env("SDWEB_DEBUG", "0") == "1"
+DEBUG = env_bool("SDWEB_DEBUG", False)
+
+
 def embedded_secret_key(path: Path) -> str:
     """The embedded default's own random key, made once and kept beside its database: never a
     known key, even when `up --host` puts the studio on a network."""
@@ -51,9 +80,10 @@ def embedded_secret_key(path: Path) -> str:
     return path.read_text().strip()
 
 
+PRODUCTION = env_choice("SDWEB_ENV", "", ("", "production")) == "production"
 SECRET_KEY = env("SECRET_KEY")
 if not SECRET_KEY:
-    if env("SDWEB_ENV") == "production":
+    if PRODUCTION:
         raise RuntimeError("SECRET_KEY must be set when SDWEB_ENV=production")
     SECRET_KEY = embedded_secret_key(VAR_DIR / "secret_key")
 ALLOWED_HOSTS = env("SDWEB_ALLOWED_HOSTS", "127.0.0.1,localhost").split(",")
@@ -135,18 +165,18 @@ if env("SDWEB_SMTP_HOST"):
     EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
     EMAIL_HOST, EMAIL_PORT = env("SDWEB_SMTP_HOST"), env_int("SDWEB_SMTP_PORT", 587)
     EMAIL_HOST_USER, EMAIL_HOST_PASSWORD = env("SDWEB_SMTP_USER"), env("SDWEB_SMTP_PASSWORD")
-    EMAIL_USE_TLS = env("SDWEB_SMTP_TLS", "1") == "1"
+    EMAIL_USE_TLS = env_bool("SDWEB_SMTP_TLS", True)
 DEFAULT_FROM_EMAIL = env("SDWEB_FROM_EMAIL", "sdweb@localhost")
 SESSION_COOKIE_HTTPONLY = True
 X_FRAME_OPTIONS = "DENY"
-if env("SDWEB_ENV") == "production":
+if PRODUCTION:
     # TLS ends at the reverse proxy, which says so in X-Forwarded-Proto.
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
-    SECURE_SSL_REDIRECT = env("SDWEB_SSL_REDIRECT", "1") == "1"
+    SECURE_SSL_REDIRECT = env_bool("SDWEB_SSL_REDIRECT", True)
     SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = True
     SECURE_HSTS_SECONDS = env_int("SDWEB_HSTS_SECONDS", 31536000)
-    SECURE_HSTS_INCLUDE_SUBDOMAINS = env("SDWEB_HSTS_SUBDOMAINS", "1") == "1"
-    SECURE_HSTS_PRELOAD = env("SDWEB_HSTS_PRELOAD", "1") == "1"
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SDWEB_HSTS_SUBDOMAINS", True)
+    SECURE_HSTS_PRELOAD = env_bool("SDWEB_HSTS_PRELOAD", True)
     SECURE_CONTENT_TYPE_NOSNIFF = True
 
 REDIS_URL = env("REDIS_URL")
@@ -165,7 +195,8 @@ else:
 CELERY_BROKER_URL = REDIS_URL or "memory://"
 # A GPU worker runs one job at a time and must not hoard messages; a message comes back if the
 # worker process dies (the claim and lease make a second delivery harmless).
-CELERY_TASK_SOFT_TIME_LIMIT = env_int("SDWEB_JOB_TIMEOUT_SECONDS", 1800) + 60
+JOB_TIMEOUT_SECONDS = env_int("SDWEB_JOB_TIMEOUT_SECONDS", 1800, minimum=1)
+CELERY_TASK_SOFT_TIME_LIMIT = JOB_TIMEOUT_SECONDS + 60
 CELERY_TASK_TIME_LIMIT = CELERY_TASK_SOFT_TIME_LIMIT + 120
 CELERY_BROKER_TRANSPORT_OPTIONS = ({"visibility_timeout": 4 * CELERY_TASK_TIME_LIMIT} if REDIS_URL
                                    else {"polling_interval": 0.01})
@@ -177,7 +208,7 @@ CELERY_TASK_IGNORE_RESULT = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_WORKER_REDIRECT_STDOUTS = False
 CELERY_BEAT_SCHEDULE = {"reap-jobs": {"task": "generation.reap_jobs",
-                                      "schedule": float(env("SDWEB_REAP_EVERY_SECONDS", "60"))}}
+                                      "schedule": env_float("SDWEB_REAP_EVERY_SECONDS", 60)}}
 
 REST_FRAMEWORK = {
     "UNICODE_JSON": False,  # \u escapes: an error that echoes a lone surrogate still renders
@@ -210,14 +241,16 @@ SDWEB = {
     "TOPUP_CEILING": env_int("SDWEB_TOPUP_CEILING", 100),
     # cost = ceil(images x width x height x steps / COST_UNIT), at least 1
     "COST_UNIT": env_int("SDWEB_COST_UNIT", 512 * 512 * 30),
-    "MAX_IMAGES": env_int("SDWEB_MAX_IMAGES", 4),
+    "MAX_IMAGES": env_int("SDWEB_MAX_IMAGES", 4, minimum=1),
+    "MAX_SIDE": env_int("SDWEB_MAX_SIDE", 1024, minimum=256),
+    "MAX_STEPS": env_int("SDWEB_MAX_STEPS", 150, minimum=1),  # never above 150 (the engine refuses more)
     "ACTIVE_JOB_CAP": env_int("SDWEB_ACTIVE_JOB_CAP", 10),
     "ATTEMPT_LIMIT": env_int("SDWEB_ATTEMPT_LIMIT", 3),
     "LEASE_SECONDS": env_int("SDWEB_LEASE_SECONDS", 120),
-    "JOB_TIMEOUT_SECONDS": env_int("SDWEB_JOB_TIMEOUT_SECONDS", 1800),
+    "JOB_TIMEOUT_SECONDS": JOB_TIMEOUT_SECONDS,
     "SIGNED_URL_SECONDS": env_int("SDWEB_SIGNED_URL_SECONDS", 3600),
     "FAIR_WINDOW_MINUTES": env_int("SDWEB_FAIR_WINDOW_MINUTES", 60),
-    "REGISTRATION": env("SDWEB_REGISTRATION", "open"),  # open | invite | closed
+    "REGISTRATION": env_choice("SDWEB_REGISTRATION", "open", ("open", "invite", "closed")),
     "AUTH_ATTEMPTS_PER_IP": env_int("SDWEB_AUTH_ATTEMPTS_PER_IP", 20),
     "AUTH_FAILURES_PER_ACCOUNT": env_int("SDWEB_AUTH_FAILURES_PER_ACCOUNT", 5),
     "AUTH_WINDOW_SECONDS": env_int("SDWEB_AUTH_WINDOW_SECONDS", 900),
@@ -230,18 +263,28 @@ SDWEB = {
     "WORKER_METRICS_PORT": env_int("SDWEB_WORKER_METRICS_PORT", 0),  # 0: workers expose no metrics port
     # C2PA content credentials: "local" signs with a certificate made in the var folder (untrusted),
     # "off" signs nothing; SDWEB_C2PA_CERT + SDWEB_C2PA_KEY (PEM files) sign with the operator's own.
-    "C2PA": env("SDWEB_C2PA", "local"),
+    "C2PA": env_choice("SDWEB_C2PA", "local", ("local", "off")),
     "C2PA_CERT": env("SDWEB_C2PA_CERT", ""),
     "C2PA_KEY": env("SDWEB_C2PA_KEY", ""),
     "C2PA_TSA_URL": env("SDWEB_C2PA_TSA_URL", ""),
+    # The engine's settings; workers hand them to it as arguments (generation.services.run).
+    "DEVICE": env("SDWEB_DEVICE", ""),  # "" = CUDA when present, else the CPU
+    "DTYPE": env_choice("SDWEB_DTYPE", "", ("", "float16", "bfloat16", "float32")),  # "" = by device
+    "MODEL_CACHE_GB": env_float("SDWEB_MODEL_CACHE_GB", 8),
+    "PREVIEW_INTERVAL": env_float("SDWEB_PREVIEW_INTERVAL", 0.25),
+    "PREVIEW_MAX_EDGE": env_int("SDWEB_PREVIEW_MAX_EDGE", 256, minimum=16),
+    "PREVIEW_FORMAT": env_choice("SDWEB_PREVIEW_FORMAT", "JPEG", ("JPEG", "WEBP")),
+    "TAESD": env("SDWEB_TAESD", ""),  # an AutoencoderTiny folder for truer previews
+    "SAFETY_CHECKER": env("SDWEB_SAFETY_CHECKER", "off"),  # "off" or a StableDiffusionSafetyChecker folder
 }
-if SDWEB["REGISTRATION"] not in ("open", "invite", "closed"):
-    raise RuntimeError("SDWEB_REGISTRATION must be open, invite or closed")
+if SDWEB["MAX_STEPS"] > 150:
+    raise RuntimeError(f"SDWEB_MAX_STEPS must be at most 150 (got {SDWEB['MAX_STEPS']})")
 
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "root": {"handlers": ["console"], "level": env("SDWEB_LOG_LEVEL", "INFO")},
+    "root": {"handlers": ["console"], "level": env_choice("SDWEB_LOG_LEVEL", "INFO",
+                                                          ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"))},
     "loggers": {"celery": {"level": "WARNING"}, "uvicorn.access": {"level": "WARNING"}},
 }

@@ -7,10 +7,11 @@ from django.db import connection, transaction
 from django.http import JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 
-from generation.models import Checkpoint, CreditAccount
-from generation.services import credits_topup_if_due
 from django.views.decorators.http import require_POST
 
+from generation.models import CreditAccount
+from generation.selectors import default_checkpoint
+from generation.services.credits import credits_topup_if_due
 from sdweb import services, throttle
 from sdweb.forms import SignUpForm
 from sdweb.models import Invite
@@ -20,7 +21,7 @@ TOO_MANY = "Too many attempts. Wait a few minutes and try again."
 
 def studio_context(request):
     """On every page: whether the test model is the one in use, and the user's balance."""
-    default = Checkpoint.objects.filter(enabled=True).order_by("-is_default", "name").first()
+    default = default_checkpoint()
     balance = None
     if request.user.is_authenticated:
         balance = CreditAccount.objects.filter(user=request.user).values_list("balance", flat=True).first() or 0

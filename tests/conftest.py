@@ -13,7 +13,7 @@ def alice(db):
 @pytest.fixture
 def bob(db):
     """A user with no credits left."""
-    from generation.services import credits_change
+    from generation.services.credits import credits_change
 
     bob = User.objects.create_user("bob", "bob@example.com", "bob-password-1")
     credits_change(user=bob, kind="adjust", amount=-bob.credits.balance, reason="spent elsewhere")
@@ -38,7 +38,7 @@ def test_model_folder(tmp_path_factory):
 
 @pytest.fixture
 def checkpoint(db, test_model_folder):
-    from generation.services import checkpoint_register
+    from generation.services.checkpoints import checkpoint_register
 
     return checkpoint_register(name="sdweb-test-tiny", source=test_model_folder, is_test_model=True)
 
@@ -66,8 +66,9 @@ def worker(checkpoint):
 def make_job(checkpoint):
     """A finished job with its images, made through the real submit and run."""
 
-    from generation.runner import job_run
-    from generation.services import job_claim, job_submit
+    from generation.services.run import job_run
+    from generation.services.queue import job_claim
+    from generation.services.submit import job_submit
 
     def make_job(user, prompt="a lighthouse at dusk", num_images=2, **fields):
         job = job_submit(user=user, params={"prompt": prompt, "negative_prompt": "", "checkpoint": checkpoint,

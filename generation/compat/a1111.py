@@ -14,10 +14,15 @@ from PIL import Image as PILImage
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from generation import services
-from generation.engine import SCHEDULERS, resolve_scheduler
-from generation.engine.loading import model_hash, resolve_source
+from generation.engine.schedulers import SCHEDULERS, resolve_scheduler
+from generation.engine.sources import model_hash, resolve_source
+from generation.live import wait_for_end
 from generation.models import Checkpoint, Job, UserSettings
+from generation.presenters import refusal_status
+from generation.selectors import user_checkpoint
+from generation.services.audit import audit_refused
+from generation.services.queue import job_cancel
+from generation.services.submit import Refused, job_submit
 from sdweb.api_auth import ApiKeyAuthentication, CachedBasicAuthentication
 from sdweb.throttle import client_ip
 
@@ -72,12 +77,6 @@ def cached_hash(source: str) -> str:
     return _hashes[source]
 
 
-def user_checkpoint(user) -> Checkpoint | None:
-    chosen = UserSettings.objects.filter(user=user).values_list("default_checkpoint", flat=True).first()
-    enabled = Checkpoint.objects.filter(enabled=True)
-    return enabled.filter(pk=chosen).first() or enabled.order_by("-is_default", "name").first()
-
-
 def find_checkpoint(title: str) -> Checkpoint | None:
     """A1111 names checkpoints "name [hash]" or by file name; match on our name either way."""
     name = str(title).split(" [")[0].strip()
@@ -128,31 +127,22 @@ def translate(payload: dict, user) -> tuple[dict, list[str]]:
     return params, sorted(ignored)
 
 
-def wait_for(job: Job, timeout: float) -> Job:
-    """Block this request until the job ends (the page-less A1111 call is synchronous)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        job.refresh_from_db()
-        if job.status not in Job.ACTIVE or time.monotonic() > deadline:
-            return job
-        time.sleep(0.05)
-
-
 class Txt2Img(A1111View):
     @extend_schema(exclude=True)
     def post(self, request):
         try:
             params, ignored = translate(request.data, request.user)
         except ValueError as error:
-            services.audit_refused(user=request.user, client_ip=client_ip(request), data=request.data, errors=error)
+            audit_refused(user=request.user, client_ip=client_ip(request), data=request.data, errors=error)
             return a1111_error(400, str(error))
         try:
-            job = services.job_submit(user=request.user, params=params, client_ip=client_ip(request))
-        except services.Refused as refusal:
-            status = {"insufficient_credits": 402, "suspended": 403, "active_job_cap": 409}.get(refusal.code, 400)
+            job = job_submit(user=request.user, params=params, client_ip=client_ip(request))
+        except Refused as refusal:
             field = {"guidance_scale": "cfg_scale", "num_images": "batch_size"}.get(refusal.field, refusal.field)
-            return a1111_error(status, f"{field}: {refusal}" if field else str(refusal))
-        job = wait_for(job, settings.SDWEB["JOB_TIMEOUT_SECONDS"] + 600)
+            return a1111_error(refusal_status(refusal), f"{field}: {refusal}" if field else str(refusal))
+        # The A1111 call is synchronous: this request waits for the job's end, heard on the channel layer.
+        wait_for_end(job.pk, settings.SDWEB["JOB_TIMEOUT_SECONDS"] + 600)
+        job.refresh_from_db()
         if job.status != Job.SUCCEEDED:
             return a1111_error(409 if job.status == Job.CANCELLED else 422 if job.status == Job.FAILED else 504,
                                job.error or f"the job is {job.status}", error="GenerationError")
@@ -208,7 +198,7 @@ class Interrupt(A1111View):
     @extend_schema(exclude=True)
     def post(self, request):
         for job in Job.objects.filter(user=request.user, status=Job.RUNNING):
-            services.job_cancel(user=request.user, job_id=job.pk)
+            job_cancel(user=request.user, job_id=job.pk)
         return Response({})
 
 

@@ -1,9 +1,8 @@
 """OpenAI's Images API, POST /v1/images/generations, so OpenAI clients work unchanged:
 metered, audited and watermarked like every sdweb job. Streaming sends the live previews as
 `image_generation.partial_image` server-sent events from an async iterator (a sync one would be
-buffered by Django under ASGI until the end)."""
+buffered by Django under ASGI until the end), as the job's events arrive on the channel layer."""
 
-import asyncio
 import base64
 import io
 import json
@@ -19,9 +18,11 @@ from django.views.decorators.csrf import csrf_exempt
 from PIL import Image as PILImage
 
 from gallery.models import Image
-from generation import services
-from generation.compat.a1111 import user_checkpoint, wait_for
+from generation.live import job_events, wait_for_end
 from generation.models import Checkpoint, Job
+from generation.selectors import user_checkpoint
+from generation.services.audit import audit_refused
+from generation.services.submit import Refused, job_submit
 from sdweb import throttle
 from sdweb.services import api_key_user
 
@@ -68,7 +69,7 @@ def parse(request, user) -> dict:
     try:
         return _spec(data, user)
     except OpenAIError as error:
-        services.audit_refused(user=user, client_ip=throttle.client_ip(request), data=data,
+        audit_refused(user=user, client_ip=throttle.client_ip(request), data=data,
                                errors=f"{error.param or 'body'}: {error}")
         raise
 
@@ -116,8 +117,8 @@ def _spec(data, user) -> dict:
 
 def submit(user, request, params) -> Job:
     try:
-        return services.job_submit(user=user, params=params, client_ip=throttle.client_ip(request))
-    except services.Refused as refusal:
+        return job_submit(user=user, params=params, client_ip=throttle.client_ip(request))
+    except Refused as refusal:
         if refusal.code == "insufficient_credits":
             raise OpenAIError(429, str(refusal), code="insufficient_quota", kind="insufficient_quota")
         if refusal.code == "active_job_cap":
@@ -145,7 +146,8 @@ def image_item(request, image: Image, spec: dict, prompt: str) -> dict:
 
 
 def finished_job(job: Job) -> Job:
-    job = wait_for(job, settings.SDWEB["JOB_TIMEOUT_SECONDS"] + 600)
+    wait_for_end(job.pk, settings.SDWEB["JOB_TIMEOUT_SECONDS"] + 600)
+    job.refresh_from_db()
     if job.status != Job.SUCCEEDED:
         raise OpenAIError(502 if job.status == Job.FAILED else 409, job.error or f"The job was {job.status}.",
                           kind="server_error" if job.status == Job.FAILED else "invalid_request_error")
@@ -161,19 +163,15 @@ async def stream_events(request, job: Job, spec: dict):
     sent, fractions = 0, [(i + 1) / (spec["partial_images"] + 1) for i in range(spec["partial_images"])]
     base = {"size": f"{job.width}x{job.height}", "output_format": spec["output_format"], "background": "opaque",
             "quality": "auto"}
-    while True:
-        await sync_to_async(job.refresh_from_db)()
-        if job.status not in Job.ACTIVE:
-            break
-        if sent < len(fractions) and job.preview and job.progress_total and \
-                job.progress_step / job.progress_total >= fractions[sent]:
+    async for event in job_events(job.pk, settings.SDWEB["JOB_TIMEOUT_SECONDS"] + 600):
+        if event["type"] == "progress" and sent < len(fractions) and event["step"] / event["total"] >= fractions[sent]:
             preview = io.BytesIO()
-            PILImage.open(io.BytesIO(bytes(job.preview))).save(preview, FORMATS[spec["output_format"]][0])
+            PILImage.open(io.BytesIO(event["preview"])).save(preview, FORMATS[spec["output_format"]][0])
             yield sse("image_generation.partial_image", {**base, "partial_image_index": sent,
                                                          "created_at": int(time.time()),
                                                          "b64_json": base64.b64encode(preview.getvalue()).decode()})
             sent += 1
-        await asyncio.sleep(0.05)
+    await sync_to_async(job.refresh_from_db)()
     if job.status != Job.SUCCEEDED:
         yield sse("error", {"error": {"message": job.error or f"The job was {job.status}.", "type": "server_error",
                                       "param": None, "code": None}})

@@ -1,22 +1,29 @@
-"""The generation engine: pure ML, no Django. Workers, benchmarks and tests call it directly."""
+"""The generation engine: pure ML, no Django. Workers, benchmarks and tests call it directly.
+
+Names are imported on first use, so a web process that needs only the torch-free modules
+(request checks, schedulers, infotext, model sources, watermark reading) never loads torch."""
+
+import importlib
 
 __version__ = "0.1.0"
 
-from .loading import PIPELINES, load_pipeline, model_hash, pick_device, pick_dtype  # noqa: E402
-from .metadata import format_parameters, parse_parameters, read_png_marking, read_png_parameters, save_png  # noqa: E402
-from .previews import PreviewSettings  # noqa: E402
-from .prompts import parse_attention  # noqa: E402
-from .request import GenerationRequest, Limits  # noqa: E402
-from .run import GenerationCancelled, GenerationResult, generate  # noqa: E402
-from .safety import DiffusersSafetyChecker, ImageChecker  # noqa: E402
-from .schedulers import SCHEDULERS, resolve_scheduler  # noqa: E402
-from .testmodel import TEST_MODEL_NAME, make_test_model  # noqa: E402
-from .watermark import embed_watermark, read_watermark  # noqa: E402
+_HOMES = {
+    "PIPELINES": "loading", "load_pipeline": "loading", "pick_device": "loading", "pick_dtype": "loading",
+    "model_hash": "sources", "resolve_source": "sources",
+    "format_parameters": "metadata", "parse_parameters": "metadata", "read_png_marking": "metadata",
+    "read_png_parameters": "metadata", "save_png": "metadata", "AI_GENERATED": "metadata",
+    "PreviewSettings": "previews", "parse_attention": "prompts",
+    "GenerationRequest": "request", "Limits": "request",
+    "GenerationCancelled": "run", "GenerationResult": "run", "generate": "run",
+    "DiffusersSafetyChecker": "safety", "ImageChecker": "safety",
+    "SCHEDULERS": "schedulers", "resolve_scheduler": "schedulers",
+    "TEST_MODEL_NAME": "testmodel", "make_test_model": "testmodel",
+    "embed_watermark": "watermark", "read_watermark": "watermark",
+}
+__all__ = sorted(_HOMES)
 
-__all__ = [
-    "PIPELINES", "SCHEDULERS", "TEST_MODEL_NAME", "DiffusersSafetyChecker", "GenerationCancelled",
-    "GenerationRequest", "GenerationResult", "ImageChecker", "Limits", "PreviewSettings",
-    "embed_watermark", "format_parameters", "generate", "load_pipeline", "make_test_model",
-    "model_hash", "parse_attention", "parse_parameters", "pick_device", "pick_dtype",
-    "read_png_marking", "read_png_parameters", "read_watermark", "resolve_scheduler", "save_png",
-]
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)

@@ -6,7 +6,6 @@ run; with a TAESD folder configured, the tiny autoencoder gives a truer picture.
 
 import io
 import math
-import os
 import time
 from dataclasses import dataclass
 
@@ -26,15 +25,6 @@ class PreviewSettings:
     format: str = "JPEG"  # or "WEBP"
     quality: int = 80
     taesd: str | None = None  # a diffusers AutoencoderTiny folder
-
-    @classmethod
-    def from_env(cls) -> "PreviewSettings":
-        return cls(
-            max_edge=int(os.environ.get("SDWEB_PREVIEW_MAX_EDGE", cls.max_edge)),
-            min_interval=float(os.environ.get("SDWEB_PREVIEW_INTERVAL", cls.min_interval)),
-            format=os.environ.get("SDWEB_PREVIEW_FORMAT", cls.format).upper(),
-            taesd=os.environ.get("SDWEB_TAESD") or None,
-        )
 
 
 class PreviewThrottle:

@@ -5,11 +5,11 @@ brackets nest and multiply, `\\(` is a literal bracket, and an unclosed bracket 
 rest of the prompt, all as A1111 reads them. Text is encoded in 75-token chunks (plus start and
 end tokens), each chunk encoded on its own and the results concatenated; `BREAK` starts a new
 chunk. Weights scale each token's embedding, then the chunk's mean is restored, as A1111 does.
+
+Parsing and syntax checks are torch-free (the web side checks prompts); encoding loads torch.
 """
 
 import re
-
-import torch
 
 CHUNK_TOKENS = 75
 BREAK = float("-inf")  # the weight that marks a BREAK fragment; no product of weights reaches it
@@ -114,22 +114,26 @@ def tokenize_chunks(tokenizer, text: str) -> list[tuple[list[int], list[float]]]
     return chunks
 
 
-@torch.no_grad()
 def encode_prompts(tokenizer, text_encoder, prompt: str, negative_prompt: str, device) -> tuple:
     """(prompt_embeds, negative_prompt_embeds), each (1, 77 * chunks, dim), equal in length."""
+    import torch
+
     positive = tokenize_chunks(tokenizer, prompt)
     negative = tokenize_chunks(tokenizer, negative_prompt)
     # Classifier-free guidance concatenates the two, so the shorter one gets empty chunks.
     empty = tokenize_chunks(tokenizer, "")[0]
     for chunks in (positive, negative):
         chunks.extend([empty] * (max(len(positive), len(negative)) - len(chunks)))
-    return (
-        _encode_chunks(tokenizer, text_encoder, positive, device),
-        _encode_chunks(tokenizer, text_encoder, negative, device),
-    )
+    with torch.no_grad():
+        return (
+            _encode_chunks(tokenizer, text_encoder, positive, device),
+            _encode_chunks(tokenizer, text_encoder, negative, device),
+        )
 
 
-def _encode_chunks(tokenizer, text_encoder, chunks, device) -> torch.Tensor:
+def _encode_chunks(tokenizer, text_encoder, chunks, device):
+    import torch
+
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     ids = torch.tensor([[bos, *chunk_ids, eos] for chunk_ids, _ in chunks], device=device)
     weights = torch.tensor([[1.0, *w, 1.0] for _, w in chunks], device=device)

@@ -1,6 +1,5 @@
 """What a caller asks for, and the checks that turn bad input into a message a user can act on."""
 
-import os
 import random
 from dataclasses import dataclass
 
@@ -9,23 +8,21 @@ from .schedulers import scheduler_spec
 
 MAX_SEED = 2**32 - 1
 MAX_PROMPT_CHARS = 4000
+MAX_STEPS = 150  # no deployment may allow more
+MIN_SIDE = 256  # the watermark needs at least this
 
 
 @dataclass(frozen=True)
 class Limits:
-    """Upper bounds a deployment chooses; each has an SDWEB_* environment variable."""
+    """Upper bounds a deployment chooses (the studio reads them from its settings)."""
 
     max_side: int = 1024
     max_images: int = 4
-    max_steps: int = 150
+    max_steps: int = MAX_STEPS
 
-    @classmethod
-    def from_env(cls) -> "Limits":
-        return cls(
-            max_side=int(os.environ.get("SDWEB_MAX_SIDE", cls.max_side)),
-            max_images=int(os.environ.get("SDWEB_MAX_IMAGES", cls.max_images)),
-            max_steps=min(150, int(os.environ.get("SDWEB_MAX_STEPS", cls.max_steps))),
-        )
+    def __post_init__(self):
+        if not 1 <= self.max_steps <= MAX_STEPS:
+            raise ValueError(f"max_steps must be from 1 to {MAX_STEPS} (got {self.max_steps})")
 
 
 @dataclass(frozen=True)
@@ -43,7 +40,7 @@ class GenerationRequest:
 
     def validate(self, limits: Limits | None = None) -> None:
         """Raise ValueError naming the field and what is allowed; return None when all is well."""
-        limits = limits or Limits.from_env()
+        limits = limits or Limits()
         for field in ("prompt", "negative_prompt"):
             text = getattr(self, field)
             if not isinstance(text, str):
@@ -65,8 +62,8 @@ class GenerationRequest:
                 raise ValueError(f"{field} must be a whole number of pixels")
             if value % 8:
                 raise ValueError(f"{field} must be a multiple of 8 (got {value})")
-            if not 256 <= value <= limits.max_side:
-                raise ValueError(f"{field} must be between 256 and {limits.max_side} pixels (got {value})")
+            if not MIN_SIDE <= value <= limits.max_side:
+                raise ValueError(f"{field} must be between {MIN_SIDE} and {limits.max_side} pixels (got {value})")
         if not _is_int(self.steps) or not 1 <= self.steps <= limits.max_steps:
             raise ValueError(f"steps must be a whole number from 1 to {limits.max_steps} (got {self.steps!r})")
         if not isinstance(self.guidance_scale, (int, float)) or not 0 <= self.guidance_scale <= 30:

@@ -1,7 +1,6 @@
 """generate(): one txt2img run, written as the steps it takes."""
 
 import dataclasses
-import functools
 import time
 from dataclasses import dataclass, field
 
@@ -13,7 +12,6 @@ from .metadata import format_parameters, save_png
 from .previews import PreviewSettings, PreviewThrottle, encode_preview, latents_to_rgb, load_taesd
 from .prompts import encode_prompts
 from .request import GenerationRequest, Limits
-from .safety import checker_from_env
 from .schedulers import make_scheduler
 from .watermark import PAYLOAD_BYTES, embed_watermark
 
@@ -53,19 +51,18 @@ def generate(
     should_cancel=None,
     watermark_payloads: list[bytes] | None = None,
     preview: PreviewSettings | None = None,
-    checker="settings",
+    checker=None,
     device=None,
     dtype=None,
     limits: Limits | None = None,
 ) -> GenerationResult:
     """Turn `request` into images. `on_preview(step, total_steps, image_bytes)` gets throttled
     previews; `should_cancel()` is asked every step and stops the run with GenerationCancelled;
-    `watermark_payloads` holds one 8-byte payload per image; `checker` is an ImageChecker, None
-    for no check, or "settings" for SDWEB_SAFETY_CHECKER."""
+    `watermark_payloads` holds one 8-byte payload per image; `checker` is an ImageChecker, or None
+    for no check."""
     timings, started = {}, time.perf_counter()
     should_cancel = should_cancel or (lambda: False)
-    preview = preview or PreviewSettings.from_env()
-    checker = _settings_checker() if checker == "settings" else checker
+    preview = preview or PreviewSettings()
 
     # 1. Check the input before any work.
     request.validate(limits)
@@ -172,7 +169,3 @@ def _pipeline_for_run(base, scheduler_name: str, seeds: list[int]):
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
-
-@functools.lru_cache(maxsize=1)
-def _settings_checker():
-    return checker_from_env()

@@ -5,7 +5,6 @@ wraps diffusers' StableDiffusionSafetyChecker when its weights are on disk. The 
 closed: an exception from a checker fails the run.
 """
 
-import os
 from typing import Protocol
 
 from PIL import Image
@@ -33,8 +32,3 @@ class DiffusersSafetyChecker:
         _, flagged = self.model(images=arrays, clip_input=inputs)
         return [bool(f) for f in flagged]
 
-
-def checker_from_env() -> ImageChecker | None:
-    """SDWEB_SAFETY_CHECKER: "off" (default) or a folder with StableDiffusionSafetyChecker weights."""
-    setting = os.environ.get("SDWEB_SAFETY_CHECKER", "off")
-    return None if setting in ("", "off") else DiffusersSafetyChecker(setting)

@@ -8,13 +8,12 @@ code as any other diffusers folder.
 import json
 from pathlib import Path
 
-import torch
-
 TEST_MODEL_NAME = "sdweb-test-tiny"
 
 
 def make_test_model(path) -> Path:
     """Build the test model into `path` (a folder) and return it. Same files every time."""
+    import torch
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 

@@ -12,7 +12,7 @@ from rest_framework.test import APIClient
 
 from generation.engine import parse_parameters, read_watermark
 from generation.models import CreditEntry, Job
-from generation.services import job_submit
+from generation.services.submit import job_submit
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -110,7 +110,7 @@ def test_progress_and_interrupt_see_only_the_callers_own_job(dana, checkpoint):
 
 
 def test_models_samplers_schedulers_options_and_the_empty_lists(dana, checkpoint, tmp_path, test_model_folder):
-    from generation.services import checkpoint_register
+    from generation.services.checkpoints import checkpoint_register
 
     checkpoint_register(name="second", source=test_model_folder)
     models = dana.get("/sdapi/v1/sd-models").data
@@ -129,7 +129,7 @@ def test_models_samplers_schedulers_options_and_the_empty_lists(dana, checkpoint
 
 
 def test_insufficient_credits_is_refused_before_any_work(dana, checkpoint):
-    from generation.services import credits_change
+    from generation.services.credits import credits_change
 
     credits_change(user=User.objects.get(username="dana"), kind="adjust", amount=-100, reason="spent")
     response = dana.post("/sdapi/v1/txt2img", A1111_DEFAULT_PAYLOAD, format="json")

@@ -1,5 +1,6 @@
 """OpenAI Images API clients against /v1/images/generations, with the real embedded worker."""
 
+import asyncio
 import base64
 import io
 import json
@@ -10,9 +11,10 @@ from asgiref.sync import async_to_sync, sync_to_async
 from django.test import AsyncClient, Client
 from PIL import Image as PILImage
 
+from generation import live
 from generation.engine import parse_parameters, read_watermark
 from generation.models import CreditEntry, Job
-from generation.services import credits_change
+from generation.services.credits import credits_change
 from sdweb.services import api_key_create
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -95,6 +97,13 @@ def test_too_many_requests_is_429_rate_limit_exceeded(key, settings):
 
 def test_streaming_sends_a_partial_image_while_the_job_runs_then_the_final_one(key, worker):
     async def scenario():
+        live.use_event_loop(asyncio.get_running_loop())  # as `manage.py up` serves: events on the server's loop
+        try:
+            return await stream()
+        finally:
+            live.use_event_loop(None)
+
+    async def stream():
         response = await AsyncClient().post(
             "/v1/images/generations", json.dumps({"prompt": "a storm", "size": "256x256", "stream": True,
                                                   "partial_images": 2}),

@@ -31,9 +31,7 @@ def test_bad_input_raises_a_value_error_a_user_can_act_on(test_model, fields, me
     assert message in str(error.value)
 
 
-def test_the_size_limit_comes_from_configuration(test_model, monkeypatch):
-    monkeypatch.setenv("SDWEB_MAX_SIDE", "512")
-    assert Limits.from_env().max_side == 512
+def test_the_size_limit_is_the_callers(test_model):
     request = GenerationRequest(prompt="a cat", model=test_model, width=768, height=256, steps=2)
     with pytest.raises(ValueError, match="between 256 and 512"):
-        generate(request, checker=None)
+        generate(request, limits=Limits(max_side=512))

@@ -2,7 +2,6 @@ import pytest
 import torch
 
 from generation.engine import DiffusersSafetyChecker, read_watermark
-from generation.engine.safety import checker_from_env
 
 
 class FlagSecond:
@@ -56,9 +55,3 @@ def test_diffusers_safety_checker_passes_what_it_clears(run, tmp_path):
     result = run(num_images=2, checker=lenient)
     assert len(result.images) == 2 and result.flagged == []
 
-
-def test_the_checker_is_off_unless_settings_name_one(tmp_path, monkeypatch):
-    monkeypatch.delenv("SDWEB_SAFETY_CHECKER", raising=False)
-    assert checker_from_env() is None
-    monkeypatch.setenv("SDWEB_SAFETY_CHECKER", tiny_safety_checker(tmp_path, threshold=100.0))
-    assert isinstance(checker_from_env(), DiffusersSafetyChecker)

@@ -2,7 +2,7 @@ from django.contrib.auth.models import User
 from django.core.files.storage import default_storage
 
 from gallery.models import Image
-from generation.audit import pseudonym
+from generation.services.audit import pseudonym
 from generation.models import Job, PromptAudit
 
 

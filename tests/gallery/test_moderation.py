@@ -3,7 +3,7 @@
 import pytest
 
 from generation.models import CreditAccount, PromptAudit, StaffAction
-from generation.services import Refused, job_submit
+from generation.services.submit import Refused, job_submit
 
 from .test_sharing import shared  # noqa: F401 (fixture)
 

@@ -5,8 +5,8 @@ from rest_framework.throttling import UserRateThrottle
 
 from gallery.models import Image
 from generation.models import CreditEntry, Job, PromptAudit
-from generation.runner import job_run
-from generation.services import job_claim
+from generation.services.run import job_run
+from generation.services.queue import job_claim
 from sdweb.models import ApiKey
 from sdweb.services import api_key_create
 
@@ -53,7 +53,7 @@ def test_a_bad_field_is_a_400_naming_it(api, changes, field):
 
 
 def test_not_enough_credits_is_a_402(api, alice):
-    from generation.services import credits_change
+    from generation.services.credits import credits_change
 
     credits_change(user=alice, kind="adjust", amount=-100, reason="spent")
     response = api.post("/api/v1/jobs/", BODY, format="json")

@@ -6,7 +6,7 @@ from django.contrib.auth.models import User
 from django.utils import timezone
 
 from generation.models import PromptAudit
-from generation.services import Refused, job_submit
+from generation.services.submit import Refused, job_submit
 
 from .helpers import params
 
@@ -86,7 +86,7 @@ def test_audit_rows_cannot_be_changed_or_deleted_through_the_orm_or_the_admin(cl
 
 def test_staff_still_see_who_made_what_after_the_image_and_account_are_gone(client, admin, alice, audited):
     from gallery.services import account_delete
-    from generation.audit import pseudonym
+    from generation.services.audit import pseudonym
 
     job_id = PromptAudit.objects.get(prompt="a harbour at night").job_id
     account_delete(user=User.objects.get(pk=alice.pk))

@@ -8,9 +8,9 @@ from django.core.management import CommandError, call_command
 from django.db import models
 from django.utils import timezone
 
-from generation.audit import GENESIS, chain_hash
+from generation.services.audit import GENESIS, chain_hash
 from generation.models import AuditChain, PromptAudit
-from generation.services import job_submit
+from generation.services.submit import job_submit
 
 ROWS = 10_000
 FIELDS = ("created_at", "subject", "client_ip", "prompt", "negative_prompt", "params", "checkpoint", "decision",

@@ -4,7 +4,7 @@ import pytest
 from django.utils import timezone
 
 from generation.models import CreditAccount, CreditEntry
-from generation.services import credits_change, credits_refund, credits_topup_if_due, quote_cost
+from generation.services.credits import credits_change, credits_refund, credits_topup_if_due, quote_cost
 
 from .helpers import assert_ledger_balanced
 
@@ -34,7 +34,7 @@ def test_the_periodic_top_up_adds_up_to_the_ceiling_once_per_period(alice, setti
 
 
 def test_a_refund_happens_once_however_often_it_is_asked_for(alice, checkpoint):
-    from generation.services import job_submit
+    from generation.services.submit import job_submit
 
     from .helpers import params
 

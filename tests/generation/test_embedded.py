@@ -5,10 +5,10 @@ import time
 import pytest
 from django.contrib.auth.models import User
 
-from generation import services
 from generation.models import Job
-from generation.services import job_claim, job_submit
-from generation.runner import job_run
+from generation.services.queue import job_claim
+from generation.services.run import SHUTTING_DOWN, job_run
+from generation.services.submit import job_submit
 
 from .helpers import assert_ledger_balanced, params, refunds
 
@@ -33,11 +33,11 @@ def test_a_submitted_job_is_run_by_the_worker_thread_through_the_memory_broker(c
 def test_a_job_running_when_the_server_stops_goes_back_to_the_queue_and_finishes_later(checkpoint):
     alice = User.objects.create_user("alice", password="pw-alice-123")
     job_submit(user=alice, params=params(checkpoint))
-    services.SHUTTING_DOWN.set()
+    SHUTTING_DOWN.set()
     try:
         job_run(job_claim())
     finally:
-        services.SHUTTING_DOWN.clear()
+        SHUTTING_DOWN.clear()
     job = Job.objects.get()
     assert (job.status, job.attempts, refunds(job)) == ("queued", 1, 0)
     job_run(job_claim())

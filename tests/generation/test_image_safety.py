@@ -9,10 +9,11 @@ from django.core.files.storage import default_storage
 from PIL import Image as PILImage
 
 from gallery.models import Image
-from generation import runner
-from generation.engine import run as engine_run
+from generation.engine.safety import DiffusersSafetyChecker
 from generation.models import CreditEntry, Job
-from generation.services import job_claim, job_submit
+from generation.services import run
+from generation.services.queue import job_claim
+from generation.services.submit import job_submit
 from tests.engine.test_safety import tiny_safety_checker
 
 from .helpers import assert_ledger_balanced, params
@@ -24,41 +25,35 @@ class FlagSecond:  # a stand-in checker with a fixed verdict, to test the share 
 
 
 @pytest.fixture
-def checker(monkeypatch, tmp_path):
+def checker(monkeypatch, settings, tmp_path):
     """use("strict" | "lenient" | an object): the checker that SDWEB_SAFETY_CHECKER gives."""
-    clear = engine_run._settings_checker.cache_clear
-    clear()
 
     def use(kind):
-        clear()
         if isinstance(kind, str):  # diffusers' real checker, tiny and random, from a folder as in production
             folder = tiny_safety_checker(tmp_path / kind, threshold=-100.0 if kind == "strict" else 100.0)
-            monkeypatch.setenv("SDWEB_SAFETY_CHECKER", folder)
+            settings.SDWEB = {**settings.SDWEB, "SAFETY_CHECKER": folder}
         else:
-            monkeypatch.setattr(engine_run, "_settings_checker", lambda: kind)
+            monkeypatch.setattr(run, "image_checker", lambda setting: kind)
 
-    yield use
-    clear()
+    return use
 
 
 @pytest.fixture
 def events(monkeypatch):
     sent = []
-    monkeypatch.setattr(runner, "job_event", lambda job_id, event: sent.append(event))
+    monkeypatch.setattr(run, "job_event", lambda job_id, event: sent.append(event))
     return sent
 
 
 def run_job(user, checkpoint, **overrides) -> Job:
     job = job_submit(user=user, params=params(checkpoint, **{"steps": 4, "num_images": 2, **overrides}))
-    runner.job_run(job_claim())
+    run.job_run(job_claim())
     job.refresh_from_db()
     return job
 
 
-def sharpness(data_url: str) -> float:
-    import base64
-
-    pixels = PILImage.open(io.BytesIO(base64.b64decode(data_url.split(",", 1)[1]))).convert("L")
+def sharpness(preview: bytes) -> float:
+    pixels = PILImage.open(io.BytesIO(preview)).convert("L")
     return float(np.abs(np.diff(np.asarray(pixels, dtype=float), axis=1)).mean())
 
 
@@ -108,3 +103,9 @@ def test_a_checker_error_fails_the_job_and_refunds_it(db, alice, checkpoint, che
     job = run_job(alice, checkpoint)
     assert job.status == "failed" and "safety checker failed" in job.error
     assert stored_files() == before and CreditEntry.objects.filter(job=job, kind="refund").count() == 1
+
+
+def test_the_checker_is_off_unless_settings_name_one(settings, tmp_path):
+    assert settings.SDWEB["SAFETY_CHECKER"] == "off" and run.engine_options()["checker"] is None
+    settings.SDWEB = {**settings.SDWEB, "SAFETY_CHECKER": tiny_safety_checker(tmp_path, threshold=100.0)}
+    assert isinstance(run.engine_options()["checker"], DiffusersSafetyChecker)

@@ -16,7 +16,7 @@ from gallery.models import Image
 from generation import live
 from generation.engine import parse_parameters, read_watermark
 from generation.models import Job
-from generation.services import job_cancel, job_claim
+from generation.services.queue import job_cancel, job_claim
 from generation.tasks import run_next_job
 from sdweb.asgi import application
 

@@ -5,7 +5,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from generation.models import Job
-from generation.services import job_cancel, job_submit
+from generation.services.queue import job_cancel
+from generation.services.submit import job_submit
 
 from .helpers import params
 

@@ -4,7 +4,7 @@ import pytest
 
 from generation.filters import blocked_by, normalise
 from generation.models import BlockRule, CreditEntry, Job, PromptAudit
-from generation.services import Refused, job_submit
+from generation.services.submit import Refused, job_submit
 
 from .helpers import params
 

@@ -4,7 +4,8 @@ from django.contrib.auth.models import User
 from django.utils import timezone
 
 from generation.models import Job
-from generation.services import job_claim, job_submit
+from generation.services.queue import job_claim
+from generation.services.submit import job_submit
 from generation.tasks import run_next_job
 
 from .helpers import assert_ledger_balanced, params, refunds
@@ -69,7 +70,7 @@ def test_past_the_attempt_limit_a_job_fails_with_exactly_one_refund(transactiona
 
 
 def test_the_embedded_server_start_makes_orphaned_running_jobs_claimable(alice, checkpoint):
-    from generation.services import jobs_recover_orphans
+    from generation.services.queue import jobs_recover_orphans
 
     job_submit(user=alice, params=params(checkpoint))
     job_submit(user=alice, params=params(checkpoint))

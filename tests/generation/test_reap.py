@@ -4,7 +4,8 @@ from django.core.management import call_command
 from django.utils import timezone
 
 from generation.models import Job
-from generation.services import job_claim, job_submit
+from generation.services.queue import job_claim
+from generation.services.submit import job_submit
 
 from .helpers import assert_ledger_balanced, params, refunds
 

@@ -1,7 +1,7 @@
 import pytest
 
 from generation.models import CreditEntry, Job, PromptAudit
-from generation.services import Refused, job_submit
+from generation.services.submit import Refused, job_submit
 
 from .helpers import assert_ledger_balanced, form_data, params
 

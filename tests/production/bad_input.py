@@ -21,7 +21,8 @@ from hypothesis import HealthCheck, example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from generation.models import CreditAccount, Job, PromptAudit  # noqa: E402
-from generation.services import checkpoint_ensure_test_model, credits_grant  # noqa: E402
+from generation.services.checkpoints import checkpoint_ensure_test_model  # noqa: E402
+from generation.services.credits import credits_grant  # noqa: E402
 from sdweb.services import api_key_create  # noqa: E402
 
 setup_test_environment()  # so the form's errors can be read from the response
@@ -151,7 +152,7 @@ def openai(body):
 if __name__ == "__main__":
     for run in (api, form, a1111, openai):
         run()
-    from generation.audit import verify
+    from generation.services.audit import audit_verify as verify
 
     rows, problem = verify()  # every odd value above went through PostgreSQL's jsonb and back
     assert problem is None and rows >= sum(attempts.values()), (rows, problem)

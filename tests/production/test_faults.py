@@ -13,7 +13,8 @@ from tests.production.conftest import ROOT
 
 SUBMIT = """
     from django.contrib.auth.models import User
-    from generation.services import checkpoint_ensure_test_model, job_submit
+    from generation.services.checkpoints import checkpoint_ensure_test_model
+    from generation.services.submit import job_submit
     user, _ = User.objects.get_or_create(username="victim")
     job = job_submit(user=user, params={"prompt": "slow", "checkpoint": checkpoint_ensure_test_model(),
                      "width": 256, "height": 256, "steps": 150, "guidance_scale": 7, "scheduler": "Euler a",
@@ -84,7 +85,7 @@ def test_a_pool_process_killed_mid_denoising_is_recovered_once(production, worke
     time.sleep(1)  # well into denoising
     os.kill(pool_child(worker), signal.SIGKILL)
     time.sleep(4)  # the lease (3 s) runs out; no one renews it now (beat would run reap_jobs)
-    production.script("from generation.services import jobs_reap\nprint(json.dumps(jobs_reap()))")
+    production.script("from generation.services.queue import jobs_reap\nprint(json.dumps(jobs_reap()))")
     final = workers.wait(job_id, lambda s: s["status"] not in ("queued", "running"))
     assert final == {"status": "succeeded", "attempts": 2, "images": 1, "charges": 1, "refunds": 0}
 
@@ -118,7 +119,8 @@ FAIRNESS = """
     from collections import Counter
     from django.contrib.auth.models import User
     from generation.models import Job
-    from generation.services import checkpoint_ensure_test_model, job_submit
+    from generation.services.checkpoints import checkpoint_ensure_test_model
+    from generation.services.submit import job_submit
     checkpoint = checkpoint_ensure_test_model()
     users = [User.objects.get_or_create(username=f"fair{u}")[0] for u in range(4)]
     for user in users:  # each user fills the queue in turn: the oldest-first order would be unfair

@@ -5,9 +5,11 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from django.contrib.auth.models import User
 from django.db import connection
-from generation.audit import verify
+from generation.services.audit import audit_verify as verify
 from generation.models import CreditAccount, Job, PromptAudit
-from generation.services import Refused, checkpoint_ensure_test_model, credits_change, job_submit
+from generation.services.checkpoints import checkpoint_ensure_test_model
+from generation.services.credits import credits_change
+from generation.services.submit import Refused, job_submit
 
 checkpoint = checkpoint_ensure_test_model()
 user = User.objects.create_user(USERNAME)

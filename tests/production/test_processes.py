@@ -19,7 +19,7 @@ from tests.sdweb.test_up import Browser, free_port, wait_until
 
 @pytest.fixture(scope="module")
 def deployment(production):
-    production.script("from generation.services import checkpoint_ensure_test_model\n"
+    production.script("from generation.services.checkpoints import checkpoint_ensure_test_model\n"
                       "checkpoint_ensure_test_model()\nprint('{}')")
     port = free_port()
     log = open(production.env["SDWEB_VAR_DIR"] + "/processes.log", "a")
@@ -98,7 +98,7 @@ def test_the_same_message_delivered_twice_makes_one_run_and_one_set_of_images(de
     job_id = deployment.script("""
         from django.contrib.auth.models import User
         from generation.models import Checkpoint
-        from generation.services import job_submit
+        from generation.services.submit import job_submit
         from generation.tasks import run_next_job
         user = User.objects.create_user("twice")
         job = job_submit(user=user, params={"prompt": "twice", "checkpoint": Checkpoint.objects.get(),

@@ -18,7 +18,7 @@ STATE = """
 
 
 def test_restarting_web_and_worker_mid_job_loses_nothing(production):
-    production.script("from generation.services import checkpoint_ensure_test_model\n"
+    production.script("from generation.services.checkpoints import checkpoint_ensure_test_model\n"
                       "checkpoint_ensure_test_model()\nprint('{}')")
     port, log = free_port(), open(production.env["SDWEB_VAR_DIR"] + "/restarts.log", "a")
     base, processes = f"http://127.0.0.1:{port}", []

@@ -106,7 +106,7 @@ def test_the_account_page_shows_balance_ledger_and_jobs(client, alice):
 @pytest.mark.parametrize("path", ["/", "/accounts/login/", "/accounts/signup/"])
 def test_every_page_says_when_the_test_model_is_in_use(client, db, path, tmp_path):
     from generation.engine import make_test_model
-    from generation.services import checkpoint_register
+    from generation.services.checkpoints import checkpoint_register
 
     assert "Test model" not in client.get(path).content.decode()
     checkpoint_register(name="tiny", source=str(make_test_model(tmp_path / "m")), is_test_model=True)

@@ -1,6 +1,6 @@
 from django.core.management.base import BaseCommand, CommandError
 
-from generation.services import checkpoint_register
+from generation.services.checkpoints import checkpoint_register
 
 
 class Command(BaseCommand):

@@ -4,7 +4,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
-from generation import audit
+from generation.services.audit import audit_prune
 
 
 class Command(BaseCommand):
@@ -21,7 +21,7 @@ class Command(BaseCommand):
             raise CommandError(f"--before may be at most {limit:%Y-%m-%d}: rows of the last "
                                f"{settings.SDWEB['AUDIT_RETENTION_DAYS']} days are kept (SDWEB_AUDIT_RETENTION_DAYS)")
         try:
-            removed = audit.prune(before)
+            removed = audit_prune(before)
         except ValueError as error:
             raise CommandError(str(error))
         self.stdout.write(f"removed {removed} audit rows made before {before:%Y-%m-%d}")

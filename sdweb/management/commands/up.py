@@ -12,8 +12,11 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand
 
-from generation import live, services
+from generation import live
 from generation.models import Job
+from generation.services.checkpoints import checkpoint_ensure_test_model
+from generation.services.queue import enqueue_job, jobs_recover_orphans
+from generation.services.run import SHUTTING_DOWN
 
 
 class Command(BaseCommand):
@@ -28,17 +31,17 @@ class Command(BaseCommand):
 
         settings.MEDIA_ROOT.mkdir(parents=True, exist_ok=True)
         call_command("migrate", interactive=False, verbosity=0)
-        checkpoint = services.checkpoint_ensure_test_model()
+        checkpoint = checkpoint_ensure_test_model()
         if host not in ("127.0.0.1", "localhost", "::1"):
             self.stderr.write(self.style.WARNING(
                 f"Listening on {host}: the studio is reachable from the network. "
                 "Set SECRET_KEY and SDWEB_ALLOWED_HOSTS to the names people use to reach it."))
             if host not in ("0.0.0.0", "::"):
                 settings.ALLOWED_HOSTS.append(host)
-        waiting = services.jobs_recover_orphans()
+        waiting = jobs_recover_orphans()
         worker = start_worker_thread()
         for _ in range(waiting):
-            services.enqueue_job()
+            enqueue_job()
 
         shown = "localhost" if host in ("0.0.0.0", "::") else host
         self.stdout.write(f"\nsdweb is running at http://{shown}:{port}/  (Ctrl-C stops it)")
@@ -80,7 +83,7 @@ def start_worker_thread():
 
 def stop_worker(worker, wait_seconds: float = 10) -> None:
     """A running job notices within one step, goes back to the queue, and the worker stops."""
-    services.SHUTTING_DOWN.set()
+    SHUTTING_DOWN.set()
     deadline = time.monotonic() + wait_seconds
     while Job.objects.filter(status=Job.RUNNING).exists() and time.monotonic() < deadline:
         time.sleep(0.1)

@@ -1,4 +1,4 @@
-"""The prompt audit's hash chain.
+"""The prompt audit (a hash chain) and staff actions: the studio's append-only records.
 
 Each row's hash covers its content and the hash before it; `AuditChain` (one row) holds the head
 (the newest hash and the number of rows appended) and the point the chain was last pruned to.
@@ -9,13 +9,14 @@ the user id, which account deletion changes."""
 import hashlib
 import hmac
 import json
+import math
 from datetime import datetime
 
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from generation.models import AuditChain, AuditImage, PromptAudit, StaffAction
+from generation.models import AuditChain, AuditImage, Job, PromptAudit, StaffAction
 
 GENESIS = "0" * 64
 
@@ -41,7 +42,7 @@ def locked_chain() -> AuditChain:
 
 
 @transaction.atomic
-def append(**fields) -> PromptAudit:
+def chain_append(**fields) -> PromptAudit:
     """Add a row at the head of the chain."""
     chain = locked_chain()
     row = PromptAudit(created_at=timezone.now(), **fields)  # after the lock: time order is chain order
@@ -55,7 +56,42 @@ def append(**fields) -> PromptAudit:
     return row
 
 
-def verify() -> tuple[int, str | None]:
+def audit_append(*, user, client_ip, params: dict, decision: str, reason: str = "", checkpoint=None,
+                 job: Job | None = None) -> PromptAudit:
+    """One submission as decided: the prompts whole (made storable), the settings, the decision."""
+    params = params if isinstance(params, dict) else {}
+    shown = {k: v for k, v in params.items() if k in Job.PARAMS and k not in ("prompt", "negative_prompt")}
+    if job is not None:
+        shown.update({f: getattr(job, f) for f in (*Job.PARAMS[2:], "cost")})
+    checkpoint_name = checkpoint.name if checkpoint else str(params.get("checkpoint") or "")
+    texts = [str(params.get(f) or "") for f in ("prompt", "negative_prompt")]
+    stored = [storable(text) for text in texts]
+    if stored != texts:
+        reason += " (characters that cannot be stored are written as \\x00 and \\uXXXX escapes)"
+    return chain_append(
+        user=user, username=user.get_username(), subject=pseudonym(user.pk), client_ip=client_ip,
+        prompt=stored[0], negative_prompt=stored[1],
+        params={k: v if isinstance(v, int) or isinstance(v, float) and math.isfinite(v) else storable(str(v))
+                for k, v in shown.items()},
+        checkpoint=storable(checkpoint_name)[:100], decision=decision, reason=storable(reason).strip(),
+        job_id=job.pk if job else None, image_ids=list(job.image_ids) if job else [],
+    )
+
+
+def audit_refused(*, user, client_ip, data, errors) -> PromptAudit:
+    """Audit a submission refused before it reached `job_submit` (a form or body that did not parse)."""
+    if isinstance(errors, dict):
+        errors = "; ".join(f"{field}: {' '.join(map(str, messages)) if isinstance(messages, list) else messages}"
+                           for field, messages in errors.items())
+    return audit_append(user=user, client_ip=client_ip, params=data, decision=PromptAudit.REFUSED, reason=str(errors))
+
+
+def storable(text: str) -> str:
+    """Text PostgreSQL can keep: NUL and lone surrogates become visible backslash escapes."""
+    return text.encode("utf-8", "backslashreplace").decode().replace("\x00", "\\x00")
+
+
+def audit_verify() -> tuple[int, str | None]:
     """(rows checked, None) when the chain is whole, else (rows checked, what is wrong first)."""
     chain = AuditChain.objects.get_or_create(pk=1)[0]
     previous, count = chain.base, 0
@@ -71,10 +107,10 @@ def verify() -> tuple[int, str | None]:
 
 
 @transaction.atomic
-def prune(before: datetime) -> int:
+def audit_prune(before: datetime) -> int:
     """Remove the rows made before `before`, keeping the chain verifiable from the next row on."""
     chain = locked_chain()
-    count, problem = verify()
+    count, problem = audit_verify()
     if problem:
         raise ValueError(f"the audit chain is broken, nothing was pruned: {problem}")
     last = PromptAudit.objects.filter(pk__gt=chain.base_id, created_at__lt=before).order_by("-pk").first()

@@ -1,0 +1,68 @@
+"""Where a model's files are, what it is called and its hash: no torch, so the web side can use it."""
+
+import hashlib
+import json
+import re
+from pathlib import Path
+
+PICKLE_SUFFIXES = {".ckpt", ".bin", ".pt", ".pth", ".pkl"}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# Only what a diffusers pipeline needs: never pickles, fp16 twins or single-file checkpoints.
+_HUB_PATTERNS = ["model_index.json", "*/*.json", "*/*.txt", "*/*.model", "*/*.safetensors"]
+_HUB_IGNORE = ["*.fp16.*", "*non_ema*", "*.ckpt", "*.bin", "safety_checker/*"]
+
+
+def resolve_source(source: str) -> Path:
+    """The local diffusers folder for `source`: a folder on disk, or a hub id (downloaded)."""
+    source = str(source).strip()
+    path = Path(source).expanduser()
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise ValueError(
+            f"model {source!r} is a pickle checkpoint ({path.suffix}); sdweb never loads those because "
+            "unpickling can run arbitrary code. Convert it to a diffusers folder with safetensors weights."
+        )
+    if path.suffix.lower() == ".safetensors":
+        raise ValueError(
+            f"model {source!r} is a single-file checkpoint; those are not supported yet. "
+            "Use a diffusers folder (with model_index.json) instead."
+        )
+    if path.is_dir():
+        if not (path / "model_index.json").is_file():
+            raise ValueError(f"model folder {source!r} has no model_index.json: it is not a diffusers pipeline folder")
+        return path
+    if path.exists() or not _HUB_ID.match(source):
+        raise ValueError(f"unknown model {source!r}: give a diffusers folder on disk or a Hugging Face id like org/name")
+    return _download(source)
+
+
+def _download(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+
+    try:
+        # Shows a progress bar; a second call finds everything in the normal HF cache.
+        return Path(snapshot_download(repo_id, allow_patterns=_HUB_PATTERNS, ignore_patterns=_HUB_IGNORE))
+    except Exception as error:
+        raise ValueError(
+            f"model {repo_id!r} is not in the local Hugging Face cache and could not be downloaded "
+            f"({type(error).__name__}). On a machine without internet, copy the model's diffusers folder "
+            "onto this machine and use that folder's path as the model."
+        ) from error
+
+
+def model_hash(folder: Path) -> str:
+    """First 10 hex digits of the SHA-256 of the UNet weights file, as A1111 shows a hash."""
+    weights = sorted((folder / "unet").glob("*.safetensors"))
+    if not weights:
+        raise ValueError(f"model folder {str(folder)!r} has no UNet weights (unet/*.safetensors)")
+    digest = hashlib.sha256()
+    with open(weights[0], "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:10]
+
+
+def model_name(folder: Path, source: str) -> str:
+    info = folder / "sdweb.json"
+    if info.is_file():
+        return json.loads(info.read_text())["name"]
+    return source.rstrip("/").split("/")[-1] if _HUB_ID.match(source) else folder.name

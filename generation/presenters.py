@@ -1,0 +1,62 @@
+"""What the studio's pages, the REST API, the API dialects and the sockets show of jobs and
+images: one shape for each, and one mapping from a refusal to an HTTP status."""
+
+import base64
+
+from django.shortcuts import redirect
+from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme
+
+from generation.models import Job
+from generation.selectors import queue_position
+
+# A refusal's code -> HTTP status; a refusal that names a field, or any other code, is a 400.
+REFUSAL_STATUS = {"insufficient_credits": 402, "suspended": 403, "active_job_cap": 409, "idempotency_mismatch": 422}
+
+
+def refusal_status(refusal) -> int:
+    return REFUSAL_STATUS.get(refusal.code, 400)
+
+
+def image_summary(hex_id: str, seed: int) -> dict:
+    return {"id": hex_id, "seed": seed, "page": reverse("image", args=[hex_id]),
+            "url": reverse("image-file", args=[hex_id]), "thumbnail": reverse("image-thumbnail", args=[hex_id])}
+
+
+def job_images(job: Job) -> list[dict]:
+    return [image_summary(image.hex_id, image.seed) for image in job.images.order_by("index")]
+
+
+def data_url(image: bytes) -> str:
+    kind = "webp" if image[8:12] == b"WEBP" else "jpeg"
+    return f"data:image/{kind};base64," + base64.b64encode(image).decode()
+
+
+def job_event_shown(event: dict) -> dict:
+    """A job event as a page's socket receives it: previews as data URLs, images with their links."""
+    if isinstance(event.get("preview"), bytes):
+        event = {**event, "preview": data_url(event["preview"])}
+    if event.get("type") == "finished":
+        event = {**event, "images": [image_summary(i["id"], i["seed"]) for i in event["images"]]}
+    return event
+
+
+def job_state(job: Job) -> dict:
+    """Where a job is now, in the shape of the live events, so a reloaded page resumes."""
+    state = {"type": "state", "status": job.status, "step": job.progress_step, "total": job.progress_total,
+             "error": job.error}
+    if job.status == Job.QUEUED:
+        state["position"] = queue_position(job)
+    if job.status == Job.RUNNING and job.preview:
+        state["preview"] = data_url(bytes(job.preview))
+    if job.status == Job.SUCCEEDED:
+        state["images"] = job_images(job)
+    return state
+
+
+def back_to(request, fallback):
+    """Where a small form on several pages should return: the page it came from, if ours."""
+    target = request.POST.get("next", "")
+    if url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()}):
+        return redirect(target)
+    return redirect(fallback)

@@ -1,0 +1,113 @@
+"""The queue: the Job table is the queue of record and a Celery message only says "a job is
+waiting". Claims, leases, cancels, ends and the sweep for jobs whose worker died."""
+
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Count, F, Q
+from django.utils import timezone
+
+from generation.live import job_event
+from generation.models import Job
+from generation.selectors import queued_ahead
+from generation.services.credits import credits_refund
+from sdweb.celery import app
+
+RUN_NEXT_JOB = "generation.run_next_job"  # the task in generation.tasks, sent by name
+
+
+def enqueue_job() -> None:
+    """Tell a worker a job is waiting. The message carries no job: the worker claims the fairest."""
+    app.send_task(RUN_NEXT_JOB)
+
+
+def job_cancel(*, user, job_id) -> Job:
+    """The owner cancels a queued job at once (refunded) or asks a running one to stop."""
+    with transaction.atomic():
+        job = Job.objects.select_for_update().get(pk=job_id, user=user)
+        if job.status == Job.QUEUED:
+            job.status, job.finished_at = Job.CANCELLED, timezone.now()
+            job.save(update_fields=["status", "finished_at"])
+            credits_refund(job=job, reason="cancelled before it started")
+            transaction.on_commit(lambda: job_event(job.pk, {"type": "cancelled"}))
+        elif job.status == Job.RUNNING and not job.cancel_requested:
+            job.cancel_requested = True
+            job.save(update_fields=["cancel_requested"])
+    return job
+
+
+def _claimable(now) -> Q:
+    return Q(status=Job.QUEUED) | Q(status=Job.RUNNING, lease_until__lt=now)
+
+
+def job_claim(*, worker: str = "") -> Job | None:
+    """Claim the fairest claimable job: the user with the fewest jobs started in the last
+    SDWEB_FAIR_WINDOW_MINUTES first, then the oldest job. A job whose worker died (its lease
+    ran out) is claimable again until SDWEB_ATTEMPT_LIMIT attempts."""
+    now = timezone.now()
+    fail_exhausted(now)
+    candidates = list(Job.objects.filter(_claimable(now)).order_by("created_at")[:200])
+    window_start = now - timedelta(minutes=settings.SDWEB["FAIR_WINDOW_MINUTES"])
+    recent = dict(Job.objects.filter(user__in={j.user_id for j in candidates}, started_at__gte=window_start)
+                  .values_list("user").annotate(n=Count("id")).values_list("user", "n"))
+    for pick in sorted(candidates, key=lambda j: (recent.get(j.user_id, 0), j.created_at)):
+        # A conditional update, nothing locked beforehand: when two workers reach for the same job,
+        # PostgreSQL makes the second re-check the condition, it finds nothing and takes the next
+        # fairest job instead of sitting idle. A duplicate message claims nothing.
+        claimed = Job.objects.filter(_claimable(now), pk=pick.pk).update(
+            status=Job.RUNNING, started_at=now, attempts=F("attempts") + 1, progress_step=0, progress_total=0,
+            preview=None, worker=worker[:100], lease_until=now + timedelta(seconds=settings.SDWEB["LEASE_SECONDS"]))
+        if claimed:
+            announce_queue_positions()
+            return Job.objects.get(pk=pick.pk)
+    return None
+
+
+def announce_queue_positions(limit: int = 100) -> None:
+    """Tell the pages watching queued jobs that the queue moved."""
+    for job_id, position in queued_ahead(limit):
+        job_event(job_id, {"type": "queued", "position": position})
+
+
+def fail_exhausted(now) -> int:
+    """Jobs whose worker died SDWEB_ATTEMPT_LIMIT times fail, with one refund each."""
+    exhausted = Job.objects.filter(status=Job.RUNNING, lease_until__lt=now, attempts__gte=settings.SDWEB["ATTEMPT_LIMIT"])
+    return sum(job_finish_failed(job=job, attempt=job.attempts, error=f"The worker stopped {job.attempts} times; giving up.")
+               for job in exhausted)
+
+
+def jobs_reap() -> dict:
+    """The sweep for when no worker is free to notice: fail exhausted jobs, and send one message
+    per job whose worker died so that the next free worker claims it."""
+    now = timezone.now()
+    failed = fail_exhausted(now)
+    orphans = Job.objects.filter(status=Job.RUNNING, lease_until__lt=now).count()
+    for _ in range(orphans):
+        enqueue_job()
+    return {"failed": failed, "requeued": orphans}
+
+
+@transaction.atomic
+def job_finish_failed(*, job: Job, attempt: int, error: str, status: str = Job.FAILED) -> bool:
+    """End a job as failed or cancelled and refund it once, if this attempt still owns it."""
+    ended = Job.objects.filter(pk=job.pk, attempts=attempt, status__in=Job.ACTIVE).update(
+        status=status, error=error, finished_at=timezone.now(), lease_until=None)
+    if ended:
+        credits_refund(job=job, reason="cancelled" if status == Job.CANCELLED else "failed")
+        event = {"type": "cancelled"} if status == Job.CANCELLED else {"type": "failed", "reason": error}
+        transaction.on_commit(lambda: job_event(job.pk, event))
+    return bool(ended)
+
+
+def job_requeue(*, job: Job, attempt: int) -> None:
+    """Put a running job back in the queue (the process is stopping); it starts over later."""
+    Job.objects.filter(pk=job.pk, attempts=attempt, status=Job.RUNNING).update(
+        status=Job.QUEUED, lease_until=None, progress_step=0, progress_total=0, preview=None)
+
+
+def jobs_recover_orphans() -> int:
+    """At the start of the embedded server no other worker exists: every running job was left
+    by a stopped process. Make them claimable now and return how many jobs are waiting."""
+    Job.objects.filter(status=Job.RUNNING).update(lease_until=timezone.now() - timedelta(seconds=1))
+    return Job.objects.filter(status__in=Job.ACTIVE).count()

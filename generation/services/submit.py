@@ -1,0 +1,126 @@
+"""Submitting: validate, filter, quote, and in one transaction charge, create the job and audit
+it; or refuse (audited too) naming the field."""
+
+import hashlib
+import json
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+
+from generation import filters
+from generation.engine.request import GenerationRequest, Limits
+from generation.models import Checkpoint, CreditEntry, Job, PromptAudit, UserSettings, new_image_id
+from generation.services.audit import audit_append
+from generation.services.credits import credits_change, locked_account, quote_cost
+from generation.services.queue import enqueue_job
+
+
+class Refused(Exception):
+    """A submission that was not accepted; `field` names the input at fault, if one is, and
+    `code` says why: invalid, insufficient_credits, active_job_cap, idempotency_mismatch, blocked or
+    suspended; `audit_reason`, when given, is what the audit records instead of the message."""
+
+    def __init__(self, message: str, field: str | None = None, code: str = "invalid", audit_reason: str = ""):
+        super().__init__(message)
+        self.field, self.code, self.audit_reason = field, code, audit_reason
+
+
+def engine_limits() -> Limits:
+    return Limits(max_side=settings.SDWEB["MAX_SIDE"], max_images=settings.SDWEB["MAX_IMAGES"],
+                  max_steps=settings.SDWEB["MAX_STEPS"])
+
+
+def job_submit(*, user, params: dict, client_ip: str | None = None, idempotency_key: str | None = None) -> Job:
+    """Validate, quote, and in one transaction charge, create the job and audit it; or refuse
+    (audited too) with a message naming the field. With an `idempotency_key`, a repeated request
+    returns the job the first one made, charged once; the same key with other params is refused."""
+    fingerprint = request_fingerprint(params)
+    idempotency_key = (idempotency_key or "").strip() or None
+    if idempotency_key and not (len(idempotency_key) <= 200 and idempotency_key.isascii()
+                                and idempotency_key.isprintable()):
+        refusal = Refused("An Idempotency-Key is at most 200 printable ASCII characters.", field="Idempotency-Key")
+        audit_append(user=user, client_ip=client_ip, params=params, decision=PromptAudit.REFUSED, reason=str(refusal))
+        raise refusal
+    if idempotency_key:
+        earlier = Job.objects.filter(user=user, idempotency_key=idempotency_key).first()
+        if earlier is not None:
+            if earlier.request_fingerprint != fingerprint:
+                raise Refused("This Idempotency-Key was already used with a different request.",
+                              code="idempotency_mismatch")
+            return earlier
+    try:
+        checkpoint, fields = _validated(params)
+        _check_allowed(user, fields["prompt"])
+    except Refused as refusal:
+        audit_append(user=user, client_ip=client_ip, params=params, decision=PromptAudit.REFUSED,
+                     reason=refusal.audit_reason or str(refusal))
+        raise
+    cost = quote_cost(width=fields["width"], height=fields["height"], steps=fields["steps"],
+                      num_images=fields["num_images"])
+    try:
+        with transaction.atomic():
+            account = locked_account(user)
+            refusal = None
+            active = Job.objects.filter(user=user, status__in=Job.ACTIVE).count()
+            if active >= settings.SDWEB["ACTIVE_JOB_CAP"]:
+                refusal = Refused(f"You already have {active} jobs queued or running, the most allowed at once; "
+                                  "wait for one to finish or cancel one.", code="active_job_cap")
+            elif account.balance < cost:
+                refusal = Refused(f"This costs {cost} credits and your balance is {account.balance}.",
+                                  code="insufficient_credits")
+            if refusal:
+                audit_append(user=user, client_ip=client_ip, params=params, checkpoint=checkpoint,
+                             decision=PromptAudit.REFUSED, reason=str(refusal))
+            else:
+                job = Job.objects.create(user=user, checkpoint=checkpoint, cost=cost, idempotency_key=idempotency_key,
+                                         request_fingerprint=fingerprint,
+                                         image_ids=[new_image_id() for _ in range(fields["num_images"])], **fields)
+                credits_change(user=user, kind=CreditEntry.CHARGE, amount=-cost, reason="generation", job=job)
+                audit_append(user=user, client_ip=client_ip, params=params, checkpoint=checkpoint,
+                             decision=PromptAudit.ACCEPTED, job=job)
+                transaction.on_commit(enqueue_job)
+    except IntegrityError:
+        if not idempotency_key:
+            raise
+        # The same key raced in twice: the other request's job stands, this one charged nothing.
+        return job_submit(user=user, params=params, client_ip=client_ip, idempotency_key=idempotency_key)
+    if refusal:
+        raise refusal
+    return job
+
+
+def _check_allowed(user, prompt: str) -> None:
+    """Refuse suspended accounts and prompts that match a block rule."""
+    suspended = UserSettings.objects.filter(user=user, suspended_at__isnull=False).first()
+    if suspended:
+        raise Refused("Your account is suspended, so it can't generate images"
+                      + (f": {suspended.suspended_reason}" if suspended.suspended_reason else "."), code="suspended")
+    rule = filters.blocked_by(prompt)
+    if rule:
+        raise Refused("This prompt asks for something this site doesn't allow; change it and try again.",
+                      field="prompt", code="blocked", audit_reason=f"blocked by the prompt filter rule {rule!r}")
+
+
+def request_fingerprint(params: dict) -> str:
+    shown = {k: str(v.name if isinstance(v, Checkpoint) else v) for k, v in params.items()
+             if k in Job.PARAMS or k == "checkpoint"}
+    return hashlib.sha256(json.dumps(shown, sort_keys=True).encode()).hexdigest()
+
+
+def _validated(params: dict) -> tuple[Checkpoint, dict]:
+    checkpoint = params.get("checkpoint")
+    if not isinstance(checkpoint, Checkpoint):
+        checkpoint = Checkpoint.objects.enabled_named(checkpoint)
+    if checkpoint is None or not checkpoint.enabled:
+        raise Refused("Choose one of the available checkpoints.", field="checkpoint")
+    fields = {f: params[f] for f in Job.PARAMS if f in params}
+    fields.setdefault("negative_prompt", "")
+    try:
+        request = GenerationRequest(model=checkpoint.source, **fields)
+        request.validate(engine_limits())
+    except (TypeError, ValueError) as error:
+        message = str(error)
+        field = next((f for f in Job.PARAMS if message.startswith(f + " ")), None)
+        raise Refused(message[:1].upper() + message[1:], field=field) from error
+    # The seed is fixed now, so a retried job makes the same images.
+    return checkpoint, {**{f: getattr(request, f) for f in Job.PARAMS}, "seed": request.seeds()[0]}
