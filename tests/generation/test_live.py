@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 from asgiref.sync import async_to_sync, sync_to_async
+from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import User
 from django.core.files.storage import default_storage
@@ -17,10 +18,11 @@ from generation import live
 from generation.engine import parse_parameters, read_watermark
 from generation.models import Job
 from generation.services.queue import job_cancel, job_claim
+from generation.services.submit import job_submit
 from generation.tasks import run_next_job
 from sdweb.asgi import application
 
-from .helpers import assert_ledger_balanced, form_data, refunds
+from .helpers import assert_ledger_balanced, form_data, params, refunds
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -236,3 +238,39 @@ def test_a_job_page_and_its_images_are_private_to_the_owner(client, checkpoint):
     assert client.get(f"/images/{image.hex_id}.png").status_code == 404
     assert client.get(f"/images/{image.hex_id}.webp").status_code == 404
     assert client.post(f"/jobs/{job.pk}/cancel/").status_code == 404
+
+
+def listen_while(job, send, **wait) -> list[str]:
+    """The event types a waiting API call hears while `send()` runs beside it."""
+
+    async def scenario():
+        async def listen():
+            return [event["type"] async for event in live.job_events(job.pk, **wait)]
+
+        listener = asyncio.ensure_future(listen())
+        await asyncio.sleep(0.2)  # it has joined the job's group
+        await send()
+        return await asyncio.wait_for(listener, 10)
+
+    return async_to_sync(scenario)()
+
+
+def test_a_waiting_api_call_hears_the_jobs_end_on_the_channel_layer(alice, checkpoint):
+    job = job_submit(user=alice, params=params(checkpoint))
+    layer = get_channel_layer()
+
+    async def send():
+        for event in ({"type": "started", "attempt": 1}, {"type": "finished", "images": []}):
+            await layer.group_send(live.group_name(job.pk), {"type": "job.event", "event": event})
+
+    # The row still says queued and no re-read is due for a minute: the message alone ends the wait.
+    assert listen_while(job, send, timeout=60, recheck=60) == ["started", "finished"]
+
+
+def test_a_wait_whose_message_was_lost_still_ends_when_the_row_says_so(alice, checkpoint):
+    job = job_submit(user=alice, params=params(checkpoint))
+
+    async def send():  # the job fails and no event is ever sent
+        await sync_to_async(Job.objects.filter(pk=job.pk).update)(status=Job.FAILED)
+
+    assert listen_while(job, send, timeout=60, recheck=0.2) == ["failed"]

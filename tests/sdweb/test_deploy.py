@@ -34,3 +34,29 @@ def test_the_embedded_default_makes_and_keeps_its_own_secret_key(tmp_path):
     second = manage("shell", "-c", code, SDWEB_VAR_DIR=str(tmp_path), SECRET_KEY="").stdout.strip().splitlines()[-1]
     assert first == second and len(first) >= 50
     assert (tmp_path / "secret_key").stat().st_mode & 0o077 == 0  # readable by its owner only
+
+
+def setting(code: str, tmp_path, **env) -> str:
+    result = manage("shell", "-c", f"from django.conf import settings; print({code})", SDWEB_VAR_DIR=str(tmp_path),
+                    **env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout.strip().splitlines()[-1]
+
+
+def test_switches_read_true_false_yes_no_one_zero_alike(tmp_path):
+    for value, expected in (("true", "True"), ("yes", "True"), ("1", "True"), ("false", "False"), ("0", "False")):
+        assert setting("settings.SECURE_SSL_REDIRECT", tmp_path, **PRODUCTION, SDWEB_SSL_REDIRECT=value) == expected
+
+
+def test_a_setting_it_cannot_read_stops_the_start_naming_the_variable(tmp_path):
+    for name, value in (("SDWEB_SSL_REDIRECT", "maybe"), ("SDWEB_MAX_IMAGES", "four"), ("SDWEB_DTYPE", "fp8"),
+                        ("SDWEB_REGISTRATION", "sometimes")):
+        result = manage("check", SDWEB_VAR_DIR=str(tmp_path), **PRODUCTION, **{name: value})
+        assert result.returncode != 0 and f"{name} must be" in result.stderr and repr(value) in result.stderr
+
+
+def test_database_url_keeps_its_query_options(tmp_path):
+    url = "postgres://sdweb:secret@db.example.com:5433/studio?sslmode=require"
+    database = setting("settings.DATABASES['default']", tmp_path, DATABASE_URL=url)
+    for part in ("'NAME': 'studio'", "'HOST': 'db.example.com'", "'PORT': 5433", "'sslmode': 'require'"):
+        assert part in database
