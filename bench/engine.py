@@ -20,7 +20,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from generation.engine import (  # noqa: E402
-    GenerationRequest, PreviewSettings, embed_watermark, generate, load_pipeline, make_test_model, save_png,
+    GenerationRequest,
+    PreviewSettings,
+    embed_watermark,
+    generate,
+    load_pipeline,
+    make_test_model,
+    save_png,
 )
 from generation.engine.previews import encode_preview, latents_to_rgb  # noqa: E402
 from generation.engine.schedulers import make_scheduler  # noqa: E402

@@ -28,8 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.production.conftest import POSTGRES, REDIS, Production, web_answers  # noqa: E402
-from tests.sdweb.test_up import Browser, free_port, wait_until  # noqa: E402
+from tests.support import POSTGRES, REDIS, Browser, Production, free_port, wait_until, web_answers  # noqa: E402
 
 STANDIN = """
 import sys, time

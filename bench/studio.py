@@ -35,8 +35,9 @@ def main() -> None:
 
     var_dir = Path(tempfile.mkdtemp(prefix="sdweb-bench-"))
     os.environ.update(SDWEB_VAR_DIR=str(var_dir), DJANGO_SETTINGS_MODULE="sdweb.settings")
-    from tests.sdweb.test_up import Browser, Studio  # the same real-process harness the tests use
     from websockets.sync.client import connect
+
+    from tests.support import Browser, Studio  # the same real-process harness the tests use
 
     studio = Studio(var_dir)
     studio.start()

@@ -12,7 +12,11 @@ from generation.models import Checkpoint, CreditAccount, Job
 from generation.presenters import refusal_status
 from generation.selectors import default_checkpoint
 from generation.serializers import (
-    CheckpointSerializer, CreditEntrySerializer, JobCreateSerializer, JobSerializer, QuoteSerializer,
+    CheckpointSerializer,
+    CreditEntrySerializer,
+    JobCreateSerializer,
+    JobSerializer,
+    QuoteSerializer,
 )
 from generation.services.audit import audit_refused
 from generation.services.credits import quote_cost

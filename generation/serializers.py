@@ -10,7 +10,8 @@ from generation.selectors import queue_position
 
 
 class JobCreateSerializer(serializers.Serializer):
-    prompt = serializers.CharField(max_length=MAX_PROMPT_CHARS, help_text="What to draw. A1111 syntax: (word:1.3), [word], BREAK.")
+    prompt = serializers.CharField(max_length=MAX_PROMPT_CHARS,
+                                   help_text="What to draw. A1111 syntax: (word:1.3), [word], BREAK.")
     negative_prompt = serializers.CharField(max_length=MAX_PROMPT_CHARS, required=False, allow_blank=True, default="",
                                             help_text="What to keep out of the image.")
     checkpoint = serializers.CharField(required=False, help_text="A checkpoint name; the default one if left out.")

@@ -3,11 +3,10 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
 from gallery import api as gallery_api
-from generation import api
-from generation.compat import a1111, openai
-
 from gallery import views as gallery_views
+from generation import api
 from generation import views as generation_views
+from generation.compat import a1111, openai
 from sdweb import views
 
 urlpatterns = [

@@ -6,7 +6,6 @@ from django.contrib.auth.decorators import login_required
 from django.db import connection, transaction
 from django.http import JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
-
 from django.views.decorators.http import require_POST
 
 from generation.models import CreditAccount

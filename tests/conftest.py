@@ -66,8 +66,8 @@ def worker(checkpoint):
 def make_job(checkpoint):
     """A finished job with its images, made through the real submit and run."""
 
-    from generation.services.run import job_run
     from generation.services.queue import job_claim
+    from generation.services.run import job_run
     from generation.services.submit import job_submit
 
     def make_job(user, prompt="a lighthouse at dusk", num_images=2, **fields):

@@ -4,7 +4,7 @@ import csv
 import io
 import re
 
-from .conftest import balance, generate, screenshot, sign_up, staff_page
+from tests.support import balance, generate, screenshot, sign_up, staff_page
 
 # Records, in order, what the live view changes: progress values, preview images, final images.
 WATCH_LIVE_VIEW = """
@@ -142,7 +142,8 @@ def test_6_an_admin_reviews_the_prompt_audit_filters_by_user_and_exports_csv(new
     user.goto("/generate/")
     user.get_by_label("Prompt", exact=True).fill("a cat AND a dog")
     user.get_by_role("button", name="Generate").click()
-    assert "Prompt uses AND (composable prompts), which is not supported yet" in user.locator(".field.invalid .error").inner_text()
+    error = user.locator(".field.invalid .error").inner_text()
+    assert "Prompt uses AND (composable prompts), which is not supported yet" in error
 
     admin = staff_page(new_page, studio, "boss")
     admin.goto("/admin/generation/promptaudit/")

@@ -5,9 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from generation.engine import (
-    SCHEDULERS, GenerationCancelled, PreviewSettings, load_pipeline, parse_parameters, read_watermark,
-)
+from generation.engine import SCHEDULERS, GenerationCancelled, PreviewSettings, load_pipeline, parse_parameters, read_watermark
 from generation.engine.previews import PreviewThrottle
 from generation.engine.schedulers import make_scheduler
 

@@ -5,8 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from generation.engine import GenerationRequest, generate, load_pipeline, make_test_model, model_hash
-from generation.engine import loading
+from generation.engine import GenerationRequest, generate, load_pipeline, loading, make_test_model, model_hash
 from generation.engine.loading import PipelineCache
 
 

@@ -2,8 +2,8 @@ from django.contrib.auth.models import User
 from django.core.files.storage import default_storage
 
 from gallery.models import Image
-from generation.services.audit import pseudonym
 from generation.models import Job, PromptAudit
+from generation.services.audit import pseudonym
 
 
 def test_deleting_my_account_removes_images_and_files_and_keeps_audit_rows_pseudonymised(client, alice, carol,

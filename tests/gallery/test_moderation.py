@@ -5,8 +5,6 @@ import pytest
 from generation.models import CreditAccount, PromptAudit, StaffAction
 from generation.services.submit import Refused, job_submit
 
-from .test_sharing import shared  # noqa: F401 (fixture)
-
 
 def actions():
     return list(StaffAction.objects.order_by("id").values_list("staff_name", "action", "target"))

@@ -5,8 +5,8 @@ from rest_framework.throttling import UserRateThrottle
 
 from gallery.models import Image
 from generation.models import CreditEntry, Job, PromptAudit
-from generation.services.run import job_run
 from generation.services.queue import job_claim
+from generation.services.run import job_run
 from sdweb.models import ApiKey
 from sdweb.services import api_key_create
 

@@ -12,8 +12,7 @@ from generation.models import CreditEntry, Job
 from generation.services import run
 from generation.services.queue import job_claim
 from generation.services.submit import job_submit
-
-from .helpers import assert_ledger_balanced, params
+from tests.support import assert_ledger_balanced, params
 
 
 def stored(folder: str) -> set[str]:

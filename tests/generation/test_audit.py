@@ -7,8 +7,7 @@ from django.utils import timezone
 
 from generation.models import PromptAudit
 from generation.services.submit import Refused, job_submit
-
-from .helpers import params
+from tests.support import params
 
 
 @pytest.fixture

@@ -8,8 +8,8 @@ from django.core.management import CommandError, call_command
 from django.db import models
 from django.utils import timezone
 
-from generation.services.audit import GENESIS, chain_hash
 from generation.models import AuditChain, PromptAudit
+from generation.services.audit import GENESIS, chain_hash
 from generation.services.submit import job_submit
 
 ROWS = 10_000

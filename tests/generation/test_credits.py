@@ -5,8 +5,7 @@ from django.utils import timezone
 
 from generation.models import CreditAccount, CreditEntry
 from generation.services.credits import credits_change, credits_refund, credits_topup_if_due, quote_cost
-
-from .helpers import assert_ledger_balanced
+from tests.support import assert_ledger_balanced
 
 
 def test_a_new_account_starts_with_the_starting_grant_as_a_ledger_row(alice):
@@ -35,8 +34,7 @@ def test_the_periodic_top_up_adds_up_to_the_ceiling_once_per_period(alice, setti
 
 def test_a_refund_happens_once_however_often_it_is_asked_for(alice, checkpoint):
     from generation.services.submit import job_submit
-
-    from .helpers import params
+    from tests.support import params
 
     job = job_submit(user=alice, params=params(checkpoint))
     assert credits_refund(job=job, reason="failed") is not None

@@ -9,8 +9,7 @@ from generation.models import Job
 from generation.services.queue import job_claim
 from generation.services.run import SHUTTING_DOWN, job_run
 from generation.services.submit import job_submit
-
-from .helpers import assert_ledger_balanced, params, refunds
+from tests.support import assert_ledger_balanced, params, refunds
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

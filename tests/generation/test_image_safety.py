@@ -14,9 +14,7 @@ from generation.models import CreditEntry, Job
 from generation.services import run
 from generation.services.queue import job_claim
 from generation.services.submit import job_submit
-from tests.engine.test_safety import tiny_safety_checker
-
-from .helpers import assert_ledger_balanced, params
+from tests.support import assert_ledger_balanced, params, tiny_safety_checker
 
 
 class FlagSecond:  # a stand-in checker with a fixed verdict, to test the share of the refund

@@ -21,8 +21,7 @@ from generation.services.queue import job_cancel, job_claim
 from generation.services.submit import job_submit
 from generation.tasks import run_next_job
 from sdweb.asgi import application
-
-from .helpers import assert_ledger_balanced, form_data, params, refunds
+from tests.support import assert_ledger_balanced, form_data, params, refunds
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

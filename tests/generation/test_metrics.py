@@ -7,8 +7,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from generation.models import Job
 from generation.services.queue import job_cancel
 from generation.services.submit import job_submit
-
-from .helpers import params
+from tests.support import params
 
 
 @pytest.fixture

@@ -5,8 +5,7 @@ import pytest
 from generation.filters import blocked_by, normalise
 from generation.models import BlockRule, CreditEntry, Job, PromptAudit
 from generation.services.submit import Refused, job_submit
-
-from .helpers import params
+from tests.support import params
 
 DISGUISED = [
     "a NUDE figure",  # case
@@ -51,7 +50,7 @@ def test_a_blocked_prompt_is_refused_by_name_not_charged_and_audited_with_the_ru
 
 
 def test_the_studio_form_shows_the_refusal_by_the_prompt(rules, client, alice, checkpoint):
-    from .helpers import form_data
+    from tests.support import form_data
 
     client.force_login(alice)
     response = client.post("/generate/", form_data(checkpoint, prompt="ＮＵＤＥ study"))

@@ -7,8 +7,7 @@ from generation.models import Job
 from generation.services.queue import job_claim
 from generation.services.submit import job_submit
 from generation.tasks import run_next_job
-
-from .helpers import assert_ledger_balanced, params, refunds
+from tests.support import assert_ledger_balanced, params, refunds
 
 
 def test_a_user_at_the_cap_does_not_hold_back_another_users_job(alice, carol, checkpoint, settings):

@@ -6,8 +6,7 @@ from django.utils import timezone
 from generation.models import Job
 from generation.services.queue import job_claim
 from generation.services.submit import job_submit
-
-from .helpers import assert_ledger_balanced, params, refunds
+from tests.support import assert_ledger_balanced, params, refunds
 
 
 def test_reap_jobs_fails_exhausted_jobs_once_and_requeues_orphans(alice, checkpoint, settings, capsys):

@@ -2,8 +2,7 @@ import pytest
 
 from generation.models import CreditEntry, Job, PromptAudit
 from generation.services.submit import Refused, job_submit
-
-from .helpers import assert_ledger_balanced, form_data, params
+from tests.support import assert_ledger_balanced, form_data, params
 
 
 def test_an_accepted_submission_charges_once_queues_the_job_and_audits_it(client, alice, checkpoint):

@@ -4,7 +4,7 @@ import json
 import subprocess
 import sys
 
-from tests.sdweb.test_up import ROOT
+from tests.support import ROOT
 
 
 def test_bad_input_never_errors_charges_or_goes_unaudited(production):

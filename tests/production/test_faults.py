@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.production.conftest import ROOT
+from tests.support import ROOT
 
 SUBMIT = """
     from django.contrib.auth.models import User

@@ -11,10 +11,8 @@ import urllib.request
 
 import pytest
 from websockets.exceptions import InvalidStatus
-from websockets.sync.client import connect
 
-from tests.production.conftest import web_answers
-from tests.sdweb.test_up import Browser, free_port, wait_until
+from tests.support import Browser, free_port, http_sign_up, job_socket, wait_until, web_answers
 
 
 @pytest.fixture(scope="module")
@@ -43,30 +41,13 @@ def deployment(production):
         log.close()
 
 
-
-def sign_up(base, name) -> Browser:
-    browser = Browser(base)
-    browser.post("/accounts/signup/", {"username": name, "password1": "a-long-pass-123",
-                                       "password2": "a-long-pass-123"})
-    return browser
-
-
-def socket(deployment, browser, job_id, origin="own"):
-    headers = {"Cookie": f"sessionid={browser.cookie('sessionid')}"}
-    if origin == "own":
-        headers["Origin"] = deployment.base
-    elif origin:
-        headers["Origin"] = origin
-    return connect(f"ws://127.0.0.1:{deployment.port}/ws/jobs/{job_id}/", additional_headers=headers)
-
-
 def test_healthz_sees_postgresql_redis_and_the_channel_layer(deployment):
     assert json.loads(Browser(deployment.base).get("/healthz")[1]) == {
         "status": "ok", "database": "ok", "broker": "ok", "channel_layer": "ok"}
 
 
 def test_progress_reaches_the_owner_from_a_worker_in_another_process(deployment):
-    owner = sign_up(deployment.base, "owner")
+    owner = http_sign_up(deployment.base, "owner")
     page = owner.get("/generate/")[1]
     checkpoint = re.search(r'<option value="(\d+)" selected>', page).group(1)
     url, _ = owner.post("/generate/", {"prompt": "across processes", "checkpoint": checkpoint, "width": 256,
@@ -74,7 +55,7 @@ def test_progress_reaches_the_owner_from_a_worker_in_another_process(deployment)
                                        "seed": 3, "num_images": 1})
     job_id = url.split("job=")[1]
     events = []
-    with socket(deployment, owner, job_id) as ws:
+    with job_socket(deployment, owner, job_id) as ws:
         while not events or events[-1]["type"] not in ("finished", "failed"):
             event = json.loads(ws.recv(timeout=120))
             events.append(event)
@@ -87,10 +68,10 @@ def test_progress_reaches_the_owner_from_a_worker_in_another_process(deployment)
     worker_figures = urllib.request.urlopen(f"http://127.0.0.1:{deployment.worker_metrics_port}/metrics").read()
     assert b"sdweb_worker_pipeline_loads_total 1.0" in worker_figures  # the worker's own process figures
 
-    stranger = sign_up(deployment.base, "stranger")
+    stranger = http_sign_up(deployment.base, "stranger")
     for browser, origin in ((stranger, "own"), (owner, "http://evil.example"), (owner, None)):
         with pytest.raises(InvalidStatus):
-            with socket(deployment, browser, job_id, origin=origin) as ws:
+            with job_socket(deployment, browser, job_id, origin=origin) as ws:
                 ws.recv(timeout=5)
 
 
@@ -133,14 +114,14 @@ def cancel(deployment, browser, job_id) -> int:
 
 
 def test_only_the_owner_cancels_and_the_worker_in_another_process_stops_within_a_step(deployment):
-    owner, stranger = sign_up(deployment.base, "canceller"), sign_up(deployment.base, "meddler")
+    owner, stranger = http_sign_up(deployment.base, "canceller"), http_sign_up(deployment.base, "meddler")
     page = owner.get("/generate/")[1]
     checkpoint = re.search(r'<option value="(\d+)" selected>', page).group(1)
     url, _ = owner.post("/generate/", {"prompt": "stop me", "checkpoint": checkpoint, "width": 512, "height": 512,
                                        "steps": 150, "guidance_scale": 7, "scheduler": "Euler a", "seed": 3,
                                        "num_images": 1})
     job_id = url.split("job=")[1]
-    with socket(deployment, owner, job_id) as ws:
+    with job_socket(deployment, owner, job_id) as ws:
         while json.loads(ws.recv(timeout=120)).get("type") != "progress":
             pass
         assert cancel(deployment, stranger, job_id) == 404

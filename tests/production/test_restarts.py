@@ -6,9 +6,7 @@ import json
 import signal
 import time
 
-from tests.production.conftest import web_answers
-from tests.production.test_processes import sign_up, socket
-from tests.sdweb.test_up import free_port, wait_until
+from tests.support import free_port, http_sign_up, job_socket, wait_until, web_answers
 
 STATE = """
     from generation.models import Job
@@ -26,12 +24,12 @@ def test_restarting_web_and_worker_mid_job_loses_nothing(production):
     try:
         processes += [production.web(port, log), production.worker("gpu1", log)]
         wait_until(lambda: web_answers(base), timeout=60)
-        user = sign_up(base, "restarts")
+        user = http_sign_up(base, "restarts")
         form = {"prompt": "through restarts", "width": 512, "height": 512, "steps": 100, "guidance_scale": 7,
                 "scheduler": "Euler a", "seed": 5, "num_images": 1, "checkpoint": "1"}
         long_job = user.post("/generate/", form)[0].split("job=")[1]
         next_job = user.post("/generate/", {**form, "steps": 2})[0].split("job=")[1]
-        with socket(production, user, long_job) as ws:
+        with job_socket(production, user, long_job) as ws:
             while json.loads(ws.recv(timeout=120)).get("type") != "progress":
                 pass
         state = production.script(STATE.format(ids=[long_job, next_job]))
@@ -44,7 +42,7 @@ def test_restarting_web_and_worker_mid_job_loses_nothing(production):
         wait_until(lambda: web_answers(base), timeout=60)
 
         events = []  # what the job page's socket sees from the new web process
-        with socket(production, user, long_job) as ws:
+        with job_socket(production, user, long_job) as ws:
             while not events or events[-1].get("type") not in ("finished", "failed"):
                 events.append(json.loads(ws.recv(timeout=120)))
                 if events[-1].get("status") in ("succeeded", "failed"):

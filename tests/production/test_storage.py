@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.sdweb.test_up import free_port, wait_until
+from tests.support import free_port, wait_until
 
 RUN = """
 from django.contrib.auth.models import User

@@ -3,7 +3,7 @@
 import subprocess
 import sys
 
-from tests.sdweb.test_up import ROOT
+from tests.support import ROOT
 
 PRODUCTION = {"SDWEB_ENV": "production", "SDWEB_ALLOWED_HOSTS": "studio.example.com",
               "SECRET_KEY": "k" * 20 + "a-long-random-production-secret-0123456789"}

@@ -1,0 +1,297 @@
+"""What several test modules share: the people and the submissions, real processes (the studio,
+a production deployment on PostgreSQL and Redis), a browser over HTTP or Chromium, and small
+real models. Test modules import from here, never from each other or from a conftest."""
+
+import itertools
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.parse
+import urllib.request
+from http.cookiejar import CookieJar
+from pathlib import Path
+
+from websockets.sync.client import connect
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(condition, timeout=60):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+class Studio:
+    def __init__(self, var_dir: Path):
+        self.var_dir, self.port, self.process = var_dir, free_port(), None
+        self.base = f"http://127.0.0.1:{self.port}"
+
+    def env(self) -> dict:
+        env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
+        return {**env, "SDWEB_VAR_DIR": str(self.var_dir), "PYTHONUNBUFFERED": "1"}
+
+    def start(self):
+        self.log = open(self.var_dir / "up.log", "a")
+        self.process = subprocess.Popen([sys.executable, "manage.py", "up", "--port", str(self.port)], cwd=ROOT,
+                                        env=self.env(), stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(self.base + "/", timeout=2)
+                return
+            except OSError:
+                assert self.process.poll() is None, (self.var_dir / "up.log").read_text()
+                assert time.monotonic() < deadline, "the studio did not start"
+                time.sleep(0.2)
+
+    def stop(self) -> int:
+        self.process.send_signal(signal.SIGINT)
+        code = self.process.wait(timeout=60)
+        self.log.close()
+        return code
+
+    def manage(self, code: str) -> str:
+        """Run Python against the studio's database, as an operator's shell would."""
+        result = subprocess.run([sys.executable, "manage.py", "shell", "-c", code], cwd=ROOT, env=self.env(),
+                                capture_output=True, text=True, check=True)
+        return result.stdout.strip().splitlines()[-1]
+
+
+class Browser:
+    """Cookies and CSRF like a browser, over plain HTTP."""
+
+    def __init__(self, base):
+        self.base, self.jar = base, CookieJar()
+        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.jar))
+
+    def get(self, path):
+        with self.opener.open(self.base + path, timeout=30) as response:
+            return response.geturl(), response.read().decode()
+
+    def post(self, path, data):
+        _, page = self.get(path)
+        token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page).group(1)
+        body = urllib.parse.urlencode({**data, "csrfmiddlewaretoken": token}).encode()
+        request = urllib.request.Request(self.base + path, data=body, headers={"Referer": self.base + path})
+        with self.opener.open(request, timeout=30) as response:
+            return response.geturl(), response.read().decode()
+
+    def cookie(self, name):
+        return next(c.value for c in self.jar if c.name == name)
+
+
+def form_data(checkpoint, **overrides):
+    return {"prompt": "a lighthouse at dusk", "negative_prompt": "", "checkpoint": checkpoint.pk, "width": 256,
+            "height": 256, "steps": 4, "guidance_scale": 7, "scheduler": "Euler a", "seed": 42, "num_images": 2,
+            **overrides}
+
+
+def params(checkpoint, **overrides):
+    return {**form_data(checkpoint, **overrides), "checkpoint": checkpoint}
+
+
+def assert_ledger_balanced():
+    from django.db.models import Sum
+
+    from generation.models import CreditAccount, CreditEntry
+
+    for account in CreditAccount.objects.all():
+        assert account.balance == (CreditEntry.objects.filter(account=account).aggregate(s=Sum("amount"))["s"] or 0)
+
+
+def refunds(job) -> int:
+    from generation.models import CreditEntry
+
+    return CreditEntry.objects.filter(job=job, kind=CreditEntry.REFUND).count()
+
+
+def tiny_safety_checker(folder, threshold: float):
+    """diffusers' real StableDiffusionSafetyChecker, tiny and random; `threshold` sets its verdict."""
+    import torch
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+    from transformers import CLIPConfig, CLIPImageProcessor
+
+    small = dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2)
+    config = CLIPConfig(text_config=dict(small, vocab_size=100, bos_token_id=0, eos_token_id=1),
+                        vision_config=dict(small, image_size=32, patch_size=4), projection_dim=32)
+    torch.manual_seed(0)
+    model = StableDiffusionSafetyChecker(config)
+    with torch.no_grad():
+        model.concept_embeds_weights.fill_(threshold)
+        model.special_care_embeds_weights.fill_(threshold)
+    model.save_pretrained(folder, safe_serialization=True)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
+    return str(folder)
+
+
+POSTGRES = os.environ.get("SDWEB_TEST_POSTGRES", "postgres://postgres@127.0.0.1:5432/test")
+
+
+REDIS = os.environ.get("SDWEB_TEST_REDIS", "redis://127.0.0.1:6379/7")
+
+
+def missing_services() -> list[str]:
+    import psycopg
+    import redis
+
+    missing = []
+    try:
+        psycopg.connect(POSTGRES, connect_timeout=3).close()
+    except psycopg.Error as error:
+        missing.append(f"PostgreSQL at {POSTGRES} ({error.__class__.__name__})")
+    try:
+        redis.Redis.from_url(REDIS, socket_connect_timeout=3).ping()
+    except redis.RedisError as error:
+        missing.append(f"Redis at {REDIS} ({error.__class__.__name__})")
+    return missing
+
+
+class Production:
+    """A fresh database on the real PostgreSQL, a clean Redis database, and the environment that
+    every process of this deployment (web, workers, scripts) runs with."""
+
+    def __init__(self, var_dir: Path, database: str):
+        base = POSTGRES.rsplit("/", 1)[0]
+        self.env = {**{k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"},
+                    "DJANGO_SETTINGS_MODULE": "sdweb.settings",
+                    "DATABASE_URL": f"{base}/{database}", "REDIS_URL": REDIS, "SDWEB_VAR_DIR": str(var_dir),
+                    "SECRET_KEY": "production-tests-secret", "SDWEB_PREVIEW_INTERVAL": "0",
+                    "SDWEB_ACTIVE_JOB_CAP": "100", "PYTHONUNBUFFERED": "1"}
+
+    def web(self, port: int, log) -> subprocess.Popen:
+        """The ASGI web process (pages, API, websockets) as deployed."""
+        return subprocess.Popen([sys.executable, "-m", "uvicorn", "sdweb.asgi:application", "--host", "127.0.0.1",
+                                 "--port", str(port), "--log-level", "warning", "--ws", "websockets-sansio",
+                                 "--timeout-graceful-shutdown", "5"],
+                                cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+
+    def worker(self, name: str, log=subprocess.DEVNULL, env: dict | None = None) -> subprocess.Popen:
+        """A GPU host's Celery worker: prefork, one pool process."""
+        return subprocess.Popen([sys.executable, "-m", "celery", "-A", "sdweb", "worker", "--pool=prefork",
+                                 "--concurrency=1", "--loglevel=WARNING", "-n", f"{name}@%h"],
+                                cwd=ROOT, env=env or self.env, stdout=log, stderr=subprocess.STDOUT)
+
+    def script(self, code: str) -> dict:
+        """Run Python with Django set up against this deployment; it prints one JSON object."""
+        program = "import django, json\ndjango.setup()\n" + textwrap.dedent(code)
+        result = subprocess.run([sys.executable, "-c", program], cwd=ROOT, env=self.env, capture_output=True,
+                                text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def web_answers(base: str) -> bool:
+    """Whether the web process at `base` answers /healthz yet."""
+    try:
+        Browser(base).get("/healthz")
+        return True
+    except OSError:
+        return False
+
+
+def http_sign_up(base, name) -> Browser:
+    browser = Browser(base)
+    browser.post("/accounts/signup/", {"username": name, "password1": "a-long-pass-123",
+                                       "password2": "a-long-pass-123"})
+    return browser
+
+
+def job_socket(deployment, browser, job_id, origin="own"):
+    headers = {"Cookie": f"sessionid={browser.cookie('sessionid')}"}
+    if origin == "own":
+        headers["Origin"] = deployment.base
+    elif origin:
+        headers["Origin"] = origin
+    return connect(f"ws://127.0.0.1:{deployment.port}/ws/jobs/{job_id}/", additional_headers=headers)
+
+
+SCREENS = Path(__file__).parent / "e2e" / "screens"
+
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync"]
+
+
+PHONE = {"width": 390, "height": 844}
+
+
+_names = itertools.count(1)
+
+
+def sign_up(page, name=None) -> str:
+    name = name or f"user{next(_names)}"
+    page.goto("/accounts/signup/")
+    page.get_by_label("Username").fill(name)
+    page.get_by_label("Password", exact=True).fill("a-long-pass-123")
+    page.get_by_label("Password confirmation").fill("a-long-pass-123")
+    page.get_by_role("button", name="Create account").click()
+    page.wait_for_url("**/generate/")
+    return name
+
+
+def generate(page, prompt="a lighthouse at dusk", steps=4, images=2, size=256, wait=True):
+    """Fill the studio form and submit; wait for the images unless told not to."""
+    page.goto("/generate/")
+    page.get_by_label("Prompt", exact=True).fill(prompt)
+    page.get_by_label("Size").select_option(f"{size}x{size}")
+    page.get_by_label("Steps").fill(str(steps))
+    page.get_by_label("Images").fill(str(images))
+    page.get_by_role("button", name="Generate").click()
+    page.wait_for_url("**/generate/?job=*")
+    if wait:
+        page.wait_for_function(f"document.querySelectorAll('#images img').length == {images}")
+    return page.url.split("job=")[1]
+
+
+def balance(page) -> int:
+    return int(page.locator("#balance").text_content())
+
+
+def screenshot(page, name):
+    """Save the page as a person sees it, on a desktop and on a phone, for a look by eye."""
+    SCREENS.mkdir(exist_ok=True)
+    page.screenshot(path=SCREENS / f"{name}.png", full_page=True)
+    phone = page.context.browser.new_context(viewport=PHONE, storage_state=page.context.storage_state(),
+                                             base_url=page.url, bypass_csp=True)
+    try:
+        phone_page = phone.new_page()
+        phone_page.goto(page.url)
+        phone_page.screenshot(path=SCREENS / f"{name}-phone.png", full_page=True)
+    finally:
+        phone.close()
+
+
+def make_admin(studio, name="boss") -> str:
+    env = {**studio.env(), "DJANGO_SUPERUSER_PASSWORD": "admin-pass-123"}
+    subprocess.run([sys.executable, "manage.py", "createsuperuser", "--noinput", "--username", name,
+                    "--email", f"{name}@example.com"], cwd=ROOT, env=env, check=True, capture_output=True)
+    return name
+
+
+def staff_page(new_page, studio, name):
+    """A page signed in as a new superuser called `name`."""
+    make_admin(studio, name)
+    page = new_page()
+    page.goto("/admin/login/")
+    page.get_by_label("Username").fill(name)
+    page.get_by_label("Password").fill("admin-pass-123")
+    page.get_by_role("button", name="Log in").click()
+    return page
