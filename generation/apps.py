@@ -6,25 +6,23 @@ class GenerationConfig(AppConfig):
 
     def ready(self):
         from django.conf import settings
+        from django.contrib.admin.models import LogEntry
         from django.contrib.auth import get_user_model
         from django.db.models.signals import post_save
+
+        from generation.services.audit import staff_action
+        from generation.services.credits import credits_grant
 
         def starting_grant(sender, instance, created, raw=False, **kwargs):
             # Every new account, however it was made (sign-up, createsuperuser, admin), starts here.
             if created and not raw and settings.SDWEB["STARTING_CREDITS"] > 0:
-                from generation.services.credits import credits_grant
-
                 credits_grant(user=instance, amount=settings.SDWEB["STARTING_CREDITS"], reason="starting grant")
 
         post_save.connect(starting_grant, sender=get_user_model(), weak=False, dispatch_uid="sdweb-starting-grant")
 
-        from django.contrib.admin.models import LogEntry
-
         def admin_change(sender, instance, created, raw=False, **kwargs):
             # Every add, change and delete staff make in the admin is a staff action too.
             if created and not raw:
-                from generation.services.audit import staff_action
-
                 verb = {1: "add", 2: "change", 3: "delete"}.get(instance.action_flag, "edit")
                 staff_action(staff=instance.user, action=f"{verb} {instance.content_type.model}",
                              target=instance.object_repr, details=instance.get_change_message())

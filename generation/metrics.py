@@ -88,7 +88,7 @@ class WorkerCollector:
     """This worker process: its pipeline cache, and GPU memory when it has a GPU."""
 
     def collect(self):
-        from generation.engine.loading import PIPELINES
+        from generation.engine.loading import PIPELINES  # torch: only worker processes collect this
 
         info = PIPELINES.info()
         yield CounterMetricFamily("sdweb_worker_pipeline_cache_hits", "Runs that found their model loaded.",

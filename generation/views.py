@@ -10,7 +10,9 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
+from generation.dashboard import figures
 from generation.forms import SIZE_PRESETS, GenerateForm
+from generation.metrics import render_database_metrics
 from generation.models import Job
 from generation.presenters import back_to
 from generation.selectors import job_for_viewer
@@ -88,14 +90,10 @@ def metrics(request):
                                 "(SDWEB_METRICS_ALLOW).\n", status=401, content_type="text/plain")
         response["WWW-Authenticate"] = "Bearer"
         return response
-    from generation.metrics import render_database_metrics
-
     return HttpResponse(render_database_metrics(), content_type="text/plain; version=0.0.4; charset=utf-8")
 
 
 @staff_member_required
 def dashboard(request):
     """Staff: the key figures of the last 24 hours and 7 days, with jobs charted."""
-    from generation.dashboard import figures
-
     return render(request, "dashboard.html", {"windows": [figures(24), figures(24 * 7)]})

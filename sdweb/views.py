@@ -12,6 +12,7 @@ from generation.models import CreditAccount
 from generation.selectors import default_checkpoint
 from generation.services.credits import credits_topup_if_due
 from sdweb import services, throttle
+from sdweb.celery import app
 from sdweb.forms import SignUpForm
 from sdweb.models import Invite
 
@@ -131,8 +132,6 @@ def _probe_database():
 
 
 def _probe_broker():
-    from sdweb.celery import app
-
     with app.connection_for_write() as conn:
         conn.ensure_connection(max_retries=1, timeout=2)
 

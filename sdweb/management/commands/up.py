@@ -17,6 +17,7 @@ from generation.models import Job
 from generation.services.checkpoints import checkpoint_ensure_test_model
 from generation.services.queue import enqueue_job, jobs_recover_orphans
 from generation.services.run import SHUTTING_DOWN
+from sdweb.celery import app
 
 
 class Command(BaseCommand):
@@ -70,8 +71,6 @@ class Command(BaseCommand):
 
 def start_worker_thread():
     import warnings
-
-    from sdweb.celery import app
 
     # Root is the usual user in a container; the worker here runs no code that others send.
     warnings.filterwarnings("ignore", message="You're running the worker with superuser privileges")
