@@ -34,15 +34,15 @@ A1111_DEFAULT_PAYLOAD = {
 
 
 @pytest.fixture
-def dana(checkpoint):
-    User.objects.create_user("dana", password="dana-pass-123")
+def alice_a1111(alice, checkpoint):
+    """Alice's A1111 client: her username and password as HTTP Basic, as `webuiapi` sends them."""
     client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION="Basic " + base64.b64encode(b"dana:dana-pass-123").decode())
+    client.credentials(HTTP_AUTHORIZATION="Basic " + base64.b64encode(b"alice:alice-password-1").decode())
     return client
 
 
-def test_a1111s_full_default_payload_makes_watermarked_images_with_a1111_metadata(dana, worker):
-    response = dana.post("/sdapi/v1/txt2img", A1111_DEFAULT_PAYLOAD, format="json")
+def test_a1111s_full_default_payload_makes_watermarked_images_with_a1111_metadata(alice_a1111, worker):
+    response = alice_a1111.post("/sdapi/v1/txt2img", A1111_DEFAULT_PAYLOAD, format="json")
     assert response.status_code == 200, response.data
     info = json.loads(response.data["info"])
     assert response.data["parameters"]["sampler_name"] == "DPM++ 2M"
@@ -67,70 +67,70 @@ def test_a1111s_full_default_payload_makes_watermarked_images_with_a1111_metadat
     ({"override_settings": {"sd_vae": "other.pt"}}, "override_settings.sd_vae"), ({"width": 300}, "width"),
     ({"cfg_scale": 99}, "cfg_scale"), ({"batch_size": 0}, "batch_size"), ({"eta": 0.5}, "eta"),
 ])
-def test_a_value_that_would_change_the_result_is_a_400_naming_the_field(dana, change, field):
-    response = dana.post("/sdapi/v1/txt2img", {**A1111_DEFAULT_PAYLOAD, **change}, format="json")
+def test_a_value_that_would_change_the_result_is_a_400_naming_the_field(alice_a1111, change, field):
+    response = alice_a1111.post("/sdapi/v1/txt2img", {**A1111_DEFAULT_PAYLOAD, **change}, format="json")
     assert response.status_code == 400 and field in response.data["detail"], response.data
     assert not Job.objects.exists()
 
 
-def test_basic_auth_is_checked_once_then_remembered(dana, monkeypatch):
+def test_basic_auth_is_checked_once_then_remembered(alice_a1111, monkeypatch):
     checks = []
     monkeypatch.setattr("django.contrib.auth.base_user.check_password",
                         lambda *a, **k: checks.append(1) or check_password(*a, **k))
     for _ in range(3):
-        assert dana.get("/sdapi/v1/progress").status_code == 200
+        assert alice_a1111.get("/sdapi/v1/progress").status_code == 200
     assert len(checks) == 1
 
 
-def test_a_wrong_password_or_none_is_a_401(dana, checkpoint):
+def test_a_wrong_password_or_none_is_a_401(alice_a1111, checkpoint):
     stranger = APIClient()
     assert stranger.get("/sdapi/v1/sd-models").status_code == 401
-    stranger.credentials(HTTP_AUTHORIZATION="Basic " + base64.b64encode(b"dana:wrong").decode())
+    stranger.credentials(HTTP_AUTHORIZATION="Basic " + base64.b64encode(b"alice:wrong").decode())
     assert stranger.get("/sdapi/v1/sd-models").status_code == 401
 
 
-def test_progress_and_interrupt_see_only_the_callers_own_job(dana, checkpoint):
-    dana_user = User.objects.get(username="dana")
-    other = User.objects.create_user("erin", password="erin-pass-123")
+def test_progress_and_interrupt_see_only_the_callers_own_job(alice_a1111, carol, checkpoint):
+    alice_user = User.objects.get(username="alice")
+    other = carol
     params = {"prompt": "x", "checkpoint": checkpoint, "width": 256, "height": 256, "steps": 10,
               "guidance_scale": 7, "scheduler": "Euler a", "seed": 1, "num_images": 1}
     theirs = job_submit(user=other, params=params)
     Job.objects.filter(pk=theirs.pk).update(status="running", progress_step=3, progress_total=10)
-    assert dana.get("/sdapi/v1/progress").data["state"]["job_count"] == 0
-    dana.post("/sdapi/v1/interrupt")
+    assert alice_a1111.get("/sdapi/v1/progress").data["state"]["job_count"] == 0
+    alice_a1111.post("/sdapi/v1/interrupt")
     assert Job.objects.get(pk=theirs.pk).cancel_requested is False
-    mine = job_submit(user=dana_user, params=params)
+    mine = job_submit(user=alice_user, params=params)
     Job.objects.filter(pk=mine.pk).update(status="running", progress_step=5, progress_total=10, preview=b"jpeg",
                                           started_at=mine.created_at)
-    progress = dana.get("/sdapi/v1/progress").data
+    progress = alice_a1111.get("/sdapi/v1/progress").data
     assert progress["progress"] == 0.5 and progress["state"]["sampling_step"] == 5
     assert base64.b64decode(progress["current_image"]) == b"jpeg"
-    dana.post("/sdapi/v1/interrupt")
+    alice_a1111.post("/sdapi/v1/interrupt")
     assert Job.objects.get(pk=mine.pk).cancel_requested is True
 
 
-def test_models_samplers_schedulers_options_and_the_empty_lists(dana, checkpoint, tmp_path, test_model_folder):
+def test_models_samplers_schedulers_options_and_the_empty_lists(alice_a1111, checkpoint, tmp_path, test_model_folder):
     from generation.services.checkpoints import checkpoint_register
 
     checkpoint_register(name="second", source=test_model_folder)
-    models = dana.get("/sdapi/v1/sd-models").data
+    models = alice_a1111.get("/sdapi/v1/sd-models").data
     assert {m["model_name"] for m in models} == {"sdweb-test-tiny", "second"}
     assert models[0]["title"].endswith(f"[{models[0]['hash']}]") and len(models[0]["hash"]) == 10
-    samplers = {s["name"]: s for s in dana.get("/sdapi/v1/samplers").data}
+    samplers = {s["name"]: s for s in alice_a1111.get("/sdapi/v1/samplers").data}
     assert {"Euler a", "DPM++ 2M", "DPM++ SDE", "UniPC", "PLMS"} <= set(samplers)
-    assert [s["name"] for s in dana.get("/sdapi/v1/schedulers").data] == ["automatic", "uniform", "karras"]
-    assert dana.get("/sdapi/v1/options").data["sd_model_checkpoint"].startswith("sdweb-test-tiny [")
-    assert dana.post("/sdapi/v1/options", {"sd_model_checkpoint": "second [abc]"}, format="json").status_code == 200
-    assert dana.get("/sdapi/v1/options").data["sd_model_checkpoint"].startswith("second [")
-    assert dana.post("/sdapi/v1/options", {"sd_model_checkpoint": "nope"}, format="json").status_code == 400
+    assert [s["name"] for s in alice_a1111.get("/sdapi/v1/schedulers").data] == ["automatic", "uniform", "karras"]
+    assert alice_a1111.get("/sdapi/v1/options").data["sd_model_checkpoint"].startswith("sdweb-test-tiny [")
+    assert alice_a1111.post("/sdapi/v1/options", {"sd_model_checkpoint": "second [abc]"}, format="json").status_code == 200
+    assert alice_a1111.get("/sdapi/v1/options").data["sd_model_checkpoint"].startswith("second [")
+    assert alice_a1111.post("/sdapi/v1/options", {"sd_model_checkpoint": "nope"}, format="json").status_code == 400
     for name in ("loras", "upscalers", "sd-vae", "prompt-styles"):
-        assert dana.get(f"/sdapi/v1/{name}").data == []
-    assert dana.get("/sdapi/v1/embeddings").data == {"loaded": {}, "skipped": {}}
+        assert alice_a1111.get(f"/sdapi/v1/{name}").data == []
+    assert alice_a1111.get("/sdapi/v1/embeddings").data == {"loaded": {}, "skipped": {}}
 
 
-def test_insufficient_credits_is_refused_before_any_work(dana, checkpoint):
+def test_insufficient_credits_is_refused_before_any_work(alice_a1111, checkpoint):
     from generation.services.credits import credits_change
 
-    credits_change(user=User.objects.get(username="dana"), kind="adjust", amount=-100, reason="spent")
-    response = dana.post("/sdapi/v1/txt2img", A1111_DEFAULT_PAYLOAD, format="json")
+    credits_change(user=User.objects.get(username="alice"), kind="adjust", amount=-100, reason="spent")
+    response = alice_a1111.post("/sdapi/v1/txt2img", A1111_DEFAULT_PAYLOAD, format="json")
     assert response.status_code == 402 and "balance is 0" in response.data["detail"]
