@@ -33,7 +33,8 @@ class ImageSerializer(serializers.ModelSerializer):
 
     def update(self, image, validated_data):
         try:
-            return services.image_set_public(image=image, public=validated_data.get("is_public", image.is_public))
+            return services.image_set_public(image=image, public=validated_data.get("is_public", image.is_public),
+                                             actor=self.context["request"].user)
         except PermissionError as error:
             raise exceptions.PermissionDenied(str(error))
 
@@ -71,7 +72,7 @@ class ImageDetail(generics.RetrieveUpdateDestroyAPIView):
                                           pk=parse_image_id(self.kwargs["hex_id"]))
 
     def perform_destroy(self, image):
-        services.images_delete(images=[image])
+        services.images_delete(images=[image], actor=self.request.user)
 
 
 class ImageDownload(APIView):

@@ -35,10 +35,13 @@ class Image(models.Model):
         return self.id.to_bytes(8, "big")
 
     def can_view(self, user) -> bool:
-        return self.is_public or self.can_manage(user)
+        return self.is_public or self.may(user, "view")
 
-    def can_manage(self, user) -> bool:
-        return user.is_authenticated and (user.pk == self.owner_id or user.is_staff)
+    def may(self, user, action: str) -> bool:
+        """The owner may do anything with an image; staff only what their Django permission
+        (gallery.view_image, change_image, delete_image) allows."""
+        return user.is_authenticated and (user.pk == self.owner_id or user.is_staff
+                                          and user.has_perm(f"gallery.{action}_image"))
 
 
 class Report(models.Model):

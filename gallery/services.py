@@ -29,22 +29,31 @@ def image_files_delete(images) -> None:
 
 
 @transaction.atomic
-def image_set_public(*, image: Image, public: bool) -> Image:
+def image_set_public(*, image: Image, public: bool, actor) -> Image:
     """Public images get a fresh share slug; making one private closes the old link at once.
-    An image staff hid stays private."""
+    An image staff hid stays private, and so do a suspended owner's. Staff changing someone
+    else's image leave a staff action."""
     if public and image.hidden:
         raise PermissionError("Staff hid this image; it can't be made public again.")
+    if public and UserSettings.objects.filter(user_id=image.owner_id, suspended_at__isnull=False).exists():
+        raise PermissionError("This account is suspended, so its images can't be made public.")
     image.is_public = public
     image.share_slug = secrets.token_urlsafe(16) if public else None
     image.save(update_fields=["is_public", "share_slug"])
+    if actor.pk != image.owner_id:
+        staff_action(staff=actor, action="publish image" if public else "unpublish image", target=str(image))
     return image
 
 
-def images_delete(*, images) -> int:
-    """Delete images and their files. Rows go first: a file without its row is never served."""
+def images_delete(*, images, actor=None) -> int:
+    """Delete images and their files. Rows go first: a file without its row is never served.
+    Staff deleting someone else's image leave a staff action."""
     images = list(images)
     with transaction.atomic():
         Image.objects.filter(pk__in=[image.pk for image in images]).delete()
+        for image in images:
+            if actor is not None and actor.pk != image.owner_id:
+                staff_action(staff=actor, action="delete image", target=str(image), details=f"owner {image.owner_id}")
     image_files_delete(images)
     return len(images)
 

@@ -1,5 +1,6 @@
 import tempfile
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import authenticate
 from django.contrib.auth.decorators import login_required
@@ -15,6 +16,7 @@ from gallery.selectors import gallery_page, parse_image_id
 from generation.models import Job
 from generation.presenters import back_to
 from generation.services.submit import Refused, job_submit
+from sdweb import throttle
 from sdweb.throttle import client_ip
 
 
@@ -22,10 +24,12 @@ def _image(hex_id) -> Image:
     return get_object_or_404(Image.objects.select_related("job", "job__checkpoint"), pk=parse_image_id(hex_id))
 
 
-def _managed(request, hex_id) -> Image:
+def _managed(request, hex_id, action: str) -> Image:
+    """The image if the user may `action` it (view, change or delete); else a 404, the same
+    answer as for an id that doesn't exist."""
     image = _image(hex_id)
-    if not image.can_manage(request.user):
-        raise Http404  # the same answer as for an id that doesn't exist
+    if not image.may(request.user, action):
+        raise Http404
     return image
 
 
@@ -70,6 +74,8 @@ def share(request, slug):
 def share_report(request, slug):
     """Anyone may report a public image; staff see it in the admin's Reports."""
     image = get_object_or_404(Image, share_slug=slug, is_public=True)
+    if throttle.over_limit("report-ip", client_ip(request), settings.SDWEB["REPORTS_PER_WINDOW"]):
+        return throttle.lockout_response(request)
     services.report_create(image=image, reporter=request.user, reason=request.POST.get("reason", ""))
     messages.success(request, "Thank you: staff will look at this image.")
     return redirect("share", slug=slug)
@@ -77,7 +83,7 @@ def share_report(request, slug):
 
 @login_required
 def image_page(request, hex_id):
-    image = _managed(request, hex_id)
+    image = _managed(request, hex_id, "view")
     job = image.job
     settings_query = urlencode({**{k: v for k, v in job.params().items() if k != "num_images"},
                                 "seed": image.seed, "checkpoint": job.checkpoint_id, "num_images": 1})
@@ -89,7 +95,8 @@ def image_page(request, hex_id):
 @require_POST
 def image_visibility(request, hex_id):
     try:
-        image = services.image_set_public(image=_managed(request, hex_id), public=request.POST.get("public") == "1")
+        image = services.image_set_public(image=_managed(request, hex_id, "change"),
+                                          public=request.POST.get("public") == "1", actor=request.user)
     except PermissionError as error:
         messages.error(request, str(error))
         return redirect("image", hex_id=hex_id)
@@ -101,7 +108,7 @@ def image_visibility(request, hex_id):
 @login_required
 @require_POST
 def image_delete(request, hex_id):
-    services.images_delete(images=[_managed(request, hex_id)])
+    services.images_delete(images=[_managed(request, hex_id, "delete")], actor=request.user)
     messages.success(request, "Image deleted.")
     return redirect("gallery")
 
@@ -110,7 +117,7 @@ def image_delete(request, hex_id):
 @require_POST
 def image_variants(request, hex_id):
     """Same settings, new seeds: a new job through the same checks, charge and audit."""
-    job = _managed(request, hex_id).job
+    job = _managed(request, hex_id, "view").job
     params = {**job.params(), "seed": -1, "checkpoint": job.checkpoint}
     try:
         new_job = job_submit(user=request.user, params=params, client_ip=client_ip(request))

@@ -112,12 +112,12 @@ class PromptAuditAdmin(AppendOnlyAdmin):
 
     def trace(self, request):
         """Trace an image: upload it, read its watermark, show the audit row that made it."""
-        if not self.has_view_permission(request):
+        if not request.user.has_perm("generation.trace_image"):
             raise PermissionDenied
         result, error = None, None
         if request.method == "POST":
             try:
-                result = trace_image(request.FILES.get("image"))
+                result = trace_image(request.FILES.get("image"), staff=request.user)
             except ValueError as problem:
                 error = str(problem)
         return TemplateResponse(request, "admin/generation/promptaudit/trace.html", {

@@ -146,11 +146,17 @@ class Quote(APIView):
 
 
 
-class Trace(APIView):
-    """Staff only: upload an image (multipart field `image`); its watermark (or, failing that, its
-    PNG metadata) gives the image id, and the audit log the job, owner, prompt, time and checkpoint."""
+class CanTrace(permissions.BasePermission):
+    def has_permission(self, request, view):
+        return bool(request.user and request.user.is_staff and request.user.has_perm("generation.trace_image"))
 
-    permission_classes = [permissions.IsAdminUser]
+
+class Trace(APIView):
+    """Staff with the trace_image permission: upload an image (multipart field `image`); its
+    watermark (or, failing that, its PNG metadata) gives the image id, and the audit log the job,
+    owner, prompt, time and checkpoint. Each trace is recorded as a staff action."""
+
+    permission_classes = [CanTrace]
     parser_classes = [parsers.MultiPartParser]
 
     @extend_schema(request=inline_serializer("TraceUpload", {"image": serializers.ImageField()}),
@@ -167,7 +173,7 @@ class Trace(APIView):
                    }))
     def post(self, request):
         try:
-            return Response(trace_image(request.FILES.get("image")))
+            return Response(trace_image(request.FILES.get("image"), staff=request.user))
         except ValueError as error:
             field, _, message = str(error).partition(": ")
             raise ValidationError({field: [message]})

@@ -184,6 +184,7 @@ class PromptAudit(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-id"]
+        permissions = [("trace_image", "Can trace an image to the job, owner and prompt that made it")]
 
     def save(self, *args, **kwargs):
         if not self._state.adding:

@@ -4,11 +4,11 @@ from generation.models import Checkpoint, Job, UserSettings
 
 
 def job_for_viewer(user, job_id) -> Job | None:
-    """The job if `user` may watch it (its owner or staff), else None."""
+    """The job if `user` may watch it (its owner, or staff with generation.view_job), else None."""
     if not user.is_authenticated:
         return None
     jobs = Job.objects.select_related("checkpoint")
-    if not user.is_staff:
+    if not (user.is_staff and user.has_perm("generation.view_job")):
         jobs = jobs.filter(user=user)
     return jobs.filter(pk=job_id).first()
 

@@ -9,21 +9,38 @@ from generation.engine.metadata import read_png_marking, read_png_parameters
 from generation.engine.watermark import read_watermark
 from generation.models import AuditImage
 from generation.provenance import read_credentials
+from generation.services.audit import staff_action
 
 MAX_UPLOAD_BYTES = 30 * 1024 * 1024
+MAX_UPLOAD_PIXELS = 4096 * 4096
+FORMATS = ("PNG", "JPEG", "WEBP")  # no other decoder (EPS runs Ghostscript) ever sees an upload
 
 
-def trace_image(upload) -> dict:
-    """What sdweb knows about the uploaded image; ValueError names the field for a bad upload."""
+def trace_image(upload, *, staff) -> dict:
+    """What sdweb knows about the uploaded image, for `staff` (who needs generation.trace_image;
+    each trace is a staff action); ValueError names the field for a bad upload."""
+    result = _trace(upload)
+    staff_action(staff=staff, action="trace image", target=result["image_id"] or "(no id found)",
+                 details=result["message"])
+    return result
+
+
+def _trace(upload) -> dict:
     if upload is None:
         raise ValueError("image: upload a PNG, JPEG or WebP file")
     if upload.size > MAX_UPLOAD_BYTES:
         raise ValueError(f"image: at most {MAX_UPLOAD_BYTES // 2**20} MB")
     try:
-        picture = PILImage.open(upload)
+        picture = PILImage.open(upload, formats=FORMATS)  # reads the header only
+    except (UnidentifiedImageError, OSError, PILImage.DecompressionBombError):
+        raise ValueError("image: upload a PNG, JPEG or WebP file")
+    if picture.width * picture.height > MAX_UPLOAD_PIXELS:
+        raise ValueError(f"image: at most {MAX_UPLOAD_PIXELS // 10**6} megapixels "
+                         f"(this one has {picture.width}x{picture.height})")
+    try:
         picture.load()
-    except (UnidentifiedImageError, OSError, PILImage.DecompressionBombError) as error:
-        raise ValueError(f"image: not an image this site can read ({error.__class__.__name__})")
+    except (OSError, PILImage.DecompressionBombError) as error:
+        raise ValueError(f"image: the file is damaged ({error.__class__.__name__})")
     upload.seek(0)
     credentials = read_credentials(upload.read(), PILImage.MIME.get(picture.format, "image/png"))
     payload = read_watermark(picture.convert("RGB"))

@@ -4,7 +4,7 @@ import uuid
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.admin.views.decorators import staff_member_required
-from django.contrib.auth.decorators import login_required
+from django.contrib.auth.decorators import login_required, permission_required
 from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -94,6 +94,7 @@ def metrics(request):
 
 
 @staff_member_required
+@permission_required("generation.view_job", raise_exception=True)
 def dashboard(request):
     """Staff: the key figures of the last 24 hours and 7 days, with jobs charted."""
     return render(request, "dashboard.html", {"windows": [figures(24), figures(24 * 7)]})

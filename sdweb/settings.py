@@ -5,7 +5,9 @@ in-memory channel layer, media in a local folder, the built-in test model. The R
 every variable.
 """
 
+import ipaddress
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -57,6 +59,14 @@ def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
     return _parsed(name, default, parse, "one of " + ", ".join(choices))
 
 
+def env_networks(name: str) -> list:
+    """Comma-separated addresses or networks (10.0.0.0/8)."""
+    def parse(raw):
+        return [ipaddress.ip_network(part.strip()) for part in raw.split(",") if part.strip()]
+
+    return _parsed(name, [], parse, "addresses or networks separated by commas")
+
+
 def database_from_url(url: str) -> dict:
     """DATABASE_URL as Django wants it, query options (?sslmode=require ...) included."""
     if not url.startswith(("sqlite:", "postgres:", "postgresql:")):
@@ -100,6 +110,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "drf_spectacular",
     "drf_spectacular_sidecar",
+    "axes",
     "sdweb",
     "generation",
     "gallery",
@@ -113,6 +124,16 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "axes.middleware.AxesMiddleware",  # turns a lockout during sign-in into the 429 page
+]
+# django-axes checks every authenticate() (sign-in pages, the admin, HTTP Basic, password
+# re-checks) before any password is hashed; sdweb.throttle.StudioLockouts says when to lock.
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 10}},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
 ROOT_URLCONF = "sdweb.urls"
 TEMPLATES = [
@@ -178,6 +199,7 @@ if PRODUCTION:
     SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SDWEB_HSTS_SUBDOMAINS", True)
     SECURE_HSTS_PRELOAD = env_bool("SDWEB_HSTS_PRELOAD", True)
     SECURE_CONTENT_TYPE_NOSNIFF = True
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$"]  # load balancers probe over plain HTTP
 
 REDIS_URL = env("REDIS_URL")
 if REDIS_URL:
@@ -220,6 +242,8 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "sdweb.pagination.Pages",
     "PAGE_SIZE": 50,
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["sdweb.parsers.JSONParser", "rest_framework.parsers.FormParser",
+                               "rest_framework.parsers.MultiPartParser"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
 }
 SPECTACULAR_SETTINGS = {
@@ -253,7 +277,11 @@ SDWEB = {
     "REGISTRATION": env_choice("SDWEB_REGISTRATION", "open", ("open", "invite", "closed")),
     "AUTH_ATTEMPTS_PER_IP": env_int("SDWEB_AUTH_ATTEMPTS_PER_IP", 20),
     "AUTH_FAILURES_PER_ACCOUNT": env_int("SDWEB_AUTH_FAILURES_PER_ACCOUNT", 5),
-    "AUTH_WINDOW_SECONDS": env_int("SDWEB_AUTH_WINDOW_SECONDS", 900),
+    "AUTH_WINDOW_SECONDS": env_int("SDWEB_AUTH_WINDOW_SECONDS", 900, minimum=1),
+    "RESETS_PER_WINDOW": env_int("SDWEB_RESETS_PER_WINDOW", 3, minimum=1),  # password-reset mails per address and per IP
+    "REPORTS_PER_WINDOW": env_int("SDWEB_REPORTS_PER_WINDOW", 10, minimum=1),  # image reports per client IP
+    # Proxies whose X-Forwarded-For is believed (addresses or networks); empty: none, REMOTE_ADDR is the client.
+    "TRUSTED_PROXIES": env_networks("SDWEB_TRUSTED_PROXIES"),
     "MODELS_DIR": Path(env("SDWEB_MODELS_DIR", str(VAR_DIR / "models"))),
     "AUDIT_RETENTION_DAYS": env_int("SDWEB_AUDIT_RETENTION_DAYS", 365),  # prune_audit keeps at least this
     # Prompt filter rules beside the admin's: words or phrases, "re:" before a regular expression; "|" between
@@ -288,3 +316,12 @@ LOGGING = {
                                                           ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"))},
     "loggers": {"celery": {"level": "WARNING"}, "uvicorn.access": {"level": "WARNING"}},
 }
+
+AXES_HANDLER = "sdweb.throttle.StudioLockouts"
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_COOLOFF_TIME = timedelta(seconds=SDWEB["AUTH_WINDOW_SECONDS"])
+AXES_USERNAME_CALLABLE = "sdweb.throttle.normalised_username"
+AXES_CLIENT_IP_CALLABLE = "sdweb.throttle.axes_client_ip"
+AXES_LOCKOUT_CALLABLE = "sdweb.throttle.lockout_response"
+AXES_RESET_ON_SUCCESS = True
+AXES_VERBOSE = False

@@ -1,9 +1,11 @@
+from axes.handlers.proxy import AxesProxyHandler
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import login
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
-from django.db import connection, transaction
+from django.contrib.auth.signals import user_login_failed
+from django.db import IntegrityError, connection, transaction
 from django.http import JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
@@ -15,8 +17,6 @@ from sdweb import services, throttle
 from sdweb.celery import app
 from sdweb.forms import SignUpForm
 from sdweb.models import Invite
-
-TOO_MANY = "Too many attempts. Wait a few minutes and try again."
 
 
 def studio_context(request):
@@ -35,26 +35,36 @@ def home(request):
     return render(request, "home.html")
 
 
-class LoginView(auth_views.LoginView):
-    """Django's sign-in, throttled per client IP and per account name."""
+class PasswordChangeView(auth_views.PasswordChangeView):
+    """Django's password change. A wrong current password counts as a failed sign-in of the
+    account (Django's form checks it without authenticate(), so axes would not see it)."""
 
     def post(self, request, *args, **kwargs):
-        limits = settings.SDWEB
-        ip, name = throttle.client_ip(request), request.POST.get("username", "").lower()
-        throttle.count("login-ip", ip, limits["AUTH_WINDOW_SECONDS"])
-        if (throttle.too_many("login-ip", ip, limits["AUTH_ATTEMPTS_PER_IP"], limits["AUTH_WINDOW_SECONDS"])
-                or throttle.too_many("login-user", name, limits["AUTH_FAILURES_PER_ACCOUNT"],
-                                     limits["AUTH_WINDOW_SECONDS"])):
-            form = self.get_form()
-            form.errors.clear()
-            form.add_error(None, TOO_MANY)
-            return self.render_to_response(self.get_context_data(form=form), status=429)
+        if AxesProxyHandler.is_locked(request, {"username": request.user.get_username()}):
+            return throttle.lockout_response(request)
         return super().post(request, *args, **kwargs)
 
     def form_invalid(self, form):
-        name = self.request.POST.get("username", "").lower()
-        throttle.count("login-user", name, settings.SDWEB["AUTH_WINDOW_SECONDS"])
+        if "old_password" in form.errors:
+            user_login_failed.send(sender=__name__, credentials={"username": self.request.user.get_username()},
+                                   request=self.request)
         return super().form_invalid(form)
+
+
+class PasswordResetView(auth_views.PasswordResetView):
+    """Django's password reset, at most SDWEB_RESETS_PER_WINDOW mails per address and per client."""
+
+    def post(self, request, *args, **kwargs):
+        limit = settings.SDWEB["RESETS_PER_WINDOW"]
+        email = request.POST.get("email", "").strip().casefold()
+        if (throttle.over_limit("reset-ip", throttle.client_ip(request), limit)
+                or throttle.over_limit("reset-email", email, limit)):
+            return throttle.lockout_response(request)
+        return super().post(request, *args, **kwargs)
+
+
+class InviteTaken(Exception):
+    pass
 
 
 def signup(request, code=None):
@@ -64,20 +74,20 @@ def signup(request, code=None):
         return render(request, "signup_closed.html", {"mode": mode}, status=403)
     form = SignUpForm(request.POST or None)
     if request.method == "POST":
-        limits = settings.SDWEB
-        ip = throttle.client_ip(request)
-        throttle.count("signup-ip", ip, limits["AUTH_WINDOW_SECONDS"])
-        if throttle.too_many("signup-ip", ip, limits["AUTH_ATTEMPTS_PER_IP"], limits["AUTH_WINDOW_SECONDS"]):
-            form.add_error(None, TOO_MANY)
+        if throttle.over_limit("signup-ip", throttle.client_ip(request), settings.SDWEB["AUTH_ATTEMPTS_PER_IP"]):
+            form.add_error(None, throttle.TOO_MANY)
             return render(request, "signup.html", {"form": form}, status=429)
         if form.is_valid():
-            with transaction.atomic():
-                user = form.save()  # the starting grant comes with the account (generation.signals)
-                if invite:
-                    claimed = Invite.objects.filter(pk=invite.pk, used_by=None).update(used_by=user)
-                    if not claimed:
-                        transaction.set_rollback(True)
-                        return render(request, "signup_closed.html", {"mode": mode}, status=403)
+            try:
+                with transaction.atomic():
+                    user = form.save()  # the starting grant comes with the account (generation.apps)
+                    if invite and not Invite.objects.filter(pk=invite.pk, used_by=None).update(used_by=user):
+                        raise InviteTaken  # another sign-up used it first: undo this account
+            except InviteTaken:
+                return render(request, "signup_closed.html", {"mode": mode}, status=403)
+            except IntegrityError:  # the same name signed up a moment earlier
+                form.add_error("username", "A user with that username already exists.")
+                return render(request, "signup.html", {"form": form}, status=400)
             login(request, user, backend="django.contrib.auth.backends.ModelBackend")
             messages.success(request, f"Welcome! You have {settings.SDWEB['STARTING_CREDITS']} credits to start.")
             return redirect("generate")

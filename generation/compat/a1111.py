@@ -30,7 +30,8 @@ from sdweb.throttle import client_ip
 # as we make it; any other value is refused by name rather than silently ignored.
 NEUTRAL = {
     "enable_hr": (False, None), "styles": ([], None), "subseed": (-1, 0, None), "subseed_strength": (0, 0.0, None),
-    "seed_resize_from_h": (-1, 0, None), "seed_resize_from_w": (-1, 0, None), "eta": (None,),
+    "seed_resize_from_h": (-1, 0, None), "seed_resize_from_w": (-1, 0, None),
+    "eta": (None, 0, 1),  # which of these leaves the image as we make it depends on the sampler (below)
     "s_churn": (0, 0.0, None), "s_tmin": (0, 0.0, None), "s_tmax": (None, 0, 0.0, float("inf")),
     "s_noise": (1, 1.0, None), "s_min_uncond": (0, 0.0, None), "restore_faces": (False, None),
     "tiling": (False, None), "refiner_checkpoint": (None, ""), "refiner_switch_at": (None, 0),
@@ -110,11 +111,19 @@ def translate(payload: dict, user) -> tuple[dict, list[str]]:
             ignored.append(f"override_settings.{key}")
         else:
             raise ValueError(f"override_settings.{key}: not supported")
+    for field in ("sampler_name", "sampler_index", "scheduler"):
+        if not isinstance(payload.get(field) or "", str):
+            raise ValueError(f"{field}: a name is required, such as \"Euler a\" or \"Karras\"")
     sampler = payload.get("sampler_name") or payload.get("sampler_index") or "Euler"
     try:
         scheduler = resolve_scheduler(sampler, payload.get("scheduler") or "automatic")
     except ValueError as error:
         raise ValueError(f"sampler_name: {error}") from error
+    # A1111 runs ancestral samplers at eta 1 and DDIM at 0 (its defaults; webuiapi always sends 1);
+    # the other samplers ignore eta.
+    eta_default = {"DDIM": 0, "Euler a": 1, "DPM++ SDE Karras": 1}.get(scheduler)
+    if payload.get("eta") is not None and eta_default is not None and payload["eta"] != eta_default:
+        raise ValueError(f"eta: {payload['eta']!r} is not supported with {scheduler} (only {eta_default})")
     batch_size, n_iter = payload.get("batch_size", 1), payload.get("n_iter", 1)
     if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in (batch_size, n_iter)):
         raise ValueError("batch_size and n_iter: whole numbers of at least 1")

@@ -24,6 +24,7 @@ from generation.selectors import user_checkpoint
 from generation.services.audit import audit_refused
 from generation.services.submit import Refused, job_submit
 from sdweb import throttle
+from sdweb.parsers import loads
 from sdweb.services import api_key_user
 
 FORMATS = {"png": ("PNG", "image/png"), "jpeg": ("JPEG", "image/jpeg"), "webp": ("WEBP", "image/webp")}
@@ -63,7 +64,7 @@ def authenticate(request):
 def parse(request, user) -> dict:
     """The body as submit params and options; a refusal here is audited like any other."""
     try:
-        data = json.loads(request.body or b"{}")
+        data = loads(request.body or b"{}")
     except ValueError:
         data = None
     try:
@@ -103,7 +104,7 @@ def _spec(data, user) -> dict:
     for param, value, allowed in (("response_format", response_format, ("b64_json", "url")),
                                   ("output_format", output_format, tuple(FORMATS)),
                                   ("partial_images", partial_images, (0, 1, 2, 3))):
-        if value not in allowed:
+        if type(value) is not type(allowed[0]) or value not in allowed:  # 1.0 and True are not 1 here
             raise OpenAIError(400, f"{param} must be one of {', '.join(map(str, allowed))}.", param=param)
     stream = data.get("stream") is True
     if stream and n != 1:
@@ -211,7 +212,9 @@ def signed_file(request, token):
         claim = SIGNER.unsign_object(token, max_age=settings.SDWEB["SIGNED_URL_SECONDS"])
     except signing.BadSignature:  # includes SignatureExpired
         raise Http404
-    image = Image.objects.filter(pk=int(claim["image"], 16)).first()
-    if image is None:
+    image = Image.objects.filter(pk=int(claim["image"], 16), hidden=False).first()
+    if image is None:  # deleted, or taken down by staff: the link dies with it
         raise Http404
-    return FileResponse(io.BytesIO(encoded(image, claim["format"])), content_type=FORMATS[claim["format"]][1])
+    response = FileResponse(io.BytesIO(encoded(image, claim["format"])), content_type=FORMATS[claim["format"]][1])
+    response["Cache-Control"] = "private, no-store"  # a copy kept elsewhere would outlive a take-down
+    return response

@@ -16,6 +16,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from generation.engine.request import MAX_PROMPT_CHARS
 from generation.models import AuditChain, AuditImage, Job, PromptAudit, StaffAction
 
 GENESIS = "0" * 64
@@ -58,15 +59,20 @@ def chain_append(**fields) -> PromptAudit:
 
 def audit_append(*, user, client_ip, params: dict, decision: str, reason: str = "", checkpoint=None,
                  job: Job | None = None) -> PromptAudit:
-    """One submission as decided: the prompts whole (made storable), the settings, the decision."""
+    """One submission as decided: the prompts (made storable; past MAX_PROMPT_CHARS, that much of
+    them with the whole one's length and SHA-256), the settings, the decision."""
     params = params if isinstance(params, dict) else {}
     shown = {k: v for k, v in params.items() if k in Job.PARAMS and k not in ("prompt", "negative_prompt")}
     if job is not None:
         shown.update({f: getattr(job, f) for f in (*Job.PARAMS[2:], "cost")})
     checkpoint_name = checkpoint.name if checkpoint else str(params.get("checkpoint") or "")
     texts = [str(params.get(f) or "") for f in ("prompt", "negative_prompt")]
-    stored = [storable(text) for text in texts]
-    if stored != texts:
+    for field, text in zip(("prompt", "negative_prompt"), texts):
+        if len(text) > MAX_PROMPT_CHARS:  # refused anyway: a megabyte must not go into the log for good
+            shown[f"{field}_length"] = len(text)
+            shown[f"{field}_sha256"] = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    stored = [storable(text[:MAX_PROMPT_CHARS]) for text in texts]
+    if stored != [text[:MAX_PROMPT_CHARS] for text in texts]:
         reason += " (characters that cannot be stored are written as \\x00 and \\uXXXX escapes)"
     return chain_append(
         user=user, username=user.get_username(), subject=pseudonym(user.pk), client_ip=client_ip,

@@ -20,6 +20,7 @@ from django.test.utils import setup_test_environment  # noqa: E402
 from hypothesis import HealthCheck, example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
+from generation.engine.request import MAX_PROMPT_CHARS  # noqa: E402
 from generation.models import CreditAccount, Job, PromptAudit  # noqa: E402
 from generation.services.checkpoints import checkpoint_ensure_test_model  # noqa: E402
 from generation.services.credits import credits_grant  # noqa: E402
@@ -109,11 +110,15 @@ def with_examples(test):
 def api(body):
     attempt("api", rich, lambda c: c.post("/api/v1/jobs/", json.dumps(body), content_type="application/json"),
             lambda r: r.status_code == 400 and set(r.json()) <= {*FIELDS, "non_field_errors"})
-    prompt, audited = body.get("prompt"), PromptAudit.objects.filter(user=rich).order_by("-id").first().prompt
-    if isinstance(prompt, str):  # kept whole, what PostgreSQL can't store escaped where it can be seen
-        assert len(audited) >= len(prompt.strip()), (prompt[:50], audited[:50])
+    row = PromptAudit.objects.filter(user=rich).order_by("-id").first()
+    prompt, audited = body.get("prompt"), row.prompt
+    if isinstance(prompt, str):  # kept up to the cap, what PostgreSQL can't store escaped where it can be seen
+        kept = prompt[:MAX_PROMPT_CHARS]
+        assert len(audited) >= len(kept.strip()), (prompt[:50], audited[:50])
         for bad, shown in ((NUL, "\\x00"), (SURROGATE, "\\ud800")):
-            assert (bad in prompt) <= (shown in audited), (prompt[:50], audited[:50])
+            assert (bad in kept) <= (shown in audited), (prompt[:50], audited[:50])
+        if len(prompt) > MAX_PROMPT_CHARS:  # a longer one is known by its length and hash
+            assert row.params["prompt_length"] == len(prompt) and len(row.params["prompt_sha256"]) == 64
 
 
 @with_examples
