@@ -34,6 +34,7 @@ class JobAdmin(admin.ModelAdmin):
 class CreditAccountForm(forms.ModelForm):
     adjust_by = forms.IntegerField(required=False, help_text="Credits to add (negative to remove)")
     reason = forms.CharField(required=False, max_length=200)
+    allow_negative = forms.BooleanField(required=False, help_text="Let this adjustment take the balance below zero")
 
     class Meta:
         model = CreditAccount
@@ -43,11 +44,16 @@ class CreditAccountForm(forms.ModelForm):
         data = super().clean()
         if data.get("adjust_by") and not data.get("reason"):
             self.add_error("reason", "Say why the balance changes; it goes into the ledger.")
+        after = self.instance.balance + (data.get("adjust_by") or 0)
+        if after < 0 and (data.get("adjust_by") or 0) < 0 and not data.get("allow_negative"):
+            self.add_error("adjust_by", f"This would leave the balance at {after}. Remove at most "
+                                        f"{self.instance.balance}, or tick \"Allow negative\" if you mean it.")
         return data
 
 
 class CreditEntryInline(admin.TabularInline):
     model = CreditEntry
+    verbose_name, verbose_name_plural = "ledger row", "ledger (every change of the balance, newest first)"
     fields = ("created_at", "kind", "amount", "reason", "job", "staff")
     readonly_fields = fields
     extra = 0
@@ -70,6 +76,9 @@ class CreditAccountAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request):
         return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False  # an account goes only with its user: the ledger must add up
 
     def save_model(self, request, obj, form, change):
         amount = form.cleaned_data.get("adjust_by")

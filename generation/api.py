@@ -64,14 +64,13 @@ class JobList(generics.ListCreateAPIView):
         params = dict(form.validated_data)
         params.setdefault("checkpoint", default_checkpoint())
         key = request.headers.get("Idempotency-Key")
-        earlier = key and Job.objects.filter(user=request.user, idempotency_key=key).exists()
         try:
             job = job_submit(user=request.user, params=params, client_ip=client_ip(request), idempotency_key=key)
         except Refused as refusal:
             if refusal.field:
                 raise ValidationError({refusal.field: [str(refusal)]})
             return Response({"detail": str(refusal), "code": refusal.code}, status=refusal_status(refusal))
-        return Response(JobSerializer(job).data, status=status.HTTP_200_OK if earlier else status.HTTP_201_CREATED)
+        return Response(JobSerializer(job).data, status=status.HTTP_200_OK if job.replayed else status.HTTP_201_CREATED)
 
 
 class JobDetail(generics.RetrieveAPIView):

@@ -23,8 +23,12 @@ def image_summary(hex_id: str, seed: int) -> dict:
             "url": reverse("image-file", args=[hex_id]), "thumbnail": reverse("image-thumbnail", args=[hex_id])}
 
 
-def job_images(job: Job) -> list[dict]:
-    return [image_summary(image.hex_id, image.seed) for image in job.images.order_by("index")]
+def job_images(job: Job, api: bool = False) -> list[dict]:
+    """The job's images; for API clients `url` is the download their API key opens."""
+    shown = [image_summary(image.hex_id, image.seed) for image in job.images.order_by("index")]
+    if api:
+        shown = [{**image, "url": reverse("api-image-download", args=[image["id"]])} for image in shown]
+    return shown
 
 
 def data_url(image: bytes) -> str:

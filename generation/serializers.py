@@ -40,7 +40,7 @@ class JobCreateSerializer(serializers.Serializer):
 class ImageSummarySerializer(serializers.Serializer):
     id = serializers.CharField(help_text="The image's id (16 hex digits), also its watermark payload.")
     seed = serializers.IntegerField(help_text="The seed that made it.")
-    url = serializers.CharField(help_text="The original PNG.")
+    url = serializers.CharField(help_text="The original PNG (GET it with your API key).")
     thumbnail = serializers.CharField(help_text="A small WebP.")
     page = serializers.CharField(help_text="The image's page in the studio.")
 
@@ -81,7 +81,7 @@ class JobSerializer(serializers.ModelSerializer):
 
     @extend_schema_field(ImageSummarySerializer(many=True))
     def get_images(self, job):
-        return job_images(job)
+        return job_images(job, api=True)
 
     def get_queue_position(self, job) -> int | None:
         return queue_position(job) if job.status == Job.QUEUED else None

@@ -156,6 +156,13 @@ DATABASES = {"default": database_from_url(env("DATABASE_URL", f"sqlite:///{VAR_D
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     # The web thread and the worker thread share the file: wait for a lock rather than fail.
     DATABASES["default"]["OPTIONS"] = {"timeout": 30, "transaction_mode": "IMMEDIATE"}
+    if DATABASES["default"]["NAME"] not in ("", ":memory:"):
+        # Password hashes live in it: readable by the studio's own user only (SQLite's journal
+        # files take the database file's permissions).
+        database_file = Path(DATABASES["default"]["NAME"])
+        database_file.parent.mkdir(parents=True, exist_ok=True)
+        database_file.touch(mode=0o600)
+        database_file.chmod(0o600)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 USE_TZ = True
 TIME_ZONE = "UTC"
@@ -297,6 +304,9 @@ SDWEB = {
     "C2PA_TSA_URL": env("SDWEB_C2PA_TSA_URL", ""),
     # The engine's settings; workers hand them to it as arguments (generation.services.run).
     "DEVICE": env("SDWEB_DEVICE", ""),  # "" = CUDA when present, else the CPU
+    # torch's CPU threads per worker process: the cores it may use unless set (two busy processes
+    # each using every core ran a job 10x slower than one thread each)
+    "TORCH_THREADS": env_int("SDWEB_TORCH_THREADS", len(os.sched_getaffinity(0)), minimum=1),
     "DTYPE": env_choice("SDWEB_DTYPE", "", ("", "float16", "bfloat16", "float32")),  # "" = by device
     "MODEL_CACHE_GB": env_float("SDWEB_MODEL_CACHE_GB", 8),
     "PREVIEW_INTERVAL": env_float("SDWEB_PREVIEW_INTERVAL", 0.25),

@@ -46,7 +46,7 @@ urlpatterns = [
     path("api/v1/jobs/<uuid:pk>/cancel/", api.JobCancel.as_view()),
     path("api/v1/images/", gallery_api.ImageList.as_view()),
     path("api/v1/images/<str:hex_id>/", gallery_api.ImageDetail.as_view()),
-    path("api/v1/images/<str:hex_id>/download/", gallery_api.ImageDownload.as_view()),
+    path("api/v1/images/<str:hex_id>/download/", gallery_api.ImageDownload.as_view(), name="api-image-download"),
     path("api/v1/checkpoints/", api.CheckpointList.as_view()),
     path("api/v1/schedulers/", api.SchedulerList.as_view()),
     path("api/v1/credits/", api.Credits.as_view()),

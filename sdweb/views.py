@@ -112,7 +112,9 @@ def api_key_create(request):
     if request.method != "POST":  # a reload of the page that showed a new key shows it no more
         return redirect("account")
     key, raw = services.api_key_create(user=request.user, name=request.POST.get("name", ""))
-    return account(request, new_key=raw)  # shown this once, never stored
+    response = account(request, new_key=raw)  # shown this once, never stored
+    response["Cache-Control"] = "no-store"  # nor kept by the browser or a proxy
+    return response
 
 
 @login_required

@@ -176,7 +176,7 @@ class Production:
     def web(self, port: int, log) -> subprocess.Popen:
         """The ASGI web process (pages, API, websockets) as deployed."""
         return subprocess.Popen([sys.executable, "-m", "uvicorn", "sdweb.asgi:application", "--host", "127.0.0.1",
-                                 "--port", str(port), "--log-level", "warning", "--ws", "websockets-sansio",
+                                 "--port", str(port), "--log-level", "warning", "--ws", "websockets-sansio", "--no-proxy-headers",
                                  "--timeout-graceful-shutdown", "5"],
                                 cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
 

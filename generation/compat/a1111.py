@@ -5,6 +5,7 @@ import base64
 import io
 import json
 import time
+from pathlib import Path
 
 from django.conf import settings
 from django.core.files.storage import default_storage
@@ -215,7 +216,7 @@ class SdModels(A1111View):
     @extend_schema(exclude=True)
     def get(self, request):
         return Response([{"title": checkpoint_title(c), "model_name": c.name, "hash": cached_hash(c.source),
-                          "sha256": None, "filename": c.source, "config": None}
+                          "sha256": None, "filename": Path(c.source).name, "config": None}
                          for c in Checkpoint.objects.filter(enabled=True)])
 
 

@@ -10,6 +10,7 @@ import threading
 import time
 from datetime import timedelta
 
+import torch
 from django.conf import settings
 from django.db import transaction
 from django.db.models import F
@@ -48,6 +49,8 @@ def engine_options() -> dict:
     """The engine's settings from settings.SDWEB, as `generate` takes them."""
     options = settings.SDWEB
     PIPELINES.budget_bytes = int(options["MODEL_CACHE_GB"] * 2**30)
+    if torch.get_num_threads() != options["TORCH_THREADS"]:
+        torch.set_num_threads(options["TORCH_THREADS"])
     return {
         "limits": engine_limits(),
         "preview": PreviewSettings(max_edge=options["PREVIEW_MAX_EDGE"], min_interval=options["PREVIEW_INTERVAL"],

@@ -33,7 +33,8 @@ def engine_limits() -> Limits:
 def job_submit(*, user, params: dict, client_ip: str | None = None, idempotency_key: str | None = None) -> Job:
     """Validate, quote, and in one transaction charge, create the job and audit it; or refuse
     (audited too) with a message naming the field. With an `idempotency_key`, a repeated request
-    returns the job the first one made, charged once; the same key with other params is refused."""
+    returns the job the first one made, charged once, with `replayed` True (False on a new job);
+    the same key with other params is refused."""
     fingerprint = request_fingerprint(params)
     idempotency_key = (idempotency_key or "").strip() or None
     if idempotency_key and not (len(idempotency_key) <= 200 and idempotency_key.isascii()
@@ -47,6 +48,7 @@ def job_submit(*, user, params: dict, client_ip: str | None = None, idempotency_
             if earlier.request_fingerprint != fingerprint:
                 raise Refused("This Idempotency-Key was already used with a different request.",
                               code="idempotency_mismatch")
+            earlier.replayed = True
             return earlier
     try:
         checkpoint, fields = _validated(params)
@@ -86,6 +88,7 @@ def job_submit(*, user, params: dict, client_ip: str | None = None, idempotency_
         return job_submit(user=user, params=params, client_ip=client_ip, idempotency_key=idempotency_key)
     if refusal:
         raise refusal
+    job.replayed = False
     return job
 
 

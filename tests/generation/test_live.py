@@ -35,6 +35,7 @@ def submit(client, user, checkpoint, **overrides) -> Job:
 
 def socket_for(client, job, origin=b"http://127.0.0.1:8000"):
     headers = [(b"cookie", f"sessionid={client.cookies['sessionid'].value}".encode())] if "sessionid" in client.cookies else []
+    headers.append((b"host", b"127.0.0.1:8000"))
     if origin:
         headers.append((b"origin", origin))
     return WebsocketCommunicator(application, f"/ws/jobs/{job.pk}/", headers=headers)
@@ -213,7 +214,8 @@ def test_staff_may_watch_any_job(client, checkpoint):
     assert watch(client, job, lambda socket: socket.receive_json_from())["status"] == "queued"
 
 
-@pytest.mark.parametrize("origin", [None, b"http://evil.example"])
+@pytest.mark.parametrize("origin", [None, b"http://evil.example", b"http://127.0.0.1:9999", b"https://127.0.0.1:8000",
+                                    b"http://localhost:8000"])
 def test_a_socket_without_our_origin_is_refused(client, checkpoint, origin):
     alice = User.objects.create_user("alice", password="pw-alice-123")
     job = submit(client, alice, checkpoint)

@@ -56,7 +56,8 @@ class Command(BaseCommand):
         async def serve():
             live.use_event_loop(asyncio.get_running_loop())
             config = uvicorn.Config("sdweb.asgi:application", host=host, port=port, log_level="warning",
-                                    lifespan="off", ws="websockets-sansio", timeout_graceful_shutdown=2)
+                                    lifespan="off", ws="websockets-sansio", timeout_graceful_shutdown=2,
+                                    proxy_headers=False)  # sdweb.throttle.client_ip decides, from SDWEB_TRUSTED_PROXIES
             await uvicorn.Server(config).serve()
 
         try:
