@@ -17,7 +17,7 @@ _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
 def env(name: str, default: str = "") -> str:
-    return os.environ.get(name, default)
+    return os.environ.get(name) or default
 
 
 def _parsed(name: str, default, parse, allowed: str):
@@ -324,11 +324,16 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": env_choice("SDWEB_LOG_LEVEL", "INFO",
                                                           ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"))},
-    "loggers": {"celery": {"level": "WARNING"}, "uvicorn.access": {"level": "WARNING"}},
+    "loggers": {"celery": {"level": "WARNING"}, "uvicorn.access": {"level": "WARNING"},
+                "axes": {"level": "ERROR"}},  # a lockout is answered 429; its log lines would flood
 }
 
 AXES_HANDLER = "sdweb.throttle.StudioLockouts"
 AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+# An attempt is refused once the failures before it reach a limit (StudioLockouts.is_locked), and
+# the refusal is the 429 page; failures during a lockout don't extend it.
+AXES_LOCK_OUT_AT_FAILURE = False
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
 AXES_COOLOFF_TIME = timedelta(seconds=SDWEB["AUTH_WINDOW_SECONDS"])
 AXES_USERNAME_CALLABLE = "sdweb.throttle.normalised_username"
 AXES_CLIENT_IP_CALLABLE = "sdweb.throttle.axes_client_ip"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import POSTGRES, REDIS, Production, missing_services
+from tests.support import POSTGRES, REDIS, Production, free_port, missing_services, wait_until, web_answers
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -39,3 +39,30 @@ def production(tmp_path_factory):
     redis.Redis.from_url(REDIS).flushdb()
     with psycopg.connect(POSTGRES, autocommit=True) as admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="module")
+def deployment(production):
+    """The web process and one GPU worker process of `production`, for the tests of one module."""
+    production.script("from generation.services.checkpoints import checkpoint_ensure_test_model\n"
+                      "checkpoint_ensure_test_model()\nprint('{}')")
+    port = free_port()
+    log = open(production.env["SDWEB_VAR_DIR"] + "/processes.log", "a")
+    production.worker_metrics_port = free_port()
+    web = production.web(port, log)
+    worker = production.worker("gpu1", log, env={**production.env,
+                                                  "SDWEB_WORKER_METRICS_PORT": str(production.worker_metrics_port)})
+    production.base, production.port = f"http://127.0.0.1:{port}", port
+    try:
+        wait_until(lambda: web_answers(production.base), timeout=60)
+        yield production
+    finally:
+        for process in (web, worker):
+            process.terminate()
+        for process in (web, worker):
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                raise
+        log.close()

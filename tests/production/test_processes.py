@@ -3,7 +3,6 @@ deployment with GPU hosts: live progress crosses processes through channels_redi
 
 import json
 import re
-import subprocess
 import time
 import urllib.error
 import urllib.parse
@@ -12,33 +11,7 @@ import urllib.request
 import pytest
 from websockets.exceptions import InvalidStatus
 
-from tests.support import Browser, free_port, http_sign_up, job_socket, wait_until, web_answers
-
-
-@pytest.fixture(scope="module")
-def deployment(production):
-    production.script("from generation.services.checkpoints import checkpoint_ensure_test_model\n"
-                      "checkpoint_ensure_test_model()\nprint('{}')")
-    port = free_port()
-    log = open(production.env["SDWEB_VAR_DIR"] + "/processes.log", "a")
-    production.worker_metrics_port = free_port()
-    web = production.web(port, log)
-    worker = production.worker("gpu1", log, env={**production.env,
-                                                  "SDWEB_WORKER_METRICS_PORT": str(production.worker_metrics_port)})
-    production.base, production.port = f"http://127.0.0.1:{port}", port
-    try:
-        wait_until(lambda: web_answers(production.base), timeout=60)
-        yield production
-    finally:
-        for process in (web, worker):
-            process.terminate()
-        for process in (web, worker):
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                raise
-        log.close()
+from tests.support import Browser, http_sign_up, job_socket
 
 
 def test_healthz_sees_postgresql_redis_and_the_channel_layer(deployment):

@@ -1,0 +1,100 @@
+"""An attacker's requests against the web process on PostgreSQL (where SQLite would hide races
+and type errors): never a 5xx, never a half-made account or a second 201."""
+
+import json
+import threading
+import urllib.error
+import urllib.request
+
+from tests.support import Browser
+
+
+def request(deployment, path, body: bytes, headers: dict) -> int:
+    req = urllib.request.Request(deployment.base + path, data=body, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=60) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def at_once(count: int, fn) -> list:
+    """Run fn(k) for k in range(count) on as many threads, released together."""
+    results, start = [None] * count, threading.Barrier(count)
+
+    def run(k):
+        start.wait()
+        results[k] = fn(k)
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    return results
+
+
+def api_key(deployment, name: str) -> str:
+    return deployment.script(f"""
+        from django.contrib.auth.models import User
+        from sdweb.services import api_key_create
+        user = User.objects.create_user("{name}")
+        print(json.dumps(api_key_create(user=user, name="attacker")[1]))
+    """)
+
+
+def test_json_nested_a_thousand_deep_is_a_400_on_every_json_endpoint(deployment):
+    headers = {"Authorization": f"Bearer {api_key(deployment, 'nester')}", "Content-Type": "application/json"}
+    body = ('{"prompt": ' + "[" * 1000 + '"x"' + "]" * 1000 + "}").encode()
+    for path in ("/api/v1/jobs/", "/sdapi/v1/txt2img", "/sdapi/v1/options", "/v1/images/generations"):
+        assert request(deployment, path, body, headers) == 400, path
+
+
+def test_ten_sign_ups_at_once_with_one_invite_make_one_account(deployment):
+    code = deployment.script("""
+        from django.contrib.auth.models import User
+        from sdweb.models import Invite
+        staff = User.objects.create_superuser("inviter", password="an-inviter-pass-1")
+        print(json.dumps(Invite.objects.create(created_by=staff).code))
+    """)
+
+    def sign_up(k):
+        try:
+            url, _ = Browser(deployment.base).post(f"/accounts/signup/{code}/", {
+                "username": f"invited{k}", "password1": "a-long-pass-123", "password2": "a-long-pass-123"})
+            return 200 if url.endswith("/generate/") else 0
+        except urllib.error.HTTPError as error:
+            return error.code
+
+    codes = at_once(10, sign_up)
+    # the winner is signed in; the others find the invite used (403), or gone before they loaded the page (404)
+    assert codes.count(200) == 1 and set(codes) <= {200, 403, 404}, codes
+    assert deployment.script("""
+        from django.contrib.auth.models import User
+        print(json.dumps(User.objects.filter(username__startswith="invited").count()))
+    """) == 1
+
+
+def test_a_forged_forwarded_for_is_never_stored_and_never_a_500(deployment):
+    key = api_key(deployment, "forger")
+    body = json.dumps({"prompt": "forged", "width": 256, "height": 256, "steps": 2}).encode()
+    for forged in ("=cmd|calc!A0", "6.6.6.6"):
+        headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json", "X-Forwarded-For": forged}
+        assert request(deployment, "/api/v1/jobs/", body, headers) == 201
+    assert deployment.script("""
+        from generation.models import PromptAudit
+        print(json.dumps(sorted({row.client_ip for row in PromptAudit.objects.filter(username="forger")})))
+    """) == ["127.0.0.1"]  # no proxy is trusted by default: the peer is the client
+
+
+def test_twenty_requests_at_once_with_one_idempotency_key_get_one_201(deployment):
+    key = api_key(deployment, "retrier")
+    body = json.dumps({"prompt": "once", "width": 256, "height": 256, "steps": 2}).encode()
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json", "Idempotency-Key": "k-1"}
+    codes = at_once(20, lambda k: request(deployment, "/api/v1/jobs/", body, headers))
+    assert sorted(codes) == [200] * 19 + [201], codes
+    assert deployment.script("""
+        from generation.models import CreditEntry, Job
+        jobs = Job.objects.filter(user__username="retrier")
+        print(json.dumps([jobs.count(), CreditEntry.objects.filter(job__in=jobs, kind="charge").count()]))
+    """) == [1, 1]
