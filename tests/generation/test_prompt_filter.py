@@ -18,6 +18,11 @@ DISGUISED = [
     "a nud\u0065\u0301 figure",  # a combining accent
     "a\tnude\nfigure",  # control characters as spaces
     "(nude:1.4) figure",  # A1111 weighting
+    "a nud\u0435 figure",  # a Cyrillic e (a TR39 look-alike)
+    "a n\u2800ude figure",  # the braille blank inside the word
+    "a n\u00a0ude figure",  # a no-break space inside the word
+    "a nu\u115fde figure",  # a Hangul filler
+    "a nude\u00a0figure",  # a no-break space between words still separates them
 ]
 
 

@@ -1,0 +1,48 @@
+"""The clients people already use, unchanged and with their default arguments, against a real
+`manage.py up` process: AUTOMATIC1111's `webuiapi` and the OpenAI SDK."""
+
+import base64
+import io
+
+import pytest
+from PIL import Image as PILImage
+
+from generation.engine import read_watermark
+from tests.support import Studio
+
+
+@pytest.fixture(scope="module")
+def studio(tmp_path_factory):
+    studio = Studio(tmp_path_factory.mktemp("clients"))
+    studio.start()
+    studio.key = studio.manage(
+        "from django.contrib.auth.models import User; from sdweb.services import api_key_create; "
+        "user = User.objects.create_user('alice', password='alice-password-1'); "
+        "print(api_key_create(user=user, name='clients')[1])")
+    yield studio
+    studio.stop()
+
+
+def test_webuiapi_with_its_default_arguments_makes_watermarked_images(studio):
+    import webuiapi
+
+    api = webuiapi.WebUIApi(host="127.0.0.1", port=studio.port)
+    api.set_auth("alice", "alice-password-1")
+    result = api.txt2img(prompt="a lighthouse at dusk", width=256, height=256, steps=4, batch_size=2)
+    assert len(result.images) == 2 and result.images[0].size == (256, 256)
+    assert result.info["sampler_name"] == "Euler a" and "eta" in result.info["ignored"]  # webuiapi sends eta 1.0
+    assert read_watermark(result.images[0]) is not None
+
+
+def test_the_openai_sdk_gets_images_and_its_errors_in_its_own_shapes(studio):
+    import openai
+
+    client = openai.OpenAI(api_key=studio.key, base_url=f"{studio.base}/v1", max_retries=0)
+    result = client.images.generate(prompt="a storm at sea", size="256x256", n=1)
+    png = PILImage.open(io.BytesIO(base64.b64decode(result.data[0].b64_json)))
+    assert png.size == (256, 256) and read_watermark(png) is not None
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.images.generate(prompt="a storm at sea", size="100x100")
+    assert refused.value.body["param"] == "size"
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(api_key="sdw_wrong", base_url=f"{studio.base}/v1", max_retries=0).images.generate(prompt="x")
