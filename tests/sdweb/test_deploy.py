@@ -60,3 +60,10 @@ def test_database_url_keeps_its_query_options(tmp_path):
     database = setting("settings.DATABASES['default']", tmp_path, DATABASE_URL=url)
     for part in ("'NAME': 'studio'", "'HOST': 'db.example.com'", "'PORT': 5433", "'sslmode': 'require'"):
         assert part in database
+
+
+def test_healthz_answers_plain_http_in_production_while_pages_redirect(tmp_path):
+    code = ("__import__('django.test', fromlist=['Client']).Client(HTTP_HOST='studio.example.com')"
+            ".get('{}').status_code")
+    assert setting(code.format("/healthz"), tmp_path, **PRODUCTION) == "200"  # load balancers probe over HTTP
+    assert setting(code.format("/"), tmp_path, **PRODUCTION) == "301"
