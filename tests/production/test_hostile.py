@@ -44,7 +44,7 @@ def api_key(deployment, name: str) -> str:
 
 
 def test_json_nested_a_thousand_deep_is_a_400_on_every_json_endpoint(deployment):
-    headers = {"Authorization": f"Bearer {api_key(deployment, 'nester')}", "Content-Type": "application/json"}
+    headers = {"Authorization": f"Bearer {api_key(deployment, 'deep-nester')}", "Content-Type": "application/json"}
     body = ('{"prompt": ' + "[" * 1000 + '"x"' + "]" * 1000 + "}").encode()
     for path in ("/api/v1/jobs/", "/sdapi/v1/txt2img", "/sdapi/v1/options", "/v1/images/generations"):
         assert request(deployment, path, body, headers) == 400, path
@@ -54,7 +54,7 @@ def test_ten_sign_ups_at_once_with_one_invite_make_one_account(deployment):
     code = deployment.script("""
         from django.contrib.auth.models import User
         from sdweb.models import Invite
-        staff = User.objects.create_superuser("inviter", password="an-inviter-pass-1")
+        staff = User.objects.create_superuser("invite-maker", password="an-inviter-pass-1")
         print(json.dumps(Invite.objects.create(created_by=staff).code))
     """)
 
@@ -76,25 +76,25 @@ def test_ten_sign_ups_at_once_with_one_invite_make_one_account(deployment):
 
 
 def test_a_forged_forwarded_for_is_never_stored_and_never_a_500(deployment):
-    key = api_key(deployment, "forger")
+    key = api_key(deployment, "xff-forger")
     body = json.dumps({"prompt": "forged", "width": 256, "height": 256, "steps": 2}).encode()
     for forged in ("=cmd|calc!A0", "6.6.6.6"):
         headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json", "X-Forwarded-For": forged}
         assert request(deployment, "/api/v1/jobs/", body, headers) == 201
     assert deployment.script("""
         from generation.models import PromptAudit
-        print(json.dumps(sorted({row.client_ip for row in PromptAudit.objects.filter(username="forger")})))
+        print(json.dumps(sorted({row.client_ip for row in PromptAudit.objects.filter(username="xff-forger")})))
     """) == ["127.0.0.1"]  # no proxy is trusted by default: the peer is the client
 
 
 def test_twenty_requests_at_once_with_one_idempotency_key_get_one_201(deployment):
-    key = api_key(deployment, "retrier")
+    key = api_key(deployment, "idem-racer")
     body = json.dumps({"prompt": "once", "width": 256, "height": 256, "steps": 2}).encode()
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json", "Idempotency-Key": "k-1"}
     codes = at_once(20, lambda k: request(deployment, "/api/v1/jobs/", body, headers))
     assert sorted(codes) == [200] * 19 + [201], codes
     assert deployment.script("""
         from generation.models import CreditEntry, Job
-        jobs = Job.objects.filter(user__username="retrier")
+        jobs = Job.objects.filter(user__username="idem-racer")
         print(json.dumps([jobs.count(), CreditEntry.objects.filter(job__in=jobs, kind="charge").count()]))
     """) == [1, 1]

@@ -225,7 +225,9 @@ def test_a_scheduler_that_is_not_a_name_is_a_400_naming_it(alice, checkpoint):
 
 
 def test_a_static_path_that_climbs_out_is_a_400():
-    from asgiref.sync import async_to_sync
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
     from channels.testing import HttpCommunicator
 
     from sdweb.asgi import application
@@ -233,7 +235,8 @@ def test_a_static_path_that_climbs_out_is_a_400():
     async def fetch():
         return await HttpCommunicator(application, "GET", "/static/../var/secret_key").get_response()
 
-    response = async_to_sync(fetch)()
+    with ThreadPoolExecutor(1) as pool:  # a loop of its own, whatever an earlier test left running here
+        response = pool.submit(asyncio.run, fetch()).result()
     assert response["status"] == 400 and b"secret" not in response["body"]
 
 
