@@ -340,3 +340,4 @@ AXES_CLIENT_IP_CALLABLE = "sdweb.throttle.axes_client_ip"
 AXES_LOCKOUT_CALLABLE = "sdweb.throttle.lockout_response"
 AXES_RESET_ON_SUCCESS = True
 AXES_VERBOSE = False
+AXES_ENABLE_ADMIN = False  # attempts live in the cache, so axes' database tables stay empty: don't show them
