@@ -88,7 +88,9 @@ def image_page(request, hex_id):
     settings_query = urlencode({**{k: v for k, v in job.params().items() if k != "num_images"},
                                 "seed": image.seed, "checkpoint": job.checkpoint_id, "num_images": 1})
     return render(request, "image.html", {"image": image, "job": job,
-                                          "use_settings_url": reverse("generate") + "?" + settings_query})
+                                          "use_settings_url": reverse("generate") + "?" + settings_query,
+                                          "may_change": image.may(request.user, "change"),
+                                          "may_delete": image.may(request.user, "delete")})
 
 
 @login_required

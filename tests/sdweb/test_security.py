@@ -127,6 +127,12 @@ def test_staff_with_permissions_leave_a_staff_action_for_each_power_they_use(cli
     job = make_job(alice)
     first, second = job.images.order_by("index")
     client.force_login(bare_staff)
+    bare_staff.user_permissions.remove(Permission.objects.get(codename="delete_image"))
+    page = client.get(f"/images/{first.hex_id}/").content.decode()
+    assert "Make public" in page and "Delete image" not in page  # only the buttons of powers held
+    bare_staff.user_permissions.add(Permission.objects.get(codename="delete_image"))
+    bare_staff = User.objects.get(pk=bare_staff.pk)  # permissions are cached on the instance
+    client.force_login(bare_staff)
     assert client.get(f"/jobs/{job.pk}/").status_code == 200
     assert client.post(f"/images/{first.hex_id}/visibility/", {"public": "1"}).status_code == 302
     png = second.png.open("rb").read()
