@@ -1,5 +1,6 @@
 """Device and precision, loading a pipeline, and the process-wide pipeline cache."""
 
+import dataclasses
 import json
 import threading
 import time
@@ -9,19 +10,26 @@ from pathlib import Path
 
 import torch
 
+from .families import FAMILIES, detect_family, family_config, read_header, v_prediction_beside
+from .request import ModelRef, model_ref
 from .sources import model_hash, model_name, resolve_source
+from .tokenizer import clip_tokenizer
 
 
 @dataclass
 class LoadedModel:
-    pipe: object  # diffusers.StableDiffusionPipeline
+    pipe: object  # a diffusers StableDiffusion(XL)Pipeline
     name: str
     hash: str
-    folder: Path
+    family: str  # families.FAMILIES, or "sd" for an SD 1.x/2.x diffusers folder
     device: torch.device
     dtype: torch.dtype
     size_bytes: int
     load_seconds: float
+
+    @property
+    def xl(self) -> bool:
+        return self.family.startswith("sdxl")
 
 
 def pick_device(device: str | None = None) -> torch.device:
@@ -42,31 +50,61 @@ def pick_dtype(device: torch.device, dtype: str | torch.dtype | None = None) -> 
     return allowed[dtype]
 
 
-def _load(source: str, device: torch.device, dtype: torch.dtype) -> LoadedModel:
-    from diffusers import StableDiffusionPipeline
-
+def _load(ref: ModelRef, device: torch.device, dtype: torch.dtype) -> LoadedModel:
     started = time.perf_counter()
-    folder = resolve_source(source)
-    index = json.loads((folder / "model_index.json").read_text())
-    if index.get("_class_name") != "StableDiffusionPipeline":
-        raise ValueError(
-            f"model {source!r} is a {index.get('_class_name')}; only Stable Diffusion 1.x and 2.x "
-            "pipelines are supported yet"
-        )
+    path = resolve_source(ref.source)
+    name = ref.name or model_name(path, ref.source)
     try:
-        pipe = StableDiffusionPipeline.from_pretrained(
-            folder, dtype=dtype, use_safetensors=True,
-            safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-        )
-    except (OSError, ValueError, KeyError) as error:
-        raise ValueError(f"model {source!r} could not be read: {error}") from error
+        pipe, family = _load_single_file(path, ref, dtype) if path.is_file() else _load_folder(path, dtype)
+    except (OSError, ValueError, KeyError, RuntimeError) as error:
+        # The message reaches users: it names the model, never a server path.
+        detail = str(error).replace(str(path.parent), "").replace(ref.config, "")[:300]
+        raise ValueError(f"model {name!r} could not be loaded: {detail}") from error
+    if dtype == torch.float16 and getattr(pipe.vae.config, "force_upcast", False):
+        pipe.vae.to(torch.float32)  # SDXL's VAE overflows in float16: black images
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
-    size = sum(p.numel() * p.element_size() for m in (pipe.unet, pipe.vae, pipe.text_encoder) for p in m.parameters())
+    modules = [m for m in pipe.components.values() if isinstance(m, torch.nn.Module)]
+    size = sum(p.numel() * p.element_size() for m in modules for p in m.parameters())
     return LoadedModel(
-        pipe=pipe, name=model_name(folder, source), hash=model_hash(folder), folder=folder,
-        device=device, dtype=dtype, size_bytes=size, load_seconds=time.perf_counter() - started,
+        pipe=pipe, name=name, hash=ref.hash or model_hash(path), family=family, device=device, dtype=dtype,
+        size_bytes=size, load_seconds=time.perf_counter() - started,
     )
+
+
+def _load_folder(folder: Path, dtype: torch.dtype):
+    import diffusers
+
+    index = json.loads((folder / "model_index.json").read_text())
+    kind = index.get("_class_name")
+    if kind not in ("StableDiffusionPipeline", "StableDiffusionXLPipeline"):
+        raise ValueError(f"it is a {kind}; only Stable Diffusion 1.x, 2.x and SDXL pipelines are supported")
+    extra = ({"add_watermarker": False} if kind == "StableDiffusionXLPipeline"
+             else {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False})
+    pipe = getattr(diffusers, kind).from_pretrained(folder, dtype=dtype, use_safetensors=True, **extra)
+    return pipe, "sdxl" if kind == "StableDiffusionXLPipeline" else "sd"
+
+
+def _load_single_file(path: Path, ref: ModelRef, dtype: torch.dtype):
+    """An LDM-layout .safetensors with the diffusers configs of its family, never the network:
+    `config` must be an existing folder, or diffusers takes it as a hub id."""
+    import diffusers
+
+    family = ref.family or detect_family(read_header(path), v_prediction=v_prediction_beside(path))
+    spec = FAMILIES[family]
+    config = Path(ref.config).resolve() if ref.config else family_config(family)
+    if not (config / "model_index.json").is_file():
+        raise ValueError(f"the config folder of {family} has no model_index.json")
+    index = json.loads((config / "model_index.json").read_text())
+    extra = {"add_watermarker": False} if spec.xl else {"safety_checker": None, "feature_extractor": None,
+                                                         "requires_safety_checker": False}
+    if (index.get("tokenizer") or [None])[0]:
+        extra["tokenizer"] = clip_tokenizer("!" if family.startswith("sd2") else "<|endoftext|>")
+    if (index.get("tokenizer_2") or [None])[0]:
+        extra["tokenizer_2"] = clip_tokenizer("!")
+    pipe = getattr(diffusers, spec.pipeline).from_single_file(
+        str(path), config=str(config), local_files_only=True, torch_dtype=dtype, **extra)
+    return pipe, family
 
 
 class PipelineCache:
@@ -79,16 +117,17 @@ class PipelineCache:
         self.hits = self.misses = 0
         self.load_seconds = 0.0
 
-    def get(self, source: str, device=None, dtype=None) -> LoadedModel:
+    def get(self, model, device=None, dtype=None) -> LoadedModel:
         device = pick_device(device)
         dtype = pick_dtype(device, dtype)
-        key = (str(source).strip(), str(device), str(dtype))
+        ref = model_ref(model)
+        key = (ref.source.strip(), ref.family, ref.config, str(device), str(dtype))
         with self._lock:
             if key in self._models:
                 self.hits += 1
                 self._models.move_to_end(key)
                 return self._models[key]
-            loaded = _load(key[0], device, dtype)
+            loaded = _load(dataclasses.replace(ref, source=key[0]), device, dtype)
             self.misses += 1
             self.load_seconds += loaded.load_seconds
             self._models[key] = loaded
@@ -112,6 +151,6 @@ class PipelineCache:
 PIPELINES = PipelineCache(8 * 2**30)  # a worker sets its own budget before its first run
 
 
-def load_pipeline(source: str, *, device=None, dtype=None) -> LoadedModel:
-    """The pipeline for `source`, from the process-wide cache (loaded on first use)."""
-    return PIPELINES.get(source, device, dtype)
+def load_pipeline(model: str | ModelRef, *, device=None, dtype=None) -> LoadedModel:
+    """The pipeline for `model` (a ModelRef or a source), from the process-wide cache."""
+    return PIPELINES.get(model, device, dtype)

@@ -114,30 +114,62 @@ def tokenize_chunks(tokenizer, text: str) -> list[tuple[list[int], list[float]]]
     return chunks
 
 
-def encode_prompts(tokenizer, text_encoder, prompt: str, negative_prompt: str, device) -> tuple:
-    """(prompt_embeds, negative_prompt_embeds), each (1, 77 * chunks, dim), equal in length."""
+def encode_prompts(tokenizer, text_encoder, prompt: str, negative_prompt: str, device, *, clip_skip: int = 1) -> tuple:
+    """SD 1.x/2.x: (prompt_embeds, negative_prompt_embeds), each (1, 77 * chunks, dim). `clip_skip`
+    n takes the n-th last layer (then the final norm), as A1111 does for SD 1.x."""
+    layer = None if clip_skip == 1 else -clip_skip
+    (positive, _), (negative, _) = _encode_pair([(tokenizer, text_encoder, layer)], prompt, negative_prompt, device)
+    return positive, negative
+
+
+def encode_prompts_xl(encoders, prompt: str, negative_prompt: str, device) -> tuple:
+    """SDXL: `encoders` is [(tokenizer, text_encoder), ...] (two for the base, one for the refiner).
+    Each encoder reads the same chunks and gives its penultimate layer, concatenated; the pooled
+    embedding is the last encoder's, of the first chunk. An empty negative prompt is zeros, as
+    SDXL was trained and A1111 runs it. Returns (embeds, negative_embeds, pooled, negative_pooled)."""
     import torch
 
-    positive = tokenize_chunks(tokenizer, prompt)
-    negative = tokenize_chunks(tokenizer, negative_prompt)
-    # Classifier-free guidance concatenates the two, so the shorter one gets empty chunks.
-    empty = tokenize_chunks(tokenizer, "")[0]
-    for chunks in (positive, negative):
-        chunks.extend([empty] * (max(len(positive), len(negative)) - len(chunks)))
-    with torch.no_grad():
-        return (
-            _encode_chunks(tokenizer, text_encoder, positive, device),
-            _encode_chunks(tokenizer, text_encoder, negative, device),
-        )
+    (positive, pooled), (negative, negative_pooled) = _encode_pair(
+        [(tokenizer, encoder, -2) for tokenizer, encoder in encoders], prompt, negative_prompt, device)
+    if not negative_prompt:
+        negative, negative_pooled = torch.zeros_like(negative), torch.zeros_like(negative_pooled)
+    return positive, negative, pooled, negative_pooled
 
 
-def _encode_chunks(tokenizer, text_encoder, chunks, device):
+def _encode_pair(encoders, prompt: str, negative_prompt: str, device) -> tuple:
+    import torch
+
+    embeds = []
+    for text, other in ((prompt, negative_prompt), (negative_prompt, prompt)):
+        parts, pooled = [], None
+        for tokenizer, text_encoder, layer in encoders:
+            chunks = tokenize_chunks(tokenizer, text)
+            # Classifier-free guidance concatenates the two, so the shorter one gets empty chunks.
+            chunks += [tokenize_chunks(tokenizer, "")[0]] * (len(tokenize_chunks(tokenizer, other)) - len(chunks))
+            with torch.no_grad():
+                z, pooled = _encode_chunks(tokenizer, text_encoder, chunks, device, layer)
+            parts.append(z)
+        embeds.append((torch.cat(parts, dim=-1), pooled))
+    return embeds
+
+
+def _encode_chunks(tokenizer, text_encoder, chunks, device, layer):
+    """One encoder over the chunks: (embeddings (1, 77 * chunks, dim), the first chunk's pooled
+    projection or None). `layer` None is the last layer; -n the n-th last, normed only for CLIP-L
+    with a clip skip (SDXL takes its penultimate layers raw)."""
     import torch
 
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     ids = torch.tensor([[bos, *chunk_ids, eos] for chunk_ids, _ in chunks], device=device)
     weights = torch.tensor([[1.0, *w, 1.0] for _, w in chunks], device=device)
-    z = text_encoder(ids)[0]
+    out = text_encoder(ids, output_hidden_states=layer is not None)
+    if layer is None:
+        z = out[0]
+    elif layer == -2 and hasattr(out, "text_embeds"):  # SDXL
+        z = out.hidden_states[-2]
+    else:
+        z = text_encoder.final_layer_norm(out.hidden_states[layer])
+    pooled = out.text_embeds[:1] if hasattr(out, "text_embeds") else None
     if not torch.all(weights == 1.0):
         original_mean = z.float().mean(dim=(1, 2), keepdim=True)
         z = z * weights.to(z.dtype).unsqueeze(-1)
@@ -145,4 +177,4 @@ def _encode_chunks(tokenizer, text_encoder, chunks, device):
         # A mean near zero (a text encoder whose final norm has no bias) would blow up the ratio.
         usable = new_mean.abs() > 1e-3 * z.float().abs().mean(dim=(1, 2), keepdim=True)
         z = z * torch.where(usable, original_mean / new_mean, torch.ones_like(new_mean)).to(z.dtype)
-    return z.reshape(1, -1, z.shape[-1])
+    return z.reshape(1, -1, z.shape[-1]), pooled

@@ -26,9 +26,24 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class ModelRef:
+    """A model to load: a diffusers folder, a Hugging Face id, or one .safetensors file."""
+
+    source: str
+    family: str = ""  # a single file's family (families.FAMILIES); "" = told from its tensor names
+    config: str = ""  # a single file's diffusers config folder; "" = the one shipped for its family
+    name: str = ""  # as PNG parameters name it; "" = from the source
+    hash: str = ""  # A1111's short hash; "" = computed when loaded
+
+
+def model_ref(model) -> ModelRef:
+    return model if isinstance(model, ModelRef) else ModelRef(str(model))
+
+
+@dataclass(frozen=True)
 class GenerationRequest:
     prompt: str
-    model: str
+    model: str | ModelRef
     negative_prompt: str = ""
     width: int = 512
     height: int = 512
@@ -37,6 +52,9 @@ class GenerationRequest:
     scheduler: str = "Euler a"
     seed: int = -1
     num_images: int = 1
+    clip_skip: int = 1  # 1-12, as A1111's CLIP_stop_at_last_layers
+    refiner: str | ModelRef | None = None  # an SDXL refiner takes over at refiner_switch_at
+    refiner_switch_at: float = 0.8
 
     def validate(self, limits: Limits | None = None) -> None:
         """Raise ValueError naming the field and what is allowed; return None when all is well."""
@@ -55,7 +73,7 @@ class GenerationRequest:
         if not self.prompt.strip():
             raise ValueError("prompt is empty: describe the image you want")
         if not self.model:
-            raise ValueError("model is required: a diffusers folder or a Hugging Face model id")
+            raise ValueError("model is required: a diffusers folder, a .safetensors file or a Hugging Face model id")
         for field in ("width", "height"):
             value = getattr(self, field)
             if not _is_int(value):
@@ -72,6 +90,11 @@ class GenerationRequest:
             raise ValueError(f"num_images must be from 1 to {limits.max_images} (got {self.num_images!r})")
         if not _is_int(self.seed) or not -1 <= self.seed <= MAX_SEED:
             raise ValueError(f"seed must be -1 (random) or a whole number from 0 to {MAX_SEED} (got {self.seed!r})")
+        if not _is_int(self.clip_skip) or not 1 <= self.clip_skip <= 12:
+            raise ValueError(f"clip_skip must be a whole number from 1 to 12 (got {self.clip_skip!r})")
+        if (not isinstance(self.refiner_switch_at, (int, float)) or isinstance(self.refiner_switch_at, bool)
+                or not 0 < self.refiner_switch_at < 1):
+            raise ValueError(f"refiner_switch_at must be a number between 0 and 1 (got {self.refiner_switch_at!r})")
         scheduler_spec(self.scheduler)
 
     def seeds(self) -> list[int]:

@@ -7,10 +7,11 @@ from dataclasses import dataclass, field
 import torch
 from PIL import Image
 
+from .families import FAMILIES
 from .loading import load_pipeline
 from .metadata import format_parameters, save_png
 from .previews import PreviewSettings, PreviewThrottle, encode_preview, latents_to_rgb, load_taesd
-from .prompts import encode_prompts
+from .prompts import encode_prompts, encode_prompts_xl
 from .request import GenerationRequest, Limits
 from .schedulers import make_scheduler
 from .watermark import PAYLOAD_BYTES, embed_watermark
@@ -29,6 +30,7 @@ class GenerationResult:
     flagged: list[int] = field(default_factory=list)  # batch positions withheld as unsafe
     model_name: str = ""
     model_hash: str = ""
+    refiner: str = ""  # "name [hash]"
     timings: dict = field(default_factory=dict)  # seconds
 
     def parameters(self, k: int) -> str:
@@ -37,8 +39,15 @@ class GenerationResult:
         return format_parameters(
             prompt=r.prompt, negative_prompt=r.negative_prompt, steps=r.steps, scheduler=r.scheduler,
             guidance_scale=r.guidance_scale, seed=self.seeds[k], width=r.width, height=r.height,
-            model_hash=self.model_hash, model_name=self.model_name,
+            model_hash=self.model_hash, model_name=self.model_name, extra=self._extra(),
         )
+
+    def _extra(self) -> dict:
+        """What A1111 adds after the model, when it differs from the default."""
+        extra = {"Clip skip": self.request.clip_skip} if self.request.clip_skip > 1 else {}
+        if self.refiner:
+            extra |= {"Refiner": self.refiner, "Refiner switch at": self.request.refiner_switch_at}
+        return extra
 
     def save_png(self, k: int, fp, image_id: str = "") -> None:
         save_png(self.images[k], fp, self.parameters(k), image_id)
@@ -74,49 +83,48 @@ def generate(
     seeds = request.seeds()
     request = dataclasses.replace(request, seed=seeds[0])
 
-    # 2. Load the model (a cache hit costs nothing).
+    # 2. Load the model, and the refiner if one is asked for (a cache hit costs nothing).
     tick = time.perf_counter()
     model = load_pipeline(request.model, device=device, dtype=dtype)
+    refiner = load_pipeline(request.refiner, device=device, dtype=dtype) if request.refiner else None
+    _check_roles(model, refiner)
     timings["load"] = time.perf_counter() - tick
     pipe = _pipeline_for_run(model.pipe, request.scheduler, seeds)
 
     # 3. Encode the prompts, A1111 weights and long prompts included.
     tick = time.perf_counter()
-    prompt_embeds, negative_embeds = encode_prompts(
-        pipe.tokenizer, pipe.text_encoder, request.prompt, request.negative_prompt, model.device
-    )
+    embeds = _encode(pipe, model, request)
     timings["text_encode"] = time.perf_counter() - tick
 
-    # 4. Denoise, sending previews and honouring cancel at every step.
+    # 4. Denoise, sending previews and honouring cancel at every step; the refiner takes over
+    # at its switch point with the same generators.
     taesd = load_taesd(preview.taesd, model.device, model.dtype) if preview.taesd and on_preview else None
     throttle = PreviewThrottle(preview.min_interval)
-    cancelled = False
+    cancelled, steps_before = False, 0
 
     def on_step_end(pipe, i, t, tensors):
         nonlocal cancelled
         if should_cancel():
             cancelled = pipe._interrupt = True  # the pipeline skips every later step
-        elif on_preview is not None and throttle.should_send(i + 1, pipe.num_timesteps):
-            on_preview(i + 1, pipe.num_timesteps, encode_preview(latents_to_rgb(tensors["latents"], taesd), preview,
-                                                               blur=checker is not None))
+        elif on_preview is not None and throttle.should_send(steps_before + i + 1, request.steps):
+            on_preview(steps_before + i + 1, request.steps,
+                       encode_preview(latents_to_rgb(tensors["latents"], taesd), preview, blur=checker is not None))
         return {}
 
     if should_cancel():
         raise GenerationCancelled()
     tick = time.perf_counter()
-    latents = pipe(
-        prompt_embeds=prompt_embeds,
-        negative_prompt_embeds=negative_embeds,
-        width=request.width,
-        height=request.height,
-        num_inference_steps=request.steps,
-        guidance_scale=request.guidance_scale,
-        num_images_per_prompt=request.num_images,
-        # One CPU generator per image: image k is reproducible alone with seed s+k, on any device.
-        generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],
-        output_type="latent",
-        callback_on_step_end=on_step_end,
-    ).images
+    # One CPU generator per image: image k is reproducible alone with seed s+k, on any device.
+    generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+    common = dict(num_inference_steps=request.steps, guidance_scale=request.guidance_scale, generator=generators,
+                  output_type="latent", callback_on_step_end=on_step_end)
+    latents = pipe(**embeds, width=request.width, height=request.height, num_images_per_prompt=request.num_images,
+                   **common, **({"denoising_end": request.refiner_switch_at} if refiner else {})).images
+    if refiner is not None and not cancelled:
+        steps_before = pipe.num_timesteps
+        pipe = _pipeline_for_run(refiner.pipe, request.scheduler, seeds, img2img=True)
+        latents = pipe(image=latents, **_encode(pipe, refiner, request), denoising_start=request.refiner_switch_at,
+                       **common).images
     timings["denoise"] = time.perf_counter() - tick
     if cancelled:
         raise GenerationCancelled()
@@ -124,7 +132,8 @@ def generate(
     # 5. Decode.
     tick = time.perf_counter()
     with torch.no_grad():
-        decoded = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False)[0]
+        # An SDXL VAE stays in float32 (loading.py); the latents follow it.
+        decoded = pipe.vae.decode(latents.to(pipe.vae.dtype) / pipe.vae.config.scaling_factor, return_dict=False)[0]
     images = pipe.image_processor.postprocess(decoded, output_type="pil")
     timings["decode"] = time.perf_counter() - tick
 
@@ -156,16 +165,48 @@ def generate(
         flagged=[k for k, flagged in enumerate(flags) if flagged],
         model_name=model.name,
         model_hash=model.hash,
+        refiner=f"{refiner.name} [{refiner.hash}]" if refiner else "",
         timings=timings,
     )
 
 
-def _pipeline_for_run(base, scheduler_name: str, seeds: list[int]):
+def _check_roles(model, refiner) -> None:
+    family = FAMILIES.get(model.family)
+    if family is not None and family.role != "txt2img":
+        raise ValueError(f"model {model.name!r} is {family.label}: it can't make an image from text alone")
+    if refiner is not None and not (model.xl and refiner.xl and FAMILIES[refiner.family].role != "inpaint"):
+        raise ValueError(f"refiner {refiner.name!r} can't refine {model.name!r}: the refiner is for SDXL models and "
+                         "must be an SDXL refiner or base")
+
+
+def _encode(pipe, model, request) -> dict:
+    """The prompt embeddings as the pipeline takes them."""
+    device = model.device
+    if not model.xl:
+        # Clip skip changes SD 1.x's CLIP-L; SD 2.x keeps its trained layer, as in A1111.
+        clip_skip = request.clip_skip if pipe.text_encoder.config.hidden_act == "quick_gelu" else 1
+        positive, negative = encode_prompts(pipe.tokenizer, pipe.text_encoder, request.prompt,
+                                            request.negative_prompt, device, clip_skip=clip_skip)
+        return {"prompt_embeds": positive, "negative_prompt_embeds": negative}
+    encoders = [(pipe.tokenizer, pipe.text_encoder)] if pipe.text_encoder is not None else []
+    positive, negative, pooled, negative_pooled = encode_prompts_xl(
+        encoders + [(pipe.tokenizer_2, pipe.text_encoder_2)], request.prompt, request.negative_prompt, device)
+    return {"prompt_embeds": positive, "negative_prompt_embeds": negative, "pooled_prompt_embeds": pooled,
+            "negative_pooled_prompt_embeds": negative_pooled}
+
+
+def _pipeline_for_run(base, scheduler_name: str, seeds: list[int], img2img: bool = False):
     """The cached pipeline's modules with a scheduler of this run's own: runs share no state."""
-    from diffusers import StableDiffusionPipeline
+    import diffusers
 
     components = {**base.components, "scheduler": make_scheduler(scheduler_name, base.scheduler.config, seeds)}
-    pipe = StableDiffusionPipeline(**components, requires_safety_checker=False)
+    if isinstance(base, diffusers.StableDiffusionXLImg2ImgPipeline) or img2img:
+        pipe = diffusers.StableDiffusionXLImg2ImgPipeline(
+            **components, add_watermarker=False,
+            requires_aesthetics_score=bool(base.config.get("requires_aesthetics_score", False)))
+    elif isinstance(base, diffusers.StableDiffusionXLPipeline):
+        pipe = diffusers.StableDiffusionXLPipeline(**components, add_watermarker=False)
+    else:
+        pipe = type(base)(**components, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     return pipe
-

@@ -1,9 +1,10 @@
 """Where a model's files are, what it is called and its hash: no torch, so the web side can use it."""
 
-import hashlib
 import json
 import re
 from pathlib import Path
+
+from .families import file_sha256
 
 PICKLE_SUFFIXES = {".ckpt", ".bin", ".pt", ".pth", ".pkl"}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -22,10 +23,9 @@ def resolve_source(source: str) -> Path:
             "unpickling can run arbitrary code. Convert it to a diffusers folder with safetensors weights."
         )
     if path.suffix.lower() == ".safetensors":
-        raise ValueError(
-            f"model {source!r} is a single-file checkpoint; those are not supported yet. "
-            "Use a diffusers folder (with model_index.json) instead."
-        )
+        if not path.is_file():
+            raise ValueError(f"model file {path.name!r} does not exist")
+        return path
     if path.is_dir():
         if not (path / "model_index.json").is_file():
             raise ValueError(f"model folder {source!r} has no model_index.json: it is not a diffusers pipeline folder")
@@ -50,18 +50,19 @@ def _download(repo_id: str) -> Path:
 
 
 def model_hash(folder: Path) -> str:
-    """First 10 hex digits of the SHA-256 of the UNet weights file, as A1111 shows a hash."""
+    """First 10 hex digits of the SHA-256 of the single file, or of a diffusers folder's UNet
+    weights, as A1111 shows a hash."""
+    if folder.is_file():
+        return file_sha256(folder)[:10]
     weights = sorted((folder / "unet").glob("*.safetensors"))
     if not weights:
         raise ValueError(f"model folder {str(folder)!r} has no UNet weights (unet/*.safetensors)")
-    digest = hashlib.sha256()
-    with open(weights[0], "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:10]
+    return file_sha256(weights[0])[:10]
 
 
 def model_name(folder: Path, source: str) -> str:
+    if folder.is_file():
+        return folder.stem
     info = folder / "sdweb.json"
     if info.is_file():
         return json.loads(info.read_text())["name"]

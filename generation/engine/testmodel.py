@@ -104,3 +104,81 @@ def _byte_symbols() -> list[str]:
             symbols.append(chr(0x100 + moved))
             moved += 1
     return symbols
+
+
+def make_tiny_family(family: str, path) -> dict[str, Path]:
+    """A tiny random-weight model of `family` (see families.FAMILIES), written three ways into
+    `path`: "file", the single LDM-layout .safetensors people trade; "config", its diffusers
+    configs only (passed to the loader the way the shipped configs of real families are); and
+    "folder", the same model as a diffusers folder. Text encoders use the real CLIP vocabulary."""
+    from safetensors.torch import save_file
+
+    from .families import FAMILIES
+    from .ldm import pipeline_to_ldm
+
+    path = Path(path)
+    pipe = _tiny_pipeline(family, FAMILIES[family])
+    folder, config = path / f"{family}-diffusers", path / f"{family}-config"
+    pipe.save_pretrained(folder, safe_serialization=True)
+    for file in folder.rglob("*"):  # the configs without weights or tokenizer files
+        if file.suffix == ".json" and file.parent.name not in ("tokenizer", "tokenizer_2"):
+            target = config / file.relative_to(folder)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(file.read_bytes())
+    single = path / f"{family}.safetensors"
+    save_file({k: v.contiguous() for k, v in pipeline_to_ldm(pipe).items()}, single)
+    return {"file": single, "config": config, "folder": folder}
+
+
+def _tiny_pipeline(family_name: str, family):
+    import diffusers
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from .tokenizer import VOCAB_SIZE, clip_tokenizer
+
+    def text_config(hidden, layers, act, projection=32):
+        return CLIPTextConfig(hidden_size=hidden, intermediate_size=37, num_attention_heads=4,
+                              num_hidden_layers=layers, max_position_embeddings=77, vocab_size=VOCAB_SIZE,
+                              hidden_act=act, projection_dim=projection, bos_token_id=0, eos_token_id=2, pad_token_id=1)
+
+    in_channels = 9 if family.role == "inpaint" else 4
+    unet_args = dict(block_out_channels=(32, 64), layers_per_block=2, sample_size=32, in_channels=in_channels,
+                     out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                     up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32)
+    if family_name.startswith("sd2") or family.xl:
+        unet_args |= dict(attention_head_dim=(2, 4), use_linear_projection=True)
+    if family.xl:
+        # The two encoders need different widths, and the second >= 10 layers, to be told apart.
+        refiner = family.role == "refiner"
+        unet_args |= dict(addition_embed_type="text_time", addition_time_embed_dim=8,
+                          transformer_layers_per_block=(1, 2), cross_attention_dim=64 if refiner else 96,
+                          projection_class_embeddings_input_dim=(5 if refiner else 6) * 8 + 32)
+    torch.manual_seed(0)
+    parts = {"unet": UNet2DConditionModel(**unet_args)}
+    torch.manual_seed(0)
+    parts["vae"] = AutoencoderKL(block_out_channels=[32, 32, 64, 64], down_block_types=["DownEncoderBlock2D"] * 4,
+                                 up_block_types=["UpDecoderBlock2D"] * 4, latent_channels=4, sample_size=256,
+                                 **({"scaling_factor": 0.13025, "force_upcast": True} if family.xl else {}))
+    torch.manual_seed(0)
+    if family.xl:
+        if family.role != "refiner":
+            parts |= {"text_encoder": CLIPTextModel(text_config(32, 5, "quick_gelu")), "tokenizer": clip_tokenizer()}
+        torch.manual_seed(0)
+        parts |= {"text_encoder_2": CLIPTextModelWithProjection(text_config(64, 10, "gelu")),
+                  "tokenizer_2": clip_tokenizer("!")}
+    elif family_name.startswith("sd2"):
+        parts |= {"text_encoder": CLIPTextModel(text_config(32, 5, "gelu")), "tokenizer": clip_tokenizer("!")}
+    else:
+        parts |= {"text_encoder": CLIPTextModel(text_config(32, 5, "quick_gelu")), "tokenizer": clip_tokenizer()}
+    parts["scheduler"] = DDIMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False,
+        steps_offset=1, prediction_type="v_prediction" if family_name == "sd2-v" else "epsilon")
+    cls = getattr(diffusers, family.pipeline)
+    if family.xl:
+        extra = {"add_watermarker": False}
+        if family.role == "refiner":
+            extra |= {"text_encoder": None, "tokenizer": None, "requires_aesthetics_score": True}
+        return cls(**parts, **extra)
+    return cls(**parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False)

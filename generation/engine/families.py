@@ -1,0 +1,139 @@
+"""Single-file checkpoints (the original LDM layout): what family a file is, told from its tensor
+names without loading a weight, and the diffusers configs shipped for each family. No torch."""
+
+import hashlib
+import json
+import re
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+CONFIGS = Path(__file__).parent / "configs"  # model configs of each family (facts, not weights)
+UNET = "model.diffusion_model."
+_MAX_HEADER = 100 * 2**20
+
+
+@dataclass(frozen=True)
+class Family:
+    label: str
+    pipeline: str  # the diffusers pipeline class
+    side: int  # the size it was trained at
+    xl: bool = False
+    role: str = "txt2img"  # or "inpaint" (9-channel UNet), "refiner"
+
+
+FAMILIES = {
+    "sd1": Family("SD 1.x", "StableDiffusionPipeline", 512),
+    "sd1-inpaint": Family("SD 1.x inpainting", "StableDiffusionInpaintPipeline", 512, role="inpaint"),
+    "sd2": Family("SD 2.x (epsilon, 512)", "StableDiffusionPipeline", 512),
+    "sd2-v": Family("SD 2.x (v-prediction, 768)", "StableDiffusionPipeline", 768),
+    "sdxl": Family("SDXL", "StableDiffusionXLPipeline", 1024, xl=True),
+    "sdxl-inpaint": Family("SDXL inpainting", "StableDiffusionXLInpaintPipeline", 1024, xl=True, role="inpaint"),
+    "sdxl-refiner": Family("SDXL refiner", "StableDiffusionXLImg2ImgPipeline", 1024, xl=True, role="refiner"),
+}
+
+
+def family_config(family: str) -> Path:
+    """The shipped diffusers config folder of `family`."""
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {', '.join(FAMILIES)} (got {family!r})")
+    return CONFIGS / family
+
+
+def read_header(path) -> dict:
+    """The tensor table of a .safetensors file, {name: {"dtype", "shape", "data_offsets"}}, checked
+    against the file's size; ValueError for anything that is not a whole safetensors file."""
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as file:
+        head = file.read(8)
+        if len(head) < 8:
+            raise ValueError(f"{path.name} is not a safetensors file: it is only {size} bytes long")
+        (length,) = struct.unpack("<Q", head)
+        if not 2 <= length <= min(_MAX_HEADER, size - 8):
+            raise ValueError(f"{path.name} is not a safetensors file (or it is truncated): its header length is invalid")
+        try:
+            header = json.loads(file.read(length))
+        except ValueError:
+            raise ValueError(f"{path.name} is not a safetensors file: its header is not JSON") from None
+    if not isinstance(header, dict):
+        raise ValueError(f"{path.name} is not a safetensors file: its header is not a table of tensors")
+    header.pop("__metadata__", None)
+    try:
+        end = max((int(t["data_offsets"][1]) for t in header.values()), default=0)
+    except (TypeError, KeyError, IndexError, ValueError):
+        raise ValueError(f"{path.name} is not a safetensors file: its tensor table is malformed") from None
+    if 8 + length + end != size:
+        raise ValueError(f"{path.name} is truncated or damaged: its header describes {8 + length + end} bytes, "
+                         f"the file has {size}")
+    return header
+
+
+def detect_family(header: dict, *, v_prediction: bool = False) -> str:
+    """The family of an LDM-layout checkpoint from its tensor names; ValueError naming what the
+    file is when it is not a checkpoint this studio runs. SD 2.x epsilon and v-prediction models
+    have the same names: `v_prediction` (from a .yaml beside the file, or the operator) decides."""
+    keys = header.keys()
+    first_conv = header.get(UNET + "input_blocks.0.0.weight")
+    if first_conv is None:
+        raise ValueError(f"this is not a Stable Diffusion checkpoint: it looks like {_what_else(keys)}")
+    if not any(k.startswith("first_stage_model.") for k in keys):
+        raise ValueError("this checkpoint has no VAE (first_stage_model.*): a complete checkpoint is needed")
+    channels = first_conv["shape"][1]
+    if channels not in (4, 9):
+        raise ValueError(f"this checkpoint's UNet takes {channels} input channels; only 4 (txt2img) and 9 "
+                         "(inpainting) are supported")
+    inpaint = channels == 9
+    if any(k.startswith("conditioner.embedders.1.model.") for k in keys):
+        family = "sdxl"
+    elif any(k.startswith("conditioner.embedders.0.model.") for k in keys):
+        family = "sdxl-refiner"
+    elif any(k.startswith("cond_stage_model.model.") for k in keys):
+        family = "sd2-v" if v_prediction else "sd2"
+    elif any(k.startswith("cond_stage_model.transformer.") for k in keys):
+        family = "sd1"
+    else:
+        raise ValueError("this checkpoint has a UNet but no text encoder this studio knows (neither CLIP nor OpenCLIP)")
+    if inpaint:
+        if family not in ("sd1", "sdxl"):
+            raise ValueError(f"{FAMILIES[family].label} inpainting checkpoints are not supported "
+                             "(SD 1.x and SDXL inpainting are)")
+        family += "-inpaint"
+    return family
+
+
+def _what_else(keys) -> str:
+    keys = list(keys)
+    joined = "\n".join(keys)
+    if re.search(r"lora_|\.lora_(down|up|A|B)\.|\.alpha$", joined, re.M):
+        return "a LoRA (add it as a LoRA, not a checkpoint)"
+    if any(k in ("emb_params", "string_to_param", "clip_l", "clip_g") for k in keys):
+        return "a textual-inversion embedding"
+    if any(k.startswith(("control_model.", "controlnet_", "input_hint_block.")) for k in keys):
+        return "a ControlNet"
+    if any(k.startswith(("encoder.down.", "decoder.up.", "first_stage_model.")) for k in keys):
+        return "a VAE on its own"
+    if any(k.startswith(("down_blocks.", "conv_in.")) for k in keys):
+        return "one diffusers component (give the whole diffusers folder instead)"
+    if not keys:
+        return "an empty file"
+    return f"something else ({len(keys)} tensors, the first named {sorted(keys)[0][:80]!r})"
+
+
+def v_prediction_beside(path) -> bool:
+    """True when a .yaml beside the file says v-prediction, as A1111 reads it for SD 2.x."""
+    yaml = Path(path).with_suffix(".yaml")
+    return yaml.is_file() and re.search(r"parameterization:\s*['\"]?v['\"]?\s*$", yaml.read_text(errors="replace"),
+                                        re.M) is not None
+
+
+def file_sha256(path, progress=None) -> str:
+    """The SHA-256 of a file (A1111's model hash is its first 10 hex digits). `progress(n)` is
+    told each block's size."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(8 << 20), b""):
+            digest.update(block)
+            if progress:
+                progress(len(block))
+    return digest.hexdigest()
