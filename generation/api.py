@@ -62,7 +62,10 @@ class JobList(generics.ListCreateAPIView):
             audit_refused(user=request.user, client_ip=client_ip(request), data=request.data, errors=form.errors)
             raise ValidationError(form.errors)
         params = dict(form.validated_data)
-        params.setdefault("checkpoint", default_checkpoint())
+        checkpoint = params.setdefault("checkpoint", default_checkpoint())
+        if checkpoint is not None:
+            params.setdefault("width", checkpoint.default_width)
+            params.setdefault("height", checkpoint.default_height)
         key = request.headers.get("Idempotency-Key")
         try:
             job = job_submit(user=request.user, params=params, client_ip=client_ip(request), idempotency_key=key)

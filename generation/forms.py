@@ -1,12 +1,17 @@
 from django import forms
 from django.conf import settings
 
+from generation.engine.families import FAMILIES
 from generation.engine.request import MAX_PROMPT_CHARS, MAX_SEED, MAX_STEPS
 from generation.engine.schedulers import SCHEDULERS
 from generation.models import Checkpoint
 from generation.selectors import default_checkpoint
 
 SIZE_PRESETS = [(256, 256), (512, 512), (512, 768), (768, 512), (768, 768), (1024, 1024)]
+# SDXL's usual sizes: about a megapixel, in the aspect ratios it was trained on.
+SDXL_PRESETS = [(1024, 1024), (1152, 896), (896, 1152), (1216, 832), (832, 1216), (1344, 768), (768, 1344),
+                (1536, 640), (640, 1536)]
+TXT2IMG_FAMILIES = [name for name, family in FAMILIES.items() if family.role == "txt2img"]
 
 
 class GenerateForm(forms.Form):
@@ -20,13 +25,26 @@ class GenerateForm(forms.Form):
     guidance_scale = forms.FloatField(min_value=0, max_value=30, initial=7, label="Guidance scale")
     scheduler = forms.ChoiceField(choices=[(name, name) for name in SCHEDULERS], initial="Euler a")
     seed = forms.IntegerField(min_value=-1, max_value=MAX_SEED, initial=-1, help_text="-1 picks a random seed.")
+    clip_skip = forms.IntegerField(min_value=1, max_value=12, initial=1, required=False, label="Clip skip",
+                                   help_text="SD 1.x: 2 suits many anime models.")
+    refiner = forms.ModelChoiceField(queryset=Checkpoint.objects.none(), required=False, empty_label="None",
+                                     help_text="SDXL only: a refiner finishes the last steps.")
+    refiner_switch_at = forms.FloatField(min_value=0.01, max_value=0.99, initial=0.8, required=False,
+                                         label="Refiner switch at")
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["checkpoint"].queryset = Checkpoint.objects.filter(enabled=True)
+        self.fields["checkpoint"].queryset = Checkpoint.objects.filter(enabled=True, family__in=TXT2IMG_FAMILIES)
+        self.fields["refiner"].queryset = Checkpoint.objects.filter(enabled=True, family__in=["sdxl", "sdxl-refiner"])
         default = default_checkpoint()
         if default and not self.is_bound:  # the checkpoint's defaults, unless the link says otherwise
             self.initial = {"checkpoint": default, "width": default.default_width, "height": default.default_height,
                             "steps": default.default_steps, **self.initial}
         self.fields["num_images"] = forms.IntegerField(min_value=1, max_value=settings.SDWEB["MAX_IMAGES"],
                                                        initial=1, label="Images", help_text="Variants, seeds s, s+1, …")
+
+    def clean_clip_skip(self):
+        return self.cleaned_data["clip_skip"] or 1
+
+    def clean_refiner_switch_at(self):
+        return self.cleaned_data["refiner_switch_at"] or 0.8

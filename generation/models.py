@@ -6,6 +6,9 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
+from generation.engine.families import FAMILIES
+from generation.engine.request import ModelRef
+
 
 class CheckpointQuerySet(models.QuerySet):
     def enabled_named(self, name) -> "Checkpoint | None":
@@ -17,13 +20,19 @@ class CheckpointQuerySet(models.QuerySet):
 
 
 class Checkpoint(models.Model):
-    """A registered model: a diffusers folder on disk or a Hugging Face id."""
+    """A registered model: a single .safetensors file, a diffusers folder on disk or a Hugging Face id."""
 
     objects = CheckpointQuerySet.as_manager()
 
     name = models.CharField(max_length=100, unique=True)
-    source = models.CharField(max_length=500, help_text="A diffusers folder on disk, or a Hugging Face id")
-    family = models.CharField(max_length=10, choices=[("sd1", "SD 1.x"), ("sd2", "SD 2.x")], default="sd1")
+    source = models.CharField(max_length=500, help_text="A .safetensors file, a diffusers folder, or a Hugging Face id")
+    family = models.CharField(max_length=20, choices=[(k, f.label) for k, f in FAMILIES.items()], default="sd1")
+    config = models.CharField(max_length=500, blank=True,
+                              help_text="A single file's diffusers config folder; blank: the one shipped for its family")
+    sha256 = models.CharField(max_length=64, blank=True,
+                              help_text="Of the file (a folder: of its UNet weights); A1111's hash is the first 10 digits")
+    file_size = models.BigIntegerField(null=True, blank=True, help_text="When hashed: a change means hash again")
+    file_mtime = models.FloatField(null=True, blank=True)
     default_width = models.PositiveIntegerField(default=512)
     default_height = models.PositiveIntegerField(default=512)
     default_steps = models.PositiveIntegerField(default=20)
@@ -40,6 +49,28 @@ class Checkpoint(models.Model):
     def __str__(self):
         return self.name
 
+    @property
+    def short_hash(self) -> str:
+        return self.sha256[:10]
+
+    @property
+    def title(self) -> str:
+        """As A1111 names a checkpoint."""
+        return f"{self.name} [{self.short_hash}]" if self.sha256 else self.name
+
+    @property
+    def role(self) -> str:
+        return FAMILIES[self.family].role if self.family in FAMILIES else "txt2img"
+
+    @property
+    def xl(self) -> bool:
+        return self.family.startswith("sdxl")
+
+    def model_ref(self) -> ModelRef:
+        single = self.source.lower().endswith(".safetensors")
+        return ModelRef(self.source, family=self.family if single else "", config=self.config, name=self.name,
+                        hash=self.short_hash)
+
 
 class Job(models.Model):
     QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
@@ -47,7 +78,7 @@ class Job(models.Model):
     ACTIVE = (QUEUED, RUNNING)
     # What a submission asks for (the engine's GenerationRequest fields, less the model).
     PARAMS = ("prompt", "negative_prompt", "width", "height", "steps", "guidance_scale", "scheduler", "seed",
-              "num_images")
+              "num_images", "clip_skip", "refiner_switch_at")
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="jobs")
@@ -61,6 +92,10 @@ class Job(models.Model):
     scheduler = models.CharField(max_length=40)
     seed = models.BigIntegerField(help_text="The first image's seed; image k has seed + k")
     num_images = models.PositiveIntegerField()
+    clip_skip = models.PositiveSmallIntegerField(default=1)
+    refiner = models.ForeignKey(Checkpoint, null=True, blank=True, on_delete=models.PROTECT, related_name="+",
+                                help_text="An SDXL refiner that takes over at refiner_switch_at")
+    refiner_switch_at = models.FloatField(default=0.8)
     image_ids = models.JSONField(help_text="Identifiers allocated at submit; also the watermark payloads")
     cost = models.PositiveIntegerField()
 

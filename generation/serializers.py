@@ -15,8 +15,10 @@ class JobCreateSerializer(serializers.Serializer):
     negative_prompt = serializers.CharField(max_length=MAX_PROMPT_CHARS, required=False, allow_blank=True, default="",
                                             help_text="What to keep out of the image.")
     checkpoint = serializers.CharField(required=False, help_text="A checkpoint name; the default one if left out.")
-    width = serializers.IntegerField(default=512, help_text="Pixels; a multiple of 8, at least 256.")
-    height = serializers.IntegerField(default=512, help_text="Pixels; a multiple of 8, at least 256.")
+    width = serializers.IntegerField(required=False, help_text="Pixels; a multiple of 8, at least 256. "
+                                     "Default: the checkpoint's own size (1024 for SDXL).")
+    height = serializers.IntegerField(required=False, help_text="Pixels; a multiple of 8, at least 256. "
+                                      "Default: the checkpoint's own size.")
     steps = serializers.IntegerField(default=20, min_value=1, max_value=MAX_STEPS, help_text="Denoising steps.")
     guidance_scale = serializers.FloatField(default=7.0, min_value=0, max_value=30,
                                             help_text="How closely to follow the prompt (CFG scale).")
@@ -24,6 +26,12 @@ class JobCreateSerializer(serializers.Serializer):
     seed = serializers.IntegerField(default=-1, min_value=-1, max_value=MAX_SEED,
                                     help_text="-1 picks a random seed; image k gets seed + k.")
     num_images = serializers.IntegerField(default=1, min_value=1, help_text="Images (variants) in this job.")
+    clip_skip = serializers.IntegerField(default=1, min_value=1, max_value=12,
+                                         help_text="Stop CLIP this many layers from the end (SD 1.x; A1111's clip skip).")
+    refiner = serializers.CharField(required=False, allow_blank=True,
+                                    help_text="SDXL only: the name of a refiner checkpoint that finishes the image.")
+    refiner_switch_at = serializers.FloatField(default=0.8, min_value=0.01, max_value=0.99,
+                                               help_text="The fraction of the steps after which the refiner takes over.")
 
     def validate_num_images(self, value):
         if value > settings.SDWEB["MAX_IMAGES"]:
@@ -47,13 +55,16 @@ class ImageSummarySerializer(serializers.Serializer):
 
 class JobSerializer(serializers.ModelSerializer):
     checkpoint = serializers.CharField(source="checkpoint.name", help_text="The checkpoint used.")
+    refiner = serializers.CharField(source="refiner.name", default=None, allow_null=True,
+                                    help_text="The SDXL refiner used, if any.")
     images = serializers.SerializerMethodField(help_text="The stored images, once the job succeeded.")
     queue_position = serializers.SerializerMethodField(help_text="Queued jobs ahead of this one, while queued.")
 
     class Meta:
         model = Job
         fields = ["id", "status", "prompt", "negative_prompt", "checkpoint", "width", "height", "steps",
-                  "guidance_scale", "scheduler", "seed", "num_images", "cost", "created_at", "started_at",
+                  "guidance_scale", "scheduler", "seed", "num_images", "clip_skip", "refiner", "refiner_switch_at",
+                  "cost", "created_at", "started_at",
                   "finished_at", "attempts", "progress_step", "progress_total", "queue_position", "error",
                   "timings", "images"]
         extra_kwargs = {
@@ -88,12 +99,16 @@ class JobSerializer(serializers.ModelSerializer):
 
 
 class CheckpointSerializer(serializers.ModelSerializer):
+    hash = serializers.CharField(source="short_hash", help_text="A1111's short hash: the first 10 digits of sha256.")
+
     class Meta:
         model = Checkpoint
-        fields = ["name", "family", "default_width", "default_height", "default_steps", "is_default", "is_test_model"]
+        fields = ["name", "family", "hash", "sha256", "default_width", "default_height", "default_steps", "is_default",
+                  "is_test_model"]
         extra_kwargs = {
             "name": {"help_text": "Use this name as `checkpoint` when submitting."},
-            "family": {"help_text": "sd1 or sd2."},
+            "family": {"help_text": "sd1, sd1-inpaint, sd2, sd2-v, sdxl, sdxl-inpaint or sdxl-refiner."},
+            "sha256": {"help_text": "SHA-256 of the checkpoint file (of a diffusers folder: its UNet weights)."},
             "default_width": {"help_text": "The size it was trained at, pixels."},
             "default_height": {"help_text": "The size it was trained at, pixels."},
             "default_steps": {"help_text": "Suggested denoising steps."},

@@ -11,7 +11,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from generation.dashboard import figures
-from generation.forms import SIZE_PRESETS, GenerateForm
+from generation.forms import SDXL_PRESETS, SIZE_PRESETS, GenerateForm
 from generation.metrics import render_database_metrics
 from generation.models import Job
 from generation.presenters import back_to
@@ -34,7 +34,7 @@ def generate(request):
     initial = None
     if request.method == "GET":
         initial = request.GET.dict() if "prompt" in request.GET else (
-            {**job.params(), "seed": -1, "checkpoint": job.checkpoint_id} if job else {})
+            {**job.params(), "seed": -1, "checkpoint": job.checkpoint_id, "refiner": job.refiner_id} if job else {})
     form = GenerateForm(request.POST or None, initial=initial)
     if request.method == "POST" and form.is_valid():
         try:
@@ -46,8 +46,10 @@ def generate(request):
     elif request.method == "POST":
         audit_refused(user=request.user, client_ip=client_ip(request), data=request.POST.dict(), errors=form.errors)
     return render(request, "generate.html", {
-        "form": form, "presets": SIZE_PRESETS, "cost_unit": settings.SDWEB["COST_UNIT"], "job": job,
+        "form": form, "presets": SIZE_PRESETS, "sdxl_presets": SDXL_PRESETS, "cost_unit": settings.SDWEB["COST_UNIT"], "job": job,
         "recent_jobs": request.user.jobs.select_related("checkpoint")[:10],
+        "checkpoint_sizes": {c.pk: {"xl": c.xl, "width": c.default_width, "height": c.default_height}
+                             for c in form.fields["checkpoint"].queryset},
     }, status=400 if form.errors else 200)
 
 

@@ -273,7 +273,7 @@ SDWEB = {
     # cost = ceil(images x width x height x steps / COST_UNIT), at least 1
     "COST_UNIT": env_int("SDWEB_COST_UNIT", 512 * 512 * 30),
     "MAX_IMAGES": env_int("SDWEB_MAX_IMAGES", 4, minimum=1),
-    "MAX_SIDE": env_int("SDWEB_MAX_SIDE", 1024, minimum=256),
+    "MAX_SIDE": env_int("SDWEB_MAX_SIDE", 1536, minimum=256),  # SDXL's widest usual size is 1536x640
     "MAX_STEPS": env_int("SDWEB_MAX_STEPS", 150, minimum=1),  # never above 150 (the engine refuses more)
     "ACTIVE_JOB_CAP": env_int("SDWEB_ACTIVE_JOB_CAP", 10),
     "ATTEMPT_LIMIT": env_int("SDWEB_ATTEMPT_LIMIT", 3),
@@ -308,7 +308,7 @@ SDWEB = {
     # each using every core ran a job 10x slower than one thread each)
     "TORCH_THREADS": env_int("SDWEB_TORCH_THREADS", len(os.sched_getaffinity(0)), minimum=1),
     "DTYPE": env_choice("SDWEB_DTYPE", "", ("", "float16", "bfloat16", "float32")),  # "" = by device
-    "MODEL_CACHE_GB": env_float("SDWEB_MODEL_CACHE_GB", 8),
+    "PIPELINE_CACHE_BYTES": env_int("SDWEB_PIPELINE_CACHE_BYTES", 8 * 2**30),
     "PREVIEW_INTERVAL": env_float("SDWEB_PREVIEW_INTERVAL", 0.25),
     "PREVIEW_MAX_EDGE": env_int("SDWEB_PREVIEW_MAX_EDGE", 256, minimum=16),
     "PREVIEW_FORMAT": env_choice("SDWEB_PREVIEW_FORMAT", "JPEG", ("JPEG", "WEBP")),

@@ -1,4 +1,5 @@
-// The generate form: size presets, and the cost of the current settings before submitting.
+// The generate form: size presets (SDXL's own for SDXL checkpoints), a checkpoint's own size when
+// it is picked, the refiner only for SDXL, and the cost of the current settings before submitting.
 // The formula mirrors generation.services.quote_cost; the server's own quote is what is charged.
 (function () {
   const form = document.getElementById("generate-form");
@@ -15,10 +16,23 @@
     out.textContent = Number.isFinite(cost) ? cost : "–";
     out.classList.toggle("error", cost > Number(form.dataset.balance));
   }
+  const sizes = JSON.parse(document.getElementById("checkpoint-sizes").textContent);
+  const checkpoint = () => sizes[field("checkpoint").value] || { xl: false };
+
   function syncPreset() {
     const value = `${field("width").value}x${field("height").value}`;
-    preset.value = [...preset.options].some((o) => o.value === value) ? value : "custom";
+    const family = checkpoint().xl ? "sdxl" : "sd";
+    for (const option of preset.options) option.hidden = option.dataset.family && option.dataset.family !== family;
+    preset.value = [...preset.options].some((o) => o.value === value && !o.hidden) ? value : "custom";
+    for (const name of ["refiner", "refiner_switch_at"]) field(name).closest(".field").hidden = !checkpoint().xl;
+    if (!checkpoint().xl) field("refiner").value = "";
   }
+  field("checkpoint").addEventListener("change", () => {
+    field("width").value = checkpoint().width;
+    field("height").value = checkpoint().height;
+    syncPreset();
+    quote();
+  });
   preset.addEventListener("change", () => {
     if (preset.value === "custom") return field("width").focus();
     const [w, h] = preset.value.split("x");

@@ -16,7 +16,6 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from generation.engine.schedulers import SCHEDULERS, resolve_scheduler
-from generation.engine.sources import model_hash, resolve_source
 from generation.live import wait_for_end
 from generation.models import Checkpoint, Job, UserSettings
 from generation.presenters import refusal_status
@@ -35,7 +34,7 @@ NEUTRAL = {
     "eta": (None, 0, 1),  # which of these leaves the image as we make it depends on the sampler (below)
     "s_churn": (0, 0.0, None), "s_tmin": (0, 0.0, None), "s_tmax": (None, 0, 0.0, float("inf")),
     "s_noise": (1, 1.0, None), "s_min_uncond": (0, 0.0, None), "restore_faces": (False, None),
-    "tiling": (False, None), "refiner_checkpoint": (None, ""), "refiner_switch_at": (None, 0),
+    "tiling": (False, None),
     "script_name": (None, ""), "script_args": ([], None), "alwayson_scripts": ({}, None),
     "firstphase_width": (0, None), "firstphase_height": (0, None), "firstpass_image": (None,),
 }
@@ -48,9 +47,8 @@ HARMLESS = {
     "sampler_index", "user",
 }
 USED = {"prompt", "negative_prompt", "seed", "steps", "cfg_scale", "width", "height", "sampler_name", "scheduler",
-        "batch_size", "n_iter", "override_settings"}
-SETTINGS_USED = {"sd_model_checkpoint"}
-SETTINGS_NEUTRAL = {"CLIP_stop_at_last_layers": (1, None), "sd_vae": ("Automatic", "None", None)}
+        "batch_size", "n_iter", "override_settings", "refiner_checkpoint", "refiner_switch_at"}
+SETTINGS_NEUTRAL = {"sd_vae": ("Automatic", "None", None)}
 EMPTY_LISTS = ("loras", "upscalers", "latent-upscale-modes", "sd-vae", "prompt-styles", "hypernetworks",
                "face-restorers", "realesrgan-models", "scripts")
 
@@ -63,26 +61,15 @@ class A1111View(APIView):
     authentication_classes = [ApiKeyAuthentication, CachedBasicAuthentication]
 
 
-def checkpoint_title(checkpoint: Checkpoint) -> str:
-    return f"{checkpoint.name} [{cached_hash(checkpoint.source)}]"
-
-
-_hashes = {}
-
-
-def cached_hash(source: str) -> str:
-    if source not in _hashes:
-        try:
-            _hashes[source] = model_hash(resolve_source(source))
-        except ValueError:
-            return ""
-    return _hashes[source]
-
-
-def find_checkpoint(title: str) -> Checkpoint | None:
-    """A1111 names checkpoints "name [hash]" or by file name; match on our name either way."""
+def find_checkpoint(title) -> Checkpoint | None:
+    """As A1111 finds one: by title "name [hash]", name, file name, or short hash."""
     name = str(title).split(" [")[0].strip()
-    return Checkpoint.objects.enabled_named(name)
+    found = Checkpoint.objects.enabled_named(name)
+    if found is None and name:
+        enabled = Checkpoint.objects.filter(enabled=True)
+        found = (next((c for c in enabled.filter(source__endswith=name) if Path(c.source).name == name), None)
+                 or (enabled.filter(sha256__startswith=name.lower()).first() if len(name) == 10 else None))
+    return found
 
 
 def translate(payload: dict, user) -> tuple[dict, list[str]]:
@@ -102,12 +89,14 @@ def translate(payload: dict, user) -> tuple[dict, list[str]]:
     overrides = payload.get("override_settings") or {}
     if not isinstance(overrides, dict):
         raise ValueError("override_settings: an object is required")
-    checkpoint = user_checkpoint(user)
+    checkpoint, clip_skip = user_checkpoint(user), 1
     for key, value in overrides.items():
         if key == "sd_model_checkpoint":
             checkpoint = find_checkpoint(value)
             if checkpoint is None:
                 raise ValueError(f"override_settings.sd_model_checkpoint: no checkpoint called {value!r}")
+        elif key == "CLIP_stop_at_last_layers":
+            clip_skip = value
         elif key in SETTINGS_NEUTRAL and value in SETTINGS_NEUTRAL[key]:
             ignored.append(f"override_settings.{key}")
         else:
@@ -132,8 +121,15 @@ def translate(payload: dict, user) -> tuple[dict, list[str]]:
         "prompt": payload.get("prompt", ""), "negative_prompt": payload.get("negative_prompt") or "",
         "seed": payload.get("seed", -1), "steps": payload.get("steps", 50), "guidance_scale": payload.get("cfg_scale", 7.0),
         "width": payload.get("width", 512), "height": payload.get("height", 512), "scheduler": scheduler,
-        "num_images": batch_size * n_iter, "checkpoint": checkpoint,
+        "num_images": batch_size * n_iter, "checkpoint": checkpoint, "clip_skip": clip_skip,
     }
+    if payload.get("refiner_checkpoint"):
+        # A1111 takes a title, a name or a file name; the switch point defaults to its 0.8.
+        refiner = find_checkpoint(payload["refiner_checkpoint"])
+        if refiner is None:
+            raise ValueError(f"refiner_checkpoint: no checkpoint called {payload['refiner_checkpoint']!r}")
+        params["refiner"] = refiner
+        params["refiner_switch_at"] = payload.get("refiner_switch_at") or 0.8
     return params, sorted(ignored)
 
 
@@ -148,7 +144,8 @@ class Txt2Img(A1111View):
         try:
             job = job_submit(user=request.user, params=params, client_ip=client_ip(request))
         except Refused as refusal:
-            field = {"guidance_scale": "cfg_scale", "num_images": "batch_size"}.get(refusal.field, refusal.field)
+            field = {"guidance_scale": "cfg_scale", "num_images": "batch_size", "refiner": "refiner_checkpoint",
+                     "clip_skip": "override_settings.CLIP_stop_at_last_layers"}.get(refusal.field, refusal.field)
             return a1111_error(refusal_status(refusal), f"{field}: {refusal}" if field else str(refusal))
         # The A1111 call is synchronous: this request waits for the job's end, heard on the channel layer.
         wait_for_end(job.pk, settings.SDWEB["JOB_TIMEOUT_SECONDS"] + 600)
@@ -172,10 +169,10 @@ class Txt2Img(A1111View):
             "height": job.height, "sampler_name": spec.sampler, "scheduler": spec.schedule_type,
             "cfg_scale": job.guidance_scale, "steps": job.steps, "batch_size": request.data.get("batch_size", 1),
             "n_iter": request.data.get("n_iter", 1), "restore_faces": False, "sd_model_name": job.checkpoint.name,
-            "sd_model_hash": cached_hash(job.checkpoint.source), "seed_resize_from_w": -1, "seed_resize_from_h": -1,
+            "sd_model_hash": job.checkpoint.short_hash, "seed_resize_from_w": -1, "seed_resize_from_h": -1,
             "denoising_strength": None, "extra_generation_params": {}, "index_of_first_image": 0,
             "infotexts": infotexts, "styles": [], "job_timestamp": job.created_at.strftime("%Y%m%d%H%M%S"),
-            "clip_skip": 1, "is_using_inpainting_conditioning": False, "version": "sdweb",
+            "clip_skip": job.clip_skip, "is_using_inpainting_conditioning": False, "version": "sdweb",
             "ignored": ignored, "sdweb_job": str(job.pk), "sdweb_image_ids": [image.hex_id for image in images],
         }
         return Response({"images": encoded, "parameters": request.data, "info": json.dumps(info)})
@@ -215,8 +212,9 @@ class Interrupt(A1111View):
 class SdModels(A1111View):
     @extend_schema(exclude=True)
     def get(self, request):
-        return Response([{"title": checkpoint_title(c), "model_name": c.name, "hash": cached_hash(c.source),
-                          "sha256": None, "filename": Path(c.source).name, "config": None}
+        # Only a base name: no server path reaches a client.
+        return Response([{"title": c.title, "model_name": c.name, "hash": c.short_hash or None,
+                          "sha256": c.sha256 or None, "filename": Path(c.source).name, "config": None}
                          for c in Checkpoint.objects.filter(enabled=True)])
 
 
@@ -242,9 +240,9 @@ class Options(A1111View):
     @extend_schema(exclude=True)
     def get(self, request):
         checkpoint = user_checkpoint(request.user)
-        return Response({"sd_model_checkpoint": checkpoint_title(checkpoint) if checkpoint else None,
-                         "sd_checkpoint_hash": None, "CLIP_stop_at_last_layers": 1, "sd_vae": "Automatic",
-                         "samples_format": "png"})
+        return Response({"sd_model_checkpoint": checkpoint.title if checkpoint else None,
+                         "sd_checkpoint_hash": (checkpoint.sha256 or None) if checkpoint else None,
+                         "CLIP_stop_at_last_layers": 1, "sd_vae": "Automatic", "samples_format": "png"})
 
     @extend_schema(exclude=True)
     def post(self, request):

@@ -1,29 +1,88 @@
-"""Registering checkpoints."""
+"""Registering checkpoints: single .safetensors files (told apart by their tensor names, hashed
+once), diffusers folders and Hugging Face ids; and the models folder an operator drops files into."""
 
 import json
+from pathlib import Path
 
 from django.conf import settings
 from django.db import transaction
 
+from generation.engine.families import FAMILIES, detect_family, file_sha256, read_header, v_prediction_beside
 from generation.engine.sources import resolve_source
 from generation.engine.testmodel import TEST_MODEL_NAME, make_test_model
 from generation.models import Checkpoint
 
 
-def checkpoint_register(*, name: str, source: str, family: str = "sd1", make_default: bool = False,
-                        is_test_model: bool = False) -> Checkpoint:
-    """Register (or update) a checkpoint. A hub id is downloaded now, with a progress bar."""
-    folder = resolve_source(source)  # ValueError with a clear message when it can't be used
-    unet_config = json.loads((folder / "unet" / "config.json").read_text())
-    side = int(unet_config.get("sample_size", 64)) * 8
+def checkpoint_register(*, name: str, source: str, family: str = "", config: str = "", make_default: bool = False,
+                        is_test_model: bool = False, progress=None) -> Checkpoint:
+    """Register (or update) a checkpoint; ValueError names what is wrong with the file. A hub id
+    is downloaded now. A file is hashed unless its size and mtime are what was hashed before;
+    `progress(n)` is told each hashed block's size."""
+    path = resolve_source(source)
+    if path.is_file():
+        found = detect_family(read_header(path), v_prediction=v_prediction_beside(path))
+        family = _chosen_family(found, family)
+        side = FAMILIES[family].side
+    else:
+        family, side = _folder_family(path, family)
+    if config and not (Path(config) / "model_index.json").is_file():
+        raise ValueError(f"config {Path(config).name!r} is not a diffusers config folder (no model_index.json)")
+    hashed = path if path.is_file() else next(iter(sorted((path / "unet").glob("*.safetensors"))), None)
+    if hashed is None:
+        raise ValueError(f"model folder {path.name!r} has no UNet weights (unet/*.safetensors)")
+    stat = hashed.stat()
+    known = Checkpoint.objects.filter(name=name, source=str(source), file_size=stat.st_size,
+                                      file_mtime=stat.st_mtime).exclude(sha256="").first()
+    sha256 = known.sha256 if known else file_sha256(hashed, progress)
     with transaction.atomic():
         checkpoint, _ = Checkpoint.objects.update_or_create(name=name, defaults=dict(
-            source=str(source), family=family, default_width=side, default_height=side, enabled=True,
-            is_test_model=is_test_model))
-        if make_default or not Checkpoint.objects.filter(is_default=True).exists():
+            source=str(source), family=family, config=str(config), default_width=side, default_height=side,
+            enabled=True, is_test_model=is_test_model, sha256=sha256, file_size=stat.st_size,
+            file_mtime=stat.st_mtime))
+        if make_default and checkpoint.role != "txt2img":
+            raise ValueError(f"{checkpoint.name} is {FAMILIES[family].label}: it can't be the default checkpoint")
+        if checkpoint.role == "txt2img" and (make_default or not Checkpoint.objects.filter(is_default=True).exists()):
             Checkpoint.objects.filter(is_default=True).exclude(pk=checkpoint.pk).update(is_default=False)
             Checkpoint.objects.filter(pk=checkpoint.pk).update(is_default=True)
     return Checkpoint.objects.get(pk=checkpoint.pk)
+
+
+def _chosen_family(found: str, family: str) -> str:
+    """The operator may only say what the tensor names can't tell: SD 2.x epsilon or v-prediction."""
+    if not family or family == found or {family, found} == {"sd2", "sd2-v"}:
+        return family or found
+    raise ValueError(f"this file is {FAMILIES[found].label} ({found}), not {family}")
+
+
+def _folder_family(folder: Path, family: str) -> tuple[str, int]:
+    index = json.loads((folder / "model_index.json").read_text())
+    unet_config = json.loads((folder / "unet" / "config.json").read_text())
+    found = "sdxl" if index.get("_class_name") == "StableDiffusionXLPipeline" else family or "sd1"
+    return found, int(unet_config.get("sample_size", 64)) * 8
+
+
+def checkpoints_scan(*, progress_for=None) -> tuple[list[Checkpoint], dict[str, str]]:
+    """Register every .safetensors in the models folder (named by its file name), hashing only new
+    or changed files. Returns (the checkpoints, {file name: why it was not registered})."""
+    found, skipped = [], {}
+    root = Path(settings.SDWEB["MODELS_DIR"])
+    for path in sorted(root.rglob("*.safetensors")):
+        inside = path.relative_to(root).parents
+        if any(part.startswith(".") for part in path.relative_to(root).parts) or any(
+                (root / folder / "model_index.json").is_file() for folder in inside):
+            continue  # hidden, or a component of a diffusers folder
+        existing = Checkpoint.objects.filter(source=str(path)).first()
+        if existing is None and Checkpoint.objects.filter(name=path.stem[:100]).exists():
+            skipped[str(path.relative_to(root))] = f"a checkpoint called {path.stem[:100]!r} already exists"
+            continue
+        try:
+            found.append(checkpoint_register(
+                name=existing.name if existing else path.stem[:100], source=str(path),
+                family=existing.family if existing else "", config=existing.config if existing else "",
+                progress=progress_for(path) if progress_for else None))
+        except ValueError as error:
+            skipped[str(path.relative_to(root))] = str(error)
+    return found, skipped
 
 
 def checkpoint_ensure_test_model() -> Checkpoint:

@@ -48,7 +48,7 @@ def job_run_next(*, worker: str = "") -> Job | None:
 def engine_options() -> dict:
     """The engine's settings from settings.SDWEB, as `generate` takes them."""
     options = settings.SDWEB
-    PIPELINES.budget_bytes = int(options["MODEL_CACHE_GB"] * 2**30)
+    PIPELINES.budget_bytes = options["PIPELINE_CACHE_BYTES"]
     if torch.get_num_threads() != options["TORCH_THREADS"]:
         torch.set_num_threads(options["TORCH_THREADS"])
     return {
@@ -95,7 +95,8 @@ def job_run(job: Job) -> None:
                            "eta": round(elapsed / step * (total - step), 1), "preview": image})
 
     job_event(job.pk, {"type": "started", "attempt": attempt})
-    request = GenerationRequest(model=job.checkpoint.source, **job.params())
+    request = GenerationRequest(model=job.checkpoint.model_ref(), refiner=job.refiner and job.refiner.model_ref(),
+                                **job.params())
     try:
         result = generate(request, on_preview=on_preview, should_cancel=should_cancel,
                           watermark_payloads=[i.to_bytes(8, "big") for i in job.image_ids], **engine_options())

@@ -106,7 +106,7 @@ def _check_allowed(user, prompt: str) -> None:
 
 def request_fingerprint(params: dict) -> str:
     shown = {k: str(v.name if isinstance(v, Checkpoint) else v) for k, v in params.items()
-             if k in Job.PARAMS or k == "checkpoint"}
+             if k in Job.PARAMS or k in ("checkpoint", "refiner")}
     return hashlib.sha256(json.dumps(shown, sort_keys=True).encode()).hexdigest()
 
 
@@ -116,6 +116,10 @@ def _validated(params: dict) -> tuple[Checkpoint, dict]:
         checkpoint = Checkpoint.objects.enabled_named(checkpoint)
     if checkpoint is None or not checkpoint.enabled:
         raise Refused("Choose one of the available checkpoints.", field="checkpoint")
+    if checkpoint.role != "txt2img":
+        raise Refused(f"{checkpoint.name} is {checkpoint.get_family_display()}: it can't make an image from text "
+                      "alone; choose another checkpoint.", field="checkpoint")
+    refiner = _refiner(checkpoint, params.get("refiner"))
     fields = {f: params[f] for f in Job.PARAMS if f in params}
     fields.setdefault("negative_prompt", "")
     try:
@@ -126,4 +130,17 @@ def _validated(params: dict) -> tuple[Checkpoint, dict]:
         field = next((f for f in Job.PARAMS if message.startswith(f + " ")), None)
         raise Refused(message[:1].upper() + message[1:], field=field) from error
     # The seed is fixed now, so a retried job makes the same images.
-    return checkpoint, {**{f: getattr(request, f) for f in Job.PARAMS}, "seed": request.seeds()[0]}
+    return checkpoint, {**{f: getattr(request, f) for f in Job.PARAMS}, "seed": request.seeds()[0], "refiner": refiner}
+
+
+def _refiner(checkpoint: Checkpoint, refiner) -> Checkpoint | None:
+    if refiner in (None, ""):
+        return None
+    if not isinstance(refiner, Checkpoint):
+        refiner = Checkpoint.objects.enabled_named(refiner)
+    if refiner is None or not refiner.enabled:
+        raise Refused("No enabled checkpoint has that name; choose an SDXL refiner.", field="refiner")
+    if not (checkpoint.xl and refiner.family in ("sdxl", "sdxl-refiner")):
+        raise Refused(f"{refiner.name} can't refine {checkpoint.name}: a refiner must be an SDXL refiner or base, "
+                      "for an SDXL checkpoint.", field="refiner")
+    return refiner
