@@ -91,3 +91,13 @@ def shared(client, alice, make_job):
     image.refresh_from_db()
     client.logout()
     return image, f"/s/{image.share_slug}/"
+
+
+@pytest.fixture(scope="session")
+def tiny_families(tmp_path_factory):
+    """A tiny model of every family, each as an LDM single file, its config folder and a diffusers folder."""
+    from generation.engine.families import FAMILIES
+    from generation.engine.testmodel import make_tiny_family
+
+    folder = tmp_path_factory.mktemp("families")
+    return {family: make_tiny_family(family, folder) for family in FAMILIES}

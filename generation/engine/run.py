@@ -12,7 +12,7 @@ from .loading import load_pipeline
 from .metadata import format_parameters, save_png
 from .previews import PreviewSettings, PreviewThrottle, encode_preview, latents_to_rgb, load_taesd
 from .prompts import encode_prompts, encode_prompts_xl
-from .request import GenerationRequest, Limits
+from .request import GenerationRequest, Limits, model_ref
 from .schedulers import make_scheduler
 from .watermark import PAYLOAD_BYTES, embed_watermark
 
@@ -163,11 +163,19 @@ def generate(
         seeds=[seeds[k] for k in kept],
         indexes=kept,
         flagged=[k for k, flagged in enumerate(flags) if flagged],
-        model_name=model.name,
-        model_hash=model.hash,
-        refiner=f"{refiner.name} [{refiner.hash}]" if refiner else "",
+        # The caller's name and hash win: the cache is keyed by the file, not by what it is called.
+        model_name=model_ref(request.model).name or model.name,
+        model_hash=model_ref(request.model).hash or model.hash,
+        refiner=_title(request.refiner, refiner),
         timings=timings,
     )
+
+
+def _title(ref, model) -> str:
+    if model is None:
+        return ""
+    ref = model_ref(ref)
+    return f"{ref.name or model.name} [{ref.hash or model.hash}]"
 
 
 def _check_roles(model, refiner) -> None:

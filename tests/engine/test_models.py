@@ -42,12 +42,6 @@ def test_pickle_checkpoints_are_refused_without_being_opened(tmp_path, suffix):
     assert not Path("/tmp/sdweb-pickle-ran").exists()
 
 
-def test_a_single_file_safetensors_checkpoint_is_not_supported_yet(tmp_path):
-    (tmp_path / "model.safetensors").write_bytes(b"")
-    with pytest.raises(ValueError, match="not supported yet"):
-        load_pipeline(str(tmp_path / "model.safetensors"))
-
-
 def test_an_uncached_hub_model_offline_gets_an_error_naming_it_and_the_way_out(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
