@@ -2,21 +2,44 @@ import csv
 import json
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.http import HttpResponse
+from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import path
 
 from generation.models import BlockRule, Checkpoint, CreditAccount, CreditEntry, Job, PromptAudit, StaffAction
+from generation.services.audit import staff_action
+from generation.services.checkpoints import checkpoints_scan
 from generation.services.credits import credits_grant
 from generation.trace import trace_image
 
 
 @admin.register(Checkpoint)
 class CheckpointAdmin(admin.ModelAdmin):
-    list_display = ("name", "source", "family", "enabled", "is_default", "is_test_model")
+    list_display = ("name", "source", "family", "short_hash", "enabled", "is_default", "is_test_model")
     list_filter = ("enabled", "family")
+    readonly_fields = ("sha256", "file_size", "file_mtime")
+    change_list_template = "admin/generation/checkpoint/change_list.html"
+
+    def get_urls(self):
+        scan = path("scan/", self.admin_site.admin_view(self.scan), name="generation_checkpoint_scan")
+        return [scan] + super().get_urls()
+
+    def scan(self, request):
+        """Register what an operator copied into the models folder (POST: it may hash for a while)."""
+        if request.method != "POST" or not request.user.has_perm("generation.add_checkpoint"):
+            raise PermissionDenied
+        found, skipped = checkpoints_scan()
+        staff_action(staff=request.user, action="scan models", target=settings.SDWEB["MODELS_DIR"].name,
+                     details=json.dumps({"registered": [c.name for c in found], "skipped": skipped}))
+        self.message_user(request, f"{len(found)} checkpoint(s) in the models folder: "
+                                   + (", ".join(c.title for c in found) or "none"))
+        for name, reason in skipped.items():
+            self.message_user(request, f"Skipped {name}: {reason}", level=messages.WARNING)
+        return redirect("admin:generation_checkpoint_changelist")
 
 
 @admin.register(Job)

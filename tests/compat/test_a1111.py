@@ -134,3 +134,32 @@ def test_insufficient_credits_is_refused_before_any_work(alice_a1111, checkpoint
     credits_change(user=User.objects.get(username="alice"), kind="adjust", amount=-100, reason="spent")
     response = alice_a1111.post("/sdapi/v1/txt2img", A1111_DEFAULT_PAYLOAD, format="json")
     assert response.status_code == 402 and "balance is 0" in response.data["detail"]
+
+
+def test_an_sdxl_file_with_refiner_and_clip_skip_as_a1111_clients_ask_for_them(alice_a1111, worker, tiny_families):
+    from generation.services.checkpoints import checkpoint_register
+
+    for family, name in (("sdxl", "ponyXL"), ("sdxl-refiner", "refinerXL")):
+        files = tiny_families[family]
+        checkpoint_register(name=name, source=str(files["file"]), config=str(files["config"]))
+    models = {m["model_name"]: m for m in alice_a1111.get("/sdapi/v1/sd-models").data}
+    pony = models["ponyXL"]
+    assert (pony["filename"], pony["title"]) == ("sdxl.safetensors", f"ponyXL [{pony['hash']}]")
+    assert pony["sha256"].startswith(pony["hash"]) and len(pony["sha256"]) == 64
+    assert "/" not in json.dumps(list(models.values()))  # no server path in any answer
+    payload = {**A1111_DEFAULT_PAYLOAD, "batch_size": 1, "refiner_checkpoint": models["refinerXL"]["title"],
+               "refiner_switch_at": 0.8, "override_settings": {"sd_model_checkpoint": "sdxl.safetensors",
+                                                               "CLIP_stop_at_last_layers": 2}}
+    response = alice_a1111.post("/sdapi/v1/txt2img", payload, format="json")
+    assert response.status_code == 200, response.data
+    info = json.loads(response.data["info"])
+    assert (info["sd_model_name"], info["sd_model_hash"], info["clip_skip"]) == ("ponyXL", pony["hash"], 2)
+    infotext = info["infotexts"][0]
+    assert f"Model hash: {pony['hash']}, Model: ponyXL, Clip skip: 2, Refiner: {models['refinerXL']['title']}, " \
+           "Refiner switch at: 0.8" in infotext
+
+
+def test_a_refiner_the_studio_does_not_have_is_a_400_naming_the_field(alice_a1111):
+    response = alice_a1111.post("/sdapi/v1/txt2img", {**A1111_DEFAULT_PAYLOAD, "refiner_checkpoint": "nope [123]"},
+                                format="json")
+    assert response.status_code == 400 and "refiner_checkpoint" in response.data["detail"]

@@ -32,3 +32,119 @@ def test_an_uncached_hub_model_offline_is_a_clear_error(db, monkeypatch, tmp_pat
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path))
     with pytest.raises(CommandError, match="not in the local Hugging Face cache"):
         call_command("add_model", "sd15", "someorg/some-model")
+
+
+def register(name, files, **fields):
+    from generation.services.checkpoints import checkpoint_register
+
+    return checkpoint_register(name=name, source=str(files["file"]), config=str(files["config"]), **fields)
+
+
+def test_add_model_registers_a_single_file_with_its_family_size_and_a1111_hash(db, tiny_families, capsys):
+    import hashlib
+
+    files = tiny_families["sdxl"]
+    call_command("add_model", "juggernaut", str(files["file"]), "--config", str(files["config"]), "--default")
+    checkpoint = Checkpoint.objects.get(name="juggernaut")
+    sha256 = hashlib.sha256(files["file"].read_bytes()).hexdigest()
+    assert (checkpoint.family, checkpoint.default_width, checkpoint.is_default) == ("sdxl", 1024, True)
+    assert (checkpoint.sha256, checkpoint.title) == (sha256, f"juggernaut [{sha256[:10]}]")
+    out, err = capsys.readouterr()
+    assert f"Registered juggernaut [{sha256[:10]}]: SDXL, the default" in out and "hashing sdxl.safetensors" in err
+
+
+def test_a_file_is_hashed_once_and_again_only_when_it_changes(db, tiny_families, tmp_path, monkeypatch):
+    import shutil
+
+    from generation.services import checkpoints
+
+    hashed = []
+    real = checkpoints.file_sha256
+    monkeypatch.setattr(checkpoints, "file_sha256", lambda path, progress=None: hashed.append(path) or real(path))
+    file = tmp_path / "model.safetensors"
+    shutil.copy(tiny_families["sd1"]["file"], file)
+    for _ in range(2):
+        register("model", {"file": file, "config": tiny_families["sd1"]["config"]})
+    assert len(hashed) == 1
+    file.touch()
+    register("model", {"file": file, "config": tiny_families["sd1"]["config"]})
+    assert len(hashed) == 2
+
+
+@pytest.mark.parametrize("family, message", [
+    ("sdxl-refiner", "SDXL refiner: it can't be the default"), ("sd1-inpaint", "inpainting: it can't be the default"),
+])
+def test_a_refiner_or_inpainting_model_is_registered_but_never_the_default(db, tiny_families, family, message):
+    with pytest.raises(ValueError, match=message):
+        register("helper", tiny_families[family], make_default=True)
+    register("helper", tiny_families[family])
+    assert Checkpoint.objects.get(name="helper").is_default is False
+
+
+def test_the_family_told_from_the_file_wins_except_for_sd2_v_prediction(db, tiny_families):
+    with pytest.raises(ValueError, match=r"SD 1.x \(sd1\), not sdxl"):
+        register("wrong", tiny_families["sd1"], family="sdxl")
+    assert register("sd21", tiny_families["sd2"], family="sd2-v").family == "sd2-v"
+
+
+def test_add_model_refuses_a_lora_naming_what_it_is(db, tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"lora_unet_mid_block_attentions_0_proj_in.lora_down.weight": torch.zeros(2, 2)}, tmp_path / "x.safetensors")
+    with pytest.raises(CommandError, match="looks like a LoRA"):
+        call_command("add_model", "x", str(tmp_path / "x.safetensors"))
+    assert not Checkpoint.objects.exists()
+
+
+def test_scan_models_registers_the_models_folder_and_says_what_it_skipped(db, tiny_families, settings, tmp_path,
+                                                                           test_model_folder, capsys):
+    import shutil
+
+    settings.SDWEB = {**settings.SDWEB, "MODELS_DIR": tmp_path}
+    shutil.copy(tiny_families["sd1"]["file"], tmp_path / "dreamshaper.safetensors")
+    (tmp_path / "sdxl").mkdir()
+    shutil.copy(tiny_families["sdxl"]["file"], tmp_path / "sdxl" / "pony.safetensors")
+    (tmp_path / "broken.safetensors").write_bytes(b"\x00" * 20)
+    shutil.copytree(test_model_folder, tmp_path / "a-diffusers-folder")  # its component files are no checkpoints
+    call_command("scan_models")
+    assert {c.name: c.family for c in Checkpoint.objects.all()} == {"dreamshaper": "sd1", "pony": "sdxl"}
+    out = capsys.readouterr().out
+    assert "skipped broken.safetensors: broken.safetensors is not a safetensors file" in out
+    assert "2 checkpoint(s) in" in out and str(tmp_path) not in out
+
+
+def test_scan_models_never_repoints_a_checkpoint_of_the_same_name(db, tiny_families, settings, tmp_path, checkpoint):
+    import shutil
+
+    settings.SDWEB = {**settings.SDWEB, "MODELS_DIR": tmp_path}
+    shutil.copy(tiny_families["sd1"]["file"], tmp_path / "sdweb-test-tiny.safetensors")
+    from generation.services.checkpoints import checkpoints_scan
+
+    found, skipped = checkpoints_scan()
+    assert found == [] and "already exists" in skipped["sdweb-test-tiny.safetensors"]
+    assert Checkpoint.objects.get(name="sdweb-test-tiny").source == checkpoint.source
+
+
+def test_staff_with_the_permission_scan_the_models_folder_from_the_admin(db, client, admin, carol, tiny_families,
+                                                                         settings, tmp_path):
+    import shutil
+
+    from django.contrib.auth.models import Permission
+
+    from generation.models import StaffAction
+
+    settings.SDWEB = {**settings.SDWEB, "MODELS_DIR": tmp_path}
+    shutil.copy(tiny_families["sd1"]["file"], tmp_path / "anything-v5.safetensors")
+    carol.is_staff = True
+    carol.save()
+    client.force_login(carol)
+    assert client.post("/admin/generation/checkpoint/scan/").status_code == 403
+    carol.user_permissions.add(Permission.objects.get(codename="add_checkpoint"),
+                               Permission.objects.get(codename="view_checkpoint"))
+    assert "Scan the models folder" in client.get("/admin/generation/checkpoint/").content.decode()
+    response = client.post("/admin/generation/checkpoint/scan/", follow=True)
+    assert Checkpoint.objects.get(name="anything-v5").family == "sd1"
+    assert "1 checkpoint(s) in the models folder: anything-v5 [" in response.content.decode()
+    action = StaffAction.objects.get(action="scan models")
+    assert action.staff == carol and "anything-v5" in action.details
