@@ -12,7 +12,9 @@ VOCAB_SIZE = 49408
 def _bpe_file() -> Path:
     spec = importlib.util.find_spec("open_clip")
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("the open-clip-torch package is missing: it carries the CLIP vocabulary")
+        # Installed without its dependencies: only this file is read, and its torchvision would break torch.
+        raise RuntimeError("single-file checkpoints need the CLIP vocabulary from open-clip-torch: "
+                           "pip install --no-deps open-clip-torch==3.3.0")
     return Path(next(iter(spec.submodule_search_locations))) / "bpe_simple_vocab_16e6.txt.gz"
 
 
