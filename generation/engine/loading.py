@@ -143,6 +143,9 @@ class PipelineCache:
             "budget_bytes": self.budget_bytes,
         }
 
+    def resident_sources(self) -> list[str]:
+        return [key[0] for key in list(self._models)]
+
     def clear(self) -> None:
         with self._lock:
             self._models.clear()

@@ -182,3 +182,37 @@ def _tiny_pipeline(family_name: str, family):
             extra |= {"text_encoder": None, "tokenizer": None, "requires_aesthetics_score": True}
         return cls(**parts, **extra)
     return cls(**parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+
+
+def full_size(family: str):
+    """The full-size modules of `family`, built from its shipped configs on the meta device (no
+    memory, no weights): unet, vae, text_encoder and text_encoder_2 (None where it has none)."""
+    from types import SimpleNamespace
+
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from .families import family_config
+
+    config = family_config(family)
+    with torch.device("meta"):
+        parts = {"unet": UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(config / "unet")),
+                 "vae": AutoencoderKL.from_config(AutoencoderKL.load_config(config / "vae"))}
+        for name, cls in (("text_encoder", CLIPTextModel), ("text_encoder_2", CLIPTextModelWithProjection)):
+            parts[name] = cls(CLIPTextConfig.from_pretrained(config / name)) if (config / name).is_dir() else None
+    return SimpleNamespace(**parts)
+
+
+def make_full_size_file(family: str, path) -> Path:
+    """A random-weight checkpoint of `family` at full size, written as real ones are: one LDM-layout
+    float16 .safetensors (SD 1.5: ~2 GB; keep it out of the repository)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from .ldm import pipeline_to_ldm
+
+    torch.manual_seed(0)
+    # Small random weights keep every activation finite.
+    save_file({k: (torch.randn(v.shape) * 0.02).half() for k, v in pipeline_to_ldm(full_size(family)).items()}, path)
+    return Path(path)

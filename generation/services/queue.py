@@ -41,9 +41,10 @@ def _claimable(now) -> Q:
     return Q(status=Job.QUEUED) | Q(status=Job.RUNNING, lease_until__lt=now)
 
 
-def job_claim(*, worker: str = "") -> Job | None:
+def job_claim(*, worker: str = "", held: frozenset = frozenset()) -> Job | None:
     """Claim the fairest claimable job: the user with the fewest jobs started in the last
-    SDWEB_FAIR_WINDOW_MINUTES first, then the oldest job. A job whose worker died (its lease
+    SDWEB_FAIR_WINDOW_MINUTES first; among equals, a job for a checkpoint in `held` (ids of those
+    the worker has loaded: no load time), then the oldest job. A job whose worker died (its lease
     ran out) is claimable again until SDWEB_ATTEMPT_LIMIT attempts."""
     now = timezone.now()
     fail_exhausted(now)
@@ -51,7 +52,7 @@ def job_claim(*, worker: str = "") -> Job | None:
     window_start = now - timedelta(minutes=settings.SDWEB["FAIR_WINDOW_MINUTES"])
     recent = dict(Job.objects.filter(user__in={j.user_id for j in candidates}, started_at__gte=window_start)
                   .values_list("user").annotate(n=Count("id")).values_list("user", "n"))
-    for pick in sorted(candidates, key=lambda j: (recent.get(j.user_id, 0), j.created_at)):
+    for pick in sorted(candidates, key=lambda j: (recent.get(j.user_id, 0), j.checkpoint_id not in held, j.created_at)):
         # A conditional update, nothing locked beforehand: when two workers reach for the same job,
         # PostgreSQL makes the second re-check the condition, it finds nothing and takes the next
         # fairest job instead of sitting idle. A duplicate message claims nothing.

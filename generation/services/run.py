@@ -25,7 +25,7 @@ from generation.engine.request import GenerationRequest
 from generation.engine.run import GenerationCancelled, generate
 from generation.engine.safety import DiffusersSafetyChecker
 from generation.live import job_event
-from generation.models import Job
+from generation.models import Checkpoint, Job
 from generation.provenance import sign_png
 from generation.services.credits import credits_refund
 from generation.services.queue import job_claim, job_finish_failed, job_requeue, jobs_reap
@@ -38,7 +38,9 @@ THUMBNAIL_EDGE = 256
 
 def job_run_next(*, worker: str = "") -> Job | None:
     """Claim the fairest job and run it to an end. Returns the job, or None if none was waiting."""
-    job = job_claim(worker=worker)
+    resident = PIPELINES.resident_sources()
+    held = frozenset(Checkpoint.objects.filter(source__in=resident).values_list("pk", flat=True)) if resident else frozenset()
+    job = job_claim(worker=worker, held=held)
     if job is not None:
         job_run(job)
         jobs_reap()  # this worker is free again: a job whose worker died meanwhile is claimed next

@@ -2,16 +2,12 @@
 device (no memory) have the tensor names and shapes real files have, and diffusers' own LDM reader
 maps those back onto every weight."""
 
-from types import SimpleNamespace
-
 import pytest
-import torch
-from diffusers import AutoencoderKL, UNet2DConditionModel
 from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-from generation.engine.families import FAMILIES, detect_family, family_config
+from generation.engine.families import FAMILIES, detect_family
 from generation.engine.ldm import pipeline_to_ldm
+from generation.engine.testmodel import full_size
 
 # Facts about real files (tensor shapes as published checkpoints hold them; UNet sizes as reported).
 REAL = {
@@ -35,18 +31,6 @@ REAL = {
     "sd1-inpaint": {"model.diffusion_model.input_blocks.0.0.weight": (320, 9, 3, 3)},
 }
 UNET_PARAMETERS = {"sd1": 859_520_964, "sdxl": 2_567_463_684}
-
-
-def full_size(family: str):
-    config = family_config(family)
-    with torch.device("meta"):
-        parts = {"unet": UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(config / "unet")),
-                 "vae": AutoencoderKL.from_config(AutoencoderKL.load_config(config / "vae")),
-                 "text_encoder": None, "text_encoder_2": None}
-        for name, cls in (("text_encoder", CLIPTextModel), ("text_encoder_2", CLIPTextModelWithProjection)):
-            if (config / name).is_dir():
-                parts[name] = cls(CLIPTextConfig.from_pretrained(config / name))
-    return SimpleNamespace(**parts)
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
@@ -76,13 +60,9 @@ def test_diffusers_reads_every_weight_of_that_layout_back(family):
 def full_size_sd15(tmp_path_factory):
     """A random-weight SD 1.5 checkpoint as real ones are written: LDM layout, float16, ~2 GB,
     built in a temporary folder, never in the repository."""
-    from safetensors.torch import save_file
+    from generation.engine.testmodel import make_full_size_file
 
-    torch.manual_seed(0)
-    state = {k: (torch.randn(v.shape) * 0.02).half() for k, v in pipeline_to_ldm(full_size("sd1")).items()}
-    path = tmp_path_factory.mktemp("full-size") / "random-sd15.safetensors"
-    save_file(state, path)
-    return path
+    return make_full_size_file("sd1", tmp_path_factory.mktemp("full-size") / "random-sd15.safetensors")
 
 
 def test_a_full_size_random_sd15_file_loads_with_the_shipped_config_and_makes_an_image(full_size_sd15):

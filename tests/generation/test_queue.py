@@ -76,3 +76,43 @@ def test_the_embedded_server_start_makes_orphaned_running_jobs_claimable(alice, 
     running = job_claim()
     assert jobs_recover_orphans() == 2
     assert job_claim().pk == running.pk  # its lease no longer holds it
+
+
+def test_among_equals_a_worker_takes_the_job_for_the_checkpoint_it_holds(alice, carol, checkpoint, tiny_families):
+    from generation.services.checkpoints import checkpoint_register
+
+    other = checkpoint_register(name="other", source=str(tiny_families["sd1"]["file"]),
+                                config=str(tiny_families["sd1"]["config"]))
+    older = job_submit(user=alice, params=params(checkpoint))
+    newer = job_submit(user=carol, params=params(other))
+    assert job_claim(held=frozenset({other.pk})).pk == newer.pk
+    assert job_claim(held=frozenset({other.pk})).pk == older.pk
+
+
+def test_a_held_checkpoint_never_beats_fairness(alice, carol, checkpoint, tiny_families):
+    from generation.services.checkpoints import checkpoint_register
+
+    other = checkpoint_register(name="other", source=str(tiny_families["sd1"]["file"]),
+                                config=str(tiny_families["sd1"]["config"]))
+    Job.objects.filter(pk=job_submit(user=alice, params=params(other)).pk).update(
+        status="succeeded", started_at=timezone.now())  # alice started a job recently; carol did not
+    alices = job_submit(user=alice, params=params(other))
+    carols = job_submit(user=carol, params=params(checkpoint))
+    assert job_claim(held=frozenset({other.pk})).pk == carols.pk
+    assert job_claim(held=frozenset({other.pk})).pk == alices.pk
+
+
+def test_the_worker_knows_which_checkpoints_it_holds(transactional_db, alice, carol, checkpoint, tiny_families,
+                                                     monkeypatch):
+    from generation.engine.loading import PIPELINES
+    from generation.services import run as run_service
+    from generation.services.checkpoints import checkpoint_register
+
+    other = checkpoint_register(name="other", source=str(tiny_families["sd1"]["file"]),
+                                config=str(tiny_families["sd1"]["config"]))
+    PIPELINES.clear()
+    PIPELINES.get(other.model_ref())
+    job_submit(user=alice, params=params(checkpoint))
+    carols = job_submit(user=carol, params=params(other))
+    monkeypatch.setattr(run_service, "job_run", lambda job: None)
+    assert run_service.job_run_next().pk == carols.pk
