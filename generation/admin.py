@@ -10,7 +10,7 @@ from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import path
 
-from generation.models import BlockRule, Checkpoint, CreditAccount, CreditEntry, Job, PromptAudit, StaffAction
+from generation.models import BlockRule, Checkpoint, CreditAccount, CreditEntry, Job, PromptAudit, StaffAction, Vae
 from generation.services.audit import staff_action
 from generation.services.checkpoints import checkpoints_scan
 from generation.services.credits import credits_grant
@@ -40,6 +40,12 @@ class CheckpointAdmin(admin.ModelAdmin):
         for name, reason in skipped.items():
             self.message_user(request, f"Skipped {name}: {reason}", level=messages.WARNING)
         return redirect("admin:generation_checkpoint_changelist")
+
+
+@admin.register(Vae)
+class VaeAdmin(admin.ModelAdmin):
+    list_display = ("name", "source", "enabled")
+    readonly_fields = ("sha256", "file_size", "file_mtime")
 
 
 @admin.register(Job)

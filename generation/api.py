@@ -8,7 +8,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from generation.engine.schedulers import SCHEDULERS
-from generation.models import Checkpoint, CreditAccount, Job
+from generation.models import Checkpoint, CreditAccount, Job, Vae
 from generation.presenters import refusal_status
 from generation.selectors import default_checkpoint
 from generation.serializers import (
@@ -17,6 +17,7 @@ from generation.serializers import (
     JobCreateSerializer,
     JobSerializer,
     QuoteSerializer,
+    VaeSerializer,
 )
 from generation.services.audit import audit_refused
 from generation.services.credits import quote_cost
@@ -100,6 +101,14 @@ class CheckpointList(generics.ListAPIView):
     serializer_class = CheckpointSerializer
     pagination_class = None
     queryset = Checkpoint.objects.filter(enabled=True)
+
+
+class VaeList(generics.ListAPIView):
+    """The VAE files a job may decode with (`vae`)."""
+
+    serializer_class = VaeSerializer
+    pagination_class = None
+    queryset = Vae.objects.filter(enabled=True)
 
 
 class SchedulerList(APIView):

@@ -4,7 +4,7 @@ from django.conf import settings
 from generation.engine.families import FAMILIES
 from generation.engine.request import MAX_PROMPT_CHARS, MAX_SEED, MAX_STEPS
 from generation.engine.schedulers import SCHEDULERS
-from generation.models import Checkpoint
+from generation.models import Checkpoint, Vae
 from generation.selectors import default_checkpoint
 
 SIZE_PRESETS = [(256, 256), (512, 512), (512, 768), (768, 512), (768, 768), (1024, 1024)]
@@ -29,6 +29,8 @@ class GenerateForm(forms.Form):
                                    help_text="SD 1.x: 2 suits many anime models.")
     refiner = forms.ModelChoiceField(queryset=Checkpoint.objects.none(), required=False, empty_label="None",
                                      help_text="SDXL only: a refiner finishes the last steps.")
+    vae = forms.ModelChoiceField(queryset=Vae.objects.none(), required=False, label="VAE", empty_label="Automatic",
+                                 help_text="Automatic: the checkpoint's default VAE, or its own.")
     refiner_switch_at = forms.FloatField(min_value=0.01, max_value=0.99, initial=0.8, required=False,
                                          label="Refiner switch at")
 
@@ -36,6 +38,7 @@ class GenerateForm(forms.Form):
         super().__init__(*args, **kwargs)
         self.fields["checkpoint"].queryset = Checkpoint.objects.filter(enabled=True, family__in=TXT2IMG_FAMILIES)
         self.fields["refiner"].queryset = Checkpoint.objects.filter(enabled=True, family__in=["sdxl", "sdxl-refiner"])
+        self.fields["vae"].queryset = Vae.objects.filter(enabled=True)
         default = default_checkpoint()
         if default and not self.is_bound:  # the checkpoint's defaults, unless the link says otherwise
             self.initial = {"checkpoint": default, "width": default.default_width, "height": default.default_height,

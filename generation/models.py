@@ -19,6 +19,35 @@ class CheckpointQuerySet(models.QuerySet):
         return self.filter(enabled=True, name=name).first()
 
 
+class Vae(models.Model):
+    """A VAE file that decodes instead of a checkpoint's own (A1111's models/VAE)."""
+
+    name = models.CharField(max_length=100, unique=True, help_text="Its file name, as A1111 names a VAE")
+    source = models.CharField(max_length=500, help_text="A .safetensors file")
+    sha256 = models.CharField(max_length=64)
+    file_size = models.BigIntegerField(null=True, blank=True)
+    file_mtime = models.FloatField(null=True, blank=True)
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name = "VAE"
+
+    def __str__(self):
+        return self.name
+
+    @property
+    def title(self) -> str:
+        return f"{self.name} [{self.sha256[:10]}]"
+
+    def get_family_display(self) -> str:
+        return "VAE"
+
+    def model_ref(self) -> ModelRef:
+        return ModelRef(self.source, name=self.name, hash=self.sha256[:10])
+
+
 class Checkpoint(models.Model):
     """A registered model: a single .safetensors file, a diffusers folder on disk or a Hugging Face id."""
 
@@ -33,6 +62,8 @@ class Checkpoint(models.Model):
                               help_text="Of the file (a folder: of its UNet weights); A1111's hash is the first 10 digits")
     file_size = models.BigIntegerField(null=True, blank=True, help_text="When hashed: a change means hash again")
     file_mtime = models.FloatField(null=True, blank=True)
+    default_vae = models.ForeignKey(Vae, null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+                                    help_text="Decodes this checkpoint's images unless a job picks another VAE")
     default_width = models.PositiveIntegerField(default=512)
     default_height = models.PositiveIntegerField(default=512)
     default_steps = models.PositiveIntegerField(default=20)
@@ -96,6 +127,8 @@ class Job(models.Model):
     refiner = models.ForeignKey(Checkpoint, null=True, blank=True, on_delete=models.PROTECT, related_name="+",
                                 help_text="An SDXL refiner that takes over at refiner_switch_at")
     refiner_switch_at = models.FloatField(default=0.8)
+    vae = models.ForeignKey(Vae, null=True, blank=True, on_delete=models.PROTECT, related_name="+",
+                            help_text="The VAE file that decoded it; empty: the checkpoint's own")
     image_ids = models.JSONField(help_text="Identifiers allocated at submit; also the watermark payloads")
     cost = models.PositiveIntegerField()
 

@@ -4,7 +4,7 @@ from rest_framework import serializers
 
 from generation.engine.request import MAX_PROMPT_CHARS, MAX_SEED, MAX_STEPS
 from generation.engine.schedulers import SCHEDULERS
-from generation.models import Checkpoint, CreditEntry, Job
+from generation.models import Checkpoint, CreditEntry, Job, Vae
 from generation.presenters import job_images
 from generation.selectors import queue_position
 
@@ -32,6 +32,8 @@ class JobCreateSerializer(serializers.Serializer):
                                     help_text="SDXL only: the name of a refiner checkpoint that finishes the image.")
     refiner_switch_at = serializers.FloatField(default=0.8, min_value=0.01, max_value=0.99,
                                                help_text="The fraction of the steps after which the refiner takes over.")
+    vae = serializers.CharField(required=False, allow_blank=True,
+                                help_text="A VAE's name (GET /api/v1/vaes/); default: the checkpoint's own or default VAE.")
 
     def validate_num_images(self, value):
         if value > settings.SDWEB["MAX_IMAGES"]:
@@ -57,6 +59,8 @@ class JobSerializer(serializers.ModelSerializer):
     checkpoint = serializers.CharField(source="checkpoint.name", help_text="The checkpoint used.")
     refiner = serializers.CharField(source="refiner.name", default=None, allow_null=True,
                                     help_text="The SDXL refiner used, if any.")
+    vae = serializers.CharField(source="vae.name", default=None, allow_null=True,
+                                help_text="The VAE file that decoded the images; null: the checkpoint's own.")
     images = serializers.SerializerMethodField(help_text="The stored images, once the job succeeded.")
     queue_position = serializers.SerializerMethodField(help_text="Queued jobs ahead of this one, while queued.")
 
@@ -64,7 +68,7 @@ class JobSerializer(serializers.ModelSerializer):
         model = Job
         fields = ["id", "status", "prompt", "negative_prompt", "checkpoint", "width", "height", "steps",
                   "guidance_scale", "scheduler", "seed", "num_images", "clip_skip", "refiner", "refiner_switch_at",
-                  "cost", "created_at", "started_at",
+                  "vae", "cost", "created_at", "started_at",
                   "finished_at", "attempts", "progress_step", "progress_total", "queue_position", "error",
                   "timings", "images"]
         extra_kwargs = {
@@ -115,6 +119,19 @@ class CheckpointSerializer(serializers.ModelSerializer):
             "is_default": {"help_text": "Used when a request names no checkpoint."},
             "is_test_model": {"help_text": "The built-in random-weight model: its images are noise."},
         }
+
+
+class VaeSerializer(serializers.ModelSerializer):
+    hash = serializers.SerializerMethodField(help_text="A1111's short hash: the first 10 digits of sha256.")
+
+    class Meta:
+        model = Vae
+        fields = ["name", "hash", "sha256"]
+        extra_kwargs = {"name": {"help_text": "Use this name as `vae` when submitting."},
+                        "sha256": {"help_text": "SHA-256 of the file."}}
+
+    def get_hash(self, vae) -> str:
+        return vae.sha256[:10]
 
 
 class CreditEntrySerializer(serializers.ModelSerializer):

@@ -34,7 +34,8 @@ def generate(request):
     initial = None
     if request.method == "GET":
         initial = request.GET.dict() if "prompt" in request.GET else (
-            {**job.params(), "seed": -1, "checkpoint": job.checkpoint_id, "refiner": job.refiner_id} if job else {})
+            {**job.params(), "seed": -1, "checkpoint": job.checkpoint_id, "refiner": job.refiner_id,
+             "vae": job.vae_id} if job else {})
     form = GenerateForm(request.POST or None, initial=initial)
     if request.method == "POST" and form.is_valid():
         try:

@@ -17,7 +17,7 @@ from rest_framework.views import APIView
 
 from generation.engine.schedulers import SCHEDULERS, resolve_scheduler
 from generation.live import wait_for_end
-from generation.models import Checkpoint, Job, UserSettings
+from generation.models import Checkpoint, Job, UserSettings, Vae
 from generation.presenters import refusal_status
 from generation.selectors import user_checkpoint
 from generation.services.audit import audit_refused
@@ -48,8 +48,9 @@ HARMLESS = {
 }
 USED = {"prompt", "negative_prompt", "seed", "steps", "cfg_scale", "width", "height", "sampler_name", "scheduler",
         "batch_size", "n_iter", "override_settings", "refiner_checkpoint", "refiner_switch_at"}
-SETTINGS_NEUTRAL = {"sd_vae": ("Automatic", "None", None)}
-EMPTY_LISTS = ("loras", "upscalers", "latent-upscale-modes", "sd-vae", "prompt-styles", "hypernetworks",
+A1111_FIELDS = {"guidance_scale": "cfg_scale", "num_images": "batch_size", "refiner": "refiner_checkpoint",
+                "clip_skip": "override_settings.CLIP_stop_at_last_layers", "vae": "override_settings.sd_vae"}
+EMPTY_LISTS = ("loras", "upscalers", "latent-upscale-modes", "prompt-styles", "hypernetworks",
                "face-restorers", "realesrgan-models", "scripts")
 
 
@@ -72,6 +73,18 @@ def find_checkpoint(title) -> Checkpoint | None:
     return found
 
 
+def find_vae(name):
+    """A1111's sd_vae: "Automatic" is the checkpoint's default VAE, "None" its own, else a file name."""
+    if name in ("Automatic", "Auto", "automatic", "auto", None, ""):
+        return None
+    if name == "None":
+        return "None"  # the checkpoint decodes with its own, even where it has a default VAE
+    vae = Vae.objects.filter(enabled=True, name=str(name)[:100]).first()
+    if vae is None:
+        raise ValueError(f"override_settings.sd_vae: no VAE called {name!r} (GET /sdapi/v1/sd-vae)")
+    return vae
+
+
 def translate(payload: dict, user) -> tuple[dict, list[str]]:
     """A1111 txt2img payload -> our submit params, plus the fields that were ignored."""
     if not isinstance(payload, dict):
@@ -89,7 +102,7 @@ def translate(payload: dict, user) -> tuple[dict, list[str]]:
     overrides = payload.get("override_settings") or {}
     if not isinstance(overrides, dict):
         raise ValueError("override_settings: an object is required")
-    checkpoint, clip_skip = user_checkpoint(user), 1
+    checkpoint, clip_skip, vae = user_checkpoint(user), 1, None
     for key, value in overrides.items():
         if key == "sd_model_checkpoint":
             checkpoint = find_checkpoint(value)
@@ -97,8 +110,8 @@ def translate(payload: dict, user) -> tuple[dict, list[str]]:
                 raise ValueError(f"override_settings.sd_model_checkpoint: no checkpoint called {value!r}")
         elif key == "CLIP_stop_at_last_layers":
             clip_skip = value
-        elif key in SETTINGS_NEUTRAL and value in SETTINGS_NEUTRAL[key]:
-            ignored.append(f"override_settings.{key}")
+        elif key == "sd_vae":
+            vae = find_vae(value)
         else:
             raise ValueError(f"override_settings.{key}: not supported")
     for field in ("sampler_name", "sampler_index", "scheduler"):
@@ -123,6 +136,8 @@ def translate(payload: dict, user) -> tuple[dict, list[str]]:
         "width": payload.get("width", 512), "height": payload.get("height", 512), "scheduler": scheduler,
         "num_images": batch_size * n_iter, "checkpoint": checkpoint, "clip_skip": clip_skip,
     }
+    if vae is not None:
+        params["vae"] = vae
     if payload.get("refiner_checkpoint"):
         # A1111 takes a title, a name or a file name; the switch point defaults to its 0.8.
         refiner = find_checkpoint(payload["refiner_checkpoint"])
@@ -144,8 +159,7 @@ class Txt2Img(A1111View):
         try:
             job = job_submit(user=request.user, params=params, client_ip=client_ip(request))
         except Refused as refusal:
-            field = {"guidance_scale": "cfg_scale", "num_images": "batch_size", "refiner": "refiner_checkpoint",
-                     "clip_skip": "override_settings.CLIP_stop_at_last_layers"}.get(refusal.field, refusal.field)
+            field = A1111_FIELDS.get(refusal.field, refusal.field)
             return a1111_error(refusal_status(refusal), f"{field}: {refusal}" if field else str(refusal))
         # The A1111 call is synchronous: this request waits for the job's end, heard on the channel layer.
         wait_for_end(job.pk, settings.SDWEB["JOB_TIMEOUT_SECONDS"] + 600)
@@ -169,7 +183,8 @@ class Txt2Img(A1111View):
             "height": job.height, "sampler_name": spec.sampler, "scheduler": spec.schedule_type,
             "cfg_scale": job.guidance_scale, "steps": job.steps, "batch_size": request.data.get("batch_size", 1),
             "n_iter": request.data.get("n_iter", 1), "restore_faces": False, "sd_model_name": job.checkpoint.name,
-            "sd_model_hash": job.checkpoint.short_hash, "seed_resize_from_w": -1, "seed_resize_from_h": -1,
+            "sd_model_hash": job.checkpoint.short_hash, "sd_vae_name": job.vae.name if job.vae else None,
+            "sd_vae_hash": job.vae.sha256[:10] if job.vae else None, "seed_resize_from_w": -1, "seed_resize_from_h": -1,
             "denoising_strength": None, "extra_generation_params": {}, "index_of_first_image": 0,
             "infotexts": infotexts, "styles": [], "job_timestamp": job.created_at.strftime("%Y%m%d%H%M%S"),
             "clip_skip": job.clip_skip, "is_using_inpainting_conditioning": False, "version": "sdweb",
@@ -254,6 +269,12 @@ class Options(A1111View):
             with transaction.atomic():
                 UserSettings.objects.update_or_create(user=request.user, defaults={"default_checkpoint": checkpoint})
         return Response(None)
+
+
+class SdVae(A1111View):
+    @extend_schema(exclude=True)
+    def get(self, request):
+        return Response([{"model_name": vae.name, "filename": vae.name} for vae in Vae.objects.filter(enabled=True)])
 
 
 class EmptyList(A1111View):

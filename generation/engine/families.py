@@ -102,6 +102,16 @@ def detect_family(header: dict, *, v_prediction: bool = False) -> str:
     return family
 
 
+def vae_layout(header: dict) -> str:
+    """"ldm" or "diffusers" for a VAE on its own; ValueError naming what else the file is."""
+    if "encoder.down.0.block.0.conv1.weight" in header and "decoder.conv_out.weight" in header:
+        return "ldm"
+    if "encoder.down_blocks.0.resnets.0.conv1.weight" in header and "decoder.conv_out.weight" in header:
+        return "diffusers"
+    what = "a whole checkpoint" if UNET + "input_blocks.0.0.weight" in header else _what_else(header.keys())
+    raise ValueError(f"this is not a VAE: it looks like {what}")
+
+
 def _what_else(keys) -> str:
     keys = list(keys)
     joined = "\n".join(keys)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from .families import FAMILIES, detect_family, family_config, read_header, v_prediction_beside
+from .families import FAMILIES, detect_family, family_config, read_header, v_prediction_beside, vae_layout
 from .request import ModelRef, model_ref
 from .sources import model_hash, model_name, resolve_source
 from .tokenizer import clip_tokenizer
@@ -22,6 +22,7 @@ class LoadedModel:
     name: str
     hash: str
     family: str  # families.FAMILIES, or "sd" for an SD 1.x/2.x diffusers folder
+    vae_config: str  # the folder whose vae/config.json describes its VAE
     device: torch.device
     dtype: torch.dtype
     size_bytes: int
@@ -56,6 +57,7 @@ def _load(ref: ModelRef, device: torch.device, dtype: torch.dtype) -> LoadedMode
     name = ref.name or model_name(path, ref.source)
     try:
         pipe, family = _load_single_file(path, ref, dtype) if path.is_file() else _load_folder(path, dtype)
+        vae_config = str(Path(ref.config).resolve() if ref.config else family_config(family)) if path.is_file() else str(path)
     except (OSError, ValueError, KeyError, RuntimeError) as error:
         # The message reaches users: it names the model, never a server path.
         detail = str(error).replace(str(path.parent), "").replace(ref.config, "")[:300]
@@ -67,9 +69,35 @@ def _load(ref: ModelRef, device: torch.device, dtype: torch.dtype) -> LoadedMode
     modules = [m for m in pipe.components.values() if isinstance(m, torch.nn.Module)]
     size = sum(p.numel() * p.element_size() for m in modules for p in m.parameters())
     return LoadedModel(
-        pipe=pipe, name=name, hash=ref.hash or model_hash(path), family=family, device=device, dtype=dtype,
+        pipe=pipe, name=name, hash=ref.hash or model_hash(path), family=family, vae_config=vae_config,
+        device=device, dtype=dtype,
         size_bytes=size, load_seconds=time.perf_counter() - started,
     )
+
+
+def _load_vae(ref: ModelRef, model: LoadedModel, dtype: torch.dtype) -> LoadedModel:
+    from diffusers import AutoencoderKL
+    from safetensors.torch import load_file
+
+    started = time.perf_counter()
+    path = resolve_source(ref.source)
+    name = ref.name or path.name
+    try:
+        if not path.is_file():
+            raise ValueError("a VAE is one .safetensors file")
+        if vae_layout(read_header(path)) == "ldm":
+            vae = AutoencoderKL.from_single_file(str(path), config=model.vae_config, subfolder="vae",
+                                                 local_files_only=True, torch_dtype=dtype)
+        else:
+            vae = AutoencoderKL.from_config(AutoencoderKL.load_config(model.vae_config, subfolder="vae"))
+            vae.load_state_dict(load_file(path))
+    except (OSError, ValueError, KeyError, RuntimeError) as error:
+        detail = str(error).replace(str(path.parent), "").replace(model.vae_config, "")[:300]
+        raise ValueError(f"VAE {name!r} could not be loaded: {detail}") from error
+    vae.to(model.device, dtype).eval()
+    return LoadedModel(pipe=vae, name=name, hash=ref.hash or model_hash(path), family="vae", vae_config="",
+                       device=model.device, dtype=dtype, size_bytes=sum(p.numel() * p.element_size() for p in vae.parameters()),
+                       load_seconds=time.perf_counter() - started)
 
 
 def _load_folder(folder: Path, dtype: torch.dtype):
@@ -130,9 +158,7 @@ class PipelineCache:
             loaded = _load(dataclasses.replace(ref, source=key[0]), device, dtype)
             self.misses += 1
             self.load_seconds += loaded.load_seconds
-            self._models[key] = loaded
-            while len(self._models) > 1 and sum(m.size_bytes for m in self._models.values()) > self.budget_bytes:
-                self._models.popitem(last=False)
+            self._add(key, loaded)
             return loaded
 
     def info(self) -> dict:
@@ -143,8 +169,30 @@ class PipelineCache:
             "budget_bytes": self.budget_bytes,
         }
 
+    def get_vae(self, vae, model: LoadedModel):
+        """The VAE file `vae` (ModelRef or source) built to `model`'s VAE config (its scaling factor
+        included), resident like a pipeline; in float32 where the model's own VAE is."""
+        ref = model_ref(vae)
+        dtype = model.pipe.vae.dtype
+        key = ("vae", ref.source.strip(), model.vae_config, str(model.device), str(dtype))
+        with self._lock:
+            if key in self._models:
+                self.hits += 1
+                self._models.move_to_end(key)
+                return self._models[key]
+            loaded = _load_vae(dataclasses.replace(ref, source=key[1]), model, dtype)
+            self.misses += 1
+            self.load_seconds += loaded.load_seconds
+            self._add(key, loaded)
+            return loaded
+
+    def _add(self, key, loaded) -> None:
+        self._models[key] = loaded
+        while len(self._models) > 1 and sum(m.size_bytes for m in self._models.values()) > self.budget_bytes:
+            self._models.popitem(last=False)
+
     def resident_sources(self) -> list[str]:
-        return [key[0] for key in list(self._models)]
+        return [key[0] for key in list(self._models) if key[0] != "vae"]
 
     def clear(self) -> None:
         with self._lock:

@@ -54,6 +54,7 @@ class GenerationRequest:
     num_images: int = 1
     clip_skip: int = 1  # 1-12, as A1111's CLIP_stop_at_last_layers
     refiner: str | ModelRef | None = None  # an SDXL refiner takes over at refiner_switch_at
+    vae: str | ModelRef | None = None  # a VAE file that decodes instead of the checkpoint's own
     refiner_switch_at: float = 0.8
 
     def validate(self, limits: Limits | None = None) -> None:

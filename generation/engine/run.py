@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from .families import FAMILIES
-from .loading import load_pipeline
+from .loading import PIPELINES, load_pipeline
 from .metadata import format_parameters, save_png
 from .previews import PreviewSettings, PreviewThrottle, encode_preview, latents_to_rgb, load_taesd
 from .prompts import encode_prompts, encode_prompts_xl
@@ -31,6 +31,7 @@ class GenerationResult:
     model_name: str = ""
     model_hash: str = ""
     refiner: str = ""  # "name [hash]"
+    vae: tuple | None = None  # (file name, hash) of a VAE file used instead of the checkpoint's own
     timings: dict = field(default_factory=dict)  # seconds
 
     def parameters(self, k: int) -> str:
@@ -44,7 +45,9 @@ class GenerationResult:
 
     def _extra(self) -> dict:
         """What A1111 adds after the model, when it differs from the default."""
-        extra = {"Clip skip": self.request.clip_skip} if self.request.clip_skip > 1 else {}
+        extra = {"VAE hash": self.vae[1], "VAE": self.vae[0]} if self.vae else {}
+        if self.request.clip_skip > 1:
+            extra["Clip skip"] = self.request.clip_skip
         if self.refiner:
             extra |= {"Refiner": self.refiner, "Refiner switch at": self.request.refiner_switch_at}
         return extra
@@ -87,6 +90,7 @@ def generate(
     tick = time.perf_counter()
     model = load_pipeline(request.model, device=device, dtype=dtype)
     refiner = load_pipeline(request.refiner, device=device, dtype=dtype) if request.refiner else None
+    vae = PIPELINES.get_vae(request.vae, model) if request.vae else None
     _check_roles(model, refiner)
     timings["load"] = time.perf_counter() - tick
     pipe = _pipeline_for_run(model.pipe, request.scheduler, seeds)
@@ -131,9 +135,10 @@ def generate(
 
     # 5. Decode.
     tick = time.perf_counter()
+    decoder = vae.pipe if vae else pipe.vae
     with torch.no_grad():
         # An SDXL VAE stays in float32 (loading.py); the latents follow it.
-        decoded = pipe.vae.decode(latents.to(pipe.vae.dtype) / pipe.vae.config.scaling_factor, return_dict=False)[0]
+        decoded = decoder.decode(latents.to(decoder.dtype) / decoder.config.scaling_factor, return_dict=False)[0]
     images = pipe.image_processor.postprocess(decoded, output_type="pil")
     timings["decode"] = time.perf_counter() - tick
 
@@ -167,6 +172,7 @@ def generate(
         model_name=model_ref(request.model).name or model.name,
         model_hash=model_ref(request.model).hash or model.hash,
         refiner=_title(request.refiner, refiner),
+        vae=(model_ref(request.vae).name or vae.name, model_ref(request.vae).hash or vae.hash) if vae else None,
         timings=timings,
     )
 

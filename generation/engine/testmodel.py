@@ -130,6 +130,26 @@ def make_tiny_family(family: str, path) -> dict[str, Path]:
     return {"file": single, "config": config, "folder": folder}
 
 
+def make_tiny_vae(family: str, path, *, layout: str = "ldm", seed: int = 1) -> Path:
+    """A VAE file that fits the tiny models of `family`, with weights of its own, as a VAE
+    downloaded on its own is written: LDM keys (or diffusers keys with layout="diffusers")."""
+    import torch
+    from diffusers import AutoencoderKL
+    from safetensors.torch import save_file
+
+    from .families import FAMILIES
+    from .ldm import vae_to_ldm
+
+    torch.manual_seed(seed)
+    xl = FAMILIES[family].xl
+    vae = AutoencoderKL(block_out_channels=[32, 32, 64, 64], down_block_types=["DownEncoderBlock2D"] * 4,
+                        up_block_types=["UpDecoderBlock2D"] * 4, latent_channels=4, sample_size=256,
+                        **({"scaling_factor": 0.13025, "force_upcast": True} if xl else {}))
+    state = vae_to_ldm(vae) if layout == "ldm" else vae.state_dict()
+    save_file({k: v.contiguous() for k, v in state.items()}, path)
+    return Path(path)
+
+
 def _tiny_pipeline(family_name: str, family):
     import diffusers
     import torch

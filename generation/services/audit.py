@@ -63,11 +63,12 @@ def audit_append(*, user, client_ip, params: dict, decision: str, reason: str = 
     them with the whole one's length and SHA-256), the settings, the decision."""
     params = params if isinstance(params, dict) else {}
     shown = {k: v for k, v in params.items() if k in Job.PARAMS and k not in ("prompt", "negative_prompt")}
-    if params.get("refiner"):
-        shown["refiner"] = str(params["refiner"])[:200]
+    for field in ("refiner", "vae"):
+        if params.get(field):
+            shown[field] = str(params[field])[:200]
     if job is not None:
         shown.update({f: getattr(job, f) for f in (*Job.PARAMS[2:], "cost")})
-        shown["refiner"] = job.refiner.name if job.refiner else None
+        shown.update(refiner=job.refiner.name if job.refiner else None, vae=job.vae.name if job.vae else None)
     checkpoint_name = checkpoint.name if checkpoint else str(params.get("checkpoint") or "")
     texts = [str(params.get(f) or "") for f in ("prompt", "negative_prompt")]
     for field, text in zip(("prompt", "negative_prompt"), texts):

@@ -7,10 +7,10 @@ from pathlib import Path
 from django.conf import settings
 from django.db import transaction
 
-from generation.engine.families import FAMILIES, detect_family, file_sha256, read_header, v_prediction_beside
+from generation.engine.families import FAMILIES, detect_family, file_sha256, read_header, v_prediction_beside, vae_layout
 from generation.engine.sources import resolve_source
 from generation.engine.testmodel import TEST_MODEL_NAME, make_test_model
-from generation.models import Checkpoint
+from generation.models import Checkpoint, Vae
 
 
 def checkpoint_register(*, name: str, source: str, family: str = "", config: str = "", make_default: bool = False,
@@ -30,10 +30,7 @@ def checkpoint_register(*, name: str, source: str, family: str = "", config: str
     hashed = path if path.is_file() else next(iter(sorted((path / "unet").glob("*.safetensors"))), None)
     if hashed is None:
         raise ValueError(f"model folder {path.name!r} has no UNet weights (unet/*.safetensors)")
-    stat = hashed.stat()
-    known = Checkpoint.objects.filter(name=name, source=str(source), file_size=stat.st_size,
-                                      file_mtime=stat.st_mtime).exclude(sha256="").first()
-    sha256 = known.sha256 if known else file_sha256(hashed, progress)
+    stat, sha256 = _hashed_once(Checkpoint, name, source, hashed, progress)
     with transaction.atomic():
         checkpoint, _ = Checkpoint.objects.update_or_create(name=name, defaults=dict(
             source=str(source), family=family, config=str(config), default_width=side, default_height=side,
@@ -45,6 +42,26 @@ def checkpoint_register(*, name: str, source: str, family: str = "", config: str
             Checkpoint.objects.filter(is_default=True).exclude(pk=checkpoint.pk).update(is_default=False)
             Checkpoint.objects.filter(pk=checkpoint.pk).update(is_default=True)
     return Checkpoint.objects.get(pk=checkpoint.pk)
+
+
+def vae_register(*, name: str, source: str, progress=None) -> Vae:
+    """Register (or update) a VAE file, LDM or diffusers layout; ValueError says what else it is."""
+    path = resolve_source(source)
+    if not path.is_file():
+        raise ValueError("a VAE is one .safetensors file")
+    vae_layout(read_header(path))
+    stat, sha256 = _hashed_once(Vae, name, source, path, progress)
+    vae, _ = Vae.objects.update_or_create(name=name, defaults=dict(
+        source=str(source), sha256=sha256, file_size=stat.st_size, file_mtime=stat.st_mtime, enabled=True))
+    return vae
+
+
+def _hashed_once(model, name: str, source: str, path: Path, progress):
+    """(stat, sha256): the stored hash while the file's size and mtime are what was hashed."""
+    stat = path.stat()
+    known = model.objects.filter(name=name, source=str(source), file_size=stat.st_size,
+                                 file_mtime=stat.st_mtime).exclude(sha256="").first()
+    return stat, known.sha256 if known else file_sha256(path, progress)
 
 
 def _chosen_family(found: str, family: str) -> str:
@@ -61,9 +78,10 @@ def _folder_family(folder: Path, family: str) -> tuple[str, int]:
     return found, int(unet_config.get("sample_size", 64)) * 8
 
 
-def checkpoints_scan(*, progress_for=None) -> tuple[list[Checkpoint], dict[str, str]]:
-    """Register every .safetensors in the models folder (named by its file name), hashing only new
-    or changed files. Returns (the checkpoints, {file name: why it was not registered})."""
+def checkpoints_scan(*, progress_for=None) -> tuple[list, dict[str, str]]:
+    """Register every .safetensors in the models folder, checkpoints named by their file name
+    without the extension and VAEs by their file name, hashing only new or changed files.
+    Returns (the checkpoints and VAEs, {file name: why it was not registered})."""
     found, skipped = [], {}
     root = Path(settings.SDWEB["MODELS_DIR"])
     for path in sorted(root.rglob("*.safetensors")):
@@ -71,6 +89,13 @@ def checkpoints_scan(*, progress_for=None) -> tuple[list[Checkpoint], dict[str, 
         if any(part.startswith(".") for part in path.relative_to(root).parts) or any(
                 (root / folder / "model_index.json").is_file() for folder in inside):
             continue  # hidden, or a component of a diffusers folder
+        progress = progress_for(path) if progress_for else None
+        if _is_vae(path):
+            if Vae.objects.filter(name=path.name[:100]).exclude(source=str(path)).exists():
+                skipped[str(path.relative_to(root))] = f"a VAE called {path.name[:100]!r} already exists"
+            else:
+                found.append(vae_register(name=path.name[:100], source=str(path), progress=progress))
+            continue
         existing = Checkpoint.objects.filter(source=str(path)).first()
         if existing is None and Checkpoint.objects.filter(name=path.stem[:100]).exists():
             skipped[str(path.relative_to(root))] = f"a checkpoint called {path.stem[:100]!r} already exists"
@@ -79,10 +104,18 @@ def checkpoints_scan(*, progress_for=None) -> tuple[list[Checkpoint], dict[str, 
             found.append(checkpoint_register(
                 name=existing.name if existing else path.stem[:100], source=str(path),
                 family=existing.family if existing else "", config=existing.config if existing else "",
-                progress=progress_for(path) if progress_for else None))
+                progress=progress))
         except ValueError as error:
             skipped[str(path.relative_to(root))] = str(error)
     return found, skipped
+
+
+def _is_vae(path: Path) -> bool:
+    try:
+        vae_layout(read_header(path))
+    except ValueError:
+        return False
+    return True
 
 
 def checkpoint_ensure_test_model() -> Checkpoint:

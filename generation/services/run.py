@@ -98,7 +98,7 @@ def job_run(job: Job) -> None:
 
     job_event(job.pk, {"type": "started", "attempt": attempt})
     request = GenerationRequest(model=job.checkpoint.model_ref(), refiner=job.refiner and job.refiner.model_ref(),
-                                **job.params())
+                                vae=job.vae and job.vae.model_ref(), **job.params())
     try:
         result = generate(request, on_preview=on_preview, should_cancel=should_cancel,
                           watermark_payloads=[i.to_bytes(8, "big") for i in job.image_ids], **engine_options())

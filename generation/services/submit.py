@@ -9,7 +9,7 @@ from django.db import IntegrityError, transaction
 
 from generation import filters
 from generation.engine.request import GenerationRequest, Limits
-from generation.models import Checkpoint, CreditEntry, Job, PromptAudit, UserSettings, new_image_id
+from generation.models import Checkpoint, CreditEntry, Job, PromptAudit, UserSettings, Vae, new_image_id
 from generation.services.audit import audit_append
 from generation.services.credits import credits_change, locked_account, quote_cost
 from generation.services.queue import enqueue_job
@@ -105,8 +105,8 @@ def _check_allowed(user, prompt: str) -> None:
 
 
 def request_fingerprint(params: dict) -> str:
-    shown = {k: str(v.name if isinstance(v, Checkpoint) else v) for k, v in params.items()
-             if k in Job.PARAMS or k in ("checkpoint", "refiner")}
+    shown = {k: str(v.name if isinstance(v, (Checkpoint, Vae)) else v) for k, v in params.items()
+             if k in Job.PARAMS or k in ("checkpoint", "refiner", "vae")}
     return hashlib.sha256(json.dumps(shown, sort_keys=True).encode()).hexdigest()
 
 
@@ -120,6 +120,7 @@ def _validated(params: dict) -> tuple[Checkpoint, dict]:
         raise Refused(f"{checkpoint.name} is {checkpoint.get_family_display()}: it can't make an image from text "
                       "alone; choose another checkpoint.", field="checkpoint")
     refiner = _refiner(checkpoint, params.get("refiner"))
+    vae = _vae(checkpoint, params.get("vae"))
     fields = {f: params[f] for f in Job.PARAMS if f in params}
     fields.setdefault("negative_prompt", "")
     try:
@@ -130,7 +131,22 @@ def _validated(params: dict) -> tuple[Checkpoint, dict]:
         field = next((f for f in Job.PARAMS if message.startswith(f + " ")), None)
         raise Refused(message[:1].upper() + message[1:], field=field) from error
     # The seed is fixed now, so a retried job makes the same images.
-    return checkpoint, {**{f: getattr(request, f) for f in Job.PARAMS}, "seed": request.seeds()[0], "refiner": refiner}
+    return checkpoint, {**{f: getattr(request, f) for f in Job.PARAMS}, "seed": request.seeds()[0], "refiner": refiner,
+                        "vae": vae}
+
+
+def _vae(checkpoint: Checkpoint, vae) -> Vae | None:
+    """A VAE named by the request, else the checkpoint's default, else none (its own); "None"
+    (A1111's word) is the checkpoint's own even where it has a default."""
+    if vae == "None":
+        return None
+    if vae in (None, ""):
+        return checkpoint.default_vae if checkpoint.default_vae and checkpoint.default_vae.enabled else None
+    if not isinstance(vae, Vae):
+        vae = Vae.objects.filter(enabled=True, name=vae).first() if isinstance(vae, str) and len(vae) <= 100 else None
+    if vae is None or not vae.enabled:
+        raise Refused("No enabled VAE has that name; GET /api/v1/vaes/ lists them.", field="vae")
+    return vae
 
 
 def _refiner(checkpoint: Checkpoint, refiner) -> Checkpoint | None:

@@ -188,3 +188,23 @@ def test_a_checkpoint_without_a_vae_or_with_an_odd_unet_is_refused(tiny_families
     odd["model.diffusion_model.input_blocks.0.0.weight"]["shape"][1] = 8
     with pytest.raises(ValueError, match="8 input channels"):
         detect_family(odd)
+
+
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+def test_a_vae_file_decodes_instead_of_the_checkpoints_own_in_either_layout(tiny_families, tmp_path, family):
+    from generation.engine.testmodel import make_tiny_vae
+
+    ldm = make_tiny_vae(family, tmp_path / "vae-ft-mse.safetensors")
+    flat = make_tiny_vae(family, tmp_path / "diffusers-vae.safetensors", layout="diffusers")
+    own, with_ldm, with_flat = (make(ref(tiny_families, family), vae=vae) for vae in (None, str(ldm), str(flat)))
+    assert not np.array_equal(pixels(own), pixels(with_ldm))
+    assert np.array_equal(pixels(with_ldm), pixels(with_flat))  # the same weights, whatever the layout
+    import hashlib
+
+    assert f"VAE hash: {hashlib.sha256(ldm.read_bytes()).hexdigest()[:10]}, VAE: vae-ft-mse.safetensors" in \
+        with_ldm.parameters(0)
+
+
+def test_a_checkpoint_given_as_a_vae_is_refused_naming_what_it_is(tiny_families):
+    with pytest.raises(ValueError, match="this is not a VAE: it looks like a whole checkpoint"):
+        make(ref(tiny_families, "sd1"), vae=str(tiny_families["sd1"]["file"]))

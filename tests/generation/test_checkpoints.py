@@ -148,3 +148,14 @@ def test_staff_with_the_permission_scan_the_models_folder_from_the_admin(db, cli
     assert "1 checkpoint(s) in the models folder: anything-v5 [" in response.content.decode()
     action = StaffAction.objects.get(action="scan models")
     assert action.staff == carol and "anything-v5" in action.details
+
+
+def test_scan_models_registers_a_vae_file_as_a_vae(db, settings, tmp_path):
+    from generation.engine.testmodel import make_tiny_vae
+    from generation.models import Vae
+
+    settings.SDWEB = {**settings.SDWEB, "MODELS_DIR": tmp_path}
+    (tmp_path / "VAE").mkdir()
+    make_tiny_vae("sdxl", tmp_path / "VAE" / "sdxl_vae.safetensors")
+    call_command("scan_models")
+    assert Vae.objects.get().name == "sdxl_vae.safetensors" and not Checkpoint.objects.exists()

@@ -75,3 +75,43 @@ def test_the_rest_api_lists_hashes_and_sizes_an_sdxl_job_at_its_own_size(alice, 
     job = client.post("/api/v1/jobs/", {"prompt": "a lighthouse", "checkpoint": "xl-base", "refiner": "xl-refiner",
                                         "clip_skip": 2}, format="json").data
     assert (job["width"], job["height"], job["refiner"], job["clip_skip"]) == (1024, 1024, "xl-refiner", 2)
+
+
+@pytest.fixture
+def vae(db, tmp_path):
+    from generation.engine.testmodel import make_tiny_vae
+    from generation.services.checkpoints import vae_register
+
+    return vae_register(name="vae-ft-mse.safetensors", source=str(make_tiny_vae("sd1", tmp_path / "vae.safetensors")))
+
+
+def test_a_checkpoints_default_vae_decodes_its_jobs_unless_a_job_says_none(alice, sdxl, vae):
+    sdxl["sd1"].default_vae = vae
+    sdxl["sd1"].save()
+    job, parameters = run(alice, checkpoint=sdxl["sd1"])
+    assert job.vae == vae and parameters["VAE"] == "vae-ft-mse.safetensors"
+    assert parameters["VAE hash"] == vae.sha256[:10]
+    job, parameters = run(alice, checkpoint=sdxl["sd1"], vae="None")
+    assert job.vae is None and "VAE" not in parameters
+
+
+def test_an_unknown_vae_is_refused_naming_the_field(alice, sdxl):
+    with pytest.raises(Refused, match="No enabled VAE") as refusal:
+        job_submit(user=alice, params={"prompt": "a lighthouse", "checkpoint": "sd15", "vae": "nope.safetensors"})
+    assert refusal.value.field == "vae"
+
+
+def test_vaes_are_listed_for_rest_and_a1111_clients_and_taken_from_override_settings(alice, sdxl, vae):
+    from rest_framework.test import APIClient
+
+    from generation.compat.a1111 import translate
+
+    client = APIClient()
+    client.force_authenticate(alice)
+    assert client.get("/api/v1/vaes/").data == [{"name": vae.name, "hash": vae.sha256[:10], "sha256": vae.sha256}]
+    assert client.get("/sdapi/v1/sd-vae").data == [{"model_name": vae.name, "filename": vae.name}]
+    params, _ = translate({"prompt": "x", "override_settings": {"sd_vae": vae.name}}, alice)
+    assert params["vae"] == vae
+    assert "vae" not in translate({"prompt": "x", "override_settings": {"sd_vae": "Automatic"}}, alice)[0]
+    with pytest.raises(ValueError, match="override_settings.sd_vae: no VAE called 'other.pt'"):
+        translate({"prompt": "x", "override_settings": {"sd_vae": "other.pt"}}, alice)

@@ -4,7 +4,7 @@ from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
 from generation.engine.families import FAMILIES
-from generation.services.checkpoints import checkpoint_register
+from generation.services.checkpoints import checkpoint_register, vae_register
 
 
 def hash_progress(path, stream):
@@ -25,11 +25,16 @@ class Command(BaseCommand):
                             help="only needed for SD 2.x v-prediction files without a .yaml beside them: sd2-v")
         parser.add_argument("--config", default="", help="a diffusers config folder for an unusual single file")
         parser.add_argument("--default", action="store_true", help="make it the default checkpoint")
+        parser.add_argument("--vae", action="store_true", help="register a VAE file (its name: the file name)")
 
-    def handle(self, name, source, family, config, default, **options):
+    def handle(self, name, source, family, config, default, vae, **options):
         path = Path(source)
         progress = hash_progress(path, self.stderr) if path.is_file() else None
         try:
+            if vae:
+                vae = vae_register(name=name, source=source, progress=progress)
+                self.stdout.write(f"Registered the VAE {vae.title}")
+                return
             checkpoint = checkpoint_register(name=name, source=source, family=family, config=config,
                                              make_default=default, progress=progress)
         except ValueError as error:
