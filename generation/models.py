@@ -10,17 +10,21 @@ from generation.engine.families import FAMILIES
 from generation.engine.request import ModelRef
 
 
-class CheckpointQuerySet(models.QuerySet):
-    def enabled_named(self, name) -> "Checkpoint | None":
-        """The enabled checkpoint called `name`; None for any name that isn't one (also for text
-        that could not be stored, such as NUL or a lone surrogate)."""
-        if not isinstance(name, str) or "\x00" in name or not name.isprintable() or len(name) > 100:
-            return None
-        return self.filter(enabled=True, name=name).first()
+def is_model_name(name) -> bool:
+    """Whether `name` could be a stored model name (not NUL, a lone surrogate or too long)."""
+    return isinstance(name, str) and "\x00" not in name and name.isprintable() and len(name) <= 100
+
+
+class ModelQuerySet(models.QuerySet):
+    def enabled_named(self, name):
+        """The enabled row called `name`; None for any name that isn't one."""
+        return self.filter(enabled=True, name=name).first() if is_model_name(name) else None
 
 
 class Vae(models.Model):
     """A VAE file that decodes instead of a checkpoint's own (A1111's models/VAE)."""
+
+    objects = ModelQuerySet.as_manager()
 
     name = models.CharField(max_length=100, unique=True, help_text="Its file name, as A1111 names a VAE")
     source = models.CharField(max_length=500, help_text="A .safetensors file")
@@ -51,7 +55,7 @@ class Vae(models.Model):
 class Checkpoint(models.Model):
     """A registered model: a single .safetensors file, a diffusers folder on disk or a Hugging Face id."""
 
-    objects = CheckpointQuerySet.as_manager()
+    objects = ModelQuerySet.as_manager()
 
     name = models.CharField(max_length=100, unique=True)
     source = models.CharField(max_length=500, help_text="A .safetensors file, a diffusers folder, or a Hugging Face id")

@@ -17,7 +17,7 @@ from rest_framework.views import APIView
 
 from generation.engine.schedulers import SCHEDULERS, resolve_scheduler
 from generation.live import wait_for_end
-from generation.models import Checkpoint, Job, UserSettings, Vae
+from generation.models import Checkpoint, Job, UserSettings, Vae, is_model_name
 from generation.presenters import refusal_status
 from generation.selectors import user_checkpoint
 from generation.services.audit import audit_refused
@@ -66,7 +66,7 @@ def find_checkpoint(title) -> Checkpoint | None:
     """As A1111 finds one: by title "name [hash]", name, file name, or short hash."""
     name = str(title).split(" [")[0].strip()
     found = Checkpoint.objects.enabled_named(name)
-    if found is None and name:
+    if found is None and name and is_model_name(name):
         enabled = Checkpoint.objects.filter(enabled=True)
         found = (next((c for c in enabled.filter(source__endswith=name) if Path(c.source).name == name), None)
                  or (enabled.filter(sha256__startswith=name.lower()).first() if len(name) == 10 else None))
@@ -79,7 +79,7 @@ def find_vae(name):
         return None
     if name == "None":
         return "None"  # the checkpoint decodes with its own, even where it has a default VAE
-    vae = Vae.objects.filter(enabled=True, name=str(name)[:100]).first()
+    vae = Vae.objects.enabled_named(name)
     if vae is None:
         raise ValueError(f"override_settings.sd_vae: no VAE called {name!r} (GET /sdapi/v1/sd-vae)")
     return vae

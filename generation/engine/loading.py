@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from .families import FAMILIES, detect_family, family_config, read_header, v_prediction_beside, vae_layout
+from .families import CONFIGS, FAMILIES, detect_family, family_config, read_header, v_prediction_beside, vae_layout
 from .request import ModelRef, model_ref
 from .sources import model_hash, model_name, resolve_source
 from .tokenizer import clip_tokenizer
@@ -60,7 +60,7 @@ def _load(ref: ModelRef, device: torch.device, dtype: torch.dtype) -> LoadedMode
         vae_config = str(Path(ref.config).resolve() if ref.config else family_config(family)) if path.is_file() else str(path)
     except (OSError, ValueError, KeyError, RuntimeError) as error:
         # The message reaches users: it names the model, never a server path.
-        detail = str(error).replace(str(path.parent), "").replace(ref.config, "")[:300]
+        detail = str(error).replace(str(path), path.name).replace(ref.config or str(CONFIGS), "config")[:300]
         raise ValueError(f"model {name!r} could not be loaded: {detail}") from error
     if dtype == torch.float16 and getattr(pipe.vae.config, "force_upcast", False):
         pipe.vae.to(torch.float32)  # SDXL's VAE overflows in float16: black images
@@ -92,7 +92,7 @@ def _load_vae(ref: ModelRef, model: LoadedModel, dtype: torch.dtype) -> LoadedMo
             vae = AutoencoderKL.from_config(AutoencoderKL.load_config(model.vae_config, subfolder="vae"))
             vae.load_state_dict(load_file(path))
     except (OSError, ValueError, KeyError, RuntimeError) as error:
-        detail = str(error).replace(str(path.parent), "").replace(model.vae_config, "")[:300]
+        detail = str(error).replace(str(path), path.name).replace(model.vae_config, "config")[:300]
         raise ValueError(f"VAE {name!r} could not be loaded: {detail}") from error
     vae.to(model.device, dtype).eval()
     return LoadedModel(pipe=vae, name=name, hash=ref.hash or model_hash(path), family="vae", vae_config="",

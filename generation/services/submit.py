@@ -143,7 +143,7 @@ def _vae(checkpoint: Checkpoint, vae) -> Vae | None:
     if vae in (None, ""):
         return checkpoint.default_vae if checkpoint.default_vae and checkpoint.default_vae.enabled else None
     if not isinstance(vae, Vae):
-        vae = Vae.objects.filter(enabled=True, name=vae).first() if isinstance(vae, str) and len(vae) <= 100 else None
+        vae = Vae.objects.enabled_named(vae)
     if vae is None or not vae.enabled:
         raise Refused("No enabled VAE has that name; GET /api/v1/vaes/ lists them.", field="vae")
     return vae

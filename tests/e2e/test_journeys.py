@@ -294,3 +294,33 @@ def test_11_staff_read_the_days_figures_on_the_dashboard(new_page, studio):
         "rects => rects.map(r => r.getAttribute('height'))"))
     assert tallest == 120  # the busiest hour fills the chart
     screenshot(staff, "11-dashboard")
+
+
+def test_12_an_operator_adds_an_sdxl_file_and_a_user_picks_it_with_its_refiner(new_page, studio, tiny_families):
+    import shutil
+
+    for family, name in (("sdxl", "pony-xl"), ("sdxl-refiner", "xl-refiner")):
+        copied = studio.var_dir / "models" / f"{name}.safetensors"  # as an operator copies in a download
+        shutil.copy(tiny_families[family]["file"], copied)
+        # The tiny files need their tiny configs; a real file uses the one shipped for its family.
+        studio.manage(f"from django.core.management import call_command; call_command('add_model', '{name}', "
+                      f"'{copied}', '--config', '{tiny_families[family]['config']}')")
+    page = new_page()
+    sign_up(page)
+    page.goto("/generate/")
+    assert not page.locator("#id_refiner").is_visible()  # the default test model is SD 1.x
+    page.get_by_label("Checkpoint").select_option(label="pony-xl")
+    assert (page.get_by_label("Width").input_value(), page.get_by_label("Height").input_value()) == ("1024", "1024")
+    sizes = page.locator("#size-preset option:not([hidden])").evaluate_all("options => options.map(o => o.value)")
+    assert "1216x832" in sizes and "512x512" not in sizes and page.get_by_label("Size").input_value() == "1024x1024"
+    page.get_by_label("Refiner", exact=True).select_option(label="xl-refiner")
+    page.get_by_label("Width").fill("256")
+    page.get_by_label("Height").fill("256")
+    page.get_by_label("Prompt", exact=True).fill("a lighthouse, (sdxl:1.1)")
+    page.get_by_label("Steps").fill("3")
+    page.get_by_label("Images").fill("1")
+    page.get_by_role("button", name="Generate").click()
+    page.wait_for_url("**/generate/?job=*")
+    page.wait_for_function("document.querySelectorAll('#images img').length == 1")
+    assert "pony-xl · refiner xl-refiner from 0.8" in page.locator("#job .params").inner_text()
+    screenshot(page, "12-sdxl-refiner")
