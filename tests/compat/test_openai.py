@@ -127,3 +127,17 @@ def test_streaming_sends_a_partial_image_while_the_job_runs_then_the_final_one(k
     name, final, _ = events[-1]
     assert name == "image_generation.completed"
     assert PILImage.open(io.BytesIO(base64.b64decode(final["b64_json"]))).format == "PNG"
+
+
+def test_an_sdxl_file_by_name_makes_its_image_and_size_auto_is_its_own_size(key, alice, worker, tiny_families):
+    from generation.compat.openai import _spec
+    from generation.services.checkpoints import checkpoint_register
+
+    files = tiny_families["sdxl"]
+    xl = checkpoint_register(name="juggernaut-xl", source=str(files["file"]), config=str(files["config"]))
+    assert (_spec({"prompt": "x", "model": "juggernaut-xl"}, alice)["params"]["width"], xl.default_height) == (1024, 1024)
+    response = post(key, prompt="a red kite", model="juggernaut-xl", size="256x256")
+    assert response.status_code == 200, response.content
+    png = PILImage.open(io.BytesIO(base64.b64decode(response.json()["data"][0]["b64_json"])))
+    parameters = parse_parameters(png.info["parameters"])
+    assert (parameters["model"], parameters["model_hash"]) == ("juggernaut-xl", xl.short_hash)

@@ -208,3 +208,15 @@ def test_a_vae_file_decodes_instead_of_the_checkpoints_own_in_either_layout(tiny
 def test_a_checkpoint_given_as_a_vae_is_refused_naming_what_it_is(tiny_families):
     with pytest.raises(ValueError, match="this is not a VAE: it looks like a whole checkpoint"):
         make(ref(tiny_families, "sd1"), vae=str(tiny_families["sd1"]["file"]))
+
+
+def test_an_sdxl_run_with_its_refiner_stops_when_cancelled(tiny_families):
+    from generation.engine import GenerationCancelled, PreviewSettings
+
+    steps = []
+    with pytest.raises(GenerationCancelled):
+        generate(GenerationRequest(prompt="x", model=ref(tiny_families, "sdxl"), width=256, height=256, steps=10,
+                                   seed=1, refiner=ref(tiny_families, "sdxl-refiner")),
+                 on_preview=lambda step, total, image: steps.append(step), should_cancel=lambda: len(steps) >= 1,
+                 preview=PreviewSettings(min_interval=0))
+    assert steps == [1]

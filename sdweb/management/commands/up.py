@@ -48,7 +48,7 @@ class Command(BaseCommand):
         self.stdout.write(f"\nsdweb is running at http://{shown}:{port}/  (Ctrl-C stops it)")
         if checkpoint.is_default and checkpoint.is_test_model:
             self.stdout.write("Model: the built-in test model (images are noise); add a real one with "
-                              "'python manage.py add_model NAME FOLDER_OR_HUB_ID --default'.")
+                              "'python manage.py add_model NAME FILE.safetensors --default' (or a diffusers folder).")
         self.stdout.write("Make an admin account with 'python manage.py createsuperuser'.")
         if waiting:
             self.stdout.write(f"{waiting} job(s) left from the last run are queued again.")
