@@ -150,16 +150,7 @@ class PipelineCache:
         dtype = pick_dtype(device, dtype)
         ref = model_ref(model)
         key = (ref.source.strip(), ref.family, ref.config, str(device), str(dtype))
-        with self._lock:
-            if key in self._models:
-                self.hits += 1
-                self._models.move_to_end(key)
-                return self._models[key]
-            loaded = _load(dataclasses.replace(ref, source=key[0]), device, dtype)
-            self.misses += 1
-            self.load_seconds += loaded.load_seconds
-            self._add(key, loaded)
-            return loaded
+        return self._cached(key, lambda: _load(dataclasses.replace(ref, source=key[0]), device, dtype))
 
     def info(self) -> dict:
         return {
@@ -175,21 +166,21 @@ class PipelineCache:
         ref = model_ref(vae)
         dtype = model.pipe.vae.dtype
         key = ("vae", ref.source.strip(), model.vae_config, str(model.device), str(dtype))
+        return self._cached(key, lambda: _load_vae(dataclasses.replace(ref, source=key[1]), model, dtype))
+
+    def _cached(self, key: tuple, load) -> LoadedModel:
         with self._lock:
             if key in self._models:
                 self.hits += 1
                 self._models.move_to_end(key)
                 return self._models[key]
-            loaded = _load_vae(dataclasses.replace(ref, source=key[1]), model, dtype)
+            loaded = load()
             self.misses += 1
             self.load_seconds += loaded.load_seconds
-            self._add(key, loaded)
+            self._models[key] = loaded
+            while len(self._models) > 1 and sum(m.size_bytes for m in self._models.values()) > self.budget_bytes:
+                self._models.popitem(last=False)
             return loaded
-
-    def _add(self, key, loaded) -> None:
-        self._models[key] = loaded
-        while len(self._models) > 1 and sum(m.size_bytes for m in self._models.values()) > self.budget_bytes:
-            self._models.popitem(last=False)
 
     def resident_sources(self) -> list[str]:
         return [key[0] for key in list(self._models) if key[0] != "vae"]
