@@ -159,3 +159,20 @@ def test_scan_models_registers_a_vae_file_as_a_vae(db, settings, tmp_path):
     make_tiny_vae("sdxl", tmp_path / "VAE" / "sdxl_vae.safetensors")
     call_command("scan_models")
     assert Vae.objects.get().name == "sdxl_vae.safetensors" and not Checkpoint.objects.exists()
+
+
+def test_upgrading_hashes_the_checkpoints_registered_before_hashes_were_stored(db, tiny_families, test_model_folder):
+    import hashlib
+    from importlib import import_module
+    from pathlib import Path
+
+    from django.apps import apps
+
+    old = [Checkpoint.objects.create(name="folder", source=test_model_folder),
+           Checkpoint.objects.create(name="file", source=str(tiny_families["sd1"]["file"])),
+           Checkpoint.objects.create(name="hub", source="someorg/some-model")]
+    import_module("generation.migrations.0004_single_file_checkpoints").hash_existing(apps, None)
+    unet = Path(test_model_folder, "unet", "diffusion_pytorch_model.safetensors")
+    assert [Checkpoint.objects.get(pk=c.pk).sha256 for c in old] == [
+        hashlib.sha256(unet.read_bytes()).hexdigest(),
+        hashlib.sha256(tiny_families["sd1"]["file"].read_bytes()).hexdigest(), ""]
