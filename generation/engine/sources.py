@@ -14,7 +14,7 @@ _HUB_IGNORE = ["*.fp16.*", "*non_ema*", "*.ckpt", "*.bin", "safety_checker/*"]
 
 
 def resolve_source(source: str) -> Path:
-    """The local diffusers folder for `source`: a folder on disk, or a hub id (downloaded)."""
+    """Where `source` is: a .safetensors file, a diffusers folder on disk, or a hub id (downloaded)."""
     source = str(source).strip()
     path = Path(source).expanduser()
     if path.suffix.lower() in PICKLE_SUFFIXES:
