@@ -10,6 +10,7 @@ from pathlib import Path
 from django.conf import settings
 from django.core.files.storage import default_storage
 from django.db import transaction
+from django.http import JsonResponse
 from drf_spectacular.utils import extend_schema
 from PIL import Image as PILImage
 from rest_framework.response import Response
@@ -268,7 +269,7 @@ class Options(A1111View):
                 return a1111_error(400, f"sd_model_checkpoint: no checkpoint called {data['sd_model_checkpoint']!r}")
             with transaction.atomic():
                 UserSettings.objects.update_or_create(user=request.user, defaults={"default_checkpoint": checkpoint})
-        return Response(None)
+        return JsonResponse(None, safe=False)  # A1111 answers `null`; clients parse it (DRF would send nothing)
 
 
 class SdVae(A1111View):

@@ -46,3 +46,26 @@ def test_the_openai_sdk_gets_images_and_its_errors_in_its_own_shapes(studio):
     assert refused.value.body["param"] == "size"
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(api_key="sdw_wrong", base_url=f"{studio.base}/v1", max_retries=0).images.generate(prompt="x")
+
+
+def test_webuiapi_picks_an_sdxl_file_by_its_title_and_sees_a1111s_hashes(studio, tiny_families):
+    import hashlib
+    import shutil
+
+    import webuiapi
+
+    copied = studio.var_dir / "models" / "ponyXL.safetensors"
+    shutil.copy(tiny_families["sdxl"]["file"], copied)
+    # The tiny file needs its tiny configs; a real one uses the configs shipped for its family.
+    studio.manage(f"from django.core.management import call_command; call_command('add_model', 'ponyXL', "
+                  f"'{copied}', '--config', '{tiny_families['sdxl']['config']}')")
+    short = hashlib.sha256(copied.read_bytes()).hexdigest()[:10]
+    api = webuiapi.WebUIApi(host="127.0.0.1", port=studio.port)
+    api.set_auth("alice", "alice-password-1")
+    assert f"ponyXL [{short}]" in api.util_get_model_names()
+    api.util_set_model("ponyxl")  # webuiapi's own closest-name match, then POST options
+    assert api.util_get_current_model() == f"ponyXL [{short}]"
+    result = api.txt2img(prompt="a lighthouse", width=256, height=256, steps=3,
+                         override_settings={"CLIP_stop_at_last_layers": 2})
+    assert (result.info["sd_model_name"], result.info["sd_model_hash"], result.info["clip_skip"]) == ("ponyXL", short, 2)
+    assert f"Model hash: {short}, Model: ponyXL, Clip skip: 2" in result.info["infotexts"][0]
