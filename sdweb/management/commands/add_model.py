@@ -8,10 +8,17 @@ from generation.services.checkpoints import checkpoint_register, vae_register
 
 
 def hash_progress(path, stream):
-    """A progress bar for hashing one file (multi-GB checkpoints take a while)."""
-    bar = tqdm(total=path.stat().st_size, unit="B", unit_scale=True, desc=f"hashing {path.name}", file=stream,
-               leave=False)
-    return bar.update
+    """A progress bar for hashing one file (multi-GB checkpoints take a while), shown only once
+    hashing starts: a file hashed before is not hashed again."""
+    bar = None
+
+    def update(n: int) -> None:
+        nonlocal bar
+        bar = bar or tqdm(total=path.stat().st_size, unit="B", unit_scale=True, desc=f"hashing {path.name}",
+                          file=stream, leave=False)
+        bar.update(n)
+
+    return update
 
 
 class Command(BaseCommand):
