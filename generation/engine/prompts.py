@@ -137,20 +137,21 @@ def encode_prompts_xl(encoders, prompt: str, negative_prompt: str, device) -> tu
 
 
 def _encode_pair(encoders, prompt: str, negative_prompt: str, device) -> tuple:
+    """[(embeds, pooled) of the prompt, (embeds, pooled) of the negative prompt]."""
     import torch
 
-    embeds = []
-    for text, other in ((prompt, negative_prompt), (negative_prompt, prompt)):
-        parts, pooled = [], None
-        for tokenizer, text_encoder, layer in encoders:
-            chunks = tokenize_chunks(tokenizer, text)
-            # Classifier-free guidance concatenates the two, so the shorter one gets empty chunks.
-            chunks += [tokenize_chunks(tokenizer, "")[0]] * (len(tokenize_chunks(tokenizer, other)) - len(chunks))
+    results = {text: ([], None) for text in (prompt, negative_prompt)}  # one pass when they are the same
+    for tokenizer, text_encoder, layer in encoders:
+        chunks = {text: tokenize_chunks(tokenizer, text) for text in results}
+        # Classifier-free guidance concatenates the two, so the shorter one gets empty chunks.
+        longest, empty = max(len(c) for c in chunks.values()), tokenize_chunks(tokenizer, "")[0]
+        for text, (parts, _) in results.items():
             with torch.no_grad():
-                z, pooled = _encode_chunks(tokenizer, text_encoder, chunks, device, layer)
+                z, pooled = _encode_chunks(tokenizer, text_encoder, chunks[text] + [empty] * (longest - len(chunks[text])),
+                                           device, layer)
             parts.append(z)
-        embeds.append((torch.cat(parts, dim=-1), pooled))
-    return embeds
+            results[text] = (parts, pooled)
+    return [(torch.cat(results[text][0], dim=-1), results[text][1]) for text in (prompt, negative_prompt)]
 
 
 def _encode_chunks(tokenizer, text_encoder, chunks, device, layer):
