@@ -1,8 +1,8 @@
 """Trace an image back to its job: the watermark's payload is the image id, and the audit row
 that made the image is found by it, also after the image, the job or the account is gone."""
 
+from django.conf import settings
 from PIL import Image as PILImage
-from PIL import UnidentifiedImageError
 
 from gallery.models import Image
 from generation.engine.metadata import read_png_marking, read_png_parameters
@@ -10,10 +10,7 @@ from generation.engine.watermark import read_watermark
 from generation.models import AuditImage
 from generation.provenance import read_credentials
 from generation.services.audit import staff_action
-
-MAX_UPLOAD_BYTES = 30 * 1024 * 1024
-MAX_UPLOAD_PIXELS = 4096 * 4096
-FORMATS = ("PNG", "JPEG", "WEBP")  # no other decoder (EPS runs Ghostscript) ever sees an upload
+from generation.uploads import open_image
 
 
 def trace_image(upload, *, staff) -> dict:
@@ -28,20 +25,8 @@ def trace_image(upload, *, staff) -> dict:
 def _trace(upload) -> dict:
     if upload is None:
         raise ValueError("image: upload a PNG, JPEG or WebP file")
-    if upload.size > MAX_UPLOAD_BYTES:
-        raise ValueError(f"image: at most {MAX_UPLOAD_BYTES // 2**20} MB")
-    try:
-        picture = PILImage.open(upload, formats=FORMATS)  # reads the header only
-    except (UnidentifiedImageError, OSError, PILImage.DecompressionBombError):
-        raise ValueError("image: upload a PNG, JPEG or WebP file")
-    if picture.width * picture.height > MAX_UPLOAD_PIXELS:
-        raise ValueError(f"image: at most {MAX_UPLOAD_PIXELS // 10**6} megapixels "
-                         f"(this one has {picture.width}x{picture.height})")
-    try:
-        picture.load()
-    except (OSError, PILImage.DecompressionBombError) as error:
-        raise ValueError(f"image: the file is damaged ({error.__class__.__name__})")
-    upload.seek(0)
+    data = upload.read(settings.SDWEB["UPLOAD_MAX_BYTES"] + 1)
+    picture = open_image(data, field="image")
     credentials = read_credentials(upload.read(), PILImage.MIME.get(picture.format, "image/png"))
     payload = read_watermark(picture.convert("RGB"))
     marking = read_png_marking(picture)

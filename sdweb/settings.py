@@ -275,6 +275,9 @@ SDWEB = {
     "MAX_IMAGES": env_int("SDWEB_MAX_IMAGES", 4, minimum=1),
     "MAX_SIDE": env_int("SDWEB_MAX_SIDE", 1536, minimum=256),  # SDXL's widest usual size is 1536x640
     "MAX_STEPS": env_int("SDWEB_MAX_STEPS", 150, minimum=1),  # never above 150 (the engine refuses more)
+    # Starting images, masks and images to trace: bytes of one file, and pixels checked before decoding
+    "UPLOAD_MAX_BYTES": env_int("SDWEB_UPLOAD_MAX_BYTES", 20 * 2**20, minimum=2**20),
+    "UPLOAD_MAX_PIXELS": env_int("SDWEB_UPLOAD_MAX_PIXELS", 4096 * 4096, minimum=256 * 256),
     "ACTIVE_JOB_CAP": env_int("SDWEB_ACTIVE_JOB_CAP", 10),
     "ATTEMPT_LIMIT": env_int("SDWEB_ATTEMPT_LIMIT", 3),
     "LEASE_SECONDS": env_int("SDWEB_LEASE_SECONDS", 120),
@@ -315,6 +318,8 @@ SDWEB = {
     "TAESD": env("SDWEB_TAESD", ""),  # an AutoencoderTiny folder for truer previews
     "SAFETY_CHECKER": env("SDWEB_SAFETY_CHECKER", "off"),  # "off" or a StableDiffusionSafetyChecker folder
 }
+# A1111 clients send an image and a mask as base64 in one JSON body.
+DATA_UPLOAD_MAX_MEMORY_SIZE = 2 * (SDWEB["UPLOAD_MAX_BYTES"] * 4 // 3) + 2**20
 if SDWEB["MAX_STEPS"] > 150:
     raise RuntimeError(f"SDWEB_MAX_STEPS must be at most 150 (got {SDWEB['MAX_STEPS']})")
 

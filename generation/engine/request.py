@@ -10,6 +10,14 @@ MAX_SEED = 2**32 - 1
 MAX_PROMPT_CHARS = 4000
 MAX_STEPS = 150  # no deployment may allow more
 MIN_SIDE = 256  # the watermark needs at least this
+RESIZE_MODES = ("Just resize", "Crop and resize", "Resize and fill")  # A1111's resize_mode 0, 1, 2
+MASKED_CONTENT = ("fill", "original", "latent noise", "latent nothing")  # A1111's inpainting_fill 0-3
+LATENT_UPSCALERS = {  # A1111's hires upscaler names -> torch interpolate (mode, antialias)
+    "Latent": ("bilinear", False), "Latent (antialiased)": ("bilinear", True), "Latent (bicubic)": ("bicubic", False),
+    "Latent (bicubic antialiased)": ("bicubic", True), "Latent (nearest)": ("nearest", False),
+    "Latent (nearest-exact)": ("nearest-exact", False),
+}
+PIXEL_UPSCALERS = {"Lanczos": 1, "Nearest": 0}  # PIL resampling filters: LANCZOS, NEAREST
 
 
 @dataclass(frozen=True)
@@ -56,6 +64,49 @@ class GenerationRequest:
     refiner: str | ModelRef | None = None  # an SDXL refiner takes over at refiner_switch_at
     vae: str | ModelRef | None = None  # a VAE file that decodes instead of the checkpoint's own
     refiner_switch_at: float = 0.8
+    # img2img starts from init_image (RGB, any size: resized to width x height by resize_mode);
+    # inpainting repaints where mask (L, same size as init_image) is white.
+    init_image: object = None  # PIL.Image.Image
+    mask: object = None  # PIL.Image.Image
+    denoising_strength: float = 0.75  # img2img and inpaint; with hires fix, its second pass
+    resize_mode: int = 0
+    mask_blur: int = 4
+    inpainting_fill: int = 1
+    inpaint_full_res: bool = False  # "only masked": work on the mask's box at width x height, paste back
+    inpaint_full_res_padding: int = 32
+    inpainting_mask_invert: bool = False
+    # Hires fix (txt2img): a second img2img pass at hr_scale (or hr_resize_x/y) with hr_upscaler.
+    enable_hr: bool = False
+    hr_scale: float = 2.0
+    hr_upscaler: str = "Latent"
+    hr_second_pass_steps: int = 0  # 0: as many as the first pass
+    hr_resize_x: int = 0
+    hr_resize_y: int = 0
+
+    @property
+    def mode(self) -> str:
+        return "inpaint" if self.mask is not None else "img2img" if self.init_image is not None else "txt2img"
+
+    def hires_size(self) -> tuple[int, int]:
+        """The second pass's size, as A1111 works it out: resize_x/y if given (one of them keeps
+        the aspect ratio), else the first pass's size times hr_scale; multiples of 8."""
+        x, y = self.hr_resize_x, self.hr_resize_y
+        if not x and not y:
+            x, y = self.width * self.hr_scale, self.height * self.hr_scale
+        elif not y:
+            y = x * self.height / self.width
+        elif not x:
+            x = y * self.width / self.height
+        return int(x) // 8 * 8, int(y) // 8 * 8
+
+    def passes(self) -> list[tuple[int, int, int]]:
+        """(width, height, steps actually run) of each denoising pass: what a job costs."""
+        if self.mode != "txt2img":
+            return [(self.width, self.height, int(self.steps * self.denoising_strength))]
+        if not self.enable_hr:
+            return [(self.width, self.height, self.steps)]
+        second = self.hr_second_pass_steps or self.steps
+        return [(self.width, self.height, self.steps), (*self.hires_size(), int(second * self.denoising_strength))]
 
     def validate(self, limits: Limits | None = None) -> None:
         """Raise ValueError naming the field and what is allowed; return None when all is well."""
@@ -97,6 +148,63 @@ class GenerationRequest:
                 or not 0 < self.refiner_switch_at < 1):
             raise ValueError(f"refiner_switch_at must be a number between 0 and 1 (got {self.refiner_switch_at!r})")
         scheduler_spec(self.scheduler)
+        if self.mode != "txt2img" or self.enable_hr:
+            self._validate_second_pass(limits)
+        if self.mode != "txt2img":
+            self._validate_image_input()
+        if self.enable_hr:
+            self._validate_hires(limits)
+
+    def _validate_second_pass(self, limits: Limits) -> None:
+        strength = self.denoising_strength
+        if not isinstance(strength, (int, float)) or isinstance(strength, bool) or not 0 < strength <= 1:
+            raise ValueError(f"denoising_strength must be a number above 0 and at most 1 (got {strength!r})")
+        steps = self.hr_second_pass_steps if self.enable_hr and self.hr_second_pass_steps else self.steps
+        if self.enable_hr and (not _is_int(self.hr_second_pass_steps) or not 0 <= steps <= limits.max_steps):
+            raise ValueError(f"hr_second_pass_steps must be 0 (as many as the first pass) or a whole number up to "
+                             f"{limits.max_steps} (got {self.hr_second_pass_steps!r})")
+        if int(steps * strength) < 1:
+            raise ValueError(f"denoising_strength {strength} of {steps} steps runs no step: raise one of them")
+
+    def _validate_image_input(self) -> None:
+        from PIL import Image
+
+        if not isinstance(self.init_image, Image.Image):
+            raise ValueError("init_image must be an image")
+        if self.mask is not None and (not isinstance(self.mask, Image.Image) or self.mask.size != self.init_image.size):
+            raise ValueError(f"mask must be an image of the same size as init_image ({self.init_image.width}x"
+                             f"{self.init_image.height})")
+        if self.enable_hr:
+            raise ValueError("enable_hr is for images made from text; img2img upscales with width and height")
+        for field, allowed in (("resize_mode", RESIZE_MODES), ("inpainting_fill", MASKED_CONTENT)):
+            value = getattr(self, field)
+            if not _is_int(value) or not 0 <= value < len(allowed):
+                raise ValueError(f"{field} must be one of " + ", ".join(f"{k} ({name})" for k, name in enumerate(allowed))
+                                 + f" (got {value!r})")
+        for field, top in (("mask_blur", 64), ("inpaint_full_res_padding", 256)):
+            value = getattr(self, field)
+            if not _is_int(value) or not 0 <= value <= top:
+                raise ValueError(f"{field} must be a whole number of pixels from 0 to {top} (got {value!r})")
+        for field in ("inpaint_full_res", "inpainting_mask_invert"):
+            if not isinstance(getattr(self, field), bool):
+                raise ValueError(f"{field} must be true or false")
+
+    def _validate_hires(self, limits: Limits) -> None:
+        if self.refiner:
+            raise ValueError("enable_hr can't be combined with a refiner yet: choose one")
+        if self.hr_upscaler not in LATENT_UPSCALERS and self.hr_upscaler not in PIXEL_UPSCALERS:
+            raise ValueError("hr_upscaler must be one of " + ", ".join([*LATENT_UPSCALERS, *PIXEL_UPSCALERS])
+                             + f" (got {self.hr_upscaler!r})")
+        if not isinstance(self.hr_scale, (int, float)) or isinstance(self.hr_scale, bool) or not 1 <= self.hr_scale <= 4:
+            raise ValueError(f"hr_scale must be a number from 1 to 4 (got {self.hr_scale!r})")
+        for field in ("hr_resize_x", "hr_resize_y"):
+            if not _is_int(getattr(self, field)) or getattr(self, field) < 0:
+                raise ValueError(f"{field} must be 0 (use hr_scale) or a whole number of pixels")
+        width, height = self.hires_size()
+        if not (max(self.width, MIN_SIDE) <= width <= limits.max_side and max(self.height, MIN_SIDE) <= height
+                <= limits.max_side):
+            raise ValueError(f"hr_scale makes {width}x{height}: the hires size must be at least the first pass's "
+                             f"and at most {limits.max_side} pixels a side")
 
     def seeds(self) -> list[int]:
         """Seeds s, s+1, ... for the batch; seed -1 picks s at random."""

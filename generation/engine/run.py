@@ -1,4 +1,4 @@
-"""generate(): one txt2img run, written as the steps it takes."""
+"""generate(): one run (txt2img, img2img or inpaint), written as the steps it takes."""
 
 import dataclasses
 import time
@@ -8,11 +8,12 @@ import torch
 from PIL import Image
 
 from .families import FAMILIES
+from .images import Crop, fill_masked, mask_crop, paste_back, prepared_mask, resize
 from .loading import PIPELINES, load_pipeline
 from .metadata import format_parameters, save_png
 from .previews import PreviewSettings, PreviewThrottle, encode_preview, latents_to_rgb, load_taesd
 from .prompts import encode_prompts, encode_prompts_xl
-from .request import GenerationRequest, Limits, model_ref
+from .request import LATENT_UPSCALERS, MASKED_CONTENT, PIXEL_UPSCALERS, RESIZE_MODES, GenerationRequest, Limits, model_ref
 from .schedulers import make_scheduler
 from .watermark import PAYLOAD_BYTES, embed_watermark
 
@@ -50,7 +51,7 @@ class GenerationResult:
             extra["Clip skip"] = self.request.clip_skip
         if self.refiner:
             extra |= {"Refiner": self.refiner, "Refiner switch at": self.request.refiner_switch_at}
-        return extra
+        return extra | _image_input_params(self.request) | _hires_params(self.request)
 
     def save_png(self, k: int, fp, image_id: str = "") -> None:
         save_png(self.images[k], fp, self.parameters(k), image_id)
@@ -68,13 +69,12 @@ def generate(
     dtype=None,
     limits: Limits | None = None,
 ) -> GenerationResult:
-    """Turn `request` into images. `on_preview(step, total_steps, image_bytes)` gets throttled
-    previews; `should_cancel()` is asked every step and stops the run with GenerationCancelled;
-    `watermark_payloads` holds one 8-byte payload per image; `checker` is an ImageChecker, or None
-    for no check."""
+    """Turn `request` into images: from text (txt2img, with hires fix or a refiner), from a
+    starting image (img2img) or repainting under a mask (inpaint). `on_preview(step, total_steps,
+    image_bytes)` gets throttled previews over all passes; `should_cancel()` is asked every step and
+    stops the run with GenerationCancelled; `watermark_payloads` holds one 8-byte payload per image;
+    `checker` is an ImageChecker, or None for no check."""
     timings, started = {}, time.perf_counter()
-    should_cancel = should_cancel or (lambda: False)
-    preview = preview or PreviewSettings()
 
     # 1. Check the input before any work.
     request.validate(limits)
@@ -91,55 +91,40 @@ def generate(
     model = load_pipeline(request.model, device=device, dtype=dtype)
     refiner = load_pipeline(request.refiner, device=device, dtype=dtype) if request.refiner else None
     vae = PIPELINES.get_vae(request.vae, model) if request.vae else None
-    _check_roles(model, refiner)
+    _check_roles(model, refiner, request.mode)
     timings["load"] = time.perf_counter() - tick
-    pipe = _pipeline_for_run(model.pipe, request.scheduler, seeds)
+    pipe = _pipeline_for_run(model.pipe, request.scheduler, seeds, "inpaint" if request.mask else "txt2img")
 
     # 3. Encode the prompts, A1111 weights and long prompts included.
     tick = time.perf_counter()
     embeds = _encode(pipe, model, request)
     timings["text_encode"] = time.perf_counter() - tick
 
-    # 4. Denoise, sending previews and honouring cancel at every step; the refiner takes over
-    # at its switch point with the same generators.
-    taesd = load_taesd(preview.taesd, model.device, model.dtype) if preview.taesd and on_preview else None
-    throttle = PreviewThrottle(preview.min_interval)
-    cancelled, steps_before = False, 0
-
-    def on_step_end(pipe, i, t, tensors):
-        nonlocal cancelled
-        if should_cancel():
-            cancelled = pipe._interrupt = True  # the pipeline skips every later step
-        elif on_preview is not None and throttle.should_send(steps_before + i + 1, request.steps):
-            on_preview(steps_before + i + 1, request.steps,
-                       encode_preview(latents_to_rgb(tensors["latents"], taesd), preview, blur=checker is not None))
-        return {}
-
-    if should_cancel():
+    # 4. Denoise, sending previews and honouring cancel at every step of every pass.
+    taesd = load_taesd(preview.taesd, model.device, model.dtype) if preview and preview.taesd and on_preview else None
+    progress = Progress(sum(p[2] for p in request.passes()), on_preview, should_cancel, preview or PreviewSettings(),
+                        taesd, blur=checker is not None)
+    if progress.stopped():
         raise GenerationCancelled()
     tick = time.perf_counter()
     # One CPU generator per image: image k is reproducible alone with seed s+k, on any device.
-    generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-    common = dict(num_inference_steps=request.steps, guidance_scale=request.guidance_scale, generator=generators,
-                  output_type="latent", callback_on_step_end=on_step_end)
-    latents = pipe(**embeds, width=request.width, height=request.height, num_images_per_prompt=request.num_images,
-                   **common, **({"denoising_end": request.refiner_switch_at} if refiner else {})).images
-    if refiner is not None and not cancelled:
-        steps_before = pipe.num_timesteps
-        pipe = _pipeline_for_run(refiner.pipe, request.scheduler, seeds, img2img=True)
-        latents = pipe(image=latents, **_encode(pipe, refiner, request), denoising_start=request.refiner_switch_at,
-                       **common).images
+    common = dict(num_inference_steps=request.steps, num_images_per_prompt=request.num_images,
+                  generator=[torch.Generator("cpu").manual_seed(s) for s in seeds], output_type="latent",
+                  callback_on_step_end=progress.on_step_end, **embeds)
+    start = prepare_start(request) if request.init_image is not None else None
+    if request.mode == "txt2img":
+        latents, pipe = _txt2img(pipe, model, refiner, request, common, progress)
+    else:
+        latents = _from_image(pipe, model, request, start, common)
     timings["denoise"] = time.perf_counter() - tick
-    if cancelled:
+    if progress.cancelled:
         raise GenerationCancelled()
 
-    # 5. Decode.
+    # 5. Decode; an inpainted picture goes back over the original through the blurred mask.
     tick = time.perf_counter()
-    decoder = vae.pipe if vae else pipe.vae
-    with torch.no_grad():
-        # An SDXL VAE stays in float32 (loading.py); the latents follow it.
-        decoded = decoder.decode(latents.to(decoder.dtype) / decoder.config.scaling_factor, return_dict=False)[0]
-    images = pipe.image_processor.postprocess(decoded, output_type="pil")
+    images = decode(vae.pipe if vae else pipe.vae, pipe.image_processor, latents)
+    if request.mask is not None:
+        images = [paste_back(start.original, im, start.blurred_mask, start.crop) for im in images]
     timings["decode"] = time.perf_counter() - tick
 
     # 6. Safety check: fail closed, and never return a flagged image as a normal one.
@@ -177,6 +162,165 @@ def generate(
     )
 
 
+class Progress:
+    """The step callback of every pass: one preview count over the whole job, and cancel."""
+
+    def __init__(self, total, on_preview, should_cancel, preview, taesd, blur):
+        self.total, self.on_preview, self.should_cancel = total, on_preview, should_cancel or (lambda: False)
+        self.preview, self.taesd, self.blur = preview, taesd, blur
+        self.throttle = PreviewThrottle(preview.min_interval)
+        self.done, self.cancelled = 0, False  # steps of the passes before this one
+
+    def stopped(self) -> bool:
+        self.cancelled = self.cancelled or self.should_cancel()
+        return self.cancelled
+
+    def on_step_end(self, pipe, i, t, tensors):
+        if self.stopped():
+            pipe._interrupt = True  # the pipeline skips every later step
+        elif self.on_preview is not None and self.throttle.should_send(self.done + i + 1, self.total):
+            self.on_preview(self.done + i + 1, self.total,
+                            encode_preview(latents_to_rgb(tensors["latents"], self.taesd), self.preview, blur=self.blur))
+        return {}
+
+    def pass_ended(self, pipe) -> None:
+        self.done += pipe.num_timesteps
+
+
+def _txt2img(pipe, model, refiner, request, common, progress):
+    """The first pass from noise; then the refiner from its switch point, or hires fix's second
+    pass on the upscaled latents. Returns the latents and the pipeline whose VAE decodes them."""
+    latents = pipe(width=request.width, height=request.height, **common,
+                   **({"denoising_end": request.refiner_switch_at} if refiner else {})).images
+    progress.pass_ended(pipe)
+    seeds = [g.initial_seed() for g in common["generator"]]
+    if refiner is not None and not progress.cancelled:
+        pipe = _pipeline_for_run(refiner.pipe, request.scheduler, seeds, "img2img")
+        latents = pipe(image=latents, **{**common, **_encode(pipe, refiner, request)},
+                       denoising_start=request.refiner_switch_at).images
+    elif request.enable_hr and not progress.cancelled:
+        image = _upscaled(pipe, latents, request)
+        pipe = _pipeline_for_run(model.pipe, request.scheduler, seeds, "img2img")
+        # Fresh generators with the same seeds: the second pass is reproducible on its own.
+        latents = pipe(image=image, strength=request.denoising_strength, **{
+            **common, "num_inference_steps": request.hr_second_pass_steps or request.steps,
+            "generator": [torch.Generator("cpu").manual_seed(s) for s in seeds]}).images
+    return latents, pipe
+
+
+def _upscaled(pipe, latents, request):
+    """Hires fix's upscale: the latents interpolated, or decoded, resized in pixels and given back
+    as pictures for the second pass to encode."""
+    width, height = request.hires_size()
+    if request.hr_upscaler in LATENT_UPSCALERS:
+        mode, antialias = LATENT_UPSCALERS[request.hr_upscaler]
+        scale = pipe.vae_scale_factor
+        return torch.nn.functional.interpolate(latents.float(), size=(height // scale, width // scale), mode=mode,
+                                               antialias=antialias).to(latents.dtype)
+    images = decode(pipe.vae, pipe.image_processor, latents)
+    return [im.resize((width, height), PIXEL_UPSCALERS[request.hr_upscaler]) for im in images]
+
+
+def _from_image(pipe, model, request, start, common):
+    """img2img, or inpaint (masked img2img on an ordinary model, the real thing on a 9-channel one)."""
+    width, height = start.picture.size
+    if request.mask is None:
+        pipe = _pipeline_for_run(model.pipe, request.scheduler, [g.initial_seed() for g in common["generator"]],
+                                 "img2img")
+        return pipe(image=start.picture, strength=request.denoising_strength, **common).images
+    # The starting latents are made here so masked content can be set in latent space.
+    picture = pipe.image_processor.preprocess(start.picture, height=height, width=width)
+    generator = torch.Generator("cpu").manual_seed(request.seed)
+    latents = encode_image(pipe.vae, picture, generator, model.device, model.dtype)
+    hard = pipe.mask_processor.preprocess(start.hard_mask, height=height, width=width)
+    small = torch.nn.functional.interpolate(hard, size=latents.shape[-2:]).to(latents.device, latents.dtype)
+    if request.inpainting_fill == 2:  # latent noise
+        noise = torch.randn(latents.shape, generator=generator).to(latents.device, latents.dtype)
+        latents = latents * (1 - small) + noise * small
+    elif request.inpainting_fill == 3:  # latent nothing
+        latents = latents * (1 - small)
+    masked = latents
+    if pipe.unet.config.in_channels == 9:  # an inpainting model also sees the picture with the hole cut out
+        masked = encode_image(pipe.vae, picture * (hard < 0.5), generator, model.device, model.dtype)
+    return pipe(image=latents, mask_image=start.blurred_mask, masked_image_latents=masked, width=width, height=height,
+                strength=request.denoising_strength, **common).images
+
+
+@dataclass
+class Start:
+    """What an img2img or inpaint run starts from, at the size it works at."""
+
+    picture: Image.Image  # RGB, width x height (the mask's box when "only masked")
+    original: Image.Image | None = None  # inpaint: the picture pasted back onto
+    hard_mask: Image.Image | None = None  # at the picture's size
+    blurred_mask: Image.Image | None = None  # at the original's size
+    crop: Crop | None = None
+
+
+def prepare_start(request) -> Start:
+    """Resize the starting image by resize_mode; for inpainting, prepare the mask (invert, blur),
+    crop to its box for "only masked", and fill the hole for masked content "fill"."""
+    size = (request.width, request.height)
+    if request.mask is None:
+        return Start(resize(request.init_image.convert("RGB"), *size, request.resize_mode))
+    original, mask = request.init_image.convert("RGB"), request.mask
+    crop = None
+    if request.inpaint_full_res:
+        hard, blurred = prepared_mask(mask, request.inpainting_mask_invert, request.mask_blur)
+        crop = mask_crop(hard, request.inpaint_full_res_padding, *size)
+    if crop is None:  # the whole picture, at the run's size
+        original, mask = (resize(im, *size, request.resize_mode) for im in (original, mask))
+        hard, blurred = prepared_mask(mask, request.inpainting_mask_invert, request.mask_blur)
+        picture, picture_mask = original, hard
+    else:
+        picture = original.crop(crop.box).resize(size, Image.LANCZOS)
+        picture_mask = hard.crop(crop.box).resize(size, Image.NEAREST)
+    if request.inpainting_fill == 0:
+        picture = fill_masked(picture, picture_mask)
+    return Start(picture, original, picture_mask, blurred, crop)
+
+
+def encode_image(vae, picture, generator, device, dtype):
+    """Pixels in [-1, 1] -> scaled latents, sampled with `generator`."""
+    with torch.no_grad():
+        dist = vae.encode(picture.to(device, vae.dtype)).latent_dist
+    return (dist.sample(generator) * vae.config.scaling_factor).to(dtype)
+
+
+def decode(vae, image_processor, latents) -> list[Image.Image]:
+    with torch.no_grad():
+        # An SDXL VAE stays in float32 (loading.py); the latents follow it.
+        decoded = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
+    return image_processor.postprocess(decoded, output_type="pil")
+
+
+def _image_input_params(r: GenerationRequest) -> dict:
+    if r.mode == "txt2img":
+        return {}
+    params = {"Denoising strength": r.denoising_strength}
+    if r.resize_mode:
+        params["Resize mode"] = RESIZE_MODES[r.resize_mode]
+    if r.mode == "inpaint":
+        params |= {"Mask blur": r.mask_blur, "Masked content": MASKED_CONTENT[r.inpainting_fill]}
+        if r.inpaint_full_res:
+            params |= {"Inpaint area": "Only masked", "Masked area padding": r.inpaint_full_res_padding}
+        if r.inpainting_mask_invert:
+            params["Mask mode"] = "Inpaint not masked"
+    return params
+
+
+def _hires_params(r: GenerationRequest) -> dict:
+    """As A1111 writes them: Hires upscale: 2, Hires steps: 10, Hires upscaler: Latent."""
+    if not r.enable_hr:
+        return {}
+    params = {"Denoising strength": r.denoising_strength}
+    params |= {"Hires resize": "{}x{}".format(*r.hires_size())} if r.hr_resize_x or r.hr_resize_y else {
+        "Hires upscale": r.hr_scale}
+    if r.hr_second_pass_steps:
+        params["Hires steps"] = r.hr_second_pass_steps
+    return params | {"Hires upscaler": r.hr_upscaler}
+
+
 def _title(ref, model) -> str:
     if model is None:
         return ""
@@ -184,10 +328,11 @@ def _title(ref, model) -> str:
     return f"{ref.name or model.name} [{ref.hash or model.hash}]"
 
 
-def _check_roles(model, refiner) -> None:
+def _check_roles(model, refiner, mode: str) -> None:
     family = FAMILIES.get(model.family)
-    if family is not None and family.role != "txt2img":
-        raise ValueError(f"model {model.name!r} is {family.label}: it can't make an image from text alone")
+    if family is not None and family.role == "refiner" or family and family.role == "inpaint" and mode != "inpaint":
+        raise ValueError(f"model {model.name!r} is {family.label}: it can't make an image "
+                         + ("without a mask" if family.role == "inpaint" else "from text alone"))
     if refiner is not None and not (model.xl and refiner.xl and FAMILIES[refiner.family].role != "inpaint"):
         raise ValueError(f"refiner {refiner.name!r} can't refine {model.name!r}: the refiner is for SDXL models and "
                          "must be an SDXL refiner or base")
@@ -209,18 +354,27 @@ def _encode(pipe, model, request) -> dict:
             "negative_pooled_prompt_embeds": negative_pooled}
 
 
-def _pipeline_for_run(base, scheduler_name: str, seeds: list[int], img2img: bool = False):
-    """The cached pipeline's modules with a scheduler of this run's own: runs share no state."""
+PIPELINE_CLASSES = {  # (SDXL?, task) -> diffusers class name
+    (False, "txt2img"): "StableDiffusionPipeline", (False, "img2img"): "StableDiffusionImg2ImgPipeline",
+    (False, "inpaint"): "StableDiffusionInpaintPipeline", (True, "txt2img"): "StableDiffusionXLPipeline",
+    (True, "img2img"): "StableDiffusionXLImg2ImgPipeline", (True, "inpaint"): "StableDiffusionXLInpaintPipeline",
+}
+
+
+def _pipeline_for_run(base, scheduler_name: str, seeds: list[int], task: str = "txt2img"):
+    """The cached pipeline's modules, as the pipeline for `task` (txt2img, img2img, inpaint),
+    with a scheduler of this run's own: runs share no state."""
     import diffusers
 
     components = {**base.components, "scheduler": make_scheduler(scheduler_name, base.scheduler.config, seeds)}
-    if isinstance(base, diffusers.StableDiffusionXLImg2ImgPipeline) or img2img:
-        pipe = diffusers.StableDiffusionXLImg2ImgPipeline(
-            **components, add_watermarker=False,
-            requires_aesthetics_score=bool(base.config.get("requires_aesthetics_score", False)))
-    elif isinstance(base, diffusers.StableDiffusionXLPipeline):
-        pipe = diffusers.StableDiffusionXLPipeline(**components, add_watermarker=False)
-    else:
-        pipe = type(base)(**components, requires_safety_checker=False)
+    xl = "text_encoder_2" in components
+    if task == "txt2img" and isinstance(base, diffusers.StableDiffusionXLImg2ImgPipeline):
+        task = "img2img"  # a refiner
+    options = {"requires_safety_checker": False}
+    if xl:
+        options = {"add_watermarker": False}
+        if task != "txt2img":
+            options["requires_aesthetics_score"] = bool(base.config.get("requires_aesthetics_score", False))
+    pipe = getattr(diffusers, PIPELINE_CLASSES[xl, task])(**components, **options)
     pipe.set_progress_bar_config(disable=True)
     return pipe
