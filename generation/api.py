@@ -64,7 +64,7 @@ class JobList(generics.ListCreateAPIView):
             raise ValidationError(form.errors)
         params = dict(form.validated_data)
         checkpoint = params.setdefault("checkpoint", default_checkpoint())
-        if checkpoint is not None:
+        if checkpoint is not None and "init_image" not in params:  # img2img: the starting image's size
             params.setdefault("width", checkpoint.default_width)
             params.setdefault("height", checkpoint.default_height)
         key = request.headers.get("Idempotency-Key")

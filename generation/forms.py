@@ -2,7 +2,15 @@ from django import forms
 from django.conf import settings
 
 from generation.engine.families import FAMILIES
-from generation.engine.request import MAX_PROMPT_CHARS, MAX_SEED, MAX_STEPS
+from generation.engine.request import (
+    LATENT_UPSCALERS,
+    MASKED_CONTENT,
+    MAX_PROMPT_CHARS,
+    MAX_SEED,
+    MAX_STEPS,
+    PIXEL_UPSCALERS,
+    RESIZE_MODES,
+)
 from generation.engine.schedulers import SCHEDULERS
 from generation.models import Checkpoint, Vae
 from generation.selectors import default_checkpoint
@@ -34,6 +42,37 @@ class GenerateForm(forms.Form):
     refiner_switch_at = forms.FloatField(min_value=0.01, max_value=0.99, initial=0.8, required=False,
                                          label="Refiner switch at")
 
+    # img2img / inpaint: the file, or an image of the gallery ("Use as starting image"); the mask
+    # is painted in the page and sent as a PNG (white: repaint).
+    init_image = forms.FileField(required=False, label="Starting image", widget=forms.ClearableFileInput(
+        attrs={"accept": "image/png,image/jpeg,image/webp"}), help_text="PNG, JPEG or WebP: img2img starts from it.")
+    init_image_id = forms.CharField(required=False, widget=forms.HiddenInput)
+    mask = forms.FileField(required=False, widget=forms.FileInput(attrs={"hidden": True, "accept": "image/png"}))
+    denoising_strength = forms.FloatField(min_value=0.01, max_value=1, initial=0.75, required=False,
+                                          label="Denoising strength", help_text="How much changes; it runs "
+                                          "steps × strength steps (and costs that).",
+                                          widget=forms.NumberInput(attrs={"step": 0.01}))
+    resize_mode = forms.TypedChoiceField(choices=list(enumerate(RESIZE_MODES)), coerce=int, initial=0, required=False,
+                                         label="Resize mode")
+    mask_blur = forms.IntegerField(min_value=0, max_value=64, initial=4, required=False, label="Mask blur")
+    inpainting_mask_invert = forms.TypedChoiceField(choices=[(0, "Inpaint masked"), (1, "Inpaint not masked")],
+                                                    coerce=lambda v: v in ("1", 1, True), initial=0, required=False,
+                                                    label="Mask mode")
+    inpainting_fill = forms.TypedChoiceField(choices=list(enumerate(MASKED_CONTENT)), coerce=int, initial=1,
+                                             required=False, label="Masked content")
+    inpaint_full_res = forms.BooleanField(required=False, label="Only masked",
+                                          help_text="Repaint the mask's box at full size and paste it back.")
+    inpaint_full_res_padding = forms.IntegerField(min_value=0, max_value=256, initial=32, required=False,
+                                                  label="Only masked padding")
+    enable_hr = forms.BooleanField(required=False, label="Hires fix",
+                                   help_text="A second pass at a larger size (uses the denoising strength).")
+    hr_scale = forms.FloatField(min_value=1, max_value=4, initial=2, required=False, label="Upscale by",
+                                widget=forms.NumberInput(attrs={"step": 0.05}))
+    hr_upscaler = forms.ChoiceField(choices=[(n, n) for n in (*LATENT_UPSCALERS, *PIXEL_UPSCALERS)], initial="Latent",
+                                    required=False, label="Upscaler")
+    hr_second_pass_steps = forms.IntegerField(min_value=0, max_value=MAX_STEPS, initial=0, required=False,
+                                              label="Hires steps", help_text="0: as many as the first pass.")
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["checkpoint"].queryset = Checkpoint.objects.filter(enabled=True, family__in=TXT2IMG_FAMILIES)
@@ -45,6 +84,18 @@ class GenerateForm(forms.Form):
                             "steps": default.default_steps, **self.initial}
         self.fields["num_images"] = forms.IntegerField(min_value=1, max_value=settings.SDWEB["MAX_IMAGES"],
                                                        initial=1, label="Images", help_text="Variants, seeds s, s+1, …")
+
+    def clean(self):
+        data = super().clean()
+        defaults = {"denoising_strength": 0.75, "resize_mode": 0, "mask_blur": 4, "inpainting_mask_invert": False,
+                    "inpainting_fill": 1, "inpaint_full_res_padding": 32, "hr_scale": 2.0, "hr_upscaler": "Latent",
+                    "hr_second_pass_steps": 0}
+        for field, default in defaults.items():
+            if data.get(field) in (None, ""):
+                data[field] = default
+        if not data.get("enable_hr"):  # the strength field is shared; hires keeps A1111's own 0.7 default
+            data.pop("hr_scale"), data.pop("hr_upscaler"), data.pop("hr_second_pass_steps")
+        return data
 
     def clean_clip_skip(self):
         return self.cleaned_data["clip_skip"] or 1

@@ -7,7 +7,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from generation.engine.families import FAMILIES
-from generation.engine.request import ModelRef
+from generation.engine.request import MASKED_CONTENT, RESIZE_MODES, ModelRef
 
 
 def is_model_name(name) -> bool:
@@ -107,13 +107,19 @@ class Checkpoint(models.Model):
                         hash=self.short_hash)
 
 
+IMAGE_INPUT_PARAMS = ("denoising_strength", "resize_mode", "mask_blur", "inpainting_fill", "inpaint_full_res",
+                      "inpaint_full_res_padding", "inpainting_mask_invert")
+INPUT_DIGESTS = ("init_image_sha256", "mask_sha256", "init_image_id")  # what the audit records of a job's inputs
+HIRES_PARAMS = ("enable_hr", "hr_scale", "hr_upscaler", "hr_second_pass_steps", "hr_resize_x", "hr_resize_y")
+
+
 class Job(models.Model):
     QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
     STATUSES = [(s, s) for s in (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)]
     ACTIVE = (QUEUED, RUNNING)
     # What a submission asks for (the engine's GenerationRequest fields, less the model).
     PARAMS = ("prompt", "negative_prompt", "width", "height", "steps", "guidance_scale", "scheduler", "seed",
-              "num_images", "clip_skip", "refiner_switch_at")
+              "num_images", "clip_skip", "refiner_switch_at", *IMAGE_INPUT_PARAMS, *HIRES_PARAMS)
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="jobs")
@@ -133,6 +139,26 @@ class Job(models.Model):
     refiner_switch_at = models.FloatField(default=0.8)
     vae = models.ForeignKey(Vae, null=True, blank=True, on_delete=models.PROTECT, related_name="+",
                             help_text="The VAE file that decoded it; empty: the checkpoint's own")
+    # img2img and inpaint: the starting image and mask as stored (clean PNGs) and the SHA-256 of
+    # the files received, which the audit records too.
+    init_image = models.CharField(max_length=200, blank=True, help_text="Storage name of the starting image")
+    init_image_sha256 = models.CharField(max_length=64, blank=True)
+    init_image_id = models.BigIntegerField(null=True, blank=True, help_text="The gallery image it started from")
+    mask = models.CharField(max_length=200, blank=True, help_text="Storage name of the mask (white: repaint)")
+    mask_sha256 = models.CharField(max_length=64, blank=True)
+    denoising_strength = models.FloatField(default=0.75)
+    resize_mode = models.PositiveSmallIntegerField(default=0, choices=list(enumerate(RESIZE_MODES)))
+    mask_blur = models.PositiveSmallIntegerField(default=4)
+    inpainting_fill = models.PositiveSmallIntegerField(default=1, choices=list(enumerate(MASKED_CONTENT)))
+    inpaint_full_res = models.BooleanField(default=False, help_text="Only masked: work on the mask's box")
+    inpaint_full_res_padding = models.PositiveSmallIntegerField(default=32)
+    inpainting_mask_invert = models.BooleanField(default=False)
+    enable_hr = models.BooleanField(default=False, help_text="Hires fix")
+    hr_scale = models.FloatField(default=2.0)
+    hr_upscaler = models.CharField(max_length=40, default="Latent")
+    hr_second_pass_steps = models.PositiveSmallIntegerField(default=0)
+    hr_resize_x = models.PositiveIntegerField(default=0)
+    hr_resize_y = models.PositiveIntegerField(default=0)
     image_ids = models.JSONField(help_text="Identifiers allocated at submit; also the watermark payloads")
     cost = models.PositiveIntegerField()
 
@@ -168,6 +194,10 @@ class Job(models.Model):
 
     def params(self) -> dict:
         return {f: getattr(self, f) for f in self.PARAMS}
+
+    @property
+    def mode(self) -> str:
+        return "inpaint" if self.mask else "img2img" if self.init_image else "txt2img"
 
 
 class UserSettings(models.Model):

@@ -1,12 +1,37 @@
 from django.conf import settings
+from django.core.files.uploadedfile import UploadedFile
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from gallery.models import Image
 from generation.engine.request import MAX_PROMPT_CHARS, MAX_SEED, MAX_STEPS
 from generation.engine.schedulers import SCHEDULERS
-from generation.models import Checkpoint, CreditEntry, Job, Vae
+from generation.models import HIRES_PARAMS, IMAGE_INPUT_PARAMS, Checkpoint, CreditEntry, Job, Vae
 from generation.presenters import job_images
 from generation.selectors import queue_position
+
+
+@extend_schema_field({"type": "string", "format": "binary"})
+class ImageInputField(serializers.Field):
+    """A multipart file upload (PNG, JPEG or WebP), or the 16-hex-digit id of an image of yours or
+    a public one; decoding and every check happen in submit, so a refusal is audited."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, UploadedFile):
+            if data.size > settings.SDWEB["UPLOAD_MAX_BYTES"]:
+                raise serializers.ValidationError(f"At most {settings.SDWEB['UPLOAD_MAX_BYTES'] // 2**20} MB.")
+            return data.read()
+        if isinstance(data, str) and len(data) == 16:
+            try:
+                image = Image.objects.filter(pk=int(data, 16)).first()
+            except ValueError:
+                image = None
+            if image is not None:
+                return image
+        raise serializers.ValidationError("Upload a PNG, JPEG or WebP file, or give the id of an image of yours.")
+
+    def to_representation(self, value):
+        return None
 
 
 class JobCreateSerializer(serializers.Serializer):
@@ -34,6 +59,27 @@ class JobCreateSerializer(serializers.Serializer):
                                                help_text="The fraction of the steps after which the refiner takes over.")
     vae = serializers.CharField(required=False, allow_blank=True,
                                 help_text="A VAE's name (GET /api/v1/vaes/); default: the checkpoint's own or default VAE.")
+    init_image = ImageInputField(required=False, help_text="img2img: the starting image (multipart upload or an "
+                                 "image id). width/height default to its size.")
+    mask = ImageInputField(required=False, help_text="Inpainting: white where the starting image is repainted; "
+                           "its size must be the starting image's.")
+    denoising_strength = serializers.FloatField(default=0.75, help_text="img2img/inpaint, and hires fix's second "
+                                                "pass: how much changes (0-1); steps x strength steps are run.")
+    resize_mode = serializers.IntegerField(default=0, help_text="0 just resize, 1 crop and resize, 2 resize and fill.")
+    mask_blur = serializers.IntegerField(default=4, help_text="Pixels of blur at the mask's edge.")
+    inpainting_fill = serializers.IntegerField(default=1, help_text="Masked content: 0 fill, 1 original, "
+                                               "2 latent noise, 3 latent nothing.")
+    inpaint_full_res = serializers.BooleanField(default=False, help_text="Only masked: repaint the mask's box at "
+                                                "width x height and paste it back.")
+    inpaint_full_res_padding = serializers.IntegerField(default=32, help_text="Pixels around the mask's box.")
+    inpainting_mask_invert = serializers.BooleanField(default=False, help_text="Repaint what is not masked.")
+    enable_hr = serializers.BooleanField(default=False, help_text="Hires fix: a second pass at a larger size.")
+    hr_scale = serializers.FloatField(default=2.0, help_text="Hires fix: the factor (1-4).")
+    hr_upscaler = serializers.CharField(default="Latent", help_text="Hires fix: Latent (and its variants), Lanczos "
+                                        "or Nearest.")
+    hr_second_pass_steps = serializers.IntegerField(default=0, help_text="Hires fix: steps; 0 = as the first pass.")
+    hr_resize_x = serializers.IntegerField(default=0, help_text="Hires fix: a width instead of hr_scale.")
+    hr_resize_y = serializers.IntegerField(default=0, help_text="Hires fix: a height instead of hr_scale.")
 
     def validate_num_images(self, value):
         if value > settings.SDWEB["MAX_IMAGES"]:
@@ -63,12 +109,15 @@ class JobSerializer(serializers.ModelSerializer):
                                 help_text="The VAE file that decoded the images; null: the checkpoint's own.")
     images = serializers.SerializerMethodField(help_text="The stored images, once the job succeeded.")
     queue_position = serializers.SerializerMethodField(help_text="Queued jobs ahead of this one, while queued.")
+    mode = serializers.CharField(read_only=True, help_text="txt2img, img2img or inpaint.")
+    init_image_id = serializers.SerializerMethodField(help_text="The image of yours it started from, if one did.")
 
     class Meta:
         model = Job
         fields = ["id", "status", "prompt", "negative_prompt", "checkpoint", "width", "height", "steps",
                   "guidance_scale", "scheduler", "seed", "num_images", "clip_skip", "refiner", "refiner_switch_at",
-                  "vae", "cost", "created_at", "started_at",
+                  "vae", "mode", *IMAGE_INPUT_PARAMS, "init_image_sha256", "init_image_id", "mask_sha256",
+                  *HIRES_PARAMS, "cost", "created_at", "started_at",
                   "finished_at", "attempts", "progress_step", "progress_total", "queue_position", "error",
                   "timings", "images"]
         extra_kwargs = {
@@ -92,7 +141,13 @@ class JobSerializer(serializers.ModelSerializer):
             "progress_total": {"help_text": "Denoising steps in all."},
             "timings": {"help_text": "Seconds per stage: load, text_encode, denoise, decode, watermark, total."},
             "error": {"help_text": "Why it failed, when it did."},
+            "init_image_sha256": {"help_text": "SHA-256 of the starting image as received."},
+            "mask_sha256": {"help_text": "SHA-256 of the mask as received."},
+            **{f: {"help_text": JobCreateSerializer().fields[f].help_text} for f in (*IMAGE_INPUT_PARAMS, *HIRES_PARAMS)},
         }
+
+    def get_init_image_id(self, job) -> str | None:
+        return f"{job.init_image_id:016x}" if job.init_image_id else None
 
     @extend_schema_field(ImageSummarySerializer(many=True))
     def get_images(self, job):

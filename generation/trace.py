@@ -27,7 +27,7 @@ def _trace(upload) -> dict:
         raise ValueError("image: upload a PNG, JPEG or WebP file")
     data = upload.read(settings.SDWEB["UPLOAD_MAX_BYTES"] + 1)
     picture = open_image(data, field="image")
-    credentials = read_credentials(upload.read(), PILImage.MIME.get(picture.format, "image/png"))
+    credentials = read_credentials(data, PILImage.MIME.get(picture.format, "image/png"))
     payload = read_watermark(picture.convert("RGB"))
     marking = read_png_marking(picture)
     found = {"watermark": payload.hex() if payload else None, "metadata": marking["image_id"] or None,

@@ -10,6 +10,7 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
+from gallery.models import Image
 from generation.dashboard import figures
 from generation.forms import SDXL_PRESETS, SIZE_PRESETS, GenerateForm
 from generation.metrics import render_database_metrics
@@ -36,10 +37,15 @@ def generate(request):
         initial = request.GET.dict() if "prompt" in request.GET else (
             {**job.params(), "seed": -1, "checkpoint": job.checkpoint_id, "refiner": job.refiner_id,
              "vae": job.vae_id} if job else {})
-    form = GenerateForm(request.POST or None, initial=initial)
+    start = _start_image(request, job)
+    if start is not None and request.method == "GET":
+        initial = {**initial, "init_image_id": start.hex_id}
+        if "init" in request.GET:
+            initial |= {"width": start.width // 8 * 8, "height": start.height // 8 * 8}
+    form = GenerateForm(request.POST or None, request.FILES or None, initial=initial)
     if request.method == "POST" and form.is_valid():
         try:
-            job = job_submit(user=request.user, params=form.cleaned_data, client_ip=client_ip(request))
+            job = job_submit(user=request.user, params=_params(form.cleaned_data), client_ip=client_ip(request))
         except Refused as refusal:
             form.add_error(refusal.field, str(refusal))
         else:
@@ -48,10 +54,38 @@ def generate(request):
         audit_refused(user=request.user, client_ip=client_ip(request), data=request.POST.dict(), errors=form.errors)
     return render(request, "generate.html", {
         "form": form, "presets": SIZE_PRESETS, "sdxl_presets": SDXL_PRESETS, "cost_unit": settings.SDWEB["COST_UNIT"], "job": job,
-        "recent_jobs": request.user.jobs.select_related("checkpoint")[:10],
+        "recent_jobs": request.user.jobs.select_related("checkpoint")[:10], "start_image": start,
         "checkpoint_sizes": {c.pk: {"xl": c.xl, "width": c.default_width, "height": c.default_height}
                              for c in form.fields["checkpoint"].queryset},
     }, status=400 if form.errors else 200)
+
+
+def _start_image(request, job):
+    """The gallery image the form starts from: ?init=<id> ("Use as starting image"), the one in
+    the form being resubmitted, or the one the shown job started from."""
+    value = request.GET.get("init") or request.POST.get("init_image_id") or (
+        f"{job.init_image_id:016x}" if job and job.init_image_id and request.method == "GET" else "")
+    image = Image.objects.filter(pk=int(value, 16)).first() if _is_hex_id(value) else None
+    return image if image is not None and image.can_view(request.user) else None
+
+
+def _params(data: dict) -> dict:
+    """The form's data as submit takes it: uploads as bytes, a gallery image by its id."""
+    params = {k: v for k, v in data.items() if k not in ("init_image", "init_image_id", "mask")}
+    for field in ("init_image", "mask"):
+        if data.get(field):
+            params[field] = data[field].read(settings.SDWEB["UPLOAD_MAX_BYTES"] + 1)
+    if "init_image" not in params and data.get("init_image_id"):
+        image = Image.objects.filter(pk=int(data["init_image_id"], 16)).first() if _is_hex_id(
+            data["init_image_id"]) else None
+        if image is None:
+            raise Refused("That image no longer exists; upload a starting image.", field="init_image")
+        params["init_image"] = image
+    return params
+
+
+def _is_hex_id(value: str) -> bool:
+    return len(value) == 16 and all(c in "0123456789abcdef" for c in value)
 
 
 def _job_or_none(user, job_id):

@@ -55,6 +55,9 @@ urlpatterns = [
     path("api/v1/quote/", api.Quote.as_view()),
     path("api/v1/trace", api.Trace.as_view()),
     path("sdapi/v1/txt2img", a1111.Txt2Img.as_view()),
+    path("sdapi/v1/img2img", a1111.Img2Img.as_view()),
+    path("sdapi/v1/upscalers", a1111.Upscalers.as_view()),
+    path("sdapi/v1/latent-upscale-modes", a1111.LatentUpscaleModes.as_view()),
     path("sdapi/v1/progress", a1111.Progress.as_view()),
     path("sdapi/v1/interrupt", a1111.Interrupt.as_view()),
     path("sdapi/v1/sd-models", a1111.SdModels.as_view()),
@@ -65,5 +68,6 @@ urlpatterns = [
     path("sdapi/v1/sd-vae", a1111.SdVae.as_view()),
     *[path(f"sdapi/v1/{name}", a1111.EmptyList.as_view()) for name in a1111.EMPTY_LISTS],
     path("v1/images/generations", openai.images_generations, name="openai-generations"),
+    path("v1/images/edits", openai.images_edits, name="openai-edits"),
     path("v1/files/<str:token>", openai.signed_file, name="openai-file"),
 ]

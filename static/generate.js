@@ -9,9 +9,18 @@
   const unit = Number(form.dataset.costUnit);
 
   function quote() {
+    // As GenerationRequest.passes: img2img runs steps x strength; hires fix adds its second pass.
     const n = Number(field("num_images").value), w = Number(field("width").value),
-          h = Number(field("height").value), s = Number(field("steps").value);
-    const cost = Math.max(1, Math.ceil((n * w * h * s) / unit));
+          h = Number(field("height").value), s = Number(field("steps").value),
+          strength = Number(field("denoising_strength").value || 0.75);
+    const fromImage = !document.getElementById("paint").hidden;
+    let pixelSteps = w * h * (fromImage ? Math.floor(s * strength) : s);
+    if (!fromImage && field("enable_hr").checked) {
+      const scale = Number(field("hr_scale").value || 2);
+      const hw = Math.floor(w * scale / 8) * 8, hh = Math.floor(h * scale / 8) * 8;
+      pixelSteps += hw * hh * Math.floor((Number(field("hr_second_pass_steps").value) || s) * strength);
+    }
+    const cost = Math.max(1, Math.ceil((n * pixelSteps) / unit));
     const out = document.getElementById("cost");
     out.textContent = Number.isFinite(cost) ? cost : "–";
     out.classList.toggle("error", cost > Number(form.dataset.balance));
@@ -41,6 +50,7 @@
     quote();
   });
   form.addEventListener("input", (e) => { if (e.target !== preset) syncPreset(); quote(); });
+  form.addEventListener("change", quote);
   syncPreset();
   quote();
 })();

@@ -35,7 +35,10 @@
         label.append(box_, " Keep");
         caption.append(label, " · ");
       }
-      caption.append(`Seed ${im.seed}`);
+      const start = document.createElement("a");
+      start.href = `/generate/?init=${im.id}`;
+      start.textContent = "Use as starting image";
+      caption.append(`Seed ${im.seed} · `, start);
       figure.append(link, caption);
       return figure;
     }));

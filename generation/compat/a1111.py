@@ -16,21 +16,24 @@ from PIL import Image as PILImage
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from generation.engine.request import LATENT_UPSCALERS, PIXEL_UPSCALERS
 from generation.engine.schedulers import SCHEDULERS, resolve_scheduler
 from generation.live import wait_for_end
-from generation.models import Checkpoint, Job, UserSettings, Vae, is_model_name
+from generation.models import HIRES_PARAMS, IMAGE_INPUT_PARAMS, Checkpoint, Job, UserSettings, Vae, is_model_name
 from generation.presenters import refusal_status
 from generation.selectors import user_checkpoint
 from generation.services.audit import audit_refused
 from generation.services.queue import job_cancel
 from generation.services.submit import Refused, job_submit
+from generation.uploads import decode_base64
 from sdweb.api_auth import ApiKeyAuthentication, CachedBasicAuthentication
 from sdweb.throttle import client_ip
 
 # Fields of A1111's txt2img payload that we accept when they hold a value that leaves the image
 # as we make it; any other value is refused by name rather than silently ignored.
 NEUTRAL = {
-    "enable_hr": (False, None), "styles": ([], None), "subseed": (-1, 0, None), "subseed_strength": (0, 0.0, None),
+    "styles": ([], None), "initial_noise_multiplier": (1, 1.0, None), "subseed": (-1, 0, None),
+    "subseed_strength": (0, 0.0, None),
     "seed_resize_from_h": (-1, 0, None), "seed_resize_from_w": (-1, 0, None),
     "eta": (None, 0, 1),  # which of these leaves the image as we make it depends on the sampler (below)
     "s_churn": (0, 0.0, None), "s_tmin": (0, 0.0, None), "s_tmax": (None, 0, 0.0, float("inf")),
@@ -39,19 +42,20 @@ NEUTRAL = {
     "script_name": (None, ""), "script_args": ([], None), "alwayson_scripts": ({}, None),
     "firstphase_width": (0, None), "firstphase_height": (0, None), "firstpass_image": (None,),
 }
-# Fields that never change the picture (saving, returning, or hires settings while hires is off).
+# Fields that never change the picture (saving, returning, what only other models read).
 HARMLESS = {
-    "denoising_strength", "hr_scale", "hr_upscaler", "hr_second_pass_steps", "hr_resize_x", "hr_resize_y",
     "hr_checkpoint_name", "hr_sampler_name", "hr_scheduler", "hr_prompt", "hr_negative_prompt",
     "hr_additional_modules", "do_not_save_samples", "do_not_save_grid", "save_images", "send_images",
     "disable_extra_networks", "comments", "infotext", "force_task_id", "override_settings_restore_afterwards",
-    "sampler_index", "user",
+    "sampler_index", "user", "image_cfg_scale", "include_init_images",  # image_cfg_scale: instruct-pix2pix only
 }
 USED = {"prompt", "negative_prompt", "seed", "steps", "cfg_scale", "width", "height", "sampler_name", "scheduler",
-        "batch_size", "n_iter", "override_settings", "refiner_checkpoint", "refiner_switch_at"}
+        "batch_size", "n_iter", "override_settings", "refiner_checkpoint", "refiner_switch_at", "denoising_strength",
+        *HIRES_PARAMS, "init_images", "mask", *IMAGE_INPUT_PARAMS}
 A1111_FIELDS = {"guidance_scale": "cfg_scale", "num_images": "batch_size", "refiner": "refiner_checkpoint",
-                "clip_skip": "override_settings.CLIP_stop_at_last_layers", "vae": "override_settings.sd_vae"}
-EMPTY_LISTS = ("loras", "upscalers", "latent-upscale-modes", "prompt-styles", "hypernetworks",
+                "clip_skip": "override_settings.CLIP_stop_at_last_layers", "vae": "override_settings.sd_vae",
+                "init_image": "init_images"}
+EMPTY_LISTS = ("loras", "prompt-styles", "hypernetworks",
                "face-restorers", "realesrgan-models", "scripts")
 
 
@@ -139,6 +143,7 @@ def translate(payload: dict, user) -> tuple[dict, list[str]]:
     }
     if vae is not None:
         params["vae"] = vae
+    params |= _image_params(payload) if "init_images" in payload else _hires(payload)
     if payload.get("refiner_checkpoint"):
         # A1111 takes a title, a name or a file name; the switch point defaults to its 0.8.
         refiner = find_checkpoint(payload["refiner_checkpoint"])
@@ -149,10 +154,44 @@ def translate(payload: dict, user) -> tuple[dict, list[str]]:
     return params, sorted(ignored)
 
 
+def _hires(payload: dict) -> dict:
+    """Hires fix, with A1111's defaults for what the payload leaves out."""
+    if not payload.get("enable_hr"):
+        return {}
+    defaults = {"hr_scale": 2.0, "hr_upscaler": "Latent", "hr_second_pass_steps": 0, "hr_resize_x": 0, "hr_resize_y": 0}
+    params = {f: payload[f] if payload.get(f) is not None else default for f, default in defaults.items()}
+    return params | {"enable_hr": True, "denoising_strength": payload.get("denoising_strength") or 0.7}
+
+
+def _image_params(payload: dict) -> dict:
+    """img2img's starting image and mask (base64), and its settings with A1111's defaults."""
+    images = payload.get("init_images")
+    if not isinstance(images, list) or len(images) != 1:
+        raise ValueError("init_images: a list holding one base64-encoded image is required")
+    params = {"init_image": decode_base64(images[0], field="init_images")}
+    if payload.get("mask"):
+        params["mask"] = decode_base64(payload["mask"], field="mask")
+    defaults = {"denoising_strength": 0.75, "resize_mode": 0, "mask_blur": 4, "inpainting_fill": 0,
+                "inpaint_full_res": True, "inpaint_full_res_padding": 0, "inpainting_mask_invert": 0}
+    for field, default in defaults.items():
+        value = payload.get(field, default)
+        if field in ("inpaint_full_res", "inpainting_mask_invert"):  # A1111 takes 0 and 1 here too
+            if value not in (0, 1):
+                raise ValueError(f"{field}: true or false (or 1 or 0) is required")
+            value = bool(value)
+        params[field] = default if value is None else value
+    return params
+
+
 class Txt2Img(A1111View):
+    from_image = False
+
     @extend_schema(exclude=True)
     def post(self, request):
         try:
+            if isinstance(request.data, dict) and ("init_images" in request.data) != self.from_image:
+                raise ValueError("init_images: " + ("required: img2img starts from an image" if self.from_image else
+                                                    "not taken here: POST it to /sdapi/v1/img2img"))
             params, ignored = translate(request.data, request.user)
         except ValueError as error:
             audit_refused(user=request.user, client_ip=client_ip(request), data=request.data, errors=error)
@@ -186,12 +225,30 @@ class Txt2Img(A1111View):
             "n_iter": request.data.get("n_iter", 1), "restore_faces": False, "sd_model_name": job.checkpoint.name,
             "sd_model_hash": job.checkpoint.short_hash, "sd_vae_name": job.vae.name if job.vae else None,
             "sd_vae_hash": job.vae.sha256[:10] if job.vae else None, "seed_resize_from_w": -1, "seed_resize_from_h": -1,
-            "denoising_strength": None, "extra_generation_params": {}, "index_of_first_image": 0,
+            "denoising_strength": job.denoising_strength if job.mode != "txt2img" or job.enable_hr else None,
+            "extra_generation_params": {}, "index_of_first_image": 0,
             "infotexts": infotexts, "styles": [], "job_timestamp": job.created_at.strftime("%Y%m%d%H%M%S"),
-            "clip_skip": job.clip_skip, "is_using_inpainting_conditioning": False, "version": "sdweb",
+            "clip_skip": job.clip_skip, "is_using_inpainting_conditioning": job.checkpoint.role == "inpaint", "version": "sdweb",
             "ignored": ignored, "sdweb_job": str(job.pk), "sdweb_image_ids": [image.hex_id for image in images],
         }
         return Response({"images": encoded, "parameters": request.data, "info": json.dumps(info)})
+
+
+class Img2Img(Txt2Img):
+    from_image = True
+
+
+class Upscalers(A1111View):
+    @extend_schema(exclude=True)
+    def get(self, request):
+        return Response([{"name": name, "model_name": None, "model_path": None, "model_url": None, "scale": 4}
+                         for name in ("None", *PIXEL_UPSCALERS)])
+
+
+class LatentUpscaleModes(A1111View):
+    @extend_schema(exclude=True)
+    def get(self, request):
+        return Response([{"name": name} for name in LATENT_UPSCALERS])
 
 
 class Progress(A1111View):

@@ -23,6 +23,7 @@ from generation.models import Checkpoint, Job
 from generation.selectors import user_checkpoint
 from generation.services.audit import audit_refused
 from generation.services.submit import Refused, job_submit
+from generation.uploads import Upload, mask_from, read_image
 from sdweb import throttle
 from sdweb.parsers import loads
 from sdweb.services import api_key_user
@@ -186,11 +187,22 @@ async def stream_events(request, job: Job, spec: dict):
 
 @csrf_exempt
 async def images_generations(request):
+    return await _images(request, parse)
+
+
+@csrf_exempt
+async def images_edits(request):
+    """Multipart: `image` (one PNG, JPEG or WebP), optional `mask` whose transparent pixels mark
+    where to repaint (without one, the image's own transparent pixels do), and the generation fields."""
+    return await _images(request, parse_edit)
+
+
+async def _images(request, parser):
     if request.method != "POST":
         return OpenAIError(405, "Use POST.").response()
     try:
         user = await sync_to_async(authenticate)(request)
-        spec = await sync_to_async(parse)(request, user)
+        spec = await sync_to_async(parser)(request, user)
         job = await sync_to_async(submit)(user, request, spec["params"])
         if spec["stream"]:
             response = StreamingHttpResponse(stream_events(request, job, spec), content_type="text/event-stream")
@@ -204,6 +216,52 @@ async def images_generations(request):
         return JsonResponse({"created": int(job.created_at.timestamp()), "data": await sync_to_async(items)()})
     except OpenAIError as error:
         return error.response()
+
+
+def parse_edit(request, user) -> dict:
+    """The multipart form as submit params: the same fields as a generation, plus the images."""
+    data = {key: request.POST[key] for key in request.POST}
+    files = {name: request.FILES.get(name) or request.FILES.get(name + "[]") for name in ("image", "mask")}
+    for key in ("n", "partial_images"):
+        if key in data and data[key].isdigit():
+            data[key] = int(data[key])
+    data["stream"] = data.get("stream") == "true"
+    try:
+        if files["image"] is None:
+            raise OpenAIError(400, "image is required: a PNG, JPEG or WebP file.", param="image")
+        auto = (data.get("size") or "auto") == "auto"
+        spec = _spec(data, user)
+        if auto:  # the starting image's size
+            del spec["params"]["width"], spec["params"]["height"]
+        for name, upload in files.items():
+            if upload is not None and upload.size > settings.SDWEB["UPLOAD_MAX_BYTES"]:
+                raise OpenAIError(400, f"{name}: at most {settings.SDWEB['UPLOAD_MAX_BYTES'] // 2**20} MB.", param=name)
+        image = files["image"].read()
+        spec["params"]["init_image"] = image
+        spec["params"]["mask"] = _transparent_mask(files["mask"].read() if files["mask"] else image, bool(files["mask"]))
+        spec["params"]["denoising_strength"] = 1.0  # what an edit repaints is made anew
+        spec["params"]["inpainting_fill"] = 0
+    except OpenAIError as error:
+        audit_refused(user=user, client_ip=throttle.client_ip(request), data=data,
+                      errors=f"{error.param or 'body'}: {error}")
+        raise
+    return spec
+
+
+def _transparent_mask(data: bytes, given: bool):
+    """OpenAI's rule: the transparent pixels are the ones to repaint. A file that isn't an image
+    is left to submit, which refuses it by name (and audits its SHA-256)."""
+    try:
+        upload = read_image(data, field="mask" if given else "image")
+    except ValueError:
+        return data if given else None
+    if upload.image.mode != "RGBA":
+        if given:
+            raise OpenAIError(400, "mask: a PNG with transparent pixels where the image is to change is required.",
+                              param="mask")
+        raise OpenAIError(400, "image: without a mask, the image needs transparent pixels where it is to change.",
+                          param="image")
+    return Upload(image=mask_from(upload.image, transparent_repaints=True), sha256=upload.sha256)
 
 
 def signed_file(request, token):

@@ -12,6 +12,7 @@ from datetime import timedelta
 
 import torch
 from django.conf import settings
+from django.core.files.storage import default_storage
 from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
@@ -97,9 +98,9 @@ def job_run(job: Job) -> None:
                            "eta": round(elapsed / step * (total - step), 1), "preview": image})
 
     job_event(job.pk, {"type": "started", "attempt": attempt})
-    request = GenerationRequest(model=job.checkpoint.model_ref(), refiner=job.refiner and job.refiner.model_ref(),
-                                vae=job.vae and job.vae.model_ref(), **job.params())
     try:
+        request = GenerationRequest(model=job.checkpoint.model_ref(), refiner=job.refiner and job.refiner.model_ref(),
+                                    vae=job.vae and job.vae.model_ref(), **job.params(), **_inputs(job))
         result = generate(request, on_preview=on_preview, should_cancel=should_cancel,
                           watermark_payloads=[i.to_bytes(8, "big") for i in job.image_ids], **engine_options())
     except GenerationCancelled:
@@ -120,6 +121,16 @@ def job_run(job: Job) -> None:
         image_files_delete(images)  # this attempt's own files: another attempt owns the job
 
 
+def _inputs(job: Job) -> dict:
+    """The starting image and mask, as submit stored them."""
+    inputs = {}
+    for field, mode in (("init_image", "RGB"), ("mask", "L")):
+        if getattr(job, field):
+            with default_storage.open(getattr(job, field), "rb") as file:
+                inputs[field] = PILImage.open(io.BytesIO(file.read()), formats=["PNG"]).convert(mode)
+    return inputs
+
+
 def _store(job: Job, attempt: int, result, k: int) -> Image:
     """Write image k's PNG (metadata, watermark, C2PA) and WebP thumbnail; the row is not saved yet."""
     image_id = job.image_ids[result.indexes[k]]
@@ -131,8 +142,9 @@ def _store(job: Job, attempt: int, result, k: int) -> Image:
     thumb.save(webp, format="WEBP", quality=85)
     names = image_files_save(image_id=image_id, attempt=attempt, thumbnail=webp.getvalue(),
                              png=sign_png(png.getvalue(), title=f"{image_id:016x}.png"))
+    width, height = result.images[k].size  # hires fix and "only masked" inpainting change the size
     return Image(id=image_id, owner_id=job.user_id, job=job, index=result.indexes[k], seed=result.seeds[k],
-                 width=job.width, height=job.height, **names)
+                 width=width, height=height, **names)
 
 
 @transaction.atomic

@@ -5,14 +5,18 @@ import hashlib
 import json
 
 from django.conf import settings
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
 from django.db import IntegrityError, transaction
 
+from gallery.models import Image
 from generation import filters
-from generation.engine.request import GenerationRequest, Limits
-from generation.models import Checkpoint, CreditEntry, Job, PromptAudit, UserSettings, Vae, new_image_id
+from generation.engine.request import MIN_SIDE, GenerationRequest, Limits
+from generation.models import INPUT_DIGESTS, Checkpoint, CreditEntry, Job, PromptAudit, UserSettings, Vae, new_image_id
 from generation.services.audit import audit_append
 from generation.services.credits import credits_change, locked_account, quote_cost
 from generation.services.queue import enqueue_job
+from generation.uploads import Upload, flattened, mask_from, png_bytes, read_image
 
 
 class Refused(Exception):
@@ -35,6 +39,7 @@ def job_submit(*, user, params: dict, client_ip: str | None = None, idempotency_
     (audited too) with a message naming the field. With an `idempotency_key`, a repeated request
     returns the job the first one made, charged once, with `replayed` True (False on a new job);
     the same key with other params is refused."""
+    params = {**params, **input_digests(params)}  # the audit records what the job starts from
     fingerprint = request_fingerprint(params)
     idempotency_key = (idempotency_key or "").strip() or None
     if idempotency_key and not (len(idempotency_key) <= 200 and idempotency_key.isascii()
@@ -51,14 +56,16 @@ def job_submit(*, user, params: dict, client_ip: str | None = None, idempotency_
             earlier.replayed = True
             return earlier
     try:
-        checkpoint, fields = _validated(params)
+        inputs = _image_inputs(user, params)
+        checkpoint, fields = _validated(params, inputs)
         _check_allowed(user, fields["prompt"])
     except Refused as refusal:
         audit_append(user=user, client_ip=client_ip, params=params, decision=PromptAudit.REFUSED,
                      reason=refusal.audit_reason or str(refusal))
         raise
-    cost = quote_cost(width=fields["width"], height=fields["height"], steps=fields["steps"],
-                      num_images=fields["num_images"])
+    cost = quote_cost(width=0, height=0, steps=0, num_images=fields["num_images"],
+                      passes=fields.pop("request").passes())
+    fields |= _stored_inputs(inputs)
     try:
         with transaction.atomic():
             account = locked_account(user)
@@ -106,33 +113,101 @@ def _check_allowed(user, prompt: str) -> None:
 
 def request_fingerprint(params: dict) -> str:
     shown = {k: str(v.name if isinstance(v, (Checkpoint, Vae)) else v) for k, v in params.items()
-             if k in Job.PARAMS or k in ("checkpoint", "refiner", "vae")}
+             if k in Job.PARAMS or k in ("checkpoint", "refiner", "vae", *INPUT_DIGESTS)}
     return hashlib.sha256(json.dumps(shown, sort_keys=True).encode()).hexdigest()
 
 
-def _validated(params: dict) -> tuple[Checkpoint, dict]:
+def _validated(params: dict, inputs: dict) -> tuple[Checkpoint, dict]:
     checkpoint = params.get("checkpoint")
     if not isinstance(checkpoint, Checkpoint):
         checkpoint = Checkpoint.objects.enabled_named(checkpoint)
     if checkpoint is None or not checkpoint.enabled:
         raise Refused("Choose one of the available checkpoints.", field="checkpoint")
-    if checkpoint.role != "txt2img":
-        raise Refused(f"{checkpoint.name} is {checkpoint.get_family_display()}: it can't make an image from text "
-                      "alone; choose another checkpoint.", field="checkpoint")
+    if checkpoint.role == "refiner" or checkpoint.role == "inpaint" and "mask" not in inputs:
+        raise Refused(f"{checkpoint.name} is {checkpoint.get_family_display()}: it can't make an image "
+                      f"{'without a mask' if checkpoint.role == 'inpaint' else 'from text alone'}; choose another "
+                      "checkpoint.", field="checkpoint")
     refiner = _refiner(checkpoint, params.get("refiner"))
     vae = _vae(checkpoint, params.get("vae"))
     fields = {f: params[f] for f in Job.PARAMS if f in params}
     fields.setdefault("negative_prompt", "")
+    if "init_image" in inputs:  # img2img's size defaults to the starting image's
+        fields.setdefault("width", _side(inputs["init_image"].width))
+        fields.setdefault("height", _side(inputs["init_image"].height))
     try:
-        request = GenerationRequest(model=checkpoint.source, **fields)
+        request = GenerationRequest(model=checkpoint.source, **fields, init_image=inputs.get("init_image"),
+                                    mask=inputs.get("mask"))
         request.validate(engine_limits())
     except (TypeError, ValueError) as error:
         message = str(error)
-        field = next((f for f in Job.PARAMS if message.startswith(f + " ")), None)
+        field = next((f for f in (*Job.PARAMS, "init_image", "mask") if message.startswith(f + " ")), None)
         raise Refused(message[:1].upper() + message[1:], field=field) from error
     # The seed is fixed now, so a retried job makes the same images.
     return checkpoint, {**{f: getattr(request, f) for f in Job.PARAMS}, "seed": request.seeds()[0], "refiner": refiner,
-                        "vae": vae}
+                        "vae": vae, "request": request}
+
+
+def _side(pixels: int) -> int:
+    return min(max(pixels // 8 * 8, MIN_SIDE), settings.SDWEB["MAX_SIDE"])
+
+
+def input_digests(params: dict) -> dict:
+    """The SHA-256 of the starting image and mask as received (gallery images: their file), and
+    the gallery image id, for the audit; also for uploads that turn out not to be images."""
+    digests = {}
+    for field in ("init_image", "mask"):
+        value = params.get(field)
+        if isinstance(value, (bytes, bytearray)):
+            digests[f"{field}_sha256"] = hashlib.sha256(value).hexdigest()
+        elif isinstance(value, Upload):
+            digests[f"{field}_sha256"] = value.sha256
+        elif isinstance(value, Image):
+            digests[f"{field}_id"] = value.hex_id
+    return digests
+
+
+def _image_inputs(user, params: dict) -> dict:
+    """The starting image (RGB) and mask (L, white = repaint) as the engine takes them."""
+    inputs, init, mask = {}, params.get("init_image"), params.get("mask")
+    if init in (None, "", b""):
+        if mask not in (None, "", b""):
+            raise Refused("A mask needs a starting image (init_image).", field="init_image")
+        return inputs
+    try:
+        if isinstance(init, Image):
+            if not init.can_view(user):
+                raise ValueError("init_image: no image of yours (or public) has that id")
+            with default_storage.open(init.png.name, "rb") as file:
+                init = file.read()
+            inputs["init_image_sha256"] = hashlib.sha256(init).hexdigest()
+        upload = init if isinstance(init, Upload) else read_image(init, field="init_image")
+        inputs["init_image"] = flattened(upload.image)
+        inputs.setdefault("init_image_sha256", upload.sha256)
+        if mask not in (None, "", b""):
+            upload = mask if isinstance(mask, Upload) else read_image(mask, field="mask")
+            inputs["mask"], inputs["mask_sha256"] = mask_from(upload.image), upload.sha256
+    except ValueError as error:
+        field, _, message = str(error).partition(": ")
+        raise Refused(f"{field}: {message}", field=field) from error
+    if "mask" in inputs and inputs["mask"].size != inputs["init_image"].size:
+        raise Refused(f"mask: it is {inputs['mask'].width}x{inputs['mask'].height}; it must be the starting image's "
+                      f"size, {inputs['init_image'].width}x{inputs['init_image'].height}.", field="mask")
+    if isinstance(params.get("init_image"), Image):
+        inputs["init_image_id"] = params["init_image"].id
+    return inputs
+
+
+def _stored_inputs(inputs: dict) -> dict:
+    """Write the starting image and mask as clean PNGs (named by the received file's SHA-256, so
+    a resubmission stores nothing new) and give the Job fields that point at them."""
+    fields = {}
+    for field in ("init_image", "mask"):
+        if field in inputs:
+            name = f"inputs/{inputs[field + '_sha256']}.png"
+            if not default_storage.exists(name):
+                default_storage.save(name, ContentFile(png_bytes(inputs[field])))
+            fields |= {field: name, f"{field}_sha256": inputs[f"{field}_sha256"]}
+    return fields | ({"init_image_id": inputs["init_image_id"]} if "init_image_id" in inputs else {})
 
 
 def _vae(checkpoint: Checkpoint, vae) -> Vae | None:
