@@ -144,6 +144,9 @@ def translate(payload: dict, user) -> tuple[dict, list[str]]:
     if vae is not None:
         params["vae"] = vae
     params |= _image_params(payload) if "init_images" in payload else _hires(payload)
+    if not payload.get("enable_hr"):  # hires settings sent while it is off change nothing: say so
+        unused = HIRES_PARAMS if "init_images" in payload else (*HIRES_PARAMS, "denoising_strength")
+        ignored += [field for field in unused if field in payload]
     if payload.get("refiner_checkpoint"):
         # A1111 takes a title, a name or a file name; the switch point defaults to its 0.8.
         refiner = find_checkpoint(payload["refiner_checkpoint"])

@@ -125,7 +125,8 @@ def submit(user, request, params) -> Job:
             raise OpenAIError(429, str(refusal), code="insufficient_quota", kind="insufficient_quota")
         if refusal.code == "active_job_cap":
             raise OpenAIError(429, str(refusal), code="rate_limit_exceeded", kind="requests")
-        param = {"num_images": "n", "width": "size", "height": "size"}.get(refusal.field, refusal.field)
+        param = {"num_images": "n", "width": "size", "height": "size", "init_image": "image"}.get(refusal.field,
+                                                                                                refusal.field)
         raise OpenAIError(400, str(refusal), param=param)
 
 

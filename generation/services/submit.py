@@ -188,9 +188,9 @@ def _image_inputs(user, params: dict) -> dict:
             inputs["mask"], inputs["mask_sha256"] = mask_from(upload.image), upload.sha256
     except ValueError as error:
         field, _, message = str(error).partition(": ")
-        raise Refused(f"{field}: {message}", field=field) from error
+        raise Refused(message[:1].upper() + message[1:] + ".", field=field) from error
     if "mask" in inputs and inputs["mask"].size != inputs["init_image"].size:
-        raise Refused(f"mask: it is {inputs['mask'].width}x{inputs['mask'].height}; it must be the starting image's "
+        raise Refused(f"The mask is {inputs['mask'].width}x{inputs['mask'].height}; it must be the starting image's "
                       f"size, {inputs['init_image'].width}x{inputs['init_image'].height}.", field="mask")
     if isinstance(params.get("init_image"), Image):
         inputs["init_image_id"] = params["init_image"].id

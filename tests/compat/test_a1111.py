@@ -62,7 +62,8 @@ def test_a1111s_full_default_payload_makes_watermarked_images_with_a1111_metadat
 
 
 @pytest.mark.parametrize("change, field", [
-    ({"enable_hr": True}, "enable_hr"), ({"styles": ["cinematic"]}, "styles"), ({"subseed_strength": 0.5}, "subseed"),
+    ({"enable_hr": True, "hr_scale": 8}, "hr_scale"), ({"styles": ["cinematic"]}, "styles"),
+    ({"subseed_strength": 0.5}, "subseed"),
     ({"alwayson_scripts": {"controlnet": {}}}, "alwayson_scripts"), ({"sampler_name": "DDPM"}, "sampler_name"),
     ({"override_settings": {"sd_vae": "other.pt"}}, "override_settings.sd_vae"), ({"width": 300}, "width"),
     ({"cfg_scale": 99}, "cfg_scale"), ({"batch_size": 0}, "batch_size"), ({"eta": 0.5}, "eta"),
@@ -123,8 +124,10 @@ def test_models_samplers_schedulers_options_and_the_empty_lists(alice_a1111, che
     assert alice_a1111.post("/sdapi/v1/options", {"sd_model_checkpoint": "second [abc]"}, format="json").status_code == 200
     assert alice_a1111.get("/sdapi/v1/options").data["sd_model_checkpoint"].startswith("second [")
     assert alice_a1111.post("/sdapi/v1/options", {"sd_model_checkpoint": "nope"}, format="json").status_code == 400
-    for name in ("loras", "upscalers", "sd-vae", "prompt-styles"):
+    for name in ("loras", "sd-vae", "prompt-styles"):
         assert alice_a1111.get(f"/sdapi/v1/{name}").data == []
+    assert [u["name"] for u in alice_a1111.get("/sdapi/v1/upscalers").data] == ["None", "Lanczos", "Nearest"]
+    assert "Latent (nearest-exact)" in [m["name"] for m in alice_a1111.get("/sdapi/v1/latent-upscale-modes").data]
     assert alice_a1111.get("/sdapi/v1/embeddings").data == {"loaded": {}, "skipped": {}}
 
 
@@ -163,3 +166,65 @@ def test_a_refiner_the_studio_does_not_have_is_a_400_naming_the_field(alice_a111
     response = alice_a1111.post("/sdapi/v1/txt2img", {**A1111_DEFAULT_PAYLOAD, "refiner_checkpoint": "nope [123]"},
                                 format="json")
     assert response.status_code == 400 and "refiner_checkpoint" in response.data["detail"]
+
+
+def b64(image: PILImage.Image) -> str:
+    out = io.BytesIO()
+    image.save(out, "PNG")
+    return "data:image/png;base64," + base64.b64encode(out.getvalue()).decode()
+
+
+# webuiapi's img2img payload with its default arguments (only inpaint_full_res and its padding
+# differ from A1111's own defaults).
+IMG2IMG_PAYLOAD = {
+    "resize_mode": 0, "denoising_strength": 0.75, "mask_blur": 4, "inpainting_fill": 0, "inpaint_full_res": True,
+    "inpaint_full_res_padding": 0, "inpainting_mask_invert": 0, "initial_noise_multiplier": 1,
+    "prompt": "a red door", "styles": [], "seed": 9, "subseed": -1, "subseed_strength": 0, "seed_resize_from_h": 0,
+    "seed_resize_from_w": 0, "batch_size": 1, "n_iter": 1, "steps": 4, "cfg_scale": 7.0, "image_cfg_scale": 1.5,
+    "width": 256, "height": 256, "restore_faces": False, "tiling": False, "do_not_save_samples": False,
+    "do_not_save_grid": False, "negative_prompt": "", "eta": 1.0, "s_churn": 0, "s_tmax": 0, "s_tmin": 0,
+    "s_noise": 1, "override_settings": {}, "override_settings_restore_afterwards": True, "sampler_name": "Euler a",
+    "scheduler": "Automatic", "sampler_index": "Euler a", "include_init_images": False, "script_name": None,
+    "script_args": [], "send_images": True, "save_images": False, "alwayson_scripts": {},
+}
+
+
+def test_img2img_with_and_without_a_mask_as_a1111_clients_send_it(alice_a1111, worker):
+    start = PILImage.effect_noise((256, 256), 60).convert("RGB")
+    mask = PILImage.new("L", (256, 256), 0)
+    mask.paste(255, (96, 96, 160, 160))
+    plain = alice_a1111.post("/sdapi/v1/img2img", {**IMG2IMG_PAYLOAD, "init_images": [b64(start)]}, format="json")
+    masked = alice_a1111.post("/sdapi/v1/img2img", {**IMG2IMG_PAYLOAD, "init_images": [b64(start)], "mask": b64(mask)},
+                              format="json")
+    assert plain.status_code == masked.status_code == 200, (plain.data, masked.data)
+    info = json.loads(masked.data["info"])
+    assert info["denoising_strength"] == 0.75 and "image_cfg_scale" in info["ignored"]
+    params = parse_parameters(info["infotexts"][0])
+    assert (params["Denoising strength"], params["Mask blur"], params["Inpaint area"], params["Masked content"]) == (
+        "0.75", "4", "Only masked", "fill")
+    assert "Mask blur" not in json.loads(plain.data["info"])["infotexts"][0]
+    assert [job.mode for job in Job.objects.order_by("created_at")] == ["img2img", "inpaint"]
+
+
+def test_hires_fix_as_a1111_clients_ask_for_it(alice_a1111, worker):
+    response = alice_a1111.post("/sdapi/v1/txt2img", {**A1111_DEFAULT_PAYLOAD, "batch_size": 1, "enable_hr": True,
+                                                       "hr_scale": 1.5, "hr_second_pass_steps": 2,
+                                                       "denoising_strength": 0.5}, format="json")
+    assert response.status_code == 200, response.data
+    png = PILImage.open(io.BytesIO(base64.b64decode(response.data["images"][0])))
+    assert png.size == (384, 384)
+    assert "Hires upscale: 1.5, Hires steps: 2, Hires upscaler: Latent" in png.info["parameters"]
+    assert "Denoising strength: 0.5" in png.info["parameters"]
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"init_images": ["not base64!"]}, "init_images"), ({"init_images": []}, "init_images"),
+    ({"init_images": [base64.b64encode(b"GIF89a not really").decode()]}, "init_images"),
+    ({"inpainting_mask_invert": 2}, "inpainting_mask_invert"), ({"resize_mode": 7}, "resize_mode"),
+])
+def test_a_bad_img2img_payload_is_a_400_naming_the_field(alice_a1111, change, field):
+    body = {**IMG2IMG_PAYLOAD, "init_images": [b64(PILImage.new("RGB", (256, 256)))], **change}
+    response = alice_a1111.post("/sdapi/v1/img2img", body, format="json")
+    assert response.status_code == 400 and field in response.data["detail"], response.data
+    assert not Job.objects.exists()
+    assert alice_a1111.post("/sdapi/v1/txt2img", body, format="json").status_code == 400  # img2img has its own URL

@@ -8,6 +8,7 @@ import time
 
 import pytest
 from asgiref.sync import async_to_sync, sync_to_async
+from django.core.files.storage import default_storage
 from django.test import AsyncClient, Client
 from PIL import Image as PILImage
 
@@ -141,3 +142,58 @@ def test_an_sdxl_file_by_name_makes_its_image_and_size_auto_is_its_own_size(key,
     png = PILImage.open(io.BytesIO(base64.b64decode(response.json()["data"][0]["b64_json"])))
     parameters = parse_parameters(png.info["parameters"])
     assert (parameters["model"], parameters["model_hash"]) == ("juggernaut-xl", xl.short_hash)
+
+
+def png_file(image: PILImage.Image, name: str):
+    out = io.BytesIO()
+    image.save(out, "PNG")
+    out.seek(0)
+    out.name = name
+    return out
+
+
+def edit(key, **fields):
+    return Client().post("/v1/images/edits", fields, HTTP_AUTHORIZATION=f"Bearer {key}")
+
+
+def test_an_edit_repaints_where_the_mask_is_transparent(key, worker):
+    start = PILImage.effect_noise((256, 256), 60).convert("RGB")
+    mask = PILImage.new("RGBA", (256, 256), (0, 0, 0, 255))
+    mask.paste((0, 0, 0, 0), (64, 64, 192, 192))  # transparent: repaint
+    response = edit(key, prompt="a window", image=png_file(start, "start.png"), mask=png_file(mask, "mask.png"), n="2")
+    assert response.status_code == 200, response.content
+    job = Job.objects.get()
+    assert (job.mode, job.num_images, job.width, job.height) == ("inpaint", 2, 256, 256)  # size auto: the image's
+    with default_storage.open(job.mask) as stored:
+        repaint = PILImage.open(stored).convert("L")
+    assert repaint.getpixel((128, 128)) == 255 and repaint.getpixel((10, 10)) == 0
+    png = PILImage.open(io.BytesIO(base64.b64decode(response.json()["data"][0]["b64_json"])))
+    assert read_watermark(png) == job.image_ids[0].to_bytes(8, "big")
+
+
+def test_an_edit_without_a_mask_uses_the_images_transparency(key, worker):
+    start = PILImage.effect_noise((256, 256), 60).convert("RGBA")
+    start.paste((0, 0, 0, 0), (0, 0, 128, 256))
+    assert edit(key, prompt="a window", image=png_file(start, "s.png"), size="256x256").status_code == 200
+    assert Job.objects.get().mode == "inpaint"
+
+
+@pytest.mark.parametrize("files, param, message", [
+    ({}, "image", "image is required"),
+    ({"image": ("opaque", (256, 256))}, "image", "transparent pixels"),
+    ({"image": ("rgb", (256, 256)), "mask": ("rgba", (128, 128))}, "mask", "starting image's size"),
+    ({"image": ("junk", None)}, "image", "PNG, JPEG or WebP"),
+])
+def test_a_bad_edit_is_openais_400_naming_the_param_and_charges_nothing(key, alice, files, param, message):
+    made = {}
+    for name, (kind, size) in files.items():
+        if kind == "junk":
+            made[name] = io.BytesIO(b"%!PS-Adobe-3.0 EPSF-3.0")
+            made[name].name = "x.eps"
+        else:
+            image = PILImage.new("RGBA" if kind == "rgba" else "RGB", size)
+            made[name] = png_file(image, f"{name}.png")
+    response = edit(key, prompt="a window", **made)
+    error = response.json()["error"]
+    assert response.status_code == 400 and error["param"] == param and message in error["message"], error
+    assert not Job.objects.exists() and alice.credits.balance == 100

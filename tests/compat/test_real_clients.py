@@ -69,3 +69,36 @@ def test_webuiapi_picks_an_sdxl_file_by_its_title_and_sees_a1111s_hashes(studio,
                          override_settings={"CLIP_stop_at_last_layers": 2})
     assert (result.info["sd_model_name"], result.info["sd_model_hash"], result.info["clip_skip"]) == ("ponyXL", short, 2)
     assert f"Model hash: {short}, Model: ponyXL, Clip skip: 2" in result.info["infotexts"][0]
+
+
+def test_webuiapi_img2img_with_and_without_a_mask_and_hires_fix_with_its_defaults(studio):
+    import webuiapi
+
+    api = webuiapi.WebUIApi(host="127.0.0.1", port=studio.port)
+    api.set_auth("alice", "alice-password-1")
+    start = PILImage.effect_noise((256, 256), 60).convert("RGB")
+    mask = PILImage.new("L", (256, 256), 0)
+    mask.paste(255, (64, 64, 192, 192))
+    plain = api.img2img(images=[start], prompt="a red door", width=256, height=256, steps=4)
+    painted = api.img2img(images=[start], mask_image=mask, prompt="a red door", width=256, height=256, steps=4)
+    assert plain.images[0].size == painted.images[0].size == (256, 256)
+    assert "Mask blur: 4" in painted.info["infotexts"][0] and "Mask blur" not in plain.info["infotexts"][0]
+    assert read_watermark(painted.images[0]) is not None
+    hires = api.txt2img(prompt="a lighthouse", width=256, height=256, steps=4, enable_hr=True, hr_scale=1.5)
+    assert hires.images[0].size == (384, 384) and "Hires upscaler: Latent" in hires.info["infotexts"][0]
+
+
+def test_the_openai_sdk_edits_an_image_under_a_mask(studio):
+    import openai
+
+    client = openai.OpenAI(api_key=studio.key, base_url=f"{studio.base}/v1", max_retries=0)
+    start, mask = io.BytesIO(), io.BytesIO()
+    PILImage.effect_noise((256, 256), 60).convert("RGB").save(start, "PNG")
+    transparent = PILImage.new("RGBA", (256, 256), (0, 0, 0, 255))
+    transparent.paste((0, 0, 0, 0), (0, 0, 128, 128))
+    transparent.save(mask, "PNG")
+    result = client.images.edit(image=("start.png", start.getvalue(), "image/png"),
+                                mask=("mask.png", mask.getvalue(), "image/png"), prompt="a window", n=1)
+    png = PILImage.open(io.BytesIO(base64.b64decode(result.data[0].b64_json)))
+    assert png.size == (256, 256) and read_watermark(png) is not None
+    assert "Masked content: fill" in png.info["parameters"]
