@@ -15,7 +15,7 @@ from gallery.models import Image
 from gallery.selectors import gallery_page, parse_image_id
 from generation.models import Job
 from generation.presenters import back_to
-from generation.services.submit import Refused, job_submit
+from generation.services.submit import Refused, job_inputs, job_submit
 from sdweb import throttle
 from sdweb.throttle import client_ip
 
@@ -86,7 +86,8 @@ def image_page(request, hex_id):
     image = _managed(request, hex_id, "view")
     job = image.job
     settings_query = urlencode({**{k: v for k, v in job.params().items() if k != "num_images"},
-                                "seed": image.seed, "checkpoint": job.checkpoint_id, "num_images": 1})
+                                "seed": image.seed, "checkpoint": job.checkpoint_id, "num_images": 1,
+                                **({"init": job.init_image_hex} if job.init_image_id else {})})
     return render(request, "image.html", {"image": image, "job": job,
                                           "use_settings_url": reverse("generate") + "?" + settings_query,
                                           "may_change": image.may(request.user, "change"),
@@ -120,7 +121,7 @@ def image_delete(request, hex_id):
 def image_variants(request, hex_id):
     """Same settings, new seeds: a new job through the same checks, charge and audit."""
     job = _managed(request, hex_id, "view").job
-    params = {**job.params(), "seed": -1, "checkpoint": job.checkpoint}
+    params = {**job.params(), "seed": -1, "checkpoint": job.checkpoint, **job_inputs(job)}
     try:
         new_job = job_submit(user=request.user, params=params, client_ip=client_ip(request))
     except Refused as refusal:

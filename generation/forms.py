@@ -71,7 +71,7 @@ class GenerateForm(forms.Form):
     hr_upscaler = forms.ChoiceField(choices=[(n, n) for n in (*LATENT_UPSCALERS, *PIXEL_UPSCALERS)], initial="Latent",
                                     required=False, label="Upscaler")
     hr_second_pass_steps = forms.IntegerField(min_value=0, max_value=MAX_STEPS, initial=0, required=False,
-                                              label="Hires steps", help_text="0: as many as the first pass.")
+                                              label="Second pass", help_text="Its steps; 0: as many as the first pass.")
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

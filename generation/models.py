@@ -196,6 +196,10 @@ class Job(models.Model):
         return {f: getattr(self, f) for f in self.PARAMS}
 
     @property
+    def init_image_hex(self) -> str:
+        return f"{self.init_image_id:016x}" if self.init_image_id else ""
+
+    @property
     def mode(self) -> str:
         return "inpaint" if self.mask else "img2img" if self.init_image else "txt2img"
 

@@ -40,7 +40,7 @@ def generate(request):
     start = _start_image(request, job)
     if start is not None and request.method == "GET":
         initial = {**initial, "init_image_id": start.hex_id}
-        if "init" in request.GET:
+        if "prompt" not in request.GET:  # "Use as starting image": the job takes the image's size
             initial |= {"width": start.width // 8 * 8, "height": start.height // 8 * 8}
     form = GenerateForm(request.POST or None, request.FILES or None, initial=initial)
     if request.method == "POST" and form.is_valid():

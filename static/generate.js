@@ -14,6 +14,8 @@
           h = Number(field("height").value), s = Number(field("steps").value),
           strength = Number(field("denoising_strength").value || 0.75);
     const fromImage = !document.getElementById("paint").hidden;
+    document.getElementById("hires").hidden = fromImage;  // hires fix is for images made from text
+    if (fromImage) field("enable_hr").checked = false;
     let pixelSteps = w * h * (fromImage ? Math.floor(s * strength) : s);
     if (!fromImage && field("enable_hr").checked) {
       const scale = Number(field("hr_scale").value || 2);

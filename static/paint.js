@@ -98,6 +98,7 @@
     field("init_image_id").value = "";
     preview.removeAttribute("src");
     paint.hidden = true;
+    form.dispatchEvent(new Event("input"));
   });
 
   function hasMask() {

@@ -251,7 +251,7 @@ def generate(page, prompt="a lighthouse at dusk", steps=4, images=2, size=256, w
     """Fill the studio form and submit; wait for the images unless told not to."""
     page.goto("/generate/")
     page.get_by_label("Prompt", exact=True).fill(prompt)
-    page.get_by_label("Size").select_option(f"{size}x{size}")
+    page.get_by_label("Size", exact=True).select_option(f"{size}x{size}")
     page.get_by_label("Steps").fill(str(steps))
     page.get_by_label("Images").fill(str(images))
     page.get_by_role("button", name="Generate").click()

@@ -12,7 +12,6 @@ from datetime import timedelta
 
 import torch
 from django.conf import settings
-from django.core.files.storage import default_storage
 from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
@@ -30,7 +29,7 @@ from generation.models import Checkpoint, Job
 from generation.provenance import sign_png
 from generation.services.credits import credits_refund
 from generation.services.queue import job_claim, job_finish_failed, job_requeue, jobs_reap
-from generation.services.submit import engine_limits
+from generation.services.submit import engine_limits, job_inputs
 
 log = logging.getLogger(__name__)
 SHUTTING_DOWN = threading.Event()  # set when the embedded server stops: running jobs go back to the queue
@@ -100,7 +99,8 @@ def job_run(job: Job) -> None:
     job_event(job.pk, {"type": "started", "attempt": attempt})
     try:
         request = GenerationRequest(model=job.checkpoint.model_ref(), refiner=job.refiner and job.refiner.model_ref(),
-                                    vae=job.vae and job.vae.model_ref(), **job.params(), **_inputs(job))
+                                    vae=job.vae and job.vae.model_ref(), **job.params(),
+                                    **{field: upload.image for field, upload in job_inputs(job).items()})
         result = generate(request, on_preview=on_preview, should_cancel=should_cancel,
                           watermark_payloads=[i.to_bytes(8, "big") for i in job.image_ids], **engine_options())
     except GenerationCancelled:
@@ -119,16 +119,6 @@ def job_run(job: Job) -> None:
     images = [_store(job, attempt, result, k) for k in range(len(result.images))]
     if not _publish(job, attempt, result, images):
         image_files_delete(images)  # this attempt's own files: another attempt owns the job
-
-
-def _inputs(job: Job) -> dict:
-    """The starting image and mask, as submit stored them."""
-    inputs = {}
-    for field, mode in (("init_image", "RGB"), ("mask", "L")):
-        if getattr(job, field):
-            with default_storage.open(getattr(job, field), "rb") as file:
-                inputs[field] = PILImage.open(io.BytesIO(file.read()), formats=["PNG"]).convert(mode)
-    return inputs
 
 
 def _store(job: Job, attempt: int, result, k: int) -> Image:

@@ -2,12 +2,14 @@
 it; or refuse (audited too) naming the field."""
 
 import hashlib
+import io
 import json
 
 from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import IntegrityError, transaction
+from PIL import Image as PILImage
 
 from gallery.models import Image
 from generation import filters
@@ -194,6 +196,18 @@ def _image_inputs(user, params: dict) -> dict:
                       f"size, {inputs['init_image'].width}x{inputs['init_image'].height}.", field="mask")
     if isinstance(params.get("init_image"), Image):
         inputs["init_image_id"] = params["init_image"].id
+    return inputs
+
+
+def job_inputs(job: Job) -> dict:
+    """A job's starting image and mask as stored, as submit takes them again (more variants) and
+    the engine takes them (PIL images under .image), each with the SHA-256 of the file received."""
+    inputs = {}
+    for field, mode in (("init_image", "RGB"), ("mask", "L")):
+        if getattr(job, field):
+            with default_storage.open(getattr(job, field), "rb") as file:
+                image = PILImage.open(io.BytesIO(file.read()), formats=["PNG"]).convert(mode)
+            inputs[field] = Upload(image=image, sha256=getattr(job, f"{field}_sha256"))
     return inputs
 
 

@@ -312,7 +312,7 @@ def test_12_an_operator_adds_an_sdxl_file_and_a_user_picks_it_with_its_refiner(n
     page.get_by_label("Checkpoint").select_option(label="pony-xl")
     assert (page.get_by_label("Width").input_value(), page.get_by_label("Height").input_value()) == ("1024", "1024")
     sizes = page.locator("#size-preset option:not([hidden])").evaluate_all("options => options.map(o => o.value)")
-    assert "1216x832" in sizes and "512x512" not in sizes and page.get_by_label("Size").input_value() == "1024x1024"
+    assert "1216x832" in sizes and "512x512" not in sizes and page.get_by_label("Size", exact=True).input_value() == "1024x1024"
     page.get_by_label("Refiner", exact=True).select_option(label="xl-refiner")
     page.get_by_label("Width").fill("256")
     page.get_by_label("Height").fill("256")
@@ -324,3 +324,85 @@ def test_12_an_operator_adds_an_sdxl_file_and_a_user_picks_it_with_its_refiner(n
     page.wait_for_function("document.querySelectorAll('#images img').length == 1")
     assert "pony-xl · refiner xl-refiner from 0.8" in page.locator("#job .params").inner_text()
     screenshot(page, "12-sdxl-refiner")
+
+
+def test_13_upload_img2img_paint_a_mask_inpaint_outpaint_and_hires_fix(new_page):
+    from PIL import Image as PILImage
+
+    page = new_page()
+    page.add_init_script(WATCH_LIVE_VIEW)
+    sign_up(page)
+    start = io.BytesIO()
+    PILImage.radial_gradient("L").resize((256, 256)).convert("RGB").save(start, "PNG")
+
+    def submit_and_wait(prompt):
+        page.get_by_label("Prompt", exact=True).fill(prompt)
+        page.get_by_label("Steps").fill("8")
+        page.get_by_label("Images").fill("1")
+        page.get_by_role("button", name="Generate").click()
+        page.wait_for_url("**/generate/?job=*")
+        page.wait_for_function("document.querySelectorAll('#images img').length == 1")
+        assert any(kind == "preview" for kind, _ in page.evaluate("window.__live")), "previews were shown"
+        return page.locator("#job .params").inner_text()
+
+    # 1. img2img from an upload: the form takes the image's size and quotes strength x steps.
+    page.goto("/generate/")
+    page.get_by_label("Starting image").set_input_files(
+        files=[{"name": "start.png", "mimeType": "image/png", "buffer": start.getvalue()}])
+    page.locator("#paint").wait_for(state="visible")
+    assert (page.get_by_label("Width").input_value(), page.get_by_label("Height").input_value()) == ("256", "256")
+    assert "img2img, denoising 0.75" in submit_and_wait("a sunrise over hills")
+
+    # 2. Inpaint: "Use as starting image" on the result, then paint a stroke over it.
+    page.get_by_role("link", name="Use as starting image").first.click()
+    page.wait_for_url("**/generate/?init=*")
+    page.wait_for_function("document.getElementById('mask-canvas').width == 256")
+    page.locator("#mask-canvas").scroll_into_view_if_needed()
+    box = page.locator("#mask-canvas").bounding_box()
+    page.mouse.move(box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.5)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.7, box["y"] + box["height"] * 0.5, steps=8)
+    page.mouse.up()
+    painted_alpha = "document.getElementById('mask-canvas').getContext('2d').getImageData(128, 128, 1, 1).data[3]"
+    assert page.evaluate(painted_alpha) == 255
+    page.get_by_role("button", name="Undo").click()  # undo, then paint it again
+    assert page.evaluate(painted_alpha) == 0
+    page.mouse.move(box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.5)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.7, box["y"] + box["height"] * 0.5, steps=8)
+    page.mouse.up()
+    page.get_by_label("Masked content").select_option("latent noise")
+    page.evaluate("window.__live = []")
+    assert "inpaint, denoising 0.75" in submit_and_wait("a red door")
+    page.locator("#images a").first.click()
+    page.wait_for_url("**/images/*/")
+    assert "inpaint, denoising strength 0.75, mask blur 4, masked content: latent noise" in page.locator(
+        ".params-list").inner_text()
+    screenshot(page, "13-inpainted-image")
+
+    # 3. Outpaint: extend the picture 64 px to the right and inpaint the new strip.
+    page.get_by_role("link", name="Use as starting image").click()
+    page.wait_for_function("document.getElementById('mask-canvas').width == 256")
+    page.locator("#out-right").fill("64")
+    page.get_by_role("button", name="Extend canvas").click()
+    page.wait_for_function("document.getElementById('mask-canvas').width == 320")
+    assert page.get_by_label("Width").input_value() == "320" and page.get_by_label("Masked content").input_value() == "0"
+    screenshot(page, "13-outpaint-form")
+    page.evaluate("window.__live = []")
+    submit_and_wait("a wide valley")
+    page.locator("#images a").first.click()
+    page.wait_for_url("**/images/*/")
+    assert "320×256" in page.locator(".params-list").inner_text()
+
+    # 4. Hires fix from text: one job, one charge, a larger image.
+    page.goto("/generate/")
+    page.get_by_label("Hires fix").check()
+    page.get_by_label("Upscale by").fill("1.5")
+    page.get_by_label("Size", exact=True).select_option("256x256")
+    page.evaluate("window.__live = []")
+    assert "hires fix ×1.5 (Latent)" in submit_and_wait("a castle at noon")
+    page.locator("#images a").first.click()
+    page.wait_for_url("**/images/*/")
+    params = page.locator(".params-list").inner_text()
+    assert "384×384" in params and "×1.5, Latent, denoising strength 0.75" in params
+    screenshot(page, "13-hires-image")
