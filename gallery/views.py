@@ -13,11 +13,15 @@ from django.views.decorators.http import require_POST
 from gallery import services
 from gallery.models import Image
 from gallery.selectors import gallery_page, parse_image_id
+from generation.engine.upscale import upscaled_size
 from generation.models import Job
 from generation.presenters import back_to
+from generation.services.credits import quote_cost
 from generation.services.submit import Refused, job_inputs, job_submit
 from sdweb import throttle
 from sdweb.throttle import client_ip
+
+UPSCALE_FACTORS = (1.5, 2, 3, 4)
 
 
 def _image(hex_id) -> Image:
@@ -88,7 +92,13 @@ def image_page(request, hex_id):
     settings_query = urlencode({**{k: v for k, v in job.params().items() if k != "num_images"},
                                 "seed": image.seed, "checkpoint": job.checkpoint_id, "num_images": 1,
                                 **({"init": job.init_image_hex} if job.init_image_id else {})})
-    return render(request, "image.html", {"image": image, "job": job,
+    larger = Image.objects.filter(job__init_image_id=image.id, job__upscale_by__gt=0, owner=request.user)
+    upscales = [(factor, *upscaled_size(image.width, image.height, factor),
+                 quote_cost(width=0, height=0, steps=0, num_images=1,
+                            passes=[(*upscaled_size(image.width, image.height, factor), 1)]))
+                for factor in UPSCALE_FACTORS
+                if max(upscaled_size(image.width, image.height, factor)) <= settings.SDWEB["UPSCALE_MAX_SIDE"]]
+    return render(request, "image.html", {"image": image, "job": job, "upscales": upscales, "larger": larger,
                                           "use_settings_url": reverse("generate") + "?" + settings_query,
                                           "may_change": image.may(request.user, "change"),
                                           "may_delete": image.may(request.user, "delete")})
@@ -128,6 +138,25 @@ def image_variants(request, hex_id):
         messages.error(request, str(refusal))
         return redirect("image", hex_id=hex_id)
     return redirect("job", job_id=new_job.pk)
+
+
+@login_required
+@require_POST
+def image_upscale(request, hex_id):
+    """A larger copy of an image as its own job: charged, and beside the original in the gallery."""
+    image = _managed(request, hex_id, "view")
+    scale = request.POST.get("upscale_by", "")
+    try:
+        scale = float(scale)
+    except ValueError:
+        pass  # refused by submit, by name
+    try:
+        job = job_submit(user=request.user, client_ip=client_ip(request), params={
+            "init_image": image, "upscale_by": scale, "upscaler": request.POST.get("upscaler", "Lanczos")})
+    except Refused as refusal:
+        messages.error(request, str(refusal))
+        return redirect("image", hex_id=hex_id)
+    return redirect("job", job_id=job.pk)
 
 
 @login_required

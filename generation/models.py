@@ -159,6 +159,9 @@ class Job(models.Model):
     hr_second_pass_steps = models.PositiveSmallIntegerField(default=0)
     hr_resize_x = models.PositiveIntegerField(default=0)
     hr_resize_y = models.PositiveIntegerField(default=0)
+    # An upscale of a finished image (init_image): no denoising, the picture resized by upscale_by.
+    upscale_by = models.FloatField(default=0, help_text="0: not an upscale")
+    upscaler = models.CharField(max_length=40, blank=True)
     image_ids = models.JSONField(help_text="Identifiers allocated at submit; also the watermark payloads")
     cost = models.PositiveIntegerField()
 
@@ -201,6 +204,8 @@ class Job(models.Model):
 
     @property
     def mode(self) -> str:
+        if self.upscale_by:
+            return "upscale"
         return "inpaint" if self.mask else "img2img" if self.init_image else "txt2img"
 
 

@@ -278,6 +278,7 @@ SDWEB = {
     # Starting images, masks and images to trace: bytes of one file, and pixels checked before decoding
     "UPLOAD_MAX_BYTES": env_int("SDWEB_UPLOAD_MAX_BYTES", 20 * 2**20, minimum=2**20),
     "UPLOAD_MAX_PIXELS": env_int("SDWEB_UPLOAD_MAX_PIXELS", 4096 * 4096, minimum=256 * 256),
+    "UPSCALE_MAX_SIDE": env_int("SDWEB_UPSCALE_MAX_SIDE", 4096, minimum=512),  # an upscaled image's longest side
     "ACTIVE_JOB_CAP": env_int("SDWEB_ACTIVE_JOB_CAP", 10),
     "ATTEMPT_LIMIT": env_int("SDWEB_ATTEMPT_LIMIT", 3),
     "LEASE_SECONDS": env_int("SDWEB_LEASE_SECONDS", 120),

@@ -23,6 +23,7 @@ from generation.models import HIRES_PARAMS, IMAGE_INPUT_PARAMS, Checkpoint, Job,
 from generation.presenters import refusal_status
 from generation.selectors import user_checkpoint
 from generation.services.audit import audit_refused
+from generation.services.extras import extras_upscale
 from generation.services.queue import job_cancel
 from generation.services.submit import Refused, job_submit
 from generation.uploads import decode_base64
@@ -246,6 +247,29 @@ class Upscalers(A1111View):
     def get(self, request):
         return Response([{"name": name, "model_name": None, "model_path": None, "model_url": None, "scale": 4}
                          for name in ("None", *PIXEL_UPSCALERS)])
+
+
+class ExtraSingleImage(A1111View):
+    """Upscaling only: face restoration and a second upscaler are refused by name."""
+
+    @extend_schema(exclude=True)
+    def post(self, request):
+        data = request.data if isinstance(request.data, dict) else {}
+        for field in ("gfpgan_visibility", "codeformer_visibility", "extras_upscaler_2_visibility"):
+            if data.get(field) not in (None, 0, 0.0):
+                return a1111_error(400, f"{field}: {data[field]!r} is not supported (only 0)")
+        try:
+            image = decode_base64(data.get("image"), field="image")
+            # resize_mode 1: to a width (the aspect ratio kept; A1111 would crop to the height too)
+            to_width = data.get("upscaling_resize_w") if data.get("resize_mode") == 1 else 0
+            png = extras_upscale(user=request.user, data=image, scale=data.get("upscaling_resize", 2),
+                                 upscaler=data.get("upscaler_1") or "None", to_width=to_width or 0)
+        except ValueError as error:
+            return a1111_error(400, str(error))
+        except Refused as refusal:
+            field = {"upscale_by": "upscaling_resize", "upscaler": "upscaler_1"}.get(refusal.field, refusal.field)
+            return a1111_error(refusal_status(refusal), f"{field}: {refusal}" if field else str(refusal))
+        return Response({"html_info": "", "image": base64.b64encode(png).decode()})
 
 
 class LatentUpscaleModes(A1111View):

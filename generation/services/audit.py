@@ -62,15 +62,16 @@ def audit_append(*, user, client_ip, params: dict, decision: str, reason: str = 
     """One submission as decided: the prompts (made storable; past MAX_PROMPT_CHARS, that much of
     them with the whole one's length and SHA-256), the settings, the decision."""
     params = params if isinstance(params, dict) else {}
-    shown = {k: v for k, v in params.items() if k in (*Job.PARAMS, *INPUT_DIGESTS) and k not in ("prompt",
-                                                                                           "negative_prompt")}
+    shown = {k: v for k, v in params.items() if k in (*Job.PARAMS, *INPUT_DIGESTS, "upscale_by", "upscaler")
+             and k not in ("prompt", "negative_prompt")}
     for field in ("refiner", "vae"):
         if params.get(field):
             shown[field] = str(params[field])[:200]
     if job is not None:
         shown.update({f: getattr(job, f) for f in (*Job.PARAMS[2:], "cost")})
         shown.update(refiner=job.refiner.name if job.refiner else None, vae=job.vae.name if job.vae else None)
-        shown.update({f: getattr(job, f) for f in ("init_image_sha256", "mask_sha256") if getattr(job, f)})
+        shown.update({f: getattr(job, f) for f in ("init_image_sha256", "mask_sha256", "upscale_by", "upscaler")
+                      if getattr(job, f)})
     checkpoint_name = checkpoint.name if checkpoint else str(params.get("checkpoint") or "")
     texts = [str(params.get(f) or "") for f in ("prompt", "negative_prompt")]
     for field, text in zip(("prompt", "negative_prompt"), texts):

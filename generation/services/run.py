@@ -20,10 +20,12 @@ from PIL import Image as PILImage
 from gallery.models import Image
 from gallery.services import image_files_delete, image_files_save
 from generation.engine.loading import PIPELINES
+from generation.engine.metadata import format_parameters
 from generation.engine.previews import PreviewSettings
 from generation.engine.request import GenerationRequest
 from generation.engine.run import GenerationCancelled, generate
 from generation.engine.safety import DiffusersSafetyChecker
+from generation.engine.upscale import upscale
 from generation.live import job_event
 from generation.models import Checkpoint, Job
 from generation.provenance import sign_png
@@ -97,12 +99,17 @@ def job_run(job: Job) -> None:
                            "eta": round(elapsed / step * (total - step), 1), "preview": image})
 
     job_event(job.pk, {"type": "started", "attempt": attempt})
+    payloads = [i.to_bytes(8, "big") for i in job.image_ids]
     try:
-        request = GenerationRequest(model=job.checkpoint.model_ref(), refiner=job.refiner and job.refiner.model_ref(),
-                                    vae=job.vae and job.vae.model_ref(), **job.params(),
-                                    **{field: upload.image for field, upload in job_inputs(job).items()})
-        result = generate(request, on_preview=on_preview, should_cancel=should_cancel,
-                          watermark_payloads=[i.to_bytes(8, "big") for i in job.image_ids], **engine_options())
+        inputs = {field: upload.image for field, upload in job_inputs(job).items()}
+        if job.mode == "upscale":
+            result = upscale(inputs["init_image"], scale=job.upscale_by, upscaler=job.upscaler, seed=job.seed,
+                             parameters=_source_parameters(job, inputs["init_image"].size), watermark_payload=payloads[0])
+        else:
+            request = GenerationRequest(model=job.checkpoint.model_ref(), refiner=job.refiner and job.refiner.model_ref(),
+                                        vae=job.vae and job.vae.model_ref(), **job.params(), **inputs)
+            result = generate(request, on_preview=on_preview, should_cancel=should_cancel, watermark_payloads=payloads,
+                              **engine_options())
     except GenerationCancelled:
         if stop_reason == "shutdown":
             job_requeue(job=job, attempt=attempt)
@@ -119,6 +126,13 @@ def job_run(job: Job) -> None:
     images = [_store(job, attempt, result, k) for k in range(len(result.images))]
     if not _publish(job, attempt, result, images):
         image_files_delete(images)  # this attempt's own files: another attempt owns the job
+
+
+def _source_parameters(job: Job, size: tuple[int, int]) -> str:
+    """An upscale's infotext: the picture's own settings, at the size it had."""
+    return format_parameters(prompt=job.prompt, negative_prompt=job.negative_prompt, steps=job.steps,
+                             scheduler=job.scheduler, guidance_scale=job.guidance_scale, seed=job.seed, width=size[0],
+                             height=size[1], model_hash=job.checkpoint.short_hash, model_name=job.checkpoint.name)
 
 
 def _store(job: Job, attempt: int, result, k: int) -> Image:

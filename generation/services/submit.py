@@ -14,6 +14,7 @@ from PIL import Image as PILImage
 from gallery.models import Image
 from generation import filters
 from generation.engine.request import MIN_SIDE, GenerationRequest, Limits
+from generation.engine.upscale import check_upscale, upscaled_size
 from generation.models import INPUT_DIGESTS, Checkpoint, CreditEntry, Job, PromptAudit, UserSettings, Vae, new_image_id
 from generation.services.audit import audit_append
 from generation.services.credits import credits_change, locked_account, quote_cost
@@ -59,14 +60,13 @@ def job_submit(*, user, params: dict, client_ip: str | None = None, idempotency_
             return earlier
     try:
         inputs = _image_inputs(user, params)
-        checkpoint, fields = _validated(params, inputs)
+        checkpoint, fields = (_validated_upscale if "upscale_by" in params else _validated)(params, inputs)
         _check_allowed(user, fields["prompt"])
     except Refused as refusal:
         audit_append(user=user, client_ip=client_ip, params=params, decision=PromptAudit.REFUSED,
                      reason=refusal.audit_reason or str(refusal))
         raise
-    cost = quote_cost(width=0, height=0, steps=0, num_images=fields["num_images"],
-                      passes=fields.pop("request").passes())
+    cost = quote_cost(width=0, height=0, steps=0, num_images=fields["num_images"], passes=fields.pop("passes"))
     fields |= _stored_inputs(inputs)
     try:
         with transaction.atomic():
@@ -115,7 +115,7 @@ def _check_allowed(user, prompt: str) -> None:
 
 def request_fingerprint(params: dict) -> str:
     shown = {k: str(v.name if isinstance(v, (Checkpoint, Vae)) else v) for k, v in params.items()
-             if k in Job.PARAMS or k in ("checkpoint", "refiner", "vae", *INPUT_DIGESTS)}
+             if k in Job.PARAMS or k in ("checkpoint", "refiner", "vae", "upscale_by", "upscaler", *INPUT_DIGESTS)}
     return hashlib.sha256(json.dumps(shown, sort_keys=True).encode()).hexdigest()
 
 
@@ -146,7 +146,26 @@ def _validated(params: dict, inputs: dict) -> tuple[Checkpoint, dict]:
         raise Refused(message[:1].upper() + message[1:], field=field) from error
     # The seed is fixed now, so a retried job makes the same images.
     return checkpoint, {**{f: getattr(request, f) for f in Job.PARAMS}, "seed": request.seeds()[0], "refiner": refiner,
-                        "vae": vae, "request": request}
+                        "vae": vae, "passes": request.passes()}
+
+
+def _validated_upscale(params: dict, inputs: dict) -> tuple[Checkpoint, dict]:
+    """An upscale of a gallery image: the source job's prompt and settings, the new size; it
+    costs one step at that size."""
+    source = params.get("init_image")
+    if not isinstance(source, Image) or "mask" in inputs:
+        raise Refused("Upscaling takes a finished image of the gallery (init_image, no mask).", field="init_image")
+    upscaler = params.get("upscaler") or "Lanczos"
+    try:
+        check_upscale(params["upscale_by"], upscaler, source.width, source.height, settings.SDWEB["UPSCALE_MAX_SIDE"])
+    except ValueError as error:
+        raise Refused(str(error)[:1].upper() + str(error)[1:], field=str(error).split(" ")[0]) from error
+    width, height = upscaled_size(source.width, source.height, params["upscale_by"])
+    job = source.job
+    kept = {f: getattr(job, f) for f in ("prompt", "negative_prompt", "steps", "guidance_scale", "scheduler", "clip_skip")}
+    return job.checkpoint, {**kept, "width": width, "height": height, "num_images": 1, "seed": source.seed,
+                            "upscale_by": params["upscale_by"], "upscaler": upscaler, "vae": job.vae,
+                            "passes": [(width, height, 1)]}
 
 
 def _side(pixels: int) -> int:

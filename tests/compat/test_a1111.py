@@ -228,3 +228,21 @@ def test_a_bad_img2img_payload_is_a_400_naming_the_field(alice_a1111, change, fi
     assert response.status_code == 400 and field in response.data["detail"], response.data
     assert not Job.objects.exists()
     assert alice_a1111.post("/sdapi/v1/txt2img", body, format="json").status_code == 400  # img2img has its own URL
+
+
+def test_extras_upscales_any_image_charges_for_it_and_refuses_what_it_cant_do(alice_a1111, alice):
+    start = PILImage.effect_noise((256, 128), 60).convert("RGB")
+    body = {"resize_mode": 0, "show_extras_results": True, "gfpgan_visibility": 0, "codeformer_visibility": 0,
+            "codeformer_weight": 0, "upscaling_resize": 2, "upscaling_resize_w": 512, "upscaling_resize_h": 512,
+            "upscaling_crop": True, "upscaler_1": "Lanczos", "upscaler_2": "None", "extras_upscaler_2_visibility": 0,
+            "upscale_first": False, "image": b64(start)}
+    response = alice_a1111.post("/sdapi/v1/extra-single-image", body, format="json")
+    assert response.status_code == 200, response.data
+    made = PILImage.open(io.BytesIO(base64.b64decode(response.data["image"])))
+    assert made.size == (512, 256) and not made.info
+    assert CreditEntry.objects.filter(kind="charge", reason__startswith="upscale ×2").count() == 1
+    for change, field in (({"gfpgan_visibility": 1}, "gfpgan_visibility"), ({"upscaler_1": "R-ESRGAN 4x+"}, "upscaler_1"),
+                          ({"upscaling_resize": 40}, "upscaling_resize"), ({"image": b64(start)[:60]}, "image")):
+        refused = alice_a1111.post("/sdapi/v1/extra-single-image", {**body, **change}, format="json")
+        assert refused.status_code == 400 and refused.data["detail"].startswith(field), refused.data
+    assert CreditEntry.objects.filter(kind="charge").count() == 1

@@ -86,6 +86,8 @@ def test_webuiapi_img2img_with_and_without_a_mask_and_hires_fix_with_its_default
     assert read_watermark(painted.images[0]) is not None
     hires = api.txt2img(prompt="a lighthouse", width=256, height=256, steps=4, enable_hr=True, hr_scale=1.5)
     assert hires.images[0].size == (384, 384) and "Hires upscaler: Latent" in hires.info["infotexts"][0]
+    assert [u["name"] for u in api.get_upscalers()][:2] == ["None", "Lanczos"]
+    assert api.extra_single_image(image=start, upscaling_resize=2).image.size == (512, 512)
 
 
 def test_the_openai_sdk_edits_an_image_under_a_mask(studio):

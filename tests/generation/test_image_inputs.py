@@ -195,3 +195,55 @@ def test_use_as_starting_image_fills_the_form_with_the_gallery_image(client, ali
     client.force_login(alice)
     page = client.get(f"/generate/?init={image.hex_id}").content.decode()
     assert f'value="{image.hex_id}"' in page and f"/images/{image.hex_id}.png" in page
+
+
+def test_upscaling_an_image_is_its_own_charged_job_beside_the_original(client, alice, make_job, admin, settings):
+    settings.SDWEB = {**settings.SDWEB, "COST_UNIT": 256 * 256}
+    original = make_job(alice, num_images=1).images.get()
+    client.force_login(alice)
+    page = client.get(f"/images/{original.hex_id}/").content.decode()
+    assert "×2: 512×512, 4 credits" in page
+    balance = alice.credits.balance
+    response = client.post(f"/images/{original.hex_id}/upscale/", {"upscale_by": "2", "upscaler": "Lanczos"})
+    job = Job.objects.get(upscale_by=2)
+    assert response.status_code == 302 and (job.mode, job.cost, job.width) == ("upscale", 4, 512)
+    job_run(job_claim())
+    job.refresh_from_db()
+    larger = job.images.get()
+    assert job.status == "succeeded" and (larger.width, larger.height) == (512, 512)
+    alice.credits.refresh_from_db()
+    assert alice.credits.balance == balance - 4
+    with default_storage.open(larger.png.name) as file:
+        data = file.read()
+    text = PILImage.open(io.BytesIO(data)).info["parameters"]
+    assert "Size: 256x256" in text and text.endswith("Postprocess upscale by: 2, Postprocess upscaler: Lanczos")
+    traced = trace_image(_named(data, "x.png"), staff=admin)
+    assert traced["found"] and traced["params"]["init_image_id"] == original.hex_id
+    assert f"/images/{larger.hex_id}/" in client.get(f"/images/{original.hex_id}/").content.decode()
+    assert "Upscaled" in client.get(f"/images/{larger.hex_id}/").content.decode()
+    assert_ledger_balanced()
+
+
+@pytest.mark.parametrize("scale, message", [("9", "upscale_by must be a number above 1 and at most 4"),
+                                            ("x", "upscale_by must be a number")])
+def test_a_bad_upscale_is_refused_and_costs_nothing(client, alice, make_job, scale, message):
+    original = make_job(alice, num_images=1).images.get()
+    client.force_login(alice)
+    balance = alice.credits.balance
+    response = client.post(f"/images/{original.hex_id}/upscale/", {"upscale_by": scale}, follow=True)
+    assert message.lower() in response.content.decode().lower()
+    assert not Job.objects.filter(upscale_by__gt=0).exists()
+    alice.credits.refresh_from_db()
+    assert alice.credits.balance == balance
+
+
+def test_more_variants_of_an_inpaint_job_start_from_the_same_image_and_mask(client, alice, api):
+    response = api.post("/api/v1/jobs/", {**BODY, "init_image": _named(encoded(picture((256, 256))), "s.png"),
+                                          "mask": _named(encoded(mask_for((256, 256))), "m.png")}, format="multipart")
+    job_run(job_claim())
+    first = Job.objects.get(pk=response.data["id"])
+    client.force_login(alice)
+    client.post(f"/images/{first.images.get().hex_id}/variants/")
+    again = Job.objects.exclude(pk=first.pk).get()
+    assert (again.mode, again.init_image, again.mask, again.init_image_sha256) == (
+        "inpaint", first.init_image, first.mask, first.init_image_sha256)
