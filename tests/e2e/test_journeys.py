@@ -406,3 +406,14 @@ def test_13_upload_img2img_paint_a_mask_inpaint_outpaint_and_hires_fix(new_page)
     params = page.locator(".params-list").inner_text()
     assert "384×384" in params and "×1.5, Latent, denoising strength 0.75" in params
     screenshot(page, "13-hires-image")
+
+    # 5. Upscale the hires image: a job of its own, and the larger copy is linked beside the original.
+    original = page.url
+    page.get_by_label("Upscale").select_option("2")
+    page.get_by_role("button", name="Upscale").click()
+    page.wait_for_url("**/jobs/*/")
+    page.wait_for_function("document.querySelectorAll('#images img').length == 1")
+    page.goto(original)
+    page.get_by_role("link", name="768×768").click()
+    page.wait_for_url("**/images/*/")
+    assert "Upscaled×2 (Lanczos) from image" in page.locator(".params-list").inner_text().replace("\n", "")
