@@ -7,10 +7,11 @@ import zipfile
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from gallery.models import Image, Report
-from generation.models import PromptAudit, UserSettings
+from generation.models import Job, PromptAudit, UserSettings
 from generation.services.audit import pseudonym, staff_action
 
 
@@ -64,13 +65,19 @@ def images_keep(*, job, keep_ids: set[int]) -> int:
 
 
 def account_delete(*, user) -> None:
-    """Remove the user, their jobs, images and files; their audit rows stay, pseudonymised."""
+    """Remove the user, their jobs, images and files (their uploaded starting images and masks
+    too); their audit rows stay, pseudonymised."""
     images = list(Image.objects.filter(owner=user))
+    inputs = {name for pair in Job.objects.filter(user=user).values_list("init_image", "mask") for name in pair if name}
     with transaction.atomic():
         PromptAudit.objects.pseudonymise_user(user.pk, pseudonym(user.pk))
         Image.objects.filter(owner=user).delete()
         user.delete()  # jobs, credits and ledger go with it; audit rows keep their ids
     image_files_delete(images)
+    # Inputs are named by their content: another account's job may have sent the same file.
+    shared = Job.objects.filter(Q(init_image__in=inputs) | Q(mask__in=inputs)).values_list("init_image", "mask")
+    for name in inputs - {name for pair in shared for name in pair}:
+        default_storage.delete(name)
 
 
 def export_zip(*, user, into) -> None:

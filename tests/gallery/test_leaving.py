@@ -35,3 +35,28 @@ def test_account_deletion_needs_the_password(client, alice, make_job):
 
 def test_the_pseudonym_is_stable_per_account_and_differs_between_accounts():
     assert pseudonym(1) == pseudonym(1) != pseudonym(2)
+
+
+def test_deleting_my_account_removes_my_uploaded_starting_images_but_not_anothers_same_file(client, alice, carol,
+                                                                                            checkpoint):
+    import io
+
+    from PIL import Image as PILImage
+
+    from generation.services.submit import job_submit
+    from tests.support import params
+
+    def upload(seed):
+        out = io.BytesIO()
+        PILImage.effect_noise((128, 128), seed).convert("RGB").save(out, "PNG")
+        return out.getvalue()
+
+    mine, both = upload(10), upload(20)
+    job = job_submit(user=alice, params=params(checkpoint, init_image=mine))
+    shared = job_submit(user=alice, params=params(checkpoint, init_image=both))
+    job_submit(user=carol, params=params(checkpoint, init_image=both))  # the same file: one stored copy
+    assert default_storage.exists(job.init_image) and default_storage.exists(shared.init_image)
+    client.force_login(alice)
+    client.post("/account/delete/", {"password": "alice-password-1"})
+    assert not default_storage.exists(job.init_image)
+    assert default_storage.exists(shared.init_image)  # carol's job still starts from it

@@ -42,13 +42,23 @@ def test_an_sdxl_job_with_its_refiner_is_one_job_charged_once_and_says_what_made
     assert parameters["Refiner"] == sdxl["refiner"].title and parameters["Refiner switch at"] == "0.7"
 
 
+def test_an_inpainting_checkpoint_repaints_under_a_mask(alice, sdxl):
+    start, mask = io.BytesIO(), io.BytesIO()
+    PILImage.effect_noise((256, 256), 50).convert("RGB").save(start, "PNG")
+    white = PILImage.new("L", (256, 256), 0)
+    white.paste(255, (64, 64, 192, 192))
+    white.save(mask, "PNG")
+    job, parameters = run(alice, checkpoint=sdxl["inpaint"], init_image=start.getvalue(), mask=mask.getvalue())
+    assert job.mode == "inpaint" and parameters["model"] == "xl-inpaint" and parameters["Mask blur"] == "4"
+
+
 def test_clip_skip_goes_from_the_job_into_the_image(alice, sdxl):
     assert run(alice, checkpoint=sdxl["sd1"], clip_skip=2)[1]["clip_skip"] == 2
 
 
 @pytest.mark.parametrize("params, field, message", [
     ({"checkpoint": "xl-refiner"}, "checkpoint", "SDXL refiner: it can't make an image from text alone"),
-    ({"checkpoint": "xl-inpaint"}, "checkpoint", "SDXL inpainting: it can't make an image from text alone"),
+    ({"checkpoint": "xl-inpaint"}, "checkpoint", "SDXL inpainting: it can't make an image without a mask"),
     ({"checkpoint": "sd15", "refiner": "xl-refiner"}, "refiner", "can't refine sd15"),
     ({"checkpoint": "xl-base", "refiner": "nope"}, "refiner", "No enabled checkpoint has that name"),
     ({"checkpoint": "xl-base", "clip_skip": 13}, "clip_skip", "from 1 to 12"),
