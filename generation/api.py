@@ -7,6 +7,7 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from generation.engine.request import GenerationRequest
 from generation.engine.schedulers import SCHEDULERS
 from generation.models import Checkpoint, CreditAccount, Job, Vae
 from generation.presenters import refusal_status
@@ -151,8 +152,12 @@ class Quote(APIView):
     def get(self, request):
         form = QuoteSerializer(data=request.query_params)
         form.is_valid(raise_exception=True)
+        fields = dict(form.validated_data)
+        from_image, num_images = fields.pop("from_image"), fields.pop("num_images")
+        passes = GenerationRequest(prompt="", model="", **fields).passes(from_image=from_image)
         account, _ = CreditAccount.objects.get_or_create(user=request.user)
-        return Response({"cost": quote_cost(**form.validated_data), "balance": account.balance})
+        return Response({"cost": quote_cost(width=0, height=0, steps=0, num_images=num_images, passes=passes),
+                         "balance": account.balance})
 
 
 

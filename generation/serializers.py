@@ -208,3 +208,12 @@ class QuoteSerializer(serializers.Serializer):
     height = serializers.IntegerField(min_value=1, max_value=100_000, help_text="Pixels.")
     steps = serializers.IntegerField(min_value=1, max_value=MAX_STEPS, help_text="Denoising steps.")
     num_images = serializers.IntegerField(min_value=1, max_value=100, help_text="Images in the job.")
+    from_image = serializers.BooleanField(default=False, help_text="img2img or inpaint: steps x strength are run.")
+    denoising_strength = serializers.FloatField(default=0.75, min_value=0, max_value=1,
+                                                help_text="img2img, inpaint and hires fix's second pass.")
+    enable_hr = serializers.BooleanField(default=False, help_text="Hires fix: a second pass at a larger size.")
+    hr_scale = serializers.FloatField(default=2.0, min_value=1, max_value=4, help_text="Hires fix: the factor.")
+    hr_second_pass_steps = serializers.IntegerField(default=0, min_value=0, max_value=MAX_STEPS,
+                                                    help_text="Hires fix: steps; 0 = as the first pass.")
+    hr_resize_x = serializers.IntegerField(default=0, min_value=0, help_text="Hires fix: a width instead of hr_scale.")
+    hr_resize_y = serializers.IntegerField(default=0, min_value=0, help_text="Hires fix: a height instead of hr_scale.")

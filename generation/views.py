@@ -20,7 +20,7 @@ from generation.selectors import job_for_viewer
 from generation.services.audit import audit_refused
 from generation.services.credits import credits_topup_if_due
 from generation.services.queue import job_cancel as cancel
-from generation.services.submit import Refused, job_submit
+from generation.services.submit import Refused, default_size, job_submit
 from sdweb.throttle import client_ip
 
 
@@ -41,7 +41,7 @@ def generate(request):
     if start is not None and request.method == "GET":
         initial = {**initial, "init_image_id": start.hex_id}
         if "prompt" not in request.GET:  # "Use as starting image": the job takes the image's size
-            initial |= {"width": start.width // 8 * 8, "height": start.height // 8 * 8}
+            initial |= dict(zip(("width", "height"), default_size(start.width, start.height)))
     form = GenerateForm(request.POST or None, request.FILES or None, initial=initial)
     if request.method == "POST" and form.is_valid():
         try:
@@ -54,6 +54,7 @@ def generate(request):
         audit_refused(user=request.user, client_ip=client_ip(request), data=request.POST.dict(), errors=form.errors)
     return render(request, "generate.html", {
         "form": form, "presets": SIZE_PRESETS, "sdxl_presets": SDXL_PRESETS, "cost_unit": settings.SDWEB["COST_UNIT"], "job": job,
+        "max_side": settings.SDWEB["MAX_SIDE"],
         "recent_jobs": request.user.jobs.select_related("checkpoint")[:10], "start_image": start,
         "checkpoint_sizes": {c.pk: {"xl": c.xl, "width": c.default_width, "height": c.default_height}
                              for c in form.fields["checkpoint"].queryset},

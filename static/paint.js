@@ -15,9 +15,10 @@
   let erasing = false, last = null, painted = false;
 
   function fitForm(width, height) {
-    // The job's size follows the starting image (multiples of 8).
-    field("width").value = Math.max(256, Math.floor(width / 8) * 8);
-    field("height").value = Math.max(256, Math.floor(height / 8) * 8);
+    // The job's size follows the starting image, as submit.default_size makes it.
+    const shrink = Math.min(1, Number(form.dataset.maxSide) / Math.max(width, height));
+    field("width").value = Math.max(256, Math.floor(width * shrink / 8) * 8);
+    field("height").value = Math.max(256, Math.floor(height * shrink / 8) * 8);
     form.dispatchEvent(new Event("input"));
   }
   function showImage(src, keepMask) {

@@ -99,9 +99,10 @@ class GenerationRequest:
             x = y * self.width / self.height
         return int(x) // 8 * 8, int(y) // 8 * 8
 
-    def passes(self) -> list[tuple[int, int, int]]:
-        """(width, height, steps actually run) of each denoising pass: what a job costs."""
-        if self.mode != "txt2img":
+    def passes(self, from_image: bool | None = None) -> list[tuple[int, int, int]]:
+        """(width, height, steps actually run) of each denoising pass: what a job costs.
+        `from_image` quotes img2img before there is an image."""
+        if self.mode != "txt2img" if from_image is None else from_image:
             return [(self.width, self.height, int(self.steps * self.denoising_strength))]
         if not self.enable_hr:
             return [(self.width, self.height, self.steps)]

@@ -133,9 +133,10 @@ def _validated(params: dict, inputs: dict) -> tuple[Checkpoint, dict]:
     vae = _vae(checkpoint, params.get("vae"))
     fields = {f: params[f] for f in Job.PARAMS if f in params}
     fields.setdefault("negative_prompt", "")
-    if "init_image" in inputs:  # img2img's size defaults to the starting image's
-        fields.setdefault("width", _side(inputs["init_image"].width))
-        fields.setdefault("height", _side(inputs["init_image"].height))
+    if "init_image" in inputs:  # img2img's size defaults to the starting image's, within the limits
+        width, height = default_size(*inputs["init_image"].size)
+        fields.setdefault("width", width)
+        fields.setdefault("height", height)
     try:
         request = GenerationRequest(model=checkpoint.source, **fields, init_image=inputs.get("init_image"),
                                     mask=inputs.get("mask"))
@@ -168,8 +169,11 @@ def _validated_upscale(params: dict, inputs: dict) -> tuple[Checkpoint, dict]:
                             "passes": [(width, height, 1)]}
 
 
-def _side(pixels: int) -> int:
-    return min(max(pixels // 8 * 8, MIN_SIDE), settings.SDWEB["MAX_SIDE"])
+def default_size(width: int, height: int) -> tuple[int, int]:
+    """A picture's size made a job's: shrunk to SDWEB_MAX_SIDE keeping its aspect ratio, in
+    multiples of 8, at least MIN_SIDE a side."""
+    shrink = min(1, settings.SDWEB["MAX_SIDE"] / max(width, height))
+    return tuple(max(MIN_SIDE, int(side * shrink) // 8 * 8) for side in (width, height))
 
 
 def input_digests(params: dict) -> dict:

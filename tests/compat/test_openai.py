@@ -96,7 +96,8 @@ def test_too_many_requests_is_429_rate_limit_exceeded(key, settings):
     assert response["Retry-After"] == "60"
 
 
-def test_streaming_sends_a_partial_image_while_the_job_runs_then_the_final_one(key, worker):
+@pytest.mark.parametrize("endpoint", ["generations", "edits"])
+def test_streaming_sends_a_partial_image_while_the_job_runs_then_the_final_one(key, worker, endpoint):
     async def scenario():
         live.use_event_loop(asyncio.get_running_loop())  # as `manage.py up` serves: events on the server's loop
         try:
@@ -105,10 +106,17 @@ def test_streaming_sends_a_partial_image_while_the_job_runs_then_the_final_one(k
             live.use_event_loop(None)
 
     async def stream():
-        response = await AsyncClient().post(
-            "/v1/images/generations", json.dumps({"prompt": "a storm", "size": "256x256", "stream": True,
-                                                  "partial_images": 2}),
-            content_type="application/json", headers={"Authorization": f"Bearer {key}"})
+        if endpoint == "generations":
+            response = await AsyncClient().post(
+                "/v1/images/generations", json.dumps({"prompt": "a storm", "size": "256x256", "stream": True,
+                                                      "partial_images": 2}),
+                content_type="application/json", headers={"Authorization": f"Bearer {key}"})
+        else:
+            start = PILImage.effect_noise((256, 256), 60).convert("RGBA")
+            start.paste((0, 0, 0, 0), (64, 64, 192, 192))
+            response = await AsyncClient().post(
+                "/v1/images/edits", {"prompt": "a storm", "stream": "true", "partial_images": "2",
+                                     "image": png_file(start, "start.png")}, headers={"Authorization": f"Bearer {key}"})
         assert response["Content-Type"] == "text/event-stream"
         events, buffer = [], b""
         async for chunk in response.streaming_content:

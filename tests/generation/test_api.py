@@ -164,6 +164,11 @@ def test_quote_checkpoints_schedulers_and_ledger(api):
     assert api.get("/api/v1/quote/", {"width": 512, "height": 512, "steps": 30, "num_images": 4}).data == {
         "cost": 4, "balance": 100}
     assert api.get("/api/v1/quote/", {"width": "x"}).status_code == 400
+    img2img = {"width": 512, "height": 512, "steps": 30, "num_images": 4, "from_image": True, "denoising_strength": 0.5}
+    assert api.get("/api/v1/quote/", img2img).data["cost"] == 2  # 15 of the 30 steps run
+    hires = {"width": 512, "height": 512, "steps": 30, "num_images": 1, "enable_hr": True, "hr_scale": 2,
+             "denoising_strength": 0.5}
+    assert api.get("/api/v1/quote/", hires).data["cost"] == 3  # 30 steps at 512², then 15 at 1024² (2 credits)
     assert [c["name"] for c in api.get("/api/v1/checkpoints/").data] == ["sdweb-test-tiny"]
     assert {"name": "DPM++ 2M Karras", "sampler": "DPM++ 2M", "schedule_type": "Karras"} in api.get(
         "/api/v1/schedulers/").data

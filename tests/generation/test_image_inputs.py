@@ -115,6 +115,13 @@ def test_an_accepted_upload_is_stored_upright_without_metadata_and_audited_by_it
     assert PromptAudit.objects.get().params["init_image_sha256"] == job.init_image_sha256
 
 
+def test_a_large_upload_makes_a_job_of_the_largest_size_allowed_with_its_aspect_ratio(api, alice):
+    wide = _named(encoded(picture((3000, 1500))), "wide.png")
+    response = api.post("/api/v1/jobs/", {"prompt": "a red door", "steps": 4, "init_image": wide}, format="multipart")
+    assert response.status_code == 201, response.data
+    assert (response.data["width"], response.data["height"]) == (1536, 768)
+
+
 def test_an_img2img_job_costs_the_steps_it_runs_and_lands_in_the_gallery_with_its_parameters(api, alice, settings):
     settings.SDWEB = {**settings.SDWEB, "COST_UNIT": 256 * 256}
     response = api.post("/api/v1/jobs/", {**BODY, "steps": 8, "denoising_strength": 0.5, "num_images": 2,
