@@ -43,6 +43,19 @@ def checkpoint(db, test_model_folder):
     return checkpoint_register(name="sdweb-test-tiny", source=test_model_folder, is_test_model=True)
 
 
+@pytest.fixture
+def api(alice, checkpoint):
+    """An API client authenticated as alice with an API key."""
+    from rest_framework.test import APIClient
+
+    from sdweb.services import api_key_create
+
+    _, raw = api_key_create(user=alice, name="tests")
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
+    return client
+
+
 @pytest.fixture(autouse=True)
 def fresh_cache():
     """Throttle counters live in the cache; each test starts with none."""

@@ -10,16 +10,6 @@ from generation.services.run import job_run
 from sdweb.models import ApiKey
 from sdweb.services import api_key_create
 
-
-@pytest.fixture
-def api(alice, checkpoint):
-    """An API client authenticated as alice with an API key."""
-    _, raw = api_key_create(user=alice, name="tests")
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
-    return client
-
-
 BODY = {"prompt": "a lighthouse", "width": 256, "height": 256, "steps": 2, "num_images": 2, "seed": 5}
 
 

@@ -12,7 +12,6 @@ import pytest
 from django.core.files.storage import default_storage
 from PIL import Image as PILImage
 from PIL import ImageDraw
-from rest_framework.test import APIClient
 
 from gallery.models import Image
 from generation.engine.metadata import parse_parameters
@@ -20,7 +19,6 @@ from generation.models import CreditEntry, Job, PromptAudit
 from generation.services.queue import job_claim
 from generation.services.run import job_run
 from generation.trace import trace_image
-from sdweb.services import api_key_create
 from tests.support import assert_ledger_balanced, form_data
 
 
@@ -49,14 +47,6 @@ def bomb_png(side=100_000) -> bytes:
 
 
 EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 100 100\nnewpath 0 0 moveto 100 100 lineto stroke\n%%EOF\n"
-
-
-@pytest.fixture
-def api(alice, checkpoint):
-    _, raw = api_key_create(user=alice, name="tests")
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
-    return client
 
 
 def _named(data, name):
