@@ -121,7 +121,7 @@ def test_5_reloading_mid_generation_resumes_the_progress(new_page):
     page = new_page()
     page.add_init_script(WATCH_LIVE_VIEW)
     sign_up(page)
-    generate(page, prompt="a long exposure of a city", steps=150, images=1, size=512, wait=False)
+    generate(page, prompt="a long exposure of a city", steps=60, images=1, size=512, wait=False)
     page.wait_for_function("document.getElementById('progress').value >= 10")
     before = page.evaluate("document.getElementById('progress').value")
     page.reload()

@@ -28,7 +28,7 @@ def test_up_serves_the_studio_and_a_job_survives_a_restart(studio):
     # A long job: stop the server while it runs.
     checkpoint = re.search(r'<option value="(\d+)" selected>sdweb-test-tiny', page).group(1)
     url, page = browser.post("/generate/", {"prompt": "a slow lighthouse", "checkpoint": checkpoint,
-                                            "width": 512, "height": 512, "steps": 150, "guidance_scale": 7,
+                                            "width": 512, "height": 512, "steps": 60, "guidance_scale": 7,
                                             "scheduler": "Euler a", "seed": 5, "num_images": 1})
     job_page = f"/jobs/{url.split('job=')[1]}/"
 
@@ -45,7 +45,7 @@ def test_up_serves_the_studio_and_a_job_survives_a_restart(studio):
     assert studio.manage(state) == "succeeded 2"
     balance = studio.manage("from generation.models import CreditAccount as A; a = A.objects.get(); "
                             "print(a.balance, sum(a.entries.values_list('amount', flat=True)))")
-    assert balance == "95 95"  # charged once: 5 credits for 512x512 x 150 steps
+    assert balance == "98 98"  # charged once: 2 credits for 512x512 x 60 steps
     assert studio.stop() == 0
     assert "Stopped. Unfinished jobs resume at the next start." in (studio.var_dir / "up.log").read_text()
 
