@@ -28,7 +28,9 @@ class ImageInputField(serializers.Field):
                 image = None
             if image is not None:
                 return image
-        raise serializers.ValidationError("Upload a PNG, JPEG or WebP file, or give the id of an image of yours.")
+        # The same words as submit's for another user's private image: an id's existence isn't told.
+        raise serializers.ValidationError("Upload a PNG, JPEG or WebP file, or give the id of an image of yours "
+                                          "(or a public one).")
 
     def to_representation(self, value):
         return None

@@ -201,7 +201,8 @@ def _image_inputs(user, params: dict) -> dict:
     try:
         if isinstance(init, Image):
             if not init.can_view(user):
-                raise ValueError("init_image: no image of yours (or public) has that id")
+                raise ValueError("init_image: upload a PNG, JPEG or WebP file, or give the id of an image of yours "
+                                 "(or a public one)")
             with default_storage.open(init.png.name, "rb") as file:
                 init = file.read()
             inputs["init_image_sha256"] = hashlib.sha256(init).hexdigest()
