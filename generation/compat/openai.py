@@ -237,9 +237,8 @@ def parse_edit(request, user) -> dict:
         for name, upload in files.items():
             if upload is not None and upload.size > settings.SDWEB["UPLOAD_MAX_BYTES"]:
                 raise OpenAIError(400, f"{name}: at most {settings.SDWEB['UPLOAD_MAX_BYTES'] // 2**20} MB.", param=name)
-        image = files["image"].read()
-        spec["params"]["init_image"] = image
-        spec["params"]["mask"] = _transparent_mask(files["mask"].read() if files["mask"] else image, bool(files["mask"]))
+        spec["params"]["init_image"], spec["params"]["mask"] = _image_and_mask(
+            files["image"].read(), files["mask"].read() if files["mask"] else None)
         spec["params"]["denoising_strength"] = 1.0  # what an edit repaints is made anew
         spec["params"]["inpainting_fill"] = 0
     except OpenAIError as error:
@@ -249,20 +248,23 @@ def parse_edit(request, user) -> dict:
     return spec
 
 
-def _transparent_mask(data: bytes, given: bool):
-    """OpenAI's rule: the transparent pixels are the ones to repaint. A file that isn't an image
-    is left to submit, which refuses it by name (and audits its SHA-256)."""
+def _image_and_mask(image: bytes, mask: bytes | None) -> tuple:
+    """The starting image and OpenAI's mask (its transparent pixels are the ones to repaint; with
+    no mask, the image's own). A file that isn't an image is left to submit, which refuses it by
+    name and audits its SHA-256; each file is decoded once."""
+    given = mask is not None
     try:
-        upload = read_image(data, field="mask" if given else "image")
+        upload = read_image(mask if given else image, field="mask" if given else "image")
     except ValueError:
-        return data if given else None
+        return image, mask
     if upload.image.mode != "RGBA":
         if given:
             raise OpenAIError(400, "mask: a PNG with transparent pixels where the image is to change is required.",
                               param="mask")
         raise OpenAIError(400, "image: without a mask, the image needs transparent pixels where it is to change.",
                           param="image")
-    return Upload(image=mask_from(upload.image, transparent_repaints=True), sha256=upload.sha256)
+    repaint = Upload(image=mask_from(upload.image, transparent_repaints=True), sha256=upload.sha256)
+    return (image, repaint) if given else (upload, repaint)
 
 
 def signed_file(request, token):
