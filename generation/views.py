@@ -111,9 +111,7 @@ def job_cancel(request, job_id):
         job = cancel(user=request.user, job_id=job_id)
     except Job.DoesNotExist:
         raise Http404
-    if job.status == Job.CANCELLED:
-        messages.info(request, "Cancelled; the credits are back.")
-    elif job.cancel_requested:
+    if job.cancel_requested and job.status == Job.RUNNING:
         messages.info(request, "Stopping at the next step…")
     return back_to(request, reverse("job", args=[job.pk]))
 

@@ -15,6 +15,7 @@ from generation.services.credits import credits_refund
 from sdweb.celery import app
 
 RUN_NEXT_JOB = "generation.run_next_job"  # the task in generation.tasks, sent by name
+CANCELLED_NOTE = "Cancelled; the credits are back."  # a cancelled job's error, shown on its page
 
 
 def enqueue_job() -> None:
@@ -27,8 +28,8 @@ def job_cancel(*, user, job_id) -> Job:
     with transaction.atomic():
         job = Job.objects.select_for_update().get(pk=job_id, user=user)
         if job.status == Job.QUEUED:
-            job.status, job.finished_at = Job.CANCELLED, timezone.now()
-            job.save(update_fields=["status", "finished_at"])
+            job.status, job.finished_at, job.error = Job.CANCELLED, timezone.now(), CANCELLED_NOTE
+            job.save(update_fields=["status", "finished_at", "error"])
             credits_refund(job=job, reason="cancelled before it started")
             transaction.on_commit(lambda: job_event(job.pk, {"type": "cancelled"}))
         elif job.status == Job.RUNNING and not job.cancel_requested:

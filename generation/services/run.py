@@ -30,7 +30,7 @@ from generation.live import job_event
 from generation.models import Checkpoint, Job
 from generation.provenance import sign_png
 from generation.services.credits import credits_refund
-from generation.services.queue import job_claim, job_finish_failed, job_requeue, jobs_reap
+from generation.services.queue import CANCELLED_NOTE, job_claim, job_finish_failed, job_requeue, jobs_reap
 from generation.services.submit import engine_limits, job_inputs
 
 log = logging.getLogger(__name__)
@@ -114,7 +114,7 @@ def job_run(job: Job) -> None:
         if stop_reason == "shutdown":
             job_requeue(job=job, attempt=attempt)
         elif stop_reason in ("cancel", "timeout"):
-            error = "Cancelled." if stop_reason == "cancel" else "Stopped: the job ran past its time limit."
+            error = CANCELLED_NOTE if stop_reason == "cancel" else "Stopped: the job ran past its time limit."
             job_finish_failed(job=job, attempt=attempt, error=error,
                               status=Job.CANCELLED if stop_reason == "cancel" else Job.FAILED)
         return  # "lost": another worker owns the job now

@@ -110,7 +110,7 @@ def test_4_cancelling_a_running_job_says_so_and_gives_the_credits_back(new_page)
     page.wait_for_function("document.getElementById('progress').value >= 2")
     assert balance(page) == 95
     page.get_by_role("button", name="Cancel").click()
-    page.wait_for_function("document.querySelector('#status strong').textContent === 'cancelled'")
+    page.wait_for_function("document.querySelector('#status strong')?.textContent === 'cancelled'")
     assert "Cancelled; the credits are back." in page.locator("#error").inner_text()
     screenshot(page, "4-cancelled")
     page.reload()
