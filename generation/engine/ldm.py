@@ -30,35 +30,37 @@ def pipeline_to_ldm(pipe) -> dict[str, torch.Tensor]:
 
 
 def unet_to_ldm(unet) -> dict[str, torch.Tensor]:
-    config, out = unet.config, {}
+    return {unet_key_to_ldm(key, unet.config): value for key, value in unet.state_dict().items()}
+
+
+def unet_key_to_ldm(key: str, config) -> str:
+    """One diffusers UNet tensor (or module) name in LDM's numbering."""
     blocks = config.layers_per_block + 1  # LDM numbers its blocks straight through: resnets + a resampler per level
 
     def down(m):  # input block 0 is conv_in
         return 1 + int(m[1]) * blocks + int(m[2])
 
-    for key, value in unet.state_dict().items():
-        new = key
-        for pattern, repl in [
-            (r"^time_embedding\.linear_1", "time_embed.0"), (r"^time_embedding\.linear_2", "time_embed.2"),
-            (r"^add_embedding\.linear_1", "label_emb.0.0"), (r"^add_embedding\.linear_2", "label_emb.0.2"),
-            (r"^conv_in", "input_blocks.0.0"), (r"^conv_norm_out", "out.0"), (r"^conv_out", "out.2"),
-            (r"^mid_block\.resnets\.(\d)", lambda m: f"middle_block.{2 * int(m[1])}"),
-            (r"^mid_block\.attentions\.0", "middle_block.1"),
-            (r"^down_blocks\.(\d+)\.resnets\.(\d+)", lambda m: f"input_blocks.{down(m)}.0"),
-            (r"^down_blocks\.(\d+)\.attentions\.(\d+)", lambda m: f"input_blocks.{down(m)}.1"),
-            (r"^down_blocks\.(\d+)\.downsamplers\.0\.conv", lambda m: f"input_blocks.{(int(m[1]) + 1) * blocks}.0.op"),
-            (r"^up_blocks\.(\d+)\.resnets\.(\d+)", lambda m: f"output_blocks.{int(m[1]) * blocks + int(m[2])}.0"),
-            (r"^up_blocks\.(\d+)\.attentions\.(\d+)", lambda m: f"output_blocks.{int(m[1]) * blocks + int(m[2])}.1"),
-            (r"^up_blocks\.(\d+)\.upsamplers\.0", lambda m: _upsampler(config, int(m[1]))),
-        ]:
-            new, found = re.subn(pattern, repl, new)
-            if found:
-                break
-        if re.match(r"^(input|output|middle)_blocks?\.\d+\.0\.|^middle_block\.[02]\.", new):  # a resnet
-            for old, ldm in _RESNET:
-                new = new.replace(f".{old}.", f".{ldm}.")
-        out[new] = value
-    return out
+    new = key
+    for pattern, repl in [
+        (r"^time_embedding\.linear_1", "time_embed.0"), (r"^time_embedding\.linear_2", "time_embed.2"),
+        (r"^add_embedding\.linear_1", "label_emb.0.0"), (r"^add_embedding\.linear_2", "label_emb.0.2"),
+        (r"^conv_in", "input_blocks.0.0"), (r"^conv_norm_out", "out.0"), (r"^conv_out", "out.2"),
+        (r"^mid_block\.resnets\.(\d)", lambda m: f"middle_block.{2 * int(m[1])}"),
+        (r"^mid_block\.attentions\.0", "middle_block.1"),
+        (r"^down_blocks\.(\d+)\.resnets\.(\d+)", lambda m: f"input_blocks.{down(m)}.0"),
+        (r"^down_blocks\.(\d+)\.attentions\.(\d+)", lambda m: f"input_blocks.{down(m)}.1"),
+        (r"^down_blocks\.(\d+)\.downsamplers\.0\.conv", lambda m: f"input_blocks.{(int(m[1]) + 1) * blocks}.0.op"),
+        (r"^up_blocks\.(\d+)\.resnets\.(\d+)", lambda m: f"output_blocks.{int(m[1]) * blocks + int(m[2])}.0"),
+        (r"^up_blocks\.(\d+)\.attentions\.(\d+)", lambda m: f"output_blocks.{int(m[1]) * blocks + int(m[2])}.1"),
+        (r"^up_blocks\.(\d+)\.upsamplers\.0", lambda m: _upsampler(config, int(m[1]))),
+    ]:
+        new, found = re.subn(pattern, repl, new)
+        if found:
+            break
+    if re.match(r"^(input|output|middle)_blocks?\.\d+\.0\.|^middle_block\.[02]\.", new + "."):  # a resnet
+        for old, ldm in _RESNET:
+            new = (new + ".").replace(f".{old}.", f".{ldm}.")[:-1]
+    return new
 
 
 def _upsampler(config, level: int) -> str:

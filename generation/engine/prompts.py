@@ -25,16 +25,47 @@ _TOKEN = re.compile(
 )
 _UNSUPPORTED = [
     (re.compile(r"\bAND\b"), "AND (composable prompts)", " Write 'and' in lower case to mean the word."),
-    (re.compile(r"<\s*(lora|lyco)\s*:[^>]*>", re.I), "a LoRA tag", ""),
     (re.compile(r"<\s*hypernet\s*:[^>]*>", re.I), "a hypernetwork tag", ""),
     (re.compile(r"\[[^\[\]]*:[^\[\]]*\]"), "prompt editing [from:to:when]", ""),
     (re.compile(r"\[[^\[\]]*\|[^\[\]]*\]"), "alternation [a|b]", ""),
 ]
 
 
+LORA_TAG = re.compile(r"<\s*(?:lora|lyco)\s*:([^>:]*)((?::[^>:]*){0,2})>", re.I)
+
+
+def lora_tags(text: str) -> list[tuple[str, float, float]]:
+    """(name, UNet weight, text-encoder weight) of each `<lora:name>`, `<lora:name:w>` or
+    `<lora:name:unet:te>` in `text`; ValueError for a weight that is not a number."""
+    found = []
+    for match in LORA_TAG.finditer(text):
+        name, weights = match.group(1).strip(), [w.strip() for w in match.group(2).split(":")[1:]]
+        try:
+            numbers = [float(w) for w in weights] or [1.0]
+        except ValueError:
+            raise ValueError(f"{match.group(0)!r}: a LoRA's weights are numbers, as in <lora:{name}:0.8>") from None
+        found.append((name, numbers[0], numbers[-1]))
+    return found
+
+
+def without_lora_tags(text: str) -> str:
+    """The prompt the text encoder reads: A1111 takes extra-network tags out of it."""
+    return LORA_TAG.sub("", text)
+
+
+def embedding_pattern(names):
+    """A regex finding any of `names` as a word (case-insensitive, as CLIP's tokens are), longest first."""
+    names = sorted({n for n in names if n}, key=len, reverse=True)
+    return re.compile(r"(?<![\w-])(" + "|".join(map(re.escape, names)) + r")(?![\w-])", re.I) if names else None
+
+
 def check_prompt_syntax(text: str, *, field: str = "prompt") -> None:
     """Refuse A1111 syntax this engine does not run, rather than feed it to the model as words."""
     plain = re.sub(r"\\[()\[\]\\]", "_", text)
+    plain = LORA_TAG.sub("", plain)
+    if match := re.search(r"<\s*(lora|lyco)\s*:[^>]*>?", plain, re.I):
+        raise ValueError(f"{field} has a malformed LoRA tag {match.group(0)!r}: write <lora:name>, <lora:name:0.8> "
+                         "or <lora:name:unet weight:text encoder weight>")
     for pattern, what, hint in _UNSUPPORTED:
         match = pattern.search(plain)
         if match:
@@ -89,40 +120,61 @@ def parse_attention(text: str) -> list[tuple[str, float]]:
     return [(t, w) for t, w in merged] or [("", 1.0)]
 
 
-def tokenize_chunks(tokenizer, text: str) -> list[tuple[list[int], list[float]]]:
-    """Token ids and weights in chunks of CHUNK_TOKENS (without start/end tokens)."""
-    chunks, ids, weights = [], [], []
+def tokenize_chunks(tokenizer, text: str, embeddings: dict | None = None) -> list[tuple[list[int], list[float], list]]:
+    """Token ids, weights and embedding inserts in chunks of CHUNK_TOKENS (without start/end
+    tokens). `embeddings` {name: vectors (n, width)}: where a name is a word of the text, its n
+    vectors take n places (held by a placeholder id) and go into the chunk whole, as in A1111."""
+    pattern = embedding_pattern(embeddings or {})
+    vectors_of = {name.lower(): vectors for name, vectors in (embeddings or {}).items()}
+    chunks, ids, weights, inserts = [], [], [], []
 
     def close_chunk():
-        nonlocal ids, weights
+        nonlocal ids, weights, inserts
         pad = CHUNK_TOKENS - len(ids)
-        chunks.append((ids + [tokenizer.pad_token_id] * pad, weights + [1.0] * pad))
-        ids, weights = [], []
+        chunks.append((ids + [tokenizer.pad_token_id] * pad, weights + [1.0] * pad, inserts))
+        ids, weights, inserts = [], [], []
 
-    for fragment, weight in parse_attention(text):
+    for fragment, weight in parse_attention(without_lora_tags(text)):
         if weight == BREAK:
             if ids:
                 close_chunk()
             continue
-        for token in tokenizer(fragment, add_special_tokens=False).input_ids:
-            if len(ids) == CHUNK_TOKENS:
-                close_chunk()
-            ids.append(token)
-            weights.append(weight)
+        for k, piece in enumerate(pattern.split(fragment) if pattern else [fragment]):
+            if k % 2:  # an embedding's name
+                vectors = vectors_of[piece.lower()]
+                if len(vectors) > CHUNK_TOKENS:
+                    raise ValueError(f"embedding {piece!r} has {len(vectors)} vectors; at most {CHUNK_TOKENS} fit")
+                if len(ids) + len(vectors) > CHUNK_TOKENS:
+                    close_chunk()
+                inserts.append((len(ids), vectors))
+                ids += [_PLACEHOLDER] * len(vectors)
+                weights += [weight] * len(vectors)
+                continue
+            for token in tokenizer(piece, add_special_tokens=False).input_ids if piece else ():
+                if len(ids) == CHUNK_TOKENS:
+                    close_chunk()
+                ids.append(token)
+                weights.append(weight)
     if ids or not chunks:
         close_chunk()
     return chunks
 
 
-def encode_prompts(tokenizer, text_encoder, prompt: str, negative_prompt: str, device, *, clip_skip: int = 1) -> tuple:
+_PLACEHOLDER = 0  # an ordinary token id (never start or end, which CLIP's pooling looks for)
+
+
+def encode_prompts(tokenizer, text_encoder, prompt: str, negative_prompt: str, device, *, clip_skip: int = 1,
+                   embeddings: dict | None = None) -> tuple:
     """SD 1.x/2.x: (prompt_embeds, negative_prompt_embeds), each (1, 77 * chunks, dim). `clip_skip`
-    n takes the n-th last layer (then the final norm), as A1111 does for SD 1.x."""
+    n takes the n-th last layer (then the final norm), as A1111 does for SD 1.x. `embeddings`
+    {name: {vector width: vectors}} are textual inversions the prompts may name."""
     layer = None if clip_skip == 1 else -clip_skip
-    (positive, _), (negative, _) = _encode_pair([(tokenizer, text_encoder, layer)], prompt, negative_prompt, device)
+    (positive, _), (negative, _) = _encode_pair([(tokenizer, text_encoder, layer)], prompt, negative_prompt, device,
+                                                embeddings)
     return positive, negative
 
 
-def encode_prompts_xl(encoders, prompt: str, negative_prompt: str, device) -> tuple:
+def encode_prompts_xl(encoders, prompt: str, negative_prompt: str, device, *, embeddings: dict | None = None) -> tuple:
     """SDXL: `encoders` is [(tokenizer, text_encoder), ...] (two for the base, one for the refiner).
     Each encoder reads the same chunks and gives its penultimate layer, concatenated; the pooled
     embedding is the last encoder's, of the first chunk. An empty negative prompt is zeros, as
@@ -130,19 +182,20 @@ def encode_prompts_xl(encoders, prompt: str, negative_prompt: str, device) -> tu
     import torch
 
     (positive, pooled), (negative, negative_pooled) = _encode_pair(
-        [(tokenizer, encoder, -2) for tokenizer, encoder in encoders], prompt, negative_prompt, device)
+        [(tokenizer, encoder, -2) for tokenizer, encoder in encoders], prompt, negative_prompt, device, embeddings)
     if not negative_prompt:
         negative, negative_pooled = torch.zeros_like(negative), torch.zeros_like(negative_pooled)
     return positive, negative, pooled, negative_pooled
 
 
-def _encode_pair(encoders, prompt: str, negative_prompt: str, device) -> tuple:
+def _encode_pair(encoders, prompt: str, negative_prompt: str, device, embeddings=None) -> tuple:
     """[(embeds, pooled) of the prompt, (embeds, pooled) of the negative prompt]."""
     import torch
 
     results = {text: ([], None) for text in (prompt, negative_prompt)}  # one pass when they are the same
     for tokenizer, text_encoder, layer in encoders:
-        chunks = {text: tokenize_chunks(tokenizer, text) for text in results}
+        vectors = _vectors_for(text_encoder, embeddings or {})
+        chunks = {text: tokenize_chunks(tokenizer, text, vectors) for text in results}
         # Classifier-free guidance concatenates the two, so the shorter one gets empty chunks.
         longest, empty = max(len(c) for c in chunks.values()), tokenize_chunks(tokenizer, "")[0]
         for text, (parts, _) in results.items():
@@ -154,6 +207,16 @@ def _encode_pair(encoders, prompt: str, negative_prompt: str, device) -> tuple:
     return [(torch.cat(results[text][0], dim=-1), results[text][1]) for text in (prompt, negative_prompt)]
 
 
+def _vectors_for(text_encoder, embeddings: dict) -> dict:
+    """{name: vectors} of the width this text encoder reads; ValueError for an embedding of another family."""
+    width = text_encoder.get_input_embeddings().embedding_dim
+    for name, by_width in embeddings.items():
+        if width not in by_width:
+            raise ValueError(f"embedding {name!r} is for another family: its vectors are "
+                             f"{', '.join(map(str, by_width))} wide, this model's text encoder reads {width}")
+    return {name: by_width[width] for name, by_width in embeddings.items()}
+
+
 def _encode_chunks(tokenizer, text_encoder, chunks, device, layer):
     """One encoder over the chunks: (embeddings (1, 77 * chunks, dim), the first chunk's pooled
     projection or None). `layer` None is the last layer; -n the n-th last, normed only for CLIP-L
@@ -161,9 +224,22 @@ def _encode_chunks(tokenizer, text_encoder, chunks, device, layer):
     import torch
 
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
-    ids = torch.tensor([[bos, *chunk_ids, eos] for chunk_ids, _ in chunks], device=device)
-    weights = torch.tensor([[1.0, *w, 1.0] for _, w in chunks], device=device)
-    out = text_encoder(ids, output_hidden_states=layer is not None)
+    ids = torch.tensor([[bos, *chunk_ids, eos] for chunk_ids, _, _ in chunks], device=device)
+    weights = torch.tensor([[1.0, *w, 1.0] for _, w, _ in chunks], device=device)
+
+    def splice(module, args, output):  # each embedding's vectors over its placeholders
+        output = output.clone()
+        for row, (_, _, inserts) in enumerate(chunks):
+            for at, vectors in inserts:
+                output[row, 1 + at:1 + at + len(vectors)] = vectors.to(output.device, output.dtype)
+        return output
+
+    hook = text_encoder.get_input_embeddings().register_forward_hook(splice) if any(c[2] for c in chunks) else None
+    try:
+        out = text_encoder(ids, output_hidden_states=layer is not None)
+    finally:
+        if hook is not None:
+            hook.remove()
     if layer is None:
         z = out[0]
     elif layer == -2 and hasattr(out, "text_embeds"):  # SDXL

@@ -44,6 +44,35 @@ class ModelRef:
     hash: str = ""  # A1111's short hash; "" = computed when loaded
 
 
+@dataclass(frozen=True)
+class LoraUse:
+    """One `<lora:name:unet:te>` of a prompt: the file, and its weights on the UNet and text encoders."""
+
+    ref: ModelRef
+    unet: float = 1.0
+    te: float = 1.0
+
+
+CONTROL_MODES = ("Balanced", "My prompt is more important", "ControlNet is more important")
+
+
+@dataclass(frozen=True)
+class ControlUnit:
+    """One ControlNet unit, as the sd-webui-controlnet extension's API shapes one."""
+
+    model: ModelRef
+    image: object  # PIL.Image.Image: the picture `module` turns into the control map
+    module: str = "none"
+    weight: float = 1.0
+    guidance_start: float = 0.0
+    guidance_end: float = 1.0
+    control_mode: int = 0  # CONTROL_MODES
+    resize_mode: int = 1  # RESIZE_MODES, the extension's default: crop and resize
+    processor_res: int = 512
+    threshold_a: float = -1  # -1: the module's default
+    threshold_b: float = -1
+
+
 def model_ref(model) -> ModelRef:
     return model if isinstance(model, ModelRef) else ModelRef(str(model))
 
@@ -82,6 +111,10 @@ class GenerationRequest:
     hr_second_pass_steps: int = 0  # 0: as many as the first pass
     hr_resize_x: int = 0
     hr_resize_y: int = 0
+    # Add-ons for this run only. An embedding is used where its name is a word of either prompt.
+    loras: tuple[LoraUse, ...] = ()
+    embeddings: tuple[ModelRef, ...] = ()
+    controlnets: tuple[ControlUnit, ...] = ()
 
     @property
     def mode(self) -> str:
@@ -155,6 +188,8 @@ class GenerationRequest:
             self._validate_image_input()
         if self.enable_hr:
             self._validate_hires(limits)
+        if self.loras or self.controlnets:
+            self._validate_addons()
 
     def _validate_second_pass(self, limits: Limits) -> None:
         strength = self.denoising_strength
@@ -206,6 +241,34 @@ class GenerationRequest:
                 <= limits.max_side):
             raise ValueError(f"hr_scale makes {width}x{height}: the hires size must be at least the first pass's "
                              f"and at most {limits.max_side} pixels a side")
+
+    def _validate_addons(self) -> None:
+        for use in self.loras:
+            for part, value in (("unet", use.unet), ("te", use.te)):
+                if not isinstance(value, (int, float)) or isinstance(value, bool) or not -4 <= value <= 4:
+                    raise ValueError(f"<lora:{use.ref.name}:...>: the {part} weight must be a number from -4 to 4 "
+                                     f"(got {value!r})")
+        if self.controlnets and (self.mask is not None or self.enable_hr or self.refiner):
+            raise ValueError("controlnet units work with txt2img and img2img; not yet with inpainting, hires fix or "
+                             "a refiner")
+        for k, unit in enumerate(self.controlnets):
+            from PIL import Image
+
+            name = f"controlnet unit {k}"
+            if not isinstance(unit.image, Image.Image):
+                raise ValueError(f"{name}: an image is required")
+            if not isinstance(unit.weight, (int, float)) or isinstance(unit.weight, bool) or not 0 <= unit.weight <= 2:
+                raise ValueError(f"{name}: weight must be a number from 0 to 2 (got {unit.weight!r})")
+            start, end = unit.guidance_start, unit.guidance_end
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (start, end)) or not (
+                    0 <= start < end <= 1):
+                raise ValueError(f"{name}: guidance_start and guidance_end must be numbers with 0 <= start < end <= 1 "
+                                 f"(got {start!r}, {end!r})")
+            for field, allowed in (("control_mode", CONTROL_MODES), ("resize_mode", RESIZE_MODES)):
+                value = getattr(unit, field)
+                if not _is_int(value) or not 0 <= value < len(allowed):
+                    raise ValueError(f"{name}: {field} must be one of " + ", ".join(
+                        f"{i} ({label})" for i, label in enumerate(allowed)) + f" (got {value!r})")
 
     def seeds(self) -> list[int]:
         """Seeds s, s+1, ... for the batch; seed -1 picks s at random."""

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import torch
 from PIL import Image
 
+from .addons import Addons, applied_loras, control_image, controlnet_scales, load_addons
 from .families import FAMILIES
 from .images import Crop, fill_masked, mask_crop, paste_back, prepared_mask, resize
 from .loading import PIPELINES, load_pipeline
@@ -33,6 +34,7 @@ class GenerationResult:
     model_hash: str = ""
     refiner: str = ""  # "name [hash]"
     vae: tuple | None = None  # (file name, hash) of a VAE file used instead of the checkpoint's own
+    addons: "Addons | None" = None
     timings: dict = field(default_factory=dict)  # seconds
 
     def parameters(self, k: int) -> str:
@@ -51,7 +53,8 @@ class GenerationResult:
             extra["Clip skip"] = self.request.clip_skip
         if self.refiner:
             extra |= {"Refiner": self.refiner, "Refiner switch at": self.request.refiner_switch_at}
-        return extra | _image_input_params(self.request) | _hires_params(self.request)
+        extra |= _image_input_params(self.request) | _hires_params(self.request)
+        return extra | (self.addons.parameters(self.request) if self.addons else {})
 
     def save_png(self, k: int, fp, image_id: str = "") -> None:
         save_png(self.images[k], fp, self.parameters(k), image_id)
@@ -92,42 +95,51 @@ def generate(
     refiner = load_pipeline(request.refiner, device=device, dtype=dtype) if request.refiner else None
     vae = PIPELINES.get_vae(request.vae, model) if request.vae else None
     _check_roles(model, refiner, request.mode)
-    timings["load"] = time.perf_counter() - tick
     pipe = _pipeline_for_run(model.pipe, request.scheduler, seeds, "inpaint" if request.mask else "txt2img")
 
-    # 3. Encode the prompts, A1111 weights and long prompts included.
-    tick = time.perf_counter()
-    embeds = _encode(pipe, model, request)
-    timings["text_encode"] = time.perf_counter() - tick
+    addons = load_addons(request, model)
+    timings["load"] = time.perf_counter() - tick
 
-    # 4. Denoise, sending previews and honouring cancel at every step of every pass.
-    taesd = load_taesd(preview.taesd, model.device, model.dtype) if preview and preview.taesd and on_preview else None
-    progress = Progress(sum(p[2] for p in request.passes()), on_preview, should_cancel, preview or PreviewSettings(),
-                        taesd, blur=checker is not None)
-    if progress.stopped():
-        raise GenerationCancelled()
+    # 3. Merge the LoRAs for this run only: the weights are put back however it ends.
     tick = time.perf_counter()
-    # One CPU generator per image: image k is reproducible alone with seed s+k, on any device.
-    common = dict(num_inference_steps=request.steps, num_images_per_prompt=request.num_images,
-                  generator=[torch.Generator("cpu").manual_seed(s) for s in seeds], output_type="latent",
-                  callback_on_step_end=progress.on_step_end, **embeds)
-    start = prepare_start(request) if request.init_image is not None else None
-    if request.mode == "txt2img":
-        latents, pipe = _txt2img(pipe, model, refiner, request, common, progress)
-    else:
-        latents = _from_image(pipe, model, request, start, common)
-    timings["denoise"] = time.perf_counter() - tick
+    with applied_loras(model.pipe, addons.loras):
+        timings["addons"] = time.perf_counter() - tick
+
+        # 4. Encode the prompts, A1111 weights, long prompts and embeddings included.
+        tick = time.perf_counter()
+        embeds = _encode(pipe, model, request, addons.embeddings)
+        timings["text_encode"] = time.perf_counter() - tick
+
+        # 5. Denoise, sending previews and honouring cancel at every step of every pass.
+        taesd = load_taesd(preview.taesd, model.device, model.dtype) if preview and preview.taesd and on_preview else None
+        progress = Progress(sum(p[2] for p in request.passes()), on_preview, should_cancel,
+                            preview or PreviewSettings(), taesd, blur=checker is not None)
+        if progress.stopped():
+            raise GenerationCancelled()
+        tick = time.perf_counter()
+        # One CPU generator per image: image k is reproducible alone with seed s+k, on any device.
+        common = dict(num_inference_steps=request.steps, num_images_per_prompt=request.num_images,
+                      generator=[torch.Generator("cpu").manual_seed(s) for s in seeds], output_type="latent",
+                      callback_on_step_end=progress.on_step_end, **embeds)
+        start = prepare_start(request) if request.init_image is not None else None
+        if addons.controlnets:
+            latents, pipe = _controlled(model, request, start, common, addons.controlnets)
+        elif request.mode == "txt2img":
+            latents, pipe = _txt2img(pipe, model, refiner, request, common, progress)
+        else:
+            latents = _from_image(pipe, model, request, start, common)
+        timings["denoise"] = time.perf_counter() - tick
     if progress.cancelled:
         raise GenerationCancelled()
 
-    # 5. Decode; an inpainted picture goes back over the original through the blurred mask.
+    # 6. Decode; an inpainted picture goes back over the original through the blurred mask.
     tick = time.perf_counter()
     images = decode(vae.pipe if vae else pipe.vae, pipe.image_processor, latents)
     if request.mask is not None:
         images = [paste_back(start.original, im, start.blurred_mask, start.crop) for im in images]
     timings["decode"] = time.perf_counter() - tick
 
-    # 6. Safety check: fail closed, and never return a flagged image as a normal one.
+    # 7. Safety check: fail closed, and never return a flagged image as a normal one.
     tick = time.perf_counter()
     flags = [False] * len(images)
     if checker is not None:
@@ -140,7 +152,7 @@ def generate(
     timings["safety"] = time.perf_counter() - tick
     kept = [k for k, flagged in enumerate(flags) if not flagged]
 
-    # 7. Watermark each kept image with its own payload.
+    # 8. Watermark each kept image with its own payload.
     tick = time.perf_counter()
     if watermark_payloads is not None:
         images = [embed_watermark(im, watermark_payloads[k]) if k in kept else im for k, im in enumerate(images)]
@@ -158,6 +170,7 @@ def generate(
         model_hash=model_ref(request.model).hash or model.hash,
         refiner=_title(request.refiner, refiner),
         vae=(model_ref(request.vae).name or vae.name, model_ref(request.vae).hash or vae.hash) if vae else None,
+        addons=addons,
         timings=timings,
     )
 
@@ -205,6 +218,39 @@ def _txt2img(pipe, model, refiner, request, common, progress):
         latents = pipe(image=image, strength=request.denoising_strength, **{
             **common, "num_inference_steps": request.hr_second_pass_steps or request.steps,
             "generator": [torch.Generator("cpu").manual_seed(s) for s in seeds]}).images
+    return latents, pipe
+
+
+def _controlled(model, request, start, common, controlnets):
+    """txt2img or img2img guided by ControlNet units; each unit's map at the run's size."""
+    from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
+
+    units = [unit for _, unit in controlnets]
+    modes = {unit.control_mode for unit in units}
+    if 2 in modes and len(modes) > 1:
+        raise ValueError("control_mode 2 (ControlNet is more important) must be every unit's mode or none's")
+    nets = [loaded.value for loaded, _ in controlnets]
+    width, height = start.picture.size if start else (request.width, request.height)
+    maps = [control_image(unit, width, height) for unit in units]
+    seeds = [g.initial_seed() for g in common["generator"]]
+    task = "controlnet-img2img" if start else "controlnet"
+    pipe = _pipeline_for_run(model.pipe, request.scheduler, seeds, task,
+                             controlnet=nets[0] if len(nets) == 1 else MultiControlNetModel(nets))
+    hooks = [controlnet_scales(net, unit.control_mode) for net, unit in zip(nets, units)]
+    try:
+        control = dict(controlnet_conditioning_scale=[u.weight for u in units] if len(units) > 1 else units[0].weight,
+                       control_guidance_start=[u.guidance_start for u in units],
+                       control_guidance_end=[u.guidance_end for u in units], guess_mode=modes == {2})
+        if start:
+            latents = pipe(image=start.picture, control_image=maps, strength=request.denoising_strength,
+                           width=width, height=height, **control, **common).images
+        else:
+            latents = pipe(image=maps if len(maps) > 1 else maps[0], width=width, height=height, **control,
+                           **common).images
+    finally:
+        for hook in hooks:
+            if hook is not None:
+                hook.remove()
     return latents, pipe
 
 
@@ -338,18 +384,19 @@ def _check_roles(model, refiner, mode: str) -> None:
                          "must be an SDXL refiner or base")
 
 
-def _encode(pipe, model, request) -> dict:
+def _encode(pipe, model, request, embeddings=None) -> dict:
     """The prompt embeddings as the pipeline takes them."""
     device = model.device
     if not model.xl:
         # Clip skip changes SD 1.x's CLIP-L; SD 2.x keeps its trained layer, as in A1111.
         clip_skip = request.clip_skip if pipe.text_encoder.config.hidden_act == "quick_gelu" else 1
         positive, negative = encode_prompts(pipe.tokenizer, pipe.text_encoder, request.prompt,
-                                            request.negative_prompt, device, clip_skip=clip_skip)
+                                            request.negative_prompt, device, clip_skip=clip_skip, embeddings=embeddings)
         return {"prompt_embeds": positive, "negative_prompt_embeds": negative}
     encoders = [(pipe.tokenizer, pipe.text_encoder)] if pipe.text_encoder is not None else []
     positive, negative, pooled, negative_pooled = encode_prompts_xl(
-        encoders + [(pipe.tokenizer_2, pipe.text_encoder_2)], request.prompt, request.negative_prompt, device)
+        encoders + [(pipe.tokenizer_2, pipe.text_encoder_2)], request.prompt, request.negative_prompt, device,
+        embeddings=embeddings)
     return {"prompt_embeds": positive, "negative_prompt_embeds": negative, "pooled_prompt_embeds": pooled,
             "negative_pooled_prompt_embeds": negative_pooled}
 
@@ -358,22 +405,27 @@ PIPELINE_CLASSES = {  # (SDXL?, task) -> diffusers class name
     (False, "txt2img"): "StableDiffusionPipeline", (False, "img2img"): "StableDiffusionImg2ImgPipeline",
     (False, "inpaint"): "StableDiffusionInpaintPipeline", (True, "txt2img"): "StableDiffusionXLPipeline",
     (True, "img2img"): "StableDiffusionXLImg2ImgPipeline", (True, "inpaint"): "StableDiffusionXLInpaintPipeline",
+    (False, "controlnet"): "StableDiffusionControlNetPipeline",
+    (False, "controlnet-img2img"): "StableDiffusionControlNetImg2ImgPipeline",
+    (True, "controlnet"): "StableDiffusionXLControlNetPipeline",
+    (True, "controlnet-img2img"): "StableDiffusionXLControlNetImg2ImgPipeline",
 }
 
 
-def _pipeline_for_run(base, scheduler_name: str, seeds: list[int], task: str = "txt2img"):
-    """The cached pipeline's modules, as the pipeline for `task` (txt2img, img2img, inpaint),
-    with a scheduler of this run's own: runs share no state."""
+def _pipeline_for_run(base, scheduler_name: str, seeds: list[int], task: str = "txt2img", **extra):
+    """The cached pipeline's modules, as the pipeline for `task` (txt2img, img2img, inpaint,
+    controlnet, controlnet-img2img), with a scheduler of this run's own: runs share no state."""
     import diffusers
 
-    components = {**base.components, "scheduler": make_scheduler(scheduler_name, base.scheduler.config, seeds)}
+    components = {**base.components, **extra,
+                  "scheduler": make_scheduler(scheduler_name, base.scheduler.config, seeds)}
     xl = "text_encoder_2" in components
     if task == "txt2img" and isinstance(base, diffusers.StableDiffusionXLImg2ImgPipeline):
         task = "img2img"  # a refiner
     options = {"requires_safety_checker": False}
     if xl:
         options = {"add_watermarker": False}
-        if task != "txt2img":
+        if task not in ("txt2img", "controlnet"):
             options["requires_aesthetics_score"] = bool(base.config.get("requires_aesthetics_score", False))
     pipe = getattr(diffusers, PIPELINE_CLASSES[xl, task])(**components, **options)
     pipe.set_progress_bar_config(disable=True)

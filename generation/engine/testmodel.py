@@ -236,3 +236,51 @@ def make_full_size_file(family: str, path) -> Path:
     # Small random weights keep every activation finite.
     save_file({k: (torch.randn(v.shape) * 0.02).half() for k, v in pipeline_to_ldm(full_size(family)).items()}, path)
     return Path(path)
+
+
+def make_tiny_addons(pipe, path, *, seed: int = 1) -> dict[str, Path]:
+    """Random add-ons that fit `pipe` (a tiny pipeline of any family), written as people trade
+    them: "lora", a LoRA in Kohya's layout (LDM block names for SDXL) with training tags in its
+    metadata; "embedding", a 3-vector textual inversion (A1111's emb_params; clip_l/clip_g for
+    SDXL); "controlnet", a ControlNet made from the UNet with non-zero zero-convs, one diffusers-
+    layout .safetensors, and "controlnet_config", its config folder. Each changes the image."""
+    import torch
+    from diffusers import ControlNetModel
+    from safetensors.torch import save_file
+
+    from .ldm import unet_key_to_ldm
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    xl = getattr(pipe, "text_encoder_2", None) is not None
+    encoders = [("te1", pipe.text_encoder), ("te2", pipe.text_encoder_2)] if xl else [("te", pipe.text_encoder)]
+    lora = {}
+
+    def low_rank(key, module, rank=4):
+        lora[f"{key}.lora_down.weight"] = torch.randn(rank, module.in_features) * 0.3
+        lora[f"{key}.lora_up.weight"] = torch.randn(module.out_features, rank) * 0.3
+        lora[f"{key}.alpha"] = torch.tensor(float(rank))
+
+    for name, module in pipe.unet.named_modules():
+        if isinstance(module, torch.nn.Linear) and (".attn1." in name or ".attn2." in name):
+            low_rank("lora_unet_" + (unet_key_to_ldm(name, pipe.unet.config) if xl else name).replace(".", "_"), module)
+    for prefix, encoder in encoders:
+        for name, module in encoder.named_modules():
+            if isinstance(module, torch.nn.Linear) and ".self_attn." in name:
+                low_rank(f"lora_{prefix}_text_model_" + name.removeprefix("text_model.").replace(".", "_"), module)
+    files = {"lora": path / "tiny-lora.safetensors", "embedding": path / "tiny-embedding.safetensors",
+             "controlnet": path / "tiny-controlnet.safetensors", "controlnet_config": path / "tiny-controlnet-config"}
+    save_file(lora, files["lora"], metadata={"ss_tag_frequency": json.dumps({"10_tiny": {"tinystyle": 12, "noise": 3}}),
+                                             "ss_base_model_version": "sdxl_base_v1-0" if xl else "sd_v1"})
+    widths = [encoder.get_input_embeddings().embedding_dim for _, encoder in encoders]
+    vectors = [torch.randn(3, width) for width in widths]
+    save_file(dict(zip(("clip_l", "clip_g"), vectors)) if xl else {"emb_params": vectors[0]}, files["embedding"])
+    controlnet = ControlNetModel.from_unet(pipe.unet, conditioning_embedding_out_channels=(8, 8, 16, 16))
+    with torch.no_grad():
+        for zero_conv in [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block,
+                          controlnet.controlnet_cond_embedding.conv_out]:
+            zero_conv.weight.normal_(std=0.3)
+    save_file({k: v.contiguous() for k, v in controlnet.state_dict().items()}, files["controlnet"])
+    controlnet.save_config(files["controlnet_config"])
+    return files

@@ -1,0 +1,284 @@
+"""Add-ons for one run: LoRA merged into the weights and put back exactly after it, textual-inversion
+embeddings spliced into the prompt's token embeddings, ControlNet models. .safetensors files only;
+each is read once and kept in the pipeline cache, within its byte budget, keyed by its file."""
+
+import contextlib
+import json
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .families import read_header
+from .ldm import unet_key_to_ldm
+from .request import ControlUnit, LoraUse, ModelRef
+
+_KOHYA = re.compile(r"^(?P<base>.+?)\.(?P<part>lora_down\.weight|lora_up\.weight|alpha|lora_A\.weight|lora_B\.weight)$")
+_LYCORIS = re.compile(r"\.(hada_|lokr_|oft_|boft_|diff$|diff_b$|dora_scale$)")
+CONTROLNET_FAMILY_CONFIGS = {"sd1": "controlnet-sd1", "sdxl": "controlnet-sdxl"}
+
+
+@dataclass
+class LoadedAddon:
+    """What the cache keeps of an add-on file."""
+
+    value: object  # LoRA: {layer: (down, up, alpha)}; embedding: {vector width: (n, width) tensor}; a ControlNetModel
+    name: str
+    hash: str
+    size_bytes: int
+    load_seconds: float
+
+
+@dataclass
+class Addons:
+    """The add-ons of one run, loaded."""
+
+    loras: list  # [(LoadedAddon, LoraUse)]
+    embeddings: dict  # {name: {vector width: vectors}}: those the prompts name
+    embedding_hashes: dict  # {name: hash}
+    controlnets: list  # [(LoadedAddon, ControlUnit)]
+
+    def parameters(self, request) -> dict:
+        """As A1111 and its ControlNet extension write them into the infotext."""
+        params = {}
+        if self.loras:
+            params["Lora hashes"] = ", ".join(f"{use.ref.name}: {use.ref.hash}" for _, use in self.loras)
+        if self.embedding_hashes:
+            params["TI hashes"] = ", ".join(f"{name}: {h}" for name, h in self.embedding_hashes.items())
+        for k, (loaded, unit) in enumerate(self.controlnets):
+            from .controlmaps import MODULES
+            from .request import CONTROL_MODES, RESIZE_MODES
+
+            a, b = MODULES[unit.module][1:]
+            fields = {"Module": unit.module, "Model": f"{loaded.name} [{loaded.hash}]", "Weight": unit.weight,
+                      "Resize Mode": RESIZE_MODES[unit.resize_mode].replace(" resize", " Resize").replace(
+                          " fill", " Fill"), "Processor Res": unit.processor_res if unit.module != "none" else None,
+                      "Threshold A": (a[1] if unit.threshold_a == -1 else unit.threshold_a) if a else None,
+                      "Threshold B": (b[1] if unit.threshold_b == -1 else unit.threshold_b) if b else None,
+                      "Guidance Start": unit.guidance_start, "Guidance End": unit.guidance_end,
+                      "Control Mode": CONTROL_MODES[unit.control_mode]}
+            params[f"ControlNet {k}"] = ", ".join(f"{key}: {v:g}" if isinstance(v, float) else f"{key}: {v}"
+                                                  for key, v in fields.items() if v is not None)
+        return params
+
+
+def load_addons(request, model) -> Addons:
+    """Read (or find in the cache) the request's add-on files, checked against `model`."""
+    from .loading import PIPELINES
+    from .prompts import embedding_pattern, lora_tags
+
+    given = {use.ref.name for use in request.loras}
+    if missing := [name for name, _, _ in lora_tags(request.prompt) if name not in given]:
+        raise ValueError(f"prompt: no LoRA file was given for <lora:{missing[0]}>")
+    loras = [(PIPELINES.get_addon("lora", use.ref, model), use) for use in request.loras]
+    embeddings, hashes = {}, {}
+    pattern = embedding_pattern(ref.name for ref in request.embeddings)
+    named = {m.lower() for text in (request.prompt, request.negative_prompt) for m in pattern.findall(text)} if (
+        pattern) else set()
+    for ref in request.embeddings:
+        if ref.name.lower() in named:
+            embeddings[ref.name] = PIPELINES.get_addon("embedding", ref, model).value
+            hashes[ref.name] = ref.hash
+    controlnets = [(PIPELINES.get_addon("controlnet", unit.model, model), unit) for unit in request.controlnets]
+    return Addons(loras, embeddings, hashes, controlnets)
+
+
+def addon_family(kind: str, path) -> str:
+    """The base family an add-on file is for ("sd1", "sd2", "sdxl"), from its tensor names and
+    shapes; ValueError naming what is wrong with a file that is not the kind it claims to be."""
+    header = read_header(path)
+    keys = list(header)
+    if kind == "lora":
+        if not any(_KOHYA.match(k) for k in keys):
+            raise ValueError(f"{Path(path).name} is not a LoRA: it has no lora_down/lora_up (or lora_A/lora_B) tensors"
+                             + (" (LoHa/LoKr/OFT layers are not supported)" if any(_LYCORIS.search(k) for k in keys)
+                                else ""))
+        if any(k.startswith(("lora_te1_", "lora_te2_", "lora_unet_input_blocks", "lora_unet_output_blocks",
+                             "text_encoder_2.")) for k in keys):
+            return "sdxl"
+        widths = [header[k]["shape"][-1] for k in keys if "attn2_to_k.lora_down" in k or "attn2.to_k.lora_A" in k]
+        return "sd2" if widths and widths[0] == 1024 else "sd1"
+    if kind == "embedding":
+        if {"clip_l", "clip_g"} <= set(keys):
+            return "sdxl"
+        vectors = header.get("emb_params") or (header[keys[0]] if len(keys) == 1 else None)
+        if vectors is None or len(vectors["shape"]) not in (1, 2):
+            raise ValueError(f"{Path(path).name} is not an embedding: it needs one emb_params tensor (A1111), one "
+                             "tensor (diffusers) or clip_l and clip_g (SDXL)")
+        return "sd2" if vectors["shape"][-1] == 1024 else "sd1"
+    if kind == "controlnet":
+        if not any(k.startswith(("controlnet_cond_embedding.", "control_model.input_hint_block.", "input_hint_block."))
+                   for k in keys):
+            raise ValueError(f"{Path(path).name} is not a ControlNet: it has no conditioning (hint) block")
+        if any(k.startswith(("add_embedding.", "control_model.label_emb.", "label_emb.")) for k in keys):
+            return "sdxl"
+        widths = [header[k]["shape"][-1] for k in keys if k.endswith("attn2.to_k.weight")]
+        return "sd2" if widths and widths[0] == 1024 else "sd1"
+    raise ValueError(f"kind must be lora, embedding or controlnet (got {kind!r})")
+
+
+def file_metadata(path) -> dict:
+    """The __metadata__ strings of a .safetensors file (training tags live there)."""
+    with open(path, "rb") as file:
+        length = int.from_bytes(file.read(8), "little")
+        return json.loads(file.read(length)).get("__metadata__") or {}
+
+
+def load_addon(kind: str, ref: ModelRef, device, dtype) -> LoadedAddon:
+    """Read an add-on file for the cache (loading.PipelineCache.get_addon)."""
+    from safetensors.torch import load_file
+
+    started = time.perf_counter()
+    path = Path(ref.source)
+    if kind == "controlnet":
+        value = _load_controlnet(ref, device, dtype)
+        size = sum(p.numel() * p.element_size() for p in value.parameters())
+    else:
+        tensors = load_file(path)
+        value = _lora_layers(tensors, ref.name) if kind == "lora" else _embedding_vectors(tensors, ref.name)
+        size = sum(t.numel() * t.element_size() for t in tensors.values())
+    return LoadedAddon(value, ref.name or path.stem, ref.hash, size, time.perf_counter() - started)
+
+
+def _lora_layers(tensors: dict, name: str) -> dict:
+    """{layer name as the file writes it: (down, up, alpha or None)}; Kohya (lora_down/up/alpha)
+    and PEFT (lora_A/B) layouts."""
+    parts: dict[str, dict] = {}
+    for key, tensor in tensors.items():
+        match = _KOHYA.match(key)
+        if match:
+            parts.setdefault(match["base"], {})[match["part"].split(".")[0]] = tensor
+        elif _LYCORIS.search(key):
+            raise ValueError(f"LoRA {name!r} holds LyCORIS layers ({key}): only LoRA/LoCon layers are supported")
+    layers = {}
+    for base, found in parts.items():
+        down, up = found.get("lora_down", found.get("lora_A")), found.get("lora_up", found.get("lora_B"))
+        if down is None or up is None:
+            raise ValueError(f"LoRA {name!r} is damaged: layer {base} lacks its down or up weight")
+        alpha = found.get("alpha")
+        layers[base] = (down, up, float(alpha) if alpha is not None else None)
+    return layers
+
+
+def _embedding_vectors(tensors: dict, name: str) -> dict:
+    """{vector width: (n, width)}: one entry per text encoder width the embedding fits."""
+    if "clip_l" in tensors and "clip_g" in tensors:
+        found = [tensors["clip_l"], tensors["clip_g"]]
+    elif "emb_params" in tensors:
+        found = [tensors["emb_params"]]
+    elif len(tensors) == 1:
+        found = list(tensors.values())
+    else:
+        raise ValueError(f"embedding {name!r} is not in a format this studio reads")
+    return {t.shape[-1]: t.reshape(-1, t.shape[-1]).float() for t in found}
+
+
+def _load_controlnet(ref: ModelRef, device, dtype):
+    """A diffusers folder, or one .safetensors in diffusers or original (LDM) layout read with the
+    family's shipped config (or the add-on's own config folder)."""
+    from diffusers import ControlNetModel
+    from safetensors.torch import load_file
+
+    from .families import CONFIGS
+
+    path = Path(ref.source)
+    if path.is_dir():
+        model = ControlNetModel.from_pretrained(path, torch_dtype=dtype, local_files_only=True)
+    else:
+        config = Path(ref.config) if ref.config else CONFIGS / CONTROLNET_FAMILY_CONFIGS.get(ref.family, "")
+        if not (config / "config.json").is_file():
+            raise ValueError(f"ControlNet {ref.name!r}: no config for its family ({ref.family or 'unknown'})")
+        if any(k.startswith("controlnet_cond_embedding.") for k in read_header(path)):
+            model = ControlNetModel.from_config(ControlNetModel.load_config(config))
+            model.load_state_dict(load_file(path))
+        else:
+            model = ControlNetModel.from_single_file(path, config=str(config.resolve()), local_files_only=True)
+    return model.to(device, dtype).eval()
+
+
+def _lora_targets(pipe) -> dict[str, tuple[torch.nn.Module, bool]]:
+    """{every name a LoRA file may give a layer: (the module, is it in the UNet)}: Kohya's names
+    (diffusers numbering for SD 1.x, LDM numbering for SDXL) and PEFT's."""
+    targets = {}
+    for name, module in pipe.unet.named_modules():
+        if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
+            ldm = unet_key_to_ldm(name, pipe.unet.config)
+            for alias in ("lora_unet_" + name.replace(".", "_"), "lora_unet_" + ldm.replace(".", "_"), "unet." + name):
+                targets[alias] = (module, True)
+    xl = getattr(pipe, "text_encoder_2", None) is not None
+    for prefix, peft, encoder in (("te1" if xl else "te", "text_encoder", pipe.text_encoder),
+                                  ("te2", "text_encoder_2", getattr(pipe, "text_encoder_2", None))):
+        for name, module in encoder.named_modules() if encoder is not None else ():
+            if isinstance(module, torch.nn.Linear):
+                plain = name.removeprefix("text_model.")
+                for alias in (f"lora_{prefix}_text_model_" + plain.replace(".", "_"), f"{peft}.{plain}",
+                              f"{peft}.text_model.{plain}"):
+                    targets[alias] = (module, False)
+    return targets
+
+
+@contextlib.contextmanager
+def applied_loras(pipe, loras: list[tuple[LoadedAddon, LoraUse]]):
+    """Merge each LoRA into the weights it changes (W += weight * alpha / rank * up @ down) for the
+    body of the `with`, then copy the original weights back: the next run sees exactly the model
+    it would have seen without this one. Merged, a LoRA costs nothing per step."""
+    saved: dict[torch.nn.Module, torch.Tensor] = {}
+    try:
+        targets = _lora_targets(pipe) if loras else {}
+        for lora, use in loras:
+            matched = 0
+            for base, (down, up, alpha) in lora.value.items():
+                module, in_unet = targets.get(base, (None, False))
+                if module is None:
+                    continue
+                matched += 1
+                weight = module.weight
+                if module not in saved:
+                    saved[module] = weight.detach().clone()
+                scale = (use.unet if in_unet else use.te) * (alpha / down.shape[0] if alpha else 1.0)
+                delta = up.flatten(1).to(weight.device, torch.float32) @ down.flatten(1).to(weight.device, torch.float32)
+                weight.data += (scale * delta).reshape(weight.shape).to(weight.dtype)
+            if not matched:
+                raise ValueError(f"LoRA {lora.name!r} changes no layer of this model: it is for another family")
+        yield
+    finally:
+        with torch.no_grad():
+            for module, weight in saved.items():
+                module.weight.copy_(weight)
+
+
+def embeddings_for(encoder, embeddings: list[LoadedAddon]) -> dict[str, torch.Tensor]:
+    """{name: vectors (n, width)} of the embeddings for one text encoder, by its width."""
+    width = encoder.get_input_embeddings().embedding_dim
+    found = {}
+    for embedding in embeddings:
+        if width not in embedding.value:
+            widths = ", ".join(str(w) for w in embedding.value)
+            raise ValueError(f"embedding {embedding.name!r} is for another family (vectors of {widths}, this model's "
+                             f"text encoder takes {width})")
+        found[embedding.name] = embedding.value[width]
+    return found
+
+
+def controlnet_scales(controlnet, control_mode: int):
+    """A1111's "My prompt is more important": each residual scaled by 0.825 ** (its distance from
+    the deepest), as a forward hook for the run; None for the other modes."""
+    if control_mode != 1:
+        return None
+
+    def hook(module, args, output):
+        down, mid = output
+        n = len(down) + 1
+        return [d * 0.825 ** (n - 1 - i) for i, d in enumerate(down)], mid
+
+    return controlnet.register_forward_hook(hook)
+
+
+def control_image(unit: ControlUnit, width: int, height: int):
+    from .controlmaps import control_map
+    from .images import resize
+
+    mapped = control_map(unit.image, unit.module, unit.processor_res, unit.threshold_a, unit.threshold_b)
+    return resize(mapped.convert("RGB"), width, height, unit.resize_mode)
