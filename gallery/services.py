@@ -12,6 +12,7 @@ from django.utils import timezone
 
 from gallery.models import Image, Report
 from generation.models import Job, PromptAudit, UserSettings
+from generation.services.addons import addons_delete_owned
 from generation.services.audit import pseudonym, staff_action
 
 
@@ -69,6 +70,9 @@ def account_delete(*, user) -> None:
     too); their audit rows stay, pseudonymised."""
     images = list(Image.objects.filter(owner=user))
     inputs = {name for pair in Job.objects.filter(user=user).values_list("init_image", "mask") for name in pair if name}
+    controls = {a["image"] for addons in Job.objects.filter(user=user).exclude(addons=[]).values_list("addons", flat=True)
+                for a in addons if "image" in a}
+    addons_delete_owned(user=user)
     with transaction.atomic():
         PromptAudit.objects.pseudonymise_user(user.pk, pseudonym(user.pk))
         Image.objects.filter(owner=user).delete()
@@ -78,6 +82,9 @@ def account_delete(*, user) -> None:
     shared = Job.objects.filter(Q(init_image__in=inputs) | Q(mask__in=inputs)).values_list("init_image", "mask")
     for name in inputs - {name for pair in shared for name in pair}:
         default_storage.delete(name)
+    for name in controls:
+        if not Job.objects.filter(Q(init_image=name) | Q(mask=name) | Q(addons__icontains=name)).exists():
+            default_storage.delete(name)
 
 
 def export_zip(*, user, into) -> None:

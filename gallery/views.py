@@ -17,7 +17,7 @@ from generation.engine.upscale import upscaled_size
 from generation.models import Job
 from generation.presenters import back_to
 from generation.services.credits import quote_cost
-from generation.services.submit import Refused, job_inputs, job_submit
+from generation.services.submit import Refused, job_control_units, job_inputs, job_submit
 from sdweb import throttle
 from sdweb.throttle import client_ip
 
@@ -131,7 +131,8 @@ def image_delete(request, hex_id):
 def image_variants(request, hex_id):
     """Same settings, new seeds: a new job through the same checks, charge and audit."""
     job = _managed(request, hex_id, "view").job
-    params = {**job.params(), "seed": -1, "checkpoint": job.checkpoint, **job_inputs(job)}
+    params = {**job.params(), "seed": -1, "checkpoint": job.checkpoint, **job_inputs(job),
+              "controlnet": job_control_units(job)}
     try:
         new_job = job_submit(user=request.user, params=params, client_ip=client_ip(request))
     except Refused as refusal:

@@ -10,7 +10,8 @@ from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import path
 
-from generation.models import BlockRule, Checkpoint, CreditAccount, CreditEntry, Job, PromptAudit, StaffAction, Vae
+from generation.models import AddOn, BlockRule, Checkpoint, CreditAccount, CreditEntry, Job, PromptAudit, StaffAction, Vae
+from generation.services.addons import addon_publish, addons_remove, addons_scan
 from generation.services.audit import staff_action
 from generation.services.checkpoints import checkpoints_scan
 from generation.services.credits import credits_grant
@@ -40,6 +41,57 @@ class CheckpointAdmin(admin.ModelAdmin):
         for name, reason in skipped.items():
             self.message_user(request, f"Skipped {name}: {reason}", level=messages.WARNING)
         return redirect("admin:generation_checkpoint_changelist")
+
+
+@admin.register(AddOn)
+class AddOnAdmin(admin.ModelAdmin):
+    list_display = ("name", "kind", "family", "short_hash", "owner", "published", "enabled", "trigger_words")
+    list_filter = ("kind", "family", "enabled", "published")
+    search_fields = ("name", "owner__username", "sha256")
+    readonly_fields = ("kind", "family", "source", "stored", "sha256", "file_size", "file_mtime", "owner", "published",
+                       "preview")
+    actions = ["publish", "unpublish"]
+    change_list_template = "admin/generation/addon/change_list.html"
+
+    def has_add_permission(self, request):
+        return False  # files come from the add-on folders (Scan) or users' uploads
+
+    def get_urls(self):
+        scan = path("scan/", self.admin_site.admin_view(self.scan), name="generation_addon_scan")
+        return [scan] + super().get_urls()
+
+    def scan(self, request):
+        if request.method != "POST" or not request.user.has_perm("generation.add_addon"):
+            raise PermissionDenied
+        found, skipped = addons_scan()
+        staff_action(staff=request.user, action="scan add-ons", target="add-on folders",
+                     details=json.dumps({"registered": [a.title for a in found], "skipped": skipped}))
+        self.message_user(request, f"{len(found)} add-on(s) in the add-on folders: "
+                                   + (", ".join(a.title for a in found) or "none"))
+        for name, reason in skipped.items():
+            self.message_user(request, f"Skipped {name}: {reason}", level=messages.WARNING)
+        return redirect("admin:generation_addon_changelist")
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        staff_action(staff=request.user, action="change add-on", target=f"{obj.get_kind_display()} {obj.title}",
+                     details=", ".join(form.changed_data))
+
+    def delete_model(self, request, obj):
+        addons_remove(staff=request.user, addons=[obj])
+
+    def delete_queryset(self, request, queryset):
+        addons_remove(staff=request.user, addons=list(queryset))
+
+    @admin.action(description="Publish the selected uploads to everyone", permissions=["change"])
+    def publish(self, request, queryset):
+        for addon in queryset.exclude(owner=None):
+            addon_publish(staff=request.user, addon=addon, published=True)
+
+    @admin.action(description="Make the selected uploads private again", permissions=["change"])
+    def unpublish(self, request, queryset):
+        for addon in queryset.exclude(owner=None):
+            addon_publish(staff=request.user, addon=addon, published=False)
 
 
 @admin.register(Vae)

@@ -1,8 +1,10 @@
 from django import forms
 from django.conf import settings
 
+from generation.engine.controlmaps import MODULES
 from generation.engine.families import FAMILIES
 from generation.engine.request import (
+    CONTROL_MODES,
     LATENT_UPSCALERS,
     MASKED_CONTENT,
     MAX_PROMPT_CHARS,
@@ -12,8 +14,8 @@ from generation.engine.request import (
     RESIZE_MODES,
 )
 from generation.engine.schedulers import SCHEDULERS
-from generation.models import Checkpoint, Vae
-from generation.selectors import default_checkpoint
+from generation.models import AddOn, Checkpoint, Vae
+from generation.selectors import addons_for, default_checkpoint
 
 SIZE_PRESETS = [(256, 256), (512, 512), (512, 768), (768, 512), (768, 768), (1024, 1024)]
 # SDXL's usual sizes: about a megapixel, in the aspect ratios it was trained on.
@@ -73,8 +75,33 @@ class GenerateForm(forms.Form):
     hr_second_pass_steps = forms.IntegerField(min_value=0, max_value=MAX_STEPS, initial=0, required=False,
                                               label="Second pass", help_text="Its steps; 0: as many as the first pass.")
 
-    def __init__(self, *args, **kwargs):
+    # One ControlNet unit from the page (the APIs take several): its image is an upload, a gallery
+    # image ("Use as control image"), or else the starting image.
+    cn_model = forms.ModelChoiceField(queryset=AddOn.objects.none(), required=False, empty_label="None",
+                                      label="ControlNet model")
+    cn_image = forms.FileField(required=False, label="Control image", widget=forms.ClearableFileInput(
+        attrs={"accept": "image/png,image/jpeg,image/webp"}), help_text="Empty: the starting image.")
+    cn_image_id = forms.CharField(required=False, widget=forms.HiddenInput)
+    cn_module = forms.ChoiceField(choices=[(m, m) for m in MODULES], initial="canny", required=False,
+                                  label="Preprocessor")
+    cn_weight = forms.FloatField(min_value=0, max_value=2, initial=1, required=False, label="Control weight",
+                                 widget=forms.NumberInput(attrs={"step": 0.05}))
+    cn_guidance_start = forms.FloatField(min_value=0, max_value=1, initial=0, required=False,
+                                         label="Starting control step", widget=forms.NumberInput(attrs={"step": 0.05}))
+    cn_guidance_end = forms.FloatField(min_value=0, max_value=1, initial=1, required=False, label="Ending control step",
+                                       widget=forms.NumberInput(attrs={"step": 0.05}))
+    cn_control_mode = forms.TypedChoiceField(choices=list(enumerate(CONTROL_MODES)), coerce=int, initial=0,
+                                             required=False, label="Control mode")
+    cn_resize_mode = forms.TypedChoiceField(choices=list(enumerate(RESIZE_MODES)), coerce=int, initial=1,
+                                            required=False, label="Control fit")
+    cn_threshold_a = forms.FloatField(min_value=1, max_value=255, initial=100, required=False,
+                                      label="Canny low threshold")
+    cn_threshold_b = forms.FloatField(min_value=1, max_value=255, initial=200, required=False,
+                                      label="Canny high threshold")
+
+    def __init__(self, *args, user=None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.fields["cn_model"].queryset = addons_for(user, AddOn.CONTROLNET)
         self.fields["checkpoint"].queryset = Checkpoint.objects.filter(enabled=True, family__in=TXT2IMG_FAMILIES)
         self.fields["refiner"].queryset = Checkpoint.objects.filter(enabled=True, family__in=["sdxl", "sdxl-refiner"])
         self.fields["vae"].queryset = Vae.objects.filter(enabled=True)
@@ -93,6 +120,11 @@ class GenerateForm(forms.Form):
         for field, default in defaults.items():
             if data.get(field) in (None, ""):
                 data[field] = default
+        for field, default in (("cn_weight", 1.0), ("cn_guidance_start", 0.0), ("cn_guidance_end", 1.0),
+                               ("cn_control_mode", 0), ("cn_resize_mode", 1), ("cn_module", "canny"),
+                               ("cn_threshold_a", -1), ("cn_threshold_b", -1)):
+            if data.get(field) in (None, ""):
+                data[field] = default
         if not data.get("enable_hr"):  # the strength field is shared; hires keeps A1111's own 0.7 default
             data.pop("hr_scale"), data.pop("hr_upscaler"), data.pop("hr_second_pass_steps")
         return data
@@ -102,3 +134,12 @@ class GenerateForm(forms.Form):
 
     def clean_refiner_switch_at(self):
         return self.cleaned_data["refiner_switch_at"] or 0.8
+
+
+class AddonUploadForm(forms.Form):
+    kind = forms.ChoiceField(choices=[(AddOn.LORA, "LoRA"), (AddOn.EMBEDDING, "Embedding")])
+    name = forms.CharField(max_length=100, help_text="How prompts call it: <lora:name:0.8>, or the embedding's word.")
+    file = forms.FileField(label="File", widget=forms.FileInput(attrs={"accept": ".safetensors"}),
+                           help_text=".safetensors only.")
+    preview = forms.FileField(required=False, label="Preview picture", widget=forms.FileInput(
+        attrs={"accept": "image/png,image/jpeg,image/webp"}), help_text="Optional: PNG, JPEG or WebP.")

@@ -107,9 +107,61 @@ class Checkpoint(models.Model):
                         hash=self.short_hash)
 
 
+class AddOn(models.Model):
+    """A LoRA, textual-inversion embedding or ControlNet: the operator's library (files in the
+    add-on folders, owner empty) or a user's own upload (private unless staff publish it)."""
+
+    LORA, EMBEDDING, CONTROLNET = "lora", "embedding", "controlnet"
+    KINDS = [(LORA, "LoRA"), (EMBEDDING, "Embedding"), (CONTROLNET, "ControlNet")]
+    BASE_FAMILIES = [("sd1", "SD 1.x"), ("sd2", "SD 2.x"), ("sdxl", "SDXL")]
+
+    kind = models.CharField(max_length=12, choices=KINDS)
+    name = models.CharField(max_length=100, help_text="As prompts name it: <lora:name:1>, or the embedding's word")
+    family = models.CharField(max_length=8, choices=BASE_FAMILIES, help_text="Told from the file's tensors")
+    source = models.CharField(max_length=500, help_text="The .safetensors file (an upload: its storage name)")
+    stored = models.BooleanField(default=False, help_text="An upload kept in the site's storage, not a worker's file")
+    config = models.CharField(max_length=500, blank=True, help_text="A ControlNet's diffusers config folder; "
+                                                                    "blank: the one shipped for its family")
+    sha256 = models.CharField(max_length=64)
+    file_size = models.BigIntegerField()
+    file_mtime = models.FloatField(null=True, blank=True)
+    trigger_words = models.CharField(max_length=500, blank=True, help_text="From the file's training tags")
+    preview = models.CharField(max_length=500, blank=True, help_text="A preview picture (storage name)")
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE,
+                              related_name="addons", help_text="Empty: the operator's library, for everyone")
+    published = models.BooleanField(default=False, help_text="An upload shown to everyone (staff decide)")
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["kind", "name"]
+        verbose_name = "add-on"
+        constraints = [
+            models.UniqueConstraint(fields=["kind", "name"], condition=Q(owner__isnull=True), name="one_library_addon_name"),
+            models.UniqueConstraint(fields=["kind", "name", "owner"], name="one_addon_name_per_owner"),
+        ]
+
+    def __str__(self):
+        return f"{self.get_kind_display()} {self.name}"
+
+    @property
+    def short_hash(self) -> str:
+        """A1111's: 12 hex digits for LoRAs and embeddings; the ControlNet extension's: 8."""
+        return self.sha256[:8 if self.kind == self.CONTROLNET else 12]
+
+    @property
+    def title(self) -> str:
+        return f"{self.name} [{self.short_hash}]"
+
+    @property
+    def tag(self) -> str:
+        return f"<lora:{self.name}:1>" if self.kind == self.LORA else self.name
+
+
 IMAGE_INPUT_PARAMS = ("denoising_strength", "resize_mode", "mask_blur", "inpainting_fill", "inpaint_full_res",
                       "inpaint_full_res_padding", "inpainting_mask_invert")
-INPUT_DIGESTS = ("init_image_sha256", "mask_sha256", "init_image_id")  # what the audit records of a job's inputs
+# What the audit records of a job's inputs
+INPUT_DIGESTS = ("init_image_sha256", "mask_sha256", "init_image_id", "controlnet_sha256")
 HIRES_PARAMS = ("enable_hr", "hr_scale", "hr_upscaler", "hr_second_pass_steps", "hr_resize_x", "hr_resize_y")
 
 
@@ -162,6 +214,8 @@ class Job(models.Model):
     # An upscale of a finished image (init_image): no denoising, the picture resized by upscale_by.
     upscale_by = models.FloatField(default=0, help_text="0: not an upscale")
     upscaler = models.CharField(max_length=40, blank=True)
+    addons = models.JSONField(default=list, blank=True, help_text="LoRAs, embeddings and ControlNet units it used: "
+                                                                  "names, hashes, settings")
     image_ids = models.JSONField(help_text="Identifiers allocated at submit; also the watermark payloads")
     cost = models.PositiveIntegerField()
 

@@ -1,6 +1,8 @@
 """Reads of the generation domain that take more than a line."""
 
-from generation.models import Checkpoint, Job, UserSettings
+from django.db.models import Case, IntegerField, Q, Value, When
+
+from generation.models import AddOn, Checkpoint, Job, UserSettings
 
 
 def job_for_viewer(user, job_id) -> Job | None:
@@ -33,3 +35,21 @@ def user_checkpoint(user) -> Checkpoint | None:
     """The user's own default (A1111 clients set it through /sdapi/v1/options), else the site's."""
     chosen = UserSettings.objects.filter(user=user).values_list("default_checkpoint", flat=True).first()
     return Checkpoint.objects.filter(enabled=True, pk=chosen).first() or default_checkpoint()
+
+
+def addons_for(user, kind: str | None = None):
+    """The add-ons `user` may use: the library, published uploads and their own; their own first
+    where names clash, then the library's."""
+    shown = Q(owner=None) | Q(published=True)
+    if user is not None and user.is_authenticated:
+        shown |= Q(owner=user)
+    found = AddOn.objects.filter(shown, enabled=True).select_related("owner")
+    if kind:
+        found = found.filter(kind=kind)
+    rank = Case(When(owner=user.pk if user is not None and user.is_authenticated else None, then=Value(0)),
+                When(owner=None, then=Value(1)), default=Value(2), output_field=IntegerField())
+    return found.annotate(rank=rank).order_by("kind", "name", "rank")
+
+
+def addon_named(user, kind: str, name) -> AddOn | None:
+    return addons_for(user, kind).filter(name=name).first() if isinstance(name, str) else None

@@ -1,3 +1,4 @@
+import base64
 import hmac
 import uuid
 
@@ -5,22 +6,27 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.admin.views.decorators import staff_member_required
 from django.contrib.auth.decorators import login_required, permission_required
-from django.http import Http404, HttpResponse
+from django.core.files.storage import default_storage
+from django.db.models import Sum
+from django.http import FileResponse, Http404, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from gallery.models import Image
 from generation.dashboard import figures
-from generation.forms import SDXL_PRESETS, SIZE_PRESETS, GenerateForm
+from generation.engine.controlmaps import control_map
+from generation.forms import SDXL_PRESETS, SIZE_PRESETS, AddonUploadForm, GenerateForm
 from generation.metrics import render_database_metrics
-from generation.models import Job
+from generation.models import AddOn, Job
 from generation.presenters import back_to
-from generation.selectors import job_for_viewer
+from generation.selectors import addons_for, job_for_viewer
+from generation.services.addons import addon_delete, addon_upload
 from generation.services.audit import audit_refused
 from generation.services.credits import credits_topup_if_due
 from generation.services.queue import job_cancel as cancel
 from generation.services.submit import Refused, default_size, job_submit
+from generation.uploads import png_bytes, read_image
 from sdweb.throttle import client_ip
 
 
@@ -42,12 +48,18 @@ def generate(request):
         initial = {**initial, "init_image_id": start.hex_id}
         if "prompt" not in request.GET:  # "Use as starting image": the job takes the image's size
             initial |= dict(zip(("width", "height"), default_size(start.width, start.height)))
-    form = GenerateForm(request.POST or None, request.FILES or None, initial=initial)
+    control = _gallery_image(request, request.GET.get("control") or request.POST.get("cn_image_id") or "")
+    if control is not None and request.method == "GET":
+        initial = {**initial, "cn_image_id": control.hex_id}
+    form = GenerateForm(request.POST or None, request.FILES or None, initial=initial, user=request.user)
     if request.method == "POST" and form.is_valid():
         try:
             job = job_submit(user=request.user, params=_params(form.cleaned_data), client_ip=client_ip(request))
         except Refused as refusal:
-            form.add_error(refusal.field, str(refusal))
+            field = refusal.field or ""
+            if field.startswith("controlnet"):  # the page's one unit: controlnet[0].image -> cn_image
+                field = "cn_" + field.rpartition(".")[2]
+            form.add_error(field if field in form.fields else None, str(refusal))
         else:
             return redirect(reverse("generate") + f"?job={job.pk}")
     elif request.method == "POST":
@@ -56,7 +68,10 @@ def generate(request):
         "form": form, "presets": SIZE_PRESETS, "sdxl_presets": SDXL_PRESETS, "cost_unit": settings.SDWEB["COST_UNIT"], "job": job,
         "max_side": settings.SDWEB["MAX_SIDE"],
         "recent_jobs": request.user.jobs.select_related("checkpoint")[:10], "start_image": start,
-        "checkpoint_sizes": {c.pk: {"xl": c.xl, "width": c.default_width, "height": c.default_height}
+        "control_image": control, "loras": addons_for(request.user, AddOn.LORA),
+        "embeddings": addons_for(request.user, AddOn.EMBEDDING),
+        "checkpoint_sizes": {c.pk: {"xl": c.xl, "width": c.default_width, "height": c.default_height,
+                                    "family": c.family.split("-")[0]}
                              for c in form.fields["checkpoint"].queryset},
     }, status=400 if form.errors else 200)
 
@@ -66,13 +81,18 @@ def _start_image(request, job):
     the form being resubmitted, or the one the shown job started from."""
     value = request.GET.get("init") or request.POST.get("init_image_id") or (
         f"{job.init_image_id:016x}" if job and job.init_image_id and request.method == "GET" else "")
+    return _gallery_image(request, value)
+
+
+def _gallery_image(request, value: str):
     image = Image.objects.filter(pk=int(value, 16)).first() if _is_hex_id(value) else None
     return image if image is not None and image.can_view(request.user) else None
 
 
 def _params(data: dict) -> dict:
     """The form's data as submit takes it: uploads as bytes, a gallery image by its id."""
-    params = {k: v for k, v in data.items() if k not in ("init_image", "init_image_id", "mask")}
+    params = {k: v for k, v in data.items() if k not in ("init_image", "init_image_id", "mask")
+              and not k.startswith("cn_")}
     for field in ("init_image", "mask"):
         if data.get(field):
             params[field] = data[field].read(settings.SDWEB["UPLOAD_MAX_BYTES"] + 1)
@@ -82,7 +102,27 @@ def _params(data: dict) -> dict:
         if image is None:
             raise Refused("That image no longer exists; upload a starting image.", field="init_image")
         params["init_image"] = image
+    if data.get("cn_model"):
+        params["controlnet"] = [_control_unit(data, params.get("init_image"))]
     return params
+
+
+def _control_unit(data: dict, init_image) -> dict:
+    """The page's ControlNet unit as submit takes it."""
+    unit = {k.removeprefix("cn_"): v for k, v in data.items() if k.startswith("cn_") and k not in (
+        "cn_model", "cn_image", "cn_image_id")} | {"model": data["cn_model"].name}
+    if data.get("cn_image"):
+        unit["image"] = data["cn_image"].read(settings.SDWEB["UPLOAD_MAX_BYTES"] + 1)
+    elif data.get("cn_image_id"):
+        unit["image"] = Image.objects.filter(pk=int(data["cn_image_id"], 16)).first() if _is_hex_id(
+            data["cn_image_id"]) else None
+    else:
+        unit["image"] = init_image
+    if unit["image"] is None:
+        raise Refused("Choose a control image (or a starting image) for the ControlNet.", field="cn_image")
+    if unit["module"] != "canny":
+        unit.pop("threshold_a"), unit.pop("threshold_b")
+    return unit
 
 
 def _is_hex_id(value: str) -> bool:
@@ -134,3 +174,69 @@ def metrics(request):
 def dashboard(request):
     """Staff: the key figures of the last 24 hours and 7 days, with jobs charted."""
     return render(request, "dashboard.html", {"windows": [figures(24), figures(24 * 7)]})
+
+
+@login_required
+@require_POST
+def control_map_preview(request):
+    """The ControlNet unit's map as the job will make it, from the control image (an upload or a
+    gallery image), else the starting image: JSON {"image": data URL} or {"error": why}."""
+    try:
+        upload = request.FILES.get("cn_image") or request.FILES.get("init_image")
+        image = _gallery_image(request, request.POST.get("cn_image_id") or request.POST.get("init_image_id") or "")
+        if upload is not None:
+            data = upload.read(settings.SDWEB["UPLOAD_MAX_BYTES"] + 1)
+        elif image is not None:
+            with default_storage.open(image.png.name, "rb") as file:
+                data = file.read()
+        else:
+            raise ValueError("cn_image: choose a control image (or a starting image) first")
+        thresholds = [float(request.POST.get(f"cn_threshold_{x}") or -1) for x in "ab"]
+        picture = control_map(read_image(data, field="cn_image").image, request.POST.get("cn_module", "none"), 512,
+                              *thresholds)
+    except ValueError as error:
+        message = str(error).partition(": ")[2] or str(error)
+        return JsonResponse({"error": message[:1].upper() + message[1:]}, status=400)
+    picture.thumbnail((768, 768))
+    return JsonResponse({"image": "data:image/png;base64," + base64.b64encode(png_bytes(picture)).decode()})
+
+
+@login_required
+def addons_page(request):
+    """The add-ons a user may use (the library, published uploads, their own), and their uploads."""
+    form = AddonUploadForm(request.POST or None, request.FILES or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            addon = addon_upload(user=request.user, kind=form.cleaned_data["kind"], name=form.cleaned_data["name"],
+                                 file=form.cleaned_data["file"], preview=form.cleaned_data.get("preview"))
+        except ValueError as error:
+            field, _, message = str(error).partition(": ")
+            form.add_error(field if field in form.fields else None, message[:1].upper() + message[1:])
+        else:
+            messages.success(request, f"{addon.get_kind_display()} {addon.name} is in your library; only you can use it.")
+            return redirect("addons")
+    used = request.user.addons.aggregate(total=Sum("file_size"))["total"] or 0
+    return render(request, "addons.html", {
+        "form": form, "addons": addons_for(request.user), "used_mb": used / 2**20,
+        "quota_mb": settings.SDWEB["ADDON_QUOTA_BYTES"] / 2**20}, status=400 if form.errors else 200)
+
+
+@login_required
+@require_POST
+def addon_remove(request, addon_id):
+    try:
+        addon_delete(user=request.user, addon_id=addon_id)
+    except AddOn.DoesNotExist:
+        raise Http404
+    messages.info(request, "Deleted; jobs that used it keep its name and hash.")
+    return redirect("addons")
+
+
+@login_required
+def addon_preview(request, addon_id):
+    addon = addons_for(request.user).filter(pk=addon_id).exclude(preview="").first()
+    if addon is None:
+        raise Http404
+    response = FileResponse(default_storage.open(addon.preview, "rb"), content_type="image/png")
+    response["Cache-Control"] = "private, max-age=3600"
+    return response

@@ -294,6 +294,14 @@ SDWEB = {
     # Proxies whose X-Forwarded-For is believed (addresses or networks); empty: none, REMOTE_ADDR is the client.
     "TRUSTED_PROXIES": env_networks("SDWEB_TRUSTED_PROXIES"),
     "MODELS_DIR": Path(env("SDWEB_MODELS_DIR", str(VAR_DIR / "models"))),
+    # Add-on folders, as A1111 lays them out (scan_models registers what is in them)
+    "LORA_DIR": Path(env("SDWEB_LORA_DIR", str(VAR_DIR / "models" / "Lora"))),
+    "EMBEDDINGS_DIR": Path(env("SDWEB_EMBEDDINGS_DIR", str(VAR_DIR / "models" / "embeddings"))),
+    "CONTROLNET_DIR": Path(env("SDWEB_CONTROLNET_DIR", str(VAR_DIR / "models" / "ControlNet"))),
+    # A user's own LoRAs and embeddings: bytes of one file, and of all of them together
+    "ADDON_MAX_BYTES": env_int("SDWEB_ADDON_MAX_BYTES", 1024 * 2**20, minimum=2**20),
+    "ADDON_QUOTA_BYTES": env_int("SDWEB_ADDON_QUOTA_BYTES", 2 * 1024 * 2**20, minimum=0),
+    "CONTROLNET_MAX_UNITS": env_int("SDWEB_CONTROLNET_MAX_UNITS", 3, minimum=0),
     "AUDIT_RETENTION_DAYS": env_int("SDWEB_AUDIT_RETENTION_DAYS", 365),  # prune_audit keeps at least this
     # Prompt filter rules beside the admin's: words or phrases, "re:" before a regular expression; "|" between
     "BLOCKLIST": [rule.strip() for rule in env("SDWEB_BLOCKLIST", "").split("|") if rule.strip()],
@@ -319,8 +327,8 @@ SDWEB = {
     "TAESD": env("SDWEB_TAESD", ""),  # an AutoencoderTiny folder for truer previews
     "SAFETY_CHECKER": env("SDWEB_SAFETY_CHECKER", "off"),  # "off" or a StableDiffusionSafetyChecker folder
 }
-# A1111 clients send an image and a mask as base64 in one JSON body.
-DATA_UPLOAD_MAX_MEMORY_SIZE = 2 * (SDWEB["UPLOAD_MAX_BYTES"] * 4 // 3) + 2**20
+# A1111 clients send an image, a mask and each ControlNet unit's image as base64 in one JSON body.
+DATA_UPLOAD_MAX_MEMORY_SIZE = (2 + SDWEB["CONTROLNET_MAX_UNITS"]) * (SDWEB["UPLOAD_MAX_BYTES"] * 4 // 3) + 2**20
 if SDWEB["MAX_STEPS"] > 150:
     raise RuntimeError(f"SDWEB_MAX_STEPS must be at most 150 (got {SDWEB['MAX_STEPS']})")
 

@@ -6,7 +6,7 @@ from gallery import api as gallery_api
 from gallery import views as gallery_views
 from generation import api
 from generation import views as generation_views
-from generation.compat import a1111, openai
+from generation.compat import a1111, a1111_addons, openai
 from sdweb import views
 
 urlpatterns = [
@@ -15,6 +15,10 @@ urlpatterns = [
     path("metrics", generation_views.metrics, name="metrics"),
     path("staff/dashboard/", generation_views.dashboard, name="dashboard"),
     path("generate/", generation_views.generate, name="generate"),
+    path("generate/control-map/", generation_views.control_map_preview, name="control-map"),
+    path("addons/", generation_views.addons_page, name="addons"),
+    path("addons/<int:addon_id>/delete/", generation_views.addon_remove, name="addon-delete"),
+    path("addons/<int:addon_id>/preview.png", generation_views.addon_preview, name="addon-preview"),
     path("jobs/<uuid:job_id>/", generation_views.job_detail, name="job"),
     path("jobs/<uuid:job_id>/cancel/", generation_views.job_cancel, name="job-cancel"),
     path("jobs/<uuid:job_id>/keep/", gallery_views.job_keep, name="job-keep"),
@@ -66,7 +70,14 @@ urlpatterns = [
     path("sdapi/v1/samplers", a1111.Samplers.as_view()),
     path("sdapi/v1/schedulers", a1111.Schedulers.as_view()),
     path("sdapi/v1/options", a1111.Options.as_view()),
-    path("sdapi/v1/embeddings", a1111.Embeddings.as_view()),
+    path("sdapi/v1/embeddings", a1111_addons.Embeddings.as_view()),
+    path("sdapi/v1/loras", a1111_addons.Loras.as_view()),
+    path("sdapi/v1/refresh-loras", a1111_addons.RefreshLoras.as_view()),
+    path("sdapi/v1/scripts", a1111_addons.Scripts.as_view()),
+    path("controlnet/version", a1111_addons.ControlNetVersion.as_view()),
+    path("controlnet/model_list", a1111_addons.ControlNetModels.as_view()),
+    path("controlnet/module_list", a1111_addons.ControlNetModules.as_view()),
+    path("controlnet/detect", a1111_addons.ControlNetDetect.as_view()),
     path("sdapi/v1/sd-vae", a1111.SdVae.as_view()),
     *[path(f"sdapi/v1/{name}", a1111.EmptyList.as_view()) for name in a1111.EMPTY_LISTS],
     path("v1/images/generations", openai.images_generations, name="openai-generations"),

@@ -16,6 +16,7 @@ from PIL import Image as PILImage
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from generation.compat.controlnet import a1111_field, controlnet_units
 from generation.engine.request import LATENT_UPSCALERS, PIXEL_UPSCALERS
 from generation.engine.schedulers import SCHEDULERS, resolve_scheduler
 from generation.live import wait_for_end
@@ -40,7 +41,7 @@ NEUTRAL = {
     "s_churn": (0, 0.0, None), "s_tmin": (0, 0.0, None), "s_tmax": (None, 0, 0.0, float("inf")),
     "s_noise": (1, 1.0, None), "s_min_uncond": (0, 0.0, None), "restore_faces": (False, None),
     "tiling": (False, None),
-    "script_name": (None, ""), "script_args": ([], None), "alwayson_scripts": ({}, None),
+    "script_name": (None, ""), "script_args": ([], None),
     "firstphase_width": (0, None), "firstphase_height": (0, None), "firstpass_image": (None,),
 }
 # Fields that never change the picture (saving, returning, what only other models read).
@@ -52,12 +53,11 @@ HARMLESS = {
 }
 USED = {"prompt", "negative_prompt", "seed", "steps", "cfg_scale", "width", "height", "sampler_name", "scheduler",
         "batch_size", "n_iter", "override_settings", "refiner_checkpoint", "refiner_switch_at", "denoising_strength",
-        *HIRES_PARAMS, "init_images", "mask", *IMAGE_INPUT_PARAMS}
+        *HIRES_PARAMS, "init_images", "mask", *IMAGE_INPUT_PARAMS, "alwayson_scripts"}
 A1111_FIELDS = {"guidance_scale": "cfg_scale", "num_images": "batch_size", "refiner": "refiner_checkpoint",
                 "clip_skip": "override_settings.CLIP_stop_at_last_layers", "vae": "override_settings.sd_vae",
                 "init_image": "init_images"}
-EMPTY_LISTS = ("loras", "prompt-styles", "hypernetworks",
-               "face-restorers", "realesrgan-models", "scripts")
+EMPTY_LISTS = ("prompt-styles", "hypernetworks", "face-restorers", "realesrgan-models")
 
 
 def a1111_error(status: int, detail: str, error: str = "HTTPException") -> Response:
@@ -145,6 +145,8 @@ def translate(payload: dict, user) -> tuple[dict, list[str]]:
     if vae is not None:
         params["vae"] = vae
     params |= _image_params(payload) if "init_images" in payload else _hires(payload)
+    if units := controlnet_units(payload, params.get("init_image")):
+        params["controlnet"] = units
     if not payload.get("enable_hr"):  # hires settings sent while it is off change nothing: say so
         unused = HIRES_PARAMS if "init_images" in payload else (*HIRES_PARAMS, "denoising_strength")
         ignored += [field for field in unused if field in payload]
@@ -203,7 +205,7 @@ class Txt2Img(A1111View):
         try:
             job = job_submit(user=request.user, params=params, client_ip=client_ip(request))
         except Refused as refusal:
-            field = A1111_FIELDS.get(refusal.field, refusal.field)
+            field = a1111_field(A1111_FIELDS.get(refusal.field, refusal.field))
             return a1111_error(refusal_status(refusal), f"{field}: {refusal}" if field else str(refusal))
         # The A1111 call is synchronous: this request waits for the job's end, heard on the channel layer.
         wait_for_end(job.pk, settings.SDWEB["JOB_TIMEOUT_SECONDS"] + 600)
@@ -366,9 +368,3 @@ class EmptyList(A1111View):
     @extend_schema(exclude=True)
     def get(self, request):
         return Response([])
-
-
-class Embeddings(A1111View):
-    @extend_schema(exclude=True)
-    def get(self, request):
-        return Response({"loaded": {}, "skipped": {}})

@@ -89,6 +89,7 @@ def addon_family(kind: str, path) -> str:
     """The base family an add-on file is for ("sd1", "sd2", "sdxl"), from its tensor names and
     shapes; ValueError naming what is wrong with a file that is not the kind it claims to be."""
     header = read_header(path)
+    _check_tensors(header, Path(path).name)
     keys = list(header)
     if kind == "lora":
         if not any(_KOHYA.match(k) for k in keys):
@@ -117,6 +118,26 @@ def addon_family(kind: str, path) -> str:
         widths = [header[k]["shape"][-1] for k in keys if k.endswith("attn2.to_k.weight")]
         return "sd2" if widths and widths[0] == 1024 else "sd1"
     raise ValueError(f"kind must be lora, embedding or controlnet (got {kind!r})")
+
+
+_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
+                "F8_E4M3": 1, "F8_E5M2": 1}
+
+
+def _check_tensors(header: dict, name: str) -> None:
+    """Every tensor of a known type, its bytes exactly its shape's: a file that says it is
+    weights is weights."""
+    for key, tensor in header.items():
+        try:
+            count = 1
+            for side in tensor["shape"]:
+                count *= int(side)
+            start, end = (int(x) for x in tensor["data_offsets"])
+            ok = tensor["dtype"] in _DTYPE_BYTES and end - start == count * _DTYPE_BYTES[tensor["dtype"]]
+        except (TypeError, KeyError, ValueError):
+            ok = False
+        if not ok:
+            raise ValueError(f"{name} is damaged: tensor {key[:80]!r} does not match its declared type and shape")
 
 
 def file_metadata(path) -> dict:

@@ -254,7 +254,21 @@ class GenerationRequest:
         for k, unit in enumerate(self.controlnets):
             from PIL import Image
 
+            from .controlmaps import MAX_PROCESSOR_RES, MODULES
+
             name = f"controlnet unit {k}"
+            if unit.module not in MODULES:
+                raise ValueError(f"{name}: module must be one of {', '.join(MODULES)} (got {unit.module!r})")
+            res = unit.processor_res
+            if not (_is_int(res) and (res == -1 or 64 <= res <= MAX_PROCESSOR_RES)):
+                raise ValueError(f"{name}: processor_res must be -1 (512) or a whole number from 64 to "
+                                 f"{MAX_PROCESSOR_RES} (got {res!r})")
+            for field in ("threshold_a", "threshold_b"):
+                value = getattr(unit, field)
+                if not isinstance(value, (int, float)) or isinstance(value, bool) or unit.module == "canny" and not (
+                        value == -1 or 1 <= value <= 255):
+                    raise ValueError(f"{name}: {field} must be a number" + (
+                        " from 1 to 255 (a Canny threshold) or -1" if unit.module == "canny" else "") + f" (got {value!r})")
             if not isinstance(unit.image, Image.Image):
                 raise ValueError(f"{name}: an image is required")
             if not isinstance(unit.weight, (int, float)) or isinstance(unit.weight, bool) or not 0 <= unit.weight <= 2:

@@ -72,6 +72,8 @@ def audit_append(*, user, client_ip, params: dict, decision: str, reason: str = 
         shown.update(refiner=job.refiner.name if job.refiner else None, vae=job.vae.name if job.vae else None)
         shown.update({f: getattr(job, f) for f in ("init_image_sha256", "mask_sha256", "upscale_by", "upscaler")
                       if getattr(job, f)})
+        if job.addons:  # what the trace names: each add-on's kind, name and file hash
+            shown["addons"] = [{k: a[k] for k in ("kind", "name", "sha256")} for a in job.addons]
     checkpoint_name = checkpoint.name if checkpoint else str(params.get("checkpoint") or "")
     texts = [str(params.get(f) or "") for f in ("prompt", "negative_prompt")]
     for field, text in zip(("prompt", "negative_prompt"), texts):

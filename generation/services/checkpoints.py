@@ -84,11 +84,13 @@ def checkpoints_scan(*, progress_for=None) -> tuple[list, dict[str, str]]:
     Returns (the checkpoints and VAEs, {file name: why it was not registered})."""
     found, skipped = [], {}
     root = Path(settings.SDWEB["MODELS_DIR"])
+    addon_folders = [Path(settings.SDWEB[s]).resolve() for s in ("LORA_DIR", "EMBEDDINGS_DIR", "CONTROLNET_DIR")]
     for path in sorted(root.rglob("*.safetensors")):
         inside = path.relative_to(root).parents
         if any(part.startswith(".") for part in path.relative_to(root).parts) or any(
-                (root / folder / "model_index.json").is_file() for folder in inside):
-            continue  # hidden, or a component of a diffusers folder
+                (root / folder / "model_index.json").is_file() for folder in inside) or any(
+                path.resolve().is_relative_to(folder) for folder in addon_folders):
+            continue  # hidden, a component of a diffusers folder, or an add-on
         progress = progress_for(path) if progress_for else None
         if _is_vae(path):
             if Vae.objects.filter(name=path.name[:100]).exclude(source=str(path)).exists():

@@ -29,6 +29,7 @@ from generation.engine.upscale import upscale
 from generation.live import job_event
 from generation.models import Checkpoint, Job
 from generation.provenance import sign_png
+from generation.services.addons import engine_addons
 from generation.services.credits import credits_refund
 from generation.services.queue import CANCELLED_NOTE, job_claim, job_finish_failed, job_requeue, jobs_reap
 from generation.services.submit import engine_limits, job_inputs
@@ -107,7 +108,8 @@ def job_run(job: Job) -> None:
                              parameters=_source_parameters(job, inputs["init_image"].size), watermark_payload=payloads[0])
         else:
             request = GenerationRequest(model=job.checkpoint.model_ref(), refiner=job.refiner and job.refiner.model_ref(),
-                                        vae=job.vae and job.vae.model_ref(), **job.params(), **inputs)
+                                        vae=job.vae and job.vae.model_ref(), **job.params(), **inputs,
+                                        **engine_addons(job))
             result = generate(request, on_preview=on_preview, should_cancel=should_cancel, watermark_payloads=payloads,
                               **engine_options())
     except GenerationCancelled:

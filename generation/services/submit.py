@@ -13,9 +13,20 @@ from PIL import Image as PILImage
 
 from gallery.models import Image
 from generation import filters
-from generation.engine.request import MIN_SIDE, GenerationRequest, Limits
+from generation.engine.prompts import embedding_pattern, lora_tags
+from generation.engine.request import (
+    CONTROL_MODES,
+    MIN_SIDE,
+    RESIZE_MODES,
+    ControlUnit,
+    GenerationRequest,
+    Limits,
+    LoraUse,
+    ModelRef,
+)
 from generation.engine.upscale import check_upscale, upscaled_size
-from generation.models import INPUT_DIGESTS, Checkpoint, CreditEntry, Job, PromptAudit, UserSettings, Vae, new_image_id
+from generation.models import INPUT_DIGESTS, AddOn, Checkpoint, CreditEntry, Job, PromptAudit, UserSettings, Vae, new_image_id
+from generation.selectors import addon_named, addons_for
 from generation.services.audit import audit_append
 from generation.services.credits import credits_change, locked_account, quote_cost
 from generation.services.queue import enqueue_job
@@ -60,7 +71,7 @@ def job_submit(*, user, params: dict, client_ip: str | None = None, idempotency_
             return earlier
     try:
         inputs = _image_inputs(user, params)
-        checkpoint, fields = (_validated_upscale if "upscale_by" in params else _validated)(params, inputs)
+        checkpoint, fields = (_validated_upscale if "upscale_by" in params else _validated)(params, inputs, user)
         _check_allowed(user, fields["prompt"])
     except Refused as refusal:
         audit_append(user=user, client_ip=client_ip, params=params, decision=PromptAudit.REFUSED,
@@ -116,10 +127,13 @@ def _check_allowed(user, prompt: str) -> None:
 def request_fingerprint(params: dict) -> str:
     shown = {k: str(v.name if isinstance(v, (Checkpoint, Vae)) else v) for k, v in params.items()
              if k in Job.PARAMS or k in ("checkpoint", "refiner", "vae", "upscale_by", "upscaler", *INPUT_DIGESTS)}
+    if isinstance(params.get("controlnet"), list):  # the units' settings; their images are in the digests
+        shown["controlnet"] = str([{k: v for k, v in unit.items() if k != "image"} if isinstance(unit, dict) else unit
+                                   for unit in params["controlnet"]])
     return hashlib.sha256(json.dumps(shown, sort_keys=True).encode()).hexdigest()
 
 
-def _validated(params: dict, inputs: dict) -> tuple[Checkpoint, dict]:
+def _validated(params: dict, inputs: dict, user) -> tuple[Checkpoint, dict]:
     checkpoint = params.get("checkpoint")
     if not isinstance(checkpoint, Checkpoint):
         checkpoint = Checkpoint.objects.enabled_named(checkpoint)
@@ -137,20 +151,85 @@ def _validated(params: dict, inputs: dict) -> tuple[Checkpoint, dict]:
         width, height = default_size(*inputs["init_image"].size)
         fields.setdefault("width", width)
         fields.setdefault("height", height)
+    addons, engine_addons = _addons(user, checkpoint, fields, params.get("controlnet"), inputs.get("controlnet", []))
     try:
         request = GenerationRequest(model=checkpoint.source, **fields, init_image=inputs.get("init_image"),
-                                    mask=inputs.get("mask"))
+                                    mask=inputs.get("mask"), **engine_addons)
         request.validate(engine_limits())
     except (TypeError, ValueError) as error:
         message = str(error)
-        field = next((f for f in (*Job.PARAMS, "init_image", "mask") if message.startswith(f + " ")), None)
+        field = next((f for f in (*Job.PARAMS, "init_image", "mask", "controlnet") if message.startswith(f + " ")), None)
         raise Refused(message[:1].upper() + message[1:], field=field) from error
+    # A ControlNet is about half a UNet: each unit adds half a step's work to every step.
+    passes = [(w, h, steps * (2 + len(request.controlnets)) / 2) for w, h, steps in request.passes()]
     # The seed is fixed now, so a retried job makes the same images.
     return checkpoint, {**{f: getattr(request, f) for f in Job.PARAMS}, "seed": request.seeds()[0], "refiner": refiner,
-                        "vae": vae, "passes": request.passes()}
+                        "vae": vae, "addons": addons, "passes": passes}
 
 
-def _validated_upscale(params: dict, inputs: dict) -> tuple[Checkpoint, dict]:
+def _addons(user, checkpoint: Checkpoint, fields: dict, units, control_images: list) -> tuple[list, dict]:
+    """The LoRAs the prompt's <lora:...> tags name, the embeddings either prompt names (of the
+    checkpoint's family, as A1111 skips the others) and the ControlNet units: (what the job
+    records: names, hashes, settings; the same as the engine takes them)."""
+    family = checkpoint.family.split("-")[0]
+    records, engine = [], {"loras": [], "embeddings": [], "controlnets": []}
+    try:
+        tags = lora_tags(fields["prompt"])
+    except ValueError as error:
+        raise Refused(str(error), field="prompt") from None
+    if "<lora:" in fields["negative_prompt"].lower():
+        raise Refused("LoRA tags work in the prompt, not the negative prompt.", field="negative_prompt")
+    for name, unet, te in tags:
+        addon = _addon(user, AddOn.LORA, name, family, checkpoint, "prompt")
+        records.append({"kind": AddOn.LORA, "name": name, "sha256": addon.sha256, "unet": unet, "te": te})
+        engine["loras"].append(LoraUse(ModelRef(addon.source, name=name, hash=addon.short_hash), unet, te))
+    embeddings = {e.name.lower(): e for e in reversed(addons_for(user, AddOn.EMBEDDING).filter(family=family))}
+    pattern = embedding_pattern(e.name for e in embeddings.values())
+    named = {m.lower() for text in (fields["prompt"], fields["negative_prompt"]) for m in pattern.findall(text)} if (
+        pattern) else set()
+    for addon in (embeddings[name] for name in sorted(named)):
+        records.append({"kind": AddOn.EMBEDDING, "name": addon.name, "sha256": addon.sha256})
+        engine["embeddings"].append(ModelRef(addon.source, name=addon.name, hash=addon.short_hash))
+    for k, (unit, upload) in enumerate(zip(units or [], control_images)):
+        addon = _addon(user, AddOn.CONTROLNET, str(unit.get("model") or "").split(" [")[0], family, checkpoint,
+                       f"controlnet[{k}].model")
+        settings_ = {"module": unit.get("module") or "none", "weight": unit.get("weight", 1.0),
+                     "guidance_start": unit.get("guidance_start", 0.0), "guidance_end": unit.get("guidance_end", 1.0),
+                     "control_mode": _choice(unit.get("control_mode", 0), CONTROL_MODES, f"controlnet[{k}].control_mode"),
+                     "resize_mode": _choice(unit.get("resize_mode", 1), RESIZE_MODES, f"controlnet[{k}].resize_mode"),
+                     "processor_res": unit.get("processor_res", 512), "threshold_a": unit.get("threshold_a", -1),
+                     "threshold_b": unit.get("threshold_b", -1)}
+        records.append({"kind": AddOn.CONTROLNET, "name": addon.name, "sha256": addon.sha256, **settings_,
+                        "image": f"inputs/{upload.sha256}.png", "image_sha256": upload.sha256})
+        engine["controlnets"].append(ControlUnit(ModelRef(addon.source, family=family, name=addon.name,
+                                                          hash=addon.short_hash), upload.image, **settings_))
+    return records, {k: tuple(v) for k, v in engine.items()}
+
+
+def _addon(user, kind: str, name: str, family: str, checkpoint: Checkpoint, field: str) -> AddOn:
+    addon = addon_named(user, kind, name)
+    label = dict(AddOn.KINDS)[kind]
+    if addon is None:
+        where = {AddOn.LORA: "GET /sdapi/v1/loras", AddOn.CONTROLNET: "GET /controlnet/model_list"}[kind]
+        raise Refused(f"No {label} called {name!r}; the Add-ons page (or {where}) lists those you can use.",
+                      field=field)
+    if addon.family != family:
+        raise Refused(f"{label} {name!r} is for {addon.get_family_display()}; checkpoint {checkpoint.name!r} is "
+                      f"{checkpoint.get_family_display()}.", field=field)
+    return addon
+
+
+def _choice(value, allowed: tuple, field: str) -> int:
+    """A1111's extension takes a mode as its index or its label (any capitalisation)."""
+    if isinstance(value, str):
+        labels = [label.lower() for label in allowed]
+        if value.lower() not in labels:
+            raise Refused(f"{field}: one of {', '.join(allowed)} (or 0-{len(allowed) - 1}).", field=field)
+        return labels.index(value.lower())
+    return value
+
+
+def _validated_upscale(params: dict, inputs: dict, user) -> tuple[Checkpoint, dict]:
     """An upscale of a gallery image: the source job's prompt and settings, the new size; it
     costs one step at that size."""
     source = params.get("init_image")
@@ -188,39 +267,76 @@ def input_digests(params: dict) -> dict:
             digests[f"{field}_sha256"] = value.sha256
         elif isinstance(value, Image):
             digests[f"{field}_id"] = value.hex_id
+    units = params.get("controlnet")
+    if isinstance(units, list) and units:
+        digests["controlnet_sha256"] = [_digest(unit.get("image") if isinstance(unit, dict) else None) for unit in units]
     return digests
 
 
+def _digest(value) -> str:
+    if isinstance(value, (bytes, bytearray)):
+        return hashlib.sha256(value).hexdigest()
+    return value.sha256 if isinstance(value, Upload) else f"image {value.hex_id}" if isinstance(value, Image) else ""
+
+
 def _image_inputs(user, params: dict) -> dict:
-    """The starting image (RGB) and mask (L, white = repaint) as the engine takes them."""
-    inputs, init, mask = {}, params.get("init_image"), params.get("mask")
+    """The starting image (RGB) and mask (L, white = repaint) as the engine takes them, and each
+    ControlNet unit's image (an Upload) under "controlnet"."""
+    inputs, init, mask = {"controlnet": _control_images(user, params.get("controlnet"))}, params.get("init_image"), \
+        params.get("mask")
     if init in (None, "", b""):
         if mask not in (None, "", b""):
             raise Refused("A mask needs a starting image (init_image).", field="init_image")
         return inputs
     try:
-        if isinstance(init, Image):
-            if not init.can_view(user):
-                raise ValueError("init_image: upload a PNG, JPEG or WebP file, or give the id of an image of yours "
-                                 "(or a public one)")
-            with default_storage.open(init.png.name, "rb") as file:
-                init = file.read()
-            inputs["init_image_sha256"] = hashlib.sha256(init).hexdigest()
-        upload = init if isinstance(init, Upload) else read_image(init, field="init_image")
-        inputs["init_image"] = flattened(upload.image)
-        inputs.setdefault("init_image_sha256", upload.sha256)
+        upload = _upload(user, init, "init_image")
+        inputs["init_image"], inputs["init_image_sha256"] = flattened(upload.image), upload.sha256
         if mask not in (None, "", b""):
             upload = mask if isinstance(mask, Upload) else read_image(mask, field="mask")
             inputs["mask"], inputs["mask_sha256"] = mask_from(upload.image), upload.sha256
     except ValueError as error:
-        field, _, message = str(error).partition(": ")
-        raise Refused(message[:1].upper() + message[1:] + ".", field=field) from error
+        raise _refused(error) from error
     if "mask" in inputs and inputs["mask"].size != inputs["init_image"].size:
         raise Refused(f"The mask is {inputs['mask'].width}x{inputs['mask'].height}; it must be the starting image's "
                       f"size, {inputs['init_image'].width}x{inputs['init_image'].height}.", field="mask")
     if isinstance(params.get("init_image"), Image):
         inputs["init_image_id"] = params["init_image"].id
     return inputs
+
+
+def _control_images(user, units) -> list[Upload]:
+    if units in (None, "", []):
+        return []
+    most = settings.SDWEB["CONTROLNET_MAX_UNITS"]
+    if not isinstance(units, list) or not all(isinstance(unit, dict) for unit in units):
+        raise Refused("controlnet: a list of units (objects with image, module, model...) is required.",
+                      field="controlnet")
+    if len(units) > most:
+        raise Refused(f"controlnet: {len(units)} units; at most {most} are allowed in one job.", field="controlnet")
+    try:
+        return [Upload(flattened(u.image), u.sha256) for u in (
+            _upload(user, unit.get("image"), f"controlnet[{k}].image") for k, unit in enumerate(units))]
+    except ValueError as error:
+        raise _refused(error) from error
+
+
+def _upload(user, value, field: str) -> Upload:
+    """An image as received (bytes or an Upload) or a gallery image the user may see, read with
+    the upload checks; its SHA-256 is of the file received (a gallery image's: its PNG)."""
+    if isinstance(value, Upload):
+        return value
+    if isinstance(value, Image):
+        if not value.can_view(user):
+            raise ValueError(f"{field}: upload a PNG, JPEG or WebP file, or give the id of an image of yours "
+                             "(or a public one)")
+        with default_storage.open(value.png.name, "rb") as file:
+            value = file.read()
+    return read_image(value, field=field)
+
+
+def _refused(error: ValueError) -> Refused:
+    field, _, message = str(error).partition(": ")
+    return Refused(message[:1].upper() + message[1:] + ".", field=field)
 
 
 def job_inputs(job: Job) -> dict:
@@ -235,9 +351,25 @@ def job_inputs(job: Job) -> dict:
     return inputs
 
 
+def job_control_units(job: Job) -> list[dict]:
+    """A job's ControlNet units as submit takes them again (more variants)."""
+    units = []
+    for record in job.addons:
+        if record["kind"] == AddOn.CONTROLNET:
+            with default_storage.open(record["image"], "rb") as file:
+                image = PILImage.open(io.BytesIO(file.read()), formats=["PNG"]).convert("RGB")
+            units.append({k: v for k, v in record.items() if k not in ("kind", "name", "sha256", "image", "image_sha256")}
+                         | {"model": record["name"], "image": Upload(image=image, sha256=record["image_sha256"])})
+    return units
+
+
 def _stored_inputs(inputs: dict) -> dict:
-    """Write the starting image and mask as clean PNGs (named by the received file's SHA-256, so
-    a resubmission stores nothing new) and give the Job fields that point at them."""
+    """Write the starting image, mask and control images as clean PNGs (named by the received
+    file's SHA-256, so a resubmission stores nothing new) and give the Job fields that point at them."""
+    for upload in inputs["controlnet"]:
+        name = f"inputs/{upload.sha256}.png"
+        if not default_storage.exists(name):
+            default_storage.save(name, ContentFile(png_bytes(upload.image)))
     fields = {}
     for field in ("init_image", "mask"):
         if field in inputs:
