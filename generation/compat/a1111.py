@@ -147,6 +147,8 @@ def translate(payload: dict, user) -> tuple[dict, list[str]]:
     params |= _image_params(payload) if "init_images" in payload else _hires(payload)
     if units := controlnet_units(payload, params.get("init_image")):
         params["controlnet"] = units
+    elif "alwayson_scripts" in payload:
+        ignored.append("alwayson_scripts")  # no script with anything to do
     if not payload.get("enable_hr"):  # hires settings sent while it is off change nothing: say so
         unused = HIRES_PARAMS if "init_images" in payload else (*HIRES_PARAMS, "denoising_strength")
         ignored += [field for field in unused if field in payload]

@@ -67,11 +67,8 @@ class Addons:
 def load_addons(request, model) -> Addons:
     """Read (or find in the cache) the request's add-on files, checked against `model`."""
     from .loading import PIPELINES
-    from .prompts import embedding_pattern, lora_tags
+    from .prompts import embedding_pattern
 
-    given = {use.ref.name for use in request.loras}
-    if missing := [name for name, _, _ in lora_tags(request.prompt) if name not in given]:
-        raise ValueError(f"prompt: no LoRA file was given for <lora:{missing[0]}>")
     loras = [(PIPELINES.get_addon("lora", use.ref, model), use) for use in request.loras]
     embeddings, hashes = {}, {}
     pattern = embedding_pattern(ref.name for ref in request.embeddings)
@@ -79,7 +76,11 @@ def load_addons(request, model) -> Addons:
         pattern) else set()
     for ref in request.embeddings:
         if ref.name.lower() in named:
-            embeddings[ref.name] = PIPELINES.get_addon("embedding", ref, model).value
+            vectors = PIPELINES.get_addon("embedding", ref, model).value
+            if (len(vectors) == 2) != model.xl:  # SDXL's hold a set for each of its two text encoders
+                raise ValueError(f"embedding {ref.name!r} is for another family ("
+                                 f"{'SDXL' if len(vectors) == 2 else 'SD 1.x/2.x'})")
+            embeddings[ref.name] = vectors
             hashes[ref.name] = ref.hash
     controlnets = [(PIPELINES.get_addon("controlnet", unit.model, model), unit) for unit in request.controlnets]
     return Addons(loras, embeddings, hashes, controlnets)
@@ -215,7 +216,11 @@ def _load_controlnet(ref: ModelRef, device, dtype):
             model = ControlNetModel.from_config(ControlNetModel.load_config(config))
             model.load_state_dict(load_file(path))
         else:
-            model = ControlNetModel.from_single_file(path, config=str(config.resolve()), local_files_only=True)
+            try:
+                model = ControlNetModel.from_single_file(path, config=str(config.resolve()), local_files_only=True)
+            except (NotImplementedError, RuntimeError, KeyError) as error:  # diffusers leaves unmapped weights empty
+                raise ValueError(f"ControlNet {ref.name!r} can't be read in the original layout with its config "
+                                 f"({type(error).__name__}); for SDXL use the diffusers-layout file") from error
     return model.to(device, dtype).eval()
 
 
@@ -256,6 +261,9 @@ def applied_loras(pipe, loras: list[tuple[LoadedAddon, LoraUse]]):
                     continue
                 matched += 1
                 weight = module.weight
+                if up.shape[0] * down[0].numel() != weight.numel():
+                    raise ValueError(f"LoRA {lora.name!r} doesn't fit this model (layer {base} has another shape): "
+                                     "it is for another family")
                 if module not in saved:
                     saved[module] = weight.detach().clone()
                 scale = (use.unet if in_unet else use.te) * (alpha / down.shape[0] if alpha else 1.0)

@@ -63,6 +63,20 @@ def unet_key_to_ldm(key: str, config) -> str:
     return new
 
 
+def controlnet_to_ldm(controlnet) -> dict[str, torch.Tensor]:
+    """A ControlNetModel as the original ControlNet files hold one (`control_model.` keys)."""
+    out = {}
+    for key, value in controlnet.state_dict().items():
+        new = re.sub(r"^controlnet_cond_embedding\.blocks\.(\d+)", lambda m: f"input_hint_block.{2 * int(m[1]) + 2}", key)
+        new = re.sub(r"^controlnet_down_blocks\.(\d+)", r"zero_convs.\1.0", new)
+        for old, ldm in (("controlnet_cond_embedding.conv_in", "input_hint_block.0"),
+                         ("controlnet_cond_embedding.conv_out", "input_hint_block.14"),
+                         ("controlnet_mid_block", "middle_block_out.0")):
+            new = new.replace(old, ldm) if new.startswith(old) else new
+        out["control_model." + (new if new != key else unet_key_to_ldm(key, controlnet.config))] = value
+    return out
+
+
 def _upsampler(config, level: int) -> str:
     has_attention = config.up_block_types[level].startswith("CrossAttn")
     return f"output_blocks.{level * (config.layers_per_block + 1) + config.layers_per_block}.{2 if has_attention else 1}"

@@ -3,7 +3,7 @@
 import random
 from dataclasses import dataclass
 
-from .prompts import check_prompt_syntax
+from .prompts import LORA_TAG, check_prompt_syntax, lora_tags
 from .schedulers import scheduler_spec
 
 MAX_SEED = 2**32 - 1
@@ -188,8 +188,7 @@ class GenerationRequest:
             self._validate_image_input()
         if self.enable_hr:
             self._validate_hires(limits)
-        if self.loras or self.controlnets:
-            self._validate_addons()
+        self._validate_addons()
 
     def _validate_second_pass(self, limits: Limits) -> None:
         strength = self.denoising_strength
@@ -243,6 +242,11 @@ class GenerationRequest:
                              f"and at most {limits.max_side} pixels a side")
 
     def _validate_addons(self) -> None:
+        if LORA_TAG.search(self.negative_prompt):
+            raise ValueError("negative_prompt can't hold a LoRA tag: LoRAs are applied from the prompt")
+        given = {use.ref.name for use in self.loras}
+        if missing := [name for name, _, _ in lora_tags(self.prompt) if name not in given]:
+            raise ValueError(f"prompt names <lora:{missing[0]}>, but no file was given for it (loras)")
         for use in self.loras:
             for part, value in (("unet", use.unet), ("te", use.te)):
                 if not isinstance(value, (int, float)) or isinstance(value, bool) or not -4 <= value <= 4:

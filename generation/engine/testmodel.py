@@ -243,12 +243,13 @@ def make_tiny_addons(pipe, path, *, seed: int = 1) -> dict[str, Path]:
     them: "lora", a LoRA in Kohya's layout (LDM block names for SDXL) with training tags in its
     metadata; "embedding", a 3-vector textual inversion (A1111's emb_params; clip_l/clip_g for
     SDXL); "controlnet", a ControlNet made from the UNet with non-zero zero-convs, one diffusers-
-    layout .safetensors, and "controlnet_config", its config folder. Each changes the image."""
+    layout .safetensors ("controlnet_ldm": the same in the original layout), and "controlnet_config",
+    its config folder. Each changes the image."""
     import torch
     from diffusers import ControlNetModel
     from safetensors.torch import save_file
 
-    from .ldm import unet_key_to_ldm
+    from .ldm import controlnet_to_ldm, unet_key_to_ldm
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -270,7 +271,8 @@ def make_tiny_addons(pipe, path, *, seed: int = 1) -> dict[str, Path]:
             if isinstance(module, torch.nn.Linear) and ".self_attn." in name:
                 low_rank(f"lora_{prefix}_text_model_" + name.removeprefix("text_model.").replace(".", "_"), module)
     files = {"lora": path / "tiny-lora.safetensors", "embedding": path / "tiny-embedding.safetensors",
-             "controlnet": path / "tiny-controlnet.safetensors", "controlnet_config": path / "tiny-controlnet-config"}
+             "controlnet": path / "tiny-controlnet.safetensors", "controlnet_config": path / "tiny-controlnet-config",
+             "controlnet_ldm": path / "tiny-controlnet-ldm.safetensors"}
     save_file(lora, files["lora"], metadata={"ss_tag_frequency": json.dumps({"10_tiny": {"tinystyle": 12, "noise": 3}}),
                                              "ss_base_model_version": "sdxl_base_v1-0" if xl else "sd_v1"})
     widths = [encoder.get_input_embeddings().embedding_dim for _, encoder in encoders]
@@ -282,5 +284,6 @@ def make_tiny_addons(pipe, path, *, seed: int = 1) -> dict[str, Path]:
                           controlnet.controlnet_cond_embedding.conv_out]:
             zero_conv.weight.normal_(std=0.3)
     save_file({k: v.contiguous() for k, v in controlnet.state_dict().items()}, files["controlnet"])
+    save_file({k: v.contiguous() for k, v in controlnet_to_ldm(controlnet).items()}, files["controlnet_ldm"])
     controlnet.save_config(files["controlnet_config"])
     return files

@@ -39,7 +39,7 @@ def test_attention_is_parsed_as_a1111_parses_it(prompt, expected):
 
 @pytest.mark.parametrize("prompt, what", [
     ("a cat AND a dog", "AND"),
-    ("portrait <lora:add_detail:0.5>", "LoRA"),
+    ("portrait <lora:add_detail:0.5:1:2>", "malformed LoRA tag"),
     ("portrait <hypernet:anime:1>", "hypernetwork"),
     ("a [cat:dog:10] on a sofa", "prompt editing"),
     ("a [cat|dog] on a sofa", "alternation"),
