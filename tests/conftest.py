@@ -114,3 +114,23 @@ def tiny_families(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("families")
     return {family: make_tiny_family(family, folder) for family in FAMILIES}
+
+
+@pytest.fixture(scope="session")
+def addon_files(test_model_folder, tmp_path_factory):
+    """A LoRA, an embedding and a ControlNet (with its config) that fit the test model."""
+    from generation.engine.loading import load_pipeline
+    from generation.engine.testmodel import make_tiny_addons
+
+    return make_tiny_addons(load_pipeline(test_model_folder).pipe, tmp_path_factory.mktemp("addon-files"))
+
+
+@pytest.fixture
+def library(db, addon_files):
+    """The operator's library: LoRA tiny-style, embedding tinyneg and ControlNet tiny-canny."""
+    from generation.services.addons import addon_register
+
+    return {"lora": addon_register(kind="lora", name="tiny-style", source=str(addon_files["lora"])),
+            "embedding": addon_register(kind="embedding", name="tinyneg", source=str(addon_files["embedding"])),
+            "controlnet": addon_register(kind="controlnet", name="tiny-canny", source=str(addon_files["controlnet"]),
+                                         config=str(addon_files["controlnet_config"]))}

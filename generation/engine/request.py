@@ -250,7 +250,7 @@ class GenerationRequest:
         for use in self.loras:
             for part, value in (("unet", use.unet), ("te", use.te)):
                 if not isinstance(value, (int, float)) or isinstance(value, bool) or not -4 <= value <= 4:
-                    raise ValueError(f"<lora:{use.ref.name}:...>: the {part} weight must be a number from -4 to 4 "
+                    raise ValueError(f"prompt <lora:{use.ref.name}:...>: its {part} weight must be a number from -4 to 4 "
                                      f"(got {value!r})")
         if self.controlnets and (self.mask is not None or self.enable_hr or self.refiner):
             raise ValueError("controlnet units work with txt2img and img2img; not yet with inpainting, hires fix or "

@@ -86,8 +86,7 @@ def audit_append(*, user, client_ip, params: dict, decision: str, reason: str = 
     return chain_append(
         user=user, username=user.get_username(), subject=pseudonym(user.pk), client_ip=client_ip,
         prompt=stored[0], negative_prompt=stored[1],
-        params={k: v if isinstance(v, int) or isinstance(v, float) and math.isfinite(v) else storable(str(v))
-                for k, v in shown.items()},
+        params={k: _stored(v) for k, v in shown.items()},
         checkpoint=storable(checkpoint_name)[:100], decision=decision, reason=storable(reason).strip(),
         job_id=job.pk if job else None, image_ids=list(job.image_ids) if job else [],
     )
@@ -99,6 +98,17 @@ def audit_refused(*, user, client_ip, data, errors) -> PromptAudit:
         errors = "; ".join(f"{field}: {' '.join(map(str, messages)) if isinstance(messages, list) else messages}"
                            for field, messages in errors.items())
     return audit_append(user=user, client_ip=client_ip, params=data, decision=PromptAudit.REFUSED, reason=str(errors))
+
+
+def _stored(value):
+    """A setting as the audit keeps it: numbers as they are, lists and objects (add-ons) kept, the rest storable text."""
+    if isinstance(value, int) or isinstance(value, float) and math.isfinite(value):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_stored(v) for v in value]
+    if isinstance(value, dict):
+        return {storable(str(k)): _stored(v) for k, v in value.items()}
+    return storable(str(value))
 
 
 def storable(text: str) -> str:
