@@ -9,10 +9,11 @@ from rest_framework.views import APIView
 
 from generation.engine.request import GenerationRequest
 from generation.engine.schedulers import SCHEDULERS
-from generation.models import Checkpoint, CreditAccount, Job, Vae
+from generation.models import AddOn, Checkpoint, CreditAccount, Job, Vae
 from generation.presenters import refusal_status
-from generation.selectors import default_checkpoint
+from generation.selectors import addons_for, default_checkpoint
 from generation.serializers import (
+    AddOnSerializer,
     CheckpointSerializer,
     CreditEntrySerializer,
     JobCreateSerializer,
@@ -104,6 +105,22 @@ class CheckpointList(generics.ListAPIView):
     queryset = Checkpoint.objects.filter(enabled=True)
 
 
+class AddOnList(generics.ListAPIView):
+    """The LoRAs, embeddings and ControlNets you can use: the library, published uploads and yours."""
+
+    serializer_class = AddOnSerializer
+    pagination_class = None
+
+    @extend_schema(parameters=[OpenApiParameter("kind", str, enum=[k for k, _ in AddOn.KINDS],
+                                                description="Only this kind.")])
+    def get(self, request, *args, **kwargs):
+        return super().get(request, *args, **kwargs)
+
+    def get_queryset(self):
+        kind = self.request.query_params.get("kind")
+        return addons_for(self.request.user, kind if kind in dict(AddOn.KINDS) else None)
+
+
 class VaeList(generics.ListAPIView):
     """The VAE files a job may decode with (`vae`)."""
 
@@ -153,11 +170,11 @@ class Quote(APIView):
         form = QuoteSerializer(data=request.query_params)
         form.is_valid(raise_exception=True)
         fields = dict(form.validated_data)
-        from_image, num_images = fields.pop("from_image"), fields.pop("num_images")
+        from_image, num_images, units = fields.pop("from_image"), fields.pop("num_images"), fields.pop("controlnet_units")
         passes = GenerationRequest(prompt="", model="", **fields).passes(from_image=from_image)
         account, _ = CreditAccount.objects.get_or_create(user=request.user)
-        return Response({"cost": quote_cost(width=0, height=0, steps=0, num_images=num_images, passes=passes),
-                         "balance": account.balance})
+        return Response({"cost": quote_cost(width=0, height=0, steps=0, num_images=num_images, passes=passes,
+                                            controlnet_units=units), "balance": account.balance})
 
 
 

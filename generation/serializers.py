@@ -6,7 +6,7 @@ from rest_framework import serializers
 from gallery.models import Image
 from generation.engine.request import MAX_PROMPT_CHARS, MAX_SEED, MAX_STEPS
 from generation.engine.schedulers import SCHEDULERS
-from generation.models import HIRES_PARAMS, IMAGE_INPUT_PARAMS, Checkpoint, CreditEntry, Job, Vae
+from generation.models import HIRES_PARAMS, IMAGE_INPUT_PARAMS, AddOn, Checkpoint, CreditEntry, Job, Vae
 from generation.presenters import job_images
 from generation.selectors import queue_position
 
@@ -34,6 +34,36 @@ class ImageInputField(serializers.Field):
 
     def to_representation(self, value):
         return None
+
+
+class ControlUnitSerializer(serializers.Serializer):
+    """One ControlNet unit, as the sd-webui-controlnet extension's API shapes one."""
+
+    image = serializers.CharField(help_text="The control image: base64 (PNG, JPEG or WebP; a data: URL is fine) or "
+                                  "the 16-hex-digit id of an image of yours or a public one.")
+    model = serializers.CharField(help_text="A ControlNet's name (GET /api/v1/addons/?kind=controlnet).")
+    module = serializers.CharField(default="none", help_text="Preprocessor: none, canny, lineart_standard, invert.")
+    weight = serializers.FloatField(default=1.0, help_text="0-2.")
+    guidance_start = serializers.FloatField(default=0.0, help_text="The fraction of the steps where it starts.")
+    guidance_end = serializers.FloatField(default=1.0, help_text="The fraction of the steps where it stops.")
+    control_mode = serializers.JSONField(default=0, help_text="0 Balanced, 1 My prompt is more important, "
+                                         "2 ControlNet is more important (or the label).")
+    resize_mode = serializers.JSONField(default=1, help_text="0 just resize, 1 crop and resize, 2 resize and fill.")
+    processor_res = serializers.IntegerField(default=512, help_text="The preprocessor's resolution (short side).")
+    threshold_a = serializers.FloatField(default=-1, help_text="canny: low threshold (-1: 100).")
+    threshold_b = serializers.FloatField(default=-1, help_text="canny: high threshold (-1: 200).")
+
+    def validate_image(self, value):
+        from generation.uploads import decode_base64
+
+        if len(value) == 16 and all(c in "0123456789abcdef" for c in value):
+            image = Image.objects.filter(pk=int(value, 16)).first()
+            if image is not None:
+                return image
+        try:
+            return decode_base64(value, field="image")
+        except ValueError as error:
+            raise serializers.ValidationError(str(error).partition(": ")[2]) from None
 
 
 class JobCreateSerializer(serializers.Serializer):
@@ -82,6 +112,9 @@ class JobCreateSerializer(serializers.Serializer):
     hr_second_pass_steps = serializers.IntegerField(default=0, help_text="Hires fix: steps; 0 = as the first pass.")
     hr_resize_x = serializers.IntegerField(default=0, help_text="Hires fix: a width instead of hr_scale.")
     hr_resize_y = serializers.IntegerField(default=0, help_text="Hires fix: a height instead of hr_scale.")
+    controlnet = ControlUnitSerializer(many=True, required=False, help_text="ControlNet units (JSON bodies). LoRAs "
+                                       "go in the prompt as <lora:name:weight>; an embedding works where its name is "
+                                       "a word of a prompt.")
 
     def validate_num_images(self, value):
         if value > settings.SDWEB["MAX_IMAGES"]:
@@ -113,13 +146,15 @@ class JobSerializer(serializers.ModelSerializer):
     queue_position = serializers.SerializerMethodField(help_text="Queued jobs ahead of this one, while queued.")
     mode = serializers.CharField(read_only=True, help_text="txt2img, img2img or inpaint.")
     init_image_id = serializers.SerializerMethodField(help_text="The image of yours it started from, if one did.")
+    addons = serializers.SerializerMethodField(help_text="The LoRAs, embeddings and ControlNet units it used: kind, "
+                                               "name, sha256 and settings.")
 
     class Meta:
         model = Job
         fields = ["id", "status", "prompt", "negative_prompt", "checkpoint", "width", "height", "steps",
                   "guidance_scale", "scheduler", "seed", "num_images", "clip_skip", "refiner", "refiner_switch_at",
                   "vae", "mode", *IMAGE_INPUT_PARAMS, "init_image_sha256", "init_image_id", "mask_sha256",
-                  *HIRES_PARAMS, "cost", "created_at", "started_at",
+                  *HIRES_PARAMS, "addons", "cost", "created_at", "started_at",
                   "finished_at", "attempts", "progress_step", "progress_total", "queue_position", "error",
                   "timings", "images"]
         extra_kwargs = {
@@ -147,6 +182,9 @@ class JobSerializer(serializers.ModelSerializer):
             "mask_sha256": {"help_text": "SHA-256 of the mask as received."},
             **{f: {"help_text": JobCreateSerializer().fields[f].help_text} for f in (*IMAGE_INPUT_PARAMS, *HIRES_PARAMS)},
         }
+
+    def get_addons(self, job) -> list[dict]:
+        return [{k: v for k, v in addon.items() if k != "image"} for addon in job.addons]  # not a storage name
 
     def get_init_image_id(self, job) -> str | None:
         return f"{job.init_image_id:016x}" if job.init_image_id else None
@@ -176,6 +214,21 @@ class CheckpointSerializer(serializers.ModelSerializer):
             "is_default": {"help_text": "Used when a request names no checkpoint."},
             "is_test_model": {"help_text": "The built-in random-weight model: its images are noise."},
         }
+
+
+class AddOnSerializer(serializers.ModelSerializer):
+    hash = serializers.CharField(source="short_hash", help_text="A1111's short hash (12 digits; ControlNet: 8).")
+    yours = serializers.SerializerMethodField(help_text="Your own upload.")
+
+    class Meta:
+        model = AddOn
+        fields = ["kind", "name", "family", "hash", "sha256", "trigger_words", "yours"]
+        extra_kwargs = {"name": {"help_text": "<lora:name:weight> in a prompt, an embedding's word, or a ControlNet "
+                                              "unit's model."},
+                        "family": {"help_text": "sd1, sd2 or sdxl: it works with checkpoints of that family."}}
+
+    def get_yours(self, addon) -> bool:
+        return addon.owner_id is not None and addon.owner_id == self.context["request"].user.pk
 
 
 class VaeSerializer(serializers.ModelSerializer):
@@ -219,3 +272,5 @@ class QuoteSerializer(serializers.Serializer):
                                                     help_text="Hires fix: steps; 0 = as the first pass.")
     hr_resize_x = serializers.IntegerField(default=0, min_value=0, help_text="Hires fix: a width instead of hr_scale.")
     hr_resize_y = serializers.IntegerField(default=0, min_value=0, help_text="Hires fix: a height instead of hr_scale.")
+    controlnet_units = serializers.IntegerField(default=0, min_value=0, max_value=10,
+                                                help_text="ControlNet units: each adds half of every step's work.")

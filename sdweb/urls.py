@@ -54,6 +54,7 @@ urlpatterns = [
     path("api/v1/images/<str:hex_id>/download/", gallery_api.ImageDownload.as_view(), name="api-image-download"),
     path("api/v1/checkpoints/", api.CheckpointList.as_view()),
     path("api/v1/vaes/", api.VaeList.as_view()),
+    path("api/v1/addons/", api.AddOnList.as_view()),
     path("api/v1/schedulers/", api.SchedulerList.as_view()),
     path("api/v1/credits/", api.Credits.as_view()),
     path("api/v1/credits/ledger/", api.CreditLedger.as_view()),

@@ -22,7 +22,9 @@
       const hw = Math.floor(w * scale / 8) * 8, hh = Math.floor(h * scale / 8) * 8;
       pixelSteps += hw * hh * Math.floor((Number(field("hr_second_pass_steps").value) || s) * strength);
     }
-    const cost = Math.max(1, Math.ceil((n * pixelSteps) / unit));
+    // A ControlNet unit adds half of every step's work (credits.quote_cost).
+    const units = field("cn_model").value ? 1 : 0;
+    const cost = Math.max(1, Math.ceil((n * pixelSteps * (2 + units)) / 2 / unit));
     const out = document.getElementById("cost");
     out.textContent = Number.isFinite(cost) ? cost : "–";
     out.classList.toggle("error", cost > Number(form.dataset.balance));

@@ -11,12 +11,14 @@ from generation.models import CreditAccount, CreditEntry, Job
 from generation.services.audit import staff_action
 
 
-def quote_cost(*, width: int, height: int, steps: int, num_images: int, passes=None) -> int:
+def quote_cost(*, width: int, height: int, steps: int, num_images: int, passes=None, controlnet_units: int = 0) -> int:
     """ceil(images x width x height x steps / SDWEB_COST_UNIT), at least 1 credit; with `passes`
     ((width, height, steps run), as GenerationRequest.passes gives: img2img runs strength x steps,
-    hires fix adds its second pass), the sum over them."""
+    hires fix adds its second pass), the sum over them. A ControlNet is about half a UNet: each
+    unit adds half of every step's work."""
     pixel_steps = sum(w * h * s for w, h, s in passes) if passes else width * height * steps
-    return max(1, math.ceil(num_images * pixel_steps / settings.SDWEB["COST_UNIT"]))
+    work = num_images * pixel_steps * (2 + controlnet_units) / 2
+    return max(1, math.ceil(work / settings.SDWEB["COST_UNIT"]))
 
 
 def locked_account(user) -> CreditAccount:

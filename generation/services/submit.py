@@ -77,7 +77,8 @@ def job_submit(*, user, params: dict, client_ip: str | None = None, idempotency_
         audit_append(user=user, client_ip=client_ip, params=params, decision=PromptAudit.REFUSED,
                      reason=refusal.audit_reason or str(refusal))
         raise
-    cost = quote_cost(width=0, height=0, steps=0, num_images=fields["num_images"], passes=fields.pop("passes"))
+    cost = quote_cost(width=0, height=0, steps=0, num_images=fields["num_images"], passes=fields.pop("passes"),
+                      controlnet_units=sum(a["kind"] == AddOn.CONTROLNET for a in fields.get("addons", [])))
     fields |= _stored_inputs(inputs)
     try:
         with transaction.atomic():
@@ -160,11 +161,9 @@ def _validated(params: dict, inputs: dict, user) -> tuple[Checkpoint, dict]:
         message = str(error)
         field = next((f for f in (*Job.PARAMS, "init_image", "mask", "controlnet") if message.startswith(f + " ")), None)
         raise Refused(message[:1].upper() + message[1:], field=field) from error
-    # A ControlNet is about half a UNet: each unit adds half a step's work to every step.
-    passes = [(w, h, steps * (2 + len(request.controlnets)) / 2) for w, h, steps in request.passes()]
     # The seed is fixed now, so a retried job makes the same images.
     return checkpoint, {**{f: getattr(request, f) for f in Job.PARAMS}, "seed": request.seeds()[0], "refiner": refiner,
-                        "vae": vae, "addons": addons, "passes": passes}
+                        "vae": vae, "addons": addons, "passes": request.passes()}
 
 
 def _addons(user, checkpoint: Checkpoint, fields: dict, units, control_images: list) -> tuple[list, dict]:

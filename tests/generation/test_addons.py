@@ -340,3 +340,22 @@ def test_a1111_refuses_what_it_cant_run_by_name(a1111, library, scripts, message
     response = a1111.post("/sdapi/v1/txt2img", {"prompt": "x", "alwayson_scripts": scripts}, format="json")
     assert response.status_code == 400 and message in response.json()["detail"]
     assert not Job.objects.exists()
+
+
+def test_the_rest_api_lists_add_ons_and_takes_controlnet_units_as_json(api, alice, library, addon_files):
+    addon_upload(user=alice, kind="lora", name="mine", file=upload(addon_files["lora"]))
+    listed = api.get("/api/v1/addons/?kind=lora").json()
+    assert [(a["name"], a["kind"], a["family"], a["yours"]) for a in listed] == [
+        ("mine", "lora", "sd1", True), ("tiny-style", "lora", "sd1", False)]
+    unit = {"image": "data:image/png;base64," + base64.b64encode(png(square())).decode(), "model": "tiny-canny",
+            "module": "canny", "control_mode": "My prompt is more important"}
+    response = api.post("/api/v1/jobs/", {"prompt": "a door <lora:mine:0.6>", "steps": 2, "width": 256,
+                                          "height": 256, "controlnet": [unit]}, format="json")
+    assert response.status_code == 201, response.json()
+    addons = response.json()["addons"]
+    assert [(a["kind"], a["name"]) for a in addons] == [("lora", "mine"), ("controlnet", "tiny-canny")]
+    assert addons[1]["control_mode"] == 1 and "image" not in addons[1] and len(addons[1]["image_sha256"]) == 64
+    bad = api.post("/api/v1/jobs/", {"prompt": "a door", "controlnet": [{**unit, "image": "%%%"}]}, format="json")
+    assert bad.status_code == 400 and "not valid base64" in json.dumps(bad.json())
+    quote = api.get("/api/v1/quote/?width=512&height=512&steps=30&num_images=1&controlnet_units=2").json()
+    assert quote["cost"] == 2
