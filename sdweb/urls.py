@@ -68,6 +68,7 @@ urlpatterns = [
     path("sdapi/v1/progress", a1111.Progress.as_view()),
     path("sdapi/v1/interrupt", a1111.Interrupt.as_view()),
     path("sdapi/v1/sd-models", a1111.SdModels.as_view()),
+    path("sdapi/v1/refresh-checkpoints", a1111.RefreshCheckpoints.as_view()),
     path("sdapi/v1/samplers", a1111.Samplers.as_view()),
     path("sdapi/v1/schedulers", a1111.Schedulers.as_view()),
     path("sdapi/v1/options", a1111.Options.as_view()),

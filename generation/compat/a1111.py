@@ -23,7 +23,8 @@ from generation.live import wait_for_end
 from generation.models import HIRES_PARAMS, IMAGE_INPUT_PARAMS, Checkpoint, Job, UserSettings, Vae, is_model_name
 from generation.presenters import refusal_status
 from generation.selectors import user_checkpoint
-from generation.services.audit import audit_refused
+from generation.services.audit import audit_refused, staff_action
+from generation.services.checkpoints import checkpoints_scan
 from generation.services.extras import extras_upscale
 from generation.services.queue import job_cancel
 from generation.services.submit import Refused, job_submit
@@ -320,6 +321,18 @@ class SdModels(A1111View):
         return Response([{"title": c.title, "model_name": c.name, "hash": c.short_hash or None,
                           "sha256": c.sha256 or None, "filename": Path(c.source).name, "config": None}
                          for c in Checkpoint.objects.filter(enabled=True)])
+
+
+class RefreshCheckpoints(A1111View):
+    """Staff who may add checkpoints rescan the models folder; for anyone else nothing changes."""
+
+    @extend_schema(exclude=True)
+    def post(self, request):
+        if request.user.has_perm("generation.add_checkpoint"):
+            found, skipped = checkpoints_scan()
+            staff_action(staff=request.user, action="scan models", target="refresh-checkpoints",
+                         details=json.dumps({"registered": [c.name for c in found], "skipped": skipped}))
+        return Response(None)
 
 
 class Samplers(A1111View):

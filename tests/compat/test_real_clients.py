@@ -104,3 +104,38 @@ def test_the_openai_sdk_edits_an_image_under_a_mask(studio):
     png = PILImage.open(io.BytesIO(base64.b64decode(result.data[0].b64_json)))
     assert png.size == (256, 256) and read_watermark(png) is not None
     assert "Masked content: fill" in png.info["parameters"]
+
+
+def test_webuiapi_uses_loras_embeddings_and_controlnet_units_as_it_sends_them(studio):
+    import webuiapi
+
+    from generation.engine.loading import load_pipeline
+    from generation.engine.testmodel import make_tiny_addons
+
+    files = make_tiny_addons(load_pipeline(str(studio.var_dir / "models" / "sdweb-test-tiny")).pipe,
+                             studio.var_dir / "addon-files")
+    studio.manage(
+        "from generation.services.addons import addon_register as r; "
+        f"r(kind='lora', name='tiny-style', source='{files['lora']}'); "
+        f"r(kind='embedding', name='tinyneg', source='{files['embedding']}'); "
+        f"print(r(kind='controlnet', name='tiny-canny', source='{files['controlnet']}', "
+        f"config='{files['controlnet_config']}').title)")
+    api = webuiapi.WebUIApi(host="127.0.0.1", port=studio.port)
+    api.set_auth("alice", "alice-password-1")
+    assert [lora["name"] for lora in api.get_loras()] == ["tiny-style"]
+    assert "tinyneg" in api.get_embeddings()["loaded"]
+    models = api.controlnet_model_list()
+    assert models == [next(m for m in models if m.startswith("tiny-canny ["))]
+    assert "canny" in api.controlnet_module_list()
+    square = PILImage.new("RGB", (256, 256), "white")
+    square.paste((0, 0, 0), (64, 64, 192, 192))
+    detected = api.controlnet_detect([square], module="canny")  # webuiapi's default thresholds: 64 and 64
+    edges = PILImage.open(io.BytesIO(base64.b64decode(detected["images"][0]))).convert("L")
+    assert edges.getextrema() == (0, 255)
+    result = api.txt2img(prompt="a lighthouse <lora:tiny-style:0.6>", negative_prompt="tinyneg", width=256, height=256,
+                         steps=3, controlnet_units=[webuiapi.ControlNetUnit(image=square, module="canny", model=models[0])],
+                         override_settings={"sd_model_checkpoint": "sdweb-test-tiny"})
+    infotext = result.info["infotexts"][0]
+    assert 'Lora hashes: "tiny-style: ' in infotext and 'TI hashes: "tinyneg: ' in infotext
+    assert f'ControlNet 0: "Module: canny, Model: {models[0]}, Weight: 1, Resize Mode: Resize and Fill' in infotext
+    assert read_watermark(result.images[0]) is not None

@@ -417,3 +417,60 @@ def test_13_upload_img2img_paint_a_mask_inpaint_outpaint_and_hires_fix(new_page)
     page.get_by_role("link", name="768×768").click()
     page.wait_for_url("**/images/*/")
     assert "Upscaled×2 (Lanczos) from image" in page.locator(".params-list").inner_text().replace("\n", "")
+
+
+def test_14_a_lora_a_negative_embedding_and_a_canny_controlnet_from_a_gallery_image(new_page, studio):
+    from generation.engine.loading import load_pipeline
+    from generation.engine.metadata import parse_parameters
+    from generation.engine.testmodel import make_tiny_addons
+
+    files = make_tiny_addons(load_pipeline(str(studio.var_dir / "models" / "sdweb-test-tiny")).pipe,
+                             studio.var_dir / "addon-files")
+    studio.manage(
+        "from generation.services.addons import addon_register as r; "
+        f"r(kind='lora', name='tiny-style', source='{files['lora']}'); "
+        f"r(kind='embedding', name='tinyneg', source='{files['embedding']}'); "
+        f"print(r(kind='controlnet', name='tiny-canny', source='{files['controlnet']}', "
+        f"config='{files['controlnet_config']}').title)")
+    page = new_page()
+    sign_up(page)
+    generate(page, prompt="a white square on black", steps=2, images=1)
+    page.locator("#images a").first.click()
+    page.wait_for_url("**/images/*/")
+    page.get_by_role("link", name="Use as control image").click()
+    page.wait_for_url("**/generate/?control=*")
+    assert page.locator("#cn-gallery img").is_visible()
+
+    page.get_by_label("Prompt", exact=True).fill("a lighthouse")
+    page.get_by_label("LoRA", exact=True).select_option("tiny-style")
+    assert "Trained on: tinystyle, noise" in page.locator("#lora-trigger").inner_text()
+    page.get_by_label("LoRA weight").fill("0.7")
+    page.get_by_role("button", name="Add LoRA").click()
+    page.get_by_label("Embedding", exact=True).select_option("tinyneg")
+    page.get_by_role("button", name="Add to negative prompt").click()
+    assert page.get_by_label("Prompt", exact=True).input_value() == "a lighthouse, <lora:tiny-style:0.7>"
+    assert page.get_by_label("Negative prompt").input_value() == "tinyneg"
+    page.get_by_label("ControlNet model").select_option(label=page.locator("#id_cn_model option").nth(1).inner_text())
+    assert page.get_by_label("Preprocessor").input_value() == "canny"
+    page.get_by_role("button", name="Preview the map").click()
+    page.wait_for_function("document.getElementById('cn-map').src.startsWith('data:image/png')")
+    assert page.locator("#cn-map").is_visible()
+    screenshot(page, "14-addons-form")
+
+    page.get_by_label("Steps").fill("3")
+    page.get_by_label("Images").fill("1")
+    page.get_by_role("button", name="Generate").click()
+    page.wait_for_url("**/generate/?job=*")
+    page.wait_for_function("document.querySelectorAll('#images img').length == 1")
+    page.locator("#images a").first.click()
+    page.wait_for_url("**/images/*/")
+    shown = page.locator(".params-list").inner_text()
+    assert "tiny-style" in shown and "tinyneg" in shown and "tiny-canny" in shown
+    screenshot(page, "14-addons-image")
+    png = page.request.get(page.locator("img.full").get_attribute("src")).body()
+    from PIL import Image as PILImage
+
+    info = parse_parameters(PILImage.open(io.BytesIO(png)).info["parameters"])
+    assert info["prompt"] == "a lighthouse, <lora:tiny-style:0.7>" and info["negative_prompt"] == "tinyneg"
+    assert info["Lora hashes"].startswith("tiny-style: ") and info["TI hashes"].startswith("tinyneg: ")
+    assert info["ControlNet 0"].startswith("Module: canny, Model: tiny-canny [")
