@@ -102,6 +102,7 @@ class GenerateForm(forms.Form):
     def __init__(self, *args, user=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["cn_model"].queryset = addons_for(user, AddOn.CONTROLNET)
+        self.fields["cn_model"].label_from_instance = lambda addon: f"{addon.title} · {addon.get_family_display()}"
         self.fields["checkpoint"].queryset = Checkpoint.objects.filter(enabled=True, family__in=TXT2IMG_FAMILIES)
         self.fields["refiner"].queryset = Checkpoint.objects.filter(enabled=True, family__in=["sdxl", "sdxl-refiner"])
         self.fields["vae"].queryset = Vae.objects.filter(enabled=True)

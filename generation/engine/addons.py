@@ -3,20 +3,17 @@ embeddings spliced into the prompt's token embeddings, ControlNet models. .safet
 each is read once and kept in the pipeline cache, within its byte budget, keyed by its file."""
 
 import contextlib
-import json
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .families import read_header
+from .controlmaps import MODULES
+from .families import KOHYA_LORA_KEY, LYCORIS_KEY, read_header
 from .ldm import unet_key_to_ldm
-from .request import ControlUnit, LoraUse, ModelRef
+from .request import CONTROL_MODES, RESIZE_MODES, ControlUnit, LoraUse, ModelRef
 
-_KOHYA = re.compile(r"^(?P<base>.+?)\.(?P<part>lora_down\.weight|lora_up\.weight|alpha|lora_A\.weight|lora_B\.weight)$")
-_LYCORIS = re.compile(r"\.(hada_|lokr_|oft_|boft_|diff$|diff_b$|dora_scale$)")
 CONTROLNET_FAMILY_CONFIGS = {"sd1": "controlnet-sd1", "sdxl": "controlnet-sdxl"}
 
 
@@ -40,7 +37,7 @@ class Addons:
     embedding_hashes: dict  # {name: hash}
     controlnets: list  # [(LoadedAddon, ControlUnit)]
 
-    def parameters(self, request) -> dict:
+    def parameters(self) -> dict:
         """As A1111 and its ControlNet extension write them into the infotext."""
         params = {}
         if self.loras:
@@ -48,9 +45,6 @@ class Addons:
         if self.embedding_hashes:
             params["TI hashes"] = ", ".join(f"{name}: {h}" for name, h in self.embedding_hashes.items())
         for k, (loaded, unit) in enumerate(self.controlnets):
-            from .controlmaps import MODULES
-            from .request import CONTROL_MODES, RESIZE_MODES
-
             a, b = MODULES[unit.module][1:]
             fields = {"Module": unit.module, "Model": f"{loaded.name} [{loaded.hash}]", "Weight": unit.weight,
                       "Resize Mode": RESIZE_MODES[unit.resize_mode].replace(" resize", " Resize").replace(
@@ -62,90 +56,6 @@ class Addons:
             params[f"ControlNet {k}"] = ", ".join(f"{key}: {v:g}" if isinstance(v, float) else f"{key}: {v}"
                                                   for key, v in fields.items() if v is not None)
         return params
-
-
-def load_addons(request, model) -> Addons:
-    """Read (or find in the cache) the request's add-on files, checked against `model`."""
-    from .loading import PIPELINES
-    from .prompts import embedding_pattern
-
-    loras = [(PIPELINES.get_addon("lora", use.ref, model), use) for use in request.loras]
-    embeddings, hashes = {}, {}
-    pattern = embedding_pattern(ref.name for ref in request.embeddings)
-    named = {m.lower() for text in (request.prompt, request.negative_prompt) for m in pattern.findall(text)} if (
-        pattern) else set()
-    for ref in request.embeddings:
-        if ref.name.lower() in named:
-            vectors = PIPELINES.get_addon("embedding", ref, model).value
-            if (len(vectors) == 2) != model.xl:  # SDXL's hold a set for each of its two text encoders
-                raise ValueError(f"embedding {ref.name!r} is for another family ("
-                                 f"{'SDXL' if len(vectors) == 2 else 'SD 1.x/2.x'})")
-            embeddings[ref.name] = vectors
-            hashes[ref.name] = ref.hash
-    controlnets = [(PIPELINES.get_addon("controlnet", unit.model, model), unit) for unit in request.controlnets]
-    return Addons(loras, embeddings, hashes, controlnets)
-
-
-def addon_family(kind: str, path) -> str:
-    """The base family an add-on file is for ("sd1", "sd2", "sdxl"), from its tensor names and
-    shapes; ValueError naming what is wrong with a file that is not the kind it claims to be."""
-    header = read_header(path)
-    _check_tensors(header, Path(path).name)
-    keys = list(header)
-    if kind == "lora":
-        if not any(_KOHYA.match(k) for k in keys):
-            raise ValueError(f"{Path(path).name} is not a LoRA: it has no lora_down/lora_up (or lora_A/lora_B) tensors"
-                             + (" (LoHa/LoKr/OFT layers are not supported)" if any(_LYCORIS.search(k) for k in keys)
-                                else ""))
-        if any(k.startswith(("lora_te1_", "lora_te2_", "lora_unet_input_blocks", "lora_unet_output_blocks",
-                             "text_encoder_2.")) for k in keys):
-            return "sdxl"
-        widths = [header[k]["shape"][-1] for k in keys if "attn2_to_k.lora_down" in k or "attn2.to_k.lora_A" in k]
-        return "sd2" if widths and widths[0] == 1024 else "sd1"
-    if kind == "embedding":
-        if {"clip_l", "clip_g"} <= set(keys):
-            return "sdxl"
-        vectors = header.get("emb_params") or (header[keys[0]] if len(keys) == 1 else None)
-        if vectors is None or len(vectors["shape"]) not in (1, 2):
-            raise ValueError(f"{Path(path).name} is not an embedding: it needs one emb_params tensor (A1111), one "
-                             "tensor (diffusers) or clip_l and clip_g (SDXL)")
-        return "sd2" if vectors["shape"][-1] == 1024 else "sd1"
-    if kind == "controlnet":
-        if not any(k.startswith(("controlnet_cond_embedding.", "control_model.input_hint_block.", "input_hint_block."))
-                   for k in keys):
-            raise ValueError(f"{Path(path).name} is not a ControlNet: it has no conditioning (hint) block")
-        if any(k.startswith(("add_embedding.", "control_model.label_emb.", "label_emb.")) for k in keys):
-            return "sdxl"
-        widths = [header[k]["shape"][-1] for k in keys if k.endswith("attn2.to_k.weight")]
-        return "sd2" if widths and widths[0] == 1024 else "sd1"
-    raise ValueError(f"kind must be lora, embedding or controlnet (got {kind!r})")
-
-
-_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
-                "F8_E4M3": 1, "F8_E5M2": 1}
-
-
-def _check_tensors(header: dict, name: str) -> None:
-    """Every tensor of a known type, its bytes exactly its shape's: a file that says it is
-    weights is weights."""
-    for key, tensor in header.items():
-        try:
-            count = 1
-            for side in tensor["shape"]:
-                count *= int(side)
-            start, end = (int(x) for x in tensor["data_offsets"])
-            ok = tensor["dtype"] in _DTYPE_BYTES and end - start == count * _DTYPE_BYTES[tensor["dtype"]]
-        except (TypeError, KeyError, ValueError):
-            ok = False
-        if not ok:
-            raise ValueError(f"{name} is damaged: tensor {key[:80]!r} does not match its declared type and shape")
-
-
-def file_metadata(path) -> dict:
-    """The __metadata__ strings of a .safetensors file (training tags live there)."""
-    with open(path, "rb") as file:
-        length = int.from_bytes(file.read(8), "little")
-        return json.loads(file.read(length)).get("__metadata__") or {}
 
 
 def load_addon(kind: str, ref: ModelRef, device, dtype) -> LoadedAddon:
@@ -169,10 +79,10 @@ def _lora_layers(tensors: dict, name: str) -> dict:
     and PEFT (lora_A/B) layouts."""
     parts: dict[str, dict] = {}
     for key, tensor in tensors.items():
-        match = _KOHYA.match(key)
+        match = KOHYA_LORA_KEY.match(key)
         if match:
             parts.setdefault(match["base"], {})[match["part"].split(".")[0]] = tensor
-        elif _LYCORIS.search(key):
+        elif LYCORIS_KEY.search(key):
             raise ValueError(f"LoRA {name!r} holds LyCORIS layers ({key}): only LoRA/LoCon layers are supported")
     layers = {}
     for base, found in parts.items():
@@ -306,6 +216,7 @@ def controlnet_scales(controlnet, control_mode: int):
 
 
 def control_image(unit: ControlUnit, width: int, height: int):
+    """The unit's control map at the run's size."""
     from .controlmaps import control_map
     from .images import resize
 

@@ -1,5 +1,6 @@
-"""Single-file checkpoints (the original LDM layout): what family a file is, told from its tensor
-names without loading a weight, and the diffusers configs shipped for each family. No torch."""
+"""Single-file checkpoints (the original LDM layout) and add-on files (LoRA, embeddings, ControlNet):
+what family a file is, told from its tensor names and shapes without loading a weight, and the
+diffusers configs shipped for each family. No torch."""
 
 import hashlib
 import json
@@ -147,3 +148,70 @@ def file_sha256(path, progress=None) -> str:
             if progress:
                 progress(len(block))
     return digest.hexdigest()
+
+
+# Add-on files: LoRA (Kohya and PEFT layouts), textual-inversion embeddings, ControlNets.
+KOHYA_LORA_KEY = re.compile(r"^(?P<base>.+?)\.(?P<part>lora_down\.weight|lora_up\.weight|alpha|lora_A\.weight|lora_B\.weight)$")
+LYCORIS_KEY = re.compile(r"\.(hada_|lokr_|oft_|boft_|diff$|diff_b$|dora_scale$)")
+
+
+def addon_family(kind: str, path) -> str:
+    """The base family an add-on file is for ("sd1", "sd2", "sdxl"), from its tensor names and
+    shapes; ValueError naming what is wrong with a file that is not the kind it claims to be."""
+    header = read_header(path)
+    _check_tensors(header, Path(path).name)
+    keys = list(header)
+    if kind == "lora":
+        if not any(KOHYA_LORA_KEY.match(k) for k in keys):
+            raise ValueError(f"{Path(path).name} is not a LoRA: it has no lora_down/lora_up (or lora_A/lora_B) tensors"
+                             + (" (LoHa/LoKr/OFT layers are not supported)" if any(LYCORIS_KEY.search(k) for k in keys)
+                                else ""))
+        if any(k.startswith(("lora_te1_", "lora_te2_", "lora_unet_input_blocks", "lora_unet_output_blocks",
+                             "text_encoder_2.")) for k in keys):
+            return "sdxl"
+        widths = [header[k]["shape"][-1] for k in keys if "attn2_to_k.lora_down" in k or "attn2.to_k.lora_A" in k]
+        return "sd2" if widths and widths[0] == 1024 else "sd1"
+    if kind == "embedding":
+        if {"clip_l", "clip_g"} <= set(keys):
+            return "sdxl"
+        vectors = header.get("emb_params") or (header[keys[0]] if len(keys) == 1 else None)
+        if vectors is None or len(vectors["shape"]) not in (1, 2):
+            raise ValueError(f"{Path(path).name} is not an embedding: it needs one emb_params tensor (A1111), one "
+                             "tensor (diffusers) or clip_l and clip_g (SDXL)")
+        return "sd2" if vectors["shape"][-1] == 1024 else "sd1"
+    if kind == "controlnet":
+        if not any(k.startswith(("controlnet_cond_embedding.", "control_model.input_hint_block.", "input_hint_block."))
+                   for k in keys):
+            raise ValueError(f"{Path(path).name} is not a ControlNet: it has no conditioning (hint) block")
+        if any(k.startswith(("add_embedding.", "control_model.label_emb.", "label_emb.")) for k in keys):
+            return "sdxl"
+        widths = [header[k]["shape"][-1] for k in keys if k.endswith("attn2.to_k.weight")]
+        return "sd2" if widths and widths[0] == 1024 else "sd1"
+    raise ValueError(f"kind must be lora, embedding or controlnet (got {kind!r})")
+
+
+_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
+                "F8_E4M3": 1, "F8_E5M2": 1}
+
+
+def _check_tensors(header: dict, name: str) -> None:
+    """Every tensor of a known type, its bytes exactly its shape's: a file that says it is
+    weights is weights."""
+    for key, tensor in header.items():
+        try:
+            count = 1
+            for side in tensor["shape"]:
+                count *= int(side)
+            start, end = (int(x) for x in tensor["data_offsets"])
+            ok = tensor["dtype"] in _DTYPE_BYTES and end - start == count * _DTYPE_BYTES[tensor["dtype"]]
+        except (TypeError, KeyError, ValueError):
+            ok = False
+        if not ok:
+            raise ValueError(f"{name} is damaged: tensor {key[:80]!r} does not match its declared type and shape")
+
+
+def file_metadata(path) -> dict:
+    """The __metadata__ strings of a .safetensors file (training tags live there)."""
+    with open(path, "rb") as file:
+        length = int.from_bytes(file.read(8), "little")
+        return json.loads(file.read(length)).get("__metadata__") or {}

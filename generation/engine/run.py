@@ -7,13 +7,13 @@ from dataclasses import dataclass, field
 import torch
 from PIL import Image
 
-from .addons import Addons, applied_loras, control_image, controlnet_scales, load_addons
+from .addons import Addons, applied_loras, control_image, controlnet_scales
 from .families import FAMILIES
 from .images import Crop, fill_masked, mask_crop, paste_back, prepared_mask, resize
 from .loading import PIPELINES, load_pipeline
 from .metadata import format_parameters, save_png
 from .previews import PreviewSettings, PreviewThrottle, encode_preview, latents_to_rgb, load_taesd
-from .prompts import encode_prompts, encode_prompts_xl
+from .prompts import embedding_pattern, encode_prompts, encode_prompts_xl
 from .request import LATENT_UPSCALERS, MASKED_CONTENT, PIXEL_UPSCALERS, RESIZE_MODES, GenerationRequest, Limits, model_ref
 from .schedulers import make_scheduler
 from .watermark import PAYLOAD_BYTES, embed_watermark
@@ -54,7 +54,7 @@ class GenerationResult:
         if self.refiner:
             extra |= {"Refiner": self.refiner, "Refiner switch at": self.request.refiner_switch_at}
         extra |= _image_input_params(self.request) | _hires_params(self.request)
-        return extra | (self.addons.parameters(self.request) if self.addons else {})
+        return extra | (self.addons.parameters() if self.addons else {})
 
     def save_png(self, k: int, fp, image_id: str = "") -> None:
         save_png(self.images[k], fp, self.parameters(k), image_id)
@@ -97,7 +97,7 @@ def generate(
     _check_roles(model, refiner, request.mode)
     pipe = _pipeline_for_run(model.pipe, request.scheduler, seeds, "inpaint" if request.mask else "txt2img")
 
-    addons = load_addons(request, model)
+    addons = _load_addons(request, model)
     timings["load"] = time.perf_counter() - tick
 
     # 3. Merge the LoRAs for this run only: the weights are put back however it ends.
@@ -173,6 +173,25 @@ def generate(
         addons=addons,
         timings=timings,
     )
+
+
+def _load_addons(request, model) -> Addons:
+    """Read (or find in the cache) the request's add-on files, checked against `model`."""
+    loras = [(PIPELINES.get_addon("lora", use.ref, model), use) for use in request.loras]
+    embeddings, hashes = {}, {}
+    pattern = embedding_pattern(ref.name for ref in request.embeddings)
+    named = {m.lower() for text in (request.prompt, request.negative_prompt) for m in pattern.findall(text)} if (
+        pattern) else set()
+    for ref in request.embeddings:
+        if ref.name.lower() in named:
+            vectors = PIPELINES.get_addon("embedding", ref, model).value
+            if (len(vectors) == 2) != model.xl:  # SDXL's hold a set for each of its two text encoders
+                raise ValueError(f"embedding {ref.name!r} is for another family ("
+                                 f"{'SDXL' if len(vectors) == 2 else 'SD 1.x/2.x'})")
+            embeddings[ref.name] = vectors
+            hashes[ref.name] = ref.hash
+    controlnets = [(PIPELINES.get_addon("controlnet", unit.model, model), unit) for unit in request.controlnets]
+    return Addons(loras, embeddings, hashes, controlnets)
 
 
 class Progress:

@@ -14,8 +14,7 @@ from django.core.files.storage import default_storage
 from django.db import transaction
 from django.db.models import Q, Sum
 
-from generation.engine.addons import addon_family, file_metadata
-from generation.engine.families import file_sha256
+from generation.engine.families import addon_family, file_metadata, file_sha256
 from generation.models import AddOn
 from generation.services.audit import staff_action
 from generation.uploads import png_bytes, read_image

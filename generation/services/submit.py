@@ -13,7 +13,7 @@ from PIL import Image as PILImage
 
 from gallery.models import Image
 from generation import filters
-from generation.engine.prompts import embedding_pattern, lora_tags
+from generation.engine.prompts import LORA_TAG, embedding_pattern, lora_tags
 from generation.engine.request import (
     CONTROL_MODES,
     MIN_SIDE,
@@ -172,11 +172,13 @@ def _addons(user, checkpoint: Checkpoint, fields: dict, units, control_images: l
     records: names, hashes, settings; the same as the engine takes them)."""
     family = checkpoint.family.split("-")[0]
     records, engine = [], {"loras": [], "embeddings": [], "controlnets": []}
+    if not all(isinstance(fields.get(f), str) for f in ("prompt", "negative_prompt")):
+        return records, {}  # the engine's checks name the field
     try:
         tags = lora_tags(fields["prompt"])
     except ValueError as error:
         raise Refused(str(error), field="prompt") from None
-    if "<lora:" in fields["negative_prompt"].lower():
+    if LORA_TAG.search(fields["negative_prompt"]):
         raise Refused("LoRA tags work in the prompt, not the negative prompt.", field="negative_prompt")
     for name, unet, te in tags:
         addon = _addon(user, AddOn.LORA, name, family, checkpoint, "prompt")
@@ -223,7 +225,7 @@ def _choice(value, allowed: tuple, field: str) -> int:
     if isinstance(value, str):
         labels = [label.lower() for label in allowed]
         if value.lower() not in labels:
-            raise Refused(f"{field}: one of {', '.join(allowed)} (or 0-{len(allowed) - 1}).", field=field)
+            raise Refused(f"One of {', '.join(allowed)} (or 0-{len(allowed) - 1}).", field=field)
         return labels.index(value.lower())
     return value
 

@@ -122,6 +122,8 @@ def test_webuiapi_uses_loras_embeddings_and_controlnet_units_as_it_sends_them(st
         f"config='{files['controlnet_config']}').title)")
     api = webuiapi.WebUIApi(host="127.0.0.1", port=studio.port)
     api.set_auth("alice", "alice-password-1")
+    # An earlier test picked an SDXL model; these add-ons are SD 1.x.
+    api.util_set_model(next(t for t in api.util_get_model_names() if t.startswith("sdweb-test-tiny [")), find_closest=False)
     assert [lora["name"] for lora in api.get_loras()] == ["tiny-style"]
     assert "tinyneg" in api.get_embeddings()["loaded"]
     models = api.controlnet_model_list()
@@ -132,8 +134,7 @@ def test_webuiapi_uses_loras_embeddings_and_controlnet_units_as_it_sends_them(st
     detected = api.controlnet_detect([square], module="canny")  # webuiapi's default thresholds: 64 and 64
     assert detected.images[0].convert("L").getextrema() == (0, 255)  # webuiapi decodes the maps itself
     result = api.txt2img(prompt="a lighthouse <lora:tiny-style:0.6>", negative_prompt="tinyneg", width=256, height=256,
-                         steps=3, controlnet_units=[webuiapi.ControlNetUnit(image=square, module="canny", model=models[0])],
-                         override_settings={"sd_model_checkpoint": "sdweb-test-tiny"})
+                         steps=3, controlnet_units=[webuiapi.ControlNetUnit(image=square, module="canny", model=models[0])])
     infotext = result.info["infotexts"][0]
     assert 'Lora hashes: "tiny-style: ' in infotext and 'TI hashes: "tinyneg: ' in infotext
     assert f'ControlNet 0: "Module: canny, Model: {models[0]}, Weight: 1, Resize Mode: Resize and Fill' in infotext

@@ -6,8 +6,8 @@ import pytest
 from PIL import Image, ImageDraw
 
 from generation.engine import GenerationCancelled, GenerationRequest, generate
-from generation.engine.addons import addon_family
 from generation.engine.controlmaps import control_map
+from generation.engine.families import addon_family
 from generation.engine.loading import PIPELINES, load_pipeline
 from generation.engine.metadata import parse_parameters
 from generation.engine.request import ControlUnit, LoraUse, ModelRef
@@ -196,3 +196,24 @@ def test_the_preprocessors_make_the_maps_a_controlnet_reads():
     assert control_map(picture, "canny").size == (512, 512)  # worked at processor_res on the short side
     with pytest.raises(ValueError, match="module must be one of none, canny, lineart_standard, invert"):
         control_map(picture, "openpose")
+
+
+def test_a_lora_in_peft_layout_makes_the_image_its_kohya_twin_makes(addons, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    model, files = addons["sd1"]
+    pipe = load_pipeline(model).pipe
+    kohya, peft = load_file(files["lora"]), {}
+    for root, prefix, modules in (("lora_unet_", "unet.", pipe.unet), ("lora_te_text_model_", "text_encoder.",
+                                                                        pipe.text_encoder)):
+        for name, _ in modules.named_modules():
+            key = root + name.removeprefix("text_model.").replace(".", "_")
+            if f"{key}.lora_down.weight" in kohya:  # alpha == rank: the same scale as PEFT's default
+                peft[f"{prefix}{name}.lora_A.weight"] = kohya[f"{key}.lora_down.weight"]
+                peft[f"{prefix}{name}.lora_B.weight"] = kohya[f"{key}.lora_up.weight"]
+    save_file(peft, tmp_path / "peft.safetensors")
+    assert len(peft) * 3 == len(kohya) * 2
+    twin = LoraUse(ModelRef(str(tmp_path / "peft.safetensors"), name="tiny-style", hash="0"), 0.8, 0.8)
+    prompt = "a lighthouse at dusk <lora:tiny-style:0.8>"
+    assert np.array_equal(pixels(run(model, prompt=prompt, loras=(twin,))),
+                          pixels(run(model, prompt=prompt, loras=(lora(files),))))

@@ -68,7 +68,7 @@ def test_a_150_token_prompt_becomes_a_two_chunk_embedding_and_nothing_is_cut(tex
     tokenizer, _ = text_model
     prompt = "x" * 150  # the test tokenizer spells one token per character
     chunks = tokenize_chunks(tokenizer, prompt)
-    assert len(chunks) == 2 and sum(tok != tokenizer.pad_token_id for ids, _ in chunks for tok in ids) == 150
+    assert len(chunks) == 2 and sum(tok != tokenizer.pad_token_id for ids, _, _ in chunks for tok in ids) == 150
     positive, negative = encode(text_model, prompt)
     assert positive.shape == negative.shape == (1, 154, 32)
 
@@ -104,6 +104,6 @@ def test_weights_change_the_embedding_of_the_weighted_words_only_in_proportion(t
 
 def test_escaped_brackets_reach_the_model_as_brackets(text_model):
     tokenizer, _ = text_model
-    (ids, weights), = tokenize_chunks(tokenizer, "\\(x\\)")
+    (ids, weights, _), = tokenize_chunks(tokenizer, "\\(x\\)")
     assert tokenizer.decode([t for t in ids if t != tokenizer.pad_token_id]).replace(" ", "") == "(x)"
     assert set(weights) == {1.0}

@@ -245,7 +245,7 @@ def test_a_bad_controlnet_unit_is_refused_by_name(alice, carol, checkpoint, libr
             ({"image": private, "model": "tiny-canny"}, "controlnet[0].image", "give the id of an image of yours"),
             ({"image": png(square()), "model": "depth"}, "controlnet[0].model", "No ControlNet called 'depth'"),
             ({"image": png(square()), "model": "tiny-canny", "control_mode": "Loud"}, "controlnet[0].control_mode",
-             "one of Balanced"),
+             "One of Balanced"),
             ({"image": b"GIF89a", "model": "tiny-canny"}, "controlnet[0].image", "PNG, JPEG or WebP")):
         with pytest.raises(Refused, match=message) as refusal:
             job_submit(user=carol, params=params(checkpoint, controlnet=[unit]))
