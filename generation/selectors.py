@@ -2,7 +2,7 @@
 
 from django.db.models import Case, IntegerField, Q, Value, When
 
-from generation.models import AddOn, Checkpoint, Job, UserSettings
+from generation.models import AddOn, Checkpoint, Job, UserSettings, is_model_name
 
 
 def job_for_viewer(user, job_id) -> Job | None:
@@ -52,4 +52,5 @@ def addons_for(user, kind: str | None = None):
 
 
 def addon_named(user, kind: str, name) -> AddOn | None:
-    return addons_for(user, kind).filter(name=name).first() if isinstance(name, str) else None
+    """The add-on `user` means by `name` (theirs first); None for any name that can't be one."""
+    return addons_for(user, kind).filter(name=name).first() if is_model_name(name) else None

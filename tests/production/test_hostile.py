@@ -98,3 +98,20 @@ def test_twenty_requests_at_once_with_one_idempotency_key_get_one_201(deployment
         jobs = Job.objects.filter(user__username="idem-racer")
         print(json.dumps([jobs.count(), CreditEntry.objects.filter(job__in=jobs, kind="charge").count()]))
     """) == [1, 1]
+
+
+def test_add_on_names_that_postgresql_cant_store_are_refused_by_name(deployment):
+    import base64
+    import io
+
+    from PIL import Image
+
+    headers = {"Authorization": f"Bearer {api_key(deployment, 'nul-sender')}", "Content-Type": "application/json"}
+    picture = io.BytesIO()
+    Image.new("RGB", (64, 64)).save(picture, "PNG")
+    unit = {"model": "canny\u0000", "image": base64.b64encode(picture.getvalue()).decode(), "module": "canny"}
+    for path, body in (("/api/v1/jobs/", {"prompt": "x <lora:a\u0000b:1>"}),
+                       ("/sdapi/v1/txt2img", {"prompt": "x <lora:\ud800:1>"}),
+                       ("/sdapi/v1/txt2img", {"prompt": "x", "alwayson_scripts": {"controlnet": {"args": [unit]}}})):
+        data = json.dumps(body).encode()
+        assert request(deployment, path, data, headers) == 400, (path, body)
