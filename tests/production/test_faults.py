@@ -22,11 +22,10 @@ SUBMIT = """
     print(json.dumps(str(job.pk)))
 """
 STATE = """
-    from generation.models import Job
-    job = Job.objects.get(pk="{job_id}")
-    print(json.dumps({{"status": job.status, "attempts": job.attempts, "images": job.images.count(),
-                      "charges": job.credit_entries.filter(kind="charge").count(),
-                      "refunds": job.credit_entries.filter(kind="refund").count()}}))
+    SELECT j.status, j.attempts, (SELECT count(*) FROM gallery_image i WHERE i.job_id = j.id),
+           (SELECT count(*) FROM generation_creditentry c WHERE c.job_id = j.id AND c.kind = 'charge'),
+           (SELECT count(*) FROM generation_creditentry c WHERE c.job_id = j.id AND c.kind = 'refund')
+    FROM generation_job j WHERE j.id = %s
 """
 
 
@@ -49,7 +48,8 @@ class Workers:
             stderr=subprocess.DEVNULL))
 
     def state(self, job_id):
-        return self.production.script(STATE.format(job_id=job_id))
+        (row,) = self.production.query(STATE, job_id)
+        return dict(zip(("status", "attempts", "images", "charges", "refunds"), row))
 
     def wait(self, job_id, condition, timeout=180):
         deadline = time.monotonic() + timeout
@@ -130,9 +130,8 @@ FAIRNESS = """
     print(json.dumps([u.pk for u in users]))
 """
 STARTS = """
-    from generation.models import Job
-    jobs = Job.objects.filter(user__username__startswith="fair").order_by("started_at")
-    print(json.dumps([[j.status, j.user.username, j.worker] for j in jobs]))
+    SELECT j.status, u.username, j.worker FROM generation_job j JOIN auth_user u ON u.id = j.user_id
+    WHERE u.username LIKE 'fair%%' ORDER BY j.started_at
 """
 
 
@@ -141,11 +140,11 @@ def test_two_workers_run_40_jobs_of_4_users_in_fair_order_both_busy(production, 
     workers.start("gpu2")
     production.script(FAIRNESS)
     deadline = time.monotonic() + 240
-    starts = production.script(STARTS)
+    starts = production.query(STARTS)
     while any(status != "succeeded" for status, _, _ in starts):
         assert time.monotonic() < deadline, starts
         time.sleep(1)
-        starts = production.script(STARTS)
+        starts = production.query(STARTS)
     users = [user for _, user, _ in starts]
     for n in range(4, 41, 4):  # in every prefix of the start order, each user got a fair share
         counts = [users[:n].count(f"fair{u}") for u in range(4)]

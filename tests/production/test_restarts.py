@@ -59,9 +59,10 @@ def test_restarting_web_and_worker_mid_job_loses_nothing(production):
 
         processes.append(production.worker("gpu2", log))
         deadline = time.monotonic() + 120
-        while (state := production.script(STATE.format(ids=[next_job])))[next_job][0] != "succeeded":
-            assert time.monotonic() < deadline, state
+        while production.query("SELECT status FROM generation_job WHERE id = %s", next_job) != [("succeeded",)]:
+            assert time.monotonic() < deadline
             time.sleep(0.5)
+        state = production.script(STATE.format(ids=[next_job]))
         assert state[next_job] == ["succeeded", 1, "gpu2", 1, 1], state
     finally:
         for process in processes:
