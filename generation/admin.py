@@ -2,7 +2,6 @@ import csv
 import json
 
 from django import forms
-from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.http import HttpResponse
@@ -33,9 +32,7 @@ class CheckpointAdmin(admin.ModelAdmin):
         """Register what an operator copied into the models folder (POST: it may hash for a while)."""
         if request.method != "POST" or not request.user.has_perm("generation.add_checkpoint"):
             raise PermissionDenied
-        found, skipped = checkpoints_scan()
-        staff_action(staff=request.user, action="scan models", target=settings.SDWEB["MODELS_DIR"].name,
-                     details=json.dumps({"registered": [c.name for c in found], "skipped": skipped}))
+        found, skipped = checkpoints_scan(staff=request.user)
         self.message_user(request, f"{len(found)} checkpoint(s) in the models folder: "
                                    + (", ".join(c.title for c in found) or "none"))
         for name, reason in skipped.items():
@@ -63,9 +60,7 @@ class AddOnAdmin(admin.ModelAdmin):
     def scan(self, request):
         if request.method != "POST" or not request.user.has_perm("generation.add_addon"):
             raise PermissionDenied
-        found, skipped = addons_scan()
-        staff_action(staff=request.user, action="scan add-ons", target="add-on folders",
-                     details=json.dumps({"registered": [a.title for a in found], "skipped": skipped}))
+        found, skipped = addons_scan(staff=request.user)
         self.message_user(request, f"{len(found)} add-on(s) in the add-on folders: "
                                    + (", ".join(a.title for a in found) or "none"))
         for name, reason in skipped.items():

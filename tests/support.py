@@ -72,6 +72,22 @@ class Studio:
         return result.stdout.strip().splitlines()[-1]
 
 
+    def add_tiny_addons(self) -> None:
+        """Register add-ons that fit the studio's test model: LoRA tiny-style, embedding tinyneg and
+        ControlNet tiny-canny (with its tiny config)."""
+        from generation.engine.loading import load_pipeline
+        from generation.engine.testmodel import make_tiny_addons
+
+        files = make_tiny_addons(load_pipeline(str(self.var_dir / "models" / "sdweb-test-tiny")).pipe,
+                                 self.var_dir / "addon-files")
+        self.manage(
+            "from generation.services.addons import addon_register as r; "
+            f"r(kind='lora', name='tiny-style', source='{files['lora']}'); "
+            f"r(kind='embedding', name='tinyneg', source='{files['embedding']}'); "
+            f"print(r(kind='controlnet', name='tiny-canny', source='{files['controlnet']}', "
+            f"config='{files['controlnet_config']}').title)")
+
+
 class Browser:
     """Cookies and CSRF like a browser, over plain HTTP."""
 

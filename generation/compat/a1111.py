@@ -23,7 +23,7 @@ from generation.live import wait_for_end
 from generation.models import HIRES_PARAMS, IMAGE_INPUT_PARAMS, Checkpoint, Job, UserSettings, Vae, is_model_name
 from generation.presenters import refusal_status
 from generation.selectors import user_checkpoint
-from generation.services.audit import audit_refused, staff_action
+from generation.services.audit import audit_refused
 from generation.services.checkpoints import checkpoints_scan
 from generation.services.extras import extras_upscale
 from generation.services.queue import job_cancel
@@ -329,9 +329,7 @@ class RefreshCheckpoints(A1111View):
     @extend_schema(exclude=True)
     def post(self, request):
         if request.user.has_perm("generation.add_checkpoint"):
-            found, skipped = checkpoints_scan()
-            staff_action(staff=request.user, action="scan models", target="refresh-checkpoints",
-                         details=json.dumps({"registered": [c.name for c in found], "skipped": skipped}))
+            checkpoints_scan(staff=request.user)
         return Response(None)
 
 

@@ -2,7 +2,6 @@
 API (/controlnet/..., `alwayson_scripts.controlnet.args` units), as their clients send them."""
 
 import base64
-import json
 
 from drf_spectacular.utils import extend_schema
 from rest_framework.response import Response
@@ -12,7 +11,6 @@ from generation.engine.controlmaps import MODULES, control_map
 from generation.models import AddOn
 from generation.selectors import addons_for, user_checkpoint
 from generation.services.addons import addons_scan
-from generation.services.audit import staff_action
 from generation.uploads import decode_base64, png_bytes, read_image
 
 
@@ -32,9 +30,7 @@ class RefreshLoras(A1111View):
     @extend_schema(exclude=True)
     def post(self, request):
         if request.user.has_perm("generation.add_addon"):
-            found, skipped = addons_scan()
-            staff_action(staff=request.user, action="scan add-ons", target="refresh-loras",
-                         details=json.dumps({"registered": [a.title for a in found], "skipped": skipped}))
+            addons_scan(staff=request.user)
         return Response(None)
 
 

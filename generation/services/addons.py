@@ -93,10 +93,10 @@ def _store_preview(image) -> str:
     return name
 
 
-def addons_scan(*, progress_for=None) -> tuple[list[AddOn], dict[str, str]]:
+def addons_scan(*, staff=None, progress_for=None) -> tuple[list[AddOn], dict[str, str]]:
     """Register every .safetensors in the LoRA, embeddings and ControlNet folders, named by the
     file name without the extension; library add-ons whose file is gone are disabled. Returns
-    (the add-ons, {file: why it was not registered})."""
+    (the add-ons, {file: why it was not registered}); a scan by `staff` is a staff action."""
     found, skipped, seen = [], {}, set()
     for kind, setting in FOLDERS.items():
         root = Path(settings.SDWEB[setting])
@@ -120,6 +120,9 @@ def addons_scan(*, progress_for=None) -> tuple[list[AddOn], dict[str, str]]:
     AddOn.objects.filter(owner=None, enabled=True).exclude(pk__in=seen).filter(
         Q(*[Q(source__startswith=str(settings.SDWEB[s])) for s in FOLDERS.values()], _connector=Q.OR)).update(
         enabled=False)
+    if staff is not None:
+        staff_action(staff=staff, action="scan add-ons", target="add-on folders",
+                     details=json.dumps({"registered": [a.title for a in found], "skipped": skipped}))
     return found, skipped
 
 

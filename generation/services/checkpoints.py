@@ -11,6 +11,7 @@ from generation.engine.families import FAMILIES, detect_family, file_sha256, rea
 from generation.engine.sources import resolve_source
 from generation.engine.testmodel import TEST_MODEL_NAME, make_test_model
 from generation.models import Checkpoint, Vae
+from generation.services.audit import staff_action
 
 
 def checkpoint_register(*, name: str, source: str, family: str = "", config: str = "", make_default: bool = False,
@@ -78,10 +79,11 @@ def _folder_family(folder: Path, family: str) -> tuple[str, int]:
     return found, int(unet_config.get("sample_size", 64)) * 8
 
 
-def checkpoints_scan(*, progress_for=None) -> tuple[list, dict[str, str]]:
+def checkpoints_scan(*, staff=None, progress_for=None) -> tuple[list, dict[str, str]]:
     """Register every .safetensors in the models folder, checkpoints named by their file name
     without the extension and VAEs by their file name, hashing only new or changed files.
-    Returns (the checkpoints and VAEs, {file name: why it was not registered})."""
+    Returns (the checkpoints and VAEs, {file name: why it was not registered}); a scan by `staff`
+    is a staff action."""
     found, skipped = [], {}
     root = Path(settings.SDWEB["MODELS_DIR"])
     addon_folders = [Path(settings.SDWEB[s]).resolve() for s in ("LORA_DIR", "EMBEDDINGS_DIR", "CONTROLNET_DIR")]
@@ -109,6 +111,9 @@ def checkpoints_scan(*, progress_for=None) -> tuple[list, dict[str, str]]:
                 progress=progress))
         except ValueError as error:
             skipped[str(path.relative_to(root))] = str(error)
+    if staff is not None:
+        staff_action(staff=staff, action="scan models", target=root.name,
+                     details=json.dumps({"registered": [c.name for c in found], "skipped": skipped}))
     return found, skipped
 
 

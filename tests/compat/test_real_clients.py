@@ -109,17 +109,7 @@ def test_the_openai_sdk_edits_an_image_under_a_mask(studio):
 def test_webuiapi_uses_loras_embeddings_and_controlnet_units_as_it_sends_them(studio):
     import webuiapi
 
-    from generation.engine.loading import load_pipeline
-    from generation.engine.testmodel import make_tiny_addons
-
-    files = make_tiny_addons(load_pipeline(str(studio.var_dir / "models" / "sdweb-test-tiny")).pipe,
-                             studio.var_dir / "addon-files")
-    studio.manage(
-        "from generation.services.addons import addon_register as r; "
-        f"r(kind='lora', name='tiny-style', source='{files['lora']}'); "
-        f"r(kind='embedding', name='tinyneg', source='{files['embedding']}'); "
-        f"print(r(kind='controlnet', name='tiny-canny', source='{files['controlnet']}', "
-        f"config='{files['controlnet_config']}').title)")
+    studio.add_tiny_addons()
     api = webuiapi.WebUIApi(host="127.0.0.1", port=studio.port)
     api.set_auth("alice", "alice-password-1")
     # An earlier test picked an SDXL model; these add-ons are SD 1.x.

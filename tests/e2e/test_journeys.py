@@ -420,18 +420,9 @@ def test_13_upload_img2img_paint_a_mask_inpaint_outpaint_and_hires_fix(new_page)
 
 
 def test_14_a_lora_a_negative_embedding_and_a_canny_controlnet_from_a_gallery_image(new_page, studio):
-    from generation.engine.loading import load_pipeline
     from generation.engine.metadata import parse_parameters
-    from generation.engine.testmodel import make_tiny_addons
 
-    files = make_tiny_addons(load_pipeline(str(studio.var_dir / "models" / "sdweb-test-tiny")).pipe,
-                             studio.var_dir / "addon-files")
-    studio.manage(
-        "from generation.services.addons import addon_register as r; "
-        f"r(kind='lora', name='tiny-style', source='{files['lora']}'); "
-        f"r(kind='embedding', name='tinyneg', source='{files['embedding']}'); "
-        f"print(r(kind='controlnet', name='tiny-canny', source='{files['controlnet']}', "
-        f"config='{files['controlnet_config']}').title)")
+    studio.add_tiny_addons()
     page = new_page()
     sign_up(page)
     generate(page, prompt="a white square on black", steps=2, images=1)

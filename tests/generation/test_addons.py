@@ -289,7 +289,16 @@ def test_a1111_lists_loras_and_embeddings_as_a1111_does_without_server_paths(a11
     embeddings = a1111.get("/sdapi/v1/embeddings").json()
     assert list(embeddings["loaded"]) == ["tinyneg"] and list(embeddings["skipped"]) == ["xlneg"]
     assert a1111.post("/sdapi/v1/refresh-loras").status_code == 200
+    assert not StaffAction.objects.exists()  # alice may not add add-ons: nothing is scanned
     assert str(addon_files["lora"].parent) not in json.dumps(loras)
+
+
+def test_staff_who_may_add_add_ons_rescan_through_refresh_loras(admin):
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION="Basic " + base64.b64encode(b"admin:admin-password-1").decode())
+    assert client.post("/sdapi/v1/refresh-loras").status_code == 200
+    assert client.post("/sdapi/v1/refresh-checkpoints").status_code == 200
+    assert sorted(StaffAction.objects.values_list("action", flat=True)) == ["scan add-ons", "scan models"]
 
 
 def test_the_controlnet_extension_api_answers_as_the_extension_does(a1111, library):

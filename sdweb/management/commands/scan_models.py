@@ -12,15 +12,12 @@ class Command(BaseCommand):
             "named by file name; files already registered are hashed again only when they changed.")
 
     def handle(self, **options):
-        found, skipped = checkpoints_scan(progress_for=lambda path: hash_progress(path, self.stderr))
-        for checkpoint in found:
-            self.stdout.write(f"{checkpoint.title}: {checkpoint.get_family_display()}")
-        for name, reason in skipped.items():
-            self.stdout.write(f"skipped {name}: {reason}")
-        self.stdout.write(f"{len(found)} checkpoint(s) in {settings.SDWEB['MODELS_DIR'].name}/, {len(skipped)} skipped")
-        found, skipped = addons_scan(progress_for=lambda path: hash_progress(path, self.stderr))
-        for addon in found:
-            self.stdout.write(f"{addon.get_kind_display()} {addon.title}: {addon.get_family_display()}")
-        for name, reason in skipped.items():
-            self.stdout.write(f"skipped {name}: {reason}")
-        self.stdout.write(f"{len(found)} add-on(s), {len(skipped)} skipped")
+        for scan, what in ((checkpoints_scan, f"checkpoint(s) in {settings.SDWEB['MODELS_DIR'].name}/"),
+                           (addons_scan, "add-on(s)")):
+            found, skipped = scan(progress_for=lambda path: hash_progress(path, self.stderr))
+            for entry in found:
+                kind = f"{entry.get_kind_display()} " if hasattr(entry, "kind") else ""
+                self.stdout.write(f"{kind}{entry.title}: {entry.get_family_display()}")
+            for name, reason in skipped.items():
+                self.stdout.write(f"skipped {name}: {reason}")
+            self.stdout.write(f"{len(found)} {what}, {len(skipped)} skipped")
