@@ -17,31 +17,38 @@ from generation.services.credits import credits_grant
 from generation.trace import trace_image
 
 
+class FolderScanAdmin(admin.ModelAdmin):
+    """A changelist button registering what an operator copied into a folder (POST: it may hash for a while)."""
+
+    scan_permission = scan_what = ""
+    scan_files = None  # a service: scan(staff=) -> (found, {file: why skipped})
+
+    def get_urls(self):
+        name = f"{self.model._meta.app_label}_{self.model._meta.model_name}"
+        return [path("scan/", self.admin_site.admin_view(self.scan), name=f"{name}_scan")] + super().get_urls()
+
+    def scan(self, request):
+        if request.method != "POST" or not request.user.has_perm(self.scan_permission):
+            raise PermissionDenied
+        found, skipped = self.scan_files(staff=request.user)
+        self.message_user(request, f"{len(found)} {self.scan_what}: " + (", ".join(x.title for x in found) or "none"))
+        for name, reason in skipped.items():
+            self.message_user(request, f"Skipped {name}: {reason}", level=messages.WARNING)
+        return redirect(f"admin:{self.model._meta.app_label}_{self.model._meta.model_name}_changelist")
+
+
 @admin.register(Checkpoint)
-class CheckpointAdmin(admin.ModelAdmin):
+class CheckpointAdmin(FolderScanAdmin):
     list_display = ("name", "source", "family", "short_hash", "enabled", "is_default", "is_test_model")
     list_filter = ("enabled", "family")
     readonly_fields = ("sha256", "file_size", "file_mtime")
     change_list_template = "admin/generation/checkpoint/change_list.html"
-
-    def get_urls(self):
-        scan = path("scan/", self.admin_site.admin_view(self.scan), name="generation_checkpoint_scan")
-        return [scan] + super().get_urls()
-
-    def scan(self, request):
-        """Register what an operator copied into the models folder (POST: it may hash for a while)."""
-        if request.method != "POST" or not request.user.has_perm("generation.add_checkpoint"):
-            raise PermissionDenied
-        found, skipped = checkpoints_scan(staff=request.user)
-        self.message_user(request, f"{len(found)} checkpoint(s) in the models folder: "
-                                   + (", ".join(c.title for c in found) or "none"))
-        for name, reason in skipped.items():
-            self.message_user(request, f"Skipped {name}: {reason}", level=messages.WARNING)
-        return redirect("admin:generation_checkpoint_changelist")
+    scan_permission, scan_what = "generation.add_checkpoint", "checkpoint(s) in the models folder"
+    scan_files = staticmethod(checkpoints_scan)
 
 
 @admin.register(AddOn)
-class AddOnAdmin(admin.ModelAdmin):
+class AddOnAdmin(FolderScanAdmin):
     list_display = ("name", "kind", "family", "short_hash", "owner", "published", "enabled", "trigger_words")
     list_filter = ("kind", "family", "enabled", "published")
     search_fields = ("name", "owner__username", "sha256")
@@ -49,23 +56,11 @@ class AddOnAdmin(admin.ModelAdmin):
                        "preview")
     actions = ["publish", "unpublish"]
     change_list_template = "admin/generation/addon/change_list.html"
+    scan_permission, scan_what = "generation.add_addon", "add-on(s) in the add-on folders"
+    scan_files = staticmethod(addons_scan)
 
     def has_add_permission(self, request):
         return False  # files come from the add-on folders (Scan) or users' uploads
-
-    def get_urls(self):
-        scan = path("scan/", self.admin_site.admin_view(self.scan), name="generation_addon_scan")
-        return [scan] + super().get_urls()
-
-    def scan(self, request):
-        if request.method != "POST" or not request.user.has_perm("generation.add_addon"):
-            raise PermissionDenied
-        found, skipped = addons_scan(staff=request.user)
-        self.message_user(request, f"{len(found)} add-on(s) in the add-on folders: "
-                                   + (", ".join(a.title for a in found) or "none"))
-        for name, reason in skipped.items():
-            self.message_user(request, f"Skipped {name}: {reason}", level=messages.WARNING)
-        return redirect("admin:generation_addon_changelist")
 
     def save_model(self, request, obj, form, change):
         super().save_model(request, obj, form, change)

@@ -368,3 +368,19 @@ def test_the_rest_api_lists_add_ons_and_takes_controlnet_units_as_json(api, alic
     assert bad.status_code == 400 and "not valid base64" in json.dumps(bad.json())
     quote = api.get("/api/v1/quote/?width=512&height=512&steps=30&num_images=1&controlnet_units=2").json()
     assert quote["cost"] == 2
+
+
+def test_the_admin_scan_button_needs_its_permission_and_is_a_staff_action(admin, db, client, settings, tmp_path,
+                                                                         addon_files):
+    from django.contrib.auth.models import Permission, User
+
+    settings.SDWEB = {**settings.SDWEB, "LORA_DIR": tmp_path}
+    (tmp_path / "style.safetensors").write_bytes(addon_files["lora"].read_bytes())
+    viewer = User.objects.create_user("viewer", password="viewer-pass-1", is_staff=True)
+    viewer.user_permissions.add(Permission.objects.get(codename="view_addon"))
+    client.force_login(viewer)
+    assert client.post("/admin/generation/addon/scan/").status_code == 403
+    client.force_login(admin)
+    response = client.post("/admin/generation/addon/scan/", follow=True)
+    assert "1 add-on(s) in the add-on folders: style [" in response.content.decode()
+    assert StaffAction.objects.get().action == "scan add-ons"
