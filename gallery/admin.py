@@ -37,10 +37,14 @@ class ReportStatus(admin.SimpleListFilter):
 class ReportAdmin(admin.ModelAdmin):
     """The moderation queue: open reports first."""
 
-    list_display = ("image", "thumbnail", "owner", "reason", "reporter", "created_at", "outcome")
+    list_display = ("image", "thumbnail", "owner", "short_reason", "reporter", "created_at", "outcome")
     list_filter = (ReportStatus, "outcome")
     readonly_fields = ("image", "reporter", "reason", "created_at", "resolved_at", "outcome")
     actions = ["hide_images", "suspend_owners", "dismiss"]
+
+    @admin.display(description="reason")
+    def short_reason(self, report):
+        return report.reason[:80] + ("…" if len(report.reason) > 80 else "")
 
     def has_add_permission(self, request):
         return False

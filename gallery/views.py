@@ -8,7 +8,7 @@ from django.http import FileResponse, Http404
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils.http import urlencode
-from django.views.decorators.http import require_POST
+from django.views.decorators.http import require_http_methods, require_POST
 
 from gallery import services
 from gallery.models import Image
@@ -119,9 +119,13 @@ def image_visibility(request, hex_id):
 
 
 @login_required
-@require_POST
+@require_http_methods(["GET", "POST"])
 def image_delete(request, hex_id):
-    services.images_delete(images=[_managed(request, hex_id, "delete")], actor=request.user)
+    """GET asks to confirm (deleting is for good); POST deletes."""
+    image = _managed(request, hex_id, "delete")
+    if request.method == "GET":
+        return render(request, "image_delete.html", {"image": image})
+    services.images_delete(images=[image], actor=request.user)
     messages.success(request, "Image deleted.")
     return redirect("gallery")
 

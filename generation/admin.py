@@ -177,7 +177,7 @@ class PromptAuditAdmin(AppendOnlyAdmin):
 
     list_display = ("created_at", "username", "decision", "checkpoint", "prompt_text", "reason", "job_id")
     list_filter = ("decision", "checkpoint", ("created_at", admin.DateFieldListFilter), "username")
-    search_fields = ("prompt", "negative_prompt")
+    search_fields = ("prompt", "negative_prompt", "reason")
     date_hierarchy = "created_at"
     change_list_template = "admin/generation/promptaudit/change_list.html"
 

@@ -1,5 +1,7 @@
 """Reads of the generation domain that take more than a line."""
 
+import statistics
+
 from django.db.models import Case, IntegerField, Q, Value, When
 
 from generation.models import AddOn, Checkpoint, Job, UserSettings, is_model_name
@@ -24,6 +26,25 @@ def queued_ahead(limit: int) -> list[tuple]:
     """(job id, queued jobs ahead of it) for the first `limit` queued jobs."""
     waiting = Job.objects.filter(status=Job.QUEUED).order_by("created_at").values_list("pk", flat=True)[:limit]
     return [(job_id, position) for position, job_id in enumerate(waiting)]
+
+
+def queue_outlook() -> tuple[int, float | None]:
+    """(jobs running now, seconds a job has taken lately: the median of the last 20 finished), to
+    tell a waiting job how many are ahead of it (running ones too) and about when it starts."""
+    running = Job.objects.filter(status=Job.RUNNING).count()
+    recent = Job.objects.filter(status=Job.SUCCEEDED, started_at__isnull=False, finished_at__isnull=False).order_by(
+        "-finished_at").values_list("started_at", "finished_at")[:20]
+    durations = [(finished - started).total_seconds() for started, finished in recent]
+    return running, statistics.median(durations) if durations else None
+
+
+def queue_wait(queued_before: int, outlook: tuple[int, float | None]) -> dict:
+    """What a queued job's page shows: jobs ahead (queued and running) and an ETA in seconds."""
+    running, typical = outlook
+    ahead = queued_before + running
+    # The running jobs hold the workers: the queue drains about `running` jobs per typical job time.
+    eta = round(ahead * typical / max(1, running), 1) if typical is not None else None
+    return {"position": ahead, "eta": eta}
 
 
 def default_checkpoint() -> Checkpoint | None:

@@ -151,9 +151,7 @@ def job_cancel(request, job_id):
         job = cancel(user=request.user, job_id=job_id)
     except Job.DoesNotExist:
         raise Http404
-    if job.cancel_requested and job.status == Job.RUNNING:
-        messages.info(request, "Stopping at the next step…")
-    return back_to(request, reverse("job", args=[job.pk]))
+    return back_to(request, reverse("job", args=[job.pk]))  # the job's panel says what happens next
 
 
 def metrics(request):

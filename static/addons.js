@@ -15,7 +15,7 @@
   }
   function byFamily() {
     const family = (sizes[field("checkpoint").value] || {}).family;
-    for (const select of [$("lora-pick"), $("embedding-pick")]) {
+    for (const select of [$("lora-pick"), $("embedding-pick")].filter(Boolean)) {
       for (const option of select.options) option.hidden = option.dataset.family !== family;
       if (select.selectedOptions[0] && select.selectedOptions[0].hidden) {
         const first = [...select.options].find((o) => !o.hidden);
@@ -25,19 +25,24 @@
     showTrigger();
   }
   function showTrigger() {
-    const option = $("lora-pick").selectedOptions[0];
+    const option = $("lora-pick") && $("lora-pick").selectedOptions[0];
     $("lora-trigger").textContent = option && option.dataset.trigger ? `Trained on: ${option.dataset.trigger}` : "";
   }
-  $("lora-add").addEventListener("click", () => {
-    if ($("lora-pick").value) append("prompt", `<lora:${$("lora-pick").value}:${Number($("lora-weight").value) || 1}>`);
-  });
-  $("embedding-prompt").addEventListener("click", () => { if ($("embedding-pick").value) append("prompt", $("embedding-pick").value); });
-  $("embedding-negative").addEventListener("click", () => {
-    if ($("embedding-pick").value) append("negative_prompt", $("embedding-pick").value);
-  });
-  $("lora-pick").addEventListener("change", showTrigger);
+  if ($("lora-pick")) {
+    $("lora-add").addEventListener("click", () => {
+      if ($("lora-pick").value) append("prompt", `<lora:${$("lora-pick").value}:${Number($("lora-weight").value) || 1}>`);
+    });
+    $("lora-pick").addEventListener("change", showTrigger);
+  }
+  if ($("embedding-pick")) {
+    $("embedding-prompt").addEventListener("click", () => { if ($("embedding-pick").value) append("prompt", $("embedding-pick").value); });
+    $("embedding-negative").addEventListener("click", () => {
+      if ($("embedding-pick").value) append("negative_prompt", $("embedding-pick").value);
+    });
+  }
   field("checkpoint").addEventListener("change", byFamily);
   byFamily();
+  if (!field("cn_model")) return;  // no ControlNet in the library
 
   function canny() {
     for (const name of ["cn_threshold_a", "cn_threshold_b"]) field(name).closest(".field").hidden = field("cn_module").value !== "canny";

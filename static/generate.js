@@ -23,10 +23,11 @@
       pixelSteps += hw * hh * Math.floor((Number(field("hr_second_pass_steps").value) || s) * strength);
     }
     // A ControlNet unit adds half of every step's work (credits.quote_cost).
-    const units = field("cn_model").value ? 1 : 0;
+    const units = field("cn_model") && field("cn_model").value ? 1 : 0;
     const cost = Math.max(1, Math.ceil((n * pixelSteps * (2 + units)) / 2 / unit));
     const out = document.getElementById("cost");
     out.textContent = Number.isFinite(cost) ? cost : "–";
+    document.getElementById("cost-word").textContent = cost === 1 ? "credit" : "credits";
     out.classList.toggle("error", cost > Number(form.dataset.balance));
   }
   const sizes = JSON.parse(document.getElementById("checkpoint-sizes").textContent);

@@ -8,9 +8,31 @@
   let status = root.dataset.status;
 
   function setStatus(text) {
+    const ended = done.has(text) && !done.has(status);
     status = text;
     $("status").querySelector("strong").textContent = text;
+    // Everything else on the page that shows this job's state or the balance follows too.
+    for (const cell of document.querySelectorAll(`[data-job-status="${root.dataset.job}"]`)) {
+      cell.textContent = text;
+      cell.className = `status ${text}`;
+    }
     if (done.has(text) && $("cancel-form")) $("cancel-form").hidden = true;
+    if (ended) refreshBalance();
+  }
+  async function refreshBalance() {
+    const response = await fetch("/api/v1/credits/", { credentials: "same-origin" }).catch(() => null);
+    if (!response || !response.ok) return;
+    const { balance } = await response.json();
+    for (const el of document.querySelectorAll("#balance, .balance-now")) el.textContent = balance;
+  }
+  function queued(m) {
+    const n = m.position;
+    $("eta").textContent = (n ? `Queued · ${n} job${n === 1 ? "" : "s"} ahead` : "Queued · next")
+      + (m.eta ? ` · starts in about ${Math.ceil(m.eta)} s` : "");
+  }
+  function note(text) {
+    $("note").textContent = text || "";
+    $("note").hidden = !text;
   }
   function progress(step, total, eta) {
     if (total) { $("progress").max = total; $("progress").value = step; }
@@ -53,12 +75,13 @@
     state(m) {
       setStatus(m.status);
       progress(m.step, m.total);
-      if (m.status === "queued") $("eta").textContent = `Queued · ${m.position} job(s) ahead`;
+      if (m.status === "queued") queued(m);
       if (m.preview) { $("preview").src = m.preview; $("preview").hidden = false; }
       if (m.images) showImages(m.images);
-      fail(m.error);
+      if (m.status === "cancelled") note(m.error);
+      else if (m.status === "failed") fail(m.error);
     },
-    queued(m) { setStatus("queued"); $("eta").textContent = `Queued · ${m.position} job(s) ahead`; },
+    queued(m) { setStatus("queued"); queued(m); },
     started() { setStatus("running"); $("eta").textContent = "Starting…"; },
     progress(m) {
       setStatus("running");
@@ -68,7 +91,7 @@
     },
     finished(m) { setStatus("succeeded"); progress(1, 1); $("eta").textContent = ""; showImages(m.images); },
     failed(m) { setStatus("failed"); fail(m.reason); },
-    cancelled() { setStatus("cancelled"); $("preview").hidden = true; fail("Cancelled; the credits are back."); },
+    cancelled() { setStatus("cancelled"); $("preview").hidden = true; $("eta").textContent = ""; note("Cancelled; the credits are back."); },
   };
 
   let retry = 500;
@@ -76,7 +99,11 @@
     const scheme = location.protocol === "https:" ? "wss" : "ws";
     const socket = new WebSocket(`${scheme}://${location.host}${root.dataset.socket}`);
     socket.onmessage = (e) => { const m = JSON.parse(e.data); (handlers[m.type] || (() => {}))(m); retry = 500; };
-    socket.onclose = () => { if (!done.has(status)) setTimeout(connect, retry = Math.min(retry * 2, 8000)); };
+    socket.onclose = () => {
+      if (done.has(status)) return;
+      $("eta").textContent = "Reconnecting…";  // not a stale "seconds left" while nothing is heard
+      setTimeout(connect, retry = Math.min(retry * 2, 8000));
+    };
   }
   connect();
 })();

@@ -53,12 +53,13 @@ def latents_to_rgb(latents: torch.Tensor, taesd=None) -> torch.Tensor:
 
 
 def encode_preview(rgb: torch.Tensor, settings: PreviewSettings, blur: bool = False) -> bytes:
-    """A batch of previews tiled in a near-square grid, scaled to `max_edge`, as image bytes;
-    `blur` (while a safety checker has yet to clear the images) leaves 12 blocks along an edge."""
+    """A batch of previews tiled in one row (up to three) or a near-square grid, scaled to
+    `max_edge`, as image bytes; an empty cell is grey, not black. `blur` (while a safety checker has
+    yet to clear the images) leaves 12 blocks along an edge."""
     count, height, width, _ = rgb.shape
-    columns = math.ceil(math.sqrt(count))
+    columns = count if count <= 3 else math.ceil(math.sqrt(count))
     rows = math.ceil(count / columns)
-    grid = Image.new("RGB", (columns * width, rows * height))
+    grid = Image.new("RGB", (columns * width, rows * height), (128, 128, 128))
     for k in range(count):
         grid.paste(Image.fromarray(rgb[k].numpy()), ((k % columns) * width, (k // columns) * height))
     scale = settings.max_edge / max(grid.size)

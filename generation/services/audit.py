@@ -17,7 +17,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from generation.engine.request import MAX_PROMPT_CHARS
-from generation.models import INPUT_DIGESTS, AuditChain, AuditImage, Job, PromptAudit, StaffAction
+from generation.models import INPUT_DIGESTS, AuditChain, AuditImage, Checkpoint, Job, PromptAudit, StaffAction
 
 GENESIS = "0" * 64
 
@@ -75,6 +75,9 @@ def audit_append(*, user, client_ip, params: dict, decision: str, reason: str = 
         if job.addons:  # what the trace names: each add-on's kind, name and file hash
             shown["addons"] = [{k: a[k] for k in ("kind", "name", "sha256")} for a in job.addons]
     checkpoint_name = checkpoint.name if checkpoint else str(params.get("checkpoint") or "")
+    if checkpoint_name.isdigit():  # a form sends the checkpoint's id: the audit names it
+        checkpoint_name = Checkpoint.objects.filter(pk=int(checkpoint_name)).values_list("name", flat=True).first() \
+            or checkpoint_name
     texts = [str(params.get(f) or "") for f in ("prompt", "negative_prompt")]
     for field, text in zip(("prompt", "negative_prompt"), texts):
         if len(text) > MAX_PROMPT_CHARS:  # refused anyway: a megabyte must not go into the log for good

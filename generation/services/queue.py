@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from generation.live import job_event
 from generation.models import Job
-from generation.selectors import queued_ahead
+from generation.selectors import queue_outlook, queue_wait, queued_ahead
 from generation.services.credits import credits_refund
 from sdweb.celery import app
 
@@ -68,8 +68,9 @@ def job_claim(*, worker: str = "", held: frozenset = frozenset()) -> Job | None:
 
 def announce_queue_positions(limit: int = 100) -> None:
     """Tell the pages watching queued jobs that the queue moved."""
+    outlook = queue_outlook()
     for job_id, position in queued_ahead(limit):
-        job_event(job_id, {"type": "queued", "position": position})
+        job_event(job_id, {"type": "queued", **queue_wait(position, outlook)})
 
 
 def fail_exhausted(now) -> int:

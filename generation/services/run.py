@@ -75,7 +75,7 @@ def image_checker(setting: str):
 def job_run(job: Job) -> None:
     attempt, lease = job.attempts, timedelta(seconds=settings.SDWEB["LEASE_SECONDS"])
     deadline = time.monotonic() + settings.SDWEB["JOB_TIMEOUT_SECONDS"]
-    started = lease_renewed = time.monotonic()
+    lease_renewed = time.monotonic()
     stop_reason = None
     owned = Job.objects.filter(pk=job.pk, attempts=attempt, status=Job.RUNNING)
 
@@ -93,11 +93,16 @@ def job_run(job: Job) -> None:
             lease_renewed = time.monotonic()
         return stop_reason is not None
 
+    first_step = []  # (when, step) of the first preview: the rate is measured from there
+
     def on_preview(step: int, total: int, image: bytes) -> None:
         owned.update(progress_step=step, progress_total=total, preview=image, previews_sent=F("previews_sent") + 1)
-        elapsed = time.monotonic() - started
-        job_event(job.pk, {"type": "progress", "step": step, "total": total,
-                           "eta": round(elapsed / step * (total - step), 1), "preview": image})
+        # From the first step on, not from the start: loading and text encoding would make an
+        # early estimate jump (49 s, then 95 s) as the steady step time shows through.
+        first_step[:] = first_step or [(time.monotonic(), step)]
+        (since, from_step), now = first_step[0], time.monotonic()
+        eta = round((now - since) / (step - from_step) * (total - step), 1) if step > from_step else None
+        job_event(job.pk, {"type": "progress", "step": step, "total": total, "eta": eta, "preview": image})
 
     job_event(job.pk, {"type": "started", "attempt": attempt})
     payloads = [i.to_bytes(8, "big") for i in job.image_ids]

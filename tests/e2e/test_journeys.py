@@ -103,18 +103,51 @@ def test_3_a_public_image_is_found_by_a_visitor_until_it_is_private_again(new_pa
     assert visitor.locator(f"a[href='{share_url}']").count() == 0
 
 
-def test_4_cancelling_a_running_job_says_so_and_gives_the_credits_back(new_page):
+def test_4_a_waiting_job_counts_the_running_one_and_cancelling_updates_the_whole_page(new_page):
     page = new_page()
     sign_up(page)
     generate(page, prompt="a very slow painting", steps=150, images=1, size=512, wait=False)
     page.wait_for_function("document.getElementById('progress').value >= 2")
     assert balance(page) == 95
+    other = new_page()  # another user's job waits behind the running one, and says so
+    sign_up(other)
+    generate(other, prompt="a quick sketch", steps=2, images=1, wait=False)
+    other.wait_for_function("document.getElementById('eta').textContent.startsWith('Queued · 1 job ahead')")
+
     page.get_by_role("button", name="Cancel").click()
     page.wait_for_function("document.querySelector('#status strong')?.textContent === 'cancelled'")
-    assert "Cancelled; the credits are back." in page.locator("#error").inner_text()
+    assert page.locator("#note").inner_text() == "Cancelled; the credits are back."
+    assert page.locator("#error").is_hidden()  # an answer, not an error
+    page.wait_for_function("document.getElementById('balance').textContent === '100'")  # no reload needed
+    assert page.locator("table.jobs .status").first.inner_text() == "cancelled"  # recent jobs followed
     screenshot(page, "4-cancelled")
-    page.reload()
-    assert balance(page) == 100
+    other.wait_for_function("document.querySelectorAll('#images img').length == 1")  # it ran next
+    assert other.locator("table.jobs .status").first.inner_text() == "succeeded"
+
+
+def test_4b_deleting_asks_first_and_error_pages_are_the_sites_own(new_page):
+    page = new_page(phone=True)
+    sign_up(page)
+    generate(page, prompt="a thing to delete", steps=2, images=1)
+    page.locator("#images a").first.click()
+    page.wait_for_url("**/images/*/")
+    image_url = page.url
+    page.get_by_role("link", name="Delete image…").click()
+    assert "can't be undone" in page.locator("main").inner_text()
+    page.get_by_role("link", name="Keep it").click()
+    assert page.url == image_url
+    page.get_by_role("link", name="Delete image…").click()
+    page.get_by_role("button", name="Delete for good").click()
+    assert "Image deleted." in page.locator(".message").inner_text()
+    response = page.goto(image_url)
+    assert response.status == 404 and page.get_by_role("heading", name="Not found").is_visible()
+    assert page.get_by_role("navigation", name="Main").get_by_role("link", name="Generate").is_visible()
+    page.goto("/account/")
+    page.get_by_label("New key's name").fill("a key with a long name for a phone")
+    page.get_by_role("button", name="Create API key").click()
+    page.goto("/account/")
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")  # no sideways scroll
+    screenshot(page, "4b-account-phone")
 
 
 def test_5_reloading_mid_generation_resumes_the_progress(new_page):

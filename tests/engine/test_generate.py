@@ -164,3 +164,13 @@ def test_bfloat16_can_be_chosen_on_the_cpu(test_model):
     result = generate(request, dtype="bfloat16", device="cpu", checker=None)
     assert result.images[0].size == (256, 256)
     assert load_pipeline(test_model, dtype="bfloat16", device="cpu").pipe.unet.dtype == torch.bfloat16
+
+
+def test_a_batch_of_three_previews_is_one_row_with_no_empty_cell():
+    from generation.engine.previews import encode_preview
+
+    white = torch.full((3, 32, 32, 3), 255, dtype=torch.uint8)
+    row = Image.open(io.BytesIO(encode_preview(white, PreviewSettings(max_edge=192, format="PNG"))))
+    assert row.size == (192, 64) and row.convert("L").getextrema()[0] > 200
+    four = Image.open(io.BytesIO(encode_preview(torch.cat([white, white[:1]]), PreviewSettings(max_edge=128, format="PNG"))))
+    assert four.size == (128, 128)

@@ -171,8 +171,24 @@ def test_a_queued_job_hears_its_place_in_the_queue_move(client, checkpoint):
         return [first, await socket.receive_json_from()]
 
     state, moved = watch(client, second, during)
-    assert (state["status"], state["position"]) == ("queued", 1)
-    assert moved == {"type": "queued", "position": 0}
+    assert (state["status"], state["position"], state["eta"]) == ("queued", 1, None)  # no job has finished yet
+    assert moved == {"type": "queued", "position": 1, "eta": None}  # the first now runs: still ahead of it
+
+
+def test_a_waiting_job_counts_the_running_jobs_ahead_and_gets_an_eta_from_recent_jobs(alice, carol, make_job,
+                                                                                      checkpoint):
+    from generation.presenters import job_state
+    from generation.services.submit import job_submit
+
+    done = make_job(alice, num_images=1)
+    took = (done.finished_at - done.started_at).total_seconds()
+    params = {"prompt": "x", "checkpoint": checkpoint, "width": 256, "height": 256, "steps": 2, "num_images": 1}
+    job_submit(user=carol, params=params)
+    mine = job_submit(user=alice, params=params)
+    assert job_state(mine)["position"] == 1
+    job_claim()  # carol's job runs now, on the only worker
+    state = job_state(mine)
+    assert state["position"] == 1 and state["eta"] == pytest.approx(took, abs=0.1)
 
 
 def test_a_reconnecting_page_gets_the_current_state_first(client, checkpoint):

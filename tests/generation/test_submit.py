@@ -86,7 +86,7 @@ def test_the_form_shows_the_cost_settings_and_the_test_model_notice(client, alic
     client.force_login(alice)
     page = client.get("/generate/").content.decode()
     assert 'data-cost-unit="7864320"' in page and 'data-balance="100"' in page
-    assert "Test model: images are noise" in page
+    assert "Test model: its images are noise" in page
 
 
 def test_signed_out_visitors_are_sent_to_sign_in(client, checkpoint):
@@ -123,3 +123,9 @@ def test_junk_in_any_field_is_a_400_with_a_message_never_an_error(client, alice,
     response = client.post("/generate/", {**form_data(checkpoint), **overrides})
     assert response.status_code == 400 and response.context["form"].errors
     assert not Job.objects.exists() and alice.credits.balance == 100
+
+
+def test_a_refused_form_is_audited_with_the_checkpoints_name_not_its_id(client, alice, checkpoint):
+    client.force_login(alice)
+    client.post("/generate/", form_data(checkpoint, steps=0))
+    assert PromptAudit.objects.get().checkpoint == "sdweb-test-tiny"

@@ -103,11 +103,18 @@ def test_the_account_page_shows_balance_ledger_and_jobs(client, alice):
     assert "No jobs yet" in page
 
 
-@pytest.mark.parametrize("path", ["/", "/accounts/login/", "/accounts/signup/"])
-def test_every_page_says_when_the_test_model_is_in_use(client, db, path, tmp_path):
+@pytest.mark.parametrize("path", ["/generate/", "/explore/", "/account/"])
+def test_people_signed_in_are_told_when_the_test_model_is_in_use_and_staff_how_to_add_one(client, alice, admin,
+                                                                                          path, tmp_path):
     from generation.engine import make_test_model
     from generation.services.checkpoints import checkpoint_register
 
+    client.force_login(alice)
     assert "Test model" not in client.get(path).content.decode()
     checkpoint_register(name="tiny", source=str(make_test_model(tmp_path / "m")), is_test_model=True)
-    assert "Test model: images are noise; add a real checkpoint" in client.get(path).content.decode()
+    page = client.get(path).content.decode()
+    assert "Test model: its images are noise." in page and "add_model" not in page
+    client.force_login(admin)
+    assert "add_model NAME FILE.safetensors --default" in client.get(path).content.decode()
+    client.logout()
+    assert "Test model" not in client.get("/").content.decode()  # not for visitors

@@ -334,3 +334,15 @@ def test_new_accounts_still_start_with_their_credits(db):
     assert user.credits.balance == django_settings.SDWEB["STARTING_CREDITS"]
     credits_grant(user=user, amount=5, reason="x")
     assert Image.objects.count() == 0
+
+
+def test_error_pages_are_the_sites_own_and_say_nothing_of_the_server(client, alice, rf):
+    from django.views.defaults import server_error
+
+    client.force_login(alice)
+    missing = client.get("/images/0123456789abcdef/")
+    assert missing.status_code == 404 and "Not found" in missing.content.decode()
+    assert 'href="/explore/"' in missing.content.decode()
+    broken = server_error(rf.get("/"))
+    assert broken.status_code == 500 and "Something went wrong on our side" in broken.content.decode()
+    assert "Traceback" not in broken.content.decode()

@@ -22,7 +22,7 @@ def test_up_serves_the_studio_and_a_job_survives_a_restart(studio):
     browser = Browser(studio.base)
     url, page = browser.post("/accounts/signup/", {"username": "dana", "password1": "a-long-pass-123",
                                                    "password2": "a-long-pass-123"})
-    assert url.endswith("/generate/") and "100</span> credits" in page and "Test model: images are noise" in page
+    assert url.endswith("/generate/") and "100</span> credits" in page and "Test model: its images are noise" in page
     assert browser.get("/static/job.js")[1].startswith("// The live view")
 
     # A long job: stop the server while it runs.
