@@ -4,11 +4,13 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import authenticate
 from django.contrib.auth.decorators import login_required
+from django.core.files.storage import default_storage
 from django.http import FileResponse, Http404
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils.http import urlencode
 from django.views.decorators.http import require_http_methods, require_POST
+from PIL import Image as PILImage
 
 from gallery import services
 from gallery.models import Image
@@ -98,7 +100,10 @@ def image_page(request, hex_id):
                             passes=[(*upscaled_size(image.width, image.height, factor), 1)]))
                 for factor in UPSCALE_FACTORS
                 if max(upscaled_size(image.width, image.height, factor)) <= settings.SDWEB["UPSCALE_MAX_SIDE"]]
+    with default_storage.open(image.png.name, "rb") as file:
+        parameters = PILImage.open(file).info.get("parameters", "")
     return render(request, "image.html", {"image": image, "job": job, "upscales": upscales, "larger": larger,
+                                          "parameters": parameters,
                                           "use_settings_url": reverse("generate") + "?" + settings_query,
                                           "may_change": image.may(request.user, "change"),
                                           "may_delete": image.may(request.user, "delete")})

@@ -16,9 +16,10 @@ from django.views.decorators.http import require_POST
 from gallery.models import Image
 from generation.dashboard import figures
 from generation.engine.controlmaps import control_map
+from generation.engine.metadata import parse_parameters, read_png_parameters
 from generation.forms import SDXL_PRESETS, SIZE_PRESETS, AddonUploadForm, GenerateForm
 from generation.metrics import render_database_metrics
-from generation.models import AddOn, Job
+from generation.models import AddOn, Checkpoint, Job
 from generation.presenters import back_to
 from generation.selectors import addons_for, job_for_viewer
 from generation.services.addons import addon_delete, addon_upload
@@ -26,7 +27,7 @@ from generation.services.audit import audit_refused
 from generation.services.credits import credits_topup_if_due
 from generation.services.queue import job_cancel as cancel
 from generation.services.submit import Refused, default_size, job_submit
-from generation.uploads import png_bytes, read_image
+from generation.uploads import open_image, png_bytes, read_image
 from sdweb.throttle import client_ip
 
 
@@ -39,10 +40,12 @@ def generate(request):
     if job is None and request.method == "GET":
         job = request.user.jobs.filter(status__in=Job.ACTIVE).select_related("checkpoint").first()
     initial = None
+    # The form keeps the settings of the job shown, else of the user's last job (not its image).
+    last = job or request.user.jobs.filter(upscale_by=0).first()
     if request.method == "GET":
         initial = request.GET.dict() if "prompt" in request.GET else (
-            {**job.params(), "seed": -1, "checkpoint": job.checkpoint_id, "refiner": job.refiner_id,
-             "vae": job.vae_id} if job else {})
+            {**last.params(), "seed": -1, "checkpoint": last.checkpoint_id, "refiner": last.refiner_id,
+             "vae": last.vae_id} if last else {})
     start = _start_image(request, job)
     if start is not None and request.method == "GET":
         initial = {**initial, "init_image_id": start.hex_id}
@@ -68,7 +71,8 @@ def generate(request):
         "form": form, "presets": SIZE_PRESETS, "sdxl_presets": SDXL_PRESETS, "cost_unit": settings.SDWEB["COST_UNIT"], "job": job,
         "max_side": settings.SDWEB["MAX_SIDE"],
         "recent_jobs": request.user.jobs.select_related("checkpoint")[:10], "start_image": start,
-        "control_image": control, "loras": addons_for(request.user, AddOn.LORA),
+        "control_image": control, "loras": addons_for(request.user, AddOn.LORA), "last_seed": last.seed if last else "",
+        "recent_prompts": list(dict.fromkeys(request.user.jobs.values_list("prompt", flat=True)[:50]))[:10],
         "embeddings": addons_for(request.user, AddOn.EMBEDDING),
         "checkpoint_sizes": {c.pk: {"xl": c.xl, "width": c.default_width, "height": c.default_height,
                                     "family": c.family.split("-")[0]}
@@ -238,3 +242,27 @@ def addon_preview(request, addon_id):
     response = FileResponse(default_storage.open(addon.preview, "rb"), content_type="image/png")
     response["Cache-Control"] = "private, max-age=3600"
     return response
+
+
+@login_required
+@require_POST
+def png_info(request):
+    """The A1111 parameters a dropped PNG carries, as the generate form's fields (JSON); "PNG Info"."""
+    upload = request.FILES.get("image")
+    try:
+        picture = open_image(upload.read(settings.SDWEB["UPLOAD_MAX_BYTES"] + 1) if upload else b"", field="image")
+    except ValueError as error:
+        return JsonResponse({"error": str(error).partition(": ")[2]}, status=400)
+    text = read_png_parameters(picture)
+    if not text:
+        return JsonResponse({"error": "This image carries no generation parameters (A1111 or sdweb PNG)."}, status=400)
+    found = parse_parameters(text)
+    fields = {"prompt": found["prompt"], "negative_prompt": found["negative_prompt"],
+              **{ours: found[theirs] for ours, theirs in (("steps", "steps"), ("guidance_scale", "cfg_scale"),
+                                                        ("seed", "seed"), ("width", "width"), ("height", "height"),
+                                                        ("clip_skip", "clip_skip"), ("scheduler", "scheduler"))
+                 if theirs in found}}
+    checkpoint = Checkpoint.objects.enabled_named(found.get("model"))
+    if checkpoint is not None:
+        fields["checkpoint"] = checkpoint.pk
+    return JsonResponse({"fields": fields, "parameters": text})

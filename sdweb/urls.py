@@ -16,6 +16,7 @@ urlpatterns = [
     path("staff/dashboard/", generation_views.dashboard, name="dashboard"),
     path("generate/", generation_views.generate, name="generate"),
     path("generate/control-map/", generation_views.control_map_preview, name="control-map"),
+    path("generate/png-info/", generation_views.png_info, name="png-info"),
     path("addons/", generation_views.addons_page, name="addons"),
     path("addons/<int:addon_id>/delete/", generation_views.addon_remove, name="addon-delete"),
     path("addons/<int:addon_id>/preview.png", generation_views.addon_preview, name="addon-preview"),

@@ -55,6 +55,22 @@
     quote();
   });
   form.addEventListener("input", (e) => { if (e.target !== preset) syncPreset(); quote(); });
+  // Ctrl/Cmd+Enter generates from anywhere in the form.
+  form.addEventListener("keydown", (e) => {
+    if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) { e.preventDefault(); form.requestSubmit(); }
+  });
+  document.getElementById("seed-random").addEventListener("click", () => { field("seed").value = -1; });
+  const reuse = document.getElementById("seed-reuse");
+  if (reuse) reuse.addEventListener("click", () => { field("seed").value = reuse.dataset.seed; });
+  const history = document.getElementById("recent-prompts");
+  if (history) {
+    history.addEventListener("change", () => {
+      if (!history.value) return;
+      field("prompt").value = history.value;
+      history.value = "";
+      field("prompt").focus();
+    });
+  }
   form.addEventListener("change", quote);
   syncPreset();
   quote();

@@ -498,3 +498,62 @@ def test_14_a_lora_a_negative_embedding_and_a_canny_controlnet_from_a_gallery_im
     assert info["prompt"] == "a lighthouse, <lora:tiny-style:0.7>" and info["negative_prompt"] == "tinyneg"
     assert info["Lora hashes"].startswith("tiny-style: ") and info["TI hashes"].startswith("tinyneg: ")
     assert info["ControlNet 0"].startswith("Module: canny, Model: tiny-canny [")
+
+
+def test_15_the_studio_remembers_reads_dropped_images_browses_in_a_lightbox_and_goes_dark(new_page):
+    import base64
+
+    page = new_page()
+    sign_up(page)
+    generate(page, prompt="a red lighthouse, (storm:1.2)", steps=3, images=2)
+    seed = int(re.findall(r"Seed (\d+)", page.locator("#images").inner_text())[0])
+
+    # The last settings and prompts are remembered; seed tools; Ctrl+Enter generates.
+    page.goto("/generate/")
+    assert page.get_by_label("Steps").input_value() == "3" and page.get_by_label("Seed").input_value() == "-1"
+    page.get_by_label("Prompt", exact=True).fill("")
+    page.get_by_label("Recent prompts").select_option("a red lighthouse, (storm:1.2)")
+    assert page.get_by_label("Prompt", exact=True).input_value() == "a red lighthouse, (storm:1.2)"
+    page.get_by_role("button", name=f"Reuse {seed}").click()
+    assert page.get_by_label("Seed").input_value() == str(seed)
+    page.get_by_role("button", name="Random seed").click()
+    assert page.get_by_label("Seed").input_value() == "-1"
+    page.get_by_label("Images").fill("1")
+    page.get_by_label("Prompt", exact=True).press("Control+Enter")
+    page.wait_for_url("**/generate/?job=*")
+    page.wait_for_function("document.querySelectorAll('#images img').length == 1")
+
+    # PNG Info: an image dropped on the page fills the form with the parameters it carries.
+    page.locator("#images a").first.click()
+    page.wait_for_url("**/images/*/")
+    assert page.get_by_role("button", name="Copy parameters").is_visible()
+    png = page.request.get(page.locator("img.full").get_attribute("src")).body()
+    page.goto("/generate/")
+    page.get_by_label("Steps").fill("30")
+    page.evaluate("""(data) => {
+        const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
+        const files = new DataTransfer();
+        files.items.add(new File([bytes], "found.png", {type: "image/png"}));
+        document.querySelector("main").dispatchEvent(new DragEvent("drop", {dataTransfer: files, bubbles: true}));
+    }""", base64.b64encode(png).decode())
+    page.get_by_role("button", name="Read its parameters (PNG Info)").click()
+    page.wait_for_function("document.getElementById('id_steps').value === '3'")
+    assert page.get_by_label("Prompt", exact=True).input_value() == "a red lighthouse, (storm:1.2)"
+
+    # The gallery: justified rows and a lightbox browsed with the keyboard.
+    page.goto("/gallery/")
+    page.locator(".thumbs a").first.click()
+    lightbox = page.get_by_role("dialog", name="Image")
+    assert lightbox.is_visible() and "1 of 3" in lightbox.inner_text()
+    first = lightbox.locator("img").get_attribute("src")
+    page.keyboard.press("ArrowRight")
+    assert "2 of 3" in lightbox.inner_text() and lightbox.locator("img").get_attribute("src") != first
+    page.keyboard.press("Escape")
+    assert lightbox.is_hidden()
+
+    # The dark theme, remembered across pages.
+    page.get_by_role("button", name="Dark theme").click()
+    page.goto("/generate/")
+    assert page.evaluate("document.documentElement.dataset.theme") == "dark"
+    assert page.evaluate("getComputedStyle(document.body).backgroundColor") == "rgb(20, 22, 26)"
+    screenshot(page, "15-studio-dark")
