@@ -90,7 +90,8 @@ def test_3_a_public_image_is_found_by_a_visitor_until_it_is_private_again(new_pa
     visitor = new_page(phone=True)
     visitor.goto("/explore/")
     assert visitor.locator(f"a[href='{share_url}']").count() == 1
-    visitor.locator(f"a[href='{share_url}']").click()
+    visitor.locator(f"a[href='{share_url}']").click()  # the lightbox shows it large, then its page
+    visitor.get_by_role("dialog", name="Image").get_by_role("link", name="Open its page").click()
     assert "a shared sunrise over dunes" in visitor.locator(".prompt").inner_text()
     screenshot(visitor, "3-share-page")
     assert visitor.request.get(file_url).status == 200

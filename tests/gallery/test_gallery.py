@@ -55,7 +55,7 @@ def test_the_image_page_shows_every_parameter_and_the_seed(client, alice, make_j
     image = job.images.get(index=1)
     client.force_login(alice)
     page = client.get(f"/images/{image.hex_id}/").content.decode()
-    for text in ("a castle, (fog:1.2)", "Negative: blurry", f"<dd>{job.seed + 1}</dd>", "<dd>256×256</dd>",
+    for text in ("a castle, (fog:1.2)", "Negative: blurry", f"<dd>{job.seed + 1} ", "<dd>256×256</dd>",
                  "<dd>2</dd>", "<dd>Euler a</dd>", "<dd>7.0</dd>", "<dd>sdweb-test-tiny</dd>"):
         assert text in page
 
