@@ -319,3 +319,15 @@ def staff_page(new_page, studio, name):
     page.get_by_label("Password").fill("admin-pass-123")
     page.get_by_role("button", name="Log in").click()
     return page
+
+
+AXE = Path(__file__).parent / "e2e" / "vendor" / "axe.min.js"  # npm's axe-core 4.14.1, unchanged (MPL-2.0)
+
+
+def serious_accessibility_problems(page) -> list[str]:
+    """axe-core's serious and critical violations on the page as it is now, one line each."""
+    if not page.evaluate("typeof window.axe !== 'undefined'"):
+        page.add_script_tag(path=str(AXE))
+    found = page.evaluate("axe.run(document, {resultTypes: ['violations']}).then(r => r.violations)")
+    return [f"{v['id']} ({v['impact']}): {v['help']} at {[n['target'] for n in v['nodes']][:3]}"
+            for v in found if v["impact"] in ("serious", "critical")]

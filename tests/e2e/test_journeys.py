@@ -558,3 +558,34 @@ def test_15_the_studio_remembers_reads_dropped_images_browses_in_a_lightbox_and_
     assert page.evaluate("document.documentElement.dataset.theme") == "dark"
     assert page.evaluate("getComputedStyle(document.body).backgroundColor") == "rgb(20, 22, 26)"
     screenshot(page, "15-studio-dark")
+
+
+def test_16_every_page_has_no_serious_accessibility_problem_in_either_theme(new_page, studio):
+    from tests.support import serious_accessibility_problems
+
+    page = new_page()
+    sign_up(page)
+    # The checker finds what it should: an image without a text alternative is a critical problem.
+    page.evaluate("document.body.insertAdjacentHTML('beforeend', '<img id=probe src=/static/favicon.svg>')")
+    assert any(p.startswith("image-alt (critical)") for p in serious_accessibility_problems(page))
+    job = generate(page, prompt="an accessible lighthouse", steps=2, images=2)
+    page.locator("#images a").first.click()
+    page.wait_for_url("**/images/*/")
+    image_page = page.url
+    page.get_by_role("button", name="Make public").click()
+    share = page.locator("a[href*='/s/']").get_attribute("href")
+    pages = ["/generate/", f"/generate/?job={job}", f"/jobs/{job}/", image_page.replace(studio.base, ""),
+             image_page.replace(studio.base, "") + "delete/", "/gallery/", "/explore/", "/account/", "/addons/", share,
+             "/no-such-page/"]
+    problems = {}
+    for theme in ("light", "dark"):
+        page.goto("/generate/")
+        page.evaluate(f"localStorage.setItem('theme', '{theme}')")
+        for path in pages:
+            page.goto(path)
+            problems |= {f"{theme} {path}: {p}": True for p in serious_accessibility_problems(page)}
+    visitor = new_page()
+    for path in ("/", "/accounts/login/", "/accounts/signup/", "/explore/"):
+        visitor.goto(path)
+        problems |= {f"visitor {path}: {p}": True for p in serious_accessibility_problems(visitor)}
+    assert not problems, "\n".join(problems)
