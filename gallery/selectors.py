@@ -18,7 +18,7 @@ def parse_image_id(hex_id: str) -> int:
 
 
 def gallery_page(*, owner=None, public=False, query: str = "", page=1):
-    images = Image.objects.select_related("job").order_by("-created_at", "index")
+    images = Image.objects.select_related("job", "owner__studio_settings").order_by("-created_at", "index")
     if owner is not None:
         images = images.filter(owner=owner)
     if public:
@@ -26,3 +26,9 @@ def gallery_page(*, owner=None, public=False, query: str = "", page=1):
     if query:
         images = images.filter(job__prompt__icontains=query)
     return Paginator(images, PAGE_SIZE).get_page(page)
+
+
+def public_name(image) -> str:
+    """The maker's name on a shared image, if they chose to be named; else ""."""
+    chosen = getattr(image.owner, "studio_settings", None)  # no settings row: never chosen
+    return image.owner.username if chosen is not None and chosen.show_name_publicly else ""

@@ -144,3 +144,8 @@ def user_suspend(*, user, staff, reason: str = "") -> int:
 def user_unsuspend(*, user, staff) -> None:
     UserSettings.objects.filter(user=user).update(suspended_at=None, suspended_reason="")
     staff_action(staff=staff, action="unsuspend user", target=user.get_username())
+
+
+def sharing_name_set(*, user, shown: bool) -> None:
+    """The user chooses whether their name appears on the images they share."""
+    UserSettings.objects.update_or_create(user=user, defaults={"show_name_publicly": shown})

@@ -14,7 +14,7 @@ from PIL import Image as PILImage
 
 from gallery import services
 from gallery.models import Image
-from gallery.selectors import gallery_page, parse_image_id
+from gallery.selectors import gallery_page, parse_image_id, public_name
 from generation.engine.upscale import upscaled_size
 from generation.models import Job
 from generation.presenters import back_to
@@ -68,12 +68,37 @@ def gallery(request):
 
 
 def explore(request):
-    return render(request, "explore.html", {"page": gallery_page(public=True, page=request.GET.get("page"))})
+    page = gallery_page(public=True, page=request.GET.get("page"))
+    for image in page:
+        image.maker = public_name(image)
+    return render(request, "explore.html", {"page": page})
 
 
 def share(request, slug):
-    image = get_object_or_404(Image.objects.select_related("job", "job__checkpoint"), share_slug=slug, is_public=True)
-    return render(request, "share.html", {"image": image, "job": image.job})
+    image = get_object_or_404(Image.objects.select_related("job", "job__checkpoint", "owner__studio_settings"),
+                              share_slug=slug, is_public=True)
+    return render(request, "share.html", {"image": image, "job": image.job, "maker": public_name(image),
+                                          "remix_url": settings_url(image, with_start=False)})
+
+
+def settings_url(image: Image, *, with_start: bool) -> str:
+    """The studio form filled with the settings that made `image` (its own seed, one image); its
+    starting image too for the owner ("Use these settings"), never for others ("Remix")."""
+    job = image.job
+    query = {**{k: v for k, v in job.params().items() if k != "num_images"}, "seed": image.seed,
+             "checkpoint": job.checkpoint_id, "num_images": 1}
+    if with_start and job.init_image_id:
+        query["init"] = job.init_image_hex
+    return reverse("generate") + "?" + urlencode(query)
+
+
+@login_required
+@require_POST
+def sharing_name(request):
+    services.sharing_name_set(user=request.user, shown=request.POST.get("shown") == "1")
+    messages.success(request, "Your name now appears on the images you share." if request.POST.get("shown") == "1"
+                     else "Your images are shared without your name.")
+    return redirect("account")
 
 
 @require_POST
@@ -91,9 +116,6 @@ def share_report(request, slug):
 def image_page(request, hex_id):
     image = _managed(request, hex_id, "view")
     job = image.job
-    settings_query = urlencode({**{k: v for k, v in job.params().items() if k != "num_images"},
-                                "seed": image.seed, "checkpoint": job.checkpoint_id, "num_images": 1,
-                                **({"init": job.init_image_hex} if job.init_image_id else {})})
     larger = Image.objects.filter(job__init_image_id=image.id, job__upscale_by__gt=0, owner=request.user)
     upscales = [(factor, *upscaled_size(image.width, image.height, factor),
                  quote_cost(width=0, height=0, steps=0, num_images=1,
@@ -104,7 +126,7 @@ def image_page(request, hex_id):
         parameters = PILImage.open(file).info.get("parameters", "")
     return render(request, "image.html", {"image": image, "job": job, "upscales": upscales, "larger": larger,
                                           "parameters": parameters,
-                                          "use_settings_url": reverse("generate") + "?" + settings_query,
+                                          "use_settings_url": settings_url(image, with_start=True),
                                           "may_change": image.may(request.user, "change"),
                                           "may_delete": image.may(request.user, "delete")})
 

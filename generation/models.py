@@ -270,6 +270,7 @@ class UserSettings(models.Model):
     default_checkpoint = models.ForeignKey(Checkpoint, null=True, blank=True, on_delete=models.SET_NULL)
     suspended_at = models.DateTimeField(null=True, blank=True, help_text="Set by staff: no more submissions")
     suspended_reason = models.TextField(blank=True)
+    show_name_publicly = models.BooleanField(default=False, help_text="The user chose to be named on images they share")
 
 
 class CreditAccount(models.Model):

@@ -36,6 +36,7 @@ urlpatterns = [
     path("images/<str:hex_id>/upscale/", gallery_views.image_upscale, name="image-upscale"),
     path("account/", views.account, name="account"),
     path("account/delete/", gallery_views.account_delete, name="account-delete"),
+    path("account/sharing/", gallery_views.sharing_name, name="sharing-name"),
     path("account/export.zip", gallery_views.account_export, name="account-export"),
     path("accounts/signup/", views.signup, name="signup"),
     path("accounts/signup/<str:code>/", views.signup, name="signup-invite"),

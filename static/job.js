@@ -47,6 +47,7 @@
       link.href = im.page;
       const img = document.createElement("img");
       img.src = im.thumbnail;
+      img.dataset.full = im.url;
       img.alt = `Generated image, seed ${im.seed}`;
       link.append(img);
       const caption = document.createElement("figcaption");
@@ -65,7 +66,56 @@
       return figure;
     }));
     $("keep-form").hidden = false;
+    comparable();
   }
+  // Compare: the batch side by side at full size, each with its Keep box (the form's own), to keep
+  // the best and discard the rest. Escape or Done closes it.
+  function comparable() {
+    $("compare").hidden = $("images").querySelectorAll("img[data-full]").length < 2;
+  }
+  const view = document.createElement("div");
+  view.className = "compare-view";
+  view.hidden = true;
+  view.setAttribute("role", "dialog");
+  view.setAttribute("aria-modal", "true");
+  view.setAttribute("aria-label", "Compare the images");
+  document.body.append(view);
+  function closeCompare() {
+    view.hidden = true;
+    $("compare").setAttribute("aria-pressed", "false");
+    $("compare").focus();
+  }
+  $("compare").addEventListener("click", () => {
+    const done = document.createElement("button");
+    done.type = "button";
+    done.textContent = "Done comparing";
+    done.addEventListener("click", closeCompare);
+    const row = document.createElement("div");
+    row.className = "compare-row";
+    for (const figure of $("images").querySelectorAll("figure")) {
+      const big = document.createElement("figure");
+      const img = document.createElement("img");
+      img.src = figure.querySelector("img").dataset.full;
+      img.alt = figure.querySelector("img").alt;
+      big.append(img);
+      const keep = figure.querySelector("input[name=keep]");
+      if (keep) {  // the same box as the form's, so "Keep the checked" keeps what was picked here
+        const label = document.createElement("label");
+        const box = document.createElement("input");
+        Object.assign(box, { type: "checkbox", checked: keep.checked });
+        box.addEventListener("change", () => { keep.checked = box.checked; });
+        label.append(box, ` Keep (${img.alt.replace("Generated image, ", "")})`);
+        big.append(label);
+      }
+      row.append(big);
+    }
+    view.replaceChildren(done, row);
+    view.hidden = false;
+    $("compare").setAttribute("aria-pressed", "true");
+    done.focus();
+  });
+  document.addEventListener("keydown", (e) => { if (e.key === "Escape" && !view.hidden) closeCompare(); });
+  comparable();
   function fail(text) {
     $("error").textContent = text;
     $("error").hidden = !text;

@@ -509,6 +509,14 @@ def test_15_the_studio_remembers_reads_dropped_images_browses_in_a_lightbox_and_
     generate(page, prompt="a red lighthouse, (storm:1.2)", steps=3, images=2)
     seed = int(re.findall(r"Seed (\d+)", page.locator("#images").inner_text())[0])
 
+    # Compare the batch side by side at full size and pick the one to keep.
+    page.get_by_role("button", name="Compare side by side").click()
+    compare = page.get_by_role("dialog", name="Compare the images")
+    assert compare.locator("img").count() == 2 and compare.locator("img").first.get_attribute("src").endswith(".png")
+    compare.get_by_role("checkbox").nth(1).uncheck()
+    page.keyboard.press("Escape")
+    assert compare.is_hidden() and not page.locator("#images input[name=keep]").nth(1).is_checked()
+
     # The last settings and prompts are remembered; seed tools; Ctrl+Enter generates.
     page.goto("/generate/")
     assert page.get_by_label("Steps").input_value() == "3" and page.get_by_label("Seed").input_value() == "-1"

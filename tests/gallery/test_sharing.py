@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from gallery.models import Image
@@ -79,3 +81,24 @@ def test_impossible_image_ids_are_404_not_errors(client, alice, hex_id):
     client.force_login(alice)
     for url in (f"/images/{hex_id}.png", f"/images/{hex_id}/", f"/images/{hex_id}.webp"):
         assert client.get(url).status_code == 404, url
+
+
+def test_a_maker_is_named_on_explore_and_the_share_page_only_after_choosing_it(client, alice, shared):
+    image, share_url = shared
+    for page in (client.get("/explore/"), client.get(share_url)):
+        assert "alice" not in page.content.decode()
+    client.force_login(alice)
+    client.post("/account/sharing/", {"shown": "1"})
+    client.logout()
+    assert "by alice" in client.get("/explore/").content.decode()
+    assert "By alice" in client.get(share_url).content.decode()
+
+
+def test_remix_opens_the_studio_with_the_settings_but_not_the_makers_starting_image(client, carol, shared):
+    image, share_url = shared
+    page = client.get(share_url).content.decode()
+    remix = re.search(r'href="(/generate/\?[^"]+)">Remix', page).group(1).replace("&amp;", "&")
+    client.force_login(carol)
+    form = client.get(remix).context["form"]
+    assert form.initial["prompt"] == image.job.prompt and int(form.initial["seed"]) == image.seed
+    assert "init" not in remix
