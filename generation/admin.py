@@ -9,6 +9,7 @@ from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import path
 
+from generation import filters
 from generation.models import AddOn, BlockRule, Checkpoint, CreditAccount, CreditEntry, Job, PromptAudit, StaffAction, Vae
 from generation.services.addons import addon_publish, addons_remove, addons_scan
 from generation.services.audit import staff_action
@@ -180,6 +181,13 @@ class PromptAuditAdmin(AppendOnlyAdmin):
     search_fields = ("prompt", "negative_prompt", "reason")
     date_hierarchy = "created_at"
     change_list_template = "admin/generation/promptaudit/change_list.html"
+
+    def get_search_results(self, request, queryset, search_term):
+        """Also the disguised spellings: "nude" finds a Cyrillic "nudе" by the prompts' skeletons."""
+        found, duplicates = super().get_search_results(request, queryset, search_term)
+        if search_term.strip():
+            found = found | queryset.filter(search_text__contains=filters.skeleton(search_term.strip()))
+        return found, duplicates
 
     @admin.display(description="prompt")
     def prompt_text(self, row):

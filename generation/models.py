@@ -347,6 +347,8 @@ class PromptAudit(models.Model):
     job_id = models.UUIDField(null=True, blank=True, db_index=True)
     image_ids = models.JSONField(default=list)
     hash = models.CharField(max_length=64, blank=True, help_text="sha256 of this row and the hash before it")
+    search_text = models.TextField(blank=True, editable=False, help_text="The prompts' normal forms and skeletons, "
+                                   "so staff find disguised spellings (not part of the hash)")
 
     class Meta:
         ordering = ["-created_at", "-id"]

@@ -16,6 +16,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from generation import filters
 from generation.engine.request import MAX_PROMPT_CHARS
 from generation.models import INPUT_DIGESTS, AuditChain, AuditImage, Checkpoint, Job, PromptAudit, StaffAction
 
@@ -88,7 +89,7 @@ def audit_append(*, user, client_ip, params: dict, decision: str, reason: str = 
         reason += " (characters that cannot be stored are written as \\x00 and \\uXXXX escapes)"
     return chain_append(
         user=user, username=user.get_username(), subject=pseudonym(user.pk), client_ip=client_ip,
-        prompt=stored[0], negative_prompt=stored[1],
+        prompt=stored[0], negative_prompt=stored[1], search_text=search_text(*stored),
         params={k: _stored(v) for k, v in shown.items()},
         checkpoint=storable(checkpoint_name)[:100], decision=decision, reason=storable(reason).strip(),
         job_id=job.pk if job else None, image_ids=list(job.image_ids) if job else [],
@@ -101,6 +102,12 @@ def audit_refused(*, user, client_ip, data, errors) -> PromptAudit:
         errors = "; ".join(f"{field}: {' '.join(map(str, messages)) if isinstance(messages, list) else messages}"
                            for field, messages in errors.items())
     return audit_append(user=user, client_ip=client_ip, params=data, decision=PromptAudit.REFUSED, reason=str(errors))
+
+
+def search_text(*texts: str) -> str:
+    """What audit search matches besides the prompts: their normal forms and TR39 skeletons."""
+    return "\n".join(dict.fromkeys(form for text in texts if text for reading in filters.readings(text)
+                                    for form in (reading, filters.skeleton(reading))))
 
 
 def _stored(value):

@@ -92,3 +92,14 @@ def test_staff_still_see_who_made_what_after_the_image_and_account_are_gone(clie
     rows = changelist(client, admin, q="harbour")
     assert [(r.username, r.job_id) for r in rows] == [(pseudonym(alice.pk), job_id)]
     assert client.get(f"/admin/generation/promptaudit/{rows[0].pk}/change/").status_code == 200
+
+
+def test_audit_search_finds_disguised_spellings_and_reasons(client, admin, alice, checkpoint):
+    job_submit(user=alice, params=params(checkpoint, prompt="a nud\u0435 statue in a garden"))  # Cyrillic е
+    with pytest.raises(Refused):
+        job_submit(user=alice, params=params(checkpoint, prompt="a cat", steps=0))
+    client.force_login(admin)
+    found = client.get("/admin/generation/promptaudit/", {"q": "nude"}).content.decode()
+    assert "statue in a garden" in found
+    assert "a cat" in client.get("/admin/generation/promptaudit/", {"q": "steps must be"}).content.decode()
+    assert "statue" not in client.get("/admin/generation/promptaudit/", {"q": "steps must be"}).content.decode()
