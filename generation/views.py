@@ -17,6 +17,7 @@ from gallery.models import Image
 from generation.dashboard import figures
 from generation.engine.controlmaps import control_map
 from generation.engine.metadata import parse_parameters, read_png_parameters
+from generation.engine.request import GenerationRequest
 from generation.forms import SDXL_PRESETS, SIZE_PRESETS, AddonUploadForm, GenerateForm
 from generation.metrics import render_database_metrics
 from generation.models import AddOn, Checkpoint, Job
@@ -26,7 +27,7 @@ from generation.services.addons import addon_delete, addon_upload
 from generation.services.audit import audit_refused
 from generation.services.credits import credits_topup_if_due
 from generation.services.queue import job_cancel as cancel
-from generation.services.submit import Refused, default_size, job_submit
+from generation.services.submit import Refused, default_size, engine_limits, job_submit
 from generation.uploads import open_image, png_bytes, read_image
 from sdweb.throttle import client_ip
 
@@ -63,9 +64,11 @@ def generate(request):
             if field.startswith("controlnet"):  # the page's one unit: controlnet[0].image -> cn_image
                 field = "cn_" + field.rpartition(".")[2]
             form.add_error(field if field in form.fields else None, str(refusal))
+            _each_fields_own_check(form)
         else:
             return redirect(reverse("generate") + f"?job={job.pk}")
     elif request.method == "POST":
+        _each_fields_own_check(form)
         audit_refused(user=request.user, client_ip=client_ip(request), data=request.POST.dict(), errors=form.errors)
     return render(request, "generate.html", {
         "form": form, "presets": SIZE_PRESETS, "sdxl_presets": SDXL_PRESETS, "cost_unit": settings.SDWEB["COST_UNIT"], "job": job,
@@ -78,6 +81,19 @@ def generate(request):
                                     "family": c.family.split("-")[0]}
                              for c in form.fields["checkpoint"].queryset},
     }, status=400 if form.errors else 200)
+
+
+def _each_fields_own_check(form) -> None:
+    """The engine's check of every setting the form accepted, each on its own, so that every
+    problem shows in one round rather than one at a time."""
+    for field, value in list(form.cleaned_data.items()):
+        if field not in Job.PARAMS or field in form.errors or field in ("prompt", "negative_prompt"):
+            continue
+        try:
+            GenerationRequest(prompt="x", model="x", **{field: value}).validate(engine_limits())
+        except (TypeError, ValueError) as error:
+            if str(error).startswith(field + " "):
+                form.add_error(field, str(error)[:1].upper() + str(error)[1:])
 
 
 def _start_image(request, job):

@@ -129,3 +129,11 @@ def test_a_refused_form_is_audited_with_the_checkpoints_name_not_its_id(client, 
     client.force_login(alice)
     client.post("/generate/", form_data(checkpoint, steps=0))
     assert PromptAudit.objects.get().checkpoint == "sdweb-test-tiny"
+
+
+def test_the_form_shows_every_problem_in_one_round(client, alice, checkpoint):
+    client.force_login(alice)
+    response = client.post("/generate/", form_data(checkpoint, prompt="", width=300, height=260))
+    errors = response.context["form"].errors
+    assert set(errors) >= {"prompt", "width", "height"}, errors
+    assert "multiple of 8" in errors["width"][0] and "multiple of 8" in errors["height"][0]
