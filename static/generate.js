@@ -62,6 +62,15 @@
   document.getElementById("seed-random").addEventListener("click", () => { field("seed").value = -1; });
   const reuse = document.getElementById("seed-reuse");
   if (reuse) reuse.addEventListener("click", () => { field("seed").value = reuse.dataset.seed; });
+  // Lock: the seed stays as typed from one job to the next (remembered in this browser).
+  const lock = document.getElementById("seed-lock");
+  if (localStorage.getItem("seed-lock") !== null) {
+    lock.checked = true;
+    field("seed").value = localStorage.getItem("seed-lock");
+  }
+  const remember = () => { if (lock.checked) localStorage.setItem("seed-lock", field("seed").value); else localStorage.removeItem("seed-lock"); };
+  lock.addEventListener("change", remember);
+  field("seed").addEventListener("input", () => { if (lock.checked) remember(); });
   const history = document.getElementById("recent-prompts");
   if (history) {
     history.addEventListener("change", () => {

@@ -290,15 +290,21 @@ def balance(page) -> int:
 
 
 def screenshot(page, name):
-    """Save the page as a person sees it, on a desktop and on a phone, for a look by eye."""
+    """Save the page as a person sees it, on a desktop and on a phone, in the light and the dark
+    theme, for a look by eye."""
     SCREENS.mkdir(exist_ok=True)
-    page.screenshot(path=SCREENS / f"{name}.png", full_page=True)
     phone = page.context.browser.new_context(viewport=PHONE, storage_state=page.context.storage_state(),
                                              base_url=page.url, bypass_csp=True)
     try:
         phone_page = phone.new_page()
         phone_page.goto(page.url)
-        phone_page.screenshot(path=SCREENS / f"{name}-phone.png", full_page=True)
+        for shown, suffix in ((page, ""), (phone_page, "-phone")):
+            theme = shown.evaluate("document.documentElement.dataset.theme || ''")
+            for look in ("light", "dark"):
+                shown.evaluate(f"document.documentElement.dataset.theme = '{look}'")
+                shown.screenshot(path=SCREENS / f"{name}{suffix}{'-dark' if look == 'dark' else ''}.png", full_page=True)
+            shown.evaluate("t => { const root = document.documentElement; if (t) root.dataset.theme = t; "
+                           "else delete root.dataset.theme; }", theme)
     finally:
         phone.close()
 

@@ -63,6 +63,7 @@ def test_2_image_page_settings_variants_and_keeping_one(new_page):
     assert page.get_by_label("Steps").input_value() == "5"
     page.go_back()
 
+    assert page.get_by_role("button", name=re.compile(r"More variants \(2, new seeds\) · \d+ credits?$")).is_visible()
     page.get_by_role("button", name=re.compile("More variants")).click()
     page.wait_for_url("**/jobs/*/")
     assert job not in page.url
@@ -527,6 +528,12 @@ def test_15_the_studio_remembers_reads_dropped_images_browses_in_a_lightbox_and_
     assert page.get_by_label("Seed").input_value() == str(seed)
     page.get_by_role("button", name="Random seed").click()
     assert page.get_by_label("Seed").input_value() == "-1"
+    page.get_by_label("Seed").fill("4242")
+    page.get_by_label("Lock", exact=True).check()
+    page.reload()
+    assert page.get_by_label("Seed").input_value() == "4242"  # locked: kept from job to job
+    page.get_by_label("Lock", exact=True).uncheck()
+    page.get_by_label("Seed").fill("-1")
     page.get_by_label("Images").fill("1")
     page.get_by_label("Prompt", exact=True).press("Control+Enter")
     page.wait_for_url("**/generate/?job=*")
@@ -548,6 +555,18 @@ def test_15_the_studio_remembers_reads_dropped_images_browses_in_a_lightbox_and_
     page.get_by_role("button", name="Read its parameters (PNG Info)").click()
     page.wait_for_function("document.getElementById('id_steps').value === '3'")
     assert page.get_by_label("Prompt", exact=True).input_value() == "a red lighthouse, (storm:1.2)"
+    page.evaluate("document.querySelector('main').dispatchEvent(new DragEvent('drop', {dataTransfer: (() => {"
+                  "const t = new DataTransfer(); t.items.add(new File([new Uint8Array(0)], 'x.txt', {type: 'text/plain'}));"
+                  " return t; })(), bubbles: true}))")  # not an image: nothing to choose
+    assert page.locator("#drop-choice").is_hidden()
+    page.evaluate("""(data) => {
+        const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
+        const files = new DataTransfer();
+        files.items.add(new File([bytes], "found.png", {type: "image/png"}));
+        document.querySelector("main").dispatchEvent(new DragEvent("drop", {dataTransfer: files, bubbles: true}));
+    }""", base64.b64encode(png).decode())
+    page.get_by_role("button", name="Start from it (img2img)").click()
+    page.locator("#paint").wait_for(state="visible")  # the starting image, as if picked in its field
 
     # The gallery: justified rows and a lightbox browsed with the keyboard.
     page.goto("/gallery/")

@@ -83,6 +83,9 @@ def test_submit_streams_progress_and_previews_then_stores_watermarked_images_cha
     assert [e["type"] for e in events] == ["state", "started"] + ["progress"] * 5 + ["finished"]
     assert events[0]["status"] == "queued" and events[0]["position"] == 0
     assert [(e["step"], e["total"]) for e in events if e["type"] == "progress"] == [(s, 5) for s in range(1, 6)]
+    # The ETA is measured from the first step (loading and encoding would make it jump): none at step 1.
+    etas = [e["eta"] for e in events if e["type"] == "progress"]
+    assert etas[0] is None and all(isinstance(eta, float) and eta >= 0 for eta in etas[1:]) and etas[-1] == 0
     previews = [e["preview"] for e in events if e["type"] == "progress"]
     assert all(p.startswith("data:image/jpeg;base64,") for p in previews) and len(set(previews)) > 1
 
