@@ -20,6 +20,15 @@ new MutationObserver((changes) => {
 """
 
 
+# Keeps every WebSocket the page opens in window.__sockets, so a journey can drop one.
+KEEP_SOCKETS = """
+window.__sockets = [];
+const OriginalWebSocket = window.WebSocket;
+window.WebSocket = function (...args) { const s = new OriginalWebSocket(...args); window.__sockets.push(s); return s; };
+window.WebSocket.prototype = OriginalWebSocket.prototype;
+"""
+
+
 def test_1_a_newcomer_signs_up_generates_two_variants_and_watches_them_form(new_page):
     page = new_page()
     page.add_init_script(WATCH_LIVE_VIEW)
@@ -107,10 +116,14 @@ def test_3_a_public_image_is_found_by_a_visitor_until_it_is_private_again(new_pa
 
 def test_4_a_waiting_job_counts_the_running_one_and_cancelling_updates_the_whole_page(new_page):
     page = new_page()
+    page.add_init_script(KEEP_SOCKETS)
     sign_up(page)
     generate(page, prompt="a very slow painting", steps=150, images=1, size=512, wait=False)
     page.wait_for_function("document.getElementById('progress').value >= 2")
     assert balance(page) == 95
+    page.evaluate("window.__sockets.at(-1).close()")  # the connection drops: no stale time left is shown
+    page.wait_for_function("document.getElementById('eta').textContent === 'Reconnecting…'")
+    page.wait_for_function("document.getElementById('eta').textContent.startsWith('Step ')")  # and it resumes
     other = new_page()  # another user's job waits behind the running one, and says so
     sign_up(other)
     generate(other, prompt="a quick sketch", steps=2, images=1, wait=False)
@@ -275,6 +288,9 @@ def test_9_a_visitor_reports_an_image_and_staff_hide_it_from_the_moderation_queu
     staff.wait_for_url("**/admin/gallery/report/**")
     row = staff.locator("#result_list tbody tr", has_text="it shows a real person")
     assert row.count() == 1 and row.locator("img").count() == 1
+    staff.set_viewport_size({"width": 1366, "height": 768})  # a common laptop: every column in view
+    outcome = staff.get_by_role("columnheader", name="Outcome").bounding_box()
+    assert outcome["x"] + outcome["width"] <= 1366
     screenshot(staff, "9-moderation-queue")
     row.locator("input[type=checkbox]").check()
     staff.locator("select[name=action]").select_option("hide_images")
@@ -323,7 +339,8 @@ def test_11_staff_read_the_days_figures_on_the_dashboard(new_page, studio):
     staff.wait_for_url("**/staff/dashboard/")
     day = staff.locator("#window-24h")
     assert int(day.locator(".images").inner_text()) >= 2 and int(day.locator(".succeeded").inner_text()) >= 1
-    assert "credits" in day.locator(".cost").inner_text()
+    assert "credits" in day.locator(".cost").inner_text() and "s of worker time" in day.locator(".cost").inner_text()
+    assert "GPU s" not in staff.locator("main").inner_text()  # the worker may be a CPU
     assert day.locator("svg.chart g.bar").count() == 24 and staff.locator("#window-168h svg.chart g.bar").count() == 7
     tallest = max(float(h) for h in day.locator("svg.chart rect[fill='#4a6fa5']").evaluate_all(
         "rects => rects.map(r => r.getAttribute('height'))"))
