@@ -519,9 +519,18 @@ def test_14_a_lora_a_negative_embedding_and_a_canny_controlnet_from_a_gallery_im
     assert info["ControlNet 0"].startswith("Module: canny, Model: tiny-canny [")
 
 
-def test_15_the_studio_remembers_reads_dropped_images_browses_in_a_lightbox_and_goes_dark(new_page):
+def drop_file(page, data: bytes, name: str, mime: str) -> None:
+    """Drop a file on the page as a person drags one from their desktop."""
     import base64
 
+    page.evaluate("""([data, name, mime]) => {
+        const files = new DataTransfer();
+        files.items.add(new File([Uint8Array.from(atob(data), (c) => c.charCodeAt(0))], name, {type: mime}));
+        document.querySelector("main").dispatchEvent(new DragEvent("drop", {dataTransfer: files, bubbles: true}));
+    }""", [base64.b64encode(data).decode(), name, mime])
+
+
+def test_15_the_studio_remembers_reads_dropped_images_browses_in_a_lightbox_and_goes_dark(new_page):
     page = new_page()
     sign_up(page)
     generate(page, prompt="a red lighthouse, (storm:1.2)", steps=3, images=2)
@@ -563,25 +572,13 @@ def test_15_the_studio_remembers_reads_dropped_images_browses_in_a_lightbox_and_
     png = page.request.get(page.locator("img.full").get_attribute("src")).body()
     page.goto("/generate/")
     page.get_by_label("Steps").fill("30")
-    page.evaluate("""(data) => {
-        const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
-        const files = new DataTransfer();
-        files.items.add(new File([bytes], "found.png", {type: "image/png"}));
-        document.querySelector("main").dispatchEvent(new DragEvent("drop", {dataTransfer: files, bubbles: true}));
-    }""", base64.b64encode(png).decode())
+    drop_file(page, png, "found.png", "image/png")
     page.get_by_role("button", name="Read its parameters (PNG Info)").click()
     page.wait_for_function("document.getElementById('id_steps').value === '3'")
     assert page.get_by_label("Prompt", exact=True).input_value() == "a red lighthouse, (storm:1.2)"
-    page.evaluate("document.querySelector('main').dispatchEvent(new DragEvent('drop', {dataTransfer: (() => {"
-                  "const t = new DataTransfer(); t.items.add(new File([new Uint8Array(0)], 'x.txt', {type: 'text/plain'}));"
-                  " return t; })(), bubbles: true}))")  # not an image: nothing to choose
+    drop_file(page, b"notes", "notes.txt", "text/plain")  # not an image: nothing to choose
     assert page.locator("#drop-choice").is_hidden()
-    page.evaluate("""(data) => {
-        const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
-        const files = new DataTransfer();
-        files.items.add(new File([bytes], "found.png", {type: "image/png"}));
-        document.querySelector("main").dispatchEvent(new DragEvent("drop", {dataTransfer: files, bubbles: true}));
-    }""", base64.b64encode(png).decode())
+    drop_file(page, png, "found.png", "image/png")
     page.get_by_role("button", name="Start from it (img2img)").click()
     page.locator("#paint").wait_for(state="visible")  # the starting image, as if picked in its field
 
