@@ -186,12 +186,14 @@ def test_5_reloading_mid_generation_resumes_the_progress(new_page):
 def test_6_an_admin_reviews_the_prompt_audit_filters_by_user_and_exports_csv(new_page, studio):
     user = new_page()
     name = sign_up(user)
-    generate(user, prompt="an accepted harbour", steps=2, images=1)
+    generate(user, prompt="an accepted harb\u043eur", steps=2, images=1)  # a Cyrillic о, as a disguise would
     user.goto("/generate/")
     user.get_by_label("Prompt", exact=True).fill("a cat AND a dog")
+    user.get_by_label("Width").fill("300")
     user.get_by_role("button", name="Generate").click()
-    error = user.locator(".field.invalid .error").inner_text()
-    assert "Prompt uses AND (composable prompts), which is not supported yet" in error
+    errors = user.locator(".field.invalid .error").all_inner_texts()  # every problem in one round
+    assert any("Prompt uses AND (composable prompts), which is not supported yet" in e for e in errors)
+    assert any("Width must be a multiple of 8" in e for e in errors), errors
 
     admin = staff_page(new_page, studio, "boss")
     admin.goto("/admin/generation/promptaudit/")
@@ -199,9 +201,15 @@ def test_6_an_admin_reviews_the_prompt_audit_filters_by_user_and_exports_csv(new
     rows = admin.locator("#result_list tbody tr")
     assert rows.count() == 2
     table = admin.locator("#result_list").inner_text()
-    assert "an accepted harbour" in table and "a cat AND a dog" in table
+    assert "an accepted harb\u043eur" in table and "a cat AND a dog" in table
     assert "accepted" in table and "refused" in table
     screenshot(admin, "6-audit")
+    admin.goto("/admin/generation/promptaudit/?q=harbour")  # typed plainly, it finds the disguised spelling
+    assert "an accepted harb\u043eur" in admin.locator("#result_list").inner_text()
+    admin.goto("/admin/generation/promptaudit/?q=not+supported+yet")  # and the reasons
+    assert "a cat AND a dog" in admin.locator("#result_list").inner_text()
+    admin.goto("/admin/generation/promptaudit/")
+    admin.locator("#changelist-filter").get_by_role("link", name=name, exact=True).click()
     with admin.expect_download() as download:
         admin.get_by_role("link", name="Export these rows as CSV").click()
     exported = list(csv.DictReader(io.StringIO(open(download.value.path(), encoding="utf-8").read())))
@@ -628,5 +636,6 @@ def test_16_every_page_has_no_serious_accessibility_problem_in_either_theme(new_
     visitor = new_page()
     for path in ("/", "/accounts/login/", "/accounts/signup/", "/explore/"):
         visitor.goto(path)
+        assert "Test model" not in visitor.locator("body").inner_text()  # the operator's notice is not for visitors
         problems |= {f"visitor {path}: {p}": True for p in serious_accessibility_problems(visitor)}
     assert not problems, "\n".join(problems)
