@@ -12,6 +12,7 @@ import torch
 from .controlmaps import MODULES
 from .families import KOHYA_LORA_KEY, LYCORIS_KEY, read_header
 from .ldm import unet_key_to_ldm
+from .pipelines import pipeline_for_run
 from .request import CONTROL_MODES, RESIZE_MODES, ControlUnit, LoraUse, ModelRef
 
 CONTROLNET_FAMILY_CONFIGS = {"sd1": "controlnet-sd1", "sdxl": "controlnet-sdxl"}
@@ -222,3 +223,36 @@ def control_image(unit: ControlUnit, width: int, height: int):
 
     mapped = control_map(unit.image, unit.module, unit.processor_res, unit.threshold_a, unit.threshold_b)
     return resize(mapped.convert("RGB"), width, height, unit.resize_mode)
+
+
+def controlled_run(model, request, start, common, controlnets):
+    """txt2img or img2img guided by ControlNet units (each map at the run's size): (latents, the pipeline)."""
+    from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
+
+    units = [unit for _, unit in controlnets]
+    modes = {unit.control_mode for unit in units}
+    if 2 in modes and len(modes) > 1:
+        raise ValueError("control_mode 2 (ControlNet is more important) must be every unit's mode or none's")
+    nets = [loaded.value for loaded, _ in controlnets]
+    width, height = start.picture.size if start else (request.width, request.height)
+    maps = [control_image(unit, width, height) for unit in units]
+    seeds = [g.initial_seed() for g in common["generator"]]
+    task = "controlnet-img2img" if start else "controlnet"
+    pipe = pipeline_for_run(model.pipe, request.scheduler, seeds, task,
+                             controlnet=nets[0] if len(nets) == 1 else MultiControlNetModel(nets))
+    hooks = [controlnet_scales(net, unit.control_mode) for net, unit in zip(nets, units)]
+    try:
+        control = dict(controlnet_conditioning_scale=[u.weight for u in units] if len(units) > 1 else units[0].weight,
+                       control_guidance_start=[u.guidance_start for u in units],
+                       control_guidance_end=[u.guidance_end for u in units], guess_mode=modes == {2})
+        if start:
+            latents = pipe(image=start.picture, control_image=maps, strength=request.denoising_strength,
+                           width=width, height=height, **control, **common).images
+        else:
+            latents = pipe(image=maps if len(maps) > 1 else maps[0], width=width, height=height, **control,
+                           **common).images
+    finally:
+        for hook in hooks:
+            if hook is not None:
+                hook.remove()
+    return latents, pipe

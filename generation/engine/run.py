@@ -7,15 +7,15 @@ from dataclasses import dataclass, field
 import torch
 from PIL import Image
 
-from .addons import Addons, applied_loras, control_image, controlnet_scales
+from .addons import Addons, applied_loras, controlled_run
 from .families import FAMILIES
 from .images import Crop, fill_masked, mask_crop, paste_back, prepared_mask, resize
 from .loading import PIPELINES, load_pipeline
 from .metadata import format_parameters, save_png
+from .pipelines import pipeline_for_run
 from .previews import PreviewSettings, PreviewThrottle, encode_preview, latents_to_rgb, load_taesd
 from .prompts import embedding_pattern, encode_prompts, encode_prompts_xl
 from .request import LATENT_UPSCALERS, MASKED_CONTENT, PIXEL_UPSCALERS, RESIZE_MODES, GenerationRequest, Limits, model_ref
-from .schedulers import make_scheduler
 from .watermark import PAYLOAD_BYTES, embed_watermark
 
 
@@ -95,7 +95,7 @@ def generate(
     refiner = load_pipeline(request.refiner, device=device, dtype=dtype) if request.refiner else None
     vae = PIPELINES.get_vae(request.vae, model) if request.vae else None
     _check_roles(model, refiner, request.mode)
-    pipe = _pipeline_for_run(model.pipe, request.scheduler, seeds, "inpaint" if request.mask else "txt2img")
+    pipe = pipeline_for_run(model.pipe, request.scheduler, seeds, "inpaint" if request.mask else "txt2img")
 
     addons = _load_addons(request, model)
     timings["load"] = time.perf_counter() - tick
@@ -123,7 +123,7 @@ def generate(
                       callback_on_step_end=progress.on_step_end, **embeds)
         start = prepare_start(request) if request.init_image is not None else None
         if addons.controlnets:
-            latents, pipe = _controlled(model, request, start, common, addons.controlnets)
+            latents, pipe = controlled_run(model, request, start, common, addons.controlnets)
         elif request.mode == "txt2img":
             latents, pipe = _txt2img(pipe, model, refiner, request, common, progress)
         else:
@@ -227,49 +227,16 @@ def _txt2img(pipe, model, refiner, request, common, progress):
     progress.pass_ended(pipe)
     seeds = [g.initial_seed() for g in common["generator"]]
     if refiner is not None and not progress.cancelled:
-        pipe = _pipeline_for_run(refiner.pipe, request.scheduler, seeds, "img2img")
+        pipe = pipeline_for_run(refiner.pipe, request.scheduler, seeds, "img2img")
         latents = pipe(image=latents, **{**common, **_encode(pipe, refiner, request)},
                        denoising_start=request.refiner_switch_at).images
     elif request.enable_hr and not progress.cancelled:
         image = _upscaled(pipe, latents, request)
-        pipe = _pipeline_for_run(model.pipe, request.scheduler, seeds, "img2img")
+        pipe = pipeline_for_run(model.pipe, request.scheduler, seeds, "img2img")
         # Fresh generators with the same seeds: the second pass is reproducible on its own.
         latents = pipe(image=image, strength=request.denoising_strength, **{
             **common, "num_inference_steps": request.hr_second_pass_steps or request.steps,
             "generator": [torch.Generator("cpu").manual_seed(s) for s in seeds]}).images
-    return latents, pipe
-
-
-def _controlled(model, request, start, common, controlnets):
-    """txt2img or img2img guided by ControlNet units; each unit's map at the run's size."""
-    from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
-
-    units = [unit for _, unit in controlnets]
-    modes = {unit.control_mode for unit in units}
-    if 2 in modes and len(modes) > 1:
-        raise ValueError("control_mode 2 (ControlNet is more important) must be every unit's mode or none's")
-    nets = [loaded.value for loaded, _ in controlnets]
-    width, height = start.picture.size if start else (request.width, request.height)
-    maps = [control_image(unit, width, height) for unit in units]
-    seeds = [g.initial_seed() for g in common["generator"]]
-    task = "controlnet-img2img" if start else "controlnet"
-    pipe = _pipeline_for_run(model.pipe, request.scheduler, seeds, task,
-                             controlnet=nets[0] if len(nets) == 1 else MultiControlNetModel(nets))
-    hooks = [controlnet_scales(net, unit.control_mode) for net, unit in zip(nets, units)]
-    try:
-        control = dict(controlnet_conditioning_scale=[u.weight for u in units] if len(units) > 1 else units[0].weight,
-                       control_guidance_start=[u.guidance_start for u in units],
-                       control_guidance_end=[u.guidance_end for u in units], guess_mode=modes == {2})
-        if start:
-            latents = pipe(image=start.picture, control_image=maps, strength=request.denoising_strength,
-                           width=width, height=height, **control, **common).images
-        else:
-            latents = pipe(image=maps if len(maps) > 1 else maps[0], width=width, height=height, **control,
-                           **common).images
-    finally:
-        for hook in hooks:
-            if hook is not None:
-                hook.remove()
     return latents, pipe
 
 
@@ -290,7 +257,7 @@ def _from_image(pipe, model, request, start, common):
     """img2img, or inpaint (masked img2img on an ordinary model, the real thing on a 9-channel one)."""
     width, height = start.picture.size
     if request.mask is None:
-        pipe = _pipeline_for_run(model.pipe, request.scheduler, [g.initial_seed() for g in common["generator"]],
+        pipe = pipeline_for_run(model.pipe, request.scheduler, [g.initial_seed() for g in common["generator"]],
                                  "img2img")
         return pipe(image=start.picture, strength=request.denoising_strength, **common).images
     # The starting latents are made here so masked content can be set in latent space.
@@ -418,34 +385,3 @@ def _encode(pipe, model, request, embeddings=None) -> dict:
         embeddings=embeddings)
     return {"prompt_embeds": positive, "negative_prompt_embeds": negative, "pooled_prompt_embeds": pooled,
             "negative_pooled_prompt_embeds": negative_pooled}
-
-
-PIPELINE_CLASSES = {  # (SDXL?, task) -> diffusers class name
-    (False, "txt2img"): "StableDiffusionPipeline", (False, "img2img"): "StableDiffusionImg2ImgPipeline",
-    (False, "inpaint"): "StableDiffusionInpaintPipeline", (True, "txt2img"): "StableDiffusionXLPipeline",
-    (True, "img2img"): "StableDiffusionXLImg2ImgPipeline", (True, "inpaint"): "StableDiffusionXLInpaintPipeline",
-    (False, "controlnet"): "StableDiffusionControlNetPipeline",
-    (False, "controlnet-img2img"): "StableDiffusionControlNetImg2ImgPipeline",
-    (True, "controlnet"): "StableDiffusionXLControlNetPipeline",
-    (True, "controlnet-img2img"): "StableDiffusionXLControlNetImg2ImgPipeline",
-}
-
-
-def _pipeline_for_run(base, scheduler_name: str, seeds: list[int], task: str = "txt2img", **extra):
-    """The cached pipeline's modules, as the pipeline for `task` (txt2img, img2img, inpaint,
-    controlnet, controlnet-img2img), with a scheduler of this run's own: runs share no state."""
-    import diffusers
-
-    components = {**base.components, **extra,
-                  "scheduler": make_scheduler(scheduler_name, base.scheduler.config, seeds)}
-    xl = "text_encoder_2" in components
-    if task == "txt2img" and isinstance(base, diffusers.StableDiffusionXLImg2ImgPipeline):
-        task = "img2img"  # a refiner
-    options = {"requires_safety_checker": False}
-    if xl:
-        options = {"add_watermarker": False}
-        if task not in ("txt2img", "controlnet"):
-            options["requires_aesthetics_score"] = bool(base.config.get("requires_aesthetics_score", False))
-    pipe = getattr(diffusers, PIPELINE_CLASSES[xl, task])(**components, **options)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe

@@ -1,0 +1,33 @@
+"""The diffusers pipeline each run uses, built from a cached model's modules: no copy, no reload."""
+
+from .schedulers import make_scheduler
+
+PIPELINE_CLASSES = {  # (SDXL?, task) -> diffusers class name
+    (False, "txt2img"): "StableDiffusionPipeline", (False, "img2img"): "StableDiffusionImg2ImgPipeline",
+    (False, "inpaint"): "StableDiffusionInpaintPipeline", (True, "txt2img"): "StableDiffusionXLPipeline",
+    (True, "img2img"): "StableDiffusionXLImg2ImgPipeline", (True, "inpaint"): "StableDiffusionXLInpaintPipeline",
+    (False, "controlnet"): "StableDiffusionControlNetPipeline",
+    (False, "controlnet-img2img"): "StableDiffusionControlNetImg2ImgPipeline",
+    (True, "controlnet"): "StableDiffusionXLControlNetPipeline",
+    (True, "controlnet-img2img"): "StableDiffusionXLControlNetImg2ImgPipeline",
+}
+
+
+def pipeline_for_run(base, scheduler_name: str, seeds: list[int], task: str = "txt2img", **extra):
+    """The cached pipeline's modules, as the pipeline for `task` (txt2img, img2img, inpaint,
+    controlnet, controlnet-img2img), with a scheduler of this run's own: runs share no state."""
+    import diffusers
+
+    components = {**base.components, **extra,
+                  "scheduler": make_scheduler(scheduler_name, base.scheduler.config, seeds)}
+    xl = "text_encoder_2" in components
+    if task == "txt2img" and isinstance(base, diffusers.StableDiffusionXLImg2ImgPipeline):
+        task = "img2img"  # a refiner
+    options = {"requires_safety_checker": False}
+    if xl:
+        options = {"add_watermarker": False}
+        if task not in ("txt2img", "controlnet"):
+            options["requires_aesthetics_score"] = bool(base.config.get("requires_aesthetics_score", False))
+    pipe = getattr(diffusers, PIPELINE_CLASSES[xl, task])(**components, **options)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
