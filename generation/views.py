@@ -272,7 +272,10 @@ def png_info(request):
     text = read_png_parameters(picture)
     if not text:
         return JsonResponse({"error": "This image carries no generation parameters (A1111 or sdweb PNG)."}, status=400)
-    found = parse_parameters(text)
+    try:
+        found = parse_parameters(text)
+    except ValueError:  # "Steps: many" and the like: a file anyone can edit
+        return JsonResponse({"error": "This image's parameters are not in a form A1111 or sdweb writes."}, status=400)
     fields = {"prompt": found["prompt"], "negative_prompt": found["negative_prompt"],
               **{ours: found[theirs] for ours, theirs in (("steps", "steps"), ("guidance_scale", "cfg_scale"),
                                                         ("seed", "seed"), ("width", "width"), ("height", "height"),

@@ -137,3 +137,26 @@ def test_the_form_shows_every_problem_in_one_round(client, alice, checkpoint):
     errors = response.context["form"].errors
     assert set(errors) >= {"prompt", "width", "height"}, errors
     assert "multiple of 8" in errors["width"][0] and "multiple of 8" in errors["height"][0]
+
+
+def test_png_info_reads_a_pngs_parameters_and_refuses_garbled_ones(client, alice, checkpoint):
+    import io
+
+    from django.core.files.uploadedfile import SimpleUploadedFile
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    def png(parameters):
+        info, out = PngInfo(), io.BytesIO()
+        info.add_text("parameters", parameters)
+        Image.new("RGB", (64, 64)).save(out, "PNG", pnginfo=info)
+        return SimpleUploadedFile("found.png", out.getvalue())
+
+    client.force_login(alice)
+    good = client.post("/generate/png-info/", {"image": png(
+        "a red door\nNegative prompt: blur\nSteps: 12, Sampler: Euler a, CFG scale: 6, Seed: 7, Size: 512x768, "
+        "Model: sdweb-test-tiny")}).json()["fields"]
+    assert good == {"prompt": "a red door", "negative_prompt": "blur", "steps": 12, "guidance_scale": 6.0, "seed": 7,
+                    "width": 512, "height": 768, "scheduler": "Euler a", "checkpoint": checkpoint.pk}
+    bad = client.post("/generate/png-info/", {"image": png("x\nSteps: many, Sampler: Euler, Seed: 1, Size: 2x2")})
+    assert bad.status_code == 400 and "not in a form" in bad.json()["error"]
