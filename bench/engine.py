@@ -93,12 +93,12 @@ def main() -> None:
 
     print(f"\n{'unit cost, median ms':28}{'256 px':>10}{'512 px':>10}")
     settings = PreviewSettings()
-    rows = {"preview (approx + JPEG)": [], "watermark (dwtDctSvd)": [], "PNG encode + parameters": []}
+    rows = {"preview (approx + JPEG)": [], "watermark (luma tile)": [], "PNG encode + parameters": []}
     for size in (256, 512):
         latents = torch.randn(1, 4, size // 8, size // 8)
         rows["preview (approx + JPEG)"].append(median_seconds(lambda: encode_preview(latents_to_rgb(latents), settings), 200))
         image = run_ours(7).images[0].resize((size, size))
-        rows["watermark (dwtDctSvd)"].append(median_seconds(lambda: embed_watermark(image, b"benchmrk"), 20))
+        rows["watermark (luma tile)"].append(median_seconds(lambda: embed_watermark(image, b"benchmrk"), 20))
         rows["PNG encode + parameters"].append(median_seconds(lambda: save_png(image, io.BytesIO(), PROMPT), 20))
     for name, (small, large) in rows.items():
         print(f"{name:28}{small * 1000:>10.2f}{large * 1000:>10.2f}")

@@ -186,8 +186,9 @@ class CanTrace(permissions.BasePermission):
 
 class Trace(APIView):
     """Staff with the trace_image permission: upload an image (multipart field `image`); its
-    watermark (or, failing that, its PNG metadata) gives the image id, and the audit log the job,
-    owner, prompt, time and checkpoint. Each trace is recorded as a staff action."""
+    watermark gives the image id, or failing that the nearest images by perceptual hash, or its
+    PNG metadata; the audit log gives the job, owner, prompt, time and checkpoint. Each trace is
+    recorded as a staff action."""
 
     permission_classes = [CanTrace]
     parser_classes = [parsers.MultiPartParser]
@@ -195,7 +196,15 @@ class Trace(APIView):
     @extend_schema(request=inline_serializer("TraceUpload", {"image": serializers.ImageField()}),
                    responses=inline_serializer("TraceResult", {
                        "found": serializers.BooleanField(help_text="Whether an audit row made this image."),
-                       "method": serializers.CharField(allow_null=True, help_text="watermark, metadata or null."),
+                       "method": serializers.CharField(allow_null=True,
+                                                       help_text="watermark, similarity, metadata or null."),
+                       "confidence": serializers.FloatField(allow_null=True, help_text=(
+                           "0-1: the share of the watermark's coded cells, or of the 128 hash bits, that agree.")),
+                       "distance": serializers.IntegerField(allow_null=True, help_text=(
+                           "similarity: bits that differ (of 128; a match is within 20).")),
+                       "candidates": serializers.ListField(child=serializers.DictField(), help_text=(
+                           "similarity: every image within the threshold, nearest first (id, distance, how, "
+                           "job, owner, prompt, time).")),
                        "image_id": serializers.CharField(allow_null=True, help_text="16 hex digits."),
                        "message": serializers.CharField(help_text="What was found, in words."),
                        "job_id": serializers.CharField(required=False, help_text="The job that made it."),

@@ -1,16 +1,23 @@
-"""Trace an image back to its job: the watermark's payload is the image id, and the audit row
-that made the image is found by it, also after the image, the job or the account is gone."""
+"""Trace an image back to its job. Three ways in, most trustworthy first: the watermark (its
+payload is the image id), the similarity index (perceptual hashes of every image handed out) and
+the PNG metadata (which anyone can edit). The audit row that made the image is found by the id,
+also after the image, the job or the account is gone."""
 
+import numpy as np
 from django.conf import settings
+from django.db import connection
 from PIL import Image as PILImage
 
 from gallery.models import Image
+from generation.engine.fingerprint import ASPECT_TOLERANCE, MATCH_DISTANCE, Hypothesis, hypotheses, nearest
 from generation.engine.metadata import read_png_marking, read_png_parameters
-from generation.engine.watermark import read_watermark
-from generation.models import AuditImage
+from generation.engine.watermark import watermark_reading
+from generation.models import AuditImage, ImageFingerprint
 from generation.provenance import read_credentials
 from generation.services.audit import staff_action
 from generation.uploads import open_image
+
+MAX_CANDIDATES = 10
 
 
 def trace_image(upload, *, staff) -> dict:
@@ -27,27 +34,84 @@ def _trace(upload) -> dict:
         raise ValueError("image: upload a PNG, JPEG or WebP file")
     data = upload.read(settings.SDWEB["UPLOAD_MAX_BYTES"] + 1)
     picture = open_image(data, field="image")
-    credentials = read_credentials(data, PILImage.MIME.get(picture.format, "image/png"))
-    payload = read_watermark(picture.convert("RGB"))
+    pixels = picture.convert("RGB")
+    reading = watermark_reading(pixels)
     marking = read_png_marking(picture)
-    found = {"watermark": payload.hex() if payload else None, "metadata": marking["image_id"] or None,
-             "ai_generated_marking": marking["ai_generated"], "parameters": read_png_parameters(picture),
-             "c2pa": credentials}
-    method = "watermark" if payload else "metadata" if marking["image_id"] else None
-    result = {"found": False, "method": method, "image_id": found[method] if method else None, "read": found}
-    if method is None:
-        result["message"] = "No watermark could be read and the file carries no sdweb metadata."
-        return result
-    row = AuditImage.objects.select_related("audit").filter(image_id=int(result["image_id"], 16)).first()
-    if row is None:
-        result["message"] = (f"The {method} reads {result['image_id']}, but no audit row holds that image id "
-                             "(not made here, or pruned).")
-        return result
+    result = {"found": False, "method": None, "image_id": None, "confidence": None, "distance": None,
+              "candidates": [], "read": {
+                  "watermark": reading.payload.hex() if reading else None,
+                  "watermark_scheme": reading.method if reading else None,
+                  "metadata": marking["image_id"] or None, "ai_generated_marking": marking["ai_generated"],
+                  "parameters": read_png_parameters(picture),
+                  "c2pa": read_credentials(data, PILImage.MIME.get(picture.format, "image/png"))}}
+    if reading and (row := _audit_image(int.from_bytes(reading.payload, "big"))):
+        how = f"scheme {reading.method}" + (f", read at {reading.scale:g}x its size" if reading.scale != 1 else "")
+        return _found(result, row, "watermark", reading.confidence,
+                      f"Watermark read ({how}; {reading.confidence:.0%} of its coded cells agree).")
+    matches = [(row, distance, how) for image_id, distance, how in similar_images(pixels)
+               if (row := _audit_image(image_id))]
+    if matches:
+        row, distance, how = matches[0]
+        result["candidates"] = [_candidate(*match) for match in matches[:MAX_CANDIDATES]]
+        others = f" {len(matches) - 1} more image(s) are within the threshold: see the candidates." if matches[1:] else ""
+        unread = "the watermark names no image made here" if reading else "the watermark was not readable"
+        return _found(result, row, "similarity", round(1 - distance / 128, 3),
+                      f"Matched by similarity (distance {distance} of 128 bits, {how}; threshold {MATCH_DISTANCE}); "
+                      f"{unread}.{others}", distance=distance)
+    if marking["image_id"] and (row := _audit_image(int(marking["image_id"], 16))):
+        return _found(result, row, "metadata", None,
+                      "No watermark could be read and no stored image is similar; found through the PNG "
+                      "metadata, which anyone can edit.")
+    said = reading.payload.hex() if reading else marking["image_id"]
+    result["message"] = (f"The {'watermark' if reading else 'metadata'} reads {said}, but no audit row holds that "
+                         "image id (not made here, or pruned), and no stored image is similar." if said else
+                         "No watermark could be read, no stored image is similar and the file carries no sdweb "
+                         "metadata.")
+    return result
+
+
+def _audit_image(image_id: int) -> AuditImage | None:
+    return AuditImage.objects.select_related("audit").filter(image_id=image_id).first()
+
+
+def _found(result: dict, row: AuditImage, method: str, confidence, message: str, distance=None) -> dict:
     audit = row.audit
-    result.update(found=True, message="Watermark read." if method == "watermark" else
-                  "No watermark could be read; found through the PNG metadata, which anyone can edit.",
-                  job_id=str(audit.job_id), audit_id=audit.pk, owner=audit.username, owner_id=audit.user_id,
-                  account_exists=audit.user_id is not None, prompt=audit.prompt, negative_prompt=audit.negative_prompt,
-                  created_at=audit.created_at.isoformat(), checkpoint=audit.checkpoint, params=audit.params,
+    result.update(found=True, method=method, image_id=f"{row.image_id:016x}", confidence=confidence,
+                  distance=distance, message=message, job_id=str(audit.job_id), audit_id=audit.pk,
+                  owner=audit.username, owner_id=audit.user_id, account_exists=audit.user_id is not None,
+                  prompt=audit.prompt, negative_prompt=audit.negative_prompt, created_at=audit.created_at.isoformat(),
+                  checkpoint=audit.checkpoint, params=audit.params,
                   image_exists=Image.objects.filter(pk=row.image_id).exists())
     return result
+
+
+def _candidate(row: AuditImage, distance: int, how: str) -> dict:
+    return {"image_id": f"{row.image_id:016x}", "distance": distance, "how": how, "job_id": str(row.audit.job_id),
+            "owner": row.audit.username, "prompt": row.audit.prompt, "created_at": row.audit.created_at.isoformat()}
+
+
+def similar_images(image: PILImage.Image) -> list[tuple[int, int, str]]:
+    """(image id, distance, how it was matched) of the stored images within MATCH_DISTANCE of the
+    image or of an original it may have been cropped from, nearest first."""
+    query = hypotheses(image)
+    rows = _pg_candidates(query) if connection.vendor == "postgresql" else ImageFingerprint.objects.values_list(
+        "image_id", "phash", "whash", "width", "height")
+    table = np.array(list(rows), dtype=np.int64).reshape(-1, 5)
+    return [(int(table[index, 0]), distance, how) for index, distance, how in nearest(query, table[:, 1:])]
+
+
+def _pg_candidates(query: list[Hypothesis]) -> list[tuple]:
+    """Rows that may be within MATCH_DISTANCE of a hypothesis: one parallel scan of bit counts,
+    with each hash's own count as a cheap first test and the aspect ratio before either."""
+    tests, params = [], []
+    for hypothesis in query:
+        test = "bit_count((whash # %s::bigint)::bit(64)) <= %s AND bit_count((phash # %s::bigint)::bit(64)) <= %s"
+        params += [hypothesis.fingerprint.whash, MATCH_DISTANCE, hypothesis.fingerprint.phash, MATCH_DISTANCE]
+        if hypothesis.aspect is not None:
+            test = f"abs(width::float8 / height - %s) <= %s AND {test}"
+            params[-4:-4] = [hypothesis.aspect, ASPECT_TOLERANCE]
+        tests.append(f"({test})")
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT image_id, phash, whash, width, height FROM {ImageFingerprint._meta.db_table} "
+                       f"WHERE {' OR '.join(tests)}", params)
+        return cursor.fetchall()

@@ -337,3 +337,24 @@ def serious_accessibility_problems(page) -> list[str]:
     found = page.evaluate("axe.run(document, {resultTypes: ['violations']}).then(r => r.violations)")
     return [f"{v['id']} ({v['impact']}): {v['help']} at {[n['target'] for n in v['nodes']][:3]}"
             for v in found if v["impact"] in ("serious", "critical")]
+
+
+def photo(seed: int, width: int = 512, height: int | None = None):
+    """A picture with what photos have and the test model's noise lacks: smooth gradients, flat
+    areas, hard edges, a little blur and sensor noise (made with Pillow, different for each seed)."""
+    import numpy as np
+    from PIL import Image, ImageDraw, ImageFilter
+
+    rng = np.random.default_rng(seed)
+    height = height or width
+    y, x = np.mgrid[0:height, 0:width] / max(width, height)
+    sky = np.stack([rng.uniform(40, 200) + rng.uniform(-60, 60) * x + rng.uniform(-60, 60) * y for _ in range(3)], -1)
+    picture = Image.fromarray(np.clip(sky, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(picture)
+    for _ in range(rng.integers(5, 25)):
+        (cx, cy), r = rng.integers(0, max(width, height), 2), rng.integers(10, max(width, height) // 3)
+        shape = draw.ellipse if rng.integers(2) else draw.rectangle
+        shape((cx - r, cy - r, cx + r, cy + r), fill=tuple(int(c) for c in rng.integers(0, 256, 3)))
+    picture = picture.filter(ImageFilter.GaussianBlur(float(rng.uniform(0, 3))))
+    grain = rng.normal(0, rng.uniform(0, 8), (height, width, 3))
+    return Image.fromarray(np.clip(np.asarray(picture) + grain, 0, 255).astype(np.uint8))

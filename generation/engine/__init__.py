@@ -18,7 +18,7 @@ _HOMES = {
     "DiffusersSafetyChecker": "safety", "ImageChecker": "safety",
     "SCHEDULERS": "schedulers", "resolve_scheduler": "schedulers",
     "TEST_MODEL_NAME": "testmodel", "make_test_model": "testmodel",
-    "embed_watermark": "watermark", "read_watermark": "watermark",
+    "embed_watermark": "watermark", "read_watermark": "watermark", "watermark_reading": "watermark",
 }
 __all__ = sorted(_HOMES)
 

@@ -1,21 +1,241 @@
 """Invisible watermark: an 8-byte payload per image (its identifier), so any image can be traced.
 
-invisible-watermark's dwtDctSvd method on uint8 BGR arrays survives PNG and JPEG quality 90 saved
-with 4:4:4 chroma. A CRC-16 travels with the payload so that an image without our mark reads as
-None instead of as eight random bytes.
+The mark lives in luminance, which every JPEG keeps at full resolution (4:2:0 halves only the
+chroma planes). Each 12x12 pixel block carries one sign: its correlation with a one-period sine
+pattern is pushed to at least +STRENGTH or -STRENGTH, changing only blocks whose own content
+disagrees (busy blocks hide, and need, a larger change). The blocks form a 16x16 tile (192 px)
+repeated over the image: 52 cells hold a fixed sync pattern, 204 hold the payload + CRC-32 under
+a rate-1/2 convolutional code, whitened by a fixed key.
+
+Reading folds the block correlations at every pixel modulo the tile, so a crop only rolls the
+fold: one FFT correlation with the sync pattern finds the block grid and the tile phase together.
+A resize is undone by trying the sizes the image plausibly had (common factors, multiples of 64,
+then 2 % steps), within a time budget. Soft-decision Viterbi decodes the cells, and a read counts
+only when the CRC-32 passes. Images marked before this scheme (invisible-watermark's dwtDctSvd in
+the U plane, CRC-16) are still read by `read_legacy_watermark`.
 """
 
 import binascii
 import functools
 import importlib.util
+import time
+import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 PAYLOAD_BYTES = 8
-_BITS = (PAYLOAD_BYTES + 2) * 8
-CRC_INIT = 0xFFFF  # not 0: a flat image reads as all-zero bits, which a zero-start CRC would pass
+MIN_SIDE = 256
+BLOCK = 12
+TILE = 16  # blocks per tile side
+STRENGTH = 16.0  # the correlation each block is pushed to, in luminance levels
+MAX_CHANGE = 3 * STRENGTH  # a block whose content disagrees strongly is only moved this far
+_MESSAGE_BITS = (PAYLOAD_BYTES + 4) * 8  # the payload and its CRC-32
+_GENERATORS = (0o171, 0o133)  # the classic rate-1/2, constraint-length-7 convolutional code
+_MEMORY = 6
+_CODED_BITS = (_MESSAGE_BITS + _MEMORY) * 2  # six zero bits end the code in state 0
+_SYNC_THRESHOLD = 7.0  # z-score of the sync peak over all positions of the tile
+
+
+def _layout():
+    """Which tile cells hold the sync pattern, which coded bit each other cell holds, and the
+    fixed whitening signs: one layout for every image, from a fixed seed."""
+    rng = np.random.default_rng(0x5D3EB)
+    cells = rng.permutation(TILE * TILE)
+    sync_cells, data_cells = cells[: TILE * TILE - _CODED_BITS], cells[TILE * TILE - _CODED_BITS:]
+    sync_signs = rng.choice([-1.0, 1.0], size=sync_cells.size)
+    key = rng.choice([-1.0, 1.0], size=data_cells.size)
+    return sync_cells, sync_signs, data_cells, key
+
+
+SYNC_CELLS, SYNC_SIGNS, DATA_CELLS, KEY = _layout()
+_WAVE = np.sin(2 * np.pi * (np.arange(BLOCK) + 0.5) / BLOCK)
+PATTERN = np.outer(_WAVE, _WAVE) / np.linalg.norm(np.outer(_WAVE, _WAVE))  # unit norm: correlation == amplitude
+
+
+def _code_outputs(registers: np.ndarray) -> np.ndarray:
+    """The two coded signs (+1/-1) for each 7-bit shift-register value."""
+    return np.stack([np.vectorize(lambda r, g=g: bin(r & g).count("1") % 2)(registers) for g in _GENERATORS],
+                    axis=-1) * 2.0 - 1
+
+
+def _encode(bits: np.ndarray) -> np.ndarray:
+    state, registers = 0, []
+    for bit in np.concatenate([bits, np.zeros(_MEMORY, dtype=int)]):
+        register = (int(bit) << _MEMORY) | state
+        registers.append(register)
+        state = register >> 1
+    return _code_outputs(np.array(registers)).ravel()
+
+
+_NEXT = np.arange(1 << _MEMORY)
+_PREVIOUS = np.stack([(_NEXT << 1) & _NEXT.max(), ((_NEXT << 1) & _NEXT.max()) | 1])  # the two states that lead to each state
+_BRANCH_SIGNS = _code_outputs(((_NEXT >> (_MEMORY - 1)) << _MEMORY) | _PREVIOUS)  # (2, 64, 2)
+
+
+def _viterbi(soft: np.ndarray) -> np.ndarray:
+    """The message bits whose coded signs correlate best with `soft` (soft-decision Viterbi)."""
+    steps = soft.reshape(-1, 2)
+    metric = np.full(1 << _MEMORY, -np.inf)
+    metric[0] = 0.0
+    choices = np.zeros((len(steps), 1 << _MEMORY), dtype=np.intp)
+    for t, pair in enumerate(steps):
+        candidates = metric[_PREVIOUS] + _BRANCH_SIGNS @ pair
+        choices[t] = np.argmax(candidates, axis=0)
+        metric = candidates[choices[t], _NEXT]
+    state, bits = 0, []
+    for t in range(len(steps) - 1, -1, -1):
+        bits.append(state >> (_MEMORY - 1))
+        state = _PREVIOUS[choices[t, state], state]
+    return np.array(bits[::-1][:_MESSAGE_BITS], dtype=bool)
+
+
+@dataclass(frozen=True)
+class WatermarkReading:
+    payload: bytes
+    method: str  # "luma tile" or "legacy dwtDctSvd"
+    confidence: float  # 0..1: the share of coded cells that agree with the decoded payload
+    sync: float | None = None  # z-score of the grid found
+    scale: float = 1.0  # how much the image was resized before reading (1.0: not at all)
+    corrected_bits: int = 0
+
+
+def _message(payload: bytes) -> np.ndarray:
+    data = payload + zlib.crc32(payload).to_bytes(4, "big")
+    return np.unpackbits(np.frombuffer(data, dtype=np.uint8))
+
+
+def _luma(rgb: np.ndarray) -> np.ndarray:
+    return rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
+
+
+def embed_watermark(image: Image.Image, payload: bytes) -> Image.Image:
+    if not isinstance(payload, bytes) or len(payload) != PAYLOAD_BYTES:
+        raise ValueError(f"a watermark payload is exactly {PAYLOAD_BYTES} bytes")
+    if min(image.size) < MIN_SIDE:
+        raise ValueError(f"images under {MIN_SIDE}x{MIN_SIDE} can't carry the watermark")
+    rgb = np.asarray(image.convert("RGB"), dtype=np.float64)
+    height, width = (s - s % BLOCK for s in rgb.shape[:2])
+    blocks = _luma(rgb)[:height, :width].reshape(height // BLOCK, BLOCK, width // BLOCK, BLOCK)
+    # 1. the sign every block should carry, from its place in the tile
+    tile = np.zeros(TILE * TILE)
+    tile[SYNC_CELLS] = SYNC_SIGNS
+    tile[DATA_CELLS] = _encode(_message(payload)) * KEY
+    rows, cols = blocks.shape[0], blocks.shape[2]
+    wanted = np.tile(tile.reshape(TILE, TILE), (-(-rows // TILE), -(-cols // TILE)))[:rows, :cols]
+    # 2. move each block's correlation to at least STRENGTH in that sign, and no further than needed
+    have = np.einsum("iajb,ab->ij", blocks, PATTERN)
+    # busy blocks hide a larger change (and need one: their own content correlates strongly)
+    cap = MAX_CHANGE + 2 * blocks.std(axis=(1, 3))
+    change = np.clip(wanted * STRENGTH - have, -cap, cap) * (have * wanted < STRENGTH)
+    delta = np.einsum("ij,ab->iajb", change, PATTERN).reshape(height, width)
+    # 3. the same change on R, G and B is a change of luminance alone; where a channel is already
+    #    at 0 or 255, the others make up its share
+    marked = rgb.copy()
+    marked[:height, :width] = np.clip(marked[:height, :width] + delta[..., None], 0, 255)
+    short = delta - _luma(marked[:height, :width] - rgb[:height, :width])
+    room = np.where(short[..., None] > 0, marked[:height, :width] < 255, marked[:height, :width] > 0)
+    weight = (room * np.array([0.299, 0.587, 0.114])).sum(axis=-1)
+    marked[:height, :width] += room * (short / np.maximum(weight, 0.114))[..., None]
+    return Image.fromarray(np.clip(np.rint(marked), 0, 255).astype(np.uint8))
+
+
+def _correlations(luma: np.ndarray) -> np.ndarray:
+    """The correlation of the block starting at every pixel with PATTERN (one separable filter)."""
+    import cv2  # OpenCV comes with invisible-watermark
+
+    kernel = _WAVE / np.linalg.norm(_WAVE)
+    full = cv2.sepFilter2D(luma.astype(np.float32), cv2.CV_32F, kernel.astype(np.float32), kernel.astype(np.float32),
+                           anchor=(0, 0), borderType=cv2.BORDER_CONSTANT)
+    return full[: luma.shape[0] - BLOCK + 1, : luma.shape[1] - BLOCK + 1]
+
+
+def _fold(values: np.ndarray) -> np.ndarray:
+    """Sum of the correlations at each position modulo the tile: a crop only rolls it."""
+    period = BLOCK * TILE
+    height, width = values.shape
+    padded = np.zeros((-(-height // period) * period, -(-width // period) * period), dtype=np.float32)
+    # clipped: a block of the picture's own strong content counts no more than a marked one
+    np.clip(values, -STRENGTH, STRENGTH, out=padded[:height, :width])
+    return padded.reshape(padded.shape[0] // period, period, padded.shape[1] // period, period).sum(
+        axis=(0, 2), dtype=np.float64)
+
+
+@functools.cache
+def _sync_template_fft() -> np.ndarray:
+    period = BLOCK * TILE
+    template = np.zeros((period, period))
+    rows, cols = np.divmod(SYNC_CELLS, TILE)
+    template[rows * BLOCK, cols * BLOCK] = SYNC_SIGNS
+    return np.conj(np.fft.fft2(template))
+
+
+def _find_grid(folded: np.ndarray) -> tuple[float, int, int]:
+    """(z-score, row, column) of the best tile origin."""
+    scores = np.real(np.fft.ifft2(np.fft.fft2(folded) * _sync_template_fft()))
+    row, col = np.unravel_index(np.argmax(scores), scores.shape)
+    spread = scores.std() or 1.0
+    return float((scores[row, col] - scores.mean()) / spread), int(row), int(col)
+
+
+def _decode(folded: np.ndarray, row: int, col: int) -> tuple[bytes, float, int] | None:
+    """Payload, agreement and corrected coded bits read at that tile origin, or None when the CRC fails."""
+    cell_rows, cell_cols = np.divmod(DATA_CELLS, TILE)
+    period = BLOCK * TILE
+    soft = folded[(row + cell_rows * BLOCK) % period, (col + cell_cols * BLOCK) % period] * KEY
+    data = np.packbits(_viterbi(soft)).tobytes()
+    payload, check = data[:PAYLOAD_BYTES], data[PAYLOAD_BYTES:]
+    if zlib.crc32(payload).to_bytes(4, "big") != check:
+        return None
+    agree = np.sign(soft) == _encode(_message(payload))
+    return payload, float(agree.mean()), int((~agree).sum())
+
+
+def _sizes_to_try(width: int, height: int) -> list[tuple[int, int]]:
+    """The sizes the image may have had when it was marked, most likely first: as it is, the usual
+    factors, the multiples of 64 at its aspect ratio (the sizes people make), then a sweep of 2 %
+    steps (a resized crop), which the grid search tolerates to about 1 % either way."""
+    factors = [1.0, 2.0, 1.25, 0.8, 1.5, 4 / 3, 0.75, 4.0, 3.0, 2.5, 1 / 0.9, 0.9, 1.2, 1 / 1.2, 0.5]
+    ours = sorted((side / width for side in range(MIN_SIDE, 2049, 64)), key=lambda f: abs(np.log(f)))
+    sweep = [1.02**k for k in sorted(range(-35, 36), key=abs) if k]
+    sizes = ((round(width * f), round(height * f)) for f in factors + ours + sweep if 0.45 < f < 4.5)
+    return [s for s in dict.fromkeys(sizes) if min(s) >= BLOCK * TILE // 2]
+
+
+def read_watermark(image: Image.Image, *, budget_s: float = 2.0) -> bytes | None:
+    """The payload alone: see `watermark_reading`."""
+    reading = watermark_reading(image, budget_s=budget_s)
+    return reading.payload if reading else None
+
+
+def watermark_reading(image: Image.Image, *, budget_s: float = 2.0) -> WatermarkReading | None:
+    """What the image's watermark says, or None when it carries no readable sdweb watermark.
+    Tries the image as it is, then the old mark, then the sizes it may have had until `budget_s`."""
+    import cv2  # OpenCV comes with invisible-watermark
+
+    deadline = time.monotonic() + budget_s
+    luma = _luma(np.asarray(image.convert("RGB"), dtype=np.float32))
+    height, width = luma.shape
+    for n, size in enumerate(_sizes_to_try(width, height)):
+        if n == 1 and (legacy := read_legacy_watermark(image)):
+            return WatermarkReading(legacy, "legacy dwtDctSvd", 1.0)
+        if n and time.monotonic() > deadline:
+            return None
+        resized = luma if n == 0 else cv2.resize(luma, size, interpolation=cv2.INTER_CUBIC)
+        folded = _fold(_correlations(resized))
+        sync, row, col = _find_grid(folded)
+        if sync >= _SYNC_THRESHOLD and (decoded := _decode(folded, row, col)):
+            payload, agreement, corrected = decoded
+            return WatermarkReading(payload, "luma tile", round(agreement, 3), round(sync, 1),
+                                    round(size[0] / width, 3), corrected)
+    return None
+
+
+# The mark images carried before November 2026: read-only, so those images still trace.
+_LEGACY_BITS = (PAYLOAD_BYTES + 2) * 8
+_LEGACY_CRC_INIT = 0xFFFF  # not 0: a flat image reads as all-zero bits, which a zero-start CRC would pass
 
 
 @functools.cache
@@ -34,21 +254,17 @@ def _bgr(image: Image.Image) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(image.convert("RGB"))[:, :, ::-1])
 
 
-def embed_watermark(image: Image.Image, payload: bytes) -> Image.Image:
-    if not isinstance(payload, bytes) or len(payload) != PAYLOAD_BYTES:
-        raise ValueError(f"a watermark payload is exactly {PAYLOAD_BYTES} bytes")
-    if min(image.size) < 256:
-        raise ValueError("images under 256x256 can't carry the watermark")
-    data = payload + binascii.crc_hqx(payload, CRC_INIT).to_bytes(2, "big")
+def embed_legacy_watermark(image: Image.Image, payload: bytes) -> Image.Image:
+    """The old mark, for tests and the benchmark's comparison only: images are no longer made with it."""
+    data = payload + binascii.crc_hqx(payload, _LEGACY_CRC_INIT).to_bytes(2, "big")
     bits = list(np.unpackbits(np.frombuffer(data, dtype=np.uint8)))
-    marked = _dwt_dct_svd()(bits, wmLen=_BITS).encode(_bgr(image))
+    marked = _dwt_dct_svd()(bits, wmLen=_LEGACY_BITS).encode(_bgr(image))
     return Image.fromarray(np.ascontiguousarray(marked[:, :, ::-1]))
 
 
-def read_watermark(image: Image.Image) -> bytes | None:
-    """The payload, or None when the image carries no readable sdweb watermark."""
-    if min(image.size) < 256:
+def read_legacy_watermark(image: Image.Image) -> bytes | None:
+    if min(image.size) < MIN_SIDE:
         return None
-    data = np.packbits(_dwt_dct_svd()(watermarks=[], wmLen=_BITS).decode(_bgr(image))).tobytes()
+    data = np.packbits(_dwt_dct_svd()(watermarks=[], wmLen=_LEGACY_BITS).decode(_bgr(image))).tobytes()
     payload, check = data[:PAYLOAD_BYTES], data[PAYLOAD_BYTES:]
-    return payload if binascii.crc_hqx(payload, CRC_INIT).to_bytes(2, "big") == check else None
+    return payload if binascii.crc_hqx(payload, _LEGACY_CRC_INIT).to_bytes(2, "big") == check else None

@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from generation import filters
 from generation.engine.request import MAX_PROMPT_CHARS
-from generation.models import INPUT_DIGESTS, AuditChain, AuditImage, Checkpoint, Job, PromptAudit, StaffAction
+from generation.models import INPUT_DIGESTS, AuditChain, AuditImage, Checkpoint, ImageFingerprint, Job, PromptAudit, StaffAction
 
 GENESIS = "0" * 64
 
@@ -151,6 +151,8 @@ def audit_prune(before: datetime) -> int:
     last = PromptAudit.objects.filter(pk__gt=chain.base_id, created_at__lt=before).order_by("-pk").first()
     if last is None:
         return 0
+    pruned_images = AuditImage.objects.filter(audit_id__gt=chain.base_id, audit_id__lte=last.pk).values("image_id")
+    ImageFingerprint.objects.filter(image_id__in=pruned_images).delete()
     removed = PromptAudit.objects.prune_through(last.pk)
     AuditChain.objects.filter(pk=1).update(base=last.hash, base_id=last.pk, pruned=chain.pruned + removed)
     return removed

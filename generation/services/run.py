@@ -27,7 +27,7 @@ from generation.engine.run import GenerationCancelled, generate
 from generation.engine.safety import DiffusersSafetyChecker
 from generation.engine.upscale import upscale
 from generation.live import job_event
-from generation.models import Checkpoint, Job
+from generation.models import Checkpoint, ImageFingerprint, Job
 from generation.provenance import sign_png
 from generation.services.addons import engine_addons
 from generation.services.credits import credits_refund
@@ -131,7 +131,8 @@ def job_run(job: Job) -> None:
         return
 
     images = [_store(job, attempt, result, k) for k in range(len(result.images))]
-    if not _publish(job, attempt, result, images):
+    prints = [ImageFingerprint.of(image.id, result.images[k]) for k, image in enumerate(images)]
+    if not _publish(job, attempt, result, images, prints):
         image_files_delete(images)  # this attempt's own files: another attempt owns the job
 
 
@@ -159,7 +160,7 @@ def _store(job: Job, attempt: int, result, k: int) -> Image:
 
 
 @transaction.atomic
-def _publish(job: Job, attempt: int, result, images: list[Image]) -> bool:
+def _publish(job: Job, attempt: int, result, images: list[Image], prints: list[ImageFingerprint]) -> bool:
     """Succeed the job with these images if this attempt still owns it; False if it lost it."""
     finished = Job.objects.filter(pk=job.pk, attempts=attempt, status=Job.RUNNING).update(
         status=Job.SUCCEEDED, finished_at=timezone.now(), lease_until=None,
@@ -167,6 +168,7 @@ def _publish(job: Job, attempt: int, result, images: list[Image]) -> bool:
     if not finished:  # cancelled or taken over meanwhile
         return False
     Image.objects.bulk_create(images)
+    ImageFingerprint.objects.bulk_create(prints)
     if result.flagged:
         share = -(-job.cost * len(result.flagged) // job.num_images)
         credits_refund(job=job, amount=share, reason="images withheld by the safety checker")
@@ -179,3 +181,17 @@ def _withheld_note(result) -> str:
     if not result.flagged:
         return ""
     return f"{len(result.flagged)} image(s) withheld by the safety checker; their share was refunded."
+
+
+def fingerprints_backfill() -> int:
+    """Fingerprint the stored images made before the similarity index (or whose row is missing), so
+    the trace finds their copies too; returns how many were added. Safe to run again."""
+    added = 0
+    missing = Image.objects.exclude(id__in=ImageFingerprint.objects.values("image_id")).only("id", "png")
+    for image in missing.iterator(chunk_size=200):
+        with image.png.open("rb") as file:
+            picture = PILImage.open(file)
+            picture.load()
+        ImageFingerprint.objects.bulk_create([ImageFingerprint.of(image.id, picture)], ignore_conflicts=True)
+        added += 1
+    return added

@@ -1,12 +1,18 @@
-"""Trace an image to the job that made it, from its watermark (or, failing that, its metadata)."""
+"""Trace an image to the job that made it: from its watermark, or failing that the similarity
+index, or failing that its metadata."""
 
 import io
 
 import pytest
+from django.core.management import call_command
 from PIL import Image as PILImage
+from PIL import ImageFilter
 
 from gallery.services import account_delete, images_delete
-from generation.engine import read_png_marking, save_png
+from generation.engine import read_png_marking, save_png, watermark_reading
+from generation.engine.watermark import embed_legacy_watermark
+from generation.models import ImageFingerprint
+from tests.support import photo
 
 
 @pytest.fixture
@@ -39,18 +45,80 @@ def trace(client, data, name="found.png"):
     return client.post("/api/v1/trace", {"image": upload(data, name)})
 
 
-@pytest.mark.parametrize("copy", ["png", "png re-saved", "jpeg q90 4:4:4"])
+def blurred(png: bytes) -> bytes:
+    """A copy whose watermark is gone (blurred, then saved as JPEG) but which still looks the same."""
+    out = io.BytesIO()
+    PILImage.open(io.BytesIO(png)).convert("RGB").filter(ImageFilter.GaussianBlur(3)).save(out, format="JPEG")
+    assert watermark_reading(PILImage.open(io.BytesIO(out.getvalue()))) is None
+    return out.getvalue()
+
+
+def cropped(png: bytes) -> bytes:
+    picture = PILImage.open(io.BytesIO(png))
+    out = io.BytesIO()
+    picture.crop((picture.width // 5, 0, picture.width, picture.height)).save(out, format="JPEG", quality=75)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("copy", ["png", "png re-saved", "jpeg q90 4:4:4", "jpeg q75 4:2:0", "20 % cropped, jpeg"])
 def test_trace_finds_the_right_job_among_many(client, admin, jobs, copy):
     target = jobs[3].images.order_by("index")[1]
     png = stored_png(target)
     data = {"png": png, "png re-saved": resaved(png, "PNG"),
-            "jpeg q90 4:4:4": resaved(png, "JPEG", quality=90, subsampling=0)}[copy]
+            "jpeg q90 4:4:4": resaved(png, "JPEG", quality=90, subsampling=0),
+            "jpeg q75 4:2:0": resaved(png, "JPEG", quality=75), "20 % cropped, jpeg": cropped(png)}[copy]
     client.force_login(admin)
     result = trace(client, data).json()
     assert result["found"] and result["method"] == "watermark", result
     assert (result["image_id"], result["job_id"], result["owner"]) == (target.hex_id, str(jobs[3].pk), "carol")
     assert result["prompt"] == "picture 3 by carol" and result["checkpoint"] == jobs[3].checkpoint.name
     assert result["read"]["c2pa"]["present"] == (copy == "png")  # re-saved copies lose the manifest
+    assert result["read"]["watermark_scheme"] == "luma tile" and result["confidence"] > 0.6
+
+
+def test_when_the_watermark_is_gone_the_similarity_index_finds_the_job_and_says_so(client, admin, carol, jobs):
+    target = jobs[1].images.order_by("index")[0]
+    copy = blurred(stored_png(target))
+    images_delete(images=[target])
+    account_delete(user=carol)  # the index, like the audit, outlives the image and the account
+    client.force_login(admin)
+    result = trace(client, copy, "copy.jpg").json()
+    assert result["found"] and result["method"] == "similarity", result
+    assert (result["image_id"], result["job_id"]) == (target.hex_id, str(jobs[1].pk))
+    assert result["distance"] <= 20 and "the watermark was not readable" in result["message"]
+    assert not result["image_exists"] and result["candidates"][0]["image_id"] == target.hex_id
+
+
+def test_identical_pictures_from_two_jobs_are_both_listed_as_candidates(client, admin, alice, carol, make_job):
+    twins = [make_job(user, prompt="the same twice", num_images=1, seed=99) for user in (alice, carol)]
+    client.force_login(admin)
+    result = trace(client, blurred(stored_png(twins[1].images.get()))).json()
+    assert result["method"] == "similarity" and "1 more image(s) are within the threshold" in result["message"]
+    assert {c["job_id"] for c in result["candidates"]} == {str(job.pk) for job in twins}
+    page = client.post("/admin/generation/promptaudit/trace/", {"image": upload(blurred(stored_png(
+        twins[0].images.get())))}).content.decode()
+    assert 'id="trace-candidates"' in page and str(twins[0].pk) in page and str(twins[1].pk) in page
+
+
+def test_an_image_marked_with_the_old_watermark_is_still_traced(client, admin, jobs):
+    target = jobs[4].images.first()
+    old = io.BytesIO()  # what an image made before this watermark looks like: the old mark, same id
+    embed_legacy_watermark(photo(8, 256), target.watermark_payload).save(old, format="PNG")
+    client.force_login(admin)
+    result = trace(client, old).json()
+    assert result["found"] and result["method"] == "watermark" and result["job_id"] == str(jobs[4].pk), result
+    assert result["read"]["watermark_scheme"] == "legacy dwtDctSvd"
+
+
+def test_images_made_before_the_similarity_index_are_added_by_a_command(client, admin, jobs):
+    target = jobs[0].images.first()
+    ImageFingerprint.objects.all().delete()
+    client.force_login(admin)
+    assert trace(client, blurred(stored_png(target))).json()["method"] is None
+    out = io.StringIO()
+    call_command("fingerprint_images", stdout=out)
+    assert out.getvalue().strip() == "fingerprinted 10 image(s)"
+    assert trace(client, blurred(stored_png(target))).json()["job_id"] == str(jobs[0].pk)
 
 
 def test_trace_still_works_after_the_image_and_the_account_are_deleted(client, admin, carol, jobs):
@@ -80,13 +148,15 @@ def test_without_a_watermark_it_says_so_and_falls_back_to_the_metadata(client, a
     PILImage.new("RGB", (256, 256), "gray").save(bare, format="PNG")
     result = trace(client, bare).json()
     assert not result["found"] and result["method"] is None and "No watermark" in result["message"]
+    assert "no stored image is similar" in result["message"]
 
 
 def test_the_admin_trace_page_shows_the_job_and_refuses_non_staff(client, admin, alice, jobs):
     target = jobs[0].images.first()
     client.force_login(admin)
     page = client.post("/admin/generation/promptaudit/trace/", {"image": upload(stored_png(target))}).content.decode()
-    assert str(jobs[0].pk) in page and "picture 0 by alice" in page and "Watermark read." in page
+    assert str(jobs[0].pk) in page and "picture 0 by alice" in page and "Watermark read (scheme luma tile" in page
+    assert "Found by</th><td>watermark" in page
     assert client.post("/admin/generation/promptaudit/trace/", {"image": upload(b"not an image")}).status_code == 400
     client.force_login(alice)
     assert trace(client, stored_png(target)).status_code == 403
