@@ -102,15 +102,21 @@ def similar_images(image: PILImage.Image) -> list[tuple[int, int, str]]:
 
 def _pg_candidates(query: list[Hypothesis]) -> list[tuple]:
     """Rows that may be within MATCH_DISTANCE of a hypothesis: one parallel scan of bit counts,
-    with each hash's own count as a cheap first test and the aspect ratio before either."""
-    tests, params = [], []
+    each hash's own count a first test, and each aspect ratio tested once for its hypotheses."""
+    groups: dict[float | None, list[Hypothesis]] = {}
     for hypothesis in query:
-        test = "bit_count((whash # %s::bigint)::bit(64)) <= %s AND bit_count((phash # %s::bigint)::bit(64)) <= %s"
-        params += [hypothesis.fingerprint.whash, MATCH_DISTANCE, hypothesis.fingerprint.phash, MATCH_DISTANCE]
-        if hypothesis.aspect is not None:
-            test = f"abs(width::float8 / height - %s) <= %s AND {test}"
-            params[-4:-4] = [hypothesis.aspect, ASPECT_TOLERANCE]
-        tests.append(f"({test})")
+        groups.setdefault(hypothesis.aspect, []).append(hypothesis)
+    tests, params = [], []
+    for aspect, members in groups.items():
+        hashes = " OR ".join(["(bit_count((whash # (%s)::bigint)::bit(64)) <= %s"
+                              " AND bit_count((phash # (%s)::bigint)::bit(64)) <= %s)"] * len(members))
+        if aspect is None:
+            tests.append(f"({hashes})")
+        else:  # width/height within the tolerance, in integers (a division per row costs more)
+            tests.append(f"(width * 1000 BETWEEN height * %s AND height * %s AND ({hashes}))")
+            params += [round((aspect - ASPECT_TOLERANCE) * 1000), round((aspect + ASPECT_TOLERANCE) * 1000)]
+        for member in members:
+            params += [member.fingerprint.whash, MATCH_DISTANCE, member.fingerprint.phash, MATCH_DISTANCE]
     with connection.cursor() as cursor:
         cursor.execute(f"SELECT image_id, phash, whash, width, height FROM {ImageFingerprint._meta.db_table} "
                        f"WHERE {' OR '.join(tests)}", params)

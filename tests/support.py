@@ -15,6 +15,7 @@ import textwrap
 import time
 import urllib.parse
 import urllib.request
+import zlib
 from http.cookiejar import CookieJar
 from pathlib import Path
 
@@ -358,3 +359,18 @@ def photo(seed: int, width: int = 512, height: int | None = None):
     picture = picture.filter(ImageFilter.GaussianBlur(float(rng.uniform(0, 3))))
     grain = rng.normal(0, rng.uniform(0, 8), (height, width, 3))
     return Image.fromarray(np.clip(np.asarray(picture) + grain, 0, 255).astype(np.uint8))
+
+
+def photo_generate(request, *, watermark_payloads=None, **_):
+    """Stands in for generate() on a real checkpoint (which this machine can't run) where a test
+    needs pictures that differ from job to job as real ones do: the test model's noise all looks
+    alike to a perceptual hash. Photo-like pictures of the request's size, watermarked as
+    generate() does; everything after (PNG, C2PA, fingerprint, audit) is the real code."""
+    from generation.engine.run import GenerationResult
+    from generation.engine.watermark import embed_watermark
+
+    seeds = request.seeds()
+    pictures = [photo(zlib.crc32(request.prompt.encode()) + seed, request.width, request.height) for seed in seeds]
+    if watermark_payloads:
+        pictures = [embed_watermark(picture, payload) for picture, payload in zip(pictures, watermark_payloads)]
+    return GenerationResult(request=request, images=pictures, seeds=seeds, indexes=list(range(len(seeds))))

@@ -21,8 +21,9 @@ def test_postgresql_finds_a_copy_and_a_crop_among_thousands_of_fingerprints(prod
         square.save(jpeg, format="JPEG", quality=40)
         print(json.dumps({"jpeg": similar_images(Image.open(jpeg)),
                           "crop": similar_images(wide.crop((0, 0, 640, 512))),
-                          "stranger": similar_images(photo(9))}))
+                          "stranger": similar_images(photo(9)),
+                          "flat": similar_images(Image.new("RGB", (632, 462), "gray"))}))  # a hash of -2**63
     """)
     assert [(image_id, how) for image_id, _, how in found["jpeg"]] == [(10**6, "as it is")]
     assert [image_id for image_id, _, _ in found["crop"]] == [10**6 + 1] and "on the right" in found["crop"][0][2]
-    assert found["stranger"] == []
+    assert found["stranger"] == [] and found["flat"] == []
