@@ -1,0 +1,156 @@
+"""Jobs, the user's settings and credits (an account and its ledger)."""
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+from generation.engine.request import MASKED_CONTENT, RESIZE_MODES
+from generation.models.registry import Checkpoint, Vae
+
+IMAGE_INPUT_PARAMS = ("denoising_strength", "resize_mode", "mask_blur", "inpainting_fill", "inpaint_full_res",
+                      "inpaint_full_res_padding", "inpainting_mask_invert")
+# What the audit records of a job's inputs
+INPUT_DIGESTS = ("init_image_sha256", "mask_sha256", "init_image_id", "controlnet_sha256")
+HIRES_PARAMS = ("enable_hr", "hr_scale", "hr_upscaler", "hr_second_pass_steps", "hr_resize_x", "hr_resize_y")
+
+
+class Job(models.Model):
+    QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
+    STATUSES = [(s, s) for s in (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)]
+    ACTIVE = (QUEUED, RUNNING)
+    # What a submission asks for (the engine's GenerationRequest fields, less the model).
+    PARAMS = ("prompt", "negative_prompt", "width", "height", "steps", "guidance_scale", "scheduler", "seed",
+              "num_images", "clip_skip", "refiner_switch_at", *IMAGE_INPUT_PARAMS, *HIRES_PARAMS)
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="jobs")
+    checkpoint = models.ForeignKey(Checkpoint, on_delete=models.PROTECT)
+    prompt = models.TextField()
+    negative_prompt = models.TextField(blank=True)
+    width = models.PositiveIntegerField()
+    height = models.PositiveIntegerField()
+    steps = models.PositiveIntegerField()
+    guidance_scale = models.FloatField()
+    scheduler = models.CharField(max_length=40)
+    seed = models.BigIntegerField(help_text="The first image's seed; image k has seed + k")
+    num_images = models.PositiveIntegerField()
+    clip_skip = models.PositiveSmallIntegerField(default=1)
+    refiner = models.ForeignKey(Checkpoint, null=True, blank=True, on_delete=models.PROTECT, related_name="+",
+                                help_text="An SDXL refiner that takes over at refiner_switch_at")
+    refiner_switch_at = models.FloatField(default=0.8)
+    vae = models.ForeignKey(Vae, null=True, blank=True, on_delete=models.PROTECT, related_name="+",
+                            help_text="The VAE file that decoded it; empty: the checkpoint's own")
+    # img2img and inpaint: the starting image and mask as stored (clean PNGs) and the SHA-256 of
+    # the files received, which the audit records too.
+    init_image = models.CharField(max_length=200, blank=True, help_text="Storage name of the starting image")
+    init_image_sha256 = models.CharField(max_length=64, blank=True)
+    init_image_id = models.BigIntegerField(null=True, blank=True, help_text="The gallery image it started from")
+    mask = models.CharField(max_length=200, blank=True, help_text="Storage name of the mask (white: repaint)")
+    mask_sha256 = models.CharField(max_length=64, blank=True)
+    denoising_strength = models.FloatField(default=0.75)
+    resize_mode = models.PositiveSmallIntegerField(default=0, choices=list(enumerate(RESIZE_MODES)))
+    mask_blur = models.PositiveSmallIntegerField(default=4)
+    inpainting_fill = models.PositiveSmallIntegerField(default=1, choices=list(enumerate(MASKED_CONTENT)))
+    inpaint_full_res = models.BooleanField(default=False, help_text="Only masked: work on the mask's box")
+    inpaint_full_res_padding = models.PositiveSmallIntegerField(default=32)
+    inpainting_mask_invert = models.BooleanField(default=False)
+    enable_hr = models.BooleanField(default=False, help_text="Hires fix")
+    hr_scale = models.FloatField(default=2.0)
+    hr_upscaler = models.CharField(max_length=40, default="Latent")
+    hr_second_pass_steps = models.PositiveSmallIntegerField(default=0)
+    hr_resize_x = models.PositiveIntegerField(default=0)
+    hr_resize_y = models.PositiveIntegerField(default=0)
+    # An upscale of a finished image (init_image): no denoising, the picture resized by upscale_by.
+    upscale_by = models.FloatField(default=0, help_text="0: not an upscale")
+    upscaler = models.CharField(max_length=40, blank=True)
+    addons = models.JSONField(default=list, blank=True, help_text="LoRAs, embeddings and ControlNet units it used: "
+                                                                  "names, hashes, settings")
+    image_ids = models.JSONField(help_text="Identifiers allocated at submit; also the watermark payloads")
+    cost = models.PositiveIntegerField()
+
+    status = models.CharField(max_length=10, choices=STATUSES, default=QUEUED, db_index=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    lease_until = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    worker = models.CharField(max_length=100, blank=True, help_text="The worker that last started it")
+    cancel_requested = models.BooleanField(default=False)
+    progress_step = models.PositiveIntegerField(default=0)
+    previews_sent = models.PositiveIntegerField(default=0)
+    progress_total = models.PositiveIntegerField(default=0)
+    preview = models.BinaryField(null=True, blank=True, editable=False)
+    timings = models.JSONField(default=dict, blank=True)
+    error = models.TextField(blank=True)
+    idempotency_key = models.CharField(max_length=200, null=True, blank=True)
+    request_fingerprint = models.CharField(max_length=64, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["status", "created_at"])]
+        constraints = [models.UniqueConstraint(fields=["user", "idempotency_key"],
+                                               condition=Q(idempotency_key__isnull=False), name="one_job_per_idempotency_key")]
+
+    def __str__(self):
+        return f"{self.id} ({self.status})"
+
+    @property
+    def is_active(self):
+        return self.status in self.ACTIVE
+
+    def params(self) -> dict:
+        return {f: getattr(self, f) for f in self.PARAMS}
+
+    @property
+    def init_image_hex(self) -> str:
+        return f"{self.init_image_id:016x}" if self.init_image_id else ""
+
+    @property
+    def mode(self) -> str:
+        if self.upscale_by:
+            return "upscale"
+        return "inpaint" if self.mask else "img2img" if self.init_image else "txt2img"
+
+
+class UserSettings(models.Model):
+    """A user's own defaults (A1111 clients set the checkpoint through /sdapi/v1/options)."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="studio_settings")
+    default_checkpoint = models.ForeignKey(Checkpoint, null=True, blank=True, on_delete=models.SET_NULL)
+    suspended_at = models.DateTimeField(null=True, blank=True, help_text="Set by staff: no more submissions")
+    suspended_reason = models.TextField(blank=True)
+    show_name_publicly = models.BooleanField(default=False, help_text="The user chose to be named on images they share")
+
+
+class CreditAccount(models.Model):
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="credits")
+    balance = models.IntegerField(default=0)
+    last_topup_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self):
+        return f"{self.user} ({self.balance})"
+
+
+class CreditEntry(models.Model):
+    """One change of a balance. The balance always equals the sum of its account's entries."""
+
+    GRANT, TOPUP, CHARGE, REFUND, ADJUST = "grant", "topup", "charge", "refund", "adjust"
+    KINDS = [(k, k) for k in (GRANT, TOPUP, CHARGE, REFUND, ADJUST)]
+
+    account = models.ForeignKey(CreditAccount, on_delete=models.CASCADE, related_name="entries")
+    kind = models.CharField(max_length=10, choices=KINDS)
+    amount = models.IntegerField()
+    reason = models.CharField(max_length=200)
+    job = models.ForeignKey(Job, null=True, blank=True, on_delete=models.SET_NULL, related_name="credit_entries")
+    staff = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                              related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name_plural = "credit entries"
+        # A job is charged once and refunded at most once, whatever retries or races happen.
+        constraints = [models.UniqueConstraint(fields=["job", "kind"], condition=Q(kind__in=["charge", "refund"]),
+                                               name="one_charge_and_one_refund_per_job")]
