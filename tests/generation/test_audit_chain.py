@@ -8,7 +8,7 @@ from django.core.management import CommandError, call_command
 from django.db import models
 from django.utils import timezone
 
-from generation.models import AuditChain, PromptAudit
+from generation.models import AuditChain, AuditImage, ImageFingerprint, PromptAudit
 from generation.services.audit import GENESIS, chain_hash
 from generation.services.submit import job_submit
 
@@ -90,11 +90,16 @@ def test_prune_removes_old_rows_and_the_rest_still_verifies(chain, alice, checkp
     too_recent = (timezone.now() - timedelta(days=100)).date().isoformat()
     with pytest.raises(CommandError, match="rows of the last 365 days are kept"):
         call_command("prune_audit", "--before", too_recent)
+    rows = PromptAudit.objects.order_by("pk")
+    AuditImage.objects.bulk_create([AuditImage(image_id=1, audit=rows.first()), AuditImage(image_id=2, audit=rows.last())])
+    ImageFingerprint.objects.bulk_create([ImageFingerprint(image_id=n, phash=0, whash=0, width=256, height=256)
+                                          for n in (1, 2)])
     cutoff = timezone.now() - timedelta(days=400)
     old = PromptAudit.objects.filter(created_at__lt=cutoff.replace(hour=0, minute=0, second=0, microsecond=0)).count()
     call_command("prune_audit", "--before", cutoff.date().isoformat())
     assert PromptAudit.objects.count() == ROWS - old and old > 4000
     assert verify() == f"audit chain intact: {ROWS - old} rows\n"
+    assert list(ImageFingerprint.objects.values_list("image_id", flat=True)) == [2]  # pruned with its audit row
     job_submit(user=alice, params={"prompt": "after pruning", "checkpoint": checkpoint, "width": 256, "height": 256,
                                    "steps": 2})
     assert verify() == f"audit chain intact: {ROWS - old + 1} rows\n"
