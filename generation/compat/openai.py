@@ -136,7 +136,7 @@ def encoded(image: Image, output_format: str) -> bytes:
     if output_format == "png":
         return data  # the original: metadata and watermark as stored
     converted = io.BytesIO()
-    # 4:4:4 chroma keeps the watermark readable in a JPEG (see FACTS).
+    # 4:4:4 chroma: full colour detail (the watermark, in luminance, reads either way)
     PILImage.open(io.BytesIO(data)).save(converted, FORMATS[output_format][0], quality=90, subsampling=0)
     return converted.getvalue()
 
