@@ -128,7 +128,7 @@ def embed_watermark(image: Image.Image, payload: bytes) -> Image.Image:
     # 2. move each block's correlation to at least STRENGTH in that sign, and no further than needed
     have = np.einsum("iajb,ab->ij", blocks, PATTERN)
     # busy blocks hide a larger change (and need one: their own content correlates strongly)
-    cap = MAX_CHANGE + 2 * blocks.std(axis=(1, 3))
+    cap = MAX_CHANGE + 4 * blocks.std(axis=(1, 3))
     change = np.clip(wanted * STRENGTH - have, -cap, cap) * (have * wanted < STRENGTH)
     delta = np.einsum("ij,ab->iajb", change, PATTERN).reshape(height, width)
     # 3. the same change on R, G and B is a change of luminance alone; where a channel is already
