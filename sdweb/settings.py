@@ -321,6 +321,10 @@ SDWEB = {
     "TORCH_THREADS": env_int("SDWEB_TORCH_THREADS", len(os.sched_getaffinity(0)), minimum=1),
     "DTYPE": env_choice("SDWEB_DTYPE", "", ("", "float16", "bfloat16", "float32")),  # "" = by device
     "PIPELINE_CACHE_BYTES": env_int("SDWEB_PIPELINE_CACHE_BYTES", 8 * 2**30),
+    # Cross-user batching: images of compatible jobs denoised together (0 = 8 on a GPU, 1 on the CPU),
+    # and how long a worker waits for a fresh job's company before it starts
+    "BATCH_MAX": env_int("SDWEB_BATCH_MAX", 0, minimum=0),
+    "BATCH_WAIT_MS": env_int("SDWEB_BATCH_WAIT_MS", 30, minimum=0),
     "PREVIEW_INTERVAL": env_float("SDWEB_PREVIEW_INTERVAL", 0.25),
     "PREVIEW_MAX_EDGE": env_int("SDWEB_PREVIEW_MAX_EDGE", 256, minimum=16),
     "PREVIEW_FORMAT": env_choice("SDWEB_PREVIEW_FORMAT", "JPEG", ("JPEG", "WEBP")),

@@ -13,9 +13,11 @@ PIPELINE_CLASSES = {  # (SDXL?, task) -> diffusers class name
 }
 
 
-def pipeline_for_run(base, scheduler_name: str, seeds: list[int], task: str = "txt2img", **extra):
+def pipeline_for_run(base, scheduler_name: str, seeds: list[int], task: str = "txt2img", *,
+                     per_sample_guidance: bool = False, **extra):
     """The cached pipeline's modules, as the pipeline for `task` (txt2img, img2img, inpaint,
-    controlnet, controlnet-img2img), with a scheduler of this run's own: runs share no state."""
+    controlnet, controlnet-img2img), with a scheduler of this run's own: runs share no state.
+    `per_sample_guidance`: a txt2img pipeline taking a CFG scale per sample (batch.py)."""
     import diffusers
 
     components = {**base.components, **extra,
@@ -28,6 +30,11 @@ def pipeline_for_run(base, scheduler_name: str, seeds: list[int], task: str = "t
         options = {"add_watermarker": False}
         if task not in ("txt2img", "controlnet"):
             options["requires_aesthetics_score"] = bool(base.config.get("requires_aesthetics_score", False))
-    pipe = getattr(diffusers, PIPELINE_CLASSES[xl, task])(**components, **options)
+    cls = getattr(diffusers, PIPELINE_CLASSES[xl, task])
+    if per_sample_guidance:
+        from .batch import per_sample_guidance as with_guidance
+
+        cls = with_guidance(cls)
+    pipe = cls(**components, **options)
     pipe.set_progress_bar_config(disable=True)
     return pipe

@@ -36,6 +36,7 @@ class GenerationResult:
     vae: tuple | None = None  # (file name, hash) of a VAE file used instead of the checkpoint's own
     addons: "Addons | None" = None
     timings: dict = field(default_factory=dict)  # seconds
+    batch_size: int = 1  # how many jobs were denoised together (batch.py)
 
     def parameters(self, k: int) -> str:
         """The A1111-style infotext of image k."""
@@ -118,7 +119,8 @@ def generate(
             raise GenerationCancelled()
         tick = time.perf_counter()
         # One CPU generator per image: image k is reproducible alone with seed s+k, on any device.
-        common = dict(num_inference_steps=request.steps, num_images_per_prompt=request.num_images,
+        common = dict(num_inference_steps=request.steps, guidance_scale=request.guidance_scale,
+                      num_images_per_prompt=request.num_images,
                       generator=[torch.Generator("cpu").manual_seed(s) for s in seeds], output_type="latent",
                       callback_on_step_end=progress.on_step_end, **embeds)
         start = prepare_start(request) if request.init_image is not None else None
@@ -139,7 +141,15 @@ def generate(
         images = [paste_back(start.original, im, start.blurred_mask, start.crop) for im in images]
     timings["decode"] = time.perf_counter() - tick
 
-    # 7. Safety check: fail closed, and never return a flagged image as a normal one.
+    # 7. Safety check, then each kept image watermarked.
+    return checked_result(request, images, seeds, model=model, vae=vae, addons=addons, checker=checker,
+                          timings=timings, started=started, payloads=watermark_payloads, refiner=refiner)
+
+
+def checked_result(request, images, seeds, *, model, vae, addons, checker, timings, started, payloads=None,
+                   refiner=None) -> GenerationResult:
+    """The last steps of every run: the safety check (fail closed: a flagged image is never
+    returned as a normal one), then each kept image watermarked with its own payload."""
     tick = time.perf_counter()
     flags = [False] * len(images)
     if checker is not None:
@@ -152,10 +162,9 @@ def generate(
     timings["safety"] = time.perf_counter() - tick
     kept = [k for k, flagged in enumerate(flags) if not flagged]
 
-    # 8. Watermark each kept image with its own payload.
     tick = time.perf_counter()
-    if watermark_payloads is not None:
-        images = [embed_watermark(im, watermark_payloads[k]) if k in kept else im for k, im in enumerate(images)]
+    if payloads is not None:
+        images = [embed_watermark(im, payloads[k]) if k in kept else im for k, im in enumerate(images)]
     timings["watermark"] = time.perf_counter() - tick
     timings["total"] = time.perf_counter() - started
 

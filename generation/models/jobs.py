@@ -83,6 +83,7 @@ class Job(models.Model):
     progress_total = models.PositiveIntegerField(default=0)
     preview = models.BinaryField(null=True, blank=True, editable=False)
     timings = models.JSONField(default=dict, blank=True)
+    batch_size = models.PositiveSmallIntegerField(default=1, help_text="Jobs denoised together in its run")
     error = models.TextField(blank=True)
     idempotency_key = models.CharField(max_length=200, null=True, blank=True)
     request_fingerprint = models.CharField(max_length=64, blank=True)
@@ -106,6 +107,16 @@ class Job(models.Model):
     @property
     def init_image_hex(self) -> str:
         return f"{self.init_image_id:016x}" if self.init_image_id else ""
+
+    @property
+    def batch_key(self) -> tuple | None:
+        """What jobs must share to be denoised in one batch (engine.batch.batch_key), or None."""
+        if self.mode != "txt2img" or self.enable_hr or self.refiner_id or self.guidance_scale <= 1 or any(
+                a["kind"] == "controlnet" for a in self.addons):
+            return None
+        loras = tuple((a["sha256"], a["unet"], a["te"]) for a in self.addons if a["kind"] == "lora")
+        return (self.checkpoint_id, self.vae_id, self.width, self.height, self.steps, self.scheduler, self.clip_skip,
+                loras)
 
     @property
     def mode(self) -> str:

@@ -1,6 +1,7 @@
 """The queue: the Job table is the queue of record and a Celery message only says "a job is
 waiting". Claims, leases, cancels, ends and the sweep for jobs whose worker died."""
 
+import time
 from datetime import timedelta
 
 from django.conf import settings
@@ -43,10 +44,19 @@ def _claimable(now) -> Q:
 
 
 def job_claim(*, worker: str = "", held: frozenset = frozenset()) -> Job | None:
+    """The fairest claimable job, claimed alone (see jobs_claim)."""
+    jobs = jobs_claim(worker=worker, held=held)
+    return jobs[0] if jobs else None
+
+
+def jobs_claim(*, worker: str = "", held: frozenset = frozenset(), images: int = 1, wait_ms: int = 0) -> list[Job]:
     """Claim the fairest claimable job: the user with the fewest jobs started in the last
     SDWEB_FAIR_WINDOW_MINUTES first; among equals, a job for a checkpoint in `held` (ids of those
-    the worker has loaded: no load time), then the oldest job. A job whose worker died (its lease
-    ran out) is claimable again until SDWEB_ATTEMPT_LIMIT attempts."""
+    the worker has loaded: no load time), then the oldest job. With it, in the same conditional
+    update, the fairest compatible jobs (Job.batch_key) while the batch holds at most `images`
+    images; each job taken counts against its user's share. When the batch is short and the first
+    job is younger than `wait_ms`, wait that long for more first. A job whose worker died (its
+    lease ran out) is claimable again until SDWEB_ATTEMPT_LIMIT attempts."""
     now = timezone.now()
     fail_exhausted(now)
     candidates = list(Job.objects.filter(_claimable(now)).order_by("created_at")[:200])
@@ -54,16 +64,41 @@ def job_claim(*, worker: str = "", held: frozenset = frozenset()) -> Job | None:
     recent = dict(Job.objects.filter(user__in={j.user_id for j in candidates}, started_at__gte=window_start)
                   .values_list("user").annotate(n=Count("id")).values_list("user", "n"))
     for pick in sorted(candidates, key=lambda j: (recent.get(j.user_id, 0), j.checkpoint_id not in held, j.created_at)):
+        batch = _batch_with(pick, candidates, recent, images)
+        young = timedelta(milliseconds=wait_ms) - (now - pick.created_at)
+        if sum(j.num_images for j in batch) < images and pick.batch_key is not None and young > timedelta(0):
+            time.sleep(young.total_seconds())
+            return jobs_claim(worker=worker, held=held, images=images)
         # A conditional update, nothing locked beforehand: when two workers reach for the same job,
         # PostgreSQL makes the second re-check the condition, it finds nothing and takes the next
         # fairest job instead of sitting idle. A duplicate message claims nothing.
-        claimed = Job.objects.filter(_claimable(now), pk=pick.pk).update(
+        ids = [j.pk for j in batch]
+        claimed = Job.objects.filter(_claimable(now), pk__in=ids).update(
             status=Job.RUNNING, started_at=now, attempts=F("attempts") + 1, progress_step=0, progress_total=0,
             preview=None, worker=worker[:100], lease_until=now + timedelta(seconds=settings.SDWEB["LEASE_SECONDS"]))
         if claimed:
             announce_queue_positions()
-            return Job.objects.get(pk=pick.pk)
-    return None
+            ours = Job.objects.in_bulk(ids)  # those another worker took meanwhile have its start time
+            return [ours[pk] for pk in ids if ours[pk].started_at == now and ours[pk].status == Job.RUNNING]
+    return []
+
+
+def _batch_with(pick: Job, candidates: list[Job], recent: dict, images: int) -> list[Job]:
+    """`pick`, then the fairest jobs that can be denoised with it, up to `images` images."""
+    batch, key = [pick], pick.batch_key
+    if key is None:
+        return batch
+    counts = dict(recent)
+    counts[pick.user_id] = counts.get(pick.user_id, 0) + 1
+    others = [j for j in candidates if j.pk != pick.pk and j.batch_key == key]
+    while True:
+        room = images - sum(j.num_images for j in batch)
+        fits = [j for j in others if j not in batch and j.num_images <= room]
+        if not fits:
+            return batch
+        chosen = min(fits, key=lambda j: (counts.get(j.user_id, 0), j.created_at))
+        batch.append(chosen)
+        counts[chosen.user_id] = counts.get(chosen.user_id, 0) + 1
 
 
 def announce_queue_positions(limit: int = 100) -> None:

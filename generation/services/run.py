@@ -6,6 +6,7 @@ them (one conditional update), and a losing attempt removes only its own files."
 import functools
 import io
 import logging
+import operator
 import threading
 import time
 from datetime import timedelta
@@ -13,7 +14,7 @@ from datetime import timedelta
 import torch
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F
+from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 from PIL import Image as PILImage
 
@@ -23,6 +24,7 @@ from generation.engine.loading import PIPELINES
 from generation.engine.metadata import format_parameters
 from generation.engine.previews import PreviewSettings
 from generation.engine.request import GenerationRequest
+from generation.engine.batch import generate_batch
 from generation.engine.run import GenerationCancelled, generate
 from generation.engine.safety import DiffusersSafetyChecker
 from generation.engine.upscale import upscale
@@ -31,7 +33,7 @@ from generation.models import Checkpoint, ImageFingerprint, Job
 from generation.provenance import sign_png
 from generation.services.addons import engine_addons
 from generation.services.credits import credits_refund
-from generation.services.queue import CANCELLED_NOTE, job_claim, job_finish_failed, job_requeue, jobs_reap
+from generation.services.queue import CANCELLED_NOTE, job_finish_failed, job_requeue, jobs_claim, jobs_reap
 from generation.services.submit import engine_limits, job_inputs
 
 log = logging.getLogger(__name__)
@@ -40,14 +42,23 @@ THUMBNAIL_EDGE = 256
 
 
 def job_run_next(*, worker: str = "") -> Job | None:
-    """Claim the fairest job and run it to an end. Returns the job, or None if none was waiting."""
+    """Claim the fairest job, with the jobs that can share its run, and run them to an end.
+    Returns the first job, or None if none was waiting."""
     resident = PIPELINES.resident_sources()
     held = frozenset(Checkpoint.objects.filter(source__in=resident).values_list("pk", flat=True)) if resident else frozenset()
-    job = job_claim(worker=worker, held=held)
-    if job is not None:
-        job_run(job)
+    jobs = jobs_claim(worker=worker, held=held, images=batch_images(), wait_ms=settings.SDWEB["BATCH_WAIT_MS"])
+    if jobs:
+        jobs_run(jobs)
         jobs_reap()  # this worker is free again: a job whose worker died meanwhile is claimed next
-    return job
+    return jobs[0] if jobs else None
+
+
+def batch_images() -> int:
+    """SDWEB_BATCH_MAX: images denoised together, from jobs of any user; 0 = 8 on a GPU, 1 (no
+    batching) on the CPU, where a batch takes as long as its images one after another."""
+    configured = settings.SDWEB["BATCH_MAX"]
+    device = settings.SDWEB["DEVICE"] or ("cuda" if torch.cuda.is_available() else "cpu")
+    return configured or (8 if device.startswith("cuda") else 1)
 
 
 def engine_options() -> dict:
@@ -73,67 +84,133 @@ def image_checker(setting: str):
 
 
 def job_run(job: Job) -> None:
-    attempt, lease = job.attempts, timedelta(seconds=settings.SDWEB["LEASE_SECONDS"])
-    deadline = time.monotonic() + settings.SDWEB["JOB_TIMEOUT_SECONDS"]
-    lease_renewed = time.monotonic()
-    stop_reason = None
-    owned = Job.objects.filter(pk=job.pk, attempts=attempt, status=Job.RUNNING)
+    jobs_run([job])
 
-    def should_cancel() -> bool:
-        nonlocal stop_reason, lease_renewed
-        if SHUTTING_DOWN.is_set():
-            stop_reason = "shutdown"
-        elif time.monotonic() > deadline:
-            stop_reason = "timeout"
-        else:
-            row = owned.values_list("cancel_requested", flat=True).first()
-            stop_reason = "lost" if row is None else "cancel" if row else None
-        if stop_reason is None and time.monotonic() - lease_renewed > lease.total_seconds() / 4:
-            owned.update(lease_until=timezone.now() + lease)
-            lease_renewed = time.monotonic()
-        return stop_reason is not None
 
-    first_step = []  # (when, step) of the first preview: the rate is measured from there
+class Watch:
+    """The claimed jobs of one run, as this attempt owns them: each step asks, in one query, which
+    were cancelled or taken over, renews the leases, and ends a stopped job at once (a batch runs on
+    for the others)."""
 
-    def on_preview(step: int, total: int, image: bytes) -> None:
-        owned.update(progress_step=step, progress_total=total, preview=image, previews_sent=F("previews_sent") + 1)
+    def __init__(self, jobs: list[Job]):
+        self.jobs, self.reasons = jobs, {}  # index -> why that job stopped
+        self.deadline = time.monotonic() + settings.SDWEB["JOB_TIMEOUT_SECONDS"]
+        self.lease = timedelta(seconds=settings.SDWEB["LEASE_SECONDS"])
+        self.renewed = time.monotonic()
+        self.first_step = {}  # index -> (when, step) of its first preview: the rate is measured from there
+
+    def owned(self, indexes=None) -> QuerySet:
+        jobs = [self.jobs[k] for k in (range(len(self.jobs)) if indexes is None else indexes)]
+        condition = functools.reduce(operator.or_, (Q(pk=j.pk, attempts=j.attempts) for j in jobs), Q(pk=None))
+        return Job.objects.filter(condition, status=Job.RUNNING)
+
+    def stopped(self) -> set[int]:
+        live = [k for k in range(len(self.jobs)) if k not in self.reasons]
+        if live and SHUTTING_DOWN.is_set():
+            self.stop(live, "shutdown")
+        elif live and time.monotonic() > self.deadline:
+            self.stop(live, "timeout")
+        elif live:
+            rows = dict(self.owned(live).values_list("pk", "cancel_requested"))
+            for k in live:
+                if self.jobs[k].pk not in rows or rows[self.jobs[k].pk]:
+                    self.stop([k], "cancel" if self.jobs[k].pk in rows else "lost")
+            live = [k for k in live if k not in self.reasons]
+            if live and time.monotonic() - self.renewed > self.lease.total_seconds() / 4:
+                self.owned(live).update(lease_until=timezone.now() + self.lease)
+                self.renewed = time.monotonic()
+        return set(self.reasons)
+
+    def stop(self, indexes: list[int], reason: str) -> None:
+        for k in indexes:
+            self.reasons[k] = reason
+            job = self.jobs[k]
+            if reason == "shutdown":
+                job_requeue(job=job, attempt=job.attempts)
+            elif reason in ("cancel", "timeout"):
+                job_finish_failed(job=job, attempt=job.attempts,
+                                  error=CANCELLED_NOTE if reason == "cancel" else "Stopped: the job ran past its time limit.",
+                                  status=Job.CANCELLED if reason == "cancel" else Job.FAILED)
+            # "lost": another worker owns the job now
+
+    def preview(self, k: int, step: int, total: int, image: bytes) -> None:
+        job = self.jobs[k]
+        self.owned([k]).update(progress_step=step, progress_total=total, preview=image,
+                               previews_sent=F("previews_sent") + 1)
         # From the first step on, not from the start: loading and text encoding would make an
         # early estimate jump (49 s, then 95 s) as the steady step time shows through.
-        first_step[:] = first_step or [(time.monotonic(), step)]
-        (since, from_step), now = first_step[0], time.monotonic()
+        since, from_step = self.first_step.setdefault(k, (time.monotonic(), step))
+        now = time.monotonic()
         eta = round((now - since) / (step - from_step) * (total - step), 1) if step > from_step else None
         job_event(job.pk, {"type": "progress", "step": step, "total": total, "eta": eta, "preview": image})
 
-    job_event(job.pk, {"type": "started", "attempt": attempt})
-    payloads = [i.to_bytes(8, "big") for i in job.image_ids]
-    try:
-        inputs = {field: upload.image for field, upload in job_inputs(job).items()}
-        if job.mode == "upscale":
-            result = upscale(inputs["init_image"], scale=job.upscale_by, upscaler=job.upscaler, seed=job.seed,
-                             parameters=_source_parameters(job, inputs["init_image"].size), watermark_payload=payloads[0])
-        else:
-            request = GenerationRequest(model=job.checkpoint.model_ref(), refiner=job.refiner and job.refiner.model_ref(),
-                                        vae=job.vae and job.vae.model_ref(), **job.params(), **inputs,
-                                        **engine_addons(job))
-            result = generate(request, on_preview=on_preview, should_cancel=should_cancel, watermark_payloads=payloads,
-                              **engine_options())
-    except GenerationCancelled:
-        if stop_reason == "shutdown":
-            job_requeue(job=job, attempt=attempt)
-        elif stop_reason in ("cancel", "timeout"):
-            error = CANCELLED_NOTE if stop_reason == "cancel" else "Stopped: the job ran past its time limit."
-            job_finish_failed(job=job, attempt=attempt, error=error,
-                              status=Job.CANCELLED if stop_reason == "cancel" else Job.FAILED)
-        return  # "lost": another worker owns the job now
-    except Exception as error:
-        log.exception("job %s failed", job.pk)
-        job_finish_failed(job=job, attempt=attempt, error=f"Generation failed: {error}")
-        return
 
-    images = [_store(job, attempt, result, k) for k in range(len(result.images))]
-    prints = [ImageFingerprint.of(image.id, result.images[k]) for k, image in enumerate(images)]
-    if not _publish(job, attempt, result, images, prints):
-        image_files_delete(images)  # this attempt's own files: another attempt owns the job
+def jobs_run(jobs: list[Job]) -> None:
+    """Run claimed jobs: one alone through generate(), compatible ones together through
+    generate_batch(). Each job ends on its own: stored, failed, cancelled or given up."""
+    watch = Watch(jobs)
+    for job in jobs:
+        job_event(job.pk, {"type": "started", "attempt": job.attempts})
+    outcomes: list = [None] * len(jobs)
+    requests = {}
+    for k, job in enumerate(jobs):
+        try:
+            requests[k] = _request(job)
+        except Exception as error:
+            outcomes[k] = error
+    try:
+        if len(jobs) == 1 and requests:
+            outcomes = [_run_alone(jobs[0], requests[0], watch)]
+        elif requests:
+            ready = sorted(requests)
+            batch = generate_batch([requests[k] for k in ready], should_cancel=lambda: {
+                ready.index(k) for k in watch.stopped() if k in ready}, on_preview=lambda i, *a: watch.preview(
+                ready[i], *a), watermark_payloads=[_payloads(jobs[k]) for k in ready], **engine_options())
+            for i, k in enumerate(ready):
+                outcomes[k] = batch[i]
+    except Exception as error:  # the whole run failed: every job still running fails with it
+        log.exception("run of %d job(s) failed", len(jobs))
+        outcomes = [outcome or error for outcome in outcomes]
+    for k, (job, outcome) in enumerate(zip(jobs, outcomes)):
+        if k in watch.reasons or isinstance(outcome, GenerationCancelled):
+            continue  # ended when it stopped (or it is another attempt's now)
+        if isinstance(outcome, Exception):
+            if len(jobs) > 1:
+                log.warning("job %s of a batch of %d failed: %s", job.pk, len(jobs), outcome)
+            job_finish_failed(job=job, attempt=job.attempts, error=f"Generation failed: {outcome}")
+            continue
+        images = [_store(job, job.attempts, outcome, i) for i in range(len(outcome.images))]
+        prints = [ImageFingerprint.of(image.id, outcome.images[i]) for i, image in enumerate(images)]
+        if not _publish(job, job.attempts, outcome, images, prints):
+            image_files_delete(images)  # this attempt's own files: another attempt owns the job
+
+
+def _request(job: Job) -> GenerationRequest | None:
+    """The engine request of a job (None for an upscale, which is no diffusion run)."""
+    if job.mode == "upscale":
+        return None
+    inputs = {field: upload.image for field, upload in job_inputs(job).items()}
+    return GenerationRequest(model=job.checkpoint.model_ref(), refiner=job.refiner and job.refiner.model_ref(),
+                             vae=job.vae and job.vae.model_ref(), **job.params(), **inputs, **engine_addons(job))
+
+
+def _payloads(job: Job) -> list[bytes]:
+    return [i.to_bytes(8, "big") for i in job.image_ids]
+
+
+def _run_alone(job: Job, request, watch: Watch):
+    """A single job: generate() (or the upscaler); its result, or the exception that ended it."""
+    try:
+        if request is None:
+            init_image = job_inputs(job)["init_image"].image
+            return upscale(init_image, scale=job.upscale_by, upscaler=job.upscaler, seed=job.seed,
+                           parameters=_source_parameters(job, init_image.size), watermark_payload=_payloads(job)[0])
+        return generate(request, on_preview=lambda *a: watch.preview(0, *a), should_cancel=lambda: bool(watch.stopped()),
+                        watermark_payloads=_payloads(job), **engine_options())
+    except Exception as error:
+        if not isinstance(error, GenerationCancelled):
+            log.exception("job %s failed", job.pk)
+        return error
 
 
 def _source_parameters(job: Job, size: tuple[int, int]) -> str:
@@ -164,7 +241,8 @@ def _publish(job: Job, attempt: int, result, images: list[Image], prints: list[I
     """Succeed the job with these images if this attempt still owns it; False if it lost it."""
     finished = Job.objects.filter(pk=job.pk, attempts=attempt, status=Job.RUNNING).update(
         status=Job.SUCCEEDED, finished_at=timezone.now(), lease_until=None,
-        timings={k: round(v, 4) for k, v in result.timings.items()}, error=_withheld_note(result))
+        timings={k: round(v, 4) for k, v in result.timings.items()}, error=_withheld_note(result),
+        batch_size=getattr(result, "batch_size", 1))
     if not finished:  # cancelled or taken over meanwhile
         return False
     Image.objects.bulk_create(images)

@@ -174,3 +174,9 @@ def test_a_batch_of_three_previews_is_one_row_with_no_empty_cell():
     assert row.size == (192, 64) and row.convert("L").getextrema()[0] > 200
     four = Image.open(io.BytesIO(encode_preview(torch.cat([white, white[:1]]), PreviewSettings(max_edge=128, format="PNG"))))
     assert four.size == (128, 128)
+
+
+def test_the_cfg_scale_changes_the_image(run):
+    """It once went unused (every image at diffusers' default 7.5) and no test noticed."""
+    low, high, default = run(guidance_scale=3.0), run(guidance_scale=9.0), run(guidance_scale=7.5)
+    assert low.images[0].tobytes() != high.images[0].tobytes() != default.images[0].tobytes()

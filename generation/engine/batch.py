@@ -1,0 +1,211 @@
+"""generate_batch(): compatible txt2img jobs, from different users, denoised as one run on the GPU.
+
+Each job keeps what it would have had alone: its own prompts, seeds (one generator per image),
+CFG scale (per sample, see PerSampleGuidance), previews, cancel, safety verdict and watermark. Its
+images equal the images of the same job run alone within float rounding."""
+
+import dataclasses
+import functools
+import math
+import time
+
+import torch
+
+from .addons import applied_loras
+from .loading import PIPELINES, load_pipeline
+from .pipelines import pipeline_for_run
+from .previews import PreviewSettings, PreviewThrottle, encode_preview, latents_to_rgb, load_taesd
+from .request import GenerationRequest, model_ref
+from .run import GenerationCancelled, _check_roles, _encode, _load_addons, checked_result, decode
+from .schedulers import scheduler_spec
+
+
+def batch_key(request: GenerationRequest) -> tuple | None:
+    """What requests must share to be denoised together, or None for one that runs alone: only a
+    plain txt2img with guidance on batches (hires fix, a refiner and ControlNet run passes of their
+    own). Prompts, negative prompts, seeds, CFG scale, embeddings and the image count may differ."""
+    if request.mode != "txt2img" or request.enable_hr or request.refiner or request.controlnets or (
+            request.guidance_scale <= 1):
+        return None
+    return (model_ref(request.model), request.vae and model_ref(request.vae), request.width, request.height,
+            request.steps, scheduler_spec(request.scheduler).name, request.clip_skip, request.loras)
+
+
+def generate_batch(requests: list[GenerationRequest], *, on_preview=None, should_cancel=None, watermark_payloads=None,
+                   preview: PreviewSettings | None = None, checker=None, device=None, dtype=None, limits=None) -> list:
+    """Run `requests` (all with one batch_key) as one denoising run. Returns, for each request, its
+    GenerationResult or the exception that ended it alone (ValueError for its own bad input,
+    GenerationCancelled once `should_cancel()` named it). `on_preview(k, step, total, bytes)` gets
+    request k's previews; `should_cancel()` returns the indexes of the requests to drop (their
+    samples run on, since multistep schedulers keep state per batch, and are dropped at the end);
+    `watermark_payloads[k]` holds request k's payloads. An error of the whole run (the model won't
+    load) is raised."""
+    started = time.perf_counter()
+    if len({batch_key(r) for r in requests}) != 1 or batch_key(requests[0]) is None:
+        raise ValueError("these requests can't be denoised as one batch")
+    outcomes: list = [None] * len(requests)
+    for k, request in enumerate(requests):
+        try:
+            request.validate(limits)
+            requests[k] = dataclasses.replace(request, seed=request.seeds()[0])
+        except ValueError as error:
+            outcomes[k] = error
+    first = requests[0]
+    model = load_pipeline(first.model, device=device, dtype=dtype)
+    vae = PIPELINES.get_vae(first.vae, model) if first.vae else None
+    _check_roles(model, None, "txt2img")
+    addons = [None] * len(requests)
+    for k in _live(outcomes):
+        try:
+            addons[k] = _load_addons(requests[k], model)
+        except ValueError as error:
+            outcomes[k] = error
+    timings = {"load": time.perf_counter() - started}
+
+    live = _live(outcomes)
+    if not live:
+        return outcomes
+    progress = BatchProgress(requests, on_preview, should_cancel, preview or PreviewSettings(),
+                             load_taesd(preview.taesd, model.device, model.dtype) if (
+                                 preview and preview.taesd and on_preview) else None, blur=checker is not None)
+    with applied_loras(model.pipe, addons[live[0]].loras):
+        tick = time.perf_counter()
+        embeds = {}
+        for k in live:
+            try:
+                embeds[k] = _encode(model.pipe, model, requests[k], addons[k].embeddings)
+            except ValueError as error:
+                outcomes[k] = error
+        timings["text_encode"] = time.perf_counter() - tick
+        tick = time.perf_counter()
+        latents = denoise(model, requests, embeds, progress)
+        timings["denoise"] = time.perf_counter() - tick
+
+    for k in list(latents):
+        if k in progress.dropped:
+            outcomes[k] = GenerationCancelled()
+            continue
+        try:
+            tick = time.perf_counter()
+            images = decode(vae.pipe if vae else model.pipe.vae, model.pipe.image_processor, latents[k])
+            spent = dict(timings, decode=time.perf_counter() - tick)
+            outcomes[k] = checked_result(requests[k], images, requests[k].seeds(), model=model, vae=vae,
+                                         addons=addons[k], checker=checker, timings=spent, started=started,
+                                         payloads=watermark_payloads[k] if watermark_payloads else None)
+            outcomes[k].batch_size = len(latents)
+        except Exception as error:  # this job's decode, check or watermark failed: the others go on
+            outcomes[k] = error
+    for k in _live(outcomes):  # encoded, but never denoised: dropped before the run began
+        outcomes[k] = GenerationCancelled()
+    return outcomes
+
+
+def _live(outcomes) -> list[int]:
+    return [k for k, outcome in enumerate(outcomes) if outcome is None]
+
+
+def denoise(model, requests, embeds: dict, progress) -> dict:
+    """{k: latents of request k} for the requests in `embeds`. When the GPU runs out of memory the
+    batch is split in two and each half starts over (fresh generators, fresh scheduler): a job
+    that fits alone never fails because it was batched."""
+    stopped = progress.stopped()
+    jobs = [k for k in embeds if k not in stopped]
+    if not jobs:
+        return {}
+    try:
+        return _denoise(model, requests, jobs, embeds, progress)
+    except torch.OutOfMemoryError:
+        if len(jobs) == 1:
+            raise
+        if model.device.type == "cuda":
+            torch.cuda.empty_cache()
+        half = len(jobs) // 2
+        return {**denoise(model, requests, {k: embeds[k] for k in jobs[:half]}, progress),
+                **denoise(model, requests, {k: embeds[k] for k in jobs[half:]}, progress)}
+
+
+def _denoise(model, requests, jobs: list[int], embeds: dict, progress) -> dict:
+    seeds = [s for k in jobs for s in requests[k].seeds()]
+    counts = [requests[k].num_images for k in jobs]
+    pipe = pipeline_for_run(model.pipe, requests[jobs[0]].scheduler, seeds, "txt2img", per_sample_guidance=True)
+    pipe.sample_guidance = torch.tensor([requests[k].guidance_scale for k in jobs for _ in range(requests[k].num_images)],
+                                        device=model.device, dtype=model.dtype).view(-1, 1, 1, 1)
+    progress.begin(jobs, counts)
+    first = requests[jobs[0]]
+    latents = pipe(width=first.width, height=first.height, num_inference_steps=first.steps,
+                   guidance_scale=max(requests[k].guidance_scale for k in jobs), num_images_per_prompt=1,
+                   generator=[torch.Generator("cpu").manual_seed(s) for s in seeds], output_type="latent",
+                   callback_on_step_end=progress.on_step_end,
+                   **stacked([embeds[k] for k in jobs], counts)).images
+    return dict(zip(jobs, latents.split(counts)))
+
+
+def stacked(embeds: list[dict], counts: list[int]) -> dict:
+    """Each job's prompt embeddings, repeated for its images, in one batch. Sequences of different
+    lengths (a long prompt is 77 tokens x chunks) are each repeated whole up to their least common
+    multiple: attention over a sequence repeated m times is the same as over the sequence once
+    (every key m times, the softmax unchanged), while zero padding would change the image."""
+    length = math.lcm(*(e["prompt_embeds"].shape[1] for e in embeds))
+    out = {}
+    for name in embeds[0]:
+        parts = []
+        for e, count in zip(embeds, counts):
+            tensor = e[name]
+            if tensor.dim() == 3:  # (1, tokens, width); pooled ones are (1, width)
+                tensor = tensor.repeat(1, length // tensor.shape[1], 1)
+            parts.append(tensor.repeat(count, *[1] * (tensor.dim() - 1)))
+        out[name] = torch.cat(parts)
+    return out
+
+
+@functools.cache
+def per_sample_guidance(cls):
+    """`cls` (a diffusers SD or SDXL pipeline) with a CFG scale for each sample: the pipelines
+    read `guidance_scale` as one number; here it is `sample_guidance`, shaped (B, 1, 1, 1), which
+    their `uncond + scale * (text - uncond)` broadcasts over the batch."""
+
+    class PerSampleGuidance(cls):
+        sample_guidance = None
+
+        @property
+        def guidance_scale(self):
+            return self.sample_guidance
+
+        @property
+        def do_classifier_free_guidance(self):
+            return True
+
+    PerSampleGuidance.__name__ = PerSampleGuidance.__qualname__ = cls.__name__
+    return PerSampleGuidance
+
+
+class BatchProgress:
+    """The step callback of a batch: cancel per job, previews per job (each its own samples)."""
+
+    def __init__(self, requests, on_preview, should_cancel, preview, taesd, blur):
+        self.total = requests[0].steps
+        self.on_preview, self.should_cancel = on_preview, should_cancel or (lambda: set())
+        self.preview, self.taesd, self.blur = preview, taesd, blur
+        self.throttles = [PreviewThrottle(preview.min_interval) for _ in requests]
+        self.dropped: set[int] = set()
+        self.jobs, self.counts = [], []
+
+    def stopped(self) -> set[int]:
+        self.dropped |= set(self.should_cancel())
+        return self.dropped
+
+    def begin(self, jobs, counts) -> None:
+        self.jobs, self.counts = jobs, counts
+
+    def on_step_end(self, pipe, i, t, tensors):
+        dropped = self.stopped()
+        if all(k in dropped for k in self.jobs):
+            pipe._interrupt = True  # nobody is waiting for these samples any more
+            return {}
+        if self.on_preview is None:
+            return {}
+        for k, latents in zip(self.jobs, tensors["latents"].split(self.counts)):
+            if k not in dropped and self.throttles[k].should_send(i + 1, self.total):
+                image = encode_preview(latents_to_rgb(latents, self.taesd), self.preview, blur=self.blur)
+                self.on_preview(k, i + 1, self.total, image)
+        return {}
