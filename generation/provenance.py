@@ -27,11 +27,11 @@ def _manifest(title: str) -> dict:
 @functools.lru_cache(maxsize=1)
 def _signing():
     """(signer, context), or None when SDWEB_C2PA is off."""
-    import c2pa
-
     options = settings.SDWEB
     if options["C2PA"] == "off":
         return None
+    import c2pa
+
     if options["C2PA_CERT"] and options["C2PA_KEY"]:
         chain, key = Path(options["C2PA_CERT"]).read_bytes(), Path(options["C2PA_KEY"]).read_bytes()
     else:

@@ -156,7 +156,7 @@ class JobSerializer(serializers.ModelSerializer):
                   "vae", "mode", *IMAGE_INPUT_PARAMS, "init_image_sha256", "init_image_id", "mask_sha256",
                   *HIRES_PARAMS, "addons", "cost", "created_at", "started_at",
                   "finished_at", "attempts", "progress_step", "progress_total", "queue_position", "error",
-                  "timings", "images"]
+                  "timings", "batch_size", "images"]
         extra_kwargs = {
             "id": {"help_text": "The job's id."},
             "prompt": {"help_text": "What was asked for."},
@@ -171,6 +171,8 @@ class JobSerializer(serializers.ModelSerializer):
             "created_at": {"help_text": "When it was submitted."},
             "started_at": {"help_text": "When a worker last started it."},
             "finished_at": {"help_text": "When it ended."},
+            "batch_size": {"help_text": "How many jobs (its own and other users') were denoised with it in one run.",
+                           "read_only": True},
             "attempts": {"help_text": "Times a worker started it (a worker that died counts)."},
             "status": {"help_text": "queued, running, succeeded, failed or cancelled."},
             "cost": {"help_text": "Credits charged (refunded if it failed or was cancelled)."},

@@ -24,7 +24,12 @@ def reap_jobs() -> dict:
 
 
 @worker_process_init.connect
-def serve_metrics(**kwargs):
-    """SDWEB_WORKER_METRICS_PORT: each worker (one pool process per GPU) serves its own figures."""
+def worker_start(**kwargs):
+    """SDWEB_WORKER_METRICS_PORT: each worker (one pool process per GPU) serves its own figures;
+    SDWEB_COMPILE: it compiles the UNet before its first job."""
     if settings.SDWEB["WORKER_METRICS_PORT"]:
         serve_worker_metrics(settings.SDWEB["WORKER_METRICS_PORT"])
+    if settings.SDWEB["COMPILE"]:
+        from generation.services.run import engine_warm_up
+
+        engine_warm_up()

@@ -325,6 +325,9 @@ SDWEB = {
     # and how long a worker waits for a fresh job's company before it starts
     "BATCH_MAX": env_int("SDWEB_BATCH_MAX", 0, minimum=0),
     "BATCH_WAIT_MS": env_int("SDWEB_BATCH_WAIT_MS", 30, minimum=0),
+    # torch.compile the default checkpoint's UNet, warmed up at these sizes before the first job
+    "COMPILE": env_choice("SDWEB_COMPILE", "0", ("0", "1")) == "1",
+    "COMPILE_SIZES": [tuple(int(n) for n in size.split("x")) for size in env("SDWEB_COMPILE_SIZES", "512x512").split(",")],
     "PREVIEW_INTERVAL": env_float("SDWEB_PREVIEW_INTERVAL", 0.25),
     "PREVIEW_MAX_EDGE": env_int("SDWEB_PREVIEW_MAX_EDGE", 256, minimum=16),
     "PREVIEW_FORMAT": env_choice("SDWEB_PREVIEW_FORMAT", "JPEG", ("JPEG", "WEBP")),

@@ -139,9 +139,10 @@ def _lora_targets(pipe) -> dict[str, tuple[torch.nn.Module, bool]]:
     """{every name a LoRA file may give a layer: (the module, is it in the UNet)}: Kohya's names
     (diffusers numbering for SD 1.x, LDM numbering for SDXL) and PEFT's."""
     targets = {}
-    for name, module in pipe.unet.named_modules():
+    unet = getattr(pipe.unet, "_orig_mod", pipe.unet)  # under torch.compile, the module it compiled
+    for name, module in unet.named_modules():
         if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
-            ldm = unet_key_to_ldm(name, pipe.unet.config)
+            ldm = unet_key_to_ldm(name, unet.config)
             for alias in ("lora_unet_" + name.replace(".", "_"), "lora_unet_" + ldm.replace(".", "_"), "unet." + name):
                 targets[alias] = (module, True)
     xl = getattr(pipe, "text_encoder_2", None) is not None

@@ -65,6 +65,9 @@ def _load(ref: ModelRef, device: torch.device, dtype: torch.dtype) -> LoadedMode
     if dtype == torch.float16 and getattr(pipe.vae.config, "force_upcast", False):
         pipe.vae.to(torch.float32)  # SDXL's VAE overflows in float16: black images
     pipe.to(device)
+    if device.type == "cuda":  # convolutions run faster on NHWC tensors there
+        for module in (pipe.unet, pipe.vae):
+            module.to(memory_format=torch.channels_last)
     pipe.set_progress_bar_config(disable=True)
     modules = [m for m in pipe.components.values() if isinstance(m, torch.nn.Module)]
     size = sum(p.numel() * p.element_size() for m in modules for p in m.parameters())
@@ -186,8 +189,15 @@ class PipelineCache:
             self.misses += 1
             self.load_seconds += loaded.load_seconds
             self._models[key] = loaded
-            while len(self._models) > 1 and sum(m.size_bytes for m in self._models.values()) > self.budget_bytes:
+            budget = self.budget_bytes
+            if loaded.device.type == "cuda":  # and leave 40% of the card to the activations of a batch
+                budget = min(budget, int(0.6 * torch.cuda.get_device_properties(loaded.device).total_memory))
+            evicted = False
+            while len(self._models) > 1 and sum(m.size_bytes for m in self._models.values()) > budget:
                 self._models.popitem(last=False)
+                evicted = True
+            if evicted and torch.cuda.is_available():
+                torch.cuda.empty_cache()
             return loaded
 
     def resident_sources(self) -> list[str]:
@@ -204,3 +214,12 @@ PIPELINES = PipelineCache(8 * 2**30)  # a worker sets its own budget before its 
 def load_pipeline(model: str | ModelRef, *, device=None, dtype=None) -> LoadedModel:
     """The pipeline for `model` (a ModelRef or a source), from the process-wide cache."""
     return PIPELINES.get(model, device, dtype)
+
+
+def compile_unet(model: LoadedModel) -> None:
+    """torch.compile the UNet of a cached model, once. The first run of each new shape compiles
+    (tens of seconds on a GPU); after a second batch size the batch dimension is compiled as
+    dynamic, so warming up with batch 1 and the largest batch covers the sizes between. LoRAs are
+    merged into the weights in place (addons.applied_loras), which needs no recompilation."""
+    if not isinstance(model.pipe.unet, torch._dynamo.eval_frame.OptimizedModule):
+        model.pipe.unet = torch.compile(model.pipe.unet)

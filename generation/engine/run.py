@@ -328,7 +328,13 @@ def encode_image(vae, picture, generator, device, dtype):
     return (dist.sample(generator) * vae.config.scaling_factor).to(dtype)
 
 
+TILE_ABOVE_PIXELS = 1536 * 1536  # a bigger image is decoded in tiles, a bigger batch one image at a time
+
+
 def decode(vae, image_processor, latents) -> list[Image.Image]:
+    pixels = latents.shape[-2] * latents.shape[-1] * image_processor.config.vae_scale_factor ** 2
+    if hasattr(vae, "use_tiling"):  # the VAE's activations grow with the pixels: bound them (VRAM)
+        vae.use_tiling, vae.use_slicing = pixels > TILE_ABOVE_PIXELS, pixels * len(latents) > TILE_ABOVE_PIXELS
     with torch.no_grad():
         # An SDXL VAE stays in float32 (loading.py); the latents follow it.
         decoded = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]

@@ -20,7 +20,7 @@ from PIL import Image as PILImage
 
 from gallery.models import Image
 from gallery.services import image_files_delete, image_files_save
-from generation.engine.loading import PIPELINES
+from generation.engine.loading import PIPELINES, compile_unet
 from generation.engine.metadata import format_parameters
 from generation.engine.previews import PreviewSettings
 from generation.engine.request import GenerationRequest
@@ -34,6 +34,7 @@ from generation.provenance import sign_png
 from generation.services.addons import engine_addons
 from generation.services.credits import credits_refund
 from generation.services.queue import CANCELLED_NOTE, job_finish_failed, job_requeue, jobs_claim, jobs_reap
+from generation.selectors import default_checkpoint
 from generation.services.submit import engine_limits, job_inputs
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,24 @@ def engine_options() -> dict:
         "device": options["DEVICE"] or None,
         "dtype": options["DTYPE"] or None,
     }
+
+
+def engine_warm_up() -> None:
+    """SDWEB_COMPILE=1: before the worker takes its first job, compile the default checkpoint's UNet
+    and run each of SDWEB_COMPILE_SIZES at batch 1 and at the batch limit, so no user waits for a
+    compilation (a size not listed compiles on its first job)."""
+    checkpoint = default_checkpoint()
+    if not settings.SDWEB["COMPILE"] or checkpoint is None:
+        return
+    options = engine_options()
+    model = PIPELINES.get(checkpoint.model_ref(), options["device"], options["dtype"])
+    compile_unet(model)
+    for width, height in settings.SDWEB["COMPILE_SIZES"]:
+        for count in sorted({1, batch_images()}):
+            generate_batch([GenerationRequest(prompt="warm-up", model=checkpoint.model_ref(), width=width,
+                                              height=height, steps=2, seed=k) for k in range(count)],
+                           device=options["device"], dtype=options["dtype"])
+        log.info("compiled for %dx%d", width, height)
 
 
 @functools.lru_cache(maxsize=2)

@@ -152,3 +152,13 @@ def test_only_plain_txt2img_with_guidance_batches(test_model):
         assert batch_key(GenerationRequest(prompt="x", model=test_model, **alone)) is None
     with pytest.raises(ValueError, match="one batch"):
         generate_batch([base, GenerationRequest(prompt="x", model=test_model, steps=9)])
+
+
+def test_sdxl_jobs_batch_too(tiny_families):
+    """SDXL adds pooled embeddings and an empty negative as zeros: each is stacked per job."""
+    model = str(tiny_families["sdxl"]["folder"])
+    requests = [GenerationRequest(prompt=LONG, model=model, width=256, height=256, steps=4, seed=3, guidance_scale=5),
+                GenerationRequest(prompt="a teapot", negative_prompt="dull", model=model, width=256, height=256,
+                                  steps=4, seed=8, guidance_scale=9, num_images=2)]
+    for result, request in zip(generate_batch(list(requests)), requests):
+        assert_same_images(result, generate(request))

@@ -77,7 +77,13 @@ def start_worker_thread():
     warnings.filterwarnings("ignore", message="You're running the worker with superuser privileges")
     worker = app.Worker(pool="solo", concurrency=1, loglevel="WARNING", quiet=True, without_heartbeat=True,
                         without_mingle=True, without_gossip=True, hostname="embedded@sdweb")
-    threading.Thread(target=worker.start, name="celery-worker", daemon=True).start()
+    def start():
+        from generation.services.run import engine_warm_up  # SDWEB_COMPILE: compiled before the first job
+
+        engine_warm_up()
+        worker.start()
+
+    threading.Thread(target=start, name="celery-worker", daemon=True).start()
     return worker
 
 

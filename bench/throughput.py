@@ -1,0 +1,231 @@
+"""Throughput of the real studio with many users: cross-user batching off and on, side by side.
+
+Starts the embedded default (`manage.py up`: web, queue and GPU worker in one process, SQLite, no
+outside services, so it runs on a bare GPU machine too) once per mode, with 1, 4, 8 and 16
+simulated users. Each user submits a job through the REST API, waits for its end, and submits
+the next (mixed jobs: prompts of every length, their own seeds and CFG, sometimes 2 images,
+one in ten with another sampler). Prints images/s, p50/p95 submit->finished (the server's own
+timestamps), GPU and CPU busy %, and the on/off ratios.
+
+CPU (the built-in tiny model; the ratio here is whatever it is):
+    .venv/bin/python bench/throughput.py --seconds 20
+GPU (SD 1.5's full-size architecture, random weights: the same cost as real ones):
+    python bench/throughput.py --model sd15 --size 512 --steps 30 --batch 8
+"""
+
+import argparse
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from datetime import datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PROMPTS = ["a fox", "a lighthouse on a cliff at dusk, oil painting",
+           "portrait of an old fisherman, (dramatic lighting:1.2), film grain, 85mm",
+           ", ".join(["a busy market street in the rain with neon signs and reflections"] * 8)]  # two chunks
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", choices=["tiny", "sd15"], default="tiny")
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--batch", type=int, default=8, help="SDWEB_BATCH_MAX with batching on")
+    parser.add_argument("--wait-ms", type=int, default=30, help="SDWEB_BATCH_WAIT_MS")
+    parser.add_argument("--users", type=int, nargs="+", default=[1, 4, 8, 16])
+    parser.add_argument("--seconds", type=float, default=30, help="measured time per user count")
+    args = parser.parse_args()
+
+    model = None
+    if args.model == "sd15":
+        sys.path.insert(0, str(ROOT))
+        from bench.engine_gpu import build_sd15
+
+        model = Path(tempfile.mkdtemp()) / "sd15-random"
+        build_sd15(model)
+    rows = []
+    for batch in (1, args.batch):
+        with Studio(batch, args.wait_ms, model) as studio:
+            studio.submit_and_wait(studio.keys[0], job(random.Random(0), args))  # loads the model
+            for users in args.users:
+                rows.append(dict(batch=batch, users=users, **studio.measure(users, args)))
+                print(json.dumps(rows[-1]), flush=True)
+
+    print(f"\n{studio.device}: {args.model}, {args.size}x{args.size}, {args.steps} steps, Euler a (1 job in 10 DPM++ 2M "
+          f"Karras), {args.seconds:.0f} s per row; batching off = SDWEB_BATCH_MAX 1, on = {args.batch}")
+    print(f"{'users':>5}{'batch':>7}{'images/s':>10}{'p50 s':>8}{'p95 s':>8}{'GPU %':>7}{'CPU %':>7}{'mean batch':>12}"
+          f"{'x images/s':>12}{'x p95':>8}")
+    off = {r["users"]: r for r in rows if r["batch"] == 1}
+    for r in sorted(rows, key=lambda r: (r["users"], r["batch"])):
+        base = off[r["users"]]
+        ratio = (f"{r['images_per_s'] / base['images_per_s']:>12.2f}{r['p95_s'] / base['p95_s']:>8.2f}"
+                 if r["batch"] > 1 else "")
+        print(f"{r['users']:>5}{r['batch']:>7}{r['images_per_s']:>10.2f}{r['p50_s']:>8.2f}{r['p95_s']:>8.2f}"
+              f"{_pct(r['gpu_busy']):>7}{_pct(r['cpu_busy']):>7}{r['mean_batch']:>12.2f}{ratio}")
+    if os.environ.get("OUT"):
+        Path(os.environ["OUT"], "throughput.json").write_text(json.dumps(dict(device=studio.device, rows=rows)))
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
+def job(rng: random.Random, args) -> dict:
+    """One user's next job: what people send, mostly compatible with each other's."""
+    return {"prompt": rng.choice(PROMPTS), "negative_prompt": rng.choice(["", "blurry, low quality"]),
+            "width": args.size, "height": args.size, "steps": args.steps,
+            "guidance_scale": rng.choice([5, 6, 7, 7.5, 9]), "seed": rng.randrange(2**31),
+            "scheduler": "DPM++ 2M Karras" if rng.random() < 0.1 else "Euler a",
+            "num_images": 2 if rng.random() < 0.2 else 1}
+
+
+class Studio:
+    """`manage.py up` in a fresh var folder, with 16 users holding API keys and credits."""
+
+    def __init__(self, batch: int, wait_ms: int, model: Path | None):
+        self.var = Path(tempfile.mkdtemp(prefix="sdweb-throughput-"))
+        self.env = {**os.environ, "SDWEB_VAR_DIR": str(self.var), "SDWEB_BATCH_MAX": str(batch),
+                    "SDWEB_BATCH_WAIT_MS": str(wait_ms), "SDWEB_API_RATE": "100000/min",
+                    "SDWEB_ACTIVE_JOB_CAP": "100", "PYTHONUNBUFFERED": "1", "DJANGO_SETTINGS_MODULE": "sdweb.settings"}
+        self.model, self.port = model, _free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self):
+        manage = [sys.executable, "manage.py"]
+        subprocess.run(manage + ["migrate", "-v", "0"], cwd=ROOT, env=self.env, check=True)
+        if self.model:
+            subprocess.run(manage + ["add_model", "sd15-random", str(self.model), "--default"], cwd=ROOT, env=self.env,
+                           check=True, stdout=subprocess.DEVNULL)
+        made = subprocess.run(manage + ["shell", "-c", USERS], cwd=ROOT, env=self.env, check=True, capture_output=True,
+                              text=True)
+        info = json.loads(made.stdout.strip().splitlines()[-1])
+        self.keys, self.device = info["keys"], info["device"]
+        self.log = open(self.var / "up.log", "w")
+        self.process = subprocess.Popen(manage + ["up", "--port", str(self.port)], cwd=ROOT, env=self.env,
+                                        stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 300
+        while not _answers(self.base + "/healthz"):
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                raise RuntimeError("manage.py up did not start: see " + str(self.var / "up.log"))
+            time.sleep(0.5)
+        return self
+
+    def __exit__(self, *exc):
+        self.process.terminate()
+        self.process.wait(timeout=60)
+        self.log.close()
+
+    def call(self, key, path, body=None) -> dict:
+        request = urllib.request.Request(self.base + path, data=json.dumps(body).encode() if body else None,
+                                         headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=600) as response:
+            return json.loads(response.read())
+
+    def submit_and_wait(self, key, body) -> dict:
+        job_id = self.call(key, "/api/v1/jobs/", body)["id"]
+        while True:
+            job = self.call(key, f"/api/v1/jobs/{job_id}/")
+            if job["status"] not in ("queued", "running"):
+                return job
+            time.sleep(0.2)  # latency comes from the server's own timestamps; polling costs its CPU
+
+    def measure(self, users: int, args) -> dict:
+        stop, done, lock = time.monotonic() + args.seconds, [], threading.Lock()
+        started = datetime.now().astimezone()
+
+        def user(k):
+            rng = random.Random(k)
+            while time.monotonic() < stop:
+                finished = self.submit_and_wait(self.keys[k], job(rng, args))
+                with lock:
+                    done.append(finished)
+
+        busy = Busy(self.process.pid)
+        threads = [threading.Thread(target=user, args=(k,)) for k in range(users)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        gpu, cpu = busy.stop()
+        ended = max(datetime.fromisoformat(j["finished_at"]) for j in done)
+        ok = [j for j in done if j["status"] == "succeeded"]
+        latencies = sorted((datetime.fromisoformat(j["finished_at"]) - datetime.fromisoformat(j["created_at"]))
+                           .total_seconds() for j in ok)
+        return dict(images_per_s=sum(len(j["images"]) for j in ok) / (ended - started).total_seconds(),
+                    p50_s=statistics.median(latencies), p95_s=latencies[max(0, round(0.95 * len(latencies)) - 1)],
+                    jobs=len(ok), failed=len(done) - len(ok), gpu_busy=gpu, cpu_busy=cpu,
+                    mean_batch=statistics.mean(j.get("batch_size", 1) for j in ok))
+
+
+class Busy:
+    """GPU busy % (NVML's utilization, sampled) and the server process's CPU % (of one core)."""
+
+    def __init__(self, pid):
+        import psutil
+
+        self.process, self.samples, self.running = psutil.Process(pid), [], True
+        self.process.cpu_percent()
+        self.thread = threading.Thread(target=self.sample, daemon=True)
+        self.thread.start()
+
+    def sample(self):
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+        except Exception:  # no NVIDIA GPU (or no NVML): no GPU figure
+            return
+        while self.running:
+            self.samples.append(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu)
+            time.sleep(0.1)
+
+    def stop(self):
+        self.running = False
+        self.thread.join()
+        return (statistics.mean(self.samples) if self.samples else None), self.process.cpu_percent()
+
+
+USERS = """
+import json, torch
+from django.contrib.auth.models import User
+from generation.services.checkpoints import checkpoint_ensure_test_model
+from generation.services.credits import credits_change
+from sdweb.services import api_key_create
+checkpoint_ensure_test_model()
+keys = []
+for k in range(16):
+    user = User.objects.create_user(f"user{k}")
+    credits_change(user=user, kind="adjust", amount=10**6, reason="benchmark")
+    keys.append(api_key_create(user=user, name="bench")[1])
+print(json.dumps({"keys": keys, "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"}))
+"""
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _answers(url) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2):
+            return True
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""Cross-user batching in the studio: the claim takes compatible jobs fairly, and each job of a
+batch is charged, stored, previewed and cancelled as if it ran alone."""
+
+import numpy as np
+import pytest
+from django.contrib.auth.models import User
+from PIL import Image as PILImage
+
+from generation.models import CreditEntry, Job
+from generation.services import run
+from generation.services.queue import job_cancel, jobs_claim
+from generation.services.submit import job_submit
+from tests.support import assert_ledger_balanced, params, refunds
+
+
+@pytest.fixture
+def bob(db):
+    """Here a user with the starting credits."""
+    return User.objects.create_user("bob", "bob@example.com", "bob-password-1")
+
+
+def test_a_claim_takes_the_fairest_compatible_jobs_up_to_the_image_limit(alice, bob, carol, checkpoint, settings):
+    settings.SDWEB = {**settings.SDWEB, "ACTIVE_JOB_CAP": 10}
+    alices = [job_submit(user=alice, params=params(checkpoint, num_images=1, seed=s)) for s in range(3)]
+    other_size = job_submit(user=bob, params=params(checkpoint, num_images=1, width=320))
+    bobs = job_submit(user=bob, params=params(checkpoint, num_images=2, guidance_scale=4))
+    carols = job_submit(user=carol, params=params(checkpoint, num_images=1, prompt="a fox"))
+
+    batch = jobs_claim(worker="w", images=4)
+    # Alice's oldest first; then one job each for Bob and Carol before Alice's second: her jobs in
+    # the batch count against her share. Bob's 320 px job can't share the run.
+    assert [j.pk for j in batch] == [alices[0].pk, bobs.pk, carols.pk]
+    assert all((j.status, j.attempts, j.worker) == ("running", 1, "w") for j in batch)
+    assert Job.objects.filter(status="queued").count() == 3 and other_size.pk in {
+        j.pk for j in Job.objects.filter(status="queued")}
+
+
+def test_jobs_that_cannot_share_a_run_are_claimed_alone(alice, bob, checkpoint):
+    job_submit(user=alice, params=params(checkpoint, enable_hr=True, hr_scale=1.5))
+    job_submit(user=bob, params=params(checkpoint))
+    assert len(jobs_claim(images=8)) == 1
+    assert len(jobs_claim(images=8)) == 1
+
+
+def test_each_job_of_a_batch_ends_as_if_it_ran_alone(alice, bob, carol, checkpoint, monkeypatch):
+    jobs = [job_submit(user=alice, params=params(checkpoint, num_images=2, seed=1, guidance_scale=5)),
+            job_submit(user=bob, params=params(checkpoint, num_images=1, seed=2, prompt="a fox in snow")),
+            job_submit(user=carol, params=params(checkpoint, num_images=1, seed=3, prompt="a teapot"))]
+    # Each image carries its own id in its watermark; compared here are the pictures under it.
+    monkeypatch.setattr("generation.engine.run.embed_watermark", lambda image, payload: image)
+    previews = []
+    monkeypatch.setattr(run, "job_event", lambda job_id, event: previews.append((job_id, event["type"])))
+    run.jobs_run(jobs_claim(images=8))
+
+    batched = {}
+    for job in jobs:
+        job.refresh_from_db()
+        assert (job.status, job.batch_size, job.error) == ("succeeded", 3, "")
+        assert [i.owner_id for i in job.images.all()] == [job.user_id] * job.num_images
+        assert CreditEntry.objects.filter(job=job, kind="charge").count() == 1 and refunds(job) == 0
+        assert (job.pk, "progress") in previews and job.previews_sent > 0
+        batched[job.pk] = [np.asarray(PILImage.open(i.png), dtype=np.int16) for i in job.images.order_by("index")]
+    # The same jobs again, one at a time: the same pictures.
+    for job in jobs:
+        again = job_submit(user=job.user, params={**{f: getattr(job, f) for f in Job.PARAMS}, "checkpoint": checkpoint})
+        run.jobs_run(jobs_claim(images=1))
+        again.refresh_from_db()
+        assert again.batch_size == 1
+        for ours, alone in zip(batched[job.pk], again.images.order_by("index")):
+            assert np.abs(ours - np.asarray(PILImage.open(alone.png), dtype=np.int16)).max() <= 2
+    assert_ledger_balanced()
+
+
+def test_a_cancel_ends_one_job_at_once_and_the_batch_goes_on(alice, bob, checkpoint, monkeypatch):
+    alices = job_submit(user=alice, params=params(checkpoint, steps=4))
+    bobs = job_submit(user=bob, params=params(checkpoint, steps=4, seed=9))
+    cancelled_at = []
+
+    def preview(self, k, step, total, image):
+        if self.jobs[k].pk == alices.pk and step == 1:
+            job_cancel(user=alice, job_id=alices.pk)
+        if self.jobs[k].pk == bobs.pk and step == 3:
+            cancelled_at.append(Job.objects.get(pk=alices.pk).status)  # ended before the batch did
+
+    monkeypatch.setattr(run.Watch, "preview", preview)
+    monkeypatch.setattr(run.settings, "SDWEB", {**run.settings.SDWEB, "PREVIEW_INTERVAL": 0})
+    run.jobs_run(jobs_claim(images=8))
+    alices.refresh_from_db(), bobs.refresh_from_db()
+    assert cancelled_at == ["cancelled"]
+    assert (alices.status, alices.images.count(), refunds(alices)) == ("cancelled", 0, 1)
+    assert (bobs.status, bobs.images.count(), refunds(bobs)) == ("succeeded", 2, 0)
+    assert_ledger_balanced()
+
+
+def test_a_job_whose_input_is_gone_fails_alone(alice, bob, checkpoint, library):
+    needs_it = job_submit(user=alice, params=params(checkpoint, negative_prompt="tinyneg"))
+    plain = job_submit(user=bob, params=params(checkpoint, seed=4))
+    library["embedding"].delete()  # gone from the library between submit and run
+    run.jobs_run(jobs_claim(images=8))
+    needs_it.refresh_from_db(), plain.refresh_from_db()
+    assert needs_it.status == "failed" and "no longer in the library" in needs_it.error and refunds(needs_it) == 1
+    assert (plain.status, plain.images.count(), refunds(plain)) == ("succeeded", 2, 0)
+    assert_ledger_balanced()
