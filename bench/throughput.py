@@ -43,6 +43,8 @@ def main() -> None:
     parser.add_argument("--wait-ms", type=int, default=30, help="SDWEB_BATCH_WAIT_MS")
     parser.add_argument("--users", type=int, nargs="+", default=[1, 4, 8, 16])
     parser.add_argument("--seconds", type=float, default=30, help="measured time per user count")
+    parser.add_argument("--poll", type=float, default=0.5, help="seconds between a user's looks at its job; the "
+                        "web process shares its CPU with the worker, so faster polling slows the studio down")
     args = parser.parse_args()
 
     model = None
@@ -130,13 +132,13 @@ class Studio:
         with urllib.request.urlopen(request, timeout=600) as response:
             return json.loads(response.read())
 
-    def submit_and_wait(self, key, body) -> dict:
+    def submit_and_wait(self, key, body, poll=0.5) -> dict:
         job_id = self.call(key, "/api/v1/jobs/", body)["id"]
         while True:
             job = self.call(key, f"/api/v1/jobs/{job_id}/")
             if job["status"] not in ("queued", "running"):
                 return job
-            time.sleep(0.2)  # latency comes from the server's own timestamps; polling costs its CPU
+            time.sleep(poll)  # latency comes from the server's own timestamps
 
     def measure(self, users: int, args) -> dict:
         stop, done, lock = time.monotonic() + args.seconds, [], threading.Lock()
@@ -145,7 +147,7 @@ class Studio:
         def user(k):
             rng = random.Random(k)
             while time.monotonic() < stop:
-                finished = self.submit_and_wait(self.keys[k], job(rng, args))
+                finished = self.submit_and_wait(self.keys[k], job(rng, args), args.poll)
                 with lock:
                     done.append(finished)
 

@@ -20,21 +20,21 @@ from PIL import Image as PILImage
 
 from gallery.models import Image
 from gallery.services import image_files_delete, image_files_save
+from generation.engine.batch import generate_batch
 from generation.engine.loading import PIPELINES, compile_unet
 from generation.engine.metadata import format_parameters
 from generation.engine.previews import PreviewSettings
 from generation.engine.request import GenerationRequest
-from generation.engine.batch import generate_batch
 from generation.engine.run import GenerationCancelled, generate
 from generation.engine.safety import DiffusersSafetyChecker
 from generation.engine.upscale import upscale
 from generation.live import job_event
 from generation.models import Checkpoint, ImageFingerprint, Job
 from generation.provenance import sign_png
+from generation.selectors import default_checkpoint
 from generation.services.addons import engine_addons
 from generation.services.credits import credits_refund
 from generation.services.queue import CANCELLED_NOTE, job_finish_failed, job_requeue, jobs_claim, jobs_reap
-from generation.selectors import default_checkpoint
 from generation.services.submit import engine_limits, job_inputs
 
 log = logging.getLogger(__name__)

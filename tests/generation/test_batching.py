@@ -4,10 +4,11 @@ batch is charged, stored, previewed and cancelled as if it ran alone."""
 import numpy as np
 import pytest
 from django.contrib.auth.models import User
+from django.db.models import F
 from PIL import Image as PILImage
 
 from generation.models import CreditEntry, Job
-from generation.services import run
+from generation.services import queue, run
 from generation.services.queue import job_cancel, jobs_claim
 from generation.services.submit import job_submit
 from tests.support import assert_ledger_balanced, params, refunds
@@ -101,3 +102,32 @@ def test_a_job_whose_input_is_gone_fails_alone(alice, bob, checkpoint, library):
     assert needs_it.status == "failed" and "no longer in the library" in needs_it.error and refunds(needs_it) == 1
     assert (plain.status, plain.images.count(), refunds(plain)) == ("succeeded", 2, 0)
     assert_ledger_balanced()
+
+
+def test_a_short_batch_waits_for_company_first(alice, bob, checkpoint, monkeypatch):
+    first = job_submit(user=alice, params=params(checkpoint))
+    arrived = []
+
+    def meanwhile(seconds):  # instead of sleeping: Bob's compatible job arrives during the wait
+        assert 0 < seconds <= 0.5
+        arrived.append(job_submit(user=bob, params=params(checkpoint, seed=3)))
+
+    monkeypatch.setattr(queue.time, "sleep", meanwhile)
+    assert [j.pk for j in jobs_claim(images=8, wait_ms=500)] == [first.pk, arrived[0].pk]
+    assert jobs_claim(images=8, wait_ms=0) == []
+
+
+def test_a_batch_member_taken_over_by_another_worker_is_left_to_it(alice, bob, checkpoint, monkeypatch):
+    alices = job_submit(user=alice, params=params(checkpoint, steps=3))
+    bobs = job_submit(user=bob, params=params(checkpoint, steps=3, seed=9))
+
+    def preview(self, k, step, total, image):
+        if self.jobs[k].pk == alices.pk and step == 1:  # its lease ran out and another worker claimed it
+            Job.objects.filter(pk=alices.pk).update(attempts=F("attempts") + 1, worker="other")
+
+    monkeypatch.setattr(run.Watch, "preview", preview)
+    monkeypatch.setattr(run.settings, "SDWEB", {**run.settings.SDWEB, "PREVIEW_INTERVAL": 0})
+    run.jobs_run(jobs_claim(worker="this", images=8))
+    alices.refresh_from_db(), bobs.refresh_from_db()
+    assert (alices.status, alices.worker, alices.images.count(), refunds(alices)) == ("running", "other", 0, 0)
+    assert (bobs.status, bobs.images.count()) == ("succeeded", 2)
