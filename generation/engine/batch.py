@@ -1,11 +1,10 @@
 """generate_batch(): compatible txt2img jobs, from different users, denoised as one run on the GPU.
 
 Each job keeps what it would have had alone: its own prompts, seeds (one generator per image),
-CFG scale (per sample, see PerSampleGuidance), previews, cancel, safety verdict and watermark. Its
-images equal the images of the same job run alone within float rounding."""
+CFG scale (per sample: pipelines.with_sample_guidance), previews, cancel, safety verdict and
+watermark. Its images equal the images of the same job run alone within float rounding."""
 
 import dataclasses
-import functools
 import math
 import time
 
@@ -156,27 +155,6 @@ def stacked(embeds: list[dict], counts: list[int]) -> dict:
             parts.append(tensor.repeat(count, *[1] * (tensor.dim() - 1)))
         out[name] = torch.cat(parts)
     return out
-
-
-@functools.cache
-def per_sample_guidance(cls):
-    """`cls` (a diffusers SD or SDXL pipeline) with a CFG scale for each sample: the pipelines
-    read `guidance_scale` as one number; here it is `sample_guidance`, shaped (B, 1, 1, 1), which
-    their `uncond + scale * (text - uncond)` broadcasts over the batch."""
-
-    class PerSampleGuidance(cls):
-        sample_guidance = None
-
-        @property
-        def guidance_scale(self):
-            return self.sample_guidance
-
-        @property
-        def do_classifier_free_guidance(self):
-            return True
-
-    PerSampleGuidance.__name__ = PerSampleGuidance.__qualname__ = cls.__name__
-    return PerSampleGuidance
 
 
 class BatchProgress:

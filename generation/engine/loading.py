@@ -190,8 +190,9 @@ class PipelineCache:
             self.load_seconds += loaded.load_seconds
             self._models[key] = loaded
             budget = self.budget_bytes
-            if loaded.device.type == "cuda":  # and leave 40% of the card to the activations of a batch
-                budget = min(budget, int(0.6 * torch.cuda.get_device_properties(loaded.device).total_memory))
+            device = getattr(loaded, "device", None)  # add-ons have none: they follow their model
+            if device is not None and device.type == "cuda":  # leave 40% of the card to a batch's activations
+                budget = min(budget, int(0.6 * torch.cuda.get_device_properties(device).total_memory))
             evicted = False
             while len(self._models) > 1 and sum(m.size_bytes for m in self._models.values()) > budget:
                 self._models.popitem(last=False)

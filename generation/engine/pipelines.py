@@ -1,5 +1,7 @@
 """The diffusers pipeline each run uses, built from a cached model's modules: no copy, no reload."""
 
+import functools
+
 from .schedulers import make_scheduler
 
 PIPELINE_CLASSES = {  # (SDXL?, task) -> diffusers class name
@@ -17,7 +19,7 @@ def pipeline_for_run(base, scheduler_name: str, seeds: list[int], task: str = "t
                      per_sample_guidance: bool = False, **extra):
     """The cached pipeline's modules, as the pipeline for `task` (txt2img, img2img, inpaint,
     controlnet, controlnet-img2img), with a scheduler of this run's own: runs share no state.
-    `per_sample_guidance`: a txt2img pipeline taking a CFG scale per sample (batch.py)."""
+    `per_sample_guidance`: a txt2img pipeline taking a CFG scale per sample (see below)."""
     import diffusers
 
     components = {**base.components, **extra,
@@ -32,9 +34,28 @@ def pipeline_for_run(base, scheduler_name: str, seeds: list[int], task: str = "t
             options["requires_aesthetics_score"] = bool(base.config.get("requires_aesthetics_score", False))
     cls = getattr(diffusers, PIPELINE_CLASSES[xl, task])
     if per_sample_guidance:
-        from .batch import per_sample_guidance as with_guidance
-
-        cls = with_guidance(cls)
+        cls = with_sample_guidance(cls)
     pipe = cls(**components, **options)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+@functools.cache
+def with_sample_guidance(cls):
+    """`cls` (a diffusers SD or SDXL pipeline) with a CFG scale for each sample: the pipelines
+    read `guidance_scale` as one number; here it is `sample_guidance`, shaped (B, 1, 1, 1), which
+    their `uncond + scale * (text - uncond)` broadcasts over the batch."""
+
+    class PerSampleGuidance(cls):
+        sample_guidance = None
+
+        @property
+        def guidance_scale(self):
+            return self.sample_guidance
+
+        @property
+        def do_classifier_free_guidance(self):
+            return True
+
+    PerSampleGuidance.__name__ = PerSampleGuidance.__qualname__ = cls.__name__
+    return PerSampleGuidance

@@ -118,9 +118,10 @@ class Watch:
         self.renewed = time.monotonic()
         self.first_step = {}  # index -> (when, step) of its first preview: the rate is measured from there
 
-    def owned(self, indexes=None) -> QuerySet:
-        jobs = [self.jobs[k] for k in (range(len(self.jobs)) if indexes is None else indexes)]
-        condition = functools.reduce(operator.or_, (Q(pk=j.pk, attempts=j.attempts) for j in jobs), Q(pk=None))
+    def owned(self, indexes: list[int]) -> QuerySet:
+        """These jobs' rows, if this attempt still owns them."""
+        condition = functools.reduce(operator.or_, [Q(pk=self.jobs[k].pk, attempts=self.jobs[k].attempts)
+                                                    for k in indexes])
         return Job.objects.filter(condition, status=Job.RUNNING)
 
     def stopped(self) -> set[int]:
