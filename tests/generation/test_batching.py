@@ -131,3 +131,17 @@ def test_a_batch_member_taken_over_by_another_worker_is_left_to_it(alice, bob, c
     alices.refresh_from_db(), bobs.refresh_from_db()
     assert (alices.status, alices.worker, alices.images.count(), refunds(alices)) == ("running", "other", 0, 0)
     assert (bobs.status, bobs.images.count()) == ("succeeded", 2)
+
+
+def test_sdweb_compile_warms_up_each_size_at_batch_1_and_the_limit(checkpoint, monkeypatch, settings):
+    """torch.compile itself is too slow for the CPU suite (tens of seconds a shape): recorded here,
+    measured by bench/engine_gpu.py."""
+    settings.SDWEB = {**settings.SDWEB, "COMPILE": True, "COMPILE_SIZES": [(256, 256), (320, 256)], "BATCH_MAX": 3}
+    compiled, runs = [], []
+    monkeypatch.setattr(run, "compile_unet", lambda model: compiled.append(model.name))
+    monkeypatch.setattr(run, "generate_batch", lambda requests, **_: runs.append(
+        [(r.width, r.height, r.model.name) for r in requests]))
+    run.engine_warm_up()
+    assert compiled == [checkpoint.name]
+    assert [(len(r), r[0][:2]) for r in runs] == [(1, (256, 256)), (3, (256, 256)), (1, (320, 256)), (3, (320, 256))]
+    assert {name for r in runs for _, _, name in r} == {checkpoint.name}
