@@ -39,7 +39,7 @@ def generate_batch(requests: list[GenerationRequest], *, on_preview=None, should
     samples run on, since multistep schedulers keep state per batch, and are dropped at the end);
     `watermark_payloads[k]` holds request k's payloads. An error of the whole run (the model won't
     load) is raised."""
-    started = time.perf_counter()
+    started, requests = time.perf_counter(), list(requests)
     if len({batch_key(r) for r in requests}) != 1 or batch_key(requests[0]) is None:
         raise ValueError("these requests can't be denoised as one batch")
     outcomes: list = [None] * len(requests)

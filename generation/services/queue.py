@@ -79,7 +79,7 @@ def jobs_claim(*, worker: str = "", held: frozenset = frozenset(), images: int =
         if claimed:
             announce_queue_positions()
             ours = Job.objects.in_bulk(ids)  # those another worker took meanwhile have its start time
-            return [ours[pk] for pk in ids if ours[pk].started_at == now and ours[pk].status == Job.RUNNING]
+            return [ours[pk] for pk in ids if pk in ours and ours[pk].started_at == now and ours[pk].status == Job.RUNNING]
     return []
 
 
