@@ -15,7 +15,7 @@ _HOMES = {
     "PreviewSettings": "previews", "parse_attention": "prompts",
     "GenerationRequest": "request", "Limits": "request",
     "GenerationCancelled": "run", "GenerationResult": "run", "generate": "run",
-    "batch_key": "batch", "generate_batch": "batch",
+    "batch_key": "request", "generate_batch": "batch",
     "DiffusersSafetyChecker": "safety", "ImageChecker": "safety",
     "SCHEDULERS": "schedulers", "resolve_scheduler": "schedulers",
     "TEST_MODEL_NAME": "testmodel", "make_test_model": "testmodel",

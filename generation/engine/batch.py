@@ -14,20 +14,8 @@ from .addons import applied_loras
 from .loading import PIPELINES, load_pipeline
 from .pipelines import pipeline_for_run
 from .previews import PreviewSettings, PreviewThrottle, encode_preview, latents_to_rgb, load_taesd
-from .request import GenerationRequest, model_ref
+from .request import GenerationRequest, batch_key
 from .run import GenerationCancelled, _check_roles, _encode, _load_addons, checked_result, decode
-from .schedulers import scheduler_spec
-
-
-def batch_key(request: GenerationRequest) -> tuple | None:
-    """What requests must share to be denoised together, or None for one that runs alone: only a
-    plain txt2img with guidance on batches (hires fix, a refiner and ControlNet run passes of their
-    own). Prompts, negative prompts, seeds, CFG scale, embeddings and the image count may differ."""
-    if request.mode != "txt2img" or request.enable_hr or request.refiner or request.controlnets or (
-            request.guidance_scale <= 1):
-        return None
-    return (model_ref(request.model), request.vae and model_ref(request.vae), request.width, request.height,
-            request.steps, scheduler_spec(request.scheduler).name, request.clip_skip, request.loras)
 
 
 def generate_batch(requests: list[GenerationRequest], *, on_preview=None, should_cancel=None, watermark_payloads=None,
@@ -57,7 +45,7 @@ def generate_batch(requests: list[GenerationRequest], *, on_preview=None, should
     for k in _live(outcomes):
         try:
             addons[k] = _load_addons(requests[k], model)
-        except ValueError as error:
+        except Exception as error:  # whatever a job brings (a damaged add-on file) fails that job only
             outcomes[k] = error
     timings = {"load": time.perf_counter() - started}
 
@@ -73,7 +61,7 @@ def generate_batch(requests: list[GenerationRequest], *, on_preview=None, should
         for k in live:
             try:
                 embeds[k] = _encode(model.pipe, model, requests[k], addons[k].embeddings)
-            except ValueError as error:
+            except Exception as error:
                 outcomes[k] = error
         timings["text_encode"] = time.perf_counter() - tick
         tick = time.perf_counter()
@@ -83,6 +71,9 @@ def generate_batch(requests: list[GenerationRequest], *, on_preview=None, should
     for k in list(latents):
         if k in progress.dropped:
             outcomes[k] = GenerationCancelled()
+            continue
+        if isinstance(latents[k], Exception):  # out of memory even alone
+            outcomes[k] = latents[k]
             continue
         try:
             tick = time.perf_counter()
@@ -104,23 +95,43 @@ def _live(outcomes) -> list[int]:
 
 
 def denoise(model, requests, embeds: dict, progress) -> dict:
-    """{k: latents of request k} for the requests in `embeds`. When the GPU runs out of memory the
-    batch is split in two and each half starts over (fresh generators, fresh scheduler): a job
-    that fits alone never fails because it was batched."""
+    """{k: latents of request k, or the error that ended it} for the requests in `embeds`. Prompts
+    of different lengths share a run only while that costs at most twice the longest (see
+    `stacked`); others run next. When the GPU runs out of memory the run is split in two and each
+    half starts over (fresh generators, fresh scheduler): a job that fits alone never fails because
+    it was batched, and one that doesn't fit alone fails alone."""
     stopped = progress.stopped()
     jobs = [k for k in embeds if k not in stopped]
+    runs = runs_by_length(jobs, {k: embeds[k]["prompt_embeds"].shape[1] for k in jobs})
+    if len(runs) > 1:
+        return {k: v for run in runs for k, v in denoise(model, requests, {k: embeds[k] for k in run}, progress).items()}
     if not jobs:
         return {}
     try:
         return _denoise(model, requests, jobs, embeds, progress)
     except torch.OutOfMemoryError:
-        if len(jobs) == 1:
-            raise
-        if model.device.type == "cuda":
-            torch.cuda.empty_cache()
-        half = len(jobs) // 2
-        return {**denoise(model, requests, {k: embeds[k] for k in jobs[:half]}, progress),
-                **denoise(model, requests, {k: embeds[k] for k in jobs[half:]}, progress)}
+        pass  # retried below, out of the handler: its traceback holds the failed attempt's tensors
+    if model.device.type == "cuda":
+        torch.cuda.empty_cache()
+    if len(jobs) == 1:
+        return {jobs[0]: torch.OutOfMemoryError("the GPU ran out of memory for this job even alone: try fewer images "
+                                                "or a smaller size")}
+    half = len(jobs) // 2
+    return {**denoise(model, requests, {k: embeds[k] for k in jobs[:half]}, progress),
+            **denoise(model, requests, {k: embeds[k] for k in jobs[half:]}, progress)}
+
+
+def runs_by_length(jobs: list[int], lengths: dict) -> list[list[int]]:
+    """The jobs in runs whose prompt lengths' least common multiple is at most twice the longest
+    (1 and 2 chunks share a run, 2 and 3 do, 3 and 4 don't): nobody's run grows without bound
+    because of another user's prompt."""
+    runs: list[list[int]] = []
+    for k in sorted(jobs, key=lambda k: lengths[k]):
+        if runs and math.lcm(*(lengths[j] for j in runs[-1]), lengths[k]) <= 2 * lengths[k]:
+            runs[-1].append(k)
+        else:
+            runs.append([k])
+    return runs
 
 
 def _denoise(model, requests, jobs: list[int], embeds: dict, progress) -> dict:

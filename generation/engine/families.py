@@ -61,9 +61,14 @@ def read_header(path) -> dict:
         raise ValueError(f"{path.name} is not a safetensors file: its header is not a table of tensors")
     header.pop("__metadata__", None)
     try:
-        end = max((int(t["data_offsets"][1]) for t in header.values()), default=0)
+        spans = sorted((int(t["data_offsets"][0]), int(t["data_offsets"][1])) for t in header.values())
     except (TypeError, KeyError, IndexError, ValueError):
         raise ValueError(f"{path.name} is not a safetensors file: its tensor table is malformed") from None
+    end = 0
+    for start, stop in spans:  # the format's rule, which the loader enforces only when a job runs
+        if start != end or stop < start:
+            raise ValueError(f"{path.name} is damaged: its tensors overlap or leave gaps in the data")
+        end = stop
     if 8 + length + end != size:
         raise ValueError(f"{path.name} is truncated or damaged: its header describes {8 + length + end} bytes, "
                          f"the file has {size}")

@@ -77,6 +77,26 @@ def model_ref(model) -> ModelRef:
     return model if isinstance(model, ModelRef) else ModelRef(str(model))
 
 
+def batch_key(request: "GenerationRequest") -> tuple | None:
+    """What requests must share to be denoised in one run, or None for one that runs alone: only a
+    plain txt2img with guidance on batches (hires fix, a refiner and ControlNet run passes of their
+    own). Files are compared by content (their hash), never by the name a user gave them: two
+    users' copies of one LoRA are one file. Prompts, negative prompts, seeds, CFG scale,
+    embeddings and the image count may differ. The claim (Job.batch_key) and the engine both ask
+    this one function."""
+    if request.mode != "txt2img" or request.enable_hr or request.refiner or request.controlnets or (
+            request.guidance_scale <= 1):
+        return None
+    return (_file(request.model), request.vae and _file(request.vae), request.width, request.height, request.steps,
+            scheduler_spec(request.scheduler).name, request.clip_skip,
+            tuple((_file(use.ref), use.unet, use.te) for use in request.loras))
+
+
+def _file(ref) -> str:
+    ref = model_ref(ref)
+    return ref.hash or ref.source
+
+
 @dataclass(frozen=True)
 class GenerationRequest:
     prompt: str

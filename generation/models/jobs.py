@@ -6,7 +6,7 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
-from generation.engine.request import MASKED_CONTENT, RESIZE_MODES
+from generation.engine.request import MASKED_CONTENT, RESIZE_MODES, GenerationRequest, LoraUse, ModelRef, batch_key
 from generation.models.registry import Checkpoint, Vae
 
 IMAGE_INPUT_PARAMS = ("denoising_strength", "resize_mode", "mask_blur", "inpainting_fill", "inpaint_full_res",
@@ -110,13 +110,16 @@ class Job(models.Model):
 
     @property
     def batch_key(self) -> tuple | None:
-        """What jobs must share to be denoised in one batch (engine.batch.batch_key), or None."""
-        if self.mode != "txt2img" or self.enable_hr or self.refiner_id or self.guidance_scale <= 1 or any(
-                a["kind"] == "controlnet" for a in self.addons):
+        """What jobs must share to be denoised in one run: the engine's own rule (request.batch_key),
+        asked with the job's settings and files."""
+        if self.mode != "txt2img":
             return None
-        loras = tuple((a["sha256"], a["unet"], a["te"]) for a in self.addons if a["kind"] == "lora")
-        return (self.checkpoint_id, self.vae_id, self.width, self.height, self.steps, self.scheduler, self.clip_skip,
-                loras)
+        loras = tuple(LoraUse(ModelRef("", hash=a["sha256"][:12]), a["unet"], a["te"]) for a in self.addons
+                      if a["kind"] == "lora")
+        units = tuple(a for a in self.addons if a["kind"] == "controlnet")
+        return batch_key(GenerationRequest(
+            model=self.checkpoint.model_ref(), vae=self.vae and self.vae.model_ref(), refiner=self.refiner_id and "refiner",
+            loras=loras, controlnets=units, **{f: getattr(self, f) for f in self.PARAMS if f not in IMAGE_INPUT_PARAMS}))
 
     @property
     def mode(self) -> str:

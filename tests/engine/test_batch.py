@@ -1,7 +1,11 @@
 """Cross-user batching in the engine: each job's images, previews, cancel and safety verdict are
 what they would be alone."""
 
+import dataclasses
 import io
+import json
+import struct
+import sys
 
 import numpy as np
 import pytest
@@ -10,6 +14,7 @@ from PIL import Image
 
 from generation.engine import GenerationCancelled, GenerationRequest, PreviewSettings, generate
 from generation.engine.batch import batch_key, generate_batch
+from generation.engine.request import LoraUse, ModelRef
 from generation.engine.schedulers import SCHEDULERS
 
 LONG = ", ".join(["a lighthouse on a cliff above a stormy sea at dusk with gulls"] * 8)  # two 77-token chunks
@@ -119,27 +124,103 @@ def test_a_jobs_bad_input_fails_that_job_alone(jobs):
     assert_same_images(batched[2], generate(requests[2]))
 
 
-def test_out_of_memory_splits_the_batch(jobs, monkeypatch):
-    """No GPU here: the UNet is made to run out of memory above 2 samples (x2 for CFG), as a card would."""
-    requests = jobs()
-    alone = [generate(r) for r in requests]
+def tight_unet(model, monkeypatch, most: int):
+    """No GPU here: the UNet runs out of memory above `most` samples (x2 for CFG), as a card would.
+    Returns the calls: (samples, whether an exception was being handled when it was called)."""
     from generation.engine.loading import load_pipeline
 
-    unet = load_pipeline(requests[0].model).pipe.unet
-    forward, sizes = unet.forward, []
+    unet = load_pipeline(model).pipe.unet
+    forward, calls = unet.forward, []
 
     def tight(sample, *args, **kwargs):
-        sizes.append(sample.shape[0])
-        if sample.shape[0] > 4:
+        calls.append((sample.shape[0], sys.exc_info()[0] is not None))
+        if sample.shape[0] > most:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
         return forward(sample, *args, **kwargs)
 
     monkeypatch.setattr(unet, "forward", tight)
+    return calls
+
+
+def test_out_of_memory_splits_the_batch(jobs, monkeypatch):
+    requests = jobs()
+    alone = [generate(r) for r in requests]
+    calls = tight_unet(requests[0].model, monkeypatch, most=4)
     batched = generate_batch(list(requests))
     # All 4 samples failed; then the fox alone; the other two (3 samples) failed, then each alone.
-    assert sizes == [8] + [2] * 4 + [6] + [4] * 4 + [2] * 4
+    assert [size for size, _ in calls] == [8] + [2] * 4 + [6] + [4] * 4 + [2] * 4
+    # Each retry starts after the failed attempt's handler has ended: its traceback, which holds
+    # that attempt's tensors, is gone, so the GPU's cache can really be emptied.
+    assert not any(handling for _, handling in calls)
     for result, single in zip(batched, alone):
         assert_same_images(result, single)
+
+
+def test_a_job_that_does_not_fit_even_alone_fails_alone(jobs, monkeypatch):
+    requests = jobs()  # the second job has two images: four samples with CFG
+    alone = [generate(requests[k]) for k in (0, 2)]
+    tight_unet(requests[0].model, monkeypatch, most=2)
+    batched = generate_batch(list(requests))
+    assert isinstance(batched[1], torch.OutOfMemoryError) and "even alone" in str(batched[1])
+    assert_same_images(batched[0], alone[0])  # finished before the other half ran out of memory
+    assert_same_images(batched[2], alone[1])
+
+
+def test_prompts_of_very_different_lengths_run_apart_and_nothing_grows_without_bound(jobs, monkeypatch):
+    """An outside tester's attack, scaled down: prompts of 5, 6 and 7 chunks (BREAKs) beside
+    another user's job would have been repeated to 210 chunks each (their least common multiple)."""
+    from generation.engine import batch
+
+    requests = jobs()
+    requests = [requests[0]] + [dataclasses.replace(requests[2], prompt=" BREAK ".join(["a teapot"] * n), seed=n)
+                                for n in (7, 6, 5)]
+    lengths, real = [], batch.stacked
+    monkeypatch.setattr(batch, "stacked", lambda embeds, counts: lengths.append(
+        [e["prompt_embeds"].shape[1] // 77 for e in embeds]) or real(embeds, counts))
+    batched = generate_batch(list(requests))
+    assert sorted(lengths) == [[1, 5], [6], [7]]  # 1 and 5 chunks: five, the longest; 5 and 6 would be thirty
+    for result, request in zip(batched, requests):
+        assert_same_images(result, generate(request))
+    assert batch.runs_by_length([0, 1], {0: 77, 1: 154}) == [[0, 1]]  # 1 and 2 chunks share a run
+    assert batch.runs_by_length([0, 1], {0: 154, 1: 231}) == [[0, 1]]  # 2 and 3: six chunks, twice the longest
+    assert batch.runs_by_length([0, 1, 2], {0: 667, 1: 666, 2: 665}) == [[2], [1], [0]]
+
+
+def test_two_names_for_one_lora_file_share_a_run(jobs, addon_files):
+    """Uploads are stored by content: two users' copies of a LoRA are one file under two names."""
+    hers, his = (LoraUse(ModelRef(str(addon_files["lora"]), name=name, hash="0123456789ab"), 0.8, 0.8)
+                 for name in ("her-style", "his-copy"))
+    requests = jobs()[:2]
+    requests = [dataclasses.replace(requests[0], prompt="a fox <lora:her-style:0.8>", loras=(hers,)),
+                dataclasses.replace(requests[1], prompt="a cat <lora:his-copy:0.8>", loras=(his,))]
+    assert batch_key(requests[0]) == batch_key(requests[1])
+    for result, request in zip(generate_batch(list(requests)), requests):
+        assert result.batch_size == 2 and result.addons.loras[0][1].ref.name == request.loras[0].ref.name
+        assert_same_images(result, generate(request))
+
+
+def test_a_damaged_add_on_fails_only_the_job_that_brought_it(jobs, addon_files, tmp_path):
+    """Tensors that overlap: refused when uploaded (read_header); one already in the library fails its job alone."""
+    from generation.engine.families import read_header
+
+    data = addon_files["embedding"].read_bytes()
+    (length,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + length])
+    name = next(k for k in header if k != "__metadata__")
+    header["pad"] = {"dtype": header[name]["dtype"], "shape": header[name]["shape"], "data_offsets": header[name][
+        "data_offsets"]}
+    text = json.dumps(header).encode()
+    damaged = tmp_path / "overlapping.safetensors"
+    damaged.write_bytes(struct.pack("<Q", len(text)) + text + data[8 + length:])
+    with pytest.raises(ValueError, match="overlap"):
+        read_header(damaged)
+    requests = jobs()
+    requests[1] = dataclasses.replace(requests[1], negative_prompt="overlapping",
+                                      embeddings=(ModelRef(str(damaged), name="overlapping", hash="abcdefabcdef"),))
+    batched = generate_batch(list(requests))
+    assert isinstance(batched[1], Exception) and not isinstance(batched[1], GenerationCancelled)
+    for k in (0, 2):
+        assert_same_images(batched[k], generate(requests[k]))
 
 
 def test_only_plain_txt2img_with_guidance_batches(test_model):
