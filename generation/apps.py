@@ -28,3 +28,14 @@ class GenerationConfig(AppConfig):
                              target=instance.object_repr, details=instance.get_change_message())
 
         post_save.connect(admin_change, sender=LogEntry, weak=False, dispatch_uid="sdweb-admin-staff-action")
+
+
+def finishing_process_start(inherited: dict) -> None:
+    """A finishing process (services.finish): Django with its parent's settings (a test's temporary
+    database and folders too), and no torch. It lives here because this module imports no model."""
+    import django
+    from django.conf import settings
+
+    django.setup()
+    for name, value in inherited.items():
+        setattr(settings, name, value)

@@ -1,10 +1,14 @@
+import asyncio
+
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from generation.live import group_name
 from generation.models import Job
 from generation.presenters import job_event_shown, job_state
-from generation.selectors import job_for_viewer
+from generation.selectors import job_for_viewer, queue_wait
+
+QUEUE_REFRESH_SECONDS = 2.0  # a waiting job's place and ETA are sent again this often
 
 
 class JobConsumer(AsyncJsonWebsocketConsumer):
@@ -20,9 +24,25 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
         # Join before reading the state: an event sent meanwhile is queued, not lost.
         await self.channel_layer.group_add(self.group, self.channel_name)
         await self.accept()
-        await self.send_json(await database_sync_to_async(lambda: job_state(Job.objects.get(pk=job.pk)))())
+        state = await database_sync_to_async(lambda: job_state(Job.objects.get(pk=job.pk)))()
+        await self.send_json(state)
+        if state["status"] == Job.QUEUED:
+            self.waiting = asyncio.create_task(self.queue_updates(job.pk))
+
+    async def queue_updates(self, job_id):
+        """While the job waits: its place and ETA as the jobs ahead move, read here rather than
+        announced by the workers at every claim."""
+        while True:
+            await asyncio.sleep(QUEUE_REFRESH_SECONDS)
+            wait = await database_sync_to_async(
+                lambda: (job := Job.objects.filter(pk=job_id, status=Job.QUEUED).first()) and queue_wait(job))()
+            if not wait:
+                return
+            await self.send_json({"type": "queued", **wait})
 
     async def disconnect(self, code):
+        if hasattr(self, "waiting"):
+            self.waiting.cancel()
         if hasattr(self, "group"):
             await self.channel_layer.group_discard(self.group, self.channel_name)
 

@@ -2,6 +2,10 @@
 the API calls that wait for a job."""
 
 import asyncio
+import contextlib
+import logging
+import queue
+import threading
 import time
 
 from asgiref.sync import async_to_sync
@@ -12,6 +16,9 @@ from generation.models import Job
 
 ENDINGS = ("finished", "failed", "cancelled")
 _server_loop: asyncio.AbstractEventLoop | None = None
+_collected: list | None = None  # in a finishing process: the events its caller sends (collected())
+_outbox: queue.Queue = queue.Queue(maxsize=1000)  # previews on their way, sent by one thread
+log = logging.getLogger(__name__)
 
 
 def use_event_loop(loop: asyncio.AbstractEventLoop | None) -> None:
@@ -26,6 +33,9 @@ def group_name(job_id) -> str:
 
 
 def job_event(job_id, event: dict) -> None:
+    if _collected is not None:
+        _collected.append((job_id, event))
+        return
     layer = get_channel_layer()
     message = {"type": "job.event", "event": event}
     loop = _server_loop
@@ -33,6 +43,59 @@ def job_event(job_id, event: dict) -> None:
         asyncio.run_coroutine_threadsafe(layer.group_send(group_name(job_id), message), loop)
     else:
         async_to_sync(layer.group_send)(group_name(job_id), message)
+
+
+def job_event_soon(job_id, event: dict) -> None:
+    """job_event without waiting for the channel layer (a send to Redis takes milliseconds): the
+    denoising thread hands previews to one sender thread. A preview that finds the outbox full is
+    dropped; the next one is newer anyway."""
+    if _server_loop is not None and _server_loop.is_running():
+        job_event(job_id, event)  # already without waiting
+        return
+    if not _sender.is_alive():
+        _start_sender()
+    with contextlib.suppress(queue.Full):
+        _outbox.put_nowait((job_id, event))
+
+
+def flush(timeout: float = 5.0) -> None:
+    """Wait until the previews handed to the sender are sent, so nothing sent after (a job's end)
+    overtakes them."""
+    deadline = time.monotonic() + timeout
+    while _outbox.unfinished_tasks and time.monotonic() < deadline:
+        time.sleep(0.002)
+
+
+def _send_forever() -> None:
+    while True:
+        job_id, event = _outbox.get()
+        try:
+            job_event(job_id, event)
+        except Exception:
+            log.exception("a preview of job %s was not sent", job_id)
+        finally:
+            _outbox.task_done()
+
+
+def _start_sender() -> None:
+    global _sender
+    _sender = threading.Thread(target=_send_forever, name="job-events", daemon=True)
+    _sender.start()
+
+
+_sender = threading.Thread()
+
+
+@contextlib.contextmanager
+def collected():
+    """Collect the job events sent inside the block instead of sending them (a finishing process
+    can't reach the embedded server's in-memory channel layer); the caller sends them."""
+    global _collected
+    _collected = events = []
+    try:
+        yield events
+    finally:
+        _collected = None
 
 
 async def job_events(job_id, timeout: float, recheck: float = 2.0):

@@ -8,7 +8,7 @@ from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 
 from generation.models import Job
-from generation.selectors import queue_outlook, queue_position, queue_wait
+from generation.selectors import queue_wait
 
 # A refusal's code -> HTTP status; a refusal that names a field, or any other code, is a 400.
 REFUSAL_STATUS = {"insufficient_credits": 402, "suspended": 403, "active_job_cap": 409, "idempotency_mismatch": 422}
@@ -50,7 +50,7 @@ def job_state(job: Job) -> dict:
     state = {"type": "state", "status": job.status, "step": job.progress_step, "total": job.progress_total,
              "error": job.error}
     if job.status == Job.QUEUED:
-        state |= queue_wait(queue_position(job), queue_outlook())
+        state |= queue_wait(job)
     if job.status == Job.RUNNING and job.preview:
         state["preview"] = data_url(bytes(job.preview))
     if job.status == Job.SUCCEEDED:

@@ -1,8 +1,11 @@
 """Reads of the generation domain that take more than a line."""
 
 import statistics
+from datetime import timedelta
 
-from django.db.models import Case, IntegerField, Q, Value, When
+from django.conf import settings
+from django.db.models import Case, Count, IntegerField, Min, Q, Value, When
+from django.utils import timezone
 
 from generation.models import AddOn, Checkpoint, Job, UserSettings, is_model_name
 
@@ -18,32 +21,36 @@ def job_for_viewer(user, job_id) -> Job | None:
 
 
 def queue_position(job: Job) -> int:
-    """Queued jobs submitted before this one (the fair order can move it ahead)."""
-    return Job.objects.filter(status=Job.QUEUED, created_at__lt=job.created_at).count()
+    """Queued jobs the fair order puts before this one (jobs.claim's order: the user with the
+    fewest jobs started in the fair window first, then the oldest job). Each user's jobs ahead are
+    counted as the claim would take them: while they have started fewer than this user will have
+    (with its own earlier jobs), or as many and theirs is older."""
+    window_start = timezone.now() - timedelta(minutes=settings.SDWEB["FAIR_WINDOW_MINUTES"])
+    waiting = Job.objects.filter(status=Job.QUEUED)
+    mine_before = waiting.filter(user=job.user_id, created_at__lt=job.created_at).count()
+    others = list(waiting.exclude(user=job.user_id).values("user").annotate(n=Count("id"), oldest=Min("created_at")))
+    started = dict(Job.objects.filter(user__in=[row["user"] for row in others] + [job.user_id],
+                                      started_at__gte=window_start).values_list("user").annotate(n=Count("id")))
+    mine = started.get(job.user_id, 0) + mine_before
+    return mine_before + sum(max(0, min(row["n"], mine - started.get(row["user"], 0) + (row["oldest"] < job.created_at)))
+                             for row in others)
 
 
-def queued_ahead(limit: int) -> list[tuple]:
-    """(job id, queued jobs ahead of it) for the first `limit` queued jobs."""
-    waiting = Job.objects.filter(status=Job.QUEUED).order_by("created_at").values_list("pk", flat=True)[:limit]
-    return [(job_id, position) for position, job_id in enumerate(waiting)]
-
-
-def queue_outlook() -> tuple[int, float | None]:
-    """(jobs running now, seconds a job has taken lately: the median of the last 20 finished), to
-    tell a waiting job how many are ahead of it (running ones too) and about when it starts."""
+def queue_wait(job: Job) -> dict:
+    """What a queued job's page shows: jobs ahead (queued and running) and an ETA in seconds: the
+    jobs ahead times the time between job ends lately (the studio's measured throughput, whatever
+    its workers and batches), or the median job time over the running jobs while too few ended."""
     running = Job.objects.filter(status=Job.RUNNING).count()
-    recent = Job.objects.filter(status=Job.SUCCEEDED, started_at__isnull=False, finished_at__isnull=False).order_by(
-        "-finished_at").values_list("started_at", "finished_at")[:20]
+    ahead = queue_position(job) + running
+    recent = list(Job.objects.filter(status=Job.SUCCEEDED, started_at__isnull=False, finished_at__gte=timezone.now()
+                                     - timedelta(minutes=10)).order_by("-finished_at").values_list(
+        "started_at", "finished_at")[:20])
+    if len(recent) >= 5 and recent[0][1] > recent[-1][1]:
+        each = (recent[0][1] - recent[-1][1]).total_seconds() / (len(recent) - 1)
+        return {"position": ahead, "eta": round((ahead + 1) * each, 1)}
     durations = [(finished - started).total_seconds() for started, finished in recent]
-    return running, statistics.median(durations) if durations else None
-
-
-def queue_wait(queued_before: int, outlook: tuple[int, float | None]) -> dict:
-    """What a queued job's page shows: jobs ahead (queued and running) and an ETA in seconds."""
-    running, typical = outlook
-    ahead = queued_before + running
     # The running jobs hold the workers: the queue drains about `running` jobs per typical job time.
-    eta = round(ahead * typical / max(1, running), 1) if typical is not None else None
+    eta = round(ahead * statistics.median(durations) / max(1, running), 1) if durations else None
     return {"position": ahead, "eta": eta}
 
 

@@ -1,7 +1,7 @@
 """Celery tasks: thin adapters from a message to a service."""
 
 from celery import shared_task
-from celery.signals import worker_process_init
+from celery.signals import worker_process_init, worker_process_shutdown
 from django.conf import settings
 
 from generation.metrics import serve_worker_metrics
@@ -26,10 +26,19 @@ def reap_jobs() -> dict:
 @worker_process_init.connect
 def worker_start(**kwargs):
     """SDWEB_WORKER_METRICS_PORT: each worker (one pool process per GPU) serves its own figures;
-    SDWEB_COMPILE: it compiles the UNet before its first job."""
+    its finishing processes start; SDWEB_COMPILE: it compiles the UNet before its first job."""
     if settings.SDWEB["WORKER_METRICS_PORT"]:
         serve_worker_metrics(settings.SDWEB["WORKER_METRICS_PORT"])
-    if settings.SDWEB["COMPILE"]:
-        from generation.services.run import engine_warm_up
+    from generation.services.run import FINISHER, engine_warm_up
 
+    FINISHER.start()
+    if settings.SDWEB["COMPILE"]:
         engine_warm_up()
+
+
+@worker_process_shutdown.connect
+def worker_stop(**kwargs):
+    """The images of the last run are finished before the worker goes."""
+    from generation.services.run import FINISHER
+
+    FINISHER.drain(timeout=30)

@@ -325,6 +325,12 @@ SDWEB = {
     # and how long a worker waits for a fresh job's company before it starts
     "BATCH_MAX": env_int("SDWEB_BATCH_MAX", 0, minimum=0),
     "BATCH_WAIT_MS": env_int("SDWEB_BATCH_WAIT_MS", 30, minimum=0),
+    # Processes that finish images beside the denoiser (watermark, PNG, C2PA, storage, publish);
+    # 0 finishes them on the worker's own thread, between runs
+    "FINISH_PROCESSES": env_int("SDWEB_FINISH_PROCESSES", max(1, len(os.sched_getaffinity(0)) // 2), minimum=0),
+    # How often a running batch writes its jobs' progress and latest previews to their rows (one
+    # query for the batch); pages get every preview over their socket at once
+    "PROGRESS_SAVE_SECONDS": env_float("SDWEB_PROGRESS_SAVE_SECONDS", 1.0),
     # torch.compile the default checkpoint's UNet, warmed up at these sizes before the first job
     "COMPILE": env_choice("SDWEB_COMPILE", "0", ("0", "1")) == "1",
     "COMPILE_SIZES": [tuple(int(n) for n in size.split("x")) for size in env("SDWEB_COMPILE_SIZES", "512x512").split(",")],

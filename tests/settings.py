@@ -18,3 +18,6 @@ STORAGES["default"]["OPTIONS"]["location"] = str(_TMP / "media")  # noqa: F405
 MEDIA_ROOT = _TMP / "media"
 CELERY_TASK_ALWAYS_EAGER = False  # tests run the task themselves, or start the embedded worker
 SDWEB["MODELS_DIR"] = _TMP / "models"  # noqa: F405
+# Tests that run jobs in the test's own transaction finish them on the same thread; the tests of
+# the finishing processes, and every server the tests start, use the processes.
+SDWEB["FINISH_PROCESSES"] = 0  # noqa: F405

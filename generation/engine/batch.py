@@ -5,6 +5,7 @@ CFG scale (per sample: pipelines.with_sample_guidance), previews, cancel, safety
 watermark. Its images equal the images of the same job run alone within float rounding."""
 
 import dataclasses
+import functools
 import math
 import time
 
@@ -13,7 +14,7 @@ import torch
 from .addons import applied_loras
 from .loading import PIPELINES, load_pipeline
 from .pipelines import pipeline_for_run
-from .previews import PreviewSettings, PreviewThrottle, encode_preview, latents_to_rgb, load_taesd
+from .previews import PreviewMaker, PreviewSettings, PreviewThrottle, load_taesd
 from .request import GenerationRequest, batch_key
 from .run import GenerationCancelled, _check_roles, _encode, _load_addons, checked_result, decode
 
@@ -65,7 +66,10 @@ def generate_batch(requests: list[GenerationRequest], *, on_preview=None, should
                 outcomes[k] = error
         timings["text_encode"] = time.perf_counter() - tick
         tick = time.perf_counter()
-        latents = denoise(model, requests, embeds, progress)
+        try:
+            latents = denoise(model, requests, embeds, progress)
+        finally:
+            progress.previews.wait()
         timings["denoise"] = time.perf_counter() - tick
 
     for k in list(latents):
@@ -174,7 +178,7 @@ class BatchProgress:
     def __init__(self, requests, on_preview, should_cancel, preview, taesd, blur):
         self.total = requests[0].steps
         self.on_preview, self.should_cancel = on_preview, should_cancel or (lambda: set())
-        self.preview, self.taesd, self.blur = preview, taesd, blur
+        self.previews = PreviewMaker(preview, taesd, blur)
         self.throttles = [PreviewThrottle(preview.min_interval) for _ in requests]
         self.dropped: set[int] = set()
         self.jobs, self.counts = [], []
@@ -195,6 +199,5 @@ class BatchProgress:
             return {}
         for k, latents in zip(self.jobs, tensors["latents"].split(self.counts)):
             if k not in dropped and self.throttles[k].should_send(i + 1, self.total):
-                image = encode_preview(latents_to_rgb(latents, self.taesd), self.preview, blur=self.blur)
-                self.on_preview(k, i + 1, self.total, image)
+                self.previews.send(latents, functools.partial(self.on_preview, k, i + 1, self.total))
         return {}

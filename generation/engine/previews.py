@@ -4,6 +4,8 @@ By default a linear latent->RGB approximation (about a millisecond) so previews 
 run; with a TAESD folder configured, the tiny autoencoder gives a truer picture.
 """
 
+import concurrent.futures
+import functools
 import io
 import math
 import time
@@ -71,6 +73,50 @@ def encode_preview(rgb: torch.Tensor, settings: PreviewSettings, blur: bool = Fa
     out = io.BytesIO()
     grid.save(out, format=settings.format, quality=settings.quality)
     return out.getvalue()
+
+
+class PreviewMaker:
+    """Makes a run's previews and hands each to `deliver`. On a GPU the latents are copied to the
+    CPU without waiting (an event says when they have arrived) and the preview is made on a thread
+    of its own, so the denoising loop never waits for a copy, an encode or a send; on the CPU,
+    where that thread would only compete for the same cores, it is made at once (about a
+    millisecond). `wait()` returns when every preview asked for is delivered."""
+
+    def __init__(self, settings: PreviewSettings, taesd=None, blur: bool = False, beside: bool | None = None):
+        self.settings, self.taesd, self.blur, self.beside = settings, taesd, blur, beside
+        self.pending: list[concurrent.futures.Future] = []
+
+    def send(self, latents: torch.Tensor, deliver) -> None:
+        beside = latents.device.type == "cuda" if self.beside is None else self.beside
+        if not beside:
+            deliver(self._make(latents))
+            return
+        if latents.device.type == "cuda" and self.taesd is None:
+            copy = torch.empty(latents.shape, dtype=latents.dtype, pin_memory=True)
+            copy.copy_(latents, non_blocking=True)
+            arrived = torch.cuda.Event()
+            arrived.record()
+        else:  # TAESD decodes on the device: a copy there, ordered on the same stream
+            copy, arrived = latents.detach().clone(), None
+        self.pending.append(_preview_thread().submit(self._later, copy, arrived, deliver))
+
+    def _later(self, latents, arrived, deliver) -> None:
+        if arrived is not None:
+            arrived.synchronize()
+        deliver(self._make(latents))
+
+    def _make(self, latents) -> bytes:
+        return encode_preview(latents_to_rgb(latents, self.taesd), self.settings, blur=self.blur)
+
+    def wait(self) -> None:
+        pending, self.pending = self.pending, []
+        for future in pending:
+            future.result()
+
+
+@functools.cache
+def _preview_thread() -> concurrent.futures.ThreadPoolExecutor:
+    return concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="previews")
 
 
 _TAESD = {}

@@ -1,6 +1,7 @@
 """generate(): one run (txt2img, img2img or inpaint), written as the steps it takes."""
 
 import dataclasses
+import functools
 import time
 from dataclasses import dataclass, field
 
@@ -13,7 +14,7 @@ from .images import Crop, fill_masked, mask_crop, paste_back, prepared_mask, res
 from .loading import PIPELINES, load_pipeline
 from .metadata import format_parameters, save_png
 from .pipelines import pipeline_for_run
-from .previews import PreviewSettings, PreviewThrottle, encode_preview, latents_to_rgb, load_taesd
+from .previews import PreviewMaker, PreviewSettings, PreviewThrottle, load_taesd
 from .prompts import embedding_pattern, encode_prompts, encode_prompts_xl
 from .request import LATENT_UPSCALERS, MASKED_CONTENT, PIXEL_UPSCALERS, RESIZE_MODES, GenerationRequest, Limits, model_ref
 from .watermark import PAYLOAD_BYTES, embed_watermark
@@ -124,12 +125,15 @@ def generate(
                       generator=[torch.Generator("cpu").manual_seed(s) for s in seeds], output_type="latent",
                       callback_on_step_end=progress.on_step_end, **embeds)
         start = prepare_start(request) if request.init_image is not None else None
-        if addons.controlnets:
-            latents, pipe = controlled_run(model, request, start, common, addons.controlnets)
-        elif request.mode == "txt2img":
-            latents, pipe = _txt2img(pipe, model, refiner, request, common, progress)
-        else:
-            latents = _from_image(pipe, model, request, start, common)
+        try:
+            if addons.controlnets:
+                latents, pipe = controlled_run(model, request, start, common, addons.controlnets)
+            elif request.mode == "txt2img":
+                latents, pipe = _txt2img(pipe, model, refiner, request, common, progress)
+            else:
+                latents = _from_image(pipe, model, request, start, common)
+        finally:
+            progress.previews.wait()  # every preview is out before the run's end is told
         timings["denoise"] = time.perf_counter() - tick
     if progress.cancelled:
         raise GenerationCancelled()
@@ -208,7 +212,7 @@ class Progress:
 
     def __init__(self, total, on_preview, should_cancel, preview, taesd, blur):
         self.total, self.on_preview, self.should_cancel = total, on_preview, should_cancel or (lambda: False)
-        self.preview, self.taesd, self.blur = preview, taesd, blur
+        self.previews = PreviewMaker(preview, taesd, blur)
         self.throttle = PreviewThrottle(preview.min_interval)
         self.done, self.cancelled = 0, False  # steps of the passes before this one
 
@@ -220,8 +224,7 @@ class Progress:
         if self.stopped():
             pipe._interrupt = True  # the pipeline skips every later step
         elif self.on_preview is not None and self.throttle.should_send(self.done + i + 1, self.total):
-            self.on_preview(self.done + i + 1, self.total,
-                            encode_preview(latents_to_rgb(tensors["latents"], self.taesd), self.preview, blur=self.blur))
+            self.previews.send(tensors["latents"], functools.partial(self.on_preview, self.done + i + 1, self.total))
         return {}
 
     def pass_ended(self, pipe) -> None:

@@ -6,12 +6,12 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Count, F, Q
+from django.db.models import Count, F, Q, Window
+from django.db.models.functions import RowNumber
 from django.utils import timezone
 
 from generation.live import job_event
 from generation.models import Job
-from generation.selectors import queue_outlook, queue_wait, queued_ahead
 from generation.services.credits import credits_refund
 from sdweb.celery import app
 
@@ -59,7 +59,10 @@ def jobs_claim(*, worker: str = "", held: frozenset = frozenset(), images: int =
     lease ran out) is claimable again until SDWEB_ATTEMPT_LIMIT attempts."""
     now = timezone.now()
     fail_exhausted(now)
-    candidates = list(Job.objects.filter(_claimable(now)).order_by("created_at")[:200])
+    # Each user's oldest jobs, however deep the queue: a newcomer's job is always considered.
+    per_user = Window(RowNumber(), partition_by=[F("user_id")], order_by=F("created_at").asc())
+    candidates = list(Job.objects.filter(_claimable(now)).annotate(place=per_user).filter(
+        place__lte=max(images, 8)).select_related("checkpoint", "vae").order_by("created_at"))
     window_start = now - timedelta(minutes=settings.SDWEB["FAIR_WINDOW_MINUTES"])
     recent = dict(Job.objects.filter(user__in={j.user_id for j in candidates}, started_at__gte=window_start)
                   .values_list("user").annotate(n=Count("id")).values_list("user", "n"))
@@ -77,7 +80,6 @@ def jobs_claim(*, worker: str = "", held: frozenset = frozenset(), images: int =
             status=Job.RUNNING, started_at=now, attempts=F("attempts") + 1, progress_step=0, progress_total=0,
             preview=None, worker=worker[:100], lease_until=now + timedelta(seconds=settings.SDWEB["LEASE_SECONDS"]))
         if claimed:
-            announce_queue_positions()
             ours = Job.objects.in_bulk(ids)  # those another worker took meanwhile have its start time
             return [ours[pk] for pk in ids if pk in ours and ours[pk].started_at == now and ours[pk].status == Job.RUNNING]
     return []
@@ -99,13 +101,6 @@ def _batch_with(pick: Job, candidates: list[Job], recent: dict, images: int) -> 
         chosen = min(fits, key=lambda j: (counts.get(j.user_id, 0), j.created_at))
         batch.append(chosen)
         counts[chosen.user_id] = counts.get(chosen.user_id, 0) + 1
-
-
-def announce_queue_positions(limit: int = 100) -> None:
-    """Tell the pages watching queued jobs that the queue moved."""
-    outlook = queue_outlook()
-    for job_id, position in queued_ahead(limit):
-        job_event(job_id, {"type": "queued", **queue_wait(position, outlook)})
 
 
 def fail_exhausted(now) -> int:

@@ -1,10 +1,10 @@
-"""job_run: one claimed job through the engine, with no transaction or row lock held while the
-model works. Progress, previews and lease renewals are small single-row updates. Each attempt
-writes its images under names of its own; only the attempt that still owns the job publishes
-them (one conditional update), and a losing attempt removes only its own files."""
+"""jobs_run: claimed jobs through the engine, with no transaction or row lock held while the model
+works. The denoising thread only denoises: per step it asks one query for the whole batch (cancels,
+lost jobs) and hands previews to a sender; leases and progress are written for the batch at once,
+now and then. Finished pictures go to the finishing pool (services.finish), which stores and
+publishes each job on its own while the next run starts."""
 
 import functools
-import io
 import logging
 import operator
 import threading
@@ -13,13 +13,11 @@ from datetime import timedelta
 
 import torch
 from django.conf import settings
-from django.db import transaction
-from django.db.models import F, Q, QuerySet
+from django.db.models import BinaryField, Case, F, PositiveIntegerField, Q, QuerySet, Value, When
 from django.utils import timezone
 from PIL import Image as PILImage
 
 from gallery.models import Image
-from gallery.services import image_files_delete, image_files_save
 from generation.engine.batch import generate_batch
 from generation.engine.loading import PIPELINES, compile_unet
 from generation.engine.metadata import format_parameters
@@ -27,19 +25,17 @@ from generation.engine.previews import PreviewSettings
 from generation.engine.request import GenerationRequest
 from generation.engine.run import GenerationCancelled, generate
 from generation.engine.safety import DiffusersSafetyChecker
-from generation.engine.upscale import upscale
-from generation.live import job_event
+from generation.engine.upscale import UpscaleResult, upscale
+from generation.live import flush, job_event_soon
 from generation.models import Checkpoint, ImageFingerprint, Job
-from generation.provenance import sign_png
 from generation.selectors import default_checkpoint
 from generation.services.addons import engine_addons
-from generation.services.credits import credits_refund
+from generation.services.finish import FINISHER, Finishing
 from generation.services.queue import CANCELLED_NOTE, job_finish_failed, job_requeue, jobs_claim, jobs_reap
 from generation.services.submit import engine_limits, job_inputs
 
 log = logging.getLogger(__name__)
 SHUTTING_DOWN = threading.Event()  # set when the embedded server stops: running jobs go back to the queue
-THUMBNAIL_EDGE = 256
 
 
 def job_run_next(*, worker: str = "") -> Job | None:
@@ -108,15 +104,20 @@ def job_run(job: Job) -> None:
 
 class Watch:
     """The claimed jobs of one run, as this attempt owns them: each step asks, in one query, which
-    were cancelled or taken over, renews the leases, and ends a stopped job at once (a batch runs on
-    for the others)."""
+    were cancelled or taken over, and ends a stopped job at once (a batch runs on for the others).
+    Leases, progress and the latest previews are written for the whole batch in one query, every
+    SDWEB_PROGRESS_SAVE_SECONDS; previews reach the pages at once, through the channel layer."""
 
     def __init__(self, jobs: list[Job]):
         self.jobs, self.reasons = jobs, {}  # index -> why that job stopped
         self.deadline = time.monotonic() + settings.SDWEB["JOB_TIMEOUT_SECONDS"]
         self.lease = timedelta(seconds=settings.SDWEB["LEASE_SECONDS"])
-        self.renewed = time.monotonic()
+        self.renewed = self.saved = time.monotonic()
         self.first_step = {}  # index -> (when, step) of its first preview: the rate is measured from there
+        self.latest = {}  # index -> (step, total, preview, previews since the last save)
+
+    def live(self) -> list[int]:
+        return [k for k in range(len(self.jobs)) if k not in self.reasons]
 
     def owned(self, indexes: list[int]) -> QuerySet:
         """These jobs' rows, if this attempt still owns them."""
@@ -125,7 +126,7 @@ class Watch:
         return Job.objects.filter(condition, status=Job.RUNNING)
 
     def stopped(self) -> set[int]:
-        live = [k for k in range(len(self.jobs)) if k not in self.reasons]
+        live = self.live()
         if live and SHUTTING_DOWN.is_set():
             self.stop(live, "shutdown")
         elif live and time.monotonic() > self.deadline:
@@ -135,11 +136,34 @@ class Watch:
             for k in live:
                 if self.jobs[k].pk not in rows or rows[self.jobs[k].pk]:
                     self.stop([k], "cancel" if self.jobs[k].pk in rows else "lost")
-            live = [k for k in live if k not in self.reasons]
-            if live and time.monotonic() - self.renewed > self.lease.total_seconds() / 4:
-                self.owned(live).update(lease_until=timezone.now() + self.lease)
-                self.renewed = time.monotonic()
+            if time.monotonic() - self.saved >= settings.SDWEB["PROGRESS_SAVE_SECONDS"]:
+                self.save()
         return set(self.reasons)
+
+    def save(self) -> None:
+        """One query for the batch: each live job's step and latest preview (reloaded pages and
+        A1111's progress read them), and the leases when a quarter of one has passed."""
+        self.saved = time.monotonic()
+        shown = [k for k in self.live() if k in self.latest]
+        renew = self.live() if self.saved - self.renewed > self.lease.total_seconds() / 4 else []
+        if not shown and not renew:
+            return
+        changes = {}
+        if shown:
+            def each(position, default, field):
+                return Case(*[When(pk=self.jobs[k].pk, then=Value(self.latest[k][position])) for k in shown],
+                            default=default, output_field=field)
+
+            changes = dict(progress_step=each(0, F("progress_step"), PositiveIntegerField()),
+                           progress_total=each(1, F("progress_total"), PositiveIntegerField()),
+                           preview=each(2, F("preview"), BinaryField()),
+                           previews_sent=F("previews_sent") + each(3, Value(0), PositiveIntegerField()))
+        if renew:
+            self.renewed = self.saved
+            changes["lease_until"] = timezone.now() + self.lease
+        self.owned(sorted(set(shown) | set(renew))).update(**changes)
+        for k in shown:
+            self.latest[k] = (*self.latest[k][:3], 0)
 
     def stop(self, indexes: list[int], reason: str) -> None:
         for k in indexes:
@@ -154,23 +178,47 @@ class Watch:
             # "lost": another worker owns the job now
 
     def preview(self, k: int, step: int, total: int, image: bytes) -> None:
-        job = self.jobs[k]
-        self.owned([k]).update(progress_step=step, progress_total=total, preview=image,
-                               previews_sent=F("previews_sent") + 1)
+        """A preview of job k: to its pages now, to its row at the next save."""
+        sent = self.latest.get(k, (0, 0, b"", 0))[3]
+        self.latest[k] = (step, total, image, sent + 1)
         # From the first step on, not from the start: loading and text encoding would make an
         # early estimate jump (49 s, then 95 s) as the steady step time shows through.
         since, from_step = self.first_step.setdefault(k, (time.monotonic(), step))
         now = time.monotonic()
         eta = round((now - since) / (step - from_step) * (total - step), 1) if step > from_step else None
-        job_event(job.pk, {"type": "progress", "step": step, "total": total, "eta": eta, "preview": image})
+        job_event_soon(self.jobs[k].pk, {"type": "progress", "step": step, "total": total, "eta": eta, "preview": image})
 
 
 def jobs_run(jobs: list[Job]) -> None:
     """Run claimed jobs: one alone through generate(), compatible ones together through
-    generate_batch(). Each job ends on its own: stored, failed, cancelled or given up."""
+    generate_batch(). Each job ends on its own: failed, cancelled or given up here, or handed to
+    the finishing pool to be stored and published."""
     watch = Watch(jobs)
     for job in jobs:
-        job_event(job.pk, {"type": "started", "attempt": job.attempts})
+        job_event_soon(job.pk, {"type": "started", "attempt": job.attempts})
+    outcomes = _outcomes(jobs, watch)
+    watch.save()  # the last steps and previews, before the jobs leave this thread
+    flush()  # previews already handed to the sender go out before any job's end
+    for k, (job, outcome) in enumerate(zip(jobs, outcomes)):
+        if k in watch.reasons or isinstance(outcome, GenerationCancelled):
+            continue  # ended when it stopped (or it is another attempt's now)
+        if isinstance(outcome, Exception):
+            if len(jobs) > 1:
+                log.warning("job %s of a batch of %d failed: %s", job.pk, len(jobs), outcome)
+            job_finish_failed(job=job, attempt=job.attempts, error=f"Generation failed: {outcome}")
+            continue
+        try:
+            FINISHER.submit(job, Finishing(
+                job_id=job.pk, attempt=job.attempts, images=list(outcome.images), indexes=outcome.indexes,
+                seeds=outcome.seeds, texts=[_parameters(outcome, k) for k in range(len(outcome.images))],
+                flagged=outcome.flagged, timings=outcome.timings, batch_size=getattr(outcome, "batch_size", 1)))
+        except Exception:  # this job alone: the others of the batch are finished as usual
+            log.exception("job %s could not be handed over to be finished", job.pk)
+            job_finish_failed(job=job, attempt=job.attempts, error="Generation failed: its images could not be stored.")
+
+
+def _outcomes(jobs: list[Job], watch: Watch) -> list:
+    """Each job's engine result, or the exception that ended it."""
     outcomes: list = [None] * len(jobs)
     requests = {}
     for k, job in enumerate(jobs):
@@ -185,24 +233,17 @@ def jobs_run(jobs: list[Job]) -> None:
             ready = sorted(requests)
             batch = generate_batch([requests[k] for k in ready], should_cancel=lambda: {
                 ready.index(k) for k in watch.stopped() if k in ready}, on_preview=lambda i, *a: watch.preview(
-                ready[i], *a), watermark_payloads=[_payloads(jobs[k]) for k in ready], **engine_options())
+                ready[i], *a), **engine_options())
             for i, k in enumerate(ready):
                 outcomes[k] = batch[i]
     except Exception as error:  # the whole run failed: every job still running fails with it
         log.exception("run of %d job(s) failed", len(jobs))
         outcomes = [outcome or error for outcome in outcomes]
-    for k, (job, outcome) in enumerate(zip(jobs, outcomes)):
-        if k in watch.reasons or isinstance(outcome, GenerationCancelled):
-            continue  # ended when it stopped (or it is another attempt's now)
-        if isinstance(outcome, Exception):
-            if len(jobs) > 1:
-                log.warning("job %s of a batch of %d failed: %s", job.pk, len(jobs), outcome)
-            job_finish_failed(job=job, attempt=job.attempts, error=f"Generation failed: {outcome}")
-            continue
-        images = [_store(job, job.attempts, outcome, i) for i in range(len(outcome.images))]
-        prints = [ImageFingerprint.of(image.id, outcome.images[i]) for i, image in enumerate(images)]
-        if not _publish(job, job.attempts, outcome, images, prints):
-            image_files_delete(images)  # this attempt's own files: another attempt owns the job
+    return outcomes
+
+
+def _parameters(result, k: int) -> str:
+    return result.text if isinstance(result, UpscaleResult) else result.parameters(k)
 
 
 def _request(job: Job) -> GenerationRequest | None:
@@ -214,19 +255,15 @@ def _request(job: Job) -> GenerationRequest | None:
                              vae=job.vae and job.vae.model_ref(), **job.params(), **inputs, **engine_addons(job))
 
 
-def _payloads(job: Job) -> list[bytes]:
-    return [i.to_bytes(8, "big") for i in job.image_ids]
-
-
 def _run_alone(job: Job, request, watch: Watch):
     """A single job: generate() (or the upscaler); its result, or the exception that ended it."""
     try:
         if request is None:
             init_image = job_inputs(job)["init_image"].image
             return upscale(init_image, scale=job.upscale_by, upscaler=job.upscaler, seed=job.seed,
-                           parameters=_source_parameters(job, init_image.size), watermark_payload=_payloads(job)[0])
+                           parameters=_source_parameters(job, init_image.size))
         return generate(request, on_preview=lambda *a: watch.preview(0, *a), should_cancel=lambda: bool(watch.stopped()),
-                        watermark_payloads=_payloads(job), **engine_options())
+                        **engine_options())
     except Exception as error:
         if not isinstance(error, GenerationCancelled):
             log.exception("job %s failed", job.pk)
@@ -238,47 +275,6 @@ def _source_parameters(job: Job, size: tuple[int, int]) -> str:
     return format_parameters(prompt=job.prompt, negative_prompt=job.negative_prompt, steps=job.steps,
                              scheduler=job.scheduler, guidance_scale=job.guidance_scale, seed=job.seed, width=size[0],
                              height=size[1], model_hash=job.checkpoint.short_hash, model_name=job.checkpoint.name)
-
-
-def _store(job: Job, attempt: int, result, k: int) -> Image:
-    """Write image k's PNG (metadata, watermark, C2PA) and WebP thumbnail; the row is not saved yet."""
-    image_id = job.image_ids[result.indexes[k]]
-    png = io.BytesIO()
-    result.save_png(k, png, image_id=f"{image_id:016x}")
-    thumb = result.images[k].copy()
-    thumb.thumbnail((THUMBNAIL_EDGE, THUMBNAIL_EDGE), PILImage.LANCZOS)
-    webp = io.BytesIO()
-    thumb.save(webp, format="WEBP", quality=85)
-    names = image_files_save(image_id=image_id, attempt=attempt, thumbnail=webp.getvalue(),
-                             png=sign_png(png.getvalue(), title=f"{image_id:016x}.png"))
-    width, height = result.images[k].size  # hires fix and "only masked" inpainting change the size
-    return Image(id=image_id, owner_id=job.user_id, job=job, index=result.indexes[k], seed=result.seeds[k],
-                 width=width, height=height, **names)
-
-
-@transaction.atomic
-def _publish(job: Job, attempt: int, result, images: list[Image], prints: list[ImageFingerprint]) -> bool:
-    """Succeed the job with these images if this attempt still owns it; False if it lost it."""
-    finished = Job.objects.filter(pk=job.pk, attempts=attempt, status=Job.RUNNING).update(
-        status=Job.SUCCEEDED, finished_at=timezone.now(), lease_until=None,
-        timings={k: round(v, 4) for k, v in result.timings.items()}, error=_withheld_note(result),
-        batch_size=getattr(result, "batch_size", 1))
-    if not finished:  # cancelled or taken over meanwhile
-        return False
-    Image.objects.bulk_create(images)
-    ImageFingerprint.objects.bulk_create(prints)
-    if result.flagged:
-        share = -(-job.cost * len(result.flagged) // job.num_images)
-        credits_refund(job=job, amount=share, reason="images withheld by the safety checker")
-    shown = [{"id": image.hex_id, "seed": image.seed} for image in images]
-    transaction.on_commit(lambda: job_event(job.pk, {"type": "finished", "images": shown}))
-    return True
-
-
-def _withheld_note(result) -> str:
-    if not result.flagged:
-        return ""
-    return f"{len(result.flagged)} image(s) withheld by the safety checker; their share was refunded."
 
 
 def fingerprints_backfill() -> int:

@@ -9,7 +9,7 @@ from django.core.files.storage import default_storage
 from django.utils import timezone
 
 from generation.models import CreditEntry, Job
-from generation.services import run
+from generation.services import finish, run
 from generation.services.queue import job_claim
 from generation.services.submit import job_submit
 from tests.support import assert_ledger_balanced, params
@@ -23,7 +23,7 @@ def stored(folder: str) -> set[str]:
 def test_a_losing_attempt_never_touches_the_winners_files(db, alice, checkpoint, monkeypatch, when):
     job = job_submit(user=alice, params=params(checkpoint, steps=2, num_images=2))
     first = job_claim(worker="first")
-    save, winner, first_saves = run.image_files_save, {}, []
+    save, winner, first_saves = finish.image_files_save, {}, []
 
     def take_over():
         # The first worker's lease runs out; a second worker claims the job and finishes it.
@@ -43,7 +43,7 @@ def test_a_losing_attempt_never_touches_the_winners_files(db, alice, checkpoint,
                 take_over()
         return names
 
-    monkeypatch.setattr(run, "image_files_save", stalled_save)
+    monkeypatch.setattr(finish, "image_files_save", stalled_save)
     run.job_run(first)
 
     job.refresh_from_db()

@@ -48,9 +48,9 @@ def test_each_job_of_a_batch_ends_as_if_it_ran_alone(alice, bob, carol, checkpoi
             job_submit(user=bob, params=params(checkpoint, num_images=1, seed=2, prompt="a fox in snow")),
             job_submit(user=carol, params=params(checkpoint, num_images=1, seed=3, prompt="a teapot"))]
     # Each image carries its own id in its watermark; compared here are the pictures under it.
-    monkeypatch.setattr("generation.engine.run.embed_watermark", lambda image, payload: image)
+    monkeypatch.setattr("generation.services.finish.embed_watermark", lambda image, payload: image)
     previews = []
-    monkeypatch.setattr(run, "job_event", lambda job_id, event: previews.append((job_id, event["type"])))
+    monkeypatch.setattr(run, "job_event_soon", lambda job_id, event: previews.append((job_id, event["type"])))
     run.jobs_run(jobs_claim(images=8))
 
     batched = {}

@@ -39,7 +39,7 @@ def checker(monkeypatch, settings, tmp_path):
 @pytest.fixture
 def events(monkeypatch):
     sent = []
-    monkeypatch.setattr(run, "job_event", lambda job_id, event: sent.append(event))
+    monkeypatch.setattr(run, "job_event_soon", lambda job_id, event: sent.append(event))
     return sent
 
 

@@ -171,7 +171,7 @@ def test_a_queued_job_hears_its_place_in_the_queue_move(client, checkpoint):
     async def during(socket):
         first = await socket.receive_json_from()
         await in_a_worker_thread(job_claim)
-        return [first, await socket.receive_json_from()]
+        return [first, await socket.receive_json_from(timeout=5)]  # the page hears it within QUEUE_REFRESH_SECONDS
 
     state, moved = watch(client, second, during)
     assert (state["status"], state["position"], state["eta"]) == ("queued", 1, None)  # no job has finished yet

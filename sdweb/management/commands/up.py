@@ -78,8 +78,9 @@ def start_worker_thread():
     worker = app.Worker(pool="solo", concurrency=1, loglevel="WARNING", quiet=True, without_heartbeat=True,
                         without_mingle=True, without_gossip=True, hostname="embedded@sdweb")
     def start():
-        from generation.services.run import engine_warm_up  # SDWEB_COMPILE: compiled before the first job
+        from generation.services.run import FINISHER, engine_warm_up  # SDWEB_COMPILE: compiled before the first job
 
+        FINISHER.start()
         engine_warm_up()
         worker.start()
 
@@ -94,3 +95,6 @@ def stop_worker(worker, wait_seconds: float = 10) -> None:
     while Job.objects.filter(status=Job.RUNNING).exists() and time.monotonic() < deadline:
         time.sleep(0.1)
     worker.stop(in_sighandler=False)
+    from generation.services.finish import FINISHER
+
+    FINISHER.drain(timeout=max(0.0, deadline - time.monotonic()))

@@ -1,0 +1,173 @@
+"""Finishing a run's images beside the denoiser: watermark, PNG with its parameters, C2PA, WebP
+thumbnail, fingerprint, storage and publish run in a bounded pool of processes
+(SDWEB_FINISH_PROCESSES; the work is CPU-bound and would hold the GIL), so the GPU thread starts
+the next run while the last one is finished. Each job is finished on its own: an error fails and
+refunds that job alone and removes the files its attempt wrote; a finishing process that dies
+sends its job back to the queue. Publishing stays one conditional update, so an attempt that lost
+the job meanwhile publishes nothing and nothing is charged twice."""
+
+import concurrent.futures
+import io
+import logging
+import multiprocessing
+import threading
+from dataclasses import dataclass, field
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+from PIL import Image as PILImage
+
+from gallery.models import Image
+from gallery.services import image_files_delete, image_files_save
+from generation import live
+from generation.apps import finishing_process_start
+from generation.engine.metadata import save_png
+from generation.engine.watermark import embed_watermark
+from generation.models import ImageFingerprint, Job
+from generation.provenance import sign_png
+from generation.services.credits import credits_refund
+from generation.services.queue import enqueue_job, job_finish_failed, job_requeue
+
+log = logging.getLogger(__name__)
+THUMBNAIL_EDGE = 256
+# Settings a finishing process takes from its parent: a test's temporary database and folders too.
+INHERITED = ("DATABASES", "STORAGES", "MEDIA_ROOT", "SDWEB")
+
+
+@dataclass
+class Finishing:
+    """What the denoiser made for one job, as a finishing process takes it (no tensors: pictures)."""
+
+    job_id: object
+    attempt: int
+    images: list  # PIL images, kept by the safety checker, not yet watermarked
+    indexes: list[int]  # each image's place among the job's images (its id and payload)
+    seeds: list[int]
+    texts: list[str]  # each image's A1111 parameters
+    flagged: list[int] = field(default_factory=list)
+    timings: dict = field(default_factory=dict)
+    batch_size: int = 1
+
+
+def job_finish(work: Finishing) -> list[tuple]:
+    """Store and publish one job's images; returns the job events to send (the caller sends them:
+    the embedded server's channel layer lives in its own process)."""
+    with live.collected() as events:
+        job = Job.objects.get(pk=work.job_id)
+        images = []
+        try:
+            for k in range(len(work.images)):
+                images.append(_store(job, work, k))
+            prints = [ImageFingerprint.of(image.id, picture) for image, picture in zip(images, work.images)]
+            if not _publish(job, work, images, prints):
+                image_files_delete(images)  # this attempt's own files: another attempt owns the job
+        except Exception:
+            log.exception("job %s: its images could not be finished", job.pk)
+            image_files_delete(images)
+            job_finish_failed(job=job, attempt=work.attempt,
+                              error="Generation failed: its images could not be stored. The credits are back.")
+    return events
+
+
+def _store(job: Job, work: Finishing, k: int) -> Image:
+    """Image k watermarked with its own id, as a PNG (parameters, C2PA) and a WebP thumbnail; the
+    row is not saved yet."""
+    image_id = job.image_ids[work.indexes[k]]
+    picture = work.images[k] = embed_watermark(work.images[k], image_id.to_bytes(8, "big"))
+    png = io.BytesIO()
+    save_png(picture, png, work.texts[k], f"{image_id:016x}")
+    thumb = picture.copy()
+    thumb.thumbnail((THUMBNAIL_EDGE, THUMBNAIL_EDGE), PILImage.LANCZOS)
+    webp = io.BytesIO()
+    thumb.save(webp, format="WEBP", quality=85)
+    names = image_files_save(image_id=image_id, attempt=work.attempt, thumbnail=webp.getvalue(),
+                             png=sign_png(png.getvalue(), title=f"{image_id:016x}.png"))
+    width, height = picture.size  # hires fix and "only masked" inpainting change the size
+    return Image(id=image_id, owner_id=job.user_id, job=job, index=work.indexes[k], seed=work.seeds[k],
+                 width=width, height=height, **names)
+
+
+@transaction.atomic
+def _publish(job: Job, work: Finishing, images: list[Image], prints: list[ImageFingerprint]) -> bool:
+    """Succeed the job with these images if this attempt still owns it; False if it lost it."""
+    flagged = len(work.flagged)
+    finished = Job.objects.filter(pk=job.pk, attempts=work.attempt, status=Job.RUNNING).update(
+        status=Job.SUCCEEDED, finished_at=timezone.now(), lease_until=None,
+        timings={k: round(v, 4) for k, v in work.timings.items()}, batch_size=work.batch_size,
+        error=f"{flagged} image(s) withheld by the safety checker; their share was refunded." if flagged else "")
+    if not finished:  # cancelled or taken over meanwhile
+        return False
+    Image.objects.bulk_create(images)
+    ImageFingerprint.objects.bulk_create(prints)
+    if flagged:
+        credits_refund(job=job, amount=-(-job.cost * flagged // job.num_images),
+                       reason="images withheld by the safety checker")
+    shown = [{"id": image.hex_id, "seed": image.seed} for image in images]
+    transaction.on_commit(lambda: live.job_event(job.pk, {"type": "finished", "images": shown}))
+    return True
+
+
+class Finisher:
+    """The worker's finishing pool. At most twice as many jobs wait for it as it has processes:
+    past that the denoiser waits, since the CPU is then what limits the worker."""
+
+    def __init__(self):
+        self.pool, self.lock = None, threading.Lock()
+        self.pending: set[concurrent.futures.Future] = set()
+
+    def start(self) -> None:
+        """Start the processes now (a worker's start), so the first job doesn't wait for them."""
+        if settings.SDWEB["FINISH_PROCESSES"]:
+            self._pool()
+
+    def submit(self, job: Job, work: Finishing) -> None:
+        processes = settings.SDWEB["FINISH_PROCESSES"]
+        if not processes:
+            _send(job_finish(work))
+            return
+        concurrent.futures.wait(self.pending.copy() if len(self.pending) >= 2 * processes else (),
+                                return_when=concurrent.futures.FIRST_COMPLETED)
+        future = self._pool().submit(job_finish, work)
+        self.pending.add(future)
+        future.add_done_callback(lambda done: self._done(job, work.attempt, done))
+
+    def _done(self, job: Job, attempt: int, future) -> None:
+        try:
+            events = future.result()
+        except Exception as error:  # the process died (or the work could not reach it): its job starts over
+            log.error("job %s: its finishing process failed (%s); the job goes back to the queue", job.pk, error)
+            if isinstance(error, concurrent.futures.process.BrokenProcessPool):
+                with self.lock:
+                    self.pool = None
+            with live.collected() as events:
+                if attempt < settings.SDWEB["ATTEMPT_LIMIT"]:
+                    job_requeue(job=job, attempt=attempt)
+                    transaction.on_commit(enqueue_job)
+                else:
+                    job_finish_failed(job=job, attempt=attempt,
+                                      error=f"The worker stopped {attempt} times; giving up.")
+        finally:
+            self.pending.discard(future)
+        _send(events)
+
+    def _pool(self) -> concurrent.futures.ProcessPoolExecutor:
+        with self.lock:
+            if self.pool is None:
+                inherited = {name: getattr(settings, name) for name in INHERITED}
+                self.pool = concurrent.futures.ProcessPoolExecutor(
+                    settings.SDWEB["FINISH_PROCESSES"], mp_context=multiprocessing.get_context("spawn"),
+                    initializer=finishing_process_start, initargs=(inherited,))
+            return self.pool
+
+    def drain(self, timeout: float | None = None) -> None:
+        """Wait for the jobs being finished (a worker that stops; tests)."""
+        concurrent.futures.wait(self.pending.copy(), timeout=timeout)
+
+
+def _send(events: list[tuple]) -> None:
+    for job_id, event in events:
+        live.job_event(job_id, event)
+
+
+FINISHER = Finisher()
