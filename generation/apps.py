@@ -36,6 +36,6 @@ def finishing_process_start(inherited: dict) -> None:
     import django
     from django.conf import settings
 
-    django.setup()
-    for name, value in inherited.items():
+    for name, value in inherited.items():  # before setup: nothing may have read them yet
         setattr(settings, name, value)
+    django.setup()

@@ -11,6 +11,7 @@ import io
 import logging
 import multiprocessing
 import threading
+import time
 from dataclasses import dataclass, field
 
 from django.conf import settings
@@ -147,9 +148,10 @@ class Finisher:
                 else:
                     job_finish_failed(job=job, attempt=attempt,
                                       error=f"The worker stopped {attempt} times; giving up.")
+        try:
+            _send(events)
         finally:
-            self.pending.discard(future)
-        _send(events)
+            self.pending.discard(future)  # last: drain() returns once the job's end is told
 
     def _pool(self) -> concurrent.futures.ProcessPoolExecutor:
         with self.lock:
@@ -160,9 +162,11 @@ class Finisher:
                     initializer=finishing_process_start, initargs=(inherited,))
             return self.pool
 
-    def drain(self, timeout: float | None = None) -> None:
+    def drain(self, timeout: float = 60) -> None:
         """Wait for the jobs being finished (a worker that stops; tests)."""
-        concurrent.futures.wait(self.pending.copy(), timeout=timeout)
+        deadline = time.monotonic() + timeout
+        while self.pending and time.monotonic() < deadline:
+            time.sleep(0.01)
 
 
 def _send(events: list[tuple]) -> None:

@@ -145,3 +145,58 @@ def test_sdweb_compile_warms_up_each_size_at_batch_1_and_the_limit(checkpoint, m
     assert compiled == [checkpoint.name]
     assert [(len(r), r[0][:2]) for r in runs] == [(1, (256, 256)), (3, (256, 256)), (1, (320, 256)), (3, (320, 256))]
     assert {name for r in runs for _, _, name in r} == {checkpoint.name}
+
+
+def test_one_jobs_storage_error_fails_that_job_alone(alice, bob, carol, checkpoint, monkeypatch):
+    from generation.services import finish
+
+    jobs = [job_submit(user=user, params=params(checkpoint, seed=s)) for s, user in enumerate((alice, bob, carol))]
+    save, written = finish.image_files_save, []
+
+    def full_disk_for_bob(**files):
+        if files["image_id"] in jobs[1].image_ids[1:]:  # his first image was written, then the disk was full
+            raise OSError("No space left on device")
+        written.append(save(**files))
+        return written[-1]
+
+    monkeypatch.setattr(finish, "image_files_save", full_disk_for_bob)
+    run.jobs_run(jobs_claim(images=8))
+    for job in jobs:
+        job.refresh_from_db()
+    assert [(j.status, j.images.count(), refunds(j)) for j in jobs] == [
+        ("succeeded", 2, 0), ("failed", 0, 1), ("succeeded", 2, 0)]
+    assert "could not be stored" in jobs[1].error and "space" not in jobs[1].error  # nothing of the server shown
+    from django.core.files.storage import default_storage
+
+    bobs = [names for names in written if any(f"{i:016x}" in str(names) for i in jobs[1].image_ids)]
+    assert bobs and not any(default_storage.exists(name) for names in bobs for name in names.values())
+    assert_ledger_balanced()
+
+
+def test_a_newcomer_is_considered_however_deep_the_queue(alice, checkpoint, settings):
+    """20 users with 10 jobs each, all of whom have had jobs started lately; a newcomer's job is
+    the fairest, though 200 older jobs wait (the claim once looked at the 200 oldest only)."""
+    settings.SDWEB = {**settings.SDWEB, "ACTIVE_JOB_CAP": 100}
+    regulars = User.objects.bulk_create([User(username=f"regular{n}") for n in range(20)])
+    template = job_submit(user=alice, params=params(checkpoint, num_images=1))
+    fields = {f: getattr(template, f) for f in Job.PARAMS} | {"checkpoint": checkpoint, "cost": 1}
+    from django.utils import timezone
+
+    Job.objects.bulk_create([Job(user=u, status="succeeded", started_at=timezone.now(), image_ids=[0], **fields)
+                             for u in regulars] + [Job(user=u, image_ids=[n], **fields)
+                                                   for u in regulars for n in range(10)])
+    Job.objects.filter(pk=template.pk).update(created_at=timezone.now())  # alice's: the newest job of all
+    assert [j.pk for j in jobs_claim(images=1)] == [template.pk]
+
+
+def test_small_users_start_within_one_batch_of_a_big_one(alice, bob, carol, checkpoint, settings):
+    """SwarmUI users' case (#1551): A queues 32, B 2, C 3."""
+    settings.SDWEB = {**settings.SDWEB, "ACTIVE_JOB_CAP": 40}
+    big = [job_submit(user=alice, params=params(checkpoint, num_images=1, seed=s)) for s in range(32)]
+    small = [job_submit(user=u, params=params(checkpoint, num_images=1, seed=s)) for u, n in ((bob, 2), (carol, 3))
+             for s in range(n)]
+    first = jobs_claim(images=4)
+    second = jobs_claim(images=4)
+    assert first[0].pk == big[0].pk and {j.user_id for j in first} == {alice.pk, bob.pk, carol.pk}
+    started = {j.pk for j in first + second}
+    assert sum(j.pk in started for j in small) == 5 and sum(j.pk in started for j in big) == 3

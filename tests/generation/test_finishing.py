@@ -1,0 +1,67 @@
+"""The finishing processes: a run's images are watermarked, stored and published in a pool of
+processes beside the denoiser (real processes, started as a worker starts them), each job on its own."""
+
+import os
+
+import pytest
+from PIL import Image as PILImage
+
+from generation import live
+from generation.engine import read_watermark
+from generation.models import CreditEntry, Job
+from generation.services import finish, run
+from generation.services.queue import jobs_claim
+from generation.services.submit import job_submit
+from tests.support import assert_ledger_balanced, params, refunds
+
+
+@pytest.fixture
+def finisher(transactional_db, settings, monkeypatch):
+    """A worker's finishing pool with one process; the events it has the parent send, in order."""
+    settings.SDWEB = {**settings.SDWEB, "FINISH_PROCESSES": 1}
+    pool, sent = finish.Finisher(), []
+    monkeypatch.setattr(run, "FINISHER", pool)
+    monkeypatch.setattr(live, "job_event", lambda job_id, event: sent.append((job_id, event["type"])))
+    pool.start()
+    yield sent
+    pool.drain()
+    if pool.pool is not None:
+        pool.pool.shutdown()
+
+
+def test_a_batch_is_finished_in_another_process_and_each_job_is_told(finisher, alice, carol, checkpoint):
+    jobs = [job_submit(user=user, params=params(checkpoint, seed=s)) for s, user in enumerate((alice, carol))]
+    run.jobs_run(jobs_claim(images=8))
+    run.FINISHER.drain()
+    for job in jobs:
+        job.refresh_from_db()
+        assert (job.status, job.batch_size, job.images.count(), refunds(job)) == ("succeeded", 2, 2, 0)
+        for image in job.images.all():
+            assert read_watermark(PILImage.open(image.png)) == image.id.to_bytes(8, "big")
+            assert image.owner_id == job.user_id
+        assert (job.pk, "finished") in finisher
+    assert os.getpid() not in {pid for pid in run.FINISHER.pool._processes}  # not finished on this process
+    assert_ledger_balanced()
+
+
+class DiesWhenUnpacked:
+    """A picture that kills the finishing process that receives it, as a crash would."""
+
+    def __reduce__(self):
+        return os._exit, (3,)
+
+
+def test_a_finishing_process_that_dies_sends_its_job_back_to_the_queue_charged_once(finisher, alice, checkpoint):
+    job = job_submit(user=alice, params=params(checkpoint))
+    claimed = jobs_claim(images=1)
+    run.FINISHER.submit(claimed[0], finish.Finishing(job_id=job.pk, attempt=1, images=[DiesWhenUnpacked()],
+                                                     indexes=[0], seeds=[job.seed], texts=[""]))
+    run.FINISHER.drain()
+    job.refresh_from_db()
+    assert (job.status, job.attempts, job.images.count()) == ("queued", 1, 0)
+    run.jobs_run(jobs_claim(images=1))  # a new pool process finishes it the second time
+    run.FINISHER.drain()
+    job.refresh_from_db()
+    assert (job.status, job.attempts, job.images.count()) == ("succeeded", 2, 2)
+    assert CreditEntry.objects.filter(job=job, kind="charge").count() == 1 and refunds(job) == 0
+    assert_ledger_balanced()
