@@ -11,6 +11,10 @@ CPU (the built-in tiny model; the ratio here is whatever it is):
     .venv/bin/python bench/throughput.py --seconds 20
 GPU (SD 1.5's full-size architecture, random weights: the same cost as real ones):
     python bench/throughput.py --model sd15 --size 512 --steps 30 --batch 8
+Stand-in GPU (bench/standin.py: the UNet sleeps 25 ms x batch^0.3 a step; everything else real),
+finishing processes off (SDWEB_FINISH_PROCESSES=0) and on, interleaved:
+    .venv/bin/python bench/throughput.py --standin-ms 25 --compare pipeline --steps 20 --batch 8 --users 1 8 32 \
+        --seconds 60 --repeats 3
 """
 
 import argparse
@@ -43,6 +47,10 @@ def main() -> None:
     parser.add_argument("--wait-ms", type=int, default=30, help="SDWEB_BATCH_WAIT_MS")
     parser.add_argument("--users", type=int, nargs="+", default=[1, 4, 8, 16])
     parser.add_argument("--seconds", type=float, default=30, help="measured time per user count")
+    parser.add_argument("--standin-ms", type=float, default=0, help="a stand-in GPU's step time (bench/standin.py)")
+    parser.add_argument("--compare", choices=["batching", "pipeline"], default="batching",
+                        help="batching: SDWEB_BATCH_MAX 1 vs --batch; pipeline: finishing processes off vs on")
+    parser.add_argument("--repeats", type=int, default=1, help="rounds of every mode, interleaved")
     parser.add_argument("--poll", type=float, default=0.5, help="seconds between a user's looks at its job; the "
                         "web process shares its CPU with the worker, so faster polling slows the studio down")
     args = parser.parse_args()
@@ -55,13 +63,17 @@ def main() -> None:
         model = Path(tempfile.mkdtemp()) / "sd15-random"
         build_sd15(model)
     rows = []
-    for batch in (1, args.batch):
-        with Studio(batch, args.wait_ms, model) as studio:
-            studio.submit_and_wait(studio.keys[0], job(random.Random(0), args))  # loads the model
-            for users in args.users:
-                rows.append(dict(batch=batch, users=users, **studio.measure(users, args)))
-                print(json.dumps(rows[-1]), flush=True)
-
+    modes = [(1, None), (args.batch, None)] if args.compare == "batching" else [(args.batch, 0), (args.batch, None)]
+    for _ in range(args.repeats):
+        for batch, finishing in modes:
+            with Studio(batch, args.wait_ms, model, finishing, args.standin_ms) as studio:
+                studio.submit_and_wait(studio.keys[0], job(random.Random(0), args))  # loads the model
+                for users in args.users:
+                    rows.append(dict(batch=batch, finishing=finishing, users=users, **studio.measure(users, args)))
+                    print(json.dumps(rows[-1]), flush=True)
+    if args.compare == "pipeline":
+        pipeline_table(rows, args)
+        return
     print(f"\n{studio.device}: {args.model}, {args.size}x{args.size}, {args.steps} steps, Euler a (1 job in 10 DPM++ 2M "
           f"Karras), {args.seconds:.0f} s per row; batching off = SDWEB_BATCH_MAX 1, on = {args.batch}")
     print(f"{'users':>5}{'batch':>7}{'images/s':>10}{'p50 s':>8}{'p95 s':>8}{'GPU %':>7}{'CPU %':>7}{'mean batch':>12}"
@@ -75,6 +87,24 @@ def main() -> None:
               f"{_pct(r['gpu_busy']):>7}{_pct(r['cpu_busy']):>7}{r['mean_batch']:>12.2f}{ratio}")
     if os.environ.get("OUT"):
         Path(os.environ["OUT"], "throughput.json").write_text(json.dumps(dict(device=studio.device, rows=rows)))
+
+
+def pipeline_table(rows, args) -> None:
+    """Medians over the repeats, finishing processes off and on side by side."""
+    def ceiling(users):
+        return min(users, args.batch) / (args.standin_ms / 1000 * min(users, args.batch) ** 0.3 * args.steps)
+    print(f"\nstand-in GPU {args.standin_ms:g} ms x batch^0.3 a step, {args.steps} steps, {args.size} px, batch up to "
+          f"{args.batch}, {args.seconds:.0f} s per row, median of {args.repeats}")
+    print(f"{'users':>5}{'finishing':>11}{'images/s':>10}{'of ceiling':>12}{'p50 s':>8}{'p95 s':>8}{'stand-in %':>12}"
+          f"{'CPU %':>7}{'mean batch':>12}")
+    for users in args.users:
+        for finishing in (0, None):
+            mine = [r for r in rows if r["users"] == users and r["finishing"] == finishing]
+            med = {k: statistics.median(r[k] for r in mine) for k in ("images_per_s", "p50_s", "p95_s", "standin_busy",
+                                                                       "cpu_busy", "mean_batch")}
+            print(f"{users:>5}{'off' if finishing == 0 else 'on':>11}{med['images_per_s']:>10.2f}"
+                  f"{med['images_per_s'] / ceiling(users):>12.2f}{med['p50_s']:>8.2f}{med['p95_s']:>8.2f}"
+                  f"{100 * med['standin_busy']:>12.0f}{med['cpu_busy']:>7.0f}{med['mean_batch']:>12.2f}")
 
 
 def _pct(value) -> str:
@@ -93,9 +123,12 @@ def job(rng: random.Random, args) -> dict:
 class Studio:
     """`manage.py up` in a fresh var folder, with 16 users holding API keys and credits."""
 
-    def __init__(self, batch: int, wait_ms: int, model: Path | None):
+    def __init__(self, batch: int, wait_ms: int, model: Path | None, finishing: int | None = None, standin_ms: float = 0):
         self.var = Path(tempfile.mkdtemp(prefix="sdweb-throughput-"))
+        self.standin = standin_ms > 0
         self.env = {**os.environ, "SDWEB_VAR_DIR": str(self.var), "SDWEB_BATCH_MAX": str(batch),
+                    "BENCH_STANDIN_MS": str(standin_ms),
+                    **({"SDWEB_FINISH_PROCESSES": str(finishing)} if finishing is not None else {}),
                     "SDWEB_BATCH_WAIT_MS": str(wait_ms), "SDWEB_API_RATE": "100000/min",
                     "SDWEB_ACTIVE_JOB_CAP": "100", "PYTHONUNBUFFERED": "1", "DJANGO_SETTINGS_MODULE": "sdweb.settings"}
         self.model, self.port = model, _free_port()
@@ -112,7 +145,8 @@ class Studio:
         info = json.loads(made.stdout.strip().splitlines()[-1])
         self.keys, self.device = info["keys"], info["device"]
         self.log = open(self.var / "up.log", "w")
-        self.process = subprocess.Popen(manage + ["up", "--port", str(self.port)], cwd=ROOT, env=self.env,
+        server = [sys.executable, "bench/standin.py"] if self.standin else manage
+        self.process = subprocess.Popen(server + ["up", "--port", str(self.port)], cwd=ROOT, env=self.env,
                                         stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 300
         while not _answers(self.base + "/healthz"):
@@ -151,13 +185,14 @@ class Studio:
                 with lock:
                     done.append(finished)
 
-        busy = Busy(self.process.pid)
+        busy, standin = Busy(self.process.pid), self.standin_seconds()
         threads = [threading.Thread(target=user, args=(k,)) for k in range(users)]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
         gpu, cpu = busy.stop()
+        standin = self.standin_seconds() - standin
         ended = max(datetime.fromisoformat(j["finished_at"]) for j in done)
         ok = [j for j in done if j["status"] == "succeeded"]
         latencies = sorted((datetime.fromisoformat(j["finished_at"]) - datetime.fromisoformat(j["created_at"]))
@@ -165,7 +200,13 @@ class Studio:
         return dict(images_per_s=sum(len(j["images"]) for j in ok) / (ended - started).total_seconds(),
                     p50_s=statistics.median(latencies), p95_s=latencies[max(0, round(0.95 * len(latencies)) - 1)],
                     jobs=len(ok), failed=len(done) - len(ok), gpu_busy=gpu, cpu_busy=cpu,
+                    standin_busy=standin / (ended - started).total_seconds(),
                     mean_batch=statistics.mean(j.get("batch_size", 1) for j in ok))
+
+
+    def standin_seconds(self) -> float:
+        busy = self.var / "standin-busy"
+        return float(busy.read_text() or 0) if busy.exists() else 0.0
 
 
 class Busy:
@@ -205,7 +246,7 @@ from generation.services.credits import credits_change
 from sdweb.services import api_key_create
 checkpoint_ensure_test_model()
 keys = []
-for k in range(16):
+for k in range(32):
     user = User.objects.create_user(f"user{k}")
     credits_change(user=user, kind="adjust", amount=10**6, reason="benchmark")
     keys.append(api_key_create(user=user, name="bench")[1])

@@ -8,7 +8,7 @@ from PIL import Image as PILImage
 
 from generation import live
 from generation.engine import read_watermark
-from generation.models import CreditEntry, Job
+from generation.models import CreditEntry
 from generation.services import finish, run
 from generation.services.queue import jobs_claim
 from generation.services.submit import job_submit
