@@ -109,10 +109,12 @@ def upload(image) -> io.BytesIO:
 
 def make_images(kind: str, count: int, size: int):
     """`count` images of `kind` made through submit -> run -> publish; (image row, unmarked picture)."""
+    from django.conf import settings
     from django.contrib.auth.models import User
 
     import generation.services.run as run
     from generation.engine.watermark import embed_watermark
+    from generation.services import finish
     from generation.services.checkpoints import checkpoint_ensure_test_model
     from generation.services.credits import credits_grant
     from generation.services.queue import job_claim
@@ -120,15 +122,13 @@ def make_images(kind: str, count: int, size: int):
 
     made, unmarked, real_generate = [], {}, run.generate
 
-    def recorded(generate):  # keeps each picture as it was before the watermark, for PSNR and the old mark
-        def wrapped(request, *, watermark_payloads, **options):
-            result = generate(request, **options)
-            unmarked.update(zip(watermark_payloads, result.images))
-            result.images = [embed_watermark(im, p) for im, p in zip(result.images, watermark_payloads)]
-            return result
-        return wrapped
+    def recorded(picture, payload):  # keeps each picture as it was before the watermark, for PSNR and the old mark
+        unmarked[payload] = picture
+        return embed_watermark(picture, payload)
 
-    run.generate = recorded(photo_generate if kind == "photo" else real_generate)
+    settings.SDWEB["FINISH_PROCESSES"] = 0  # finished here, where the pictures are recorded
+    finish.embed_watermark = recorded
+    run.generate = photo_generate if kind == "photo" else real_generate
     user, _ = User.objects.get_or_create(username=f"bench-{kind}")
     credits_grant(user=user, amount=100_000, reason="provenance bench")
     checkpoint = checkpoint_ensure_test_model()
@@ -142,7 +142,7 @@ def make_images(kind: str, count: int, size: int):
             image = job.images.get()
             made.append((image, unmarked[image.watermark_payload]))
     finally:
-        run.generate = real_generate
+        run.generate, finish.embed_watermark = real_generate, embed_watermark
     return made
 
 
