@@ -96,15 +96,17 @@ def pipeline_table(rows, args) -> None:
     print(f"\nstand-in GPU {args.standin_ms:g} ms x batch^0.3 a step, {args.steps} steps, {args.size} px, batch up to "
           f"{args.batch}, {args.seconds:.0f} s per row, median of {args.repeats}")
     print(f"{'users':>5}{'finishing':>11}{'images/s':>10}{'of ceiling':>12}{'p50 s':>8}{'p95 s':>8}{'stand-in %':>12}"
-          f"{'CPU %':>7}{'mean batch':>12}")
+          f"{'CPU %':>7}{'mean batch':>12}{'ETA error':>11}")
     for users in args.users:
         for finishing in (0, None):
             mine = [r for r in rows if r["users"] == users and r["finishing"] == finishing]
             med = {k: statistics.median(r[k] for r in mine) for k in ("images_per_s", "p50_s", "p95_s", "standin_busy",
                                                                        "cpu_busy", "mean_batch")}
+            errors = [r["eta_error"] for r in mine if r["eta_error"] is not None]
+            med["eta"] = f"{100 * statistics.median(errors):.0f}%" if errors else "-"
             print(f"{users:>5}{'off' if finishing == 0 else 'on':>11}{med['images_per_s']:>10.2f}"
                   f"{med['images_per_s'] / ceiling(users):>12.2f}{med['p50_s']:>8.2f}{med['p95_s']:>8.2f}"
-                  f"{100 * med['standin_busy']:>12.0f}{med['cpu_busy']:>7.0f}{med['mean_batch']:>12.2f}")
+                  f"{100 * med['standin_busy']:>12.0f}{med['cpu_busy']:>7.0f}{med['mean_batch']:>12.2f}{med['eta']:>11}")
 
 
 def _pct(value) -> str:
@@ -167,11 +169,11 @@ class Studio:
             return json.loads(response.read())
 
     def submit_and_wait(self, key, body, poll=0.5) -> dict:
-        job_id = self.call(key, "/api/v1/jobs/", body)["id"]
+        submitted = self.call(key, "/api/v1/jobs/", body)
         while True:
-            job = self.call(key, f"/api/v1/jobs/{job_id}/")
+            job = self.call(key, f"/api/v1/jobs/{submitted['id']}/")
             if job["status"] not in ("queued", "running"):
-                return job
+                return {**job, "eta_at_submit": submitted.get("queue_eta")}
             time.sleep(poll)  # latency comes from the server's own timestamps
 
     def measure(self, users: int, args) -> dict:
@@ -197,7 +199,12 @@ class Studio:
         ok = [j for j in done if j["status"] == "succeeded"]
         latencies = sorted((datetime.fromisoformat(j["finished_at"]) - datetime.fromisoformat(j["created_at"]))
                            .total_seconds() for j in ok)
-        return dict(images_per_s=sum(len(j["images"]) for j in ok) / (ended - started).total_seconds(),
+        waits = [((datetime.fromisoformat(j["started_at"]) - datetime.fromisoformat(j["created_at"])).total_seconds(),
+                  j["eta_at_submit"]) for j in ok if j["eta_at_submit"] is not None]
+        long_waits = [abs(eta - wait) / wait for wait, eta in waits if wait >= 1]
+        return dict(eta_error=statistics.median(long_waits) if long_waits else None, eta_waits=len(long_waits),
+                    eta_abs_s=statistics.median(abs(eta - wait) for wait, eta in waits) if waits else None,
+                    images_per_s=sum(len(j["images"]) for j in ok) / (ended - started).total_seconds(),
                     p50_s=statistics.median(latencies), p95_s=latencies[max(0, round(0.95 * len(latencies)) - 1)],
                     jobs=len(ok), failed=len(done) - len(ok), gpu_busy=gpu, cpu_busy=cpu,
                     standin_busy=standin / (ended - started).total_seconds(),

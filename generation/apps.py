@@ -33,6 +33,11 @@ class GenerationConfig(AppConfig):
 def finishing_process_start(inherited: dict) -> None:
     """A finishing process (services.finish): Django with its parent's settings (a test's temporary
     database and folders too), and no torch. It lives here because this module imports no model."""
+    import os
+
+    # One thread each for numpy's BLAS and OpenCV: several processes each using every core would
+    # starve the denoiser beside them.
+    os.environ.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENCV_FOR_THREADS_NUM="1")
     import django
     from django.conf import settings
 

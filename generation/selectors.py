@@ -37,18 +37,23 @@ def queue_position(job: Job) -> int:
 
 
 def queue_wait(job: Job) -> dict:
-    """What a queued job's page shows: jobs ahead (queued and running) and an ETA in seconds: the
-    jobs ahead times the time between job ends lately (the studio's measured throughput, whatever
-    its workers and batches), or the median job time over the running jobs while too few ended."""
+    """What a queued job's page shows: jobs ahead (queued and running) and an ETA in seconds. From
+    the last 20 jobs: the time between job ends (the studio's throughput, whatever its workers) and
+    how many jobs shared a run. Runs end every `each x shared` seconds and each takes `shared` of the
+    queued jobs ahead, so this one starts after the runs that take them, plus half of the one now
+    running. While too few jobs ended lately: the median job time over the running jobs."""
     running = Job.objects.filter(status=Job.RUNNING).count()
-    ahead = queue_position(job) + running
+    queued_before = queue_position(job)
+    ahead = queued_before + running
     recent = list(Job.objects.filter(status=Job.SUCCEEDED, started_at__isnull=False, finished_at__gte=timezone.now()
                                      - timedelta(minutes=10)).order_by("-finished_at").values_list(
-        "started_at", "finished_at")[:20])
+        "started_at", "finished_at", "batch_size")[:20])
     if len(recent) >= 5 and recent[0][1] > recent[-1][1]:
         each = (recent[0][1] - recent[-1][1]).total_seconds() / (len(recent) - 1)
-        return {"position": ahead, "eta": round((ahead + 1) * each, 1)}
-    durations = [(finished - started).total_seconds() for started, finished in recent]
+        shared = len(recent) / sum(1 / size for _, _, size in recent)  # jobs per run
+        runs = queued_before // shared + (0.5 if running else 0)
+        return {"position": ahead, "eta": round(runs * each * shared, 1)}
+    durations = [(finished - started).total_seconds() for started, finished, _ in recent]
     # The running jobs hold the workers: the queue drains about `running` jobs per typical job time.
     eta = round(ahead * statistics.median(durations) / max(1, running), 1) if durations else None
     return {"position": ahead, "eta": eta}

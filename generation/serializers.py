@@ -8,7 +8,7 @@ from generation.engine.request import MAX_PROMPT_CHARS, MAX_SEED, MAX_STEPS
 from generation.engine.schedulers import SCHEDULERS
 from generation.models import HIRES_PARAMS, IMAGE_INPUT_PARAMS, AddOn, Checkpoint, CreditEntry, Job, Vae
 from generation.presenters import job_images
-from generation.selectors import queue_position
+from generation.selectors import queue_position, queue_wait
 
 
 @extend_schema_field({"type": "string", "format": "binary"})
@@ -143,7 +143,10 @@ class JobSerializer(serializers.ModelSerializer):
     vae = serializers.CharField(source="vae.name", default=None, allow_null=True,
                                 help_text="The VAE file that decoded the images; null: the checkpoint's own.")
     images = serializers.SerializerMethodField(help_text="The stored images, once the job succeeded.")
-    queue_position = serializers.SerializerMethodField(help_text="Queued jobs ahead of this one, while queued.")
+    queue_position = serializers.SerializerMethodField(help_text="Queued jobs ahead of this one in the fair order, "
+                                                       "while queued.")
+    queue_eta = serializers.SerializerMethodField(help_text="Seconds until it should start, while queued (null until "
+                                                  "jobs have finished to measure by).")
     mode = serializers.CharField(read_only=True, help_text="txt2img, img2img or inpaint.")
     init_image_id = serializers.SerializerMethodField(help_text="The image of yours it started from, if one did.")
     addons = serializers.SerializerMethodField(help_text="The LoRAs, embeddings and ControlNet units it used: kind, "
@@ -155,7 +158,7 @@ class JobSerializer(serializers.ModelSerializer):
                   "guidance_scale", "scheduler", "seed", "num_images", "clip_skip", "refiner", "refiner_switch_at",
                   "vae", "mode", *IMAGE_INPUT_PARAMS, "init_image_sha256", "init_image_id", "mask_sha256",
                   *HIRES_PARAMS, "addons", "cost", "created_at", "started_at",
-                  "finished_at", "attempts", "progress_step", "progress_total", "queue_position", "error",
+                  "finished_at", "attempts", "progress_step", "progress_total", "queue_position", "queue_eta", "error",
                   "timings", "batch_size", "images"]
         extra_kwargs = {
             "id": {"help_text": "The job's id."},
@@ -178,7 +181,7 @@ class JobSerializer(serializers.ModelSerializer):
             "cost": {"help_text": "Credits charged (refunded if it failed or was cancelled)."},
             "progress_step": {"help_text": "Denoising steps done."},
             "progress_total": {"help_text": "Denoising steps in all."},
-            "timings": {"help_text": "Seconds per stage: load, text_encode, denoise, decode, watermark, total."},
+            "timings": {"help_text": "Seconds per stage in the engine: load, text_encode, denoise, decode, safety, total."},
             "error": {"help_text": "Why it failed, when it did."},
             "init_image_sha256": {"help_text": "SHA-256 of the starting image as received."},
             "mask_sha256": {"help_text": "SHA-256 of the mask as received."},
@@ -197,6 +200,9 @@ class JobSerializer(serializers.ModelSerializer):
 
     def get_queue_position(self, job) -> int | None:
         return queue_position(job) if job.status == Job.QUEUED else None
+
+    def get_queue_eta(self, job) -> float | None:
+        return queue_wait(job)["eta"] if job.status == Job.QUEUED else None
 
 
 class CheckpointSerializer(serializers.ModelSerializer):

@@ -41,4 +41,4 @@ def worker_stop(**kwargs):
     """The images of the last run are finished before the worker goes."""
     from generation.services.run import FINISHER
 
-    FINISHER.drain(timeout=30)
+    FINISHER.close(timeout=30)

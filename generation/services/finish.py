@@ -119,8 +119,8 @@ class Finisher:
 
     def start(self) -> None:
         """Start the processes now (a worker's start), so the first job doesn't wait for them."""
-        if settings.SDWEB["FINISH_PROCESSES"]:
-            self._pool()
+        for _ in range(settings.SDWEB["FINISH_PROCESSES"]):
+            self._pool().submit(int)
 
     def submit(self, job: Job, work: Finishing) -> None:
         processes = settings.SDWEB["FINISH_PROCESSES"]
@@ -156,6 +156,9 @@ class Finisher:
     def _pool(self) -> concurrent.futures.ProcessPoolExecutor:
         with self.lock:
             if self.pool is None:
+                # A Celery prefork pool process is marked daemonic, which multiprocessing takes to
+                # mean "no children"; these are shut down with it (tasks.worker_stop, up's stop).
+                multiprocessing.current_process()._config["daemon"] = False
                 inherited = {name: getattr(settings, name) for name in INHERITED}
                 self.pool = concurrent.futures.ProcessPoolExecutor(
                     settings.SDWEB["FINISH_PROCESSES"], mp_context=multiprocessing.get_context("spawn"),
@@ -163,10 +166,18 @@ class Finisher:
             return self.pool
 
     def drain(self, timeout: float = 60) -> None:
-        """Wait for the jobs being finished (a worker that stops; tests)."""
+        """Wait for the jobs being finished (tests)."""
         deadline = time.monotonic() + timeout
         while self.pending and time.monotonic() < deadline:
             time.sleep(0.01)
+
+    def close(self, timeout: float = 60) -> None:
+        """A worker that stops: the jobs being finished are finished, then the processes end."""
+        self.drain(timeout)
+        with self.lock:
+            pool, self.pool = self.pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _send(events: list[tuple]) -> None:

@@ -136,7 +136,9 @@ class Watch:
             for k in live:
                 if self.jobs[k].pk not in rows or rows[self.jobs[k].pk]:
                     self.stop([k], "cancel" if self.jobs[k].pk in rows else "lost")
-            if time.monotonic() - self.saved >= settings.SDWEB["PROGRESS_SAVE_SECONDS"]:
+            now = time.monotonic()
+            if (now - self.saved >= settings.SDWEB["PROGRESS_SAVE_SECONDS"]
+                    or now - self.renewed > self.lease.total_seconds() / 4):
                 self.save()
         return set(self.reasons)
 

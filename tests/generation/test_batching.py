@@ -200,3 +200,26 @@ def test_small_users_start_within_one_batch_of_a_big_one(alice, bob, carol, chec
     assert first[0].pk == big[0].pk and {j.user_id for j in first} == {alice.pk, bob.pk, carol.pk}
     started = {j.pk for j in first + second}
     assert sum(j.pk in started for j in small) == 5 and sum(j.pk in started for j in big) == 3
+
+
+def test_per_step_work_is_one_query_for_the_whole_batch(alice, bob, carol, checkpoint, monkeypatch, settings):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    settings.SDWEB = {**settings.SDWEB, "PROGRESS_SAVE_SECONDS": 3600}  # saved once, when the run ends
+    jobs = [job_submit(user=user, params=params(checkpoint, steps=6, seed=s)) for s, user in enumerate((alice, bob, carol))]
+    calls, queries = [], []
+    for name in ("stopped", "preview"):
+        def counted(self, *args, real=getattr(run.Watch, name), name=name):
+            with CaptureQueriesContext(connection) as made:
+                result = real(self, *args)
+            calls.append(name)
+            queries.extend(made.captured_queries)
+            return result
+        monkeypatch.setattr(run.Watch, name, counted)
+    run.jobs_run(jobs_claim(images=8))
+    assert calls.count("preview") == 3 * 6  # every job's every step previewed (tests send every step)...
+    assert len(queries) == calls.count("stopped") <= 6 + 1  # ...and per step one query for the batch
+    for job in jobs:
+        job.refresh_from_db()
+        assert (job.status, job.progress_step, job.previews_sent) == ("succeeded", 6, 6)  # all saved at the end

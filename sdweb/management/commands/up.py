@@ -97,4 +97,4 @@ def stop_worker(worker, wait_seconds: float = 10) -> None:
     worker.stop(in_sighandler=False)
     from generation.services.finish import FINISHER
 
-    FINISHER.drain(timeout=max(0.0, deadline - time.monotonic()))
+    FINISHER.close(timeout=max(0.0, deadline - time.monotonic()))
