@@ -51,6 +51,8 @@ def main() -> None:
     parser.add_argument("--compare", choices=["batching", "pipeline"], default="batching",
                         help="batching: SDWEB_BATCH_MAX 1 vs --batch; pipeline: finishing processes off vs on")
     parser.add_argument("--repeats", type=int, default=1, help="rounds of every mode, interleaved")
+    parser.add_argument("--stack", choices=["embedded", "production"], default="embedded",
+                        help="manage.py up, or PostgreSQL + Redis + uvicorn + one prefork Celery worker")
     parser.add_argument("--poll", type=float, default=0.5, help="seconds between a user's looks at its job; the "
                         "web process shares its CPU with the worker, so faster polling slows the studio down")
     args = parser.parse_args()
@@ -66,7 +68,7 @@ def main() -> None:
     modes = [(1, None), (args.batch, None)] if args.compare == "batching" else [(args.batch, 0), (args.batch, None)]
     for _ in range(args.repeats):
         for batch, finishing in modes:
-            with Studio(batch, args.wait_ms, model, finishing, args.standin_ms) as studio:
+            with Studio(batch, args.wait_ms, model, finishing, args.standin_ms, args.stack) as studio:
                 studio.submit_and_wait(studio.keys[0], job(random.Random(0), args))  # loads the model
                 for users in args.users:
                     rows.append(dict(batch=batch, finishing=finishing, users=users, **studio.measure(users, args)))
@@ -125,9 +127,10 @@ def job(rng: random.Random, args) -> dict:
 class Studio:
     """`manage.py up` in a fresh var folder, with 16 users holding API keys and credits."""
 
-    def __init__(self, batch: int, wait_ms: int, model: Path | None, finishing: int | None = None, standin_ms: float = 0):
+    def __init__(self, batch: int, wait_ms: int, model: Path | None, finishing: int | None = None, standin_ms: float = 0,
+                 stack: str = "embedded"):
         self.var = Path(tempfile.mkdtemp(prefix="sdweb-throughput-"))
-        self.standin = standin_ms > 0
+        self.standin, self.stack = standin_ms > 0, stack
         self.env = {**os.environ, "SDWEB_VAR_DIR": str(self.var), "SDWEB_BATCH_MAX": str(batch),
                     "BENCH_STANDIN_MS": str(standin_ms),
                     **({"SDWEB_FINISH_PROCESSES": str(finishing)} if finishing is not None else {}),
@@ -138,6 +141,8 @@ class Studio:
 
     def __enter__(self):
         manage = [sys.executable, "manage.py"]
+        if self.stack == "production":
+            self.production_services()
         subprocess.run(manage + ["migrate", "-v", "0"], cwd=ROOT, env=self.env, check=True)
         if self.model:
             subprocess.run(manage + ["add_model", "sd15-random", str(self.model), "--default"], cwd=ROOT, env=self.env,
@@ -147,9 +152,17 @@ class Studio:
         info = json.loads(made.stdout.strip().splitlines()[-1])
         self.keys, self.device = info["keys"], info["device"]
         self.log = open(self.var / "up.log", "w")
-        server = [sys.executable, "bench/standin.py"] if self.standin else manage
-        self.process = subprocess.Popen(server + ["up", "--port", str(self.port)], cwd=ROOT, env=self.env,
-                                        stdout=self.log, stderr=subprocess.STDOUT)
+        standin = [sys.executable, "bench/standin.py"] if self.standin else []
+        if self.stack == "production":
+            self.web = subprocess.Popen([sys.executable, "-m", "uvicorn", "sdweb.asgi:application", "--port",
+                                         str(self.port), "--log-level", "warning", "--ws", "websockets-sansio"],
+                                        cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
+            worker = ["celery", "-A", "sdweb", "worker", "--pool=prefork", "--concurrency=1", "--loglevel=WARNING"]
+            self.process = subprocess.Popen((standin or [sys.executable, "-m"]) + worker, cwd=ROOT, env=self.env,
+                                            stdout=self.log, stderr=subprocess.STDOUT)
+        else:
+            self.process = subprocess.Popen((standin or manage) + ["up", "--port", str(self.port)], cwd=ROOT,
+                                            env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 300
         while not _answers(self.base + "/healthz"):
             if time.monotonic() > deadline or self.process.poll() is not None:
@@ -158,9 +171,24 @@ class Studio:
         return self
 
     def __exit__(self, *exc):
-        self.process.terminate()
-        self.process.wait(timeout=60)
+        for process in (self.process, getattr(self, "web", None)):
+            if process is not None:
+                process.terminate()
+                process.wait(timeout=60)
         self.log.close()
+
+    def production_services(self) -> None:
+        """A fresh database on the local PostgreSQL and Redis database 8, as tests/production uses them."""
+        import psycopg
+        import redis
+
+        database = f"sdweb_bench_{os.getpid()}"
+        with psycopg.connect("postgres://postgres@127.0.0.1:5432/test", autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+            admin.execute(f'CREATE DATABASE "{database}"')
+        redis.Redis.from_url("redis://127.0.0.1:6379/8").flushdb()
+        self.env |= {"DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{database}",
+                     "REDIS_URL": "redis://127.0.0.1:6379/8", "SECRET_KEY": "throughput-bench"}
 
     def call(self, key, path, body=None) -> dict:
         request = urllib.request.Request(self.base + path, data=json.dumps(body).encode() if body else None,

@@ -75,23 +75,43 @@ def generate_batch(requests: list[GenerationRequest], *, on_preview=None, should
     for k in list(latents):
         if k in progress.dropped:
             outcomes[k] = GenerationCancelled()
-            continue
-        if isinstance(latents[k], Exception):  # out of memory even alone
+        elif isinstance(latents[k], Exception):  # out of memory even alone
             outcomes[k] = latents[k]
-            continue
+    tick = time.perf_counter()
+    pictures = _decoded(vae.pipe if vae else model.pipe.vae, model.pipe.image_processor,
+                        {k: v for k, v in latents.items() if outcomes[k] is None}, outcomes)
+    timings["decode"] = time.perf_counter() - tick
+    for k, images in pictures.items():
         try:
-            tick = time.perf_counter()
-            images = decode(vae.pipe if vae else model.pipe.vae, model.pipe.image_processor, latents[k])
-            spent = dict(timings, decode=time.perf_counter() - tick)
             outcomes[k] = checked_result(requests[k], images, requests[k].seeds(), model=model, vae=vae,
-                                         addons=addons[k], checker=checker, timings=spent, started=started,
+                                         addons=addons[k], checker=checker, timings=dict(timings), started=started,
                                          payloads=watermark_payloads[k] if watermark_payloads else None)
             outcomes[k].batch_size = len(latents)
-        except Exception as error:  # this job's decode, check or watermark failed: the others go on
+        except Exception as error:  # this job's check or watermark failed: the others go on
             outcomes[k] = error
     for k in _live(outcomes):  # encoded, but never denoised: dropped before the run began
         outcomes[k] = GenerationCancelled()
     return outcomes
+
+
+def _decoded(vae, image_processor, latents: dict, outcomes: list) -> dict:
+    """{k: pictures} of every job, decoded in one VAE call; if that fails, each job alone, so a
+    failure stays the job's own (its outcome)."""
+    if not latents:
+        return {}
+    try:
+        pictures = decode(vae, image_processor, torch.cat(list(latents.values())))
+        counts = [len(v) for v in latents.values()]
+        return {k: pictures[sum(counts[:i]):sum(counts[:i + 1])] for i, k in enumerate(latents)}
+    except Exception:
+        pass  # each alone, out of the handler (its traceback holds the batch's tensors)
+    decoded = {}
+    for k, one in latents.items():
+        try:
+            decoded[k] = decode(vae, image_processor, one)
+        except Exception as error:
+            outcomes[k] = error
+    return decoded
 
 
 def _live(outcomes) -> list[int]:

@@ -157,8 +157,11 @@ class Finisher:
         with self.lock:
             if self.pool is None:
                 # A Celery prefork pool process is marked daemonic, which multiprocessing takes to
-                # mean "no children"; these are shut down with it (tasks.worker_stop, up's stop).
-                multiprocessing.current_process()._config["daemon"] = False
+                # mean "no children" (these are shut down with it: tasks.worker_stop, up's stop), and
+                # holds billiard's authentication key, which multiprocessing can't hand to a child.
+                process = multiprocessing.current_process()
+                process._config["daemon"] = False
+                process._config["authkey"] = multiprocessing.process.AuthenticationString(process.authkey)
                 inherited = {name: getattr(settings, name) for name in INHERITED}
                 self.pool = concurrent.futures.ProcessPoolExecutor(
                     settings.SDWEB["FINISH_PROCESSES"], mp_context=multiprocessing.get_context("spawn"),
