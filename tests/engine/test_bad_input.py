@@ -17,6 +17,7 @@ from generation.engine import GenerationRequest, Limits, generate
     ({"prompt": "a cat <lora:x:1>"}, "no file was given for it"),
     ({"prompt": "nul\x00byte"}, "NUL"),
     ({"prompt": "x" * 4001}, "at most 4000"),
+    ({"negative_prompt": " BREAK ".join(["x"] * 21)}, "negative_prompt has 21 parts separated by BREAK; at most 20"),
     ({"guidance_scale": -1}, "guidance_scale must be a number from 0 to 30"),
     ({"num_images": 0}, "num_images must be from 1 to 4"),
     ({"seed": -2}, "seed must be -1"),
