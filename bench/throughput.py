@@ -2,8 +2,8 @@
 
 Starts the embedded default (`manage.py up`: web, queue and GPU worker in one process, SQLite, no
 outside services, so it runs on a bare GPU machine too) once per mode, with 1, 4, 8 and 16
-simulated users. Each user submits a job through the REST API, waits for its end, and submits
-the next (mixed jobs: prompts of every length, their own seeds and CFG, sometimes 2 images,
+simulated users. Each user submits a job through the REST API, watches its websocket as the page
+does until it ends, and submits the next (mixed jobs: prompts of every length, their own seeds and CFG, sometimes 2 images,
 one in ten with another sampler). Prints images/s, p50/p95 submit->finished (the server's own
 timestamps), GPU and CPU busy %, and the on/off ratios.
 
@@ -53,8 +53,6 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="rounds of every mode, interleaved")
     parser.add_argument("--stack", choices=["embedded", "production"], default="embedded",
                         help="manage.py up, or PostgreSQL + Redis + uvicorn + one prefork Celery worker")
-    parser.add_argument("--poll", type=float, default=0.5, help="seconds between a user's looks at its job; the "
-                        "web process shares its CPU with the worker, so faster polling slows the studio down")
     args = parser.parse_args()
 
     model = None
@@ -69,7 +67,7 @@ def main() -> None:
     for _ in range(args.repeats):
         for batch, finishing in modes:
             with Studio(batch, args.wait_ms, model, finishing, args.standin_ms, args.stack) as studio:
-                studio.submit_and_wait(studio.keys[0], job(random.Random(0), args))  # loads the model
+                studio.submit_and_wait(studio.users[0], job(random.Random(0), args))  # loads the model
                 for users in args.users:
                     rows.append(dict(batch=batch, finishing=finishing, users=users, **studio.measure(users, args)))
                     print(json.dumps(rows[-1]), flush=True)
@@ -150,7 +148,7 @@ class Studio:
         made = subprocess.run(manage + ["shell", "-c", USERS], cwd=ROOT, env=self.env, check=True, capture_output=True,
                               text=True)
         info = json.loads(made.stdout.strip().splitlines()[-1])
-        self.keys, self.device = info["keys"], info["device"]
+        self.users, self.device = info["users"], info["device"]
         self.log = open(self.var / "up.log", "w")
         standin = [sys.executable, "bench/standin.py"] if self.standin else []
         if self.stack == "production":
@@ -196,13 +194,22 @@ class Studio:
         with urllib.request.urlopen(request, timeout=600) as response:
             return json.loads(response.read())
 
-    def submit_and_wait(self, key, body, poll=0.5) -> dict:
+    def submit_and_wait(self, user, body) -> dict:
+        """Submit through the REST API, then watch the job's websocket as the page does (no
+        polling) until it ends; the job as the API then shows it."""
+        from websockets.sync.client import connect
+
+        key, session = user
         submitted = self.call(key, "/api/v1/jobs/", body)
-        while True:
-            job = self.call(key, f"/api/v1/jobs/{submitted['id']}/")
-            if job["status"] not in ("queued", "running"):
-                return {**job, "eta_at_submit": submitted.get("queue_eta")}
-            time.sleep(poll)  # latency comes from the server's own timestamps
+        with connect(f"ws://127.0.0.1:{self.port}/ws/jobs/{submitted['id']}/", open_timeout=60,
+                     additional_headers={"Cookie": f"sessionid={session}", "Origin": self.base}) as socket:
+            while True:
+                event = json.loads(socket.recv(timeout=600))
+                if event["type"] in ("finished", "failed", "cancelled") or event.get("status") in (
+                        "succeeded", "failed", "cancelled"):
+                    break
+        job = self.call(key, f"/api/v1/jobs/{submitted['id']}/")  # latency from the server's own timestamps
+        return {**job, "eta_at_submit": submitted.get("queue_eta")}
 
     def measure(self, users: int, args) -> dict:
         stop, done, lock = time.monotonic() + args.seconds, [], threading.Lock()
@@ -211,7 +218,7 @@ class Studio:
         def user(k):
             rng = random.Random(k)
             while time.monotonic() < stop:
-                finished = self.submit_and_wait(self.keys[k], job(rng, args), args.poll)
+                finished = self.submit_and_wait(self.users[k], job(rng, args))
                 with lock:
                     done.append(finished)
 
@@ -276,16 +283,19 @@ class Busy:
 USERS = """
 import json, torch
 from django.contrib.auth.models import User
+from django.test import Client
 from generation.services.checkpoints import checkpoint_ensure_test_model
 from generation.services.credits import credits_change
 from sdweb.services import api_key_create
 checkpoint_ensure_test_model()
-keys = []
+users = []
 for k in range(32):
     user = User.objects.create_user(f"user{k}")
     credits_change(user=user, kind="adjust", amount=10**6, reason="benchmark")
-    keys.append(api_key_create(user=user, name="bench")[1])
-print(json.dumps({"keys": keys, "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"}))
+    browser = Client()
+    browser.force_login(user)  # a signed-in page's session, for the job's websocket
+    users.append((api_key_create(user=user, name="bench")[1], browser.cookies["sessionid"].value))
+print(json.dumps({"users": users, "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"}))
 """
 
 
