@@ -21,7 +21,7 @@ def job_for_viewer(user, job_id) -> Job | None:
 
 
 def queue_position(job: Job) -> int:
-    """Queued jobs the fair order puts before this one (jobs.claim's order: the user with the
+    """Queued jobs the fair order puts before this one (queue.jobs_claim's order: the user with the
     fewest jobs started in the fair window first, then the oldest job). Each user's jobs ahead are
     counted as the claim would take them: while they have started fewer than this user will have
     (with its own earlier jobs), or as many and theirs is older."""
