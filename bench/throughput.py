@@ -92,7 +92,8 @@ def main() -> None:
 def pipeline_table(rows, args) -> None:
     """Medians over the repeats, finishing processes off and on side by side."""
     def ceiling(users):
-        return min(users, args.batch) / (args.standin_ms / 1000 * min(users, args.batch) ** 0.3 * args.steps)
+        # a run of n images: its steps and the VAE's decode (two steps' time), nothing else
+        return min(users, args.batch) / (args.standin_ms / 1000 * min(users, args.batch) ** 0.3 * (args.steps + 2))
     print(f"\nstand-in GPU {args.standin_ms:g} ms x batch^0.3 a step, {args.steps} steps, {args.size} px, batch up to "
           f"{args.batch}, {args.seconds:.0f} s per row, median of {args.repeats}")
     print(f"{'users':>5}{'finishing':>11}{'images/s':>10}{'of ceiling':>12}{'p50 s':>8}{'p95 s':>8}{'stand-in %':>12}"
