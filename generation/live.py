@@ -16,7 +16,7 @@ from generation.models import Job
 
 ENDINGS = ("finished", "failed", "cancelled")
 _server_loop: asyncio.AbstractEventLoop | None = None
-_collected: list | None = None  # in a finishing process: the events its caller sends (collected())
+_collecting = threading.local()  # .events: this thread's events, sent by its caller (collected())
 _outbox: queue.Queue = queue.Queue(maxsize=1000)  # previews on their way, sent by one thread
 log = logging.getLogger(__name__)
 
@@ -33,8 +33,8 @@ def group_name(job_id) -> str:
 
 
 def job_event(job_id, event: dict) -> None:
-    if _collected is not None:
-        _collected.append((job_id, event))
+    if getattr(_collecting, "events", None) is not None:
+        _collecting.events.append((job_id, event))
         return
     layer = get_channel_layer()
     message = {"type": "job.event", "event": event}
@@ -90,12 +90,11 @@ _sender = threading.Thread()
 def collected():
     """Collect the job events sent inside the block instead of sending them (a finishing process
     can't reach the embedded server's in-memory channel layer); the caller sends them."""
-    global _collected
-    _collected = events = []
+    _collecting.events = events = []
     try:
         yield events
     finally:
-        _collected = None
+        _collecting.events = None
 
 
 async def job_events(job_id, timeout: float, recheck: float = 2.0):

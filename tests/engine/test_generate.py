@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from generation.engine import SCHEDULERS, GenerationCancelled, PreviewSettings, load_pipeline, parse_parameters, read_watermark
-from generation.engine.previews import PreviewThrottle
+from generation.engine.previews import PreviewMaker, PreviewThrottle
 from generation.engine.schedulers import make_scheduler
 
 
@@ -99,6 +99,21 @@ def test_the_throttle_sends_at_most_one_preview_per_interval_and_always_the_last
         if throttle.should_send(step, 20):
             sent.append(step)
     assert sent == [1, 4, 7, 10, 13, 16, 19, 20]
+
+
+def test_previews_made_beside_the_loop_arrive_in_order_and_equal_to_those_made_at_once():
+    """The GPU's way (a copy, then a thread of its own), tried on the CPU: the loop's tensor may
+    change after send() and the preview still shows the step it was sent at."""
+    latents = torch.randn(2, 4, 32, 32, generator=torch.Generator().manual_seed(3))
+    settings = PreviewSettings(max_edge=64)
+    beside, at_once = PreviewMaker(settings, beside=True), PreviewMaker(settings, beside=False)
+    got, expected = [], []
+    for step in range(3):
+        beside.send(latents, lambda image, step=step: got.append((step, image)))
+        at_once.send(latents, lambda image, step=step: expected.append((step, image)))
+        latents.mul_(0.5)  # the denoiser moves on in place
+    beside.wait()
+    assert got == expected and [step for step, _ in got] == [0, 1, 2]
 
 
 def test_a_taesd_folder_gives_previews_from_the_tiny_autoencoder(run, tmp_path):
