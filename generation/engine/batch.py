@@ -120,8 +120,8 @@ def _live(outcomes) -> list[int]:
 
 def denoise(model, requests, embeds: dict, progress) -> dict:
     """{k: latents of request k, or the error that ended it} for the requests in `embeds`. Prompts
-    of different lengths share a run only while that costs at most twice the longest (see
-    `stacked`); others run next. When the GPU runs out of memory the run is split in two and each
+    of different lengths share a run only while that costs at most twice the longest
+    (`runs_by_length`); others run next. When the GPU runs out of memory the run is split in two and each
     half starts over (fresh generators, fresh scheduler): a job that fits alone never fails because
     it was batched, and one that doesn't fit alone fails alone."""
     stopped = progress.stopped()
