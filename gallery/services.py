@@ -69,20 +69,16 @@ def account_delete(*, user) -> None:
     """Remove the user, their jobs, images and files (their uploaded starting images and masks
     too); their audit rows stay, pseudonymised."""
     images = list(Image.objects.filter(owner=user))
-    inputs = {name for pair in Job.objects.filter(user=user).values_list("init_image", "mask") for name in pair if name}
-    controls = {a["image"] for addons in Job.objects.filter(user=user).exclude(addons=[]).values_list("addons", flat=True)
-                for a in addons if "image" in a}
+    jobs = Job.objects.filter(user=user)
+    inputs = {name for pair in jobs.values_list("init_image", "mask") for name in pair if name} | {
+        a["image"] for addons in jobs.exclude(addons=[]).values_list("addons", flat=True) for a in addons if "image" in a}
     addons_delete_owned(user=user)
     with transaction.atomic():
         PromptAudit.objects.pseudonymise_user(user.pk, pseudonym(user.pk))
         Image.objects.filter(owner=user).delete()
         user.delete()  # jobs, credits and ledger go with it; audit rows keep their ids
     image_files_delete(images)
-    # Inputs are named by their content: another account's job may have sent the same file.
-    shared = Job.objects.filter(Q(init_image__in=inputs) | Q(mask__in=inputs)).values_list("init_image", "mask")
-    for name in inputs - {name for pair in shared for name in pair}:
-        default_storage.delete(name)
-    for name in controls:
+    for name in inputs:  # named by their content: another account's job may use the same file
         if not Job.objects.filter(Q(init_image=name) | Q(mask=name) | Q(addons__icontains=name)).exists():
             default_storage.delete(name)
 
@@ -110,7 +106,12 @@ def report_create(*, image: Image, reporter, reason: str) -> Report:
 
 
 def _hide(images, outcome: str) -> int:
-    ids = [image.pk for image in images]
+    """Hide `images` and every image made from them (img2img, upscales, and so on down)."""
+    ids = {image.pk for image in images}
+    found = set(ids)
+    while found:
+        found = set(Image.objects.filter(job__init_image_id__in=found).exclude(pk__in=ids).values_list("pk", flat=True))
+        ids |= found
     Image.objects.filter(pk__in=ids).update(is_public=False, share_slug=None, hidden=True)
     Report.objects.filter(image_id__in=ids, resolved_at=None).update(resolved_at=timezone.now(), outcome=outcome)
     return len(ids)
@@ -136,7 +137,7 @@ def user_suspend(*, user, staff, reason: str = "") -> int:
                                                                "suspended_reason": reason})
     hidden = _hide(list(Image.objects.filter(owner=user, is_public=True)), "owner suspended")
     staff_action(staff=staff, action="suspend user", target=user.get_username(),
-                       details=f"{reason} ({hidden} public images hidden)".strip())
+                       details=f"{reason} ({hidden} images hidden)".strip())
     return hidden
 
 

@@ -161,7 +161,11 @@ def image_delete(request, hex_id):
 @require_POST
 def image_variants(request, hex_id):
     """Same settings, new seeds: a new job through the same checks, charge and audit."""
-    job = _managed(request, hex_id, "view").job
+    image = _managed(request, hex_id, "view")
+    if image.hidden:
+        messages.error(request, "This image was hidden by staff: no new images can be made from it.")
+        return redirect("image", hex_id=hex_id)
+    job = image.job
     params = {**job.params(), "seed": -1, "checkpoint": job.checkpoint, **job_inputs(job),
               "controlnet": job_control_units(job)}
     try:

@@ -5,11 +5,13 @@ also after the image, the job or the account is gone."""
 
 import numpy as np
 from django.conf import settings
+from django.core.files.storage import default_storage
 from django.db import connection
 from PIL import Image as PILImage
 
 from gallery.models import Image
-from generation.engine.fingerprint import ASPECT_TOLERANCE, MATCH_DISTANCE, Hypothesis, hypotheses, nearest
+from generation.engine.fingerprint import (ASPECT_TOLERANCE, MATCH_DISTANCE, Fingerprint, Hypothesis, closest,
+                                           hypotheses, nearest)
 from generation.engine.metadata import read_png_marking, read_png_parameters
 from generation.engine.watermark import watermark_reading
 from generation.models import AuditImage, ImageFingerprint
@@ -44,11 +46,20 @@ def _trace(upload) -> dict:
                   "metadata": marking["image_id"] or None, "ai_generated_marking": marking["ai_generated"],
                   "parameters": read_png_parameters(picture),
                   "c2pa": read_credentials(data, PILImage.MIME.get(picture.format, "image/png"))}}
+    query = hypotheses(pixels)
+    mismatch = ""
     if reading and (row := _audit_image(int.from_bytes(reading.payload, "big"))):
         how = f"scheme {reading.method}" + (f", read at {reading.scale:g}x its size" if reading.scale != 1 else "")
-        return _found(result, row, "watermark", reading.confidence,
-                      f"Watermark read ({how}; {reading.confidence:.0%} of its coded cells agree).")
-    matches = [(row, distance, how) for image_id, distance, how in similar_images(pixels)
+        agreement = _agreement(row.image_id, query)
+        if agreement and agreement[0] <= MATCH_DISTANCE:
+            return _found(result, row, "watermark", reading.confidence,
+                          f"Watermark read ({how}; {reading.confidence:.0%} of its coded cells agree); the picture "
+                          f"matches the stored image (distance {agreement[0]} of 128 bits, {agreement[1]}).",
+                          distance=agreement[0])
+        mismatch = (f"The watermark of image {row.image_id:016x} was read, but the picture doesn't match it "
+                    + (f"(distance {agreement[0]} of 128 bits at best, threshold {MATCH_DISTANCE}): the watermark "
+                       "was copied or forged." if agreement else "(no fingerprint of it is stored to compare)."))
+    matches = [(row, distance, how) for image_id, distance, how in similar_images(pixels, query)
                if (row := _audit_image(image_id))]
     if matches:
         row, distance, how = matches[0]
@@ -57,7 +68,10 @@ def _trace(upload) -> dict:
         unread = "the watermark names no image made here" if reading else "the watermark was not readable"
         return _found(result, row, "similarity", round(1 - distance / 128, 3),
                       f"Matched by similarity (distance {distance} of 128 bits, {how}; threshold {MATCH_DISTANCE}); "
-                      f"{unread}.{others}", distance=distance)
+                      f"{mismatch or unread + '.'}{others}", distance=distance)
+    if mismatch:
+        result["message"] = mismatch + " No stored image is similar."
+        return result
     if marking["image_id"] and (row := _audit_image(int(marking["image_id"], 16))):
         return _found(result, row, "metadata", None,
                       "No watermark could be read and no stored image is similar; found through the PNG "
@@ -68,6 +82,19 @@ def _trace(upload) -> dict:
                          "No watermark could be read, no stored image is similar and the file carries no sdweb "
                          "metadata.")
     return result
+
+
+def _agreement(image_id: int, query: list[Hypothesis]) -> tuple[int, str] | None:
+    """How near the picture is to the image `image_id` as it was handed out (its stored
+    fingerprint, else its file while it exists); None when neither is left."""
+    stored = ImageFingerprint.objects.filter(image_id=image_id).first()
+    if stored is None:
+        image = Image.objects.filter(pk=image_id).first()
+        if image is None:
+            return None
+        with default_storage.open(image.png.name, "rb") as file:
+            stored = ImageFingerprint.of(image_id, PILImage.open(file, formats=["PNG"]).convert("RGB"))
+    return closest(query, Fingerprint(stored.phash, stored.whash, stored.width, stored.height))
 
 
 def _audit_image(image_id: int) -> AuditImage | None:
@@ -90,10 +117,10 @@ def _candidate(row: AuditImage, distance: int, how: str) -> dict:
             "owner": row.audit.username, "prompt": row.audit.prompt, "created_at": row.audit.created_at.isoformat()}
 
 
-def similar_images(image: PILImage.Image) -> list[tuple[int, int, str]]:
+def similar_images(image: PILImage.Image, query: list[Hypothesis] | None = None) -> list[tuple[int, int, str]]:
     """(image id, distance, how it was matched) of the stored images within MATCH_DISTANCE of the
-    image or of an original it may have been cropped from, nearest first."""
-    query = hypotheses(image)
+    image or of an original it may have been cropped from (`query`: its hypotheses), nearest first."""
+    query = query or hypotheses(image)
     rows = _pg_candidates(query) if connection.vendor == "postgresql" else ImageFingerprint.objects.values_list(
         "image_id", "phash", "whash", "width", "height")
     table = np.array(list(rows), dtype=np.int64).reshape(-1, 5)

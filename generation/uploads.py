@@ -1,6 +1,9 @@
 """Images people send in (starting images, masks, images to trace or upscale) are hostile input:
 only PNG, JPEG and WebP decoders ever see them, the pixel count is checked from the header before
-anything is decoded, EXIF orientation is applied and every byte of metadata is dropped."""
+anything is decoded, EXIF orientation is applied and every byte of metadata is dropped. Decoding
+costs at most time in proportion to the pixels: a progressive JPEG's scan count (each scan is one
+more pass over every pixel) and the aspect ratio (preprocessors scale the short side) are bounded
+before the decoder runs."""
 
 import base64
 import binascii
@@ -13,6 +16,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 FORMATS = ("PNG", "JPEG", "WEBP")  # no other decoder (EPS runs Ghostscript) ever sees an upload
 MIN_SIDE = 64
+MAX_ASPECT = 16  # a side at most 16 times the other: sizes made here reach 6:1
+MAX_JPEG_SCANS = 100  # libjpeg writes 10 for a progressive file, mozjpeg about 20; each costs a pass
 
 
 @dataclass(frozen=True)
@@ -40,6 +45,13 @@ def open_image(data: bytes, *, field: str) -> Image.Image:
                          f"(this one is {picture.width}x{picture.height})")
     if min(picture.size) < MIN_SIDE:
         raise ValueError(f"{field}: at least {MIN_SIDE} pixels on each side (this one is {picture.width}x{picture.height})")
+    if max(picture.size) > MAX_ASPECT * min(picture.size):
+        raise ValueError(f"{field}: one side may be at most {MAX_ASPECT} times the other "
+                         f"(this one is {picture.width}x{picture.height})")
+    scans = data.count(b"\xff\xda") if picture.format == "JPEG" else 0  # 0xFF is escaped in coded data:
+    if scans > MAX_JPEG_SCANS:  # start-of-scan markers count the scans (and any in an EXIF thumbnail)
+        raise ValueError(f"{field}: the JPEG has {scans} scans; at most {MAX_JPEG_SCANS} are "
+                         "accepted (save it again as an ordinary JPEG or PNG)")
     try:
         picture.load()  # an animated file gives its first frame
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:

@@ -13,7 +13,7 @@ from .controlmaps import MODULES
 from .families import KOHYA_LORA_KEY, LYCORIS_KEY, read_header
 from .ldm import unet_key_to_ldm
 from .pipelines import pipeline_for_run
-from .request import CONTROL_MODES, RESIZE_MODES, ControlUnit, LoraUse, ModelRef
+from .request import CONTROL_MODES, RESIZE_MODES, ControlUnit, JobError, LoraUse, ModelRef
 
 CONTROLNET_FAMILY_CONFIGS = {"sd1": "controlnet-sd1", "sdxl": "controlnet-sdxl"}
 
@@ -84,12 +84,12 @@ def _lora_layers(tensors: dict, name: str) -> dict:
         if match:
             parts.setdefault(match["base"], {})[match["part"].split(".")[0]] = tensor
         elif LYCORIS_KEY.search(key):
-            raise ValueError(f"LoRA {name!r} holds LyCORIS layers ({key}): only LoRA/LoCon layers are supported")
+            raise JobError(f"LoRA {name!r} holds LyCORIS layers ({key}): only LoRA/LoCon layers are supported")
     layers = {}
     for base, found in parts.items():
         down, up = found.get("lora_down", found.get("lora_A")), found.get("lora_up", found.get("lora_B"))
         if down is None or up is None:
-            raise ValueError(f"LoRA {name!r} is damaged: layer {base} lacks its down or up weight")
+            raise JobError(f"LoRA {name!r} is damaged: layer {base} lacks its down or up weight")
         alpha = found.get("alpha")
         layers[base] = (down, up, float(alpha) if alpha is not None else None)
     return layers
@@ -104,7 +104,7 @@ def _embedding_vectors(tensors: dict, name: str) -> dict:
     elif len(tensors) == 1:
         found = list(tensors.values())
     else:
-        raise ValueError(f"embedding {name!r} is not in a format this studio reads")
+        raise JobError(f"embedding {name!r} is not in a format this studio reads")
     return {t.shape[-1]: t.reshape(-1, t.shape[-1]).float() for t in found}
 
 
@@ -122,7 +122,7 @@ def _load_controlnet(ref: ModelRef, device, dtype):
     else:
         config = Path(ref.config) if ref.config else CONFIGS / CONTROLNET_FAMILY_CONFIGS.get(ref.family, "")
         if not (config / "config.json").is_file():
-            raise ValueError(f"ControlNet {ref.name!r}: no config for its family ({ref.family or 'unknown'})")
+            raise JobError(f"ControlNet {ref.name!r}: no config for its family ({ref.family or 'unknown'})")
         if any(k.startswith("controlnet_cond_embedding.") for k in read_header(path)):
             model = ControlNetModel.from_config(ControlNetModel.load_config(config))
             model.load_state_dict(load_file(path))
@@ -130,7 +130,7 @@ def _load_controlnet(ref: ModelRef, device, dtype):
             try:
                 model = ControlNetModel.from_single_file(path, config=str(config.resolve()), local_files_only=True)
             except (NotImplementedError, RuntimeError, KeyError) as error:  # diffusers leaves unmapped weights empty
-                raise ValueError(f"ControlNet {ref.name!r} can't be read in the original layout with its config "
+                raise JobError(f"ControlNet {ref.name!r} can't be read in the original layout with its config "
                                  f"({type(error).__name__}); for SDXL use the diffusers-layout file") from error
     return model.to(device, dtype).eval()
 
@@ -174,7 +174,7 @@ def applied_loras(pipe, loras: list[tuple[LoadedAddon, LoraUse]]):
                 matched += 1
                 weight = module.weight
                 if up.shape[0] * down[0].numel() != weight.numel():
-                    raise ValueError(f"LoRA {lora.name!r} doesn't fit this model (layer {base} has another shape): "
+                    raise JobError(f"LoRA {lora.name!r} doesn't fit this model (layer {base} has another shape): "
                                      "it is for another family")
                 if module not in saved:
                     saved[module] = weight.detach().clone()
@@ -182,7 +182,7 @@ def applied_loras(pipe, loras: list[tuple[LoadedAddon, LoraUse]]):
                 delta = up.flatten(1).to(weight.device, torch.float32) @ down.flatten(1).to(weight.device, torch.float32)
                 weight.data += (scale * delta).reshape(weight.shape).to(weight.dtype)
             if not matched:
-                raise ValueError(f"LoRA {lora.name!r} changes no layer of this model: it is for another family")
+                raise JobError(f"LoRA {lora.name!r} changes no layer of this model: it is for another family")
         yield
     finally:
         with torch.no_grad():
@@ -197,7 +197,7 @@ def embeddings_for(encoder, embeddings: list[LoadedAddon]) -> dict[str, torch.Te
     for embedding in embeddings:
         if width not in embedding.value:
             widths = ", ".join(str(w) for w in embedding.value)
-            raise ValueError(f"embedding {embedding.name!r} is for another family (vectors of {widths}, this model's "
+            raise JobError(f"embedding {embedding.name!r} is for another family (vectors of {widths}, this model's "
                              f"text encoder takes {width})")
         found[embedding.name] = embedding.value[width]
     return found
@@ -233,7 +233,7 @@ def controlled_run(model, request, start, common, controlnets):
     units = [unit for _, unit in controlnets]
     modes = {unit.control_mode for unit in units}
     if 2 in modes and len(modes) > 1:
-        raise ValueError("control_mode 2 (ControlNet is more important) must be every unit's mode or none's")
+        raise JobError("control_mode 2 (ControlNet is more important) must be every unit's mode or none's")
     nets = [loaded.value for loaded, _ in controlnets]
     width, height = start.picture.size if start else (request.width, request.height)
     maps = [control_image(unit, width, height) for unit in units]

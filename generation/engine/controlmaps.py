@@ -12,12 +12,14 @@ MODULES = {
     "invert": ("a black-on-white drawing turned white-on-black", None, None),
 }
 MAX_PROCESSOR_RES = 2048
+MAX_WORK_SIDE = 2 * MAX_PROCESSOR_RES  # a long, thin picture is worked smaller than processor_res
 
 
 def control_map(image: Image.Image, module: str, processor_res: int = 512, threshold_a: float = -1,
                 threshold_b: float = -1) -> Image.Image:
     """`image` through preprocessor `module`, worked at `processor_res` on its short side (as the
-    ControlNet extension does); thresholds of -1 take the module's defaults."""
+    ControlNet extension does) and at most MAX_WORK_SIDE on its long side, so its memory is bounded
+    whatever the aspect ratio; thresholds of -1 take the module's defaults."""
     import cv2  # OpenCV comes with invisible-watermark
 
     if module not in MODULES:
@@ -28,7 +30,7 @@ def control_map(image: Image.Image, module: str, processor_res: int = 512, thres
         processor_res = 512
     if not isinstance(processor_res, int) or isinstance(processor_res, bool) or not 64 <= processor_res <= MAX_PROCESSOR_RES:
         raise ValueError(f"processor_res must be a whole number from 64 to {MAX_PROCESSOR_RES} (got {processor_res!r})")
-    ratio = processor_res / min(image.size)
+    ratio = min(processor_res / min(image.size), MAX_WORK_SIDE / max(image.size))
     picture = image.convert("RGB").resize((max(1, round(image.width * ratio)), max(1, round(image.height * ratio))),
                                           Image.LANCZOS)
     pixels = np.asarray(picture)

@@ -9,9 +9,12 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from .request import JobError
+
 CONFIGS = Path(__file__).parent / "configs"  # model configs of each family (facts, not weights)
 UNET = "model.diffusion_model."
-_MAX_HEADER = 100 * 2**20
+_MAX_HEADER = 16 * 2**20  # an SDXL checkpoint's is ~0.3 MB; kohya's training metadata can add a few MB
+_MAX_TENSORS = 20_000  # an SDXL checkpoint has ~2 500, a LyCORIS for it ~5 000
 
 
 @dataclass(frozen=True)
@@ -37,7 +40,7 @@ FAMILIES = {
 def family_config(family: str) -> Path:
     """The shipped diffusers config folder of `family`."""
     if family not in FAMILIES:
-        raise ValueError(f"family must be one of {', '.join(FAMILIES)} (got {family!r})")
+        raise JobError(f"family must be one of {', '.join(FAMILIES)} (got {family!r})")
     return CONFIGS / family
 
 
@@ -49,28 +52,33 @@ def read_header(path) -> dict:
     with open(path, "rb") as file:
         head = file.read(8)
         if len(head) < 8:
-            raise ValueError(f"{path.name} is not a safetensors file: it is only {size} bytes long")
+            raise JobError(f"{path.name} is not a safetensors file: it is only {size} bytes long")
         (length,) = struct.unpack("<Q", head)
-        if not 2 <= length <= min(_MAX_HEADER, size - 8):
-            raise ValueError(f"{path.name} is not a safetensors file (or it is truncated): its header length is invalid")
+        if _MAX_HEADER < length <= size - 8:
+            raise JobError(f"{path.name}'s header is {length / 2**20:.0f} MB; at most {_MAX_HEADER // 2**20} MB "
+                             "is accepted")
+        if not 2 <= length <= size - 8:
+            raise JobError(f"{path.name} is not a safetensors file (or it is truncated): its header length is invalid")
         try:
             header = json.loads(file.read(length))
-        except ValueError:
-            raise ValueError(f"{path.name} is not a safetensors file: its header is not JSON") from None
+        except (ValueError, RecursionError):
+            raise JobError(f"{path.name} is not a safetensors file: its header is not JSON") from None
     if not isinstance(header, dict):
-        raise ValueError(f"{path.name} is not a safetensors file: its header is not a table of tensors")
+        raise JobError(f"{path.name} is not a safetensors file: its header is not a table of tensors")
     header.pop("__metadata__", None)
+    if len(header) > _MAX_TENSORS:
+        raise JobError(f"{path.name} has {len(header)} tensors; at most {_MAX_TENSORS} are accepted")
     try:
         spans = sorted((int(t["data_offsets"][0]), int(t["data_offsets"][1])) for t in header.values())
     except (TypeError, KeyError, IndexError, ValueError):
-        raise ValueError(f"{path.name} is not a safetensors file: its tensor table is malformed") from None
+        raise JobError(f"{path.name} is not a safetensors file: its tensor table is malformed") from None
     end = 0
     for start, stop in spans:  # the format's rule, which the loader enforces only when a job runs
         if start != end or stop < start:
-            raise ValueError(f"{path.name} is damaged: its tensors overlap or leave gaps in the data")
+            raise JobError(f"{path.name} is damaged: its tensors overlap or leave gaps in the data")
         end = stop
     if 8 + length + end != size:
-        raise ValueError(f"{path.name} is truncated or damaged: its header describes {8 + length + end} bytes, "
+        raise JobError(f"{path.name} is truncated or damaged: its header describes {8 + length + end} bytes, "
                          f"the file has {size}")
     return header
 
@@ -82,12 +90,12 @@ def detect_family(header: dict, *, v_prediction: bool = False) -> str:
     keys = header.keys()
     first_conv = header.get(UNET + "input_blocks.0.0.weight")
     if first_conv is None:
-        raise ValueError(f"this is not a Stable Diffusion checkpoint: it looks like {_what_else(keys)}")
+        raise JobError(f"this is not a Stable Diffusion checkpoint: it looks like {_what_else(keys)}")
     if not any(k.startswith("first_stage_model.") for k in keys):
-        raise ValueError("this checkpoint has no VAE (first_stage_model.*): a complete checkpoint is needed")
+        raise JobError("this checkpoint has no VAE (first_stage_model.*): a complete checkpoint is needed")
     channels = first_conv["shape"][1]
     if channels not in (4, 9):
-        raise ValueError(f"this checkpoint's UNet takes {channels} input channels; only 4 (txt2img) and 9 "
+        raise JobError(f"this checkpoint's UNet takes {channels} input channels; only 4 (txt2img) and 9 "
                          "(inpainting) are supported")
     inpaint = channels == 9
     if any(k.startswith("conditioner.embedders.1.model.") for k in keys):
@@ -99,10 +107,10 @@ def detect_family(header: dict, *, v_prediction: bool = False) -> str:
     elif any(k.startswith("cond_stage_model.transformer.") for k in keys):
         family = "sd1"
     else:
-        raise ValueError("this checkpoint has a UNet but no text encoder this studio knows (neither CLIP nor OpenCLIP)")
+        raise JobError("this checkpoint has a UNet but no text encoder this studio knows (neither CLIP nor OpenCLIP)")
     if inpaint:
         if family not in ("sd1", "sdxl"):
-            raise ValueError(f"{FAMILIES[family].label} inpainting checkpoints are not supported "
+            raise JobError(f"{FAMILIES[family].label} inpainting checkpoints are not supported "
                              "(SD 1.x and SDXL inpainting are)")
         family += "-inpaint"
     return family
@@ -115,7 +123,7 @@ def vae_layout(header: dict) -> str:
     if "encoder.down_blocks.0.resnets.0.conv1.weight" in header and "decoder.conv_out.weight" in header:
         return "diffusers"
     what = "a whole checkpoint" if UNET + "input_blocks.0.0.weight" in header else _what_else(header.keys())
-    raise ValueError(f"this is not a VAE: it looks like {what}")
+    raise JobError(f"this is not a VAE: it looks like {what}")
 
 
 def _what_else(keys) -> str:
@@ -168,7 +176,7 @@ def addon_family(kind: str, path) -> str:
     keys = list(header)
     if kind == "lora":
         if not any(KOHYA_LORA_KEY.match(k) for k in keys):
-            raise ValueError(f"{Path(path).name} is not a LoRA: it has no lora_down/lora_up (or lora_A/lora_B) tensors"
+            raise JobError(f"{Path(path).name} is not a LoRA: it has no lora_down/lora_up (or lora_A/lora_B) tensors"
                              + (" (LoHa/LoKr/OFT layers are not supported)" if any(LYCORIS_KEY.search(k) for k in keys)
                                 else ""))
         if any(k.startswith(("lora_te1_", "lora_te2_", "lora_unet_input_blocks", "lora_unet_output_blocks",
@@ -181,18 +189,18 @@ def addon_family(kind: str, path) -> str:
             return "sdxl"
         vectors = header.get("emb_params") or (header[keys[0]] if len(keys) == 1 else None)
         if vectors is None or len(vectors["shape"]) not in (1, 2):
-            raise ValueError(f"{Path(path).name} is not an embedding: it needs one emb_params tensor (A1111), one "
+            raise JobError(f"{Path(path).name} is not an embedding: it needs one emb_params tensor (A1111), one "
                              "tensor (diffusers) or clip_l and clip_g (SDXL)")
         return "sd2" if vectors["shape"][-1] == 1024 else "sd1"
     if kind == "controlnet":
         if not any(k.startswith(("controlnet_cond_embedding.", "control_model.input_hint_block.", "input_hint_block."))
                    for k in keys):
-            raise ValueError(f"{Path(path).name} is not a ControlNet: it has no conditioning (hint) block")
+            raise JobError(f"{Path(path).name} is not a ControlNet: it has no conditioning (hint) block")
         if any(k.startswith(("add_embedding.", "control_model.label_emb.", "label_emb.")) for k in keys):
             return "sdxl"
         widths = [header[k]["shape"][-1] for k in keys if k.endswith("attn2.to_k.weight")]
         return "sd2" if widths and widths[0] == 1024 else "sd1"
-    raise ValueError(f"kind must be lora, embedding or controlnet (got {kind!r})")
+    raise JobError(f"kind must be lora, embedding or controlnet (got {kind!r})")
 
 
 _DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
@@ -212,7 +220,7 @@ def _check_tensors(header: dict, name: str) -> None:
         except (TypeError, KeyError, ValueError):
             ok = False
         if not ok:
-            raise ValueError(f"{name} is damaged: tensor {key[:80]!r} does not match its declared type and shape")
+            raise JobError(f"{name} is damaged: tensor {key[:80]!r} does not match its declared type and shape")
 
 
 def file_metadata(path) -> dict:

@@ -100,6 +100,12 @@ def hypotheses(image: Image.Image) -> list[Hypothesis]:
     return found
 
 
+def closest(query: list[Hypothesis], stored: Fingerprint) -> tuple[int, str]:
+    """(distance, hypothesis label) of the hypothesis nearest to one stored fingerprint."""
+    return min((hypothesis.fingerprint.distance(stored), hypothesis.label) for hypothesis in query
+               if hypothesis.aspect is None or abs(stored.width / stored.height - hypothesis.aspect) <= ASPECT_TOLERANCE)
+
+
 def nearest(query: list[Hypothesis], rows: np.ndarray) -> list[tuple[int, int, str]]:
     """(row index, distance, hypothesis label) of every row within MATCH_DISTANCE of a hypothesis,
     nearest first; `rows` is an (n, 4) int64 array of phash, whash, width, height."""

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from .families import CONFIGS, FAMILIES, detect_family, family_config, read_header, v_prediction_beside, vae_layout
-from .request import ModelRef, model_ref
+from .request import JobError, ModelRef, model_ref
 from .sources import model_hash, model_name, resolve_source
 from .tokenizer import clip_tokenizer
 
@@ -51,6 +51,11 @@ def pick_dtype(device: torch.device, dtype: str | torch.dtype | None = None) -> 
     return allowed[dtype]
 
 
+def plainly(error: Exception) -> str:
+    """Why a file could not be loaded, for users: the engine's own words, else no library's."""
+    return str(error) if isinstance(error, JobError) else "its weights don't fit its family's layout (staff see the details)"
+
+
 def _load(ref: ModelRef, device: torch.device, dtype: torch.dtype) -> LoadedModel:
     started = time.perf_counter()
     path = resolve_source(ref.source)
@@ -59,9 +64,7 @@ def _load(ref: ModelRef, device: torch.device, dtype: torch.dtype) -> LoadedMode
         pipe, family = _load_single_file(path, ref, dtype) if path.is_file() else _load_folder(path, dtype)
         vae_config = str(Path(ref.config).resolve() if ref.config else family_config(family)) if path.is_file() else str(path)
     except (OSError, ValueError, KeyError, RuntimeError) as error:
-        # The message reaches users: it names the model, never a server path.
-        detail = str(error).replace(str(path), path.name).replace(ref.config or str(CONFIGS), "config")[:300]
-        raise ValueError(f"model {name!r} could not be loaded: {detail}") from error
+        raise JobError(f"model {name!r} could not be loaded: {plainly(error)}") from error
     if dtype == torch.float16 and getattr(pipe.vae.config, "force_upcast", False):
         pipe.vae.to(torch.float32)  # SDXL's VAE overflows in float16: black images
     pipe.to(device)
@@ -95,8 +98,7 @@ def _load_vae(ref: ModelRef, model: LoadedModel, dtype: torch.dtype) -> LoadedMo
             vae = AutoencoderKL.from_config(AutoencoderKL.load_config(model.vae_config, subfolder="vae"))
             vae.load_state_dict(load_file(path))
     except (OSError, ValueError, KeyError, RuntimeError) as error:
-        detail = str(error).replace(str(path), path.name).replace(model.vae_config, "config")[:300]
-        raise ValueError(f"VAE {name!r} could not be loaded: {detail}") from error
+        raise JobError(f"VAE {name!r} could not be loaded: {plainly(error)}") from error
     vae.to(model.device, dtype).eval()
     return LoadedModel(pipe=vae, name=name, hash=ref.hash or model_hash(path), family="vae", vae_config="",
                        device=model.device, dtype=dtype, size_bytes=sum(p.numel() * p.element_size() for p in vae.parameters()),
@@ -109,7 +111,7 @@ def _load_folder(folder: Path, dtype: torch.dtype):
     index = json.loads((folder / "model_index.json").read_text())
     kind = index.get("_class_name")
     if kind not in ("StableDiffusionPipeline", "StableDiffusionXLPipeline"):
-        raise ValueError(f"it is a {kind}; only Stable Diffusion 1.x, 2.x and SDXL pipelines are supported")
+        raise JobError(f"it is a {kind}; only Stable Diffusion 1.x, 2.x and SDXL pipelines are supported")
     extra = ({"add_watermarker": False} if kind == "StableDiffusionXLPipeline"
              else {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False})
     pipe = getattr(diffusers, kind).from_pretrained(folder, dtype=dtype, use_safetensors=True, **extra)
@@ -125,7 +127,7 @@ def _load_single_file(path: Path, ref: ModelRef, dtype: torch.dtype):
     spec = FAMILIES[family]
     config = Path(ref.config).resolve() if ref.config else family_config(family)
     if not (config / "model_index.json").is_file():
-        raise ValueError(f"the config folder of {family} has no model_index.json")
+        raise JobError(f"the config folder of {family} has no model_index.json")
     index = json.loads((config / "model_index.json").read_text())
     extra = {"add_watermarker": False} if spec.xl else {"safety_checker": None, "feature_extractor": None,
                                                          "requires_safety_checker": False}

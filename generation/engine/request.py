@@ -7,6 +7,12 @@ from dataclasses import dataclass
 from .prompts import LORA_TAG, check_prompt_syntax, lora_tags
 from .schedulers import scheduler_spec
 
+
+class JobError(ValueError):
+    """A job's own failure said for its owner in one plain sentence: no library's text, no server
+    path. What caused it is chained to it, for the log and staff."""
+
+
 MAX_SEED = 2**32 - 1
 MAX_PROMPT_CHARS = 4000
 MAX_PROMPT_CHUNKS = 20  # BREAK-separated parts of one prompt; A1111's regional prompts use a handful

@@ -16,7 +16,7 @@ from .metadata import format_parameters, save_png
 from .pipelines import pipeline_for_run
 from .previews import PreviewMaker, PreviewSettings, PreviewThrottle, load_taesd
 from .prompts import embedding_pattern, encode_prompts, encode_prompts_xl
-from .request import LATENT_UPSCALERS, MASKED_CONTENT, PIXEL_UPSCALERS, RESIZE_MODES, GenerationRequest, Limits, model_ref
+from .request import LATENT_UPSCALERS, MASKED_CONTENT, PIXEL_UPSCALERS, RESIZE_MODES, GenerationRequest, JobError, Limits, model_ref
 from .watermark import PAYLOAD_BYTES, embed_watermark
 
 
@@ -160,9 +160,9 @@ def checked_result(request, images, seeds, *, model, vae, addons, checker, timin
         try:
             flags = [bool(f) for f in checker.check(images)]
         except Exception as error:
-            raise RuntimeError(f"the safety checker failed, so no image is returned: {error}") from error
+            raise JobError("the safety checker failed, so no image is returned") from error
         if len(flags) != len(images):
-            raise RuntimeError("the safety checker gave a verdict count that doesn't match the images")
+            raise JobError("the safety checker gave a verdict count that doesn't match the images")
     timings["safety"] = time.perf_counter() - tick
     kept = [k for k, flagged in enumerate(flags) if not flagged]
 
@@ -199,7 +199,7 @@ def _load_addons(request, model) -> Addons:
         if ref.name.lower() in named:
             vectors = PIPELINES.get_addon("embedding", ref, model).value
             if (len(vectors) == 2) != model.xl:  # SDXL's hold a set for each of its two text encoders
-                raise ValueError(f"embedding {ref.name!r} is for another family ("
+                raise JobError(f"embedding {ref.name!r} is for another family ("
                                  f"{'SDXL' if len(vectors) == 2 else 'SD 1.x/2.x'})")
             embeddings[ref.name] = vectors
             hashes[ref.name] = ref.hash
@@ -381,10 +381,10 @@ def _title(ref, model) -> str:
 def _check_roles(model, refiner, mode: str) -> None:
     family = FAMILIES.get(model.family)
     if family is not None and family.role == "refiner" or family and family.role == "inpaint" and mode != "inpaint":
-        raise ValueError(f"model {model.name!r} is {family.label}: it can't make an image "
+        raise JobError(f"model {model.name!r} is {family.label}: it can't make an image "
                          + ("without a mask" if family.role == "inpaint" else "from text alone"))
     if refiner is not None and not (model.xl and refiner.xl and FAMILIES[refiner.family].role != "inpaint"):
-        raise ValueError(f"refiner {refiner.name!r} can't refine {model.name!r}: the refiner is for SDXL models and "
+        raise JobError(f"refiner {refiner.name!r} can't refine {model.name!r}: the refiner is for SDXL models and "
                          "must be an SDXL refiner or base")
 
 

@@ -84,7 +84,8 @@ class Job(models.Model):
     preview = models.BinaryField(null=True, blank=True, editable=False)
     timings = models.JSONField(default=dict, blank=True)
     batch_size = models.PositiveSmallIntegerField(default=1, help_text="Jobs denoised together in its run")
-    error = models.TextField(blank=True)
+    error = models.TextField(blank=True, help_text="What its owner is told, in one plain sentence")
+    error_detail = models.TextField(blank=True, help_text="For staff only: the exception that ended it")
     idempotency_key = models.CharField(max_length=200, null=True, blank=True)
     request_fingerprint = models.CharField(max_length=64, blank=True)
 

@@ -5,9 +5,11 @@ import hashlib
 import json
 import re
 import tempfile
+import unicodedata
 from pathlib import Path
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.core.files import File
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
@@ -15,6 +17,7 @@ from django.db import transaction
 from django.db.models import Q, Sum
 
 from generation.engine.families import addon_family, file_metadata, file_sha256
+from generation.engine.request import JobError
 from generation.models import AddOn
 from generation.services.audit import staff_action
 from generation.uploads import png_bytes, read_image
@@ -26,11 +29,17 @@ _NAMES = {AddOn.LORA: re.compile(r"^[^\s<>:][^<>:\x00-\x1f]{0,99}$"), AddOn.EMBE
           AddOn.CONTROLNET: re.compile(r"^[^\s\[\]][^\[\]\x00-\x1f]{0,99}$")}
 
 
+def printable(name: str) -> bool:
+    """No control, format (bidi overrides, zero-width) or unassigned characters: a name reads as
+    what it is and can be typed back."""
+    return all(not unicodedata.category(c).startswith("C") for c in name)
+
+
 def check_name(kind: str, name: str) -> None:
-    if not isinstance(name, str) or not _NAMES[kind].match(name) or name != name.strip():
-        allowed = {AddOn.LORA: "up to 100 characters without < > or :",
+    if not isinstance(name, str) or not _NAMES[kind].match(name) or name != name.strip() or not printable(name):
+        allowed = {AddOn.LORA: "up to 100 visible characters without < > or :",
                    AddOn.EMBEDDING: "one word of letters, digits, '.', '-' or '_' (it is written in prompts)",
-                   AddOn.CONTROLNET: "up to 100 characters without [ or ]"}[kind]
+                   AddOn.CONTROLNET: "up to 100 visible characters without [ or ]"}[kind]
         raise ValueError(f"name: {name!r} can't name a {dict(AddOn.KINDS)[kind]}: use {allowed}")
 
 
@@ -134,15 +143,10 @@ def addon_upload(*, user, kind: str, name: str, file, preview=None) -> AddOn:
     check_name(kind, name)
     if not str(getattr(file, "name", "")).lower().endswith(".safetensors"):
         raise ValueError("file: only .safetensors files are accepted (pickles can run code when loaded)")
-    limit, quota = settings.SDWEB["ADDON_MAX_BYTES"], settings.SDWEB["ADDON_QUOTA_BYTES"]
+    limit = settings.SDWEB["ADDON_MAX_BYTES"]
     if file.size > limit:
         raise ValueError(f"file: it is {file.size / 2**20:.1f} MB; at most {limit / 2**20:.0f} MB is allowed")
-    used = AddOn.objects.filter(owner=user).aggregate(total=Sum("file_size"))["total"] or 0
-    if used + file.size > quota:
-        raise ValueError(f"file: your add-ons would take {(used + file.size) / 2**20:.1f} MB; your quota is "
-                         f"{quota / 2**20:.0f} MB. Delete one first.")
-    if AddOn.objects.filter(owner=user, kind=kind, name=name).exists():
-        raise ValueError(f"name: you already have a {dict(AddOn.KINDS)[kind]} called {name!r}")
+    _check_room(user, kind, name, file.size)
     with tempfile.NamedTemporaryFile(suffix=".safetensors") as copy:
         digest = hashlib.sha256()
         for chunk in file.chunks():
@@ -154,13 +158,31 @@ def addon_upload(*, user, kind: str, name: str, file, preview=None) -> AddOn:
         except ValueError as error:
             raise ValueError("file: " + str(error).replace(Path(copy.name).name, "the file")) from None
         words = trigger_words(copy.name) if kind == AddOn.LORA else ""
+        shown = _store_preview(read_image(preview.read(), field="preview").image) if preview else ""
         sha256, stored = digest.hexdigest(), f"addons/{digest.hexdigest()}.safetensors"
-        if not default_storage.exists(stored):  # named by content: two users' same file is kept once
-            copy.seek(0)
-            default_storage.save(stored, File(copy))
-    shown = _store_preview(read_image(preview.read(), field="preview").image) if preview else ""
-    return AddOn.objects.create(kind=kind, name=name, family=family, source=stored, stored=True, sha256=sha256,
-                                file_size=file.size, trigger_words=words, preview=shown, owner=user)
+        try:
+            with transaction.atomic():  # the quota is checked again under a lock on the user's row
+                get_user_model().objects.select_for_update().filter(pk=user.pk).first()
+                _check_room(user, kind, name, file.size)
+                if not default_storage.exists(stored):  # named by content: two users' same file is kept once
+                    copy.seek(0)
+                    default_storage.save(stored, File(copy))
+                return AddOn.objects.create(kind=kind, name=name, family=family, source=stored, stored=True,
+                                            sha256=sha256, file_size=file.size, trigger_words=words, preview=shown,
+                                            owner=user)
+        except BaseException:
+            _delete_unused_files([AddOn(source=stored, stored=True, preview=shown)])
+            raise
+
+
+def _check_room(user, kind: str, name: str, size: int) -> None:
+    quota = settings.SDWEB["ADDON_QUOTA_BYTES"]
+    used = AddOn.objects.filter(owner=user).aggregate(total=Sum("file_size"))["total"] or 0
+    if used + size > quota:
+        raise ValueError(f"file: your add-ons would take {(used + size) / 2**20:.1f} MB; your quota is "
+                         f"{quota / 2**20:.0f} MB. Delete one first.")
+    if AddOn.objects.filter(owner=user, kind=kind, name=name).exists():
+        raise ValueError(f"name: you already have a {dict(AddOn.KINDS)[kind]} called {name!r}")
 
 
 def addon_delete(*, user, addon_id: int) -> None:
@@ -237,7 +259,7 @@ def engine_addons(job) -> dict:
     for record in job.addons:
         addon = AddOn.objects.filter(kind=record["kind"], sha256=record["sha256"]).order_by("-enabled").first()
         if addon is None:
-            raise ValueError(f"{dict(AddOn.KINDS)[record['kind']]} {record['name']!r} is no longer in the library")
+            raise JobError(f"{dict(AddOn.KINDS)[record['kind']]} {record['name']!r} is no longer in the library")
         ref = ModelRef(addon_local_path(addon), family=addon.family, config=addon.config, name=record["name"],
                        hash=addon.short_hash)
         if record["kind"] == AddOn.LORA:

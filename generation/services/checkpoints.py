@@ -11,6 +11,7 @@ from generation.engine.families import FAMILIES, detect_family, file_sha256, rea
 from generation.engine.sources import resolve_source
 from generation.engine.testmodel import TEST_MODEL_NAME, make_test_model
 from generation.models import Checkpoint, Vae
+from generation.services.addons import printable
 from generation.services.audit import staff_action
 
 
@@ -19,6 +20,8 @@ def checkpoint_register(*, name: str, source: str, family: str = "", config: str
     """Register (or update) a checkpoint; ValueError names what is wrong with the file. A hub id
     is downloaded now. A file is hashed unless its size and mtime are what was hashed before;
     `progress(n)` is told each hashed block's size."""
+    if not name or not printable(name):
+        raise ValueError(f"name {name!r}: use visible characters (no control or bidi characters)")
     path = resolve_source(source)
     if path.is_file():
         found = detect_family(read_header(path), v_prediction=v_prediction_beside(path))
@@ -47,6 +50,8 @@ def checkpoint_register(*, name: str, source: str, family: str = "", config: str
 
 def vae_register(*, name: str, source: str, progress=None) -> Vae:
     """Register (or update) a VAE file, LDM or diffusers layout; ValueError says what else it is."""
+    if not name or not printable(name):
+        raise ValueError(f"name {name!r}: use visible characters (no control or bidi characters)")
     path = resolve_source(source)
     if not path.is_file():
         raise ValueError("a VAE is one .safetensors file")

@@ -99,6 +99,9 @@ def _publish(job: Job, work: Finishing, images: list[Image], prints: list[ImageF
         error=f"{flagged} image(s) withheld by the safety checker; their share was refunded." if flagged else "")
     if not finished:  # cancelled or taken over meanwhile
         return False
+    if job.init_image_id and Image.objects.filter(pk=job.init_image_id, hidden=True).exists():
+        for image in images:  # made from an image staff hid meanwhile: hidden too
+            image.hidden = True
     Image.objects.bulk_create(images)
     ImageFingerprint.objects.bulk_create(prints)
     if flagged:

@@ -122,10 +122,11 @@ def jobs_reap() -> dict:
 
 
 @transaction.atomic
-def job_finish_failed(*, job: Job, attempt: int, error: str, status: str = Job.FAILED) -> bool:
-    """End a job as failed or cancelled and refund it once, if this attempt still owns it."""
+def job_finish_failed(*, job: Job, attempt: int, error: str, status: str = Job.FAILED, detail: str = "") -> bool:
+    """End a job as failed or cancelled and refund it once, if this attempt still owns it; `error`
+    is for its owner, `detail` for staff only."""
     ended = Job.objects.filter(pk=job.pk, attempts=attempt, status__in=Job.ACTIVE).update(
-        status=status, error=error, finished_at=timezone.now(), lease_until=None)
+        status=status, error=error, error_detail=detail, finished_at=timezone.now(), lease_until=None)
     if ended:
         credits_refund(job=job, reason="cancelled" if status == Job.CANCELLED else "failed")
         event = {"type": "cancelled"} if status == Job.CANCELLED else {"type": "failed", "reason": error}

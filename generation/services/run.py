@@ -9,6 +9,7 @@ import logging
 import operator
 import threading
 import time
+import traceback
 from datetime import timedelta
 
 import torch
@@ -22,7 +23,7 @@ from generation.engine.batch import generate_batch
 from generation.engine.loading import PIPELINES, compile_unet
 from generation.engine.metadata import format_parameters
 from generation.engine.previews import PreviewSettings
-from generation.engine.request import GenerationRequest
+from generation.engine.request import GenerationRequest, JobError
 from generation.engine.run import GenerationCancelled, generate
 from generation.engine.safety import DiffusersSafetyChecker
 from generation.engine.upscale import UpscaleResult, upscale
@@ -205,9 +206,10 @@ def jobs_run(jobs: list[Job]) -> None:
         if k in watch.reasons or isinstance(outcome, GenerationCancelled):
             continue  # ended when it stopped (or it is another attempt's now)
         if isinstance(outcome, Exception):
-            if len(jobs) > 1:
-                log.warning("job %s of a batch of %d failed: %s", job.pk, len(jobs), outcome)
-            job_finish_failed(job=job, attempt=job.attempts, error=f"Generation failed: {outcome}")
+            detail = "".join(traceback.format_exception(outcome))
+            log.warning("job %s (of a run of %d) failed: %s", job.pk, len(jobs), detail)
+            job_finish_failed(job=job, attempt=job.attempts, error=f"Generation failed: {said(outcome)}",
+                              detail=detail[-20000:])
             continue
         try:
             FINISHER.submit(job, Finishing(
@@ -217,6 +219,16 @@ def jobs_run(jobs: list[Job]) -> None:
         except Exception:  # this job alone: the others of the batch are finished as usual
             log.exception("job %s could not be handed over to be finished", job.pk)
             job_finish_failed(job=job, attempt=job.attempts, error="Generation failed: its images could not be stored.")
+
+
+def said(error: Exception) -> str:
+    """An engine error as its job's owner reads it: the engine's own sentence, or what kind of
+    failure it was; never a library's text (a state_dict dump) or a server path."""
+    if isinstance(error, JobError):
+        return str(error)
+    if isinstance(error, torch.OutOfMemoryError):
+        return "the GPU ran out of memory for it; a smaller size or fewer images may fit. The credits are back."
+    return "an error in the server stopped it (staff can see what). The credits are back."
 
 
 def _outcomes(jobs: list[Job], watch: Watch) -> list:

@@ -79,7 +79,7 @@ def job_submit(*, user, params: dict, client_ip: str | None = None, idempotency_
         raise
     cost = quote_cost(width=0, height=0, steps=0, num_images=fields["num_images"], passes=fields.pop("passes"),
                       controlnet_units=sum(a["kind"] == AddOn.CONTROLNET for a in fields.get("addons", [])))
-    fields |= _stored_inputs(inputs)
+    fields |= _stored_inputs(inputs, fields.get("addons", []))
     try:
         with transaction.atomic():
             account = locked_account(user)
@@ -201,7 +201,7 @@ def _addons(user, checkpoint: Checkpoint, fields: dict, units, control_images: l
                      "processor_res": unit.get("processor_res", 512), "threshold_a": unit.get("threshold_a", -1),
                      "threshold_b": unit.get("threshold_b", -1)}
         records.append({"kind": AddOn.CONTROLNET, "name": addon.name, "sha256": addon.sha256, **settings_,
-                        "image": f"inputs/{upload.sha256}.png", "image_sha256": upload.sha256})
+                        "image_sha256": upload.sha256})  # "image": its stored file, named when it is stored
         engine["controlnets"].append(ControlUnit(ModelRef(addon.source, family=family, name=addon.name,
                                                           hash=addon.short_hash), upload.image, **settings_))
     return records, {k: tuple(v) for k, v in engine.items()}
@@ -330,6 +330,8 @@ def _upload(user, value, field: str) -> Upload:
         if not value.can_view(user):
             raise ValueError(f"{field}: upload a PNG, JPEG or WebP file, or give the id of an image of yours "
                              "(or a public one)")
+        if value.hidden:  # a takedown holds for everything made from the image
+            raise ValueError(f"{field}: image {value.hex_id} was hidden by staff and can't be used to make images")
         with default_storage.open(value.png.name, "rb") as file:
             value = file.read()
     return read_image(value, field=field)
@@ -364,21 +366,22 @@ def job_control_units(job: Job) -> list[dict]:
     return units
 
 
-def _stored_inputs(inputs: dict) -> dict:
-    """Write the starting image, mask and control images as clean PNGs (named by the received
-    file's SHA-256, so a resubmission stores nothing new) and give the Job fields that point at them."""
-    for upload in inputs["controlnet"]:
-        name = f"inputs/{upload.sha256}.png"
-        if not default_storage.exists(name):
-            default_storage.save(name, ContentFile(png_bytes(upload.image)))
-    fields = {}
-    for field in ("init_image", "mask"):
-        if field in inputs:
-            name = f"inputs/{inputs[field + '_sha256']}.png"
-            if not default_storage.exists(name):
-                default_storage.save(name, ContentFile(png_bytes(inputs[field])))
-            fields |= {field: name, f"{field}_sha256": inputs[f"{field}_sha256"]}
+def _stored_inputs(inputs: dict, addons: list[dict]) -> dict:
+    """Write the starting image, mask and control images as clean PNGs, each named by what it is
+    and the stored file's own SHA-256 (the same picture sent again stores nothing new, and no
+    other file can take its name), and give the Job fields (and unit records) that point at them."""
+    units = [record for record in addons if record["kind"] == AddOn.CONTROLNET]
+    for record, upload in zip(units, inputs["controlnet"]):
+        record["image"] = _stored("control", upload.image)
+    fields = {field: _stored(field, inputs[field]) for field in ("init_image", "mask") if field in inputs}
+    fields |= {f"{field}_sha256": inputs[f"{field}_sha256"] for field in fields}
     return fields | ({"init_image_id": inputs["init_image_id"]} if "init_image_id" in inputs else {})
+
+
+def _stored(kind: str, image: PILImage.Image) -> str:
+    data = png_bytes(image)
+    name = f"inputs/{kind}-{hashlib.sha256(data).hexdigest()}.png"
+    return name if default_storage.exists(name) else default_storage.save(name, ContentFile(data))
 
 
 def _vae(checkpoint: Checkpoint, vae) -> Vae | None:

@@ -4,6 +4,7 @@ units through submit, charge, run, audit and trace, in the page and in A1111's a
 extension's API shapes."""
 
 import base64
+import hashlib
 import io
 import json
 
@@ -224,7 +225,8 @@ def test_a_controlnet_unit_from_a_gallery_image_guides_the_job_and_its_variants(
     record = job.addons[0]
     assert (record["kind"], record["name"], record["module"], record["weight"]) == ("controlnet", "tiny-canny",
                                                                                    "canny", 0.9)
-    assert record["image"] == f"inputs/{record['image_sha256']}.png" and default_storage.exists(record["image"])
+    with default_storage.open(record["image"]) as file:  # named by what it holds
+        assert record["image"] == f"inputs/control-{hashlib.sha256(file.read()).hexdigest()}.png"
     assert infotext(job)["ControlNet 0"].startswith(
         f"Module: canny, Model: tiny-canny [{library['controlnet'].sha256[:8]}], Weight: 0.9")
     assert PromptAudit.objects.get(job_id=job.pk).params["controlnet_sha256"] == [f"image {control.hex_id}"]

@@ -9,6 +9,7 @@ from PIL import Image as PILImage
 
 from gallery.services import account_delete, images_delete
 from generation.engine import read_png_marking, save_png, watermark_reading
+from generation.engine.fingerprint import fingerprint
 from generation.engine.watermark import embed_legacy_watermark
 from generation.models import ImageFingerprint
 from tests.support import photo, photo_generate
@@ -110,8 +111,10 @@ def test_identical_pictures_from_two_jobs_are_both_listed_as_candidates(client, 
 
 def test_an_image_marked_with_the_old_watermark_is_still_traced(client, admin, jobs):
     target = jobs[4].images.first()
-    old = io.BytesIO()  # what an image made before this watermark looks like: the old mark, same id
-    embed_legacy_watermark(photo(8, 256), target.watermark_payload).save(old, format="PNG")
+    old = io.BytesIO()  # an image made before this watermark: the old mark, same id, its own picture
+    picture = photo(8, 256)
+    ImageFingerprint.objects.filter(image_id=target.pk).update(**vars(fingerprint(picture)))
+    embed_legacy_watermark(picture, target.watermark_payload).save(old, format="PNG")
     client.force_login(admin)
     result = trace(client, old).json()
     assert result["found"] and result["method"] == "watermark" and result["job_id"] == str(jobs[4].pk), result
