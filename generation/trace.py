@@ -10,8 +10,7 @@ from django.db import connection
 from PIL import Image as PILImage
 
 from gallery.models import Image
-from generation.engine.fingerprint import (ASPECT_TOLERANCE, MATCH_DISTANCE, Fingerprint, Hypothesis, closest,
-                                           hypotheses, nearest)
+from generation.engine.fingerprint import ASPECT_TOLERANCE, MATCH_DISTANCE, Fingerprint, Hypothesis, closest, hypotheses, nearest
 from generation.engine.metadata import read_png_marking, read_png_parameters
 from generation.engine.watermark import watermark_reading
 from generation.models import AuditImage, ImageFingerprint

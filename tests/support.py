@@ -9,6 +9,7 @@ import re
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import textwrap
@@ -374,3 +375,30 @@ def photo_generate(request, *, watermark_payloads=None, **_):
     if watermark_payloads:
         pictures = [embed_watermark(picture, payload) for picture, payload in zip(pictures, watermark_payloads)]
     return GenerationResult(request=request, images=pictures, seeds=seeds, indexes=list(range(len(seeds))))
+
+
+def _segments(data: bytes) -> list[bytes]:
+    """A JPEG's marker segments, each scan with its coded data."""
+    found, at = [], 2
+    while data[at + 1] != 0xD9:
+        end = at + 2 + struct.unpack(">H", data[at + 2:at + 4])[0]
+        if data[at + 1] == 0xDA:  # coded data runs to the next marker that is not 0xFF00 or a restart
+            while data[end] != 0xFF or data[end + 1] == 0 or 0xD0 <= data[end + 1] <= 0xD7:
+                end += 1
+        found.append(data[at:end])
+        at = end
+    return found
+
+
+def scan_bomb(scans: int) -> bytes:
+    """The tester's file: a 4096x4096 progressive JPEG whose smallest scan (16 bytes) is repeated:
+    each copy is one more pass over 16 M pixels (this many take ~0.5 ms each here to decode)."""
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", (4096, 4096), (120, 130, 140)).save(out, "JPEG", progressive=True, quality=90)
+    segments = _segments(out.getvalue())
+    smallest = min((s for s in segments if s[1] == 0xDA), key=len)
+    return b"\xff\xd8" + b"".join(segments) + smallest * scans + b"\xff\xd9"

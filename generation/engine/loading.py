@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from .families import CONFIGS, FAMILIES, detect_family, family_config, read_header, v_prediction_beside, vae_layout
+from .families import FAMILIES, detect_family, family_config, read_header, v_prediction_beside, vae_layout
 from .request import JobError, ModelRef, model_ref
 from .sources import model_hash, model_name, resolve_source
 from .tokenizer import clip_tokenizer

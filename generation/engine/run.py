@@ -16,7 +16,16 @@ from .metadata import format_parameters, save_png
 from .pipelines import pipeline_for_run
 from .previews import PreviewMaker, PreviewSettings, PreviewThrottle, load_taesd
 from .prompts import embedding_pattern, encode_prompts, encode_prompts_xl
-from .request import LATENT_UPSCALERS, MASKED_CONTENT, PIXEL_UPSCALERS, RESIZE_MODES, GenerationRequest, JobError, Limits, model_ref
+from .request import (
+    LATENT_UPSCALERS,
+    MASKED_CONTENT,
+    PIXEL_UPSCALERS,
+    RESIZE_MODES,
+    GenerationRequest,
+    JobError,
+    Limits,
+    model_ref,
+)
 from .watermark import PAYLOAD_BYTES, embed_watermark
 
 

@@ -115,3 +115,73 @@ def test_add_on_names_that_postgresql_cant_store_are_refused_by_name(deployment)
                        ("/sdapi/v1/txt2img", {"prompt": "x", "alwayson_scripts": {"controlnet": {"args": [unit]}}})):
         data = json.dumps(body).encode()
         assert request(deployment, path, data, headers) == 400, (path, body)
+
+
+def test_six_add_on_uploads_at_once_never_pass_the_quota(deployment, addon_files, tmp_path):
+    header_length = int.from_bytes(addon_files["lora"].read_bytes()[:8], "little")
+    raw = addon_files["lora"].read_bytes()
+    header = json.loads(raw[8:8 + header_length]) | {"__metadata__": {"pad": "x" * (3 * 2**19)}}  # 1.5 MiB
+    text = json.dumps(header).encode()
+    padded = tmp_path / "padded.safetensors"
+    padded.write_bytes(len(text).to_bytes(8, "little") + text + raw[8 + header_length:])
+    stored = deployment.script(f"""
+        import threading
+        from django.conf import settings
+        from django.contrib.auth.models import User
+        from django.core.files.uploadedfile import SimpleUploadedFile
+        from django.db import connection
+        from generation.models import AddOn
+        from generation.services.addons import addon_upload
+        settings.SDWEB["ADDON_QUOTA_BYTES"] = 4 * 2**20
+        user, data, start = User.objects.create_user("quota-racer"), open({str(padded)!r}, "rb").read(), threading.Barrier(6)
+        def upload(k):
+            start.wait()
+            try:
+                addon_upload(user=user, kind="lora", name=f"style{{k}}", file=SimpleUploadedFile("s.safetensors", data))
+            except ValueError:
+                pass  # over the quota
+            finally:
+                connection.close()
+        threads = [threading.Thread(target=upload, args=(k,)) for k in range(6)]
+        [thread.start() for thread in threads]
+        [thread.join() for thread in threads]
+        print(json.dumps(AddOn.objects.filter(owner=user).count()))
+    """)
+    assert stored == 2  # 3 MiB of 4; the third would make 4.5
+
+
+def test_other_people_are_served_while_the_reviews_attacks_run(deployment):
+    import base64
+    import io
+    import time
+
+    from PIL import Image
+
+    from tests.support import scan_bomb
+
+    attacker, other = api_key(deployment, "bomber"), api_key(deployment, "bystander")
+    thin = io.BytesIO()
+    Image.new("RGB", (64, 262144), "white").save(thin, "PNG")
+    thin, bomb = (base64.b64encode(data).decode() for data in (thin.getvalue(), scan_bomb(50_000)))
+    attacks = [("/controlnet/detect", {"controlnet_module": "lineart_standard", "controlnet_processor_res": 2048,
+                                       "controlnet_input_images": [thin]}),
+               ("/sdapi/v1/img2img", {"prompt": "x", "init_images": [bomb], "steps": 2}),
+               ("/sdapi/v1/extra-single-image", {"image": bomb, "upscaling_resize": 2})] * 2
+    waits = []
+
+    def run(k):
+        if k < len(attacks):
+            path, body = attacks[k]
+            return request(deployment, path, json.dumps(body).encode(), {
+                "Authorization": f"Bearer {attacker}", "Content-Type": "application/json"})
+        codes = []
+        for _ in range(5):
+            started = time.perf_counter()
+            codes.append(request(deployment, "/api/v1/jobs/", None, {"Authorization": f"Bearer {other}"}))
+            waits.append(time.perf_counter() - started)
+        return codes
+
+    *refused, served = at_once(len(attacks) + 1, run)
+    print(f"a bystander's request while the attacks ran: median {sorted(waits)[2]:.3f} s, worst {max(waits):.3f} s")
+    assert set(refused) <= {400, 422} and served == [200] * 5, (refused, served)
+    assert max(waits) < 30  # an unbounded decode held the web process for 1 959 s
