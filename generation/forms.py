@@ -66,14 +66,16 @@ class GenerateForm(forms.Form):
                                           help_text="Repaint the mask's box at full size and paste it back.")
     inpaint_full_res_padding = forms.IntegerField(min_value=0, max_value=256, initial=32, required=False,
                                                   label="Only masked padding")
-    enable_hr = forms.BooleanField(required=False, label="Hires fix",
-                                   help_text="A second pass at a larger size (uses the denoising strength).")
+    enable_hr = forms.BooleanField(required=False, label="Hires fix", help_text="A second pass at a larger size.")
     hr_scale = forms.FloatField(min_value=1, max_value=4, initial=2, required=False, label="Upscale by",
                                 widget=forms.NumberInput(attrs={"step": 0.05}))
     hr_upscaler = forms.ChoiceField(choices=[(n, n) for n in (*LATENT_UPSCALERS, *PIXEL_UPSCALERS)], initial="Latent",
                                     required=False, label="Upscaler")
     hr_second_pass_steps = forms.IntegerField(min_value=0, max_value=MAX_STEPS, initial=0, required=False,
                                               label="Second pass", help_text="Its steps; 0: as many as the first pass.")
+    hr_denoising_strength = forms.FloatField(min_value=0.01, max_value=1, initial=0.7, required=False,
+                                             label="Denoising strength", help_text="How much the second pass changes "
+                                             "(A1111's default 0.7).", widget=forms.NumberInput(attrs={"step": 0.01}))
 
     # One ControlNet unit from the page (the APIs take several): its image is an upload, a gallery
     # image ("Use as control image"), or else the starting image.
@@ -126,8 +128,11 @@ class GenerateForm(forms.Form):
                                ("cn_threshold_a", -1), ("cn_threshold_b", -1)):
             if data.get(field) in (None, ""):
                 data[field] = default
-        if not data.get("enable_hr"):  # the strength field is shared; hires keeps A1111's own 0.7 default
+        hires_strength = data.pop("hr_denoising_strength", None)
+        if not data.get("enable_hr"):
             data.pop("hr_scale"), data.pop("hr_upscaler"), data.pop("hr_second_pass_steps")
+        elif not (data.get("init_image") or data.get("init_image_id")):  # one strength per job, as in A1111
+            data["denoising_strength"] = hires_strength or 0.7
         return data
 
     def clean_clip_skip(self):

@@ -41,13 +41,16 @@ def generate(request):
     if job is None and request.method == "GET":
         job = request.user.jobs.filter(status__in=Job.ACTIVE).select_related("checkpoint").first()
     initial = None
-    # The form keeps the settings of the job shown, else of the user's last job (not its image).
-    last = job or request.user.jobs.filter(upscale_by=0).first()
+    start = _start_image(request, job)
+    # The form keeps the settings of the job shown, else those that made the starting image picked
+    # ("Use as starting image"), else of the user's last job (not its image).
+    last = job or (start.job if start is not None and request.GET.get("init") and not start.job.upscale_by else
+                   request.user.jobs.filter(upscale_by=0).first())
     if request.method == "GET":
         initial = request.GET.dict() if "prompt" in request.GET else (
             {**last.params(), "seed": -1, "checkpoint": last.checkpoint_id, "refiner": last.refiner_id,
-             "vae": last.vae_id} if last else {})
-    start = _start_image(request, job)
+             "vae": last.vae_id, "hr_denoising_strength": last.denoising_strength if last.enable_hr else 0.7}
+            if last else {})
     if start is not None and request.method == "GET":
         initial = {**initial, "init_image_id": start.hex_id}
         if "prompt" not in request.GET:  # "Use as starting image": the job takes the image's size

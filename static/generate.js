@@ -20,7 +20,8 @@
     if (!fromImage && field("enable_hr").checked) {
       const scale = Number(field("hr_scale").value || 2);
       const hw = Math.floor(w * scale / 8) * 8, hh = Math.floor(h * scale / 8) * 8;
-      pixelSteps += hw * hh * Math.floor((Number(field("hr_second_pass_steps").value) || s) * strength);
+      pixelSteps += hw * hh * Math.floor((Number(field("hr_second_pass_steps").value) || s) *
+                                         Number(field("hr_denoising_strength").value || 0.7));
     }
     // A ControlNet unit adds half of every step's work (credits.quote_cost).
     const units = field("cn_model") && field("cn_model").value ? 1 : 0;

@@ -116,6 +116,14 @@
   });
   document.addEventListener("keydown", (e) => { if (e.key === "Escape" && !view.hidden) closeCompare(); });
   comparable();
+  // Discarding deletes for good: say how many first, and do nothing when every image is kept.
+  $("keep-form").addEventListener("submit", (e) => {
+    const boxes = [...$("keep-form").querySelectorAll("input[name=keep]")];
+    const gone = boxes.filter((box) => !box.checked).length;
+    if (!gone || !window.confirm(`Delete ${gone} of ${boxes.length} images for good? This can't be undone.`)) {
+      e.preventDefault();
+    }
+  });
   function fail(text) {
     $("error").textContent = text;
     $("error").hidden = !text;

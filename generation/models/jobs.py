@@ -106,6 +106,11 @@ class Job(models.Model):
         return {f: getattr(self, f) for f in self.PARAMS}
 
     @property
+    def refunded(self) -> int:
+        """Credits given back for it (a failed or cancelled job: all; withheld images: their share)."""
+        return sum(e.amount for e in self.credit_entries.all() if e.kind == CreditEntry.REFUND)
+
+    @property
     def init_image_hex(self) -> str:
         return f"{self.init_image_id:016x}" if self.init_image_id else ""
 

@@ -24,6 +24,7 @@ from generation.uploads import png_bytes, read_image
 
 FOLDERS = {AddOn.LORA: "LORA_DIR", AddOn.EMBEDDING: "EMBEDDINGS_DIR", AddOn.CONTROLNET: "CONTROLNET_DIR"}
 UPLOADABLE = (AddOn.LORA, AddOn.EMBEDDING)
+DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
 # A LoRA's name goes inside <lora:...>; an embedding's is a word of the prompt.
 _NAMES = {AddOn.LORA: re.compile(r"^[^\s<>:][^<>:\x00-\x1f]{0,99}$"), AddOn.EMBEDDING: re.compile(r"^[\w.-]{1,100}$"),
           AddOn.CONTROLNET: re.compile(r"^[^\s\[\]][^\[\]\x00-\x1f]{0,99}$")}
@@ -61,18 +62,22 @@ def trigger_words(path) -> str:
 
 
 def addon_register(*, kind: str, name: str, source: str, config: str = "", progress=None) -> AddOn:
-    """Register (or update) one of the operator's add-on files; ValueError names what is wrong."""
+    """Register (or update) one of the operator's add-on files (a ControlNet may also be a diffusers
+    folder: its config.json and weights); ValueError names what is wrong."""
     path = Path(source)
-    if path.suffix.lower() != ".safetensors" or not path.is_file():
-        raise ValueError(f"{path.name}: an add-on is one .safetensors file")
+    weights = path / DIFFUSERS_WEIGHTS if kind == AddOn.CONTROLNET and path.is_dir() else path
+    if weights.suffix.lower() != ".safetensors" or not weights.is_file() or (
+            weights != path and not (path / "config.json").is_file()):
+        raise ValueError(f"{path.name}: an add-on is one .safetensors file (a ControlNet may also be a diffusers "
+                         f"folder: config.json and {DIFFUSERS_WEIGHTS})")
     check_name(kind, name)
-    family = addon_family(kind, path)
+    family = addon_family(kind, weights)
     if config and not (Path(config) / "config.json").is_file():
         raise ValueError(f"config {Path(config).name!r} is not a diffusers config folder (no config.json)")
-    stat = path.stat()
+    stat = weights.stat()
     known = AddOn.objects.filter(kind=kind, owner=None, source=str(path), file_size=stat.st_size,
                                  file_mtime=stat.st_mtime).first()
-    sha256 = known.sha256 if known else file_sha256(path, progress)
+    sha256 = known.sha256 if known else file_sha256(weights, progress)
     preview = _preview_beside(path)
     addon, _ = AddOn.objects.update_or_create(kind=kind, name=name, owner=None, defaults=dict(
         family=family, source=str(path), stored=False, config=str(config), sha256=sha256, file_size=stat.st_size,
@@ -112,13 +117,15 @@ def addons_scan(*, staff=None, progress_for=None) -> tuple[list[AddOn], dict[str
         for path in sorted(root.rglob("*.safetensors")) if root.is_dir() else []:
             if any(part.startswith(".") for part in path.relative_to(root).parts):
                 continue
-            shown = f"{root.name}/{path.relative_to(root)}"
-            existing = AddOn.objects.filter(kind=kind, owner=None, name=path.stem[:100]).first()
+            if kind == AddOn.CONTROLNET and path.name == DIFFUSERS_WEIGHTS and (path.parent / "config.json").is_file():
+                path = path.parent  # a diffusers folder: named after the folder, its config read
+            shown, name = f"{root.name}/{path.relative_to(root)}", (path.name if path.is_dir() else path.stem)[:100]
+            existing = AddOn.objects.filter(kind=kind, owner=None, name=name).first()
             if existing and existing.source != str(path):
-                skipped[shown] = f"a {existing.get_kind_display()} called {path.stem[:100]!r} already exists"
+                skipped[shown] = f"a {existing.get_kind_display()} called {name!r} already exists"
                 continue
             try:
-                addon = addon_register(kind=kind, name=path.stem[:100], source=str(path),
+                addon = addon_register(kind=kind, name=name, source=str(path),
                                        config=existing.config if existing else "",
                                        progress=progress_for(path) if progress_for else None)
             except ValueError as error:

@@ -11,6 +11,7 @@ from gallery.models import Image
 from gallery.selectors import PAGE_SIZE
 from generation.engine import parse_parameters, read_watermark
 from generation.models import Job
+from generation.services.queue import job_cancel
 
 
 def test_the_private_gallery_lists_my_images_newest_first(client, alice, carol, make_job):
@@ -94,6 +95,20 @@ def test_keeping_some_variants_discards_the_rest_with_their_files(client, alice,
     assert default_storage.exists(images[0].png.name)
     for gone in (images[1], images[3]):
         assert not default_storage.exists(gone.png.name) and not default_storage.exists(gone.thumbnail.name)
+
+
+def test_the_job_line_says_what_was_made_with_what_and_what_it_cost(client, alice, checkpoint, library, make_job):
+    single = make_job(alice, num_images=1, prompt="a fox <lora:tiny-style:0.6>")
+    client.force_login(alice)
+    page = client.get(f"/jobs/{single.pk}/").content.decode()
+    assert " · LoRA tiny-style (0.6)\n" in page and "Keep the checked" not in page  # nothing to choose from
+    client.post(f"/images/{single.images.get().hex_id}/upscale/", {"upscale_by": "2", "upscaler": "Lanczos"})
+    upscale = Job.objects.get(upscale_by=2)
+    line = client.get(f"/jobs/{upscale.pk}/").content.decode().split('class="params">')[1].split("</p>")[0]
+    assert line.startswith("512×512 · upscale ×2 (Lanczos) · ") and "steps" not in line
+    job_cancel(user=alice, job_id=upscale.pk)
+    cost = f"{upscale.cost} credit{'s' if upscale.cost > 1 else ''}"
+    assert f"{cost}, refunded</p>" in client.get(f"/jobs/{upscale.pk}/").content.decode()
 
 
 def test_someone_else_cannot_discard_my_variants(client, alice, carol, make_job):

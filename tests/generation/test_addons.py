@@ -87,6 +87,23 @@ def test_the_scan_registers_the_add_on_folders_as_a1111_lays_them_out(db, settin
     assert not AddOn.objects.get(name="style").enabled
 
 
+def test_a_diffusers_controlnet_folder_works_after_a_scan_with_no_admin_edits(alice, checkpoint, library, settings,
+                                                                             addon_files, tmp_path):
+    folder = tmp_path / "ControlNet" / "canny-v1.1"  # as a diffusers ControlNet is downloaded
+    folder.mkdir(parents=True)
+    (folder / "diffusion_pytorch_model.safetensors").write_bytes(addon_files["controlnet"].read_bytes())
+    (folder / "config.json").write_bytes((addon_files["controlnet_config"] / "config.json").read_bytes())
+    settings.SDWEB = {**settings.SDWEB, "CONTROLNET_DIR": tmp_path / "ControlNet"}
+    found, skipped = addons_scan()
+    assert [(a.name, a.family, a.source) for a in found if a.kind == "controlnet"] == [("canny-v1.1", "sd1", str(folder))]
+    jobs = [finished(job_submit(user=alice, params=params(checkpoint, num_images=1, controlnet=[
+        {"image": png(square()), "model": name, "module": "canny"}]))) for name in ("canny-v1.1", "tiny-canny")]
+    plain = finished(job_submit(user=alice, params=params(checkpoint, num_images=1)))
+    coarse = [np.asarray(PILImage.fromarray(pixels(job).astype(np.uint8)).resize((16, 16), PILImage.BOX), dtype=float)
+              for job in (*jobs, plain)]  # each image's own watermark averaged out
+    assert np.abs(coarse[0] - coarse[1]).mean() < 1 < np.abs(coarse[0] - coarse[2]).mean()  # measured 0.28 and 6.0
+
+
 def test_a_lora_and_a_negative_embedding_make_the_image_a1111_reads_back_and_the_audit_names_them(
         alice, checkpoint, library, client):
     plain = finished(job_submit(user=alice, params=params(checkpoint, num_images=1, negative_prompt="blurry")))

@@ -4,6 +4,7 @@ jobs run to the end."""
 
 import hashlib
 import io
+import re
 import struct
 import zlib
 
@@ -189,11 +190,24 @@ def test_the_page_takes_an_upload_and_a_painted_mask(client, alice, checkpoint):
     assert (job.mode, job.inpainting_fill, job.inpaint_full_res, job.denoising_strength) == ("inpaint", 2, True, 0.5)
 
 
-def test_use_as_starting_image_fills_the_form_with_the_gallery_image(client, alice, make_job):
-    image = make_job(alice, num_images=1).images.get()
+def test_use_as_starting_image_fills_the_form_with_the_gallery_image_and_its_prompt(client, alice, make_job):
+    image = make_job(alice, prompt="a red barn in snow", num_images=1).images.get()
+    make_job(alice, prompt="a later idea", num_images=1)
     client.force_login(alice)
     page = client.get(f"/generate/?init={image.hex_id}").content.decode()
     assert f'value="{image.hex_id}"' in page and f"/images/{image.hex_id}.png" in page
+    assert re.search(r'name="prompt"[^>]*>\s*a red barn in snow</textarea>', page)
+
+
+def test_hires_fix_from_the_page_runs_at_its_own_denoising_strength(client, alice, checkpoint):
+    client.force_login(alice)
+    response = client.post("/generate/", form_data(checkpoint, num_images=1, enable_hr="on", hr_scale="1.5",
+                                                   hr_denoising_strength="0.35"))
+    assert response.status_code == 302, response.context["form"].errors
+    job = Job.objects.get()
+    assert (job.enable_hr, job.hr_scale, job.denoising_strength) == (True, 1.5, 0.35)
+    page = client.get(f"/generate/?job={job.pk}").content.decode()
+    assert 'name="hr_denoising_strength" value="0.35"' in page
 
 
 def test_upscaling_an_image_is_its_own_charged_job_beside_the_original(client, alice, make_job, admin, settings):
