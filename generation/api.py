@@ -24,7 +24,7 @@ from generation.serializers import (
 from generation.services.audit import audit_refused
 from generation.services.credits import quote_cost
 from generation.services.queue import job_cancel
-from generation.services.submit import Refused, job_submit
+from generation.services.submit import Refused, job_submit, settings_problems
 from generation.trace import trace_image
 from sdweb.throttle import client_ip
 
@@ -63,7 +63,9 @@ class JobList(generics.ListCreateAPIView):
         form = JobCreateSerializer(data=request.data)
         if not form.is_valid():
             audit_refused(user=request.user, client_ip=client_ip(request), data=request.data, errors=form.errors)
-            raise ValidationError(form.errors)
+            sent = request.data if isinstance(request.data, dict) else {}
+            others = settings_problems({k: v for k, v in sent.items() if k not in form.errors})
+            raise ValidationError({**{field: [why] for field, why in others.items()}, **form.errors})
         params = dict(form.validated_data)
         checkpoint = params.setdefault("checkpoint", default_checkpoint())
         if checkpoint is not None and "init_image" not in params:  # img2img: the starting image's size
@@ -73,10 +75,12 @@ class JobList(generics.ListCreateAPIView):
         try:
             job = job_submit(user=request.user, params=params, client_ip=client_ip(request), idempotency_key=key)
         except Refused as refusal:
-            if refusal.field:
-                raise ValidationError({refusal.field: [str(refusal)]})
+            if refusal.field:  # with every other setting's own problem, all in one round
+                raise ValidationError({**{field: [why] for field, why in settings_problems(params).items()},
+                                       refusal.field: [str(refusal)]})
             return Response({"detail": str(refusal), "code": refusal.code}, status=refusal_status(refusal))
-        return Response(JobSerializer(job).data, status=status.HTTP_200_OK if job.replayed else status.HTTP_201_CREATED)
+        return Response(JobSerializer(job, context={"request": request}).data,
+                        status=status.HTTP_200_OK if job.replayed else status.HTTP_201_CREATED)
 
 
 class JobDetail(generics.RetrieveAPIView):
@@ -94,7 +98,7 @@ class JobCancel(APIView):
     @extend_schema(request=None, responses={200: JobSerializer})
     def post(self, request, pk):
         get_object_or_404(Job, pk=pk, user=request.user)
-        return Response(JobSerializer(job_cancel(user=request.user, job_id=pk)).data)
+        return Response(JobSerializer(job_cancel(user=request.user, job_id=pk), context={"request": request}).data)
 
 
 class CheckpointList(generics.ListAPIView):

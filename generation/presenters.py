@@ -23,11 +23,14 @@ def image_summary(hex_id: str, seed: int) -> dict:
             "url": reverse("image-file", args=[hex_id]), "thumbnail": reverse("image-thumbnail", args=[hex_id])}
 
 
-def job_images(job: Job, api: bool = False) -> list[dict]:
-    """The job's images; for API clients `url` is the download their API key opens."""
+def job_images(job: Job, api_request=None) -> list[dict]:
+    """The job's images; for an API client (its `api_request`) the links are absolute and `url` is
+    the download its API key opens."""
     shown = [image_summary(image.hex_id, image.seed) for image in job.images.order_by("index")]
-    if api:
+    if api_request is not None:
         shown = [{**image, "url": reverse("api-image-download", args=[image["id"]])} for image in shown]
+        shown = [{k: api_request.build_absolute_uri(v) if k in ("page", "url", "thumbnail") else v
+                  for k, v in image.items()} for image in shown]
     return shown
 
 

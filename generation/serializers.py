@@ -196,7 +196,7 @@ class JobSerializer(serializers.ModelSerializer):
 
     @extend_schema_field(ImageSummarySerializer(many=True))
     def get_images(self, job):
-        return job_images(job, api=True)
+        return job_images(job, api_request=self.context["request"])
 
     def get_queue_position(self, job) -> int | None:
         return queue_position(job) if job.status == Job.QUEUED else None

@@ -17,7 +17,6 @@ from gallery.models import Image
 from generation.dashboard import figures
 from generation.engine.controlmaps import control_map
 from generation.engine.metadata import parse_parameters, read_png_parameters
-from generation.engine.request import GenerationRequest
 from generation.forms import SDXL_PRESETS, SIZE_PRESETS, AddonUploadForm, GenerateForm
 from generation.metrics import render_database_metrics
 from generation.models import AddOn, Checkpoint, Job
@@ -27,7 +26,7 @@ from generation.services.addons import addon_delete, addon_upload
 from generation.services.audit import audit_refused
 from generation.services.credits import credits_topup_if_due
 from generation.services.queue import job_cancel as cancel
-from generation.services.submit import Refused, default_size, engine_limits, job_submit
+from generation.services.submit import Refused, default_size, job_submit, settings_problems
 from generation.uploads import open_image, png_bytes, read_image
 from sdweb.throttle import client_ip
 
@@ -87,16 +86,9 @@ def generate(request):
 
 
 def _each_fields_own_check(form) -> None:
-    """The engine's check of every setting the form accepted, each on its own, so that every
-    problem shows in one round rather than one at a time."""
-    for field, value in list(form.cleaned_data.items()):
-        if field not in Job.PARAMS or field in form.errors or field in ("prompt", "negative_prompt"):
-            continue
-        try:
-            GenerationRequest(prompt="x", model="x", **{field: value}).validate(engine_limits())
-        except (TypeError, ValueError) as error:
-            if str(error).startswith(field + " "):
-                form.add_error(field, str(error)[:1].upper() + str(error)[1:])
+    for field, problem in settings_problems(form.cleaned_data).items():
+        if field not in form.errors:
+            form.add_error(field, problem)
 
 
 def _start_image(request, job):

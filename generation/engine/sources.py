@@ -5,6 +5,7 @@ import re
 from pathlib import Path
 
 from .families import file_sha256
+from .request import JobError
 
 PICKLE_SUFFIXES = {".ckpt", ".bin", ".pt", ".pth", ".pkl"}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -14,24 +15,25 @@ _HUB_IGNORE = ["*.fp16.*", "*non_ema*", "*.ckpt", "*.bin", "safety_checker/*"]
 
 
 def resolve_source(source: str) -> Path:
-    """Where `source` is: a .safetensors file, a diffusers folder on disk, or a hub id (downloaded)."""
+    """Where `source` is: a .safetensors file, a diffusers folder on disk, or a hub id (downloaded);
+    JobError names it without the folders around it."""
     source = str(source).strip()
     path = Path(source).expanduser()
     if path.suffix.lower() in PICKLE_SUFFIXES:
-        raise ValueError(
-            f"model {source!r} is a pickle checkpoint ({path.suffix}); sdweb never loads those because "
+        raise JobError(
+            f"model {path.name!r} is a pickle checkpoint ({path.suffix}); sdweb never loads those because "
             "unpickling can run arbitrary code. Convert it to a diffusers folder with safetensors weights."
         )
     if path.suffix.lower() == ".safetensors":
         if not path.is_file():
-            raise ValueError(f"model file {path.name!r} does not exist")
+            raise JobError(f"model file {path.name!r} does not exist")
         return path
     if path.is_dir():
         if not (path / "model_index.json").is_file():
-            raise ValueError(f"model folder {source!r} has no model_index.json: it is not a diffusers pipeline folder")
+            raise JobError(f"model folder {path.name!r} has no model_index.json: it is not a diffusers pipeline folder")
         return path
     if path.exists() or not _HUB_ID.match(source):
-        raise ValueError(f"unknown model {source!r}: give a diffusers folder on disk or a Hugging Face id like org/name")
+        raise JobError(f"unknown model {path.name!r}: give a diffusers folder on disk or a Hugging Face id like org/name")
     return _download(source)
 
 

@@ -48,6 +48,21 @@ def engine_limits() -> Limits:
                   max_steps=settings.SDWEB["MAX_STEPS"])
 
 
+def settings_problems(values: dict) -> dict[str, str]:
+    """The engine's check of each setting on its own, {field: why}, so that a refusal can name
+    every problem in one round rather than one at a time."""
+    problems = {}
+    for field, value in values.items():
+        if field not in Job.PARAMS or field in ("prompt", "negative_prompt"):
+            continue
+        try:
+            GenerationRequest(prompt="x", model="x", **{field: value}).validate(engine_limits())
+        except (TypeError, ValueError) as error:
+            if str(error).startswith(field + " "):
+                problems[field] = str(error)[:1].upper() + str(error)[1:]
+    return problems
+
+
 def job_submit(*, user, params: dict, client_ip: str | None = None, idempotency_key: str | None = None) -> Job:
     """Validate, quote, and in one transaction charge, create the job and audit it; or refuse
     (audited too) with a message naming the field. With an `idempotency_key`, a repeated request

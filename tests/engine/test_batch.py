@@ -15,7 +15,7 @@ from PIL import Image
 
 from generation.engine import GenerationCancelled, GenerationRequest, PreviewSettings, generate
 from generation.engine.batch import batch_key, generate_batch
-from generation.engine.request import LoraUse, ModelRef
+from generation.engine.request import JobError, LoraUse, ModelRef
 from generation.engine.schedulers import SCHEDULERS
 
 LONG = ", ".join(["a lighthouse on a cliff above a stormy sea at dusk with gulls"] * 8)  # two 77-token chunks
@@ -113,7 +113,7 @@ def test_one_jobs_verdict_or_failure_stays_its_own(jobs):
     checker.fox = pixels(generate(requests[0]).images[0])
     batched = generate_batch(list(requests), checker=checker)
     assert batched[0].images == [] and batched[0].flagged == [0]
-    assert isinstance(batched[1], RuntimeError) and "safety checker failed" in str(batched[1])
+    assert isinstance(batched[1], JobError) and "safety checker failed" in str(batched[1])
     assert_same_images(batched[2], generate(requests[2]))
 
 

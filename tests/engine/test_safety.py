@@ -1,6 +1,7 @@
 import pytest
 
 from generation.engine import DiffusersSafetyChecker, read_watermark
+from generation.engine.request import JobError
 from tests.support import tiny_safety_checker
 
 
@@ -22,7 +23,7 @@ def test_a_flagged_image_is_withheld_and_reported(run):
 
 
 def test_a_checker_error_fails_the_run(run):
-    with pytest.raises(RuntimeError, match="safety checker failed"):
+    with pytest.raises(JobError, match="safety checker failed"):
         run(checker=Broken())
 
 

@@ -42,6 +42,12 @@ def test_a_bad_field_is_a_400_naming_it(api, changes, field):
     assert not Job.objects.exists()
 
 
+def test_every_bad_setting_is_named_in_one_answer(api):
+    response = api.post("/api/v1/jobs/", {**BODY, "width": 300, "height": 100, "scheduler": "nope"}, format="json")
+    assert response.status_code == 400 and {"width", "height", "scheduler"} <= set(response.data), response.data
+    assert not Job.objects.exists()
+
+
 def test_not_enough_credits_is_a_402(api, alice):
     from generation.services.credits import credits_change
 

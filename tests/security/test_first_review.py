@@ -311,6 +311,7 @@ def test_api_image_urls_open_with_the_api_key(alice, checkpoint, make_job):
     api.credentials(HTTP_AUTHORIZATION=f"Bearer {key}")
     images = api.get(f"/api/v1/jobs/{job.pk}/").json()["images"]
     for shown in images:
+        assert shown["url"].startswith("http://testserver/api/v1/images/")  # absolute, as OpenAI's and A1111's
         response = api.get(shown["url"])
         assert response.status_code == 200 and response["Content-Type"] == "image/png"
 
