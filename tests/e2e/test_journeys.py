@@ -4,7 +4,7 @@ import csv
 import io
 import re
 
-from tests.support import balance, generate, screenshot, sign_up, staff_page
+from tests.support import PHONE, balance, generate, screenshot, sign_up, staff_page
 
 # Records, in order, what the live view changes: progress values, preview images, final images.
 WATCH_LIVE_VIEW = """
@@ -655,3 +655,24 @@ def test_16_every_page_has_no_serious_accessibility_problem_in_either_theme(new_
         assert "Test model" not in visitor.locator("body").inner_text()  # the operator's notice is not for visitors
         problems |= {f"visitor {path}: {p}": True for p in serious_accessibility_problems(visitor)}
     assert not problems, "\n".join(problems)
+
+
+def test_17_every_page_fits_a_phone_without_sideways_scrolling(new_page, studio):
+    studio.add_tiny_addons()  # the add-ons page lists them in a table
+    page = new_page(phone=True)
+    sign_up(page)
+    job = generate(page, prompt="a lighthouse at dusk, masterpiece, best quality, <lora:tiny-style:0.8>, tinyneg",
+                   steps=2, images=2)
+    page.locator("#images a").first.click()
+    page.wait_for_url("**/images/*/")
+    image_page = page.url.replace(studio.base, "")
+    wide = {}
+    for path in ("/generate/", f"/generate/?job={job}", f"/jobs/{job}/", image_page, "/gallery/", "/explore/",
+                 "/account/", "/addons/", "/jobs/"):
+        page.goto(path)
+        width = page.evaluate("document.documentElement.scrollWidth")
+        if width > PHONE["width"]:
+            wide[path] = width
+    assert not wide, wide  # the add-ons page was 595 px wide before its table became cards
+    assert page.locator("header.top").bounding_box()["height"] < 110  # two short lines, not four
+    screenshot(page, "17-addons-on-a-phone")
