@@ -19,7 +19,7 @@ from generation.engine.controlmaps import control_map
 from generation.engine.metadata import parse_parameters, read_png_parameters
 from generation.forms import SDXL_PRESETS, SIZE_PRESETS, AddonUploadForm, GenerateForm
 from generation.metrics import render_database_metrics
-from generation.models import AddOn, Checkpoint, Job
+from generation.models import AddOn, Checkpoint, Job, Vae
 from generation.presenters import back_to
 from generation.selectors import addons_for, job_for_viewer
 from generation.services.addons import addon_delete, addon_upload
@@ -271,12 +271,48 @@ def png_info(request):
         found = parse_parameters(text)
     except ValueError:  # "Steps: many" and the like: a file anyone can edit
         return JsonResponse({"error": "This image's parameters are not in a form A1111 or sdweb writes."}, status=400)
+    fields, unused = _png_info_fields(found, request.user)
+    read = ", ".join(dict.fromkeys(PNG_INFO_LABELS.get(f, f.replace("_", " ")) for f in fields))
+    return JsonResponse({"fields": fields, "parameters": text, "read": f"Read {read}." + (
+        f" Not used here: {', '.join(unused)}." if unused else "")})
+
+
+PNG_INFO_LABELS = {"guidance_scale": "CFG scale", "enable_hr": "hires fix", "hr_scale": "hires fix",
+                   "hr_upscaler": "hires fix", "hr_second_pass_steps": "hires fix", "hr_denoising_strength": "hires fix",
+                   "vae": "VAE", "cn_model": "ControlNet", "cn_module": "ControlNet", "cn_weight": "ControlNet"}
+
+
+def _png_info_fields(found: dict, user) -> tuple[dict, list[str]]:
+    """The generate form's fields from a parsed infotext (LoRAs and embeddings are in the prompt),
+    and the names of what the studio has no field or no match for."""
     fields = {"prompt": found["prompt"], "negative_prompt": found["negative_prompt"],
               **{ours: found[theirs] for ours, theirs in (("steps", "steps"), ("guidance_scale", "cfg_scale"),
                                                         ("seed", "seed"), ("width", "width"), ("height", "height"),
                                                         ("clip_skip", "clip_skip"), ("scheduler", "scheduler"))
                  if theirs in found}}
-    checkpoint = Checkpoint.objects.enabled_named(found.get("model"))
-    if checkpoint is not None:
-        fields["checkpoint"] = checkpoint.pk
-    return JsonResponse({"fields": fields, "parameters": text})
+    unused = []
+    for field, model, name in (("checkpoint", Checkpoint, found.get("model")), ("vae", Vae, found.get("VAE"))):
+        match = model.objects.enabled_named(name) if name else None
+        if match is not None:
+            fields[field] = match.pk
+        elif name:
+            unused.append(f"{model._meta.verbose_name} {name!r}")
+    if "Hires upscale" in found or "Hires resize" in found:
+        fields |= {"enable_hr": True, "hr_denoising_strength": float(found.get("Denoising strength", 0.7))}
+        if "Hires upscale" in found:
+            fields["hr_scale"] = float(found["Hires upscale"])
+        if found.get("Hires upscaler") in dict(GenerateForm.base_fields["hr_upscaler"].choices):
+            fields["hr_upscaler"] = found["Hires upscaler"]
+        if "Hires steps" in found:
+            fields["hr_second_pass_steps"] = int(found["Hires steps"])
+    elif "Denoising strength" in found:
+        fields["denoising_strength"] = float(found["Denoising strength"])
+    unit = dict(part.split(": ", 1) for part in found.get("ControlNet 0", "").strip('"').split(", ") if ": " in part)
+    if unit:
+        model = addons_for(user, AddOn.CONTROLNET).filter(name=unit.get("Model", "").split(" [")[0]).first()
+        if model is None:
+            unused.append(f"ControlNet {unit.get('Model', '')!r}")
+        else:
+            fields |= {"cn_model": model.pk, "cn_module": unit.get("Module", "none"),
+                       "cn_weight": float(unit.get("Weight", 1))}
+    return fields, unused

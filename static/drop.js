@@ -40,9 +40,14 @@
     const answer = await response.json().catch(() => ({ error: "The image could not be read." }));
     if (answer.error) return error(answer.error);
     for (const [name, value] of Object.entries(answer.fields)) {
-      if (form.elements[name]) form.elements[name].value = value;
+      const input = form.elements[name];
+      if (input && input.type === "checkbox") input.checked = Boolean(value);
+      else if (input) input.value = value;
     }
     form.dispatchEvent(new Event("input"));
     $("drop-choice").hidden = true;
+    $("drop-note").textContent = answer.read;  // what was filled in, and what the studio has no match for
+    $("drop-parameters").textContent = answer.parameters;
+    $("drop-result").hidden = false;
   });
 })();

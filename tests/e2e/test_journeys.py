@@ -600,6 +600,9 @@ def test_15_the_studio_remembers_reads_dropped_images_browses_in_a_lightbox_and_
     page.get_by_role("button", name="Read its parameters (PNG Info)").click()
     page.wait_for_function("document.getElementById('id_steps').value === '3'")
     assert page.get_by_label("Prompt", exact=True).input_value() == "a red lighthouse, (storm:1.2)"
+    assert page.locator("#drop-note").inner_text().startswith("Read prompt, negative prompt, steps, CFG scale, seed")
+    page.get_by_text("The parameters it carries").click()
+    assert page.locator("#drop-parameters").inner_text().startswith("a red lighthouse, (storm:1.2)\nSteps: 3")
     drop_file(page, b"notes", "notes.txt", "text/plain")  # not an image: nothing to choose
     assert page.locator("#drop-choice").is_hidden()
     drop_file(page, png, "found.png", "image/png")

@@ -252,6 +252,10 @@ def test_a_controlnet_unit_from_a_gallery_image_guides_the_job_and_its_variants(
     response = client.post(f"/images/{job.images.first().hex_id}/variants/")
     variant = Job.objects.get(pk=response.url.rstrip("/").split("/")[-1])
     assert [a["name"] for a in variant.addons] == ["tiny-canny"] and variant.addons[0]["weight"] == 0.9
+    with default_storage.open(job.images.first().png.name, "rb") as file:  # PNG Info reads the unit back
+        read = client.post("/generate/png-info/", {"image": SimpleUploadedFile("x.png", file.read())}).json()
+    assert {k: read["fields"][k] for k in ("cn_model", "cn_module", "cn_weight")} == {
+        "cn_model": library["controlnet"].pk, "cn_module": "canny", "cn_weight": 0.9}
     # A ControlNet works at every step, about half a UNet's work: 50% more per unit.
     size = {"width": 512, "height": 512, "steps": 30, "num_images": 1}
     assert [job_submit(user=alice, params=params(checkpoint, **size, controlnet=units)).cost

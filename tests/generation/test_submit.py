@@ -158,5 +158,16 @@ def test_png_info_reads_a_pngs_parameters_and_refuses_garbled_ones(client, alice
         "Model: sdweb-test-tiny")}).json()["fields"]
     assert good == {"prompt": "a red door", "negative_prompt": "blur", "steps": 12, "guidance_scale": 6.0, "seed": 7,
                     "width": 512, "height": 768, "scheduler": "Euler a", "checkpoint": checkpoint.pk}
+    hires = client.post("/generate/png-info/", {"image": png(
+        "a red door\nSteps: 12, Sampler: Euler a, CFG scale: 6, Seed: 7, Size: 512x768, Model: someone-elses-model, "
+        "Clip skip: 2, VAE: missing-vae, Denoising strength: 0.45, Hires upscale: 1.5, Hires steps: 8, "
+        "Hires upscaler: Lanczos")}).json()
+    assert {k: hires["fields"][k] for k in ("clip_skip", "enable_hr", "hr_scale", "hr_second_pass_steps",
+                                             "hr_upscaler", "hr_denoising_strength")} == {
+        "clip_skip": 2, "enable_hr": True, "hr_scale": 1.5, "hr_second_pass_steps": 8, "hr_upscaler": "Lanczos",
+        "hr_denoising_strength": 0.45}
+    assert "checkpoint" not in hires["fields"] and hires["read"].startswith("Read prompt, negative prompt, steps, ")
+    assert hires["read"].endswith("hires fix. Not used here: checkpoint 'someone-elses-model', VAE 'missing-vae'.")
+    assert hires["parameters"].startswith("a red door\nSteps: 12")
     bad = client.post("/generate/png-info/", {"image": png("x\nSteps: many, Sampler: Euler, Seed: 1, Size: 2x2")})
     assert bad.status_code == 400 and "not in a form" in bad.json()["error"]
