@@ -73,7 +73,8 @@ def generate(request):
         _each_fields_own_check(form)
         audit_refused(user=request.user, client_ip=client_ip(request), data=request.POST.dict(), errors=form.errors)
     return render(request, "generate.html", {
-        "form": form, "presets": SIZE_PRESETS, "sdxl_presets": SDXL_PRESETS, "cost_unit": settings.SDWEB["COST_UNIT"], "job": job,
+        "form": form, "presets": SIZE_PRESETS + [s for s in SDXL_PRESETS if s not in SIZE_PRESETS],
+        "sd_presets": SIZE_PRESETS, "sdxl_presets": SDXL_PRESETS, "cost_unit": settings.SDWEB["COST_UNIT"], "job": job,
         "max_side": settings.SDWEB["MAX_SIDE"],
         "recent_jobs": request.user.jobs.select_related("checkpoint")[:10], "start_image": start,
         "control_image": control, "loras": addons_for(request.user, AddOn.LORA), "last_seed": last.seed if last else "",

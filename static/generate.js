@@ -25,6 +25,11 @@
     }
     // A ControlNet unit adds half of every step's work (credits.quote_cost).
     const units = field("cn_model") && field("cn_model").value ? 1 : 0;
+    const on = [];  // what is on further down the form, said beside the button
+    if (fromImage) on.push(`from a starting image, denoising ${strength}`);
+    if (!fromImage && field("enable_hr").checked) on.push(`hires fix ×${field("hr_scale").value || 2}`);
+    if (units) on.push(`ControlNet ${field("cn_model").selectedOptions[0].text}`);
+    document.getElementById("extras").textContent = on.length ? `· with ${on.join(", ")}` : "";
     const cost = Math.max(1, Math.ceil((n * pixelSteps * (2 + units)) / 2 / unit));
     const out = document.getElementById("cost");
     out.textContent = Number.isFinite(cost) ? cost : "–";

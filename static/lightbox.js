@@ -17,7 +17,7 @@
   box.setAttribute("role", "dialog");
   box.setAttribute("aria-modal", "true");
   box.setAttribute("aria-label", "Image");
-  box.innerHTML = '<button type="button" class="close">Close</button><img alt=""><p><a class="open">Open its page</a> · ' +
+  box.innerHTML = '<img alt=""><p><button type="button" class="close">Close</button> <a class="open">Open its page</a> · ' +
     '<span class="where"></span></p>';
   document.body.append(box);
   const img = box.querySelector("img"), open = box.querySelector(".open"), where = box.querySelector(".where");

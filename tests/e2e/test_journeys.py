@@ -679,3 +679,33 @@ def test_17_every_page_fits_a_phone_without_sideways_scrolling(new_page, studio)
     assert not wide, wide  # the add-ons page was 595 px wide before its table became cards
     assert page.locator("header.top").bounding_box()["height"] < 110  # two short lines, not four
     screenshot(page, "17-addons-on-a-phone")
+
+
+def test_18_generate_stays_in_reach_says_what_is_on_and_pictures_show_at_their_size(new_page, studio):
+    studio.add_tiny_addons()  # a ControlNet section makes the form long
+    page = new_page()  # 1280x900
+    sign_up(page)
+    page.goto("/generate/")
+    assert page.locator("#size-preset option", has_text="1024 × 1024").count() == 1
+    button = page.get_by_role("button", name="Generate", exact=True)
+    assert button.bounding_box()["y"] + button.bounding_box()["height"] <= 900  # in view without scrolling
+    page.get_by_label("Hires fix").check()
+    page.get_by_label("Upscale by").fill("1.5")
+    assert page.locator("#extras").inner_text() == "· with hires fix ×1.5"  # said beside the button
+    page.get_by_label("Hires fix").uncheck()
+    assert page.locator("#extras").inner_text() == ""
+
+    generate(page, prompt="a lone lighthouse", steps=2, images=1)
+    page.locator("#images a").first.click()
+    page.wait_for_url("**/images/*/")
+    page.get_by_role("button", name="Make public").click()
+    assert "on Explore for everyone" in page.locator("main").inner_text()
+    assert page.get_by_role("button", name="Copy link").is_visible()
+    page.goto("/gallery/")
+    thumb = page.locator(".thumbs img").first.bounding_box()
+    assert thumb["width"] < 400  # one picture alone is not stretched across the page
+    page.locator(".thumbs a").first.click()
+    shown = page.locator(".lightbox img").bounding_box()
+    assert shown["height"] > thumb["height"]  # the lightbox shows it larger than its thumbnail
+    assert page.get_by_role("button", name="Close").bounding_box()["y"] > shown["y"]  # below it, not over the header
+    page.keyboard.press("Escape")
