@@ -14,7 +14,7 @@ from generation.engine.request import (
     RESIZE_MODES,
 )
 from generation.engine.schedulers import SCHEDULERS
-from generation.models import AddOn, Checkpoint, Vae
+from generation.models import AddOn, Checkpoint, PromptStyle, Vae
 from generation.selectors import addons_for, default_checkpoint
 
 SIZE_PRESETS = [(256, 256), (512, 512), (512, 768), (768, 512), (768, 768), (1024, 1024)]
@@ -43,6 +43,9 @@ class GenerateForm(forms.Form):
                                  help_text="Automatic: the checkpoint's default VAE, or its own.")
     refiner_switch_at = forms.FloatField(min_value=0.01, max_value=0.99, initial=0.8, required=False,
                                          label="Refiner switch at")
+
+    styles = forms.MultipleChoiceField(required=False, widget=forms.CheckboxSelectMultiple, label="Styles",
+                                       help_text="Your saved styles: added to the prompts as the job runs.")
 
     # img2img / inpaint: the file, or an image of the gallery ("Use as starting image"); the mask
     # is painted in the page and sent as a PNG (white: repaint).
@@ -104,6 +107,8 @@ class GenerateForm(forms.Form):
     def __init__(self, *args, user=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["cn_model"].queryset = addons_for(user, AddOn.CONTROLNET)
+        self.fields["styles"].choices = [(s.name, s.name) for s in PromptStyle.objects.filter(owner=user)] if (
+            user is not None and user.is_authenticated) else []
         self.fields["cn_model"].label_from_instance = lambda addon: f"{addon.title} · {addon.get_family_display()}"
         self.fields["checkpoint"].queryset = Checkpoint.objects.filter(enabled=True, family__in=TXT2IMG_FAMILIES)
         self.fields["refiner"].queryset = Checkpoint.objects.filter(enabled=True, family__in=["sdxl", "sdxl-refiner"])

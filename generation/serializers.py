@@ -71,6 +71,8 @@ class JobCreateSerializer(serializers.Serializer):
                                    help_text="What to draw. A1111 syntax: (word:1.3), [word], BREAK.")
     negative_prompt = serializers.CharField(max_length=MAX_PROMPT_CHARS, required=False, allow_blank=True, default="",
                                             help_text="What to keep out of the image.")
+    styles = serializers.ListField(child=serializers.CharField(max_length=100), required=False, max_length=20,
+                                   help_text="Names of your saved styles, applied in order (as A1111's styles).")
     checkpoint = serializers.CharField(required=False, help_text="A checkpoint name; the default one if left out.")
     width = serializers.IntegerField(required=False, help_text="Pixels; a multiple of 8, at least 256. "
                                      "Default: the checkpoint's own size (1024 for SDXL).")

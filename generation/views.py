@@ -1,6 +1,7 @@
 import base64
 import hmac
 import uuid
+from urllib.parse import urlencode
 
 from django.conf import settings
 from django.contrib import messages
@@ -22,6 +23,7 @@ from generation.metrics import render_database_metrics
 from generation.models import AddOn, Checkpoint, Job, Vae
 from generation.presenters import back_to
 from generation.selectors import addons_for, job_for_viewer
+from generation.services import styles
 from generation.services.addons import addon_delete, addon_upload
 from generation.services.audit import audit_refused
 from generation.services.credits import credits_topup_if_due
@@ -213,6 +215,33 @@ def control_map_preview(request):
         return JsonResponse({"error": message[:1].upper() + message[1:]}, status=400)
     picture.thumbnail((768, 768))
     return JsonResponse({"image": "data:image/png;base64," + base64.b64encode(png_bytes(picture)).decode()})
+
+
+@login_required
+@require_POST
+def style_save(request):
+    """The form's prompts saved as a style; back to the form as it was."""
+    try:
+        style = styles.style_save(user=request.user, name=request.POST.get("style_name", ""),
+                                  prompt=request.POST.get("prompt", ""),
+                                  negative_prompt=request.POST.get("negative_prompt", ""))
+        messages.success(request, f"Style {style.name!r} saved: tick it under Styles to use it.")
+    except ValueError as error:
+        messages.error(request, str(error).partition(": ")[2])
+    return _back_to_the_form(request)
+
+
+@login_required
+@require_POST
+def style_delete(request):
+    gone = sum(styles.style_delete(user=request.user, name=name) for name in request.POST.getlist("styles"))
+    messages.info(request, f"{gone} style{'s' if gone != 1 else ''} deleted." if gone else "Tick the styles to delete.")
+    return _back_to_the_form(request)
+
+
+def _back_to_the_form(request):
+    kept = {k: v for k, v in request.POST.items() if k not in ("csrfmiddlewaretoken", "style_name", "styles", "mask")}
+    return redirect(reverse("generate") + "?" + urlencode({"prompt": "", **kept}))
 
 
 @login_required

@@ -20,7 +20,7 @@ from generation.compat.controlnet import a1111_field, controlnet_units
 from generation.engine.request import LATENT_UPSCALERS, PIXEL_UPSCALERS
 from generation.engine.schedulers import SCHEDULERS, resolve_scheduler
 from generation.live import wait_for_end
-from generation.models import HIRES_PARAMS, IMAGE_INPUT_PARAMS, Checkpoint, Job, UserSettings, Vae, is_model_name
+from generation.models import HIRES_PARAMS, IMAGE_INPUT_PARAMS, Checkpoint, Job, PromptStyle, UserSettings, Vae, is_model_name
 from generation.presenters import refusal_status
 from generation.selectors import user_checkpoint
 from generation.services.audit import audit_refused
@@ -35,7 +35,7 @@ from sdweb.throttle import client_ip
 # Fields of A1111's txt2img payload that we accept when they hold a value that leaves the image
 # as we make it; any other value is refused by name rather than silently ignored.
 NEUTRAL = {
-    "styles": ([], None), "initial_noise_multiplier": (1, 1.0, None), "subseed": (-1, 0, None),
+    "initial_noise_multiplier": (1, 1.0, None), "subseed": (-1, 0, None),
     "subseed_strength": (0, 0.0, None),
     "seed_resize_from_h": (-1, 0, None), "seed_resize_from_w": (-1, 0, None),
     "eta": (None, 0, 1),  # which of these leaves the image as we make it depends on the sampler (below)
@@ -52,13 +52,13 @@ HARMLESS = {
     "disable_extra_networks", "comments", "infotext", "force_task_id", "override_settings_restore_afterwards",
     "sampler_index", "user", "image_cfg_scale", "include_init_images",  # image_cfg_scale: instruct-pix2pix only
 }
-USED = {"prompt", "negative_prompt", "seed", "steps", "cfg_scale", "width", "height", "sampler_name", "scheduler",
+USED = {"prompt", "negative_prompt", "styles", "seed", "steps", "cfg_scale", "width", "height", "sampler_name", "scheduler",
         "batch_size", "n_iter", "override_settings", "refiner_checkpoint", "refiner_switch_at", "denoising_strength",
         *HIRES_PARAMS, "init_images", "mask", *IMAGE_INPUT_PARAMS, "alwayson_scripts"}
 A1111_FIELDS = {"guidance_scale": "cfg_scale", "num_images": "batch_size", "refiner": "refiner_checkpoint",
                 "clip_skip": "override_settings.CLIP_stop_at_last_layers", "vae": "override_settings.sd_vae",
                 "init_image": "init_images"}
-EMPTY_LISTS = ("prompt-styles", "hypernetworks", "face-restorers", "realesrgan-models")
+EMPTY_LISTS = ("hypernetworks", "face-restorers", "realesrgan-models")
 
 
 def a1111_error(status: int, detail: str, error: str = "HTTPException") -> Response:
@@ -142,6 +142,7 @@ def translate(payload: dict, user) -> tuple[dict, list[str]]:
         "seed": payload.get("seed", -1), "steps": payload.get("steps", 50), "guidance_scale": payload.get("cfg_scale", 7.0),
         "width": payload.get("width", 512), "height": payload.get("height", 512), "scheduler": scheduler,
         "num_images": batch_size * n_iter, "checkpoint": checkpoint, "clip_skip": clip_skip,
+        "styles": payload.get("styles") or [],
     }
     if vae is not None:
         params["vae"] = vae
@@ -236,7 +237,8 @@ class Txt2Img(A1111View):
             "sd_vae_hash": job.vae.sha256[:10] if job.vae else None, "seed_resize_from_w": -1, "seed_resize_from_h": -1,
             "denoising_strength": job.denoising_strength if job.mode != "txt2img" or job.enable_hr else None,
             "extra_generation_params": {}, "index_of_first_image": 0,
-            "infotexts": infotexts, "styles": [], "job_timestamp": job.created_at.strftime("%Y%m%d%H%M%S"),
+            "infotexts": infotexts, "styles": request.data.get("styles") or [],
+            "job_timestamp": job.created_at.strftime("%Y%m%d%H%M%S"),
             "clip_skip": job.clip_skip, "is_using_inpainting_conditioning": job.checkpoint.role == "inpaint", "version": "sdweb",
             "ignored": ignored, "sdweb_job": str(job.pk), "sdweb_image_ids": [image.hex_id for image in images],
         }
@@ -331,6 +333,13 @@ class RefreshCheckpoints(A1111View):
         if request.user.has_perm("generation.add_checkpoint"):
             checkpoints_scan(staff=request.user)
         return Response(None)
+
+
+class PromptStyles(A1111View):
+    @extend_schema(exclude=True)
+    def get(self, request):
+        return Response([{"name": s.name, "prompt": s.prompt, "negative_prompt": s.negative_prompt}
+                         for s in PromptStyle.objects.filter(owner=request.user)])
 
 
 class Samplers(A1111View):

@@ -144,6 +144,23 @@ class UserSettings(models.Model):
     show_name_publicly = models.BooleanField(default=False, help_text="The user chose to be named on images they share")
 
 
+class PromptStyle(models.Model):
+    """A user's saved prompt fragments (A1111's styles): "{prompt}" in them marks where the prompt
+    goes; without it they are added after the prompt."""
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="prompt_styles")
+    name = models.CharField(max_length=100)
+    prompt = models.TextField(blank=True, max_length=2000)
+    negative_prompt = models.TextField(blank=True, max_length=2000)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [models.UniqueConstraint(fields=["owner", "name"], name="one_style_per_name")]
+
+    def __str__(self):
+        return self.name
+
+
 class CreditAccount(models.Model):
     user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="credits")
     balance = models.IntegerField(default=0)

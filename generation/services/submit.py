@@ -30,6 +30,7 @@ from generation.selectors import addon_named, addons_for
 from generation.services.audit import audit_append
 from generation.services.credits import credits_change, locked_account, quote_cost
 from generation.services.queue import enqueue_job
+from generation.services.styles import styled
 from generation.uploads import Upload, flattened, mask_from, png_bytes, read_image
 
 
@@ -46,6 +47,18 @@ class Refused(Exception):
 def engine_limits() -> Limits:
     return Limits(max_side=settings.SDWEB["MAX_SIDE"], max_images=settings.SDWEB["MAX_IMAGES"],
                   max_steps=settings.SDWEB["MAX_STEPS"])
+
+
+def _with_styles(user, params: dict) -> dict:
+    """The prompts as the job runs them: the user's styles named in params applied."""
+    if not params.get("styles"):
+        return params
+    try:
+        prompt, negative = styled(user=user, names=params["styles"], prompt=params.get("prompt") or "",
+                                  negative_prompt=params.get("negative_prompt") or "")
+    except ValueError as error:
+        raise _refused(error) from error
+    return {**params, "prompt": prompt, "negative_prompt": negative}
 
 
 def settings_problems(values: dict) -> dict[str, str]:
@@ -85,6 +98,7 @@ def job_submit(*, user, params: dict, client_ip: str | None = None, idempotency_
             earlier.replayed = True
             return earlier
     try:
+        params = _with_styles(user, params)
         inputs = _image_inputs(user, params)
         checkpoint, fields = (_validated_upscale if "upscale_by" in params else _validated)(params, inputs, user)
         _check_allowed(user, fields["prompt"])

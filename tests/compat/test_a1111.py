@@ -49,7 +49,7 @@ def test_a1111s_full_default_payload_makes_watermarked_images_with_a1111_metadat
     assert len(response.data["images"]) == 2 and info["all_seeds"] == [info["seed"], info["seed"] + 1]
     assert (info["sampler_name"], info["scheduler"], info["steps"], info["sd_model_name"]) == (
         "DPM++ 2M", "Karras", 3, "sdweb-test-tiny")
-    assert {"enable_hr", "hr_scale", "styles", "eta", "s_noise", "alwayson_scripts"} <= set(info["ignored"])
+    assert {"enable_hr", "hr_scale", "eta", "s_noise", "alwayson_scripts"} <= set(info["ignored"])
     job = Job.objects.get()
     for k, encoded in enumerate(response.data["images"]):
         png = PILImage.open(io.BytesIO(base64.b64decode(encoded)))
@@ -59,6 +59,19 @@ def test_a1111s_full_default_payload_makes_watermarked_images_with_a1111_metadat
         assert png.info["parameters"] == info["infotexts"][k]
     assert CreditEntry.objects.filter(job=job, kind="charge").count() == 1
     assert job.images.count() == 2  # in the owner's gallery too
+
+
+def test_styles_as_webuiapi_sends_them_shape_the_prompts_and_the_infotext(alice_a1111, alice, worker):
+    from generation.services.styles import style_save
+
+    style_save(user=alice, name="detailed", prompt="highly detailed", negative_prompt="blurry")
+    response = alice_a1111.post("/sdapi/v1/txt2img", {**A1111_DEFAULT_PAYLOAD, "prompt": "a fox", "batch_size": 1,
+                                                      "styles": ["detailed"]}, format="json")
+    assert response.status_code == 200, response.data
+    info = json.loads(response.data["info"])
+    assert (info["prompt"], info["negative_prompt"], info["styles"]) == ("a fox, highly detailed", "blurry", ["detailed"])
+    meta = parse_parameters(info["infotexts"][0])
+    assert (meta["prompt"], meta["negative_prompt"]) == ("a fox, highly detailed", "blurry")
 
 
 @pytest.mark.parametrize("change, field", [
@@ -124,7 +137,7 @@ def test_models_samplers_schedulers_options_and_the_empty_lists(alice_a1111, che
     assert alice_a1111.post("/sdapi/v1/options", {"sd_model_checkpoint": "second [abc]"}, format="json").status_code == 200
     assert alice_a1111.get("/sdapi/v1/options").data["sd_model_checkpoint"].startswith("second [")
     assert alice_a1111.post("/sdapi/v1/options", {"sd_model_checkpoint": "nope"}, format="json").status_code == 400
-    for name in ("loras", "sd-vae", "prompt-styles"):
+    for name in ("loras", "sd-vae", "prompt-styles"):  # none yet
         assert alice_a1111.get(f"/sdapi/v1/{name}").data == []
     assert [u["name"] for u in alice_a1111.get("/sdapi/v1/upscalers").data] == ["None", "Lanczos", "Nearest"]
     assert "Latent (nearest-exact)" in [m["name"] for m in alice_a1111.get("/sdapi/v1/latent-upscale-modes").data]

@@ -1,5 +1,8 @@
-"""The outside review's findings, each replayed as the attacker did it: every one now meets a
-refusal, a throttle or a clean 4xx, never a 5xx, a charge without a result or a silent success."""
+"""The first outside review's findings, each replayed as the attacker did it: every one now meets a
+refusal, a throttle or a clean 4xx, never a 5xx, a charge without a result or a silent success.
+Three live beside what they test: the websocket origin (11) in tests/generation/test_live.py, the
+prompt filter's look-alikes (18) in tests/generation/test_prompt_filter.py, and the PostgreSQL
+replays of 14, 17 and 19 in tests/production/test_hostile.py."""
 
 import base64
 import hashlib
