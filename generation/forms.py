@@ -35,6 +35,11 @@ class GenerateForm(forms.Form):
     guidance_scale = forms.FloatField(min_value=0, max_value=30, initial=7, label="Guidance scale")
     scheduler = forms.ChoiceField(choices=[(name, name) for name in SCHEDULERS], initial="Euler a")
     seed = forms.IntegerField(min_value=-1, max_value=MAX_SEED, initial=-1, help_text="-1 picks a random seed.")
+    subseed = forms.IntegerField(min_value=-1, max_value=MAX_SEED, initial=-1, required=False, label="Variation seed",
+                                 help_text="Another seed to vary toward; -1 picks one.")
+    subseed_strength = forms.FloatField(min_value=0, max_value=1, initial=0, required=False, label="Variation strength",
+                                        help_text="0: off; 1: the variation seed's own image.",
+                                        widget=forms.NumberInput(attrs={"step": 0.05}))
     clip_skip = forms.IntegerField(min_value=1, max_value=12, initial=1, required=False, label="Clip skip",
                                    help_text="SD 1.x: 2 suits many anime models.")
     refiner = forms.ModelChoiceField(queryset=Checkpoint.objects.none(), required=False, empty_label="None",
@@ -122,9 +127,9 @@ class GenerateForm(forms.Form):
 
     def clean(self):
         data = super().clean()
-        defaults = {"denoising_strength": 0.75, "resize_mode": 0, "mask_blur": 4, "inpainting_mask_invert": False,
-                    "inpainting_fill": 1, "inpaint_full_res_padding": 32, "hr_scale": 2.0, "hr_upscaler": "Latent",
-                    "hr_second_pass_steps": 0}
+        defaults = {"subseed": -1, "subseed_strength": 0.0, "denoising_strength": 0.75, "resize_mode": 0, "mask_blur": 4,
+                    "inpainting_mask_invert": False, "inpainting_fill": 1, "inpaint_full_res_padding": 32, "hr_scale": 2.0,
+                    "hr_upscaler": "Latent", "hr_second_pass_steps": 0}
         for field, default in defaults.items():
             if data.get(field) in (None, ""):
                 data[field] = default

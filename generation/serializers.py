@@ -71,6 +71,9 @@ class JobCreateSerializer(serializers.Serializer):
                                    help_text="What to draw. A1111 syntax: (word:1.3), [word], BREAK.")
     negative_prompt = serializers.CharField(max_length=MAX_PROMPT_CHARS, required=False, allow_blank=True, default="",
                                             help_text="What to keep out of the image.")
+    subseed = serializers.IntegerField(default=-1, help_text="Variation seed: -1 picks one at random.")
+    subseed_strength = serializers.FloatField(default=0.0, help_text="How far the starting noise moves toward the "
+                                              "variation seed's (0-1); 0 is off.")
     styles = serializers.ListField(child=serializers.CharField(max_length=100), required=False, max_length=20,
                                    help_text="Names of your saved styles, applied in order (as A1111's styles).")
     checkpoint = serializers.CharField(required=False, help_text="A checkpoint name; the default one if left out.")
@@ -157,9 +160,9 @@ class JobSerializer(serializers.ModelSerializer):
     class Meta:
         model = Job
         fields = ["id", "status", "prompt", "negative_prompt", "checkpoint", "width", "height", "steps",
-                  "guidance_scale", "scheduler", "seed", "num_images", "clip_skip", "refiner", "refiner_switch_at",
-                  "vae", "mode", *IMAGE_INPUT_PARAMS, "init_image_sha256", "init_image_id", "mask_sha256",
-                  *HIRES_PARAMS, "addons", "cost", "created_at", "started_at",
+                  "guidance_scale", "scheduler", "seed", "subseed", "subseed_strength", "num_images", "clip_skip",
+                  "refiner", "refiner_switch_at", "vae", "mode", *IMAGE_INPUT_PARAMS, "init_image_sha256", "init_image_id",
+                  "mask_sha256", *HIRES_PARAMS, "addons", "cost", "created_at", "started_at",
                   "finished_at", "attempts", "progress_step", "progress_total", "queue_position", "queue_eta", "error",
                   "timings", "batch_size", "images"]
         extra_kwargs = {
@@ -172,6 +175,8 @@ class JobSerializer(serializers.ModelSerializer):
             "guidance_scale": {"help_text": "CFG scale."},
             "scheduler": {"help_text": "The sampler, by its A1111 name."},
             "seed": {"help_text": "The first image's seed; image k has seed + k."},
+            "subseed": {"help_text": "The variation seed; image k's is subseed + k (-1: none)."},
+            "subseed_strength": {"help_text": "How far the starting noise moved toward the variation seed's."},
             "num_images": {"help_text": "Images in the job."},
             "created_at": {"help_text": "When it was submitted."},
             "started_at": {"help_text": "When a worker last started it."},

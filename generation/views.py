@@ -307,7 +307,8 @@ def png_info(request):
         f" Not used here: {', '.join(unused)}." if unused else "")})
 
 
-PNG_INFO_LABELS = {"guidance_scale": "CFG scale", "enable_hr": "hires fix", "hr_scale": "hires fix",
+PNG_INFO_LABELS = {"guidance_scale": "CFG scale", "subseed": "variation seed", "subseed_strength": "variation seed",
+                   "enable_hr": "hires fix", "hr_scale": "hires fix",
                    "hr_upscaler": "hires fix", "hr_second_pass_steps": "hires fix", "hr_denoising_strength": "hires fix",
                    "vae": "VAE", "cn_model": "ControlNet", "cn_module": "ControlNet", "cn_weight": "ControlNet"}
 
@@ -318,7 +319,8 @@ def _png_info_fields(found: dict, user) -> tuple[dict, list[str]]:
     fields = {"prompt": found["prompt"], "negative_prompt": found["negative_prompt"],
               **{ours: found[theirs] for ours, theirs in (("steps", "steps"), ("guidance_scale", "cfg_scale"),
                                                         ("seed", "seed"), ("width", "width"), ("height", "height"),
-                                                        ("clip_skip", "clip_skip"), ("scheduler", "scheduler"))
+                                                        ("clip_skip", "clip_skip"), ("scheduler", "scheduler"),
+                                                        ("subseed", "subseed"), ("subseed_strength", "subseed_strength"))
                  if theirs in found}}
     unused = []
     for field, model, name in (("checkpoint", Checkpoint, found.get("model")), ("vae", Vae, found.get("VAE"))):

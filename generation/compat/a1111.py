@@ -35,8 +35,7 @@ from sdweb.throttle import client_ip
 # Fields of A1111's txt2img payload that we accept when they hold a value that leaves the image
 # as we make it; any other value is refused by name rather than silently ignored.
 NEUTRAL = {
-    "initial_noise_multiplier": (1, 1.0, None), "subseed": (-1, 0, None),
-    "subseed_strength": (0, 0.0, None),
+    "initial_noise_multiplier": (1, 1.0, None),
     "seed_resize_from_h": (-1, 0, None), "seed_resize_from_w": (-1, 0, None),
     "eta": (None, 0, 1),  # which of these leaves the image as we make it depends on the sampler (below)
     "s_churn": (0, 0.0, None), "s_tmin": (0, 0.0, None), "s_tmax": (None, 0, 0.0, float("inf")),
@@ -52,9 +51,9 @@ HARMLESS = {
     "disable_extra_networks", "comments", "infotext", "force_task_id", "override_settings_restore_afterwards",
     "sampler_index", "user", "image_cfg_scale", "include_init_images",  # image_cfg_scale: instruct-pix2pix only
 }
-USED = {"prompt", "negative_prompt", "styles", "seed", "steps", "cfg_scale", "width", "height", "sampler_name", "scheduler",
-        "batch_size", "n_iter", "override_settings", "refiner_checkpoint", "refiner_switch_at", "denoising_strength",
-        *HIRES_PARAMS, "init_images", "mask", *IMAGE_INPUT_PARAMS, "alwayson_scripts"}
+USED = {"prompt", "negative_prompt", "styles", "seed", "subseed", "subseed_strength", "steps", "cfg_scale", "width",
+        "height", "sampler_name", "scheduler", "batch_size", "n_iter", "override_settings", "refiner_checkpoint",
+        "refiner_switch_at", "denoising_strength", *HIRES_PARAMS, "init_images", "mask", *IMAGE_INPUT_PARAMS, "alwayson_scripts"}
 A1111_FIELDS = {"guidance_scale": "cfg_scale", "num_images": "batch_size", "refiner": "refiner_checkpoint",
                 "clip_skip": "override_settings.CLIP_stop_at_last_layers", "vae": "override_settings.sd_vae",
                 "init_image": "init_images"}
@@ -143,6 +142,8 @@ def translate(payload: dict, user) -> tuple[dict, list[str]]:
         "width": payload.get("width", 512), "height": payload.get("height", 512), "scheduler": scheduler,
         "num_images": batch_size * n_iter, "checkpoint": checkpoint, "clip_skip": clip_skip,
         "styles": payload.get("styles") or [],
+        **({"subseed": payload.get("subseed", -1), "subseed_strength": payload["subseed_strength"]}
+           if payload.get("subseed_strength") else {}),
     }
     if vae is not None:
         params["vae"] = vae
@@ -229,7 +230,8 @@ class Txt2Img(A1111View):
         info = {
             "prompt": job.prompt, "all_prompts": [job.prompt] * len(images), "negative_prompt": job.negative_prompt,
             "all_negative_prompts": [job.negative_prompt] * len(images), "seed": job.seed, "all_seeds": seeds,
-            "subseed": -1, "all_subseeds": [-1] * len(images), "subseed_strength": 0, "width": job.width,
+            "subseed": job.subseed, "all_subseeds": [job.subseed + k if job.subseed_strength else -1 for k in range(
+                len(images))], "subseed_strength": job.subseed_strength, "width": job.width,
             "height": job.height, "sampler_name": spec.sampler, "scheduler": spec.schedule_type,
             "cfg_scale": job.guidance_scale, "steps": job.steps, "batch_size": request.data.get("batch_size", 1),
             "n_iter": request.data.get("n_iter", 1), "restore_faces": False, "sd_model_name": job.checkpoint.name,

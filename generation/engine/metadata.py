@@ -16,8 +16,8 @@ from . import __version__
 from .schedulers import resolve_scheduler, scheduler_spec
 
 _NEGATIVE = "Negative prompt:"
-_INT_KEYS = {"Steps": "steps", "Seed": "seed", "Clip skip": "clip_skip"}
-_FLOAT_KEYS = {"CFG scale": "cfg_scale"}
+_INT_KEYS = {"Steps": "steps", "Seed": "seed", "Clip skip": "clip_skip", "Variation seed": "subseed"}
+_FLOAT_KEYS = {"CFG scale": "cfg_scale", "Variation seed strength": "subseed_strength"}
 _TEXT_KEYS = {"Sampler": "sampler", "Schedule type": "schedule_type", "Model hash": "model_hash",
               "Model": "model", "Version": "version"}
 

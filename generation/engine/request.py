@@ -93,11 +93,16 @@ def batch_key(request: "GenerationRequest") -> tuple | None:
     embeddings and the image count may differ. The claim (Job.batch_key) and the engine both ask
     this one function."""
     if request.mode != "txt2img" or request.enable_hr or request.refiner or request.controlnets or (
-            request.guidance_scale <= 1):
+            request.guidance_scale <= 1) or request.subseed_strength:
         return None
     return (_file(request.model), request.vae and _file(request.vae), request.width, request.height, request.steps,
             scheduler_spec(request.scheduler).name, request.clip_skip,
             tuple((_file(use.ref), use.unet, use.te) for use in request.loras))
+
+
+def _counted(seed: int, count: int) -> list[int]:
+    first = random.SystemRandom().randint(0, MAX_SEED) if seed == -1 else seed
+    return [first + k for k in range(count)]
 
 
 def _file(ref) -> str:
@@ -116,6 +121,8 @@ class GenerationRequest:
     guidance_scale: float = 7.0
     scheduler: str = "Euler a"
     seed: int = -1
+    subseed: int = -1  # A1111's variation seed: the starting noise moved toward this seed's...
+    subseed_strength: float = 0.0  # ...this far (0: not at all, 1: all the way)
     num_images: int = 1
     clip_skip: int = 1  # 1-12, as A1111's CLIP_stop_at_last_layers
     refiner: str | ModelRef | None = None  # an SDXL refiner takes over at refiner_switch_at
@@ -208,6 +215,13 @@ class GenerationRequest:
             raise ValueError(f"num_images must be from 1 to {limits.max_images} (got {self.num_images!r})")
         if not _is_int(self.seed) or not -1 <= self.seed <= MAX_SEED:
             raise ValueError(f"seed must be -1 (random) or a whole number from 0 to {MAX_SEED} (got {self.seed!r})")
+        if not _is_int(self.subseed) or not -1 <= self.subseed <= MAX_SEED:
+            raise ValueError(f"subseed must be -1 (random) or a whole number from 0 to {MAX_SEED} (got {self.subseed!r})")
+        if not isinstance(self.subseed_strength, (int, float)) or isinstance(self.subseed_strength, bool) or not (
+                0 <= self.subseed_strength <= 1):
+            raise ValueError(f"subseed_strength must be a number from 0 to 1 (got {self.subseed_strength!r})")
+        if self.subseed_strength and (self.mode != "txt2img" or self.controlnets):
+            raise ValueError("subseed_strength works on images made from text without ControlNet, for now")
         if not _is_int(self.clip_skip) or not 1 <= self.clip_skip <= 12:
             raise ValueError(f"clip_skip must be a whole number from 1 to 12 (got {self.clip_skip!r})")
         if (not isinstance(self.refiner_switch_at, (int, float)) or isinstance(self.refiner_switch_at, bool)
@@ -322,8 +336,10 @@ class GenerationRequest:
 
     def seeds(self) -> list[int]:
         """Seeds s, s+1, ... for the batch; seed -1 picks s at random."""
-        first = random.SystemRandom().randint(0, MAX_SEED) if self.seed == -1 else self.seed
-        return [first + k for k in range(self.num_images)]
+        return _counted(self.seed, self.num_images)
+
+    def subseeds(self) -> list[int]:
+        return _counted(self.subseed, self.num_images)
 
 
 def _is_int(value) -> bool:

@@ -54,7 +54,9 @@ class GenerationResult:
         return format_parameters(
             prompt=r.prompt, negative_prompt=r.negative_prompt, steps=r.steps, scheduler=r.scheduler,
             guidance_scale=r.guidance_scale, seed=self.seeds[k], width=r.width, height=r.height,
-            model_hash=self.model_hash, model_name=self.model_name, extra=self._extra(),
+            model_hash=self.model_hash, model_name=self.model_name, extra=self._extra() | ({
+                "Variation seed": r.subseeds()[self.indexes[k]], "Variation seed strength": r.subseed_strength}
+                if r.subseed_strength else {}),
         )
 
     def _extra(self) -> dict:
@@ -98,7 +100,7 @@ def generate(
     ):
         raise ValueError(f"watermark_payloads must hold one {PAYLOAD_BYTES}-byte payload per image")
     seeds = request.seeds()
-    request = dataclasses.replace(request, seed=seeds[0])
+    request = dataclasses.replace(request, seed=seeds[0], subseed=request.subseeds()[0])
 
     # 2. Load the model, and the refiner if one is asked for (a cache hit costs nothing).
     tick = time.perf_counter()
@@ -240,10 +242,36 @@ class Progress:
         self.done += pipe.num_timesteps
 
 
+def variation_noise(pipe, request, generators, model) -> torch.Tensor:
+    """A1111's variation seed: each image's starting noise turned from its seed's toward its
+    subseed's by subseed_strength along the sphere between them, so it keeps the scale noise has.
+    The seed's noise is drawn from the run's own generators as the pipeline would draw it, so
+    the steps' noise that follows (ancestral samplers) is what it is without a variation."""
+    from diffusers.utils.torch_utils import randn_tensor
+
+    shape = (request.num_images, pipe.unet.config.in_channels, request.height // pipe.vae_scale_factor,
+             request.width // pipe.vae_scale_factor)
+    ours = randn_tensor(shape, generator=generators, device=model.device, dtype=model.dtype)
+    theirs = randn_tensor(shape, generator=[torch.Generator("cpu").manual_seed(s) for s in request.subseeds()],
+                          device=model.device, dtype=model.dtype)
+    return torch.stack([_slerp(request.subseed_strength, a, b) for a, b in zip(ours, theirs)])
+
+
+def _slerp(t: float, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    x, y = a.float().flatten(), b.float().flatten()
+    angle = torch.arccos((x @ y / (x.norm() * y.norm())).clamp(-1, 1))
+    if angle < 1e-4:  # (nearly) the same direction: a straight line is as good
+        mixed = (1 - t) * x + t * y
+    else:
+        mixed = (torch.sin((1 - t) * angle) * x + torch.sin(t * angle) * y) / torch.sin(angle)
+    return mixed.reshape(a.shape).to(a.dtype)
+
+
 def _txt2img(pipe, model, refiner, request, common, progress):
     """The first pass from noise; then the refiner from its switch point, or hires fix's second
     pass on the upscaled latents. Returns the latents and the pipeline whose VAE decodes them."""
-    latents = pipe(width=request.width, height=request.height, **common,
+    varied = {"latents": variation_noise(pipe, request, common["generator"], model)} if request.subseed_strength else {}
+    latents = pipe(width=request.width, height=request.height, **common, **varied,
                    **({"denoising_end": request.refiner_switch_at} if refiner else {})).images
     progress.pass_ended(pipe)
     seeds = [g.initial_seed() for g in common["generator"]]

@@ -22,7 +22,7 @@ class Job(models.Model):
     ACTIVE = (QUEUED, RUNNING)
     # What a submission asks for (the engine's GenerationRequest fields, less the model).
     PARAMS = ("prompt", "negative_prompt", "width", "height", "steps", "guidance_scale", "scheduler", "seed",
-              "num_images", "clip_skip", "refiner_switch_at", *IMAGE_INPUT_PARAMS, *HIRES_PARAMS)
+              "subseed", "subseed_strength", "num_images", "clip_skip", "refiner_switch_at", *IMAGE_INPUT_PARAMS, *HIRES_PARAMS)
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="jobs")
@@ -35,6 +35,8 @@ class Job(models.Model):
     guidance_scale = models.FloatField()
     scheduler = models.CharField(max_length=40)
     seed = models.BigIntegerField(help_text="The first image's seed; image k has seed + k")
+    subseed = models.BigIntegerField(default=-1, help_text="Variation seed (A1111's): image k's is subseed + k")
+    subseed_strength = models.FloatField(default=0.0, help_text="How far the starting noise moves toward it")
     num_images = models.PositiveIntegerField()
     clip_skip = models.PositiveSmallIntegerField(default=1)
     refiner = models.ForeignKey(Checkpoint, null=True, blank=True, on_delete=models.PROTECT, related_name="+",

@@ -191,7 +191,8 @@ def _validated(params: dict, inputs: dict, user) -> tuple[Checkpoint, dict]:
         field = next((f for f in (*Job.PARAMS, "init_image", "mask", "controlnet") if message.startswith(f + " ")), None)
         raise Refused(message[:1].upper() + message[1:], field=field) from error
     # The seed is fixed now, so a retried job makes the same images.
-    return checkpoint, {**{f: getattr(request, f) for f in Job.PARAMS}, "seed": request.seeds()[0], "refiner": refiner,
+    return checkpoint, {**{f: getattr(request, f) for f in Job.PARAMS}, "seed": request.seeds()[0],
+                        "subseed": request.subseeds()[0] if request.subseed_strength else -1, "refiner": refiner,
                         "vae": vae, "addons": addons, "passes": request.passes()}
 
 

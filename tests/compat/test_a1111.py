@@ -61,22 +61,24 @@ def test_a1111s_full_default_payload_makes_watermarked_images_with_a1111_metadat
     assert job.images.count() == 2  # in the owner's gallery too
 
 
-def test_styles_as_webuiapi_sends_them_shape_the_prompts_and_the_infotext(alice_a1111, alice, worker):
+def test_styles_and_a_variation_seed_as_webuiapi_sends_them_are_what_the_infotext_says(alice_a1111, alice, worker):
     from generation.services.styles import style_save
 
     style_save(user=alice, name="detailed", prompt="highly detailed", negative_prompt="blurry")
-    response = alice_a1111.post("/sdapi/v1/txt2img", {**A1111_DEFAULT_PAYLOAD, "prompt": "a fox", "batch_size": 1,
-                                                      "styles": ["detailed"]}, format="json")
+    response = alice_a1111.post("/sdapi/v1/txt2img", {**A1111_DEFAULT_PAYLOAD, "prompt": "a fox", "styles": ["detailed"],
+                                                      "seed": 11, "subseed": 5, "subseed_strength": 0.25}, format="json")
     assert response.status_code == 200, response.data
     info = json.loads(response.data["info"])
     assert (info["prompt"], info["negative_prompt"], info["styles"]) == ("a fox, highly detailed", "blurry", ["detailed"])
-    meta = parse_parameters(info["infotexts"][0])
-    assert (meta["prompt"], meta["negative_prompt"]) == ("a fox, highly detailed", "blurry")
+    assert (info["subseed"], info["all_subseeds"], info["subseed_strength"]) == (5, [5, 6], 0.25)
+    meta = [parse_parameters(text) for text in info["infotexts"]]
+    assert (meta[0]["prompt"], meta[0]["negative_prompt"]) == ("a fox, highly detailed", "blurry")
+    assert [(m["seed"], m["subseed"], m["subseed_strength"]) for m in meta] == [(11, 5, 0.25), (12, 6, 0.25)]
 
 
 @pytest.mark.parametrize("change, field", [
     ({"enable_hr": True, "hr_scale": 8}, "hr_scale"), ({"styles": ["cinematic"]}, "styles"),
-    ({"subseed_strength": 0.5}, "subseed"),
+    ({"subseed_strength": 1.5}, "subseed_strength"),
     ({"alwayson_scripts": {"controlnet": {}}}, "alwayson_scripts"), ({"sampler_name": "DDPM"}, "sampler_name"),
     ({"override_settings": {"sd_vae": "other.pt"}}, "override_settings.sd_vae"), ({"width": 300}, "width"),
     ({"cfg_scale": 99}, "cfg_scale"), ({"batch_size": 0}, "batch_size"), ({"eta": 0.5}, "eta"),

@@ -474,13 +474,14 @@ def test_13_upload_img2img_paint_a_mask_inpaint_outpaint_and_hires_fix(new_page)
     page.goto("/generate/")
     page.get_by_label("Hires fix").check()
     page.get_by_label("Upscale by").fill("1.5")
+    page.locator("#hires").get_by_label("Denoising strength").fill("0.55")  # its own field, in sight
     page.get_by_label("Size", exact=True).select_option("256x256")
     page.evaluate("window.__live = []")
     assert "hires fix ×1.5 (Latent)" in submit_and_wait("a castle at noon")
     page.locator("#images a").first.click()
     page.wait_for_url("**/images/*/")
     params = page.locator(".params-list").inner_text()
-    assert "384×384" in params and "×1.5, Latent, denoising strength 0.75" in params
+    assert "384×384" in params and "×1.5, Latent, denoising strength 0.55" in params
     screenshot(page, "13-hires-image")
 
     # 5. Upscale the hires image: a job of its own, and the larger copy is linked beside the original.

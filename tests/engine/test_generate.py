@@ -31,6 +31,19 @@ def test_batch_image_k_is_the_single_image_made_with_seed_s_plus_k(run):
         assert np.abs(pixels(batch.images[k]) - pixels(single.images[0])).max() <= 2
 
 
+def test_a_variation_seed_moves_the_image_toward_that_seeds_own(run):
+    base, other = run(seed=7, scheduler="Euler"), run(seed=900, scheduler="Euler")
+    varied = [run(seed=7, subseed=900, subseed_strength=t, scheduler="Euler", num_images=2) for t in (0.3, 1.0)]
+    assert np.abs(pixels(varied[1].images[0]) - pixels(other.images[0])).max() <= 2  # all the way: seed 900's image
+    far = [np.abs(pixels(v.images[0]) - pixels(base.images[0])).mean() for v in varied]
+    assert 0 < far[0] < far[1]  # part of the way: between the two
+    assert varied[0].images[1].tobytes() != varied[0].images[0].tobytes()  # image k varies toward subseed + k
+    text = parse_parameters(varied[0].parameters(1))
+    assert (text["seed"], text["subseed"], text["subseed_strength"]) == (8, 901, 0.3)
+    alone = run(seed=7, subseed=900, subseed_strength=0.3, scheduler="Euler")  # reproducible, batched or not
+    assert np.abs(pixels(alone.images[0]) - pixels(varied[0].images[0])).max() <= 2
+
+
 def test_seed_minus_one_picks_a_seed_reports_it_and_it_reproduces_the_image(run):
     random_run = run(seed=-1)
     seed = random_run.seeds[0]
