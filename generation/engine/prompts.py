@@ -26,8 +26,6 @@ _TOKEN = re.compile(
 _UNSUPPORTED = [
     (re.compile(r"\bAND\b"), "AND (composable prompts)", " Write 'and' in lower case to mean the word."),
     (re.compile(r"<\s*hypernet\s*:[^>]*>", re.I), "a hypernetwork tag", ""),
-    (re.compile(r"\[[^\[\]]*:[^\[\]]*\]"), "prompt editing [from:to:when]", ""),
-    (re.compile(r"\[[^\[\]]*\|[^\[\]]*\]"), "alternation [a|b]", ""),
 ]
 
 
@@ -70,6 +68,110 @@ def check_prompt_syntax(text: str, *, field: str = "prompt") -> None:
         match = pattern.search(plain)
         if match:
             raise ValueError(f"{field} uses {what}, which is not supported yet: {match.group(0)!r}.{hint}")
+
+
+def prompt_schedule(text: str, steps: int) -> list[tuple[int, str]]:
+    """A1111's prompt editing and alternation as [(last step, the prompt for the steps up to it)],
+    steps counted from 1: `[from:to:when]` is `from` up to step `when` (a fraction of the steps
+    below 1: int(when × steps)) and `to` after it; `[to:when]` adds, `[from::when]` removes;
+    `[a|b|c]` takes a, b, c, a, … one per step. They nest. A prompt without them is one entry."""
+    tree = _parse_schedule(text)
+    schedule: list[tuple[int, str]] = []
+    for step in range(1, steps + 1):
+        prompt = _at_step(tree, step, steps)
+        if schedule and schedule[-1][1] == prompt:
+            schedule[-1] = (step, prompt)
+        else:
+            schedule.append((step, prompt))
+    return schedule or [(steps, text)]
+
+
+def has_schedule(text: str) -> bool:
+    return any(not isinstance(part, str) for part in _parse_schedule(text))
+
+
+def _at_step(parts: list, step: int, steps: int) -> str:
+    out = []
+    for part in parts:
+        if isinstance(part, str):
+            out.append(part)
+        elif part[0] == "edit":
+            _, before, after, when = part
+            out.append(_at_step(before if step <= (int(when * steps) if when < 1 else int(when)) else after,
+                                step, steps))
+        else:
+            out.append(_at_step(part[1][(step - 1) % len(part[1])], step, steps))
+    return "".join(out)
+
+
+def _parse_schedule(text: str) -> list:
+    """The prompt as a list of text and ("edit", before, after, when) / ("alternate", [options])."""
+    parts, _ = _sequence(text, 0, ())
+    return parts
+
+
+def _sequence(text: str, at: int, stops: tuple) -> tuple[list, int]:
+    parts: list = []
+    while at < len(text) and text[at] not in stops:
+        char = text[at]
+        if char == "\\":
+            parts.append(text[at:at + 2])
+            at += 2
+        elif char == "(":
+            inner, end = _sequence(text, at + 1, (")",))
+            closed = end < len(text)
+            parts += ["(", *inner, *([")"] if closed else [])]
+            at = end + closed
+        elif char == "[":
+            found, at = _bracket(text, at)
+            parts += found
+        else:
+            parts.append(char)
+            at += 1
+    return _joined(parts), at
+
+
+def _bracket(text: str, at: int) -> tuple[list, int]:
+    """What `[` at `at` opens: an edit, an alternation, or a plain (de-emphasis) bracket."""
+    pieces, separators, end = [], [], at + 1
+    while True:
+        piece, end = _sequence(text, end, (":", "|", "]"))
+        pieces.append(piece)
+        if end >= len(text):  # never closed: A1111 de-emphasises the rest
+            return ["[", *[p for k, piece in enumerate(pieces) for p in ([separators[k - 1]] if k else []) + piece]], end
+        if text[end] == "]":
+            break
+        separators.append(text[end])
+        end += 1
+    end += 1
+    when = _number("".join(pieces[-1])) if separators and set(separators) == {":"} and all(
+        isinstance(p, str) for p in pieces[-1]) else None
+    if when is not None and len(pieces) == 3:
+        return [("edit", pieces[0], pieces[1], when)], end
+    if when is not None and len(pieces) == 2:
+        return [("edit", [], pieces[0], when)], end
+    if separators and set(separators) == {"|"}:
+        return [("alternate", pieces)], end
+    flat = [p for k, piece in enumerate(pieces) for p in ([separators[k - 1]] if k else []) + piece]
+    return _joined(["[", *flat, "]"]), end
+
+
+def _number(text: str) -> float | None:
+    try:
+        value = float(text.strip())
+    except ValueError:
+        return None
+    return value if value >= 0 else None
+
+
+def _joined(parts: list) -> list:
+    out: list = []
+    for part in parts:
+        if isinstance(part, str) and out and isinstance(out[-1], str):
+            out[-1] += part
+        else:
+            out.append(part)
+    return out
 
 
 def parse_attention(text: str) -> list[tuple[str, float]]:

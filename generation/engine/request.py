@@ -4,7 +4,7 @@ import random
 import re
 from dataclasses import dataclass
 
-from .prompts import LORA_TAG, check_prompt_syntax, lora_tags
+from .prompts import LORA_TAG, check_prompt_syntax, has_schedule, lora_tags
 from .schedulers import scheduler_spec
 
 
@@ -93,7 +93,7 @@ def batch_key(request: "GenerationRequest") -> tuple | None:
     embeddings and the image count may differ. The claim (Job.batch_key) and the engine both ask
     this one function."""
     if request.mode != "txt2img" or request.enable_hr or request.refiner or request.controlnets or (
-            request.guidance_scale <= 1) or request.subseed_strength:
+            request.guidance_scale <= 1) or request.subseed_strength or request.scheduled:
         return None
     return (_file(request.model), request.vae and _file(request.vae), request.width, request.height, request.steps,
             scheduler_spec(request.scheduler).name, request.clip_skip,
@@ -150,6 +150,11 @@ class GenerationRequest:
     loras: tuple[LoraUse, ...] = ()
     embeddings: tuple[ModelRef, ...] = ()
     controlnets: tuple[ControlUnit, ...] = ()
+
+    @property
+    def scheduled(self) -> bool:
+        """Whether a prompt uses prompt editing or alternation."""
+        return has_schedule(self.prompt) or has_schedule(self.negative_prompt)
 
     @property
     def mode(self) -> str:
@@ -220,6 +225,9 @@ class GenerationRequest:
         if not isinstance(self.subseed_strength, (int, float)) or isinstance(self.subseed_strength, bool) or not (
                 0 <= self.subseed_strength <= 1):
             raise ValueError(f"subseed_strength must be a number from 0 to 1 (got {self.subseed_strength!r})")
+        if self.scheduled and (self.mode != "txt2img" or self.controlnets or self.refiner):
+            raise ValueError("prompt editing [from:to:when] and alternation [a|b] work on images made from text "
+                             "without ControlNet or a refiner, for now")
         if self.subseed_strength and (self.mode != "txt2img" or self.controlnets):
             raise ValueError("subseed_strength works on images made from text without ControlNet, for now")
         if not _is_int(self.clip_skip) or not 1 <= self.clip_skip <= 12:

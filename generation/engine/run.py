@@ -15,7 +15,7 @@ from .loading import PIPELINES, load_pipeline
 from .metadata import format_parameters, save_png
 from .pipelines import pipeline_for_run
 from .previews import PreviewMaker, PreviewSettings, PreviewThrottle, load_taesd
-from .prompts import embedding_pattern, encode_prompts, encode_prompts_xl
+from .prompts import embedding_pattern, encode_prompts, encode_prompts_xl, prompt_schedule
 from .request import (
     LATENT_UPSCALERS,
     MASKED_CONTENT,
@@ -120,13 +120,15 @@ def generate(
 
         # 4. Encode the prompts, A1111 weights, long prompts and embeddings included.
         tick = time.perf_counter()
-        embeds = _encode(pipe, model, request, addons.embeddings)
+        schedule = PromptSchedule(request, lambda prompt, negative: _encode(pipe, model, dataclasses.replace(
+            request, prompt=prompt, negative_prompt=negative), addons.embeddings)) if request.scheduled else None
+        embeds = schedule.embeds(1) if schedule else _encode(pipe, model, request, addons.embeddings)
         timings["text_encode"] = time.perf_counter() - tick
 
         # 5. Denoise, sending previews and honouring cancel at every step of every pass.
         taesd = load_taesd(preview.taesd, model.device, model.dtype) if preview and preview.taesd and on_preview else None
         progress = Progress(sum(p[2] for p in request.passes()), on_preview, should_cancel,
-                            preview or PreviewSettings(), taesd, blur=checker is not None)
+                            preview or PreviewSettings(), taesd, blur=checker is not None, schedule=schedule)
         if progress.stopped():
             raise GenerationCancelled()
         tick = time.perf_counter()
@@ -134,7 +136,9 @@ def generate(
         common = dict(num_inference_steps=request.steps, guidance_scale=request.guidance_scale,
                       num_images_per_prompt=request.num_images,
                       generator=[torch.Generator("cpu").manual_seed(s) for s in seeds], output_type="latent",
-                      callback_on_step_end=progress.on_step_end, **embeds)
+                      callback_on_step_end=progress.on_step_end, **embeds,
+                      **({"callback_on_step_end_tensor_inputs": ["latents", "prompt_embeds", *(
+                          ["add_text_embeds"] if model.xl else [])]} if schedule else {}))
         start = prepare_start(request) if request.init_image is not None else None
         try:
             if addons.controlnets:
@@ -221,8 +225,9 @@ def _load_addons(request, model) -> Addons:
 class Progress:
     """The step callback of every pass: one preview count over the whole job, and cancel."""
 
-    def __init__(self, total, on_preview, should_cancel, preview, taesd, blur):
+    def __init__(self, total, on_preview, should_cancel, preview, taesd, blur, schedule=None):
         self.total, self.on_preview, self.should_cancel = total, on_preview, should_cancel or (lambda: False)
+        self.schedule = schedule
         self.previews = PreviewMaker(preview, taesd, blur)
         self.throttle = PreviewThrottle(preview.min_interval)
         self.done, self.cancelled = 0, False  # steps of the passes before this one
@@ -236,10 +241,48 @@ class Progress:
             pipe._interrupt = True  # the pipeline skips every later step
         elif self.on_preview is not None and self.throttle.should_send(self.done + i + 1, self.total):
             self.previews.send(tensors["latents"], functools.partial(self.on_preview, self.done + i + 1, self.total))
-        return {}
+        return self.schedule.after_step(pipe, i) if self.schedule else {}
 
     def pass_ended(self, pipe) -> None:
         self.done += pipe.num_timesteps
+
+
+class PromptSchedule:
+    """Prompt editing and alternation (prompts.prompt_schedule): each distinct pair of prompts is
+    encoded once, and after each step the pipeline is handed the next step's conditioning when it
+    changes. A pass counts its steps from 1 over `steps` (hires fix's second pass: its own)."""
+
+    def __init__(self, request, encode):
+        self.request, self.encode, self.encoded = request, encode, {}
+        self.use_steps(request.steps)
+
+    def use_steps(self, steps: int) -> None:
+        self.steps = steps
+        self.schedules = [prompt_schedule(text, steps) for text in (self.request.prompt, self.request.negative_prompt)]
+
+    def texts(self, step: int) -> tuple[str, str]:
+        return tuple(next(text for last, text in schedule if step <= last) for schedule in self.schedules)
+
+    def embeds(self, step: int) -> dict:
+        texts = self.texts(min(step, self.steps))
+        if texts not in self.encoded:
+            self.encoded[texts] = self.encode(*texts)
+        return self.encoded[texts]
+
+    def after_step(self, pipe, i: int) -> dict:
+        """At the end of step i (from 0): the tensors of step i + 2 (from 1) when its prompts differ."""
+        if i + 2 > self.steps or self.texts(i + 2) == self.texts(i + 1):
+            return {}
+        embeds, n = self.embeds(i + 2), self.request.num_images
+
+        def for_pipe(negative, positive):  # each prompt once per image; with guidance, the negatives first
+            positive, negative = positive.repeat_interleave(n, 0), negative.repeat_interleave(n, 0)
+            return torch.cat([negative, positive]) if pipe.do_classifier_free_guidance else positive
+
+        updates = {"prompt_embeds": for_pipe(embeds["negative_prompt_embeds"], embeds["prompt_embeds"])}
+        if "pooled_prompt_embeds" in embeds:
+            updates["add_text_embeds"] = for_pipe(embeds["negative_pooled_prompt_embeds"], embeds["pooled_prompt_embeds"])
+        return updates
 
 
 def variation_noise(pipe, request, generators, model) -> torch.Tensor:
@@ -282,10 +325,13 @@ def _txt2img(pipe, model, refiner, request, common, progress):
     elif request.enable_hr and not progress.cancelled:
         image = _upscaled(pipe, latents, request)
         pipe = pipeline_for_run(model.pipe, request.scheduler, seeds, "img2img")
+        if progress.schedule:  # the second pass follows the prompts' schedule over its own steps
+            progress.schedule.use_steps(request.hr_second_pass_steps or request.steps)
         # Fresh generators with the same seeds: the second pass is reproducible on its own.
         latents = pipe(image=image, strength=request.denoising_strength, **{
             **common, "num_inference_steps": request.hr_second_pass_steps or request.steps,
-            "generator": [torch.Generator("cpu").manual_seed(s) for s in seeds]}).images
+            "generator": [torch.Generator("cpu").manual_seed(s) for s in seeds],
+            **(progress.schedule.embeds(1) if progress.schedule else {})}).images
     return latents, pipe
 
 

@@ -44,6 +44,43 @@ def test_a_variation_seed_moves_the_image_toward_that_seeds_own(run):
     assert np.abs(pixels(alone.images[0]) - pixels(varied[0].images[0])).max() <= 2
 
 
+def made_by_diffusers(model, prompts: list[str], seed: int = 1234):
+    """The reference, from A1111's definition: diffusers' own loop on the test model, handed the
+    encoding of prompts[s - 1] for step s (seed, size and sampler as `run` uses them)."""
+    from generation.engine.pipelines import pipeline_for_run
+    from generation.engine.prompts import encode_prompts
+    from generation.engine.run import decode
+
+    pipe = pipeline_for_run(model.pipe, "Euler", [seed], "txt2img")
+    encoded = {p: encode_prompts(pipe.tokenizer, pipe.text_encoder, p, "", "cpu") for p in set(prompts)}
+
+    def swap(pipe, i, t, tensors):
+        if i + 1 == len(prompts):
+            return {}
+        positive, negative = encoded[prompts[i + 1]]
+        return {"prompt_embeds": torch.cat([negative, positive])}
+
+    positive, negative = encoded[prompts[0]]
+    latents = pipe(prompt_embeds=positive, negative_prompt_embeds=negative, width=256, height=256,
+                   num_inference_steps=len(prompts), guidance_scale=7.0, output_type="latent",
+                   generator=[torch.Generator("cpu").manual_seed(seed)], callback_on_step_end=swap,
+                   callback_on_step_end_tensor_inputs=["latents", "prompt_embeds"]).images
+    return decode(pipe.vae, pipe.image_processor, latents)[0]
+
+
+def test_prompt_editing_and_alternation_make_the_images_their_definitions_give(run, test_model):
+    model = load_pipeline(test_model)
+    cases = {"a [cat:dog:0.5]": ["a cat", "a cat", "a dog", "a dog"],  # int(0.5 x 4) = 2 steps of cat
+             "a [cat:dog:3]": ["a cat", "a cat", "a cat", "a dog"],
+             "a [cat|dog]": ["a cat", "a dog", "a cat", "a dog"],
+             "a [cat:dog:0]": ["a dog"] * 4}
+    for prompt, per_step in cases.items():
+        made = run(prompt=prompt, scheduler="Euler").images[0]
+        assert np.abs(pixels(made) - pixels(made_by_diffusers(model, per_step))).max() <= 2, prompt
+    switched, cat, dog = (run(prompt=p, scheduler="Euler").images[0] for p in ("a [cat:dog:0.5]", "a cat", "a dog"))
+    assert pixels(switched).tolist() not in (pixels(cat).tolist(), pixels(dog).tolist())
+
+
 def test_seed_minus_one_picks_a_seed_reports_it_and_it_reproduces_the_image(run):
     random_run = run(seed=-1)
     seed = random_run.seeds[0]

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from generation.engine import load_pipeline, parse_attention
-from generation.engine.prompts import BREAK, check_prompt_syntax, encode_prompts, tokenize_chunks
+from generation.engine.prompts import BREAK, check_prompt_syntax, encode_prompts, prompt_schedule, tokenize_chunks
 
 # The examples AUTOMATIC1111 documents for its attention syntax, and a few more edge cases.
 A1111_EXAMPLES = [
@@ -41,8 +41,6 @@ def test_attention_is_parsed_as_a1111_parses_it(prompt, expected):
     ("a cat AND a dog", "AND"),
     ("portrait <lora:add_detail:0.5:1:2>", "malformed LoRA tag"),
     ("portrait <hypernet:anime:1>", "hypernetwork"),
-    ("a [cat:dog:10] on a sofa", "prompt editing"),
-    ("a [cat|dog] on a sofa", "alternation"),
 ])
 def test_syntax_this_engine_does_not_run_is_refused_by_name(prompt, what):
     with pytest.raises(ValueError, match=what):
@@ -52,6 +50,24 @@ def test_syntax_this_engine_does_not_run_is_refused_by_name(prompt, what):
 @pytest.mark.parametrize("prompt", ["salt and pepper", "\\[cat:dog\\]", "ANDROID", "a <b> tag"])
 def test_look_alikes_of_unsupported_syntax_are_accepted(prompt):
     check_prompt_syntax(prompt)
+
+
+# A1111's definitions: [from:to:when] is `from` up to step when (int(when x steps) below 1), then
+# `to`; [to:when] adds, [from::when] removes; [a|b] alternates one per step; they nest.
+@pytest.mark.parametrize("prompt, steps, expected", [
+    ("a [cat:dog:0.5] on a sofa", 10, [(5, "a cat on a sofa"), (10, "a dog on a sofa")]),
+    ("a [cat:dog:3] on a sofa", 10, [(3, "a cat on a sofa"), (10, "a dog on a sofa")]),
+    ("a [cat:dog:0] on a sofa", 4, [(4, "a dog on a sofa")]),
+    ("a [cat:dog:99] on a sofa", 4, [(4, "a cat on a sofa")]),
+    ("a [red:0.25] [big::0.5] car", 8, [(2, "a  big car"), (4, "a red big car"), (8, "a red  car")]),
+    ("a [cat|dog|bird] x", 4, [(1, "a cat x"), (2, "a dog x"), (3, "a bird x"), (4, "a cat x")]),
+    ("x [[a|b]:c:0.5] y", 6, [(1, "x a y"), (2, "x b y"), (3, "x a y"), (6, "x c y")]),
+    ("([cat:dog:0.5]:1.2), <lora:x:0.5>", 4, [(2, "(cat:1.2), <lora:x:0.5>"), (4, "(dog:1.2), <lora:x:0.5>")]),
+    ("(masterpiece:1.2), [blurry], [a:b], \\[a:b:0.5\\]", 3, [(3, "(masterpiece:1.2), [blurry], [a:b], \\[a:b:0.5\\]")]),
+])
+def test_prompt_editing_and_alternation_follow_a1111s_definitions(prompt, steps, expected):
+    assert prompt_schedule(prompt, steps) == expected
+    check_prompt_syntax(prompt)  # accepted
 
 
 @pytest.fixture

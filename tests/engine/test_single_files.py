@@ -94,6 +94,17 @@ def test_sdxl_encodes_both_encoders_in_75_token_chunks_with_a_pooled_embedding(t
     assert torch.all(negative == 0) and torch.all(negative_pooled == 0)  # an empty negative is zeros, as in A1111
 
 
+def test_sdxl_switches_both_encoders_and_the_pooled_embedding_with_prompt_editing_and_hires_fix(tiny_families):
+    sdxl = ref(tiny_families, "sdxl")
+    alone = {text: pixels(make(sdxl, prompt=text, negative_prompt="", steps=4, scheduler="Euler"))
+             for text in ("a cat", "a dog", "a [cat|dog]", "a [cat:dog:0]")}
+    assert np.abs(alone["a [cat:dog:0]"] - alone["a dog"]).max() <= 2  # dog from the first step
+    assert not np.array_equal(alone["a [cat|dog]"], alone["a cat"])
+    hires = make(sdxl, prompt="a [cat|dog]", negative_prompt="", steps=4, scheduler="Euler", enable_hr=True,
+                 hr_scale=1.25, hr_second_pass_steps=4)
+    assert hires.images[0].size == (320, 320)
+
+
 def test_the_refiner_takes_over_at_the_switch_point_and_is_written_as_a1111_writes_it(tiny_families):
     previews = []
     base = make(ref(tiny_families, "sdxl"), steps=5)
