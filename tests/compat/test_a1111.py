@@ -61,18 +61,21 @@ def test_a1111s_full_default_payload_makes_watermarked_images_with_a1111_metadat
     assert job.images.count() == 2  # in the owner's gallery too
 
 
-def test_styles_and_a_variation_seed_as_webuiapi_sends_them_are_what_the_infotext_says(alice_a1111, alice, worker):
+def test_styles_prompt_editing_and_a_variation_seed_as_webuiapi_sends_them_are_what_the_infotext_says(
+        alice_a1111, alice, worker):
     from generation.services.styles import style_save
 
     style_save(user=alice, name="detailed", prompt="highly detailed", negative_prompt="blurry")
-    response = alice_a1111.post("/sdapi/v1/txt2img", {**A1111_DEFAULT_PAYLOAD, "prompt": "a fox", "styles": ["detailed"],
+    response = alice_a1111.post("/sdapi/v1/txt2img", {**A1111_DEFAULT_PAYLOAD, "prompt": "a [fox:wolf:0.5]",
+                                                      "styles": ["detailed"],
                                                       "seed": 11, "subseed": 5, "subseed_strength": 0.25}, format="json")
     assert response.status_code == 200, response.data
     info = json.loads(response.data["info"])
-    assert (info["prompt"], info["negative_prompt"], info["styles"]) == ("a fox, highly detailed", "blurry", ["detailed"])
+    assert (info["prompt"], info["negative_prompt"], info["styles"]) == (
+        "a [fox:wolf:0.5], highly detailed", "blurry", ["detailed"])
     assert (info["subseed"], info["all_subseeds"], info["subseed_strength"]) == (5, [5, 6], 0.25)
     meta = [parse_parameters(text) for text in info["infotexts"]]
-    assert (meta[0]["prompt"], meta[0]["negative_prompt"]) == ("a fox, highly detailed", "blurry")
+    assert (meta[0]["prompt"], meta[0]["negative_prompt"]) == ("a [fox:wolf:0.5], highly detailed", "blurry")
     assert [(m["seed"], m["subseed"], m["subseed_strength"]) for m in meta] == [(11, 5, 0.25), (12, 6, 0.25)]
 
 
