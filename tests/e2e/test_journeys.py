@@ -74,7 +74,7 @@ def test_2_image_page_settings_variants_and_keeping_one(new_page):
 
     page.get_by_role("link", name="Use these settings").click()
     assert page.get_by_label("Prompt", exact=True).input_value() == "a castle in fog, (towers:1.2)"
-    assert page.get_by_label("Seed").input_value() == str(seeds[0])
+    assert page.get_by_label("Seed", exact=True).input_value() == str(seeds[0])
     assert page.get_by_label("Steps").input_value() == "5"
     page.go_back()
 
@@ -571,20 +571,20 @@ def test_15_the_studio_remembers_reads_dropped_images_browses_in_a_lightbox_and_
 
     # The last settings and prompts are remembered; seed tools; Ctrl+Enter generates.
     page.goto("/generate/")
-    assert page.get_by_label("Steps").input_value() == "3" and page.get_by_label("Seed").input_value() == "-1"
+    assert page.get_by_label("Steps").input_value() == "3" and page.get_by_label("Seed", exact=True).input_value() == "-1"
     page.get_by_label("Prompt", exact=True).fill("")
     page.get_by_label("Recent prompts").select_option("a red lighthouse, (storm:1.2)")
     assert page.get_by_label("Prompt", exact=True).input_value() == "a red lighthouse, (storm:1.2)"
     page.get_by_role("button", name="Reuse last seed").click()
-    assert page.get_by_label("Seed").input_value() == str(seed)
+    assert page.get_by_label("Seed", exact=True).input_value() == str(seed)
     page.get_by_role("button", name="Random seed").click()
-    assert page.get_by_label("Seed").input_value() == "-1"
-    page.get_by_label("Seed").fill("4242")
+    assert page.get_by_label("Seed", exact=True).input_value() == "-1"
+    page.get_by_label("Seed", exact=True).fill("4242")
     page.get_by_label("Lock", exact=True).check()
     page.reload()
-    assert page.get_by_label("Seed").input_value() == "4242"  # locked: kept from job to job
+    assert page.get_by_label("Seed", exact=True).input_value() == "4242"  # locked: kept from job to job
     page.get_by_label("Lock", exact=True).uncheck()
-    page.get_by_label("Seed").fill("-1")
+    page.get_by_label("Seed", exact=True).fill("-1")
     page.get_by_label("Images").fill("1")
     page.get_by_label("Prompt", exact=True).press("Control+Enter")
     page.wait_for_url("**/generate/?job=*")
