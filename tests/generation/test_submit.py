@@ -116,7 +116,7 @@ def test_the_studio_page_follows_the_latest_running_job(client, alice, checkpoin
     {"width": "1e400"}, {"width": "99999999999999999999999"}, {"seed": "99999999999999999999"},
     {"checkpoint": "abc"}, {"checkpoint": "999999"}, {"num_images": "-1"}, {"guidance_scale": "nan"},
     {"guidance_scale": "inf"}, {"prompt": "nul \x00 byte"}, {"steps": ""}, {"scheduler": ""},
-    {"prompt": "x" * 5000}, {"negative_prompt": "[a:b:0.5]"},
+    {"prompt": "x" * 5000}, {"negative_prompt": "a AND b"},
 ])
 def test_junk_in_any_field_is_a_400_with_a_message_never_an_error(client, alice, checkpoint, overrides):
     client.force_login(alice)
