@@ -106,13 +106,15 @@ def report_create(*, image: Image, reporter, reason: str) -> Report:
 
 
 def _hide(images, outcome: str) -> int:
-    """Hide `images` and every image made from them (img2img, upscales, and so on down)."""
+    """Hide `images` and every image made from them (img2img, upscales, and so on down). Each
+    generation is hidden before the next is looked for: a job publishing from one of them holds
+    its row (finish._publish), so it either sees it hidden or is done before the search."""
     ids = {image.pk for image in images}
     found = set(ids)
     while found:
+        Image.objects.filter(pk__in=found).update(is_public=False, share_slug=None, hidden=True)
         found = set(Image.objects.filter(job__init_image_id__in=found).exclude(pk__in=ids).values_list("pk", flat=True))
         ids |= found
-    Image.objects.filter(pk__in=ids).update(is_public=False, share_slug=None, hidden=True)
     Report.objects.filter(image_id__in=ids, resolved_at=None).update(resolved_at=timezone.now(), outcome=outcome)
     return len(ids)
 

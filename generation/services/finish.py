@@ -99,7 +99,8 @@ def _publish(job: Job, work: Finishing, images: list[Image], prints: list[ImageF
         error=f"{flagged} image(s) withheld by the safety checker; their share was refunded." if flagged else "")
     if not finished:  # cancelled or taken over meanwhile
         return False
-    if job.init_image_id and Image.objects.filter(pk=job.init_image_id, hidden=True).exists():
+    source = Image.objects.select_for_update().filter(pk=job.init_image_id).values_list("hidden", flat=True)
+    if job.init_image_id and source.first():  # held until this commits: a takedown waits, then finds these
         for image in images:  # made from an image staff hid meanwhile: hidden too
             image.hidden = True
     Image.objects.bulk_create(images)
