@@ -18,6 +18,7 @@ from gallery.selectors import gallery_page, parse_image_id, public_name
 from generation.engine.upscale import upscaled_size
 from generation.models import Job
 from generation.presenters import back_to
+from generation.selectors import upscaler_models
 from generation.services.credits import quote_cost
 from generation.services.submit import Refused, job_control_units, job_inputs, job_submit
 from sdweb import throttle
@@ -125,6 +126,7 @@ def image_page(request, hex_id):
     with default_storage.open(image.png.name, "rb") as file:
         parameters = PILImage.open(file).info.get("parameters", "")
     return render(request, "image.html", {"image": image, "job": job, "upscales": upscales, "larger": larger,
+                                          "upscaler_models": upscaler_models(request.user),
                                           "parameters": parameters,
                                           "use_settings_url": settings_url(image, with_start=True),
                                           "may_change": image.may(request.user, "change"),

@@ -15,7 +15,7 @@ from generation.engine.request import (
 )
 from generation.engine.schedulers import SCHEDULERS
 from generation.models import AddOn, Checkpoint, PromptStyle, Vae
-from generation.selectors import addons_for, default_checkpoint
+from generation.selectors import addons_for, default_checkpoint, upscaler_models
 
 SIZE_PRESETS = [(256, 256), (512, 512), (512, 768), (768, 512), (768, 768), (1024, 1024)]
 # SDXL's usual sizes: about a megapixel, in the aspect ratios it was trained on.
@@ -112,6 +112,7 @@ class GenerateForm(forms.Form):
     def __init__(self, *args, user=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["cn_model"].queryset = addons_for(user, AddOn.CONTROLNET)
+        self.fields["hr_upscaler"].choices += [(name, name) for name in upscaler_models(user)]
         self.fields["styles"].choices = [(s.name, s.name) for s in PromptStyle.objects.filter(owner=user)] if (
             user is not None and user.is_authenticated) else []
         self.fields["cn_model"].label_from_instance = lambda addon: f"{addon.title} · {addon.get_family_display()}"

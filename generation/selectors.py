@@ -87,3 +87,9 @@ def addons_for(user, kind: str | None = None):
 def addon_named(user, kind: str, name) -> AddOn | None:
     """The add-on `user` means by `name` (theirs first); None for any name that can't be one."""
     return addons_for(user, kind).filter(name=name).first() if is_model_name(name) else None
+
+
+def upscaler_models(user) -> list[str]:
+    """The names of the upscaler models `user` may choose (hires fix and Upscale list them after
+    the built-in ones)."""
+    return list(addons_for(user, AddOn.UPSCALER).values_list("name", flat=True).distinct())

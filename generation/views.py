@@ -18,11 +18,12 @@ from gallery.models import Image
 from generation.dashboard import figures
 from generation.engine.controlmaps import control_map
 from generation.engine.metadata import parse_parameters, read_png_parameters
+from generation.engine.request import LATENT_UPSCALERS, PIXEL_UPSCALERS
 from generation.forms import SDXL_PRESETS, SIZE_PRESETS, AddonUploadForm, GenerateForm
 from generation.metrics import render_database_metrics
 from generation.models import AddOn, Checkpoint, Job, Vae
 from generation.presenters import back_to
-from generation.selectors import addons_for, job_for_viewer
+from generation.selectors import addons_for, job_for_viewer, upscaler_models
 from generation.services import styles
 from generation.services.addons import addon_delete, addon_upload
 from generation.services.audit import audit_refused
@@ -333,8 +334,10 @@ def _png_info_fields(found: dict, user) -> tuple[dict, list[str]]:
         fields |= {"enable_hr": True, "hr_denoising_strength": float(found.get("Denoising strength", 0.7))}
         if "Hires upscale" in found:
             fields["hr_scale"] = float(found["Hires upscale"])
-        if found.get("Hires upscaler") in dict(GenerateForm.base_fields["hr_upscaler"].choices):
+        if found.get("Hires upscaler") in (*LATENT_UPSCALERS, *PIXEL_UPSCALERS, *upscaler_models(user)):
             fields["hr_upscaler"] = found["Hires upscaler"]
+        elif "Hires upscaler" in found:
+            unused.append(f"upscaler {found['Hires upscaler']!r}")
         if "Hires steps" in found:
             fields["hr_second_pass_steps"] = int(found["Hires steps"])
     elif "Denoising strength" in found:

@@ -298,6 +298,7 @@ SDWEB = {
     "LORA_DIR": Path(env("SDWEB_LORA_DIR", str(VAR_DIR / "models" / "Lora"))),
     "EMBEDDINGS_DIR": Path(env("SDWEB_EMBEDDINGS_DIR", str(VAR_DIR / "models" / "embeddings"))),
     "CONTROLNET_DIR": Path(env("SDWEB_CONTROLNET_DIR", str(VAR_DIR / "models" / "ControlNet"))),
+    "ESRGAN_DIR": Path(env("SDWEB_ESRGAN_DIR", str(VAR_DIR / "models" / "ESRGAN"))),
     # A user's own LoRAs and embeddings: bytes of one file, and of all of them together
     "ADDON_MAX_BYTES": env_int("SDWEB_ADDON_MAX_BYTES", 1024 * 2**20, minimum=2**20),
     "ADDON_QUOTA_BYTES": env_int("SDWEB_ADDON_QUOTA_BYTES", 2 * 1024 * 2**20, minimum=0),

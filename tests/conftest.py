@@ -134,3 +134,20 @@ def library(db, addon_files):
             "embedding": addon_register(kind="embedding", name="tinyneg", source=str(addon_files["embedding"])),
             "controlnet": addon_register(kind="controlnet", name="tiny-canny", source=str(addon_files["controlnet"]),
                                          config=str(addon_files["controlnet_config"]))}
+
+
+@pytest.fixture
+def esrgan_folder(settings, tmp_path, checkpoint):
+    """models/ESRGAN as people fill it: an original-layout .pth, a Real-ESRGAN .safetensors, a stray LoRA."""
+    import torch
+    from safetensors.torch import save_file
+
+    from tests.support import esrgan_new_layout, esrgan_state
+
+    folder = tmp_path / "ESRGAN"
+    folder.mkdir()
+    torch.save(esrgan_state(), folder / "4x-Tiny.pth")
+    save_file(esrgan_new_layout(esrgan_state(ups=1, seed=2)), folder / "2x-TinyReal.safetensors")
+    save_file({"lora_unet_x.lora_down.weight": torch.zeros(2, 2)}, folder / "stray.safetensors")
+    settings.SDWEB = {**settings.SDWEB, "ESRGAN_DIR": folder}
+    return folder

@@ -402,3 +402,45 @@ def scan_bomb(scans: int) -> bytes:
     segments = _segments(out.getvalue())
     smallest = min((s for s in segments if s[1] == 0xDA), key=len)
     return b"\xff\xd8" + b"".join(segments) + smallest * scans + b"\xff\xd9"
+
+
+def esrgan_state(*, features=8, growth=4, blocks=1, ups=2, seed=0) -> dict:
+    """A tiny RRDBNet's tensors in the original ESRGAN layout (model.N...), random, scaled so its
+    pictures vary: what a real ESRGAN .pth holds, 1/10 000 of the size."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+
+    def conv(name, out, inp):
+        state[f"{name}.weight"] = torch.randn(out, inp, 3, 3, generator=gen) * (2 / (inp * 9) ** 0.5)
+        state[f"{name}.bias"] = torch.randn(out, generator=gen) * 0.01
+
+    state = {}
+    conv("model.0", features, 3)
+    for b in range(blocks):
+        for r in (1, 2, 3):
+            for c in range(1, 6):
+                conv(f"model.1.sub.{b}.RDB{r}.conv{c}.0", growth if c < 5 else features, features + (c - 1) * growth)
+    conv(f"model.1.sub.{blocks}", features, features)
+    for k in range(ups):
+        conv(f"model.{3 + 3 * k}", features, features)
+    conv(f"model.{3 * ups + 2}", features, features)
+    conv(f"model.{3 * ups + 4}", 3, features)
+    return state
+
+
+def esrgan_new_layout(state: dict) -> dict:
+    """The same tensors named as BasicSR (Real-ESRGAN) names them."""
+    tops = sorted({int(k.split(".")[1]) for k in state if re.match(r"model\.\d+\.weight$", k)})
+    names = {0: "conv_first", **{n: f"conv_up{k + 1}" for k, n in enumerate(tops[1:-2])}, tops[-2]: "conv_hr",
+             tops[-1]: "conv_last"}
+    trunk = max(int(m[1]) for k in state if (m := re.match(r"model\.1\.sub\.(\d+)\.weight$", k)))
+    out = {}
+    for key, tensor in state.items():
+        if m := re.match(r"model\.1\.sub\.(\d+)\.RDB(\d)\.conv(\d)\.0\.(\w+)$", key):
+            out[f"body.{m[1]}.rdb{m[2]}.conv{m[3]}.{m[4]}"] = tensor
+        elif key.startswith(f"model.1.sub.{trunk}."):
+            out["conv_body." + key.rsplit(".", 1)[1]] = tensor
+        else:
+            out[f"{names[int(key.split('.')[1])]}.{key.rsplit('.', 1)[1]}"] = tensor
+    return out

@@ -20,9 +20,19 @@ from generation.compat.controlnet import a1111_field, controlnet_units
 from generation.engine.request import LATENT_UPSCALERS, PIXEL_UPSCALERS
 from generation.engine.schedulers import SCHEDULERS, resolve_scheduler
 from generation.live import wait_for_end
-from generation.models import HIRES_PARAMS, IMAGE_INPUT_PARAMS, Checkpoint, Job, PromptStyle, UserSettings, Vae, is_model_name
+from generation.models import (
+    HIRES_PARAMS,
+    IMAGE_INPUT_PARAMS,
+    AddOn,
+    Checkpoint,
+    Job,
+    PromptStyle,
+    UserSettings,
+    Vae,
+    is_model_name,
+)
 from generation.presenters import refusal_status
-from generation.selectors import user_checkpoint
+from generation.selectors import addons_for, user_checkpoint
 from generation.services.audit import audit_refused
 from generation.services.checkpoints import checkpoints_scan
 from generation.services.extras import extras_upscale
@@ -254,12 +264,16 @@ class Img2Img(Txt2Img):
 class Upscalers(A1111View):
     @extend_schema(exclude=True)
     def get(self, request):
+        models = addons_for(request.user, AddOn.UPSCALER)
         return Response([{"name": name, "model_name": None, "model_path": None, "model_url": None, "scale": 4}
-                         for name in ("None", *PIXEL_UPSCALERS)])
+                         for name in ("None", *PIXEL_UPSCALERS)] + [
+                        {"name": m.name, "model_name": m.name, "model_path": None, "model_url": None, "scale": m.scale}
+                        for m in models])
 
 
 class ExtraSingleImage(A1111View):
-    """Upscaling only: face restoration and a second upscaler are refused by name."""
+    """Upscaling in pixels only: face restoration, a second upscaler and upscaler models (they run
+    on the GPU workers: an Upscale job) are refused by name."""
 
     @extend_schema(exclude=True)
     def post(self, request):

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from .controlmaps import MODULES
+from .esrgan import load_upscaler
 from .families import KOHYA_LORA_KEY, LYCORIS_KEY, read_header
 from .ldm import unet_key_to_ldm
 from .pipelines import pipeline_for_run
@@ -65,8 +66,8 @@ def load_addon(kind: str, ref: ModelRef, device, dtype) -> LoadedAddon:
 
     started = time.perf_counter()
     path = Path(ref.source)
-    if kind == "controlnet":
-        value = _load_controlnet(ref, device, dtype)
+    if kind in ("controlnet", "upscaler"):
+        value = _load_controlnet(ref, device, dtype) if kind == "controlnet" else load_upscaler(path, device, dtype)
         size = sum(p.numel() * p.element_size() for p in value.parameters())
     else:
         tensors = load_file(path)

@@ -173,13 +173,14 @@ class PipelineCache:
         key = ("vae", ref.source.strip(), model.vae_config, str(model.device), str(dtype))
         return self._cached(key, lambda: _load_vae(dataclasses.replace(ref, source=key[1]), model, dtype))
 
-    def get_addon(self, kind: str, ref: ModelRef, model: LoadedModel):
-        """A LoRA, embedding or ControlNet file (addons.load_addon), resident like a pipeline;
-        keyed by the file and its hash, so a replaced file is read again."""
+    def get_addon(self, kind: str, ref: ModelRef, device, dtype):
+        """A LoRA, embedding, ControlNet or upscaler file (addons.load_addon) for a model on
+        `device` in `dtype`, resident like a pipeline; keyed by the file and its hash, so a replaced
+        file is read again."""
         from .addons import load_addon
 
-        key = (kind, ref.source, ref.hash, ref.family, ref.config, str(model.device), str(model.dtype))
-        return self._cached(key, lambda: load_addon(kind, ref, model.device, model.dtype))
+        key = (kind, ref.source, ref.hash, ref.family, ref.config, str(device), str(dtype))
+        return self._cached(key, lambda: load_addon(kind, ref, device, dtype))
 
     def _cached(self, key: tuple, load) -> LoadedModel:
         with self._lock:
@@ -204,7 +205,7 @@ class PipelineCache:
             return loaded
 
     def resident_sources(self) -> list[str]:
-        return [key[0] for key in list(self._models) if key[0] not in ("vae", "lora", "embedding", "controlnet")]
+        return [key[0] for key in list(self._models) if key[0] not in ("vae", "lora", "embedding", "controlnet", "upscaler")]
 
     def clear(self) -> None:
         with self._lock:

@@ -142,7 +142,8 @@ class GenerationRequest:
     # Hires fix (txt2img): a second img2img pass at hr_scale (or hr_resize_x/y) with hr_upscaler.
     enable_hr: bool = False
     hr_scale: float = 2.0
-    hr_upscaler: str = "Latent"
+    hr_upscaler: str = "Latent"  # or upscaler_model's name
+    upscaler_model: ModelRef | None = None  # an ESRGAN-family file (esrgan.py)
     hr_second_pass_steps: int = 0  # 0: as many as the first pass
     hr_resize_x: int = 0
     hr_resize_y: int = 0
@@ -281,9 +282,10 @@ class GenerationRequest:
     def _validate_hires(self, limits: Limits) -> None:
         if self.refiner:
             raise ValueError("enable_hr can't be combined with a refiner yet: choose one")
-        if self.hr_upscaler not in LATENT_UPSCALERS and self.hr_upscaler not in PIXEL_UPSCALERS:
+        model = self.upscaler_model.name if self.upscaler_model else None
+        if self.hr_upscaler not in (*LATENT_UPSCALERS, *PIXEL_UPSCALERS, model):
             raise ValueError("hr_upscaler must be one of " + ", ".join([*LATENT_UPSCALERS, *PIXEL_UPSCALERS])
-                             + f" (got {self.hr_upscaler!r})")
+                             + f" or an upscaler model's name (got {self.hr_upscaler!r})")
         if not isinstance(self.hr_scale, (int, float)) or isinstance(self.hr_scale, bool) or not 1 <= self.hr_scale <= 4:
             raise ValueError(f"hr_scale must be a number from 1 to 4 (got {self.hr_scale!r})")
         for field in ("hr_resize_x", "hr_resize_y"):

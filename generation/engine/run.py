@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from .addons import Addons, applied_loras, controlled_run
+from .esrgan import esrgan_upscale
 from .families import FAMILIES
 from .images import Crop, fill_masked, mask_crop, paste_back, prepared_mask, resize
 from .loading import PIPELINES, load_pipeline
@@ -205,20 +206,21 @@ def checked_result(request, images, seeds, *, model, vae, addons, checker, timin
 
 def _load_addons(request, model) -> Addons:
     """Read (or find in the cache) the request's add-on files, checked against `model`."""
-    loras = [(PIPELINES.get_addon("lora", use.ref, model), use) for use in request.loras]
+    loras = [(PIPELINES.get_addon("lora", use.ref, model.device, model.dtype), use) for use in request.loras]
     embeddings, hashes = {}, {}
     pattern = embedding_pattern(ref.name for ref in request.embeddings)
     named = {m.lower() for text in (request.prompt, request.negative_prompt) for m in pattern.findall(text)} if (
         pattern) else set()
     for ref in request.embeddings:
         if ref.name.lower() in named:
-            vectors = PIPELINES.get_addon("embedding", ref, model).value
+            vectors = PIPELINES.get_addon("embedding", ref, model.device, model.dtype).value
             if (len(vectors) == 2) != model.xl:  # SDXL's hold a set for each of its two text encoders
                 raise JobError(f"embedding {ref.name!r} is for another family ("
                                  f"{'SDXL' if len(vectors) == 2 else 'SD 1.x/2.x'})")
             embeddings[ref.name] = vectors
             hashes[ref.name] = ref.hash
-    controlnets = [(PIPELINES.get_addon("controlnet", unit.model, model), unit) for unit in request.controlnets]
+    controlnets = [(PIPELINES.get_addon("controlnet", unit.model, model.device,
+                                                 model.dtype), unit) for unit in request.controlnets]
     return Addons(loras, embeddings, hashes, controlnets)
 
 
@@ -323,7 +325,7 @@ def _txt2img(pipe, model, refiner, request, common, progress):
         latents = pipe(image=latents, **{**common, **_encode(pipe, refiner, request)},
                        denoising_start=request.refiner_switch_at).images
     elif request.enable_hr and not progress.cancelled:
-        image = _upscaled(pipe, latents, request)
+        image = _upscaled(pipe, model, latents, request)
         pipe = pipeline_for_run(model.pipe, request.scheduler, seeds, "img2img")
         if progress.schedule:  # the second pass follows the prompts' schedule over its own steps
             progress.schedule.use_steps(request.hr_second_pass_steps or request.steps)
@@ -335,9 +337,9 @@ def _txt2img(pipe, model, refiner, request, common, progress):
     return latents, pipe
 
 
-def _upscaled(pipe, latents, request):
-    """Hires fix's upscale: the latents interpolated, or decoded, resized in pixels and given back
-    as pictures for the second pass to encode."""
+def _upscaled(pipe, model, latents, request):
+    """Hires fix's upscale: the latents interpolated, or decoded, resized in pixels (or by an
+    upscaler model) and given back as pictures for the second pass to encode."""
     width, height = request.hires_size()
     if request.hr_upscaler in LATENT_UPSCALERS:
         mode, antialias = LATENT_UPSCALERS[request.hr_upscaler]
@@ -345,7 +347,10 @@ def _upscaled(pipe, latents, request):
         return torch.nn.functional.interpolate(latents.float(), size=(height // scale, width // scale), mode=mode,
                                                antialias=antialias).to(latents.dtype)
     images = decode(pipe.vae, pipe.image_processor, latents)
-    return [im.resize((width, height), PIXEL_UPSCALERS[request.hr_upscaler]) for im in images]
+    if request.hr_upscaler in PIXEL_UPSCALERS:
+        return [im.resize((width, height), PIXEL_UPSCALERS[request.hr_upscaler]) for im in images]
+    net = PIPELINES.get_addon("upscaler", request.upscaler_model, model.device, model.dtype).value
+    return [esrgan_upscale(net, im, (width, height)) for im in images]
 
 
 def _from_image(pipe, model, request, start, common):

@@ -6,8 +6,10 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
+from .esrgan import esrgan_upscale
+from .loading import PIPELINES, pick_device, pick_dtype
 from .metadata import save_png
-from .request import PIXEL_UPSCALERS
+from .request import PIXEL_UPSCALERS, ModelRef
 from .watermark import embed_watermark
 
 UPSCALERS = ("None", *PIXEL_UPSCALERS)  # A1111's names; "None" resizes with Lanczos as A1111 does
@@ -18,12 +20,12 @@ def upscaled_size(width: int, height: int, scale: float) -> tuple[int, int]:
     return round(width * scale), round(height * scale)
 
 
-def check_upscale(scale, upscaler: str, width: int, height: int, max_side: int) -> None:
-    """ValueError naming the field, or None."""
+def check_upscale(scale, upscaler: str, width: int, height: int, max_side: int, models=()) -> None:
+    """ValueError naming the field, or None; `models`: the upscaler models' names."""
     if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not 1 < scale <= MAX_UPSCALE:
         raise ValueError(f"upscale_by must be a number above 1 and at most {MAX_UPSCALE} (got {scale!r})")
-    if upscaler not in UPSCALERS:
-        raise ValueError(f"upscaler must be one of {', '.join(UPSCALERS)} (got {upscaler!r})")
+    if upscaler not in (*UPSCALERS, *models):
+        raise ValueError(f"upscaler must be one of {', '.join(UPSCALERS)} or an upscaler model's name (got {upscaler!r})")
     if max(upscaled_size(width, height, scale)) > max_side:
         raise ValueError(f"upscale_by {scale} makes {'x'.join(map(str, upscaled_size(width, height, scale)))}: at most "
                          f"{max_side} pixels a side")
@@ -49,12 +51,18 @@ class UpscaleResult:
 
 
 def upscale(image: Image.Image, *, scale: float, upscaler: str, parameters: str, seed: int,
-            watermark_payload: bytes | None = None) -> UpscaleResult:
-    """`image` made `scale` times larger; `parameters` is the source's infotext, to which the
-    postprocessing keys are added as A1111 writes them."""
+            watermark_payload: bytes | None = None, model: ModelRef | None = None, device=None) -> UpscaleResult:
+    """`image` made `scale` times larger, by `model` (an ESRGAN-family file named `upscaler`) or
+    in pixels; `parameters` is the source's infotext, to which the postprocessing keys are added
+    as A1111 writes them."""
     started = time.perf_counter()
-    check_upscale(scale, upscaler, *image.size, max_side=2**31)
-    made = resize_by(image.convert("RGB"), scale, upscaler)
+    check_upscale(scale, upscaler, *image.size, max_side=2**31, models=[model.name] if model else [])
+    if model is not None:
+        device = pick_device(device)
+        net = PIPELINES.get_addon("upscaler", model, device, pick_dtype(device)).value
+        made = esrgan_upscale(net, image, upscaled_size(*image.size, scale))
+    else:
+        made = resize_by(image.convert("RGB"), scale, upscaler)
     if watermark_payload is not None:
         made = embed_watermark(made, watermark_payload)
     text = f"{parameters}, Postprocess upscale by: {scale:g}, Postprocess upscaler: {upscaler}"

@@ -107,17 +107,18 @@ class Checkpoint(models.Model):
 
 
 class AddOn(models.Model):
-    """A LoRA, textual-inversion embedding or ControlNet: the operator's library (files in the
-    add-on folders, owner empty) or a user's own upload (private unless staff publish it)."""
+    """A LoRA, textual-inversion embedding, ControlNet or upscaler: the operator's library (files in
+    the add-on folders, owner empty) or a user's own upload (private unless staff publish it)."""
 
-    LORA, EMBEDDING, CONTROLNET = "lora", "embedding", "controlnet"
-    KINDS = [(LORA, "LoRA"), (EMBEDDING, "Embedding"), (CONTROLNET, "ControlNet")]
-    BASE_FAMILIES = [("sd1", "SD 1.x"), ("sd2", "SD 2.x"), ("sdxl", "SDXL")]
+    LORA, EMBEDDING, CONTROLNET, UPSCALER = "lora", "embedding", "controlnet", "upscaler"
+    KINDS = [(LORA, "LoRA"), (EMBEDDING, "Embedding"), (CONTROLNET, "ControlNet"), (UPSCALER, "Upscaler")]
+    BASE_FAMILIES = [("sd1", "SD 1.x"), ("sd2", "SD 2.x"), ("sdxl", "SDXL"), ("any", "any checkpoint")]
 
     kind = models.CharField(max_length=12, choices=KINDS)
     name = models.CharField(max_length=100, help_text="As prompts name it: <lora:name:1>, or the embedding's word")
     family = models.CharField(max_length=8, choices=BASE_FAMILIES, help_text="Told from the file's tensors")
-    source = models.CharField(max_length=500, help_text="The .safetensors file (an upload: its storage name)")
+    source = models.CharField(max_length=500, help_text="The .safetensors file (an upscaler: or .pth; an upload: its "
+                                                        "storage name)")
     stored = models.BooleanField(default=False, help_text="An upload kept in the site's storage, not a worker's file")
     config = models.CharField(max_length=500, blank=True, help_text="A ControlNet's diffusers config folder; "
                                                                     "blank: the one shipped for its family")
@@ -125,6 +126,7 @@ class AddOn(models.Model):
     file_size = models.BigIntegerField()
     file_mtime = models.FloatField(null=True, blank=True)
     trigger_words = models.CharField(max_length=500, blank=True, help_text="From the file's training tags")
+    scale = models.PositiveSmallIntegerField(default=0, help_text="An upscaler's factor (read from its layers)")
     preview = models.CharField(max_length=500, blank=True, help_text="A preview picture (storage name)")
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE,
                               related_name="addons", help_text="Empty: the operator's library, for everyone")

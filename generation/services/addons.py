@@ -16,18 +16,22 @@ from django.core.files.storage import default_storage
 from django.db import transaction
 from django.db.models import Q, Sum
 
+from generation.engine.esrgan import describe as describe_upscaler
 from generation.engine.families import addon_family, file_metadata, file_sha256
 from generation.engine.request import JobError
 from generation.models import AddOn
 from generation.services.audit import staff_action
 from generation.uploads import png_bytes, read_image
 
-FOLDERS = {AddOn.LORA: "LORA_DIR", AddOn.EMBEDDING: "EMBEDDINGS_DIR", AddOn.CONTROLNET: "CONTROLNET_DIR"}
+FOLDERS = {AddOn.LORA: "LORA_DIR", AddOn.EMBEDDING: "EMBEDDINGS_DIR", AddOn.CONTROLNET: "CONTROLNET_DIR",
+           AddOn.UPSCALER: "ESRGAN_DIR"}
 UPLOADABLE = (AddOn.LORA, AddOn.EMBEDDING)
+SUFFIXES = {kind: (".safetensors", ".pth") if kind == AddOn.UPSCALER else (".safetensors",) for kind in FOLDERS}
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
 # A LoRA's name goes inside <lora:...>; an embedding's is a word of the prompt.
 _NAMES = {AddOn.LORA: re.compile(r"^[^\s<>:][^<>:\x00-\x1f]{0,99}$"), AddOn.EMBEDDING: re.compile(r"^[\w.-]{1,100}$"),
           AddOn.CONTROLNET: re.compile(r"^[^\s\[\]][^\[\]\x00-\x1f]{0,99}$")}
+_NAMES[AddOn.UPSCALER] = _NAMES[AddOn.CONTROLNET]
 
 
 def printable(name: str) -> bool:
@@ -40,7 +44,8 @@ def check_name(kind: str, name: str) -> None:
     if not isinstance(name, str) or not _NAMES[kind].match(name) or name != name.strip() or not printable(name):
         allowed = {AddOn.LORA: "up to 100 visible characters without < > or :",
                    AddOn.EMBEDDING: "one word of letters, digits, '.', '-' or '_' (it is written in prompts)",
-                   AddOn.CONTROLNET: "up to 100 visible characters without [ or ]"}[kind]
+                   AddOn.CONTROLNET: "up to 100 visible characters without [ or ]",
+                   AddOn.UPSCALER: "up to 100 visible characters without [ or ]"}[kind]
         raise ValueError(f"name: {name!r} can't name a {dict(AddOn.KINDS)[kind]}: use {allowed}")
 
 
@@ -63,15 +68,16 @@ def trigger_words(path) -> str:
 
 def addon_register(*, kind: str, name: str, source: str, config: str = "", progress=None) -> AddOn:
     """Register (or update) one of the operator's add-on files (a ControlNet may also be a diffusers
-    folder: its config.json and weights); ValueError names what is wrong."""
+    folder: its config.json and weights; an upscaler a .pth); ValueError names what is wrong."""
     path = Path(source)
     weights = path / DIFFUSERS_WEIGHTS if kind == AddOn.CONTROLNET and path.is_dir() else path
-    if weights.suffix.lower() != ".safetensors" or not weights.is_file() or (
+    if weights.suffix.lower() not in SUFFIXES[kind] or not weights.is_file() or (
             weights != path and not (path / "config.json").is_file()):
         raise ValueError(f"{path.name}: an add-on is one .safetensors file (a ControlNet may also be a diffusers "
-                         f"folder: config.json and {DIFFUSERS_WEIGHTS})")
+                         f"folder: config.json and {DIFFUSERS_WEIGHTS}; an upscaler a .pth)")
     check_name(kind, name)
-    family = addon_family(kind, weights)
+    scale = describe_upscaler(weights) if kind == AddOn.UPSCALER else 0
+    family = "any" if scale else addon_family(kind, weights)
     if config and not (Path(config) / "config.json").is_file():
         raise ValueError(f"config {Path(config).name!r} is not a diffusers config folder (no config.json)")
     stat = weights.stat()
@@ -81,7 +87,7 @@ def addon_register(*, kind: str, name: str, source: str, config: str = "", progr
     preview = _preview_beside(path)
     addon, _ = AddOn.objects.update_or_create(kind=kind, name=name, owner=None, defaults=dict(
         family=family, source=str(path), stored=False, config=str(config), sha256=sha256, file_size=stat.st_size,
-        file_mtime=stat.st_mtime, trigger_words=trigger_words(path) if kind == AddOn.LORA else "", enabled=True,
+        file_mtime=stat.st_mtime, scale=scale, trigger_words=trigger_words(path) if kind == AddOn.LORA else "", enabled=True,
         **({"preview": preview} if preview else {})))
     return addon
 
@@ -108,13 +114,13 @@ def _store_preview(image) -> str:
 
 
 def addons_scan(*, staff=None, progress_for=None) -> tuple[list[AddOn], dict[str, str]]:
-    """Register every .safetensors in the LoRA, embeddings and ControlNet folders, named by the
-    file name without the extension; library add-ons whose file is gone are disabled. Returns
+    """Register every .safetensors in the LoRA, embeddings, ControlNet and ESRGAN folders (and .pth
+    in ESRGAN's), named by the file name without the extension; library add-ons whose file is gone are disabled. Returns
     (the add-ons, {file: why it was not registered}); a scan by `staff` is a staff action."""
     found, skipped, seen = [], {}, set()
     for kind, setting in FOLDERS.items():
         root = Path(settings.SDWEB[setting])
-        for path in sorted(root.rglob("*.safetensors")) if root.is_dir() else []:
+        for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in SUFFIXES[kind]) if root.is_dir() else []:
             if any(part.startswith(".") for part in path.relative_to(root).parts):
                 continue
             if kind == AddOn.CONTROLNET and path.name == DIFFUSERS_WEIGHTS and (path.parent / "config.json").is_file():
@@ -256,13 +262,14 @@ def addon_local_path(addon_or_record) -> str:
 
 
 def engine_addons(job) -> dict:
-    """A job's add-ons as the engine takes them (loras, embeddings, controlnets), each file found
-    by its hash (renames and re-registrations don't matter); ValueError when one is gone."""
+    """A job's add-ons as the engine takes them (loras, embeddings, controlnets, upscaler_model),
+    each file found by its hash (renames and re-registrations don't matter); JobError when one is
+    gone."""
     from PIL import Image as PILImage
 
     from generation.engine.request import ControlUnit, LoraUse, ModelRef
 
-    found = {"loras": [], "embeddings": [], "controlnets": []}
+    found, upscaler = {"loras": [], "embeddings": [], "controlnets": []}, {}
     for record in job.addons:
         addon = AddOn.objects.filter(kind=record["kind"], sha256=record["sha256"]).order_by("-enabled").first()
         if addon is None:
@@ -273,10 +280,12 @@ def engine_addons(job) -> dict:
             found["loras"].append(LoraUse(ref, record["unet"], record["te"]))
         elif record["kind"] == AddOn.EMBEDDING:
             found["embeddings"].append(ref)
+        elif record["kind"] == AddOn.UPSCALER:
+            upscaler["upscaler_model"] = ref
         else:
             with default_storage.open(record["image"], "rb") as file:
                 image = PILImage.open(file, formats=["PNG"]).convert("RGB")
             settings_ = {k: record[k] for k in ("module", "weight", "guidance_start", "guidance_end", "control_mode",
                                                 "resize_mode", "processor_res", "threshold_a", "threshold_b")}
             found["controlnets"].append(ControlUnit(ref, image, **settings_))
-    return {k: tuple(v) for k, v in found.items()}
+    return {k: tuple(v) for k, v in found.items()} | upscaler

@@ -11,7 +11,7 @@ from generation.engine.families import FAMILIES, detect_family, file_sha256, rea
 from generation.engine.sources import resolve_source
 from generation.engine.testmodel import TEST_MODEL_NAME, make_test_model
 from generation.models import Checkpoint, Vae
-from generation.services.addons import printable
+from generation.services.addons import FOLDERS, printable
 from generation.services.audit import staff_action
 
 
@@ -91,7 +91,7 @@ def checkpoints_scan(*, staff=None, progress_for=None) -> tuple[list, dict[str, 
     is a staff action."""
     found, skipped = [], {}
     root = Path(settings.SDWEB["MODELS_DIR"])
-    addon_folders = [Path(settings.SDWEB[s]).resolve() for s in ("LORA_DIR", "EMBEDDINGS_DIR", "CONTROLNET_DIR")]
+    addon_folders = [Path(settings.SDWEB[s]).resolve() for s in FOLDERS.values()]
     for path in sorted(root.rglob("*.safetensors")):
         inside = path.relative_to(root).parents
         if any(part.startswith(".") for part in path.relative_to(root).parts) or any(

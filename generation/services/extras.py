@@ -5,8 +5,9 @@ nor kept in the gallery (an upscale of a gallery image is a job: image_upscale i
 from django.conf import settings
 from django.db import transaction
 
-from generation.engine.upscale import check_upscale, resize_by, upscaled_size
+from generation.engine.upscale import UPSCALERS, check_upscale, resize_by, upscaled_size
 from generation.models import CreditEntry
+from generation.selectors import upscaler_models
 from generation.services.credits import credits_change, locked_account, quote_cost
 from generation.services.submit import Refused
 from generation.uploads import flattened, png_bytes, read_image
@@ -15,6 +16,9 @@ from generation.uploads import flattened, png_bytes, read_image
 def extras_upscale(*, user, data: bytes, scale: float, upscaler: str, to_width: int = 0) -> bytes:
     """The image in `data` made `scale` times larger (or `to_width` wide), as PNG; Refused names
     the field."""
+    if upscaler not in UPSCALERS and upscaler in upscaler_models(user):
+        raise Refused(f"{upscaler} is an upscaler model: it runs on the GPU workers, as hires fix's upscaler or the "
+                      f"image page's Upscale; here only {', '.join(UPSCALERS)}.", field="upscaler")
     try:
         image = flattened(read_image(data, field="image").image)
         if to_width:

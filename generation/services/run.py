@@ -275,7 +275,8 @@ def _run_alone(job: Job, request, watch: Watch):
         if request is None:
             init_image = job_inputs(job)["init_image"].image
             return upscale(init_image, scale=job.upscale_by, upscaler=job.upscaler, seed=job.seed,
-                           parameters=_source_parameters(job, init_image.size))
+                           parameters=_source_parameters(job, init_image.size),
+                           model=engine_addons(job).get("upscaler_model"), device=engine_options().get("device"))
         return generate(request, on_preview=lambda *a: watch.preview(0, *a), should_cancel=lambda: bool(watch.stopped()),
                         **engine_options())
     except Exception as error:

@@ -16,7 +16,9 @@ from generation import filters
 from generation.engine.prompts import LORA_TAG, embedding_pattern, lora_tags
 from generation.engine.request import (
     CONTROL_MODES,
+    LATENT_UPSCALERS,
     MIN_SIDE,
+    PIXEL_UPSCALERS,
     RESIZE_MODES,
     ControlUnit,
     GenerationRequest,
@@ -24,7 +26,7 @@ from generation.engine.request import (
     LoraUse,
     ModelRef,
 )
-from generation.engine.upscale import check_upscale, upscaled_size
+from generation.engine.upscale import UPSCALERS, check_upscale, upscaled_size
 from generation.models import INPUT_DIGESTS, AddOn, Checkpoint, CreditEntry, Job, PromptAudit, UserSettings, Vae, new_image_id
 from generation.selectors import addon_named, addons_for
 from generation.services.audit import audit_append
@@ -234,17 +236,28 @@ def _addons(user, checkpoint: Checkpoint, fields: dict, units, control_images: l
                         "image_sha256": upload.sha256})  # "image": its stored file, named when it is stored
         engine["controlnets"].append(ControlUnit(ModelRef(addon.source, family=family, name=addon.name,
                                                           hash=addon.short_hash), upload.image, **settings_))
-    return records, {k: tuple(v) for k, v in engine.items()}
+    engine = {k: tuple(v) for k, v in engine.items()}
+    if fields.get("enable_hr") and isinstance(fields.get("hr_upscaler"), str) and fields["hr_upscaler"] not in (
+            *LATENT_UPSCALERS, *PIXEL_UPSCALERS):
+        records.append(_upscaler_record(user, fields["hr_upscaler"], "hr_upscaler"))
+        engine["upscaler_model"] = ModelRef(fields["hr_upscaler"], name=fields["hr_upscaler"])  # named; run finds the file
+    return records, engine
+
+
+def _upscaler_record(user, name: str, field: str) -> dict:
+    addon = _addon(user, AddOn.UPSCALER, name, "any", None, field)
+    return {"kind": AddOn.UPSCALER, "name": addon.name, "sha256": addon.sha256}
 
 
 def _addon(user, kind: str, name: str, family: str, checkpoint: Checkpoint, field: str) -> AddOn:
     addon = addon_named(user, kind, name)
     label = dict(AddOn.KINDS)[kind]
     if addon is None:
-        where = {AddOn.LORA: "GET /sdapi/v1/loras", AddOn.CONTROLNET: "GET /controlnet/model_list"}[kind]
+        where = {AddOn.LORA: "GET /sdapi/v1/loras", AddOn.CONTROLNET: "GET /controlnet/model_list",
+                 AddOn.UPSCALER: "GET /sdapi/v1/upscalers"}[kind]
         raise Refused(f"No {label} called {name!r}; the Add-ons page (or {where}) lists those you can use.",
                       field=field)
-    if addon.family != family:
+    if addon.family not in (family, "any"):
         raise Refused(f"{label} {name!r} is for {addon.get_family_display()}; checkpoint {checkpoint.name!r} is "
                       f"{checkpoint.get_family_display()}.", field=field)
     return addon
@@ -267,8 +280,11 @@ def _validated_upscale(params: dict, inputs: dict, user) -> tuple[Checkpoint, di
     if not isinstance(source, Image) or "mask" in inputs:
         raise Refused("Upscaling takes a finished image of the gallery (init_image, no mask).", field="init_image")
     upscaler = params.get("upscaler") or "Lanczos"
+    addons = [] if upscaler in UPSCALERS or not isinstance(upscaler, str) else [
+        _upscaler_record(user, upscaler, "upscaler")]
     try:
-        check_upscale(params["upscale_by"], upscaler, source.width, source.height, settings.SDWEB["UPSCALE_MAX_SIDE"])
+        check_upscale(params["upscale_by"], upscaler, source.width, source.height, settings.SDWEB["UPSCALE_MAX_SIDE"],
+                      models=[a["name"] for a in addons])
     except ValueError as error:
         raise Refused(str(error)[:1].upper() + str(error)[1:], field=str(error).split(" ")[0]) from error
     width, height = upscaled_size(source.width, source.height, params["upscale_by"])
@@ -276,7 +292,7 @@ def _validated_upscale(params: dict, inputs: dict, user) -> tuple[Checkpoint, di
     kept = {f: getattr(job, f) for f in ("prompt", "negative_prompt", "steps", "guidance_scale", "scheduler", "clip_skip")}
     return job.checkpoint, {**kept, "width": width, "height": height, "num_images": 1, "seed": source.seed,
                             "upscale_by": params["upscale_by"], "upscaler": upscaler, "vae": job.vae,
-                            "passes": [(width, height, 1)]}
+                            "addons": addons, "passes": [(width, height, 1)]}
 
 
 def default_size(width: int, height: int) -> tuple[int, int]:

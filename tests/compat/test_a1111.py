@@ -61,15 +61,20 @@ def test_a1111s_full_default_payload_makes_watermarked_images_with_a1111_metadat
     assert job.images.count() == 2  # in the owner's gallery too
 
 
-def test_styles_prompt_editing_and_a_variation_seed_as_webuiapi_sends_them_are_what_the_infotext_says(
-        alice_a1111, alice, worker):
+def test_styles_prompt_editing_a_variation_seed_and_an_esrgan_hires_upscaler_are_what_the_infotext_says(
+        alice_a1111, alice, worker, esrgan_folder):
+    from generation.services.addons import addons_scan
     from generation.services.styles import style_save
 
+    addons_scan()
     style_save(user=alice, name="detailed", prompt="highly detailed", negative_prompt="blurry")
-    response = alice_a1111.post("/sdapi/v1/txt2img", {**A1111_DEFAULT_PAYLOAD, "prompt": "a [fox:wolf:0.5]",
-                                                      "styles": ["detailed"],
-                                                      "seed": 11, "subseed": 5, "subseed_strength": 0.25}, format="json")
+    response = alice_a1111.post("/sdapi/v1/txt2img", {
+        **A1111_DEFAULT_PAYLOAD, "prompt": "a [fox:wolf:0.5]", "styles": ["detailed"], "seed": 11, "subseed": 5,
+        "subseed_strength": 0.25, "enable_hr": True, "hr_scale": 1.5, "hr_upscaler": "4x-Tiny",
+        "hr_second_pass_steps": 2, "denoising_strength": 0.7}, format="json")
     assert response.status_code == 200, response.data
+    pngs = [PILImage.open(io.BytesIO(base64.b64decode(encoded))) for encoded in response.data["images"]]
+    assert [png.size for png in pngs] == [(384, 384)] * 2
     info = json.loads(response.data["info"])
     assert (info["prompt"], info["negative_prompt"], info["styles"]) == (
         "a [fox:wolf:0.5], highly detailed", "blurry", ["detailed"])
@@ -77,6 +82,8 @@ def test_styles_prompt_editing_and_a_variation_seed_as_webuiapi_sends_them_are_w
     meta = [parse_parameters(text) for text in info["infotexts"]]
     assert (meta[0]["prompt"], meta[0]["negative_prompt"]) == ("a [fox:wolf:0.5], highly detailed", "blurry")
     assert [(m["seed"], m["subseed"], m["subseed_strength"]) for m in meta] == [(11, 5, 0.25), (12, 6, 0.25)]
+    assert [(m["Hires upscaler"], m["Hires upscale"]) for m in meta] == [("4x-Tiny", "1.5")] * 2
+    assert [png.info["parameters"] for png in pngs] == info["infotexts"]
 
 
 @pytest.mark.parametrize("change, field", [

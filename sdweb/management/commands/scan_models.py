@@ -8,7 +8,8 @@ from sdweb.management.commands.add_model import hash_progress
 
 class Command(BaseCommand):
     help = ("Register every .safetensors checkpoint in the models folder (SDWEB_MODELS_DIR) and every LoRA, "
-            "embedding and ControlNet in the add-on folders (SDWEB_LORA_DIR, SDWEB_EMBEDDINGS_DIR, SDWEB_CONTROLNET_DIR), "
+            "embedding, ControlNet and upscaler in the add-on folders (SDWEB_LORA_DIR, SDWEB_EMBEDDINGS_DIR, "
+            "SDWEB_CONTROLNET_DIR, SDWEB_ESRGAN_DIR), "
             "named by file name; files already registered are hashed again only when they changed.")
 
     def handle(self, **options):
