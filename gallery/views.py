@@ -82,10 +82,22 @@ def share(request, slug):
                                           "remix_url": settings_url(image, with_start=False)})
 
 
+def _plot(image: Image) -> dict:
+    """An X/Y/Z plot's grid and cells, as the page of any of its images links them."""
+    job = image.job
+    if not job.plot:
+        return {}
+    stored = set(job.images.values_list("id", flat=True))
+    cells = [(f"{i:016x}", label) for i, label in job.plot_cells if i in stored]
+    grid = job.image_ids[-1]
+    return {"cells": cells, "grid": f"{grid:016x}" if grid in stored else "", "is_grid": image.id == grid,
+            "label": dict(job.plot_cells).get(image.id, "")}
+
+
 def settings_url(image: Image, *, with_start: bool) -> str:
     """The studio form filled with the settings that made `image` (its own seed, one image); its
     starting image too for the owner ("Use these settings"), never for others ("Remix")."""
-    job = image.job
+    job = image.job.as_made(image.index)
     query = {**{k: v for k, v in job.params().items() if k != "num_images"}, "seed": image.seed,
              "checkpoint": job.checkpoint_id, "num_images": 1}
     if with_start and job.init_image_id:
@@ -116,7 +128,7 @@ def share_report(request, slug):
 @login_required
 def image_page(request, hex_id):
     image = _managed(request, hex_id, "view")
-    job = image.job
+    job = image.job.as_made(image.index)
     larger = Image.objects.filter(job__init_image_id=image.id, job__upscale_by__gt=0, owner=request.user)
     upscales = [(factor, *upscaled_size(image.width, image.height, factor),
                  quote_cost(width=0, height=0, steps=0, num_images=1,
@@ -126,7 +138,7 @@ def image_page(request, hex_id):
     with default_storage.open(image.png.name, "rb") as file:
         parameters = PILImage.open(file).info.get("parameters", "")
     return render(request, "image.html", {"image": image, "job": job, "upscales": upscales, "larger": larger,
-                                          "upscaler_models": upscaler_models(request.user),
+                                          "upscaler_models": upscaler_models(request.user), "plot": _plot(image),
                                           "parameters": parameters,
                                           "use_settings_url": settings_url(image, with_start=True),
                                           "may_change": image.may(request.user, "change"),

@@ -13,6 +13,7 @@ from generation.engine.request import (
     PIXEL_UPSCALERS,
     RESIZE_MODES,
 )
+from generation.engine.plot import SUPPORTED as PLOT_AXES
 from generation.engine.schedulers import SCHEDULERS
 from generation.models import AddOn, Checkpoint, PromptStyle, Vae
 from generation.selectors import addons_for, default_checkpoint, upscaler_models
@@ -85,6 +86,17 @@ class GenerateForm(forms.Form):
                                              label="Denoising strength", help_text="How much the second pass changes "
                                              "(A1111's default 0.7).", widget=forms.NumberInput(attrs={"step": 0.01}))
 
+    # An X/Y/Z plot: an axis is a setting and its values (A1111's text: "10, 20", "1-5", "0-1 [5]").
+    plot_x_type = forms.ChoiceField(choices=[(a, a) for a in PLOT_AXES], initial="Nothing", required=False,
+                                    label="X type")
+    plot_x_values = forms.CharField(max_length=1000, required=False, label="X values")
+    plot_y_type = forms.ChoiceField(choices=[(a, a) for a in PLOT_AXES], initial="Nothing", required=False,
+                                    label="Y type")
+    plot_y_values = forms.CharField(max_length=1000, required=False, label="Y values")
+    plot_z_type = forms.ChoiceField(choices=[(a, a) for a in PLOT_AXES], initial="Nothing", required=False,
+                                    label="Z type")
+    plot_z_values = forms.CharField(max_length=1000, required=False, label="Z values")
+
     # One ControlNet unit from the page (the APIs take several): its image is an upload, a gallery
     # image ("Use as control image"), or else the starting image.
     cn_model = forms.ModelChoiceField(queryset=AddOn.objects.none(), required=False, empty_label="None",
@@ -139,6 +151,10 @@ class GenerateForm(forms.Form):
                                ("cn_threshold_a", -1), ("cn_threshold_b", -1)):
             if data.get(field) in (None, ""):
                 data[field] = default
+        plot = {axis: {"type": data.pop(f"plot_{axis}_type", "") or "Nothing", "values": data.pop(f"plot_{axis}_values", "")}
+                for axis in "xyz"}
+        if any(axis["type"] != "Nothing" for axis in plot.values()):
+            data["plot"] = plot
         hires_strength = data.pop("hr_denoising_strength", None)
         if not data.get("enable_hr"):
             data.pop("hr_scale"), data.pop("hr_upscaler"), data.pop("hr_second_pass_steps")

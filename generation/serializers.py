@@ -112,14 +112,17 @@ class JobCreateSerializer(serializers.Serializer):
     inpainting_mask_invert = serializers.BooleanField(default=False, help_text="Repaint what is not masked.")
     enable_hr = serializers.BooleanField(default=False, help_text="Hires fix: a second pass at a larger size.")
     hr_scale = serializers.FloatField(default=2.0, help_text="Hires fix: the factor (1-4).")
-    hr_upscaler = serializers.CharField(default="Latent", help_text="Hires fix: Latent (and its variants), Lanczos "
-                                        "or Nearest.")
+    hr_upscaler = serializers.CharField(default="Latent", help_text="Hires fix: Latent (and its variants), Lanczos, "
+                                        "Nearest or an upscaler model's name (GET /sdapi/v1/upscalers).")
     hr_second_pass_steps = serializers.IntegerField(default=0, help_text="Hires fix: steps; 0 = as the first pass.")
     hr_resize_x = serializers.IntegerField(default=0, help_text="Hires fix: a width instead of hr_scale.")
     hr_resize_y = serializers.IntegerField(default=0, help_text="Hires fix: a height instead of hr_scale.")
     controlnet = ControlUnitSerializer(many=True, required=False, help_text="ControlNet units (JSON bodies). LoRAs "
                                        "go in the prompt as <lora:name:weight>; an embedding works where its name is "
                                        "a word of a prompt.")
+    plot = serializers.JSONField(required=False, help_text="An X/Y/Z plot (A1111's): {\"x\": {\"type\": \"Steps\", "
+                                 "\"values\": \"10, 20\"}, \"y\": …, \"z\": …}; one image per cell and a labelled "
+                                 "grid (the last image), charged per cell.")
 
     def validate_num_images(self, value):
         if value > settings.SDWEB["MAX_IMAGES"]:
@@ -156,13 +159,15 @@ class JobSerializer(serializers.ModelSerializer):
     init_image_id = serializers.SerializerMethodField(help_text="The image of yours it started from, if one did.")
     addons = serializers.SerializerMethodField(help_text="The LoRAs, embeddings and ControlNet units it used: kind, "
                                                "name, sha256 and settings.")
+    plot = serializers.SerializerMethodField(help_text="An X/Y/Z plot's axes (axis, type, values); images are its "
+                                             "cells, x fastest, then the grid.")
 
     class Meta:
         model = Job
         fields = ["id", "status", "prompt", "negative_prompt", "checkpoint", "width", "height", "steps",
                   "guidance_scale", "scheduler", "seed", "subseed", "subseed_strength", "num_images", "clip_skip",
                   "refiner", "refiner_switch_at", "vae", "mode", *IMAGE_INPUT_PARAMS, "init_image_sha256", "init_image_id",
-                  "mask_sha256", *HIRES_PARAMS, "addons", "cost", "created_at", "started_at",
+                  "mask_sha256", *HIRES_PARAMS, "addons", "plot", "cost", "created_at", "started_at",
                   "finished_at", "attempts", "progress_step", "progress_total", "queue_position", "queue_eta", "error",
                   "timings", "batch_size", "images"]
         extra_kwargs = {
@@ -197,6 +202,9 @@ class JobSerializer(serializers.ModelSerializer):
 
     def get_addons(self, job) -> list[dict]:
         return [{k: v for k, v in addon.items() if k != "image"} for addon in job.addons]  # not a storage name
+
+    def get_plot(self, job) -> list[dict]:
+        return job.plot.get("axes", [])
 
     def get_init_image_id(self, job) -> str | None:
         return f"{job.init_image_id:016x}" if job.init_image_id else None

@@ -50,7 +50,8 @@ def generate(request):
                    request.user.jobs.filter(upscale_by=0).first())
     if request.method == "GET":
         initial = request.GET.dict() if "prompt" in request.GET else (
-            {**last.params(), "seed": -1, "checkpoint": last.checkpoint_id, "refiner": last.refiner_id,
+            {**last.params(), "seed": -1, "num_images": 1 if last.plot else last.num_images,
+             "checkpoint": last.checkpoint_id, "refiner": last.refiner_id,
              "vae": last.vae_id, "hr_denoising_strength": last.denoising_strength if last.enable_hr else 0.7}
             if last else {})
     if start is not None and request.method == "GET":
@@ -68,6 +69,7 @@ def generate(request):
             field = refusal.field or ""
             if field.startswith("controlnet"):  # the page's one unit: controlnet[0].image -> cn_image
                 field = "cn_" + field.rpartition(".")[2]
+            field = field.replace(".", "_") if field.startswith("plot.") else field
             form.add_error(field if field in form.fields else None, str(refusal))
             _each_fields_own_check(form)
         else:

@@ -273,6 +273,7 @@ SDWEB = {
     # cost = ceil(images x width x height x steps / COST_UNIT), at least 1
     "COST_UNIT": env_int("SDWEB_COST_UNIT", 512 * 512 * 30),
     "MAX_IMAGES": env_int("SDWEB_MAX_IMAGES", 4, minimum=1),
+    "PLOT_MAX_CELLS": env_int("SDWEB_PLOT_MAX_CELLS", 25, minimum=1),  # images of one X/Y/Z plot
     "MAX_SIDE": env_int("SDWEB_MAX_SIDE", 1536, minimum=256),  # SDXL's widest usual size is 1536x640
     "MAX_STEPS": env_int("SDWEB_MAX_STEPS", 150, minimum=1),  # never above 150 (the engine refuses more)
     # Starting images, masks and images to trace: bytes of one file, and pixels checked before decoding

@@ -29,12 +29,26 @@
     if (fromImage) on.push(`from a starting image, denoising ${strength}`);
     if (!fromImage && field("enable_hr").checked) on.push(`hires fix ×${field("hr_scale").value || 2}`);
     if (units) on.push(`ControlNet ${field("cn_model").selectedOptions[0].text}`);
+    const cells = plotCells();
+    if (cells !== 1) on.push(`an X/Y/Z plot of ${Number.isFinite(cells) ? cells : "several"} cells`);
     document.getElementById("extras").textContent = on.length ? `· with ${on.join(", ")}` : "";
-    const cost = Math.max(1, Math.ceil((n * pixelSteps * (2 + units)) / 2 / unit));
+    // A plot's cells may differ in steps or size: this is the estimate at the form's own settings.
+    const cost = Math.max(1, Math.ceil((n * pixelSteps * (2 + units)) / 2 / unit)) * cells;
     const out = document.getElementById("cost");
     out.textContent = Number.isFinite(cost) ? cost : "–";
     document.getElementById("cost-word").textContent = cost === 1 ? "credit" : "credits";
     out.classList.toggle("error", cost > Number(form.dataset.balance));
+  }
+  function plotCells() {
+    // Each axis's comma-separated values; a range (1-5, 10-30 (+10)) is counted by the server.
+    let cells = 1;
+    for (const axis of ["x", "y", "z"]) {
+      if (field(`plot_${axis}_type`).value === "Nothing") continue;
+      const values = field(`plot_${axis}_values`).value.split(",").filter((v) => v.trim());
+      if (values.some((v) => /\d\s*-\s*[\d.]/.test(v.trim().slice(1)))) return NaN;
+      cells *= Math.max(1, values.length);
+    }
+    return cells;
   }
   const sizes = JSON.parse(document.getElementById("checkpoint-sizes").textContent);
   const checkpoint = () => sizes[field("checkpoint").value] || { xl: false };

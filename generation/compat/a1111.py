@@ -51,7 +51,6 @@ NEUTRAL = {
     "s_churn": (0, 0.0, None), "s_tmin": (0, 0.0, None), "s_tmax": (None, 0, 0.0, float("inf")),
     "s_noise": (1, 1.0, None), "s_min_uncond": (0, 0.0, None), "restore_faces": (False, None),
     "tiling": (False, None),
-    "script_name": (None, ""), "script_args": ([], None),
     "firstphase_width": (0, None), "firstphase_height": (0, None), "firstpass_image": (None,),
 }
 # Fields that never change the picture (saving, returning, what only other models read).
@@ -63,7 +62,8 @@ HARMLESS = {
 }
 USED = {"prompt", "negative_prompt", "styles", "seed", "subseed", "subseed_strength", "steps", "cfg_scale", "width",
         "height", "sampler_name", "scheduler", "batch_size", "n_iter", "override_settings", "refiner_checkpoint",
-        "refiner_switch_at", "denoising_strength", *HIRES_PARAMS, "init_images", "mask", *IMAGE_INPUT_PARAMS, "alwayson_scripts"}
+        "refiner_switch_at", "denoising_strength", *HIRES_PARAMS, "init_images", "mask", *IMAGE_INPUT_PARAMS, "alwayson_scripts",
+        "script_name", "script_args"}
 A1111_FIELDS = {"guidance_scale": "cfg_scale", "num_images": "batch_size", "refiner": "refiner_checkpoint",
                 "clip_skip": "override_settings.CLIP_stop_at_last_layers", "vae": "override_settings.sd_vae",
                 "init_image": "init_images"}
@@ -157,6 +157,8 @@ def translate(payload: dict, user) -> tuple[dict, list[str]]:
     }
     if vae is not None:
         params["vae"] = vae
+    if payload.get("script_name"):
+        params["plot"] = _plot(payload)
     params |= _image_params(payload) if "init_images" in payload else _hires(payload)
     if units := controlnet_units(payload, params.get("init_image")):
         params["controlnet"] = units
@@ -173,6 +175,19 @@ def translate(payload: dict, user) -> tuple[dict, list[str]]:
         params["refiner"] = refiner
         params["refiner_switch_at"] = payload.get("refiner_switch_at") or 0.8
     return params, sorted(ignored)
+
+
+def _plot(payload: dict) -> dict:
+    """A1111's X/Y/Z plot script: its args are [x_type, x_values, x_values_dropdown, y_…, z_…,
+    draw_legend, include_lone_images, …]; a type is an index into its axis list."""
+    if str(payload["script_name"]).strip().lower() != "x/y/z plot":
+        raise ValueError(f"script_name: {payload['script_name']!r} is not supported (only \"x/y/z plot\")")
+    args = payload.get("script_args")
+    if not isinstance(args, list) or len(args) < 9:
+        raise ValueError("script_args: the X/Y/Z plot's arguments are required: [x_type, x_values, x_values_dropdown, "
+                         "y_type, y_values, y_values_dropdown, z_type, z_values, z_values_dropdown, …]")
+    return {axis: {"type": args[3 * k], "values": args[3 * k + 1] or args[3 * k + 2] or ""}
+            for k, axis in enumerate("xyz")}
 
 
 def _hires(payload: dict) -> dict:
@@ -220,7 +235,8 @@ class Txt2Img(A1111View):
         try:
             job = job_submit(user=request.user, params=params, client_ip=client_ip(request))
         except Refused as refusal:
-            field = a1111_field(A1111_FIELDS.get(refusal.field, refusal.field))
+            field = "script_args" if (refusal.field or "").startswith("plot") else a1111_field(
+                A1111_FIELDS.get(refusal.field, refusal.field))
             return a1111_error(refusal_status(refusal), f"{field}: {refusal}" if field else str(refusal))
         # The A1111 call is synchronous: this request waits for the job's end, heard on the channel layer.
         wait_for_end(job.pk, settings.SDWEB["JOB_TIMEOUT_SECONDS"] + 600)
@@ -229,6 +245,9 @@ class Txt2Img(A1111View):
             return a1111_error(409 if job.status == Job.CANCELLED else 422 if job.status == Job.FAILED else 504,
                                job.error or f"the job is {job.status}", error="GenerationError")
         images = list(job.images.order_by("index"))
+        if job.plot:  # the grid first, then the cells if the script was asked to include them
+            lone = len(request.data["script_args"]) > 10 and request.data["script_args"][10]
+            images = [images[-1], *(images[:-1] if lone else [])]
         encoded, infotexts = [], []
         for image in images:
             with default_storage.open(image.png.name, "rb") as file:

@@ -1,5 +1,6 @@
 """Jobs, the user's settings and credits (an account and its ledger)."""
 
+import copy
 import uuid
 
 from django.conf import settings
@@ -69,6 +70,8 @@ class Job(models.Model):
     upscaler = models.CharField(max_length=40, blank=True)
     addons = models.JSONField(default=list, blank=True, help_text="LoRAs, embeddings and ControlNet units it used: "
                                                                   "names, hashes, settings")
+    plot = models.JSONField(default=dict, blank=True, help_text="An X/Y/Z plot: its axes, and each cell's settings "
+                            "where they differ from the job's (image k is cell k; the last, the grid)")
     image_ids = models.JSONField(help_text="Identifiers allocated at submit; also the watermark payloads")
     cost = models.PositiveIntegerField()
 
@@ -107,6 +110,29 @@ class Job(models.Model):
     def params(self) -> dict:
         return {f: getattr(self, f) for f in self.PARAMS}
 
+    def as_made(self, index: int) -> "Job":
+        """The job as its image `index` was made: an X/Y/Z plot's cell with the cell's own settings."""
+        cells = self.plot.get("cells", []) if self.plot else []
+        if index >= len(cells):
+            return self
+        made = copy.copy(self)
+        made._state = copy.copy(self._state)
+        made._state.fields_cache = {}
+        for field, value in {**cells[index]["params"], "checkpoint_id": cells[index]["checkpoint"],
+                             "vae_id": cells[index]["vae"], "refiner_id": cells[index]["refiner"]}.items():
+            setattr(made, field, value)
+        return made
+
+    @property
+    def plot_cells(self) -> list[tuple[int, str]]:
+        """An X/Y/Z plot's (image id, label) for each cell, x fastest."""
+        return [(image_id, cell["label"]) for image_id, cell in zip(self.image_ids, self.plot.get("cells", []))]
+
+    @property
+    def charged_images(self) -> int:
+        """The images it was charged for: an X/Y/Z plot's grid is free."""
+        return len(self.plot["cells"]) if self.plot else self.num_images
+
     @property
     def refunded(self) -> int:
         """Credits given back for it (a failed or cancelled job: all; withheld images: their share)."""
@@ -120,7 +146,7 @@ class Job(models.Model):
     def batch_key(self) -> tuple | None:
         """What jobs must share to be denoised in one run: the engine's own rule (request.batch_key),
         asked with the job's settings and files."""
-        if self.mode != "txt2img":
+        if self.mode != "txt2img" or self.plot:
             return None
         loras = tuple(LoraUse(ModelRef("", hash=a["sha256"][:12]), a["unet"], a["te"]) for a in self.addons
                       if a["kind"] == "lora")

@@ -261,16 +261,16 @@ def addon_local_path(addon_or_record) -> str:
         return str(cached)
 
 
-def engine_addons(job) -> dict:
-    """A job's add-ons as the engine takes them (loras, embeddings, controlnets, upscaler_model),
-    each file found by its hash (renames and re-registrations don't matter); JobError when one is
-    gone."""
+def engine_addons(records: list[dict]) -> dict:
+    """A job's add-ons (its `addons` records) as the engine takes them (loras, embeddings,
+    controlnets, upscaler_model), each file found by its hash (renames and re-registrations don't
+    matter); JobError when one is gone."""
     from PIL import Image as PILImage
 
     from generation.engine.request import ControlUnit, LoraUse, ModelRef
 
     found, upscaler = {"loras": [], "embeddings": [], "controlnets": []}, {}
-    for record in job.addons:
+    for record in records:
         addon = AddOn.objects.filter(kind=record["kind"], sha256=record["sha256"]).order_by("-enabled").first()
         if addon is None:
             raise JobError(f"{dict(AddOn.KINDS)[record['kind']]} {record['name']!r} is no longer in the library")

@@ -106,7 +106,7 @@ def _publish(job: Job, work: Finishing, images: list[Image], prints: list[ImageF
     Image.objects.bulk_create(images)
     ImageFingerprint.objects.bulk_create(prints)
     if flagged:
-        credits_refund(job=job, amount=-(-job.cost * flagged // job.num_images),
+        credits_refund(job=job, amount=-(-job.cost * flagged // job.charged_images),
                        reason="images withheld by the safety checker")
     shown = [{"id": image.hex_id, "seed": image.seed} for image in images]
     transaction.on_commit(lambda: live.job_event(job.pk, {"type": "finished", "images": shown}))

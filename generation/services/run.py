@@ -22,13 +22,14 @@ from gallery.models import Image
 from generation.engine.batch import generate_batch
 from generation.engine.loading import PIPELINES, compile_unet
 from generation.engine.metadata import format_parameters
+from generation.engine.plot import PlotResult, plot_result
 from generation.engine.previews import PreviewSettings
 from generation.engine.request import GenerationRequest, JobError
 from generation.engine.run import GenerationCancelled, generate
 from generation.engine.safety import DiffusersSafetyChecker
 from generation.engine.upscale import UpscaleResult, upscale
 from generation.live import flush, job_event_soon
-from generation.models import Checkpoint, ImageFingerprint, Job
+from generation.models import Checkpoint, ImageFingerprint, Job, Vae
 from generation.selectors import default_checkpoint
 from generation.services.addons import engine_addons
 from generation.services.finish import FINISHER, Finishing
@@ -266,7 +267,7 @@ def _request(job: Job) -> GenerationRequest | None:
         return None
     inputs = {field: upload.image for field, upload in job_inputs(job).items()}
     return GenerationRequest(model=job.checkpoint.model_ref(), refiner=job.refiner and job.refiner.model_ref(),
-                             vae=job.vae and job.vae.model_ref(), **job.params(), **inputs, **engine_addons(job))
+                             vae=job.vae and job.vae.model_ref(), **job.params(), **inputs, **engine_addons(job.addons))
 
 
 def _run_alone(job: Job, request, watch: Watch):
@@ -276,13 +277,40 @@ def _run_alone(job: Job, request, watch: Watch):
             init_image = job_inputs(job)["init_image"].image
             return upscale(init_image, scale=job.upscale_by, upscaler=job.upscaler, seed=job.seed,
                            parameters=_source_parameters(job, init_image.size),
-                           model=engine_addons(job).get("upscaler_model"), device=engine_options().get("device"))
+                           model=engine_addons(job.addons).get("upscaler_model"), device=engine_options().get("device"))
+        if job.plot:
+            return _run_plot(job, watch)
         return generate(request, on_preview=lambda *a: watch.preview(0, *a), should_cancel=lambda: bool(watch.stopped()),
                         **engine_options())
     except Exception as error:
         if not isinstance(error, GenerationCancelled):
             log.exception("job %s failed", job.pk)
         return error
+
+
+def _run_plot(job: Job, watch: Watch) -> PlotResult:
+    """An X/Y/Z plot's cells one after another (each may differ in model, steps or sampler), on one
+    progress bar, then their grid."""
+    started = time.perf_counter()
+    requests = [_cell_request(job, cell) for cell in job.plot["cells"]]
+    totals = [sum(steps for *_, steps in request.passes()) for request in requests]
+    results = []
+    for k, request in enumerate(requests):
+        done = sum(totals[:k])
+        results.append(generate(request, on_preview=lambda step, _, image, done=done: watch.preview(
+            0, done + step, sum(totals), image), should_cancel=lambda: bool(watch.stopped()), **engine_options()))
+    return plot_result(results, job.plot["axes"], started)
+
+
+def _cell_request(job: Job, cell: dict) -> GenerationRequest:
+    found = {}
+    for field, model in (("checkpoint", Checkpoint), ("refiner", Checkpoint), ("vae", Vae)):
+        found[field] = cell[field] and model.objects.filter(pk=cell[field], enabled=True).first()
+        if cell[field] and found[field] is None:
+            raise JobError(f"a {field} this plot uses is no longer available")
+    return GenerationRequest(model=found["checkpoint"].model_ref(), refiner=found["refiner"] and found["refiner"].model_ref(),
+                             vae=found["vae"] and found["vae"].model_ref(), **{**job.params(), **cell["params"], "num_images": 1},
+                             **engine_addons(cell["addons"]))
 
 
 def _source_parameters(job: Job, size: tuple[int, int]) -> str:

@@ -3,7 +3,10 @@ it; or refuse (audited too) naming the field."""
 
 import hashlib
 import io
+import itertools
 import json
+import math
+import random
 
 from django.conf import settings
 from django.core.files.base import ContentFile
@@ -13,10 +16,13 @@ from PIL import Image as PILImage
 
 from gallery.models import Image
 from generation import filters
+from generation.engine.plot import AXES, FIELDS, SUPPORTED, axis_values
+from generation.engine.plot import label as plot_label
 from generation.engine.prompts import LORA_TAG, embedding_pattern, lora_tags
 from generation.engine.request import (
     CONTROL_MODES,
     LATENT_UPSCALERS,
+    MAX_SEED,
     MIN_SIDE,
     PIXEL_UPSCALERS,
     RESIZE_MODES,
@@ -26,6 +32,7 @@ from generation.engine.request import (
     LoraUse,
     ModelRef,
 )
+from generation.engine.schedulers import resolve_scheduler
 from generation.engine.upscale import UPSCALERS, check_upscale, upscaled_size
 from generation.models import INPUT_DIGESTS, AddOn, Checkpoint, CreditEntry, Job, PromptAudit, UserSettings, Vae, new_image_id
 from generation.selectors import addon_named, addons_for
@@ -102,13 +109,15 @@ def job_submit(*, user, params: dict, client_ip: str | None = None, idempotency_
     try:
         params = _with_styles(user, params)
         inputs = _image_inputs(user, params)
-        checkpoint, fields = (_validated_upscale if "upscale_by" in params else _validated)(params, inputs, user)
+        validate = _validated_upscale if "upscale_by" in params else _validated_plot if params.get("plot") else _validated
+        checkpoint, fields = validate(params, inputs, user)
         _check_allowed(user, fields["prompt"])
     except Refused as refusal:
         audit_append(user=user, client_ip=client_ip, params=params, decision=PromptAudit.REFUSED,
                      reason=refusal.audit_reason or str(refusal))
         raise
-    cost = quote_cost(width=0, height=0, steps=0, num_images=fields["num_images"], passes=fields.pop("passes"),
+    cost = quote_cost(width=0, height=0, steps=0, num_images=1 if fields.get("plot") else fields["num_images"],
+                      passes=fields.pop("passes"),
                       controlnet_units=sum(a["kind"] == AddOn.CONTROLNET for a in fields.get("addons", [])))
     fields |= _stored_inputs(inputs, fields.get("addons", []))
     try:
@@ -196,6 +205,87 @@ def _validated(params: dict, inputs: dict, user) -> tuple[Checkpoint, dict]:
     return checkpoint, {**{f: getattr(request, f) for f in Job.PARAMS}, "seed": request.seeds()[0],
                         "subseed": request.subseeds()[0] if request.subseed_strength else -1, "refiner": refiner,
                         "vae": vae, "addons": addons, "passes": request.passes()}
+
+
+def _validated_plot(params: dict, inputs: dict, user) -> tuple[Checkpoint, dict]:
+    """An X/Y/Z plot: every cell validated as a job of its own (one image), with the seed fixed once
+    for all as A1111 does; the job makes the cells and their grid and costs what the cells cost."""
+    plot = params["plot"]
+    if not isinstance(plot, dict) or set(plot) - {"x", "y", "z"}:
+        raise Refused("An X/Y/Z plot is {\"x\": {\"type\": …, \"values\": …}, \"y\": …, \"z\": …}.", field="plot")
+    if "init_image" in inputs or params.get("controlnet"):
+        raise Refused("An X/Y/Z plot runs from text here: no starting image or ControlNet.", field="plot")
+    if params.get("num_images", 1) != 1:
+        raise Refused("An X/Y/Z plot makes one image per cell: num_images must be 1.", field="num_images")
+    base = {k: v for k, v in params.items() if k != "plot"}
+    checkpoint, fields = _validated(base, inputs, user)
+    axes = _plot_axes(plot, base)
+    count = math.prod(len(axis["values"]) for axis in axes)
+    if count > settings.SDWEB["PLOT_MAX_CELLS"]:
+        raise Refused(f"This plot has {count} cells; at most {settings.SDWEB['PLOT_MAX_CELLS']}.", field="plot")
+    cells, passes = [], []
+    for values in itertools.product(*(axis["values"] for axis in reversed(axes))):  # x varies fastest
+        cell = {**base, "seed": fields["seed"], "subseed": fields["subseed"]}
+        for axis, value in zip(reversed(axes), values):
+            cell = _plot_apply(axis, cell, value, base)
+        try:
+            cell_checkpoint, cell_fields = _validated(cell, inputs, user)
+        except Refused as refusal:
+            raise Refused(f"Plot cell {', '.join(map(str, reversed(values)))}: {refusal}", field="plot") from None
+        cells.append({"label": " · ".join(plot_label(axis["type"], value) for axis, value in zip(axes, values[::-1])),
+                      "params": {f: cell_fields[f] for f in Job.PARAMS if cell_fields[f] != fields[f]},
+                      "checkpoint": cell_checkpoint.pk, "vae": cell_fields["vae"] and cell_fields["vae"].pk,
+                      "refiner": cell_fields["refiner"] and cell_fields["refiner"].pk, "addons": cell_fields["addons"]})
+        passes += cell_fields["passes"]
+    return checkpoint, {**fields, "num_images": len(cells) + 1, "passes": passes,
+                        "plot": {"axes": [{k: a[k] for k in ("axis", "type", "values")} for a in axes], "cells": cells}}
+
+
+def _plot_axes(plot: dict, base: dict) -> list[dict]:
+    """The axes in x, y, z order, "Nothing" left out; a type is A1111's index or its label."""
+    axes = []
+    for name in ("x", "y", "z"):
+        axis = plot.get(name) or {}
+        kind, text = (axis.get("type", "Nothing"), axis.get("values", "")) if isinstance(axis, dict) else (None, None)
+        if isinstance(kind, int) and not isinstance(kind, bool) and 0 <= kind < len(AXES):
+            kind = AXES[kind]
+        if kind not in AXES:
+            raise Refused(f"plot.{name}.type must be one of {', '.join(SUPPORTED)} (or A1111's index).",
+                          field=f"plot.{name}.type")
+        if kind == "Nothing":
+            continue
+        if kind not in SUPPORTED:
+            raise Refused(f"plot.{name}.type {kind!r} is not supported here; one of {', '.join(SUPPORTED)}.",
+                          field=f"plot.{name}.type")
+        try:
+            values = axis_values(kind, ", ".join(map(str, text)) if isinstance(text, list) else text)
+        except ValueError as error:
+            raise Refused(f"plot.{name}.values for {kind}: {error}.", field=f"plot.{name}.values") from None
+        if kind == "Prompt S/R" and not any(values[0] in (base.get(f) or "") for f in ("prompt", "negative_prompt")):
+            raise Refused(f"plot.{name}.values: Prompt S/R replaces its first value, {values[0]!r}, which neither "
+                          "prompt holds.", field=f"plot.{name}.values")
+        axes.append({"axis": name, "type": kind, "values": values})
+    if not axes:
+        raise Refused("An X/Y/Z plot needs at least one axis.", field="plot.x.type")
+    return axes
+
+
+def _plot_apply(axis: dict, cell: dict, value, base: dict) -> dict:
+    """A cell's params with one axis's value set."""
+    name, kind = FIELDS[axis["type"]]
+    if axis["type"] == "Prompt S/R":
+        search = axis["values"][0]
+        return {**cell, **{f: (cell.get(f) or "").replace(search, value) for f in ("prompt", "negative_prompt")}}
+    if axis["type"] == "Sampler":
+        try:
+            value = resolve_scheduler(value)
+        except ValueError as error:
+            raise Refused(f"plot.{axis['axis']}.values: {error}.", field=f"plot.{axis['axis']}.values") from None
+    if axis["type"] in ("Seed", "Var. seed") and value == -1:
+        value = random.SystemRandom().randint(0, MAX_SEED)
+    if axis["type"] == "VAE" and value == "None":
+        value = None
+    return {**cell, name: value}
 
 
 def _addons(user, checkpoint: Checkpoint, fields: dict, units, control_images: list) -> tuple[list, dict]:
