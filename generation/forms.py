@@ -3,6 +3,7 @@ from django.conf import settings
 
 from generation.engine.controlmaps import MODULES
 from generation.engine.families import FAMILIES
+from generation.engine.plot import SUPPORTED as PLOT_AXES
 from generation.engine.request import (
     CONTROL_MODES,
     LATENT_UPSCALERS,
@@ -13,7 +14,6 @@ from generation.engine.request import (
     PIXEL_UPSCALERS,
     RESIZE_MODES,
 )
-from generation.engine.plot import SUPPORTED as PLOT_AXES
 from generation.engine.schedulers import SCHEDULERS
 from generation.models import AddOn, Checkpoint, PromptStyle, Vae
 from generation.selectors import addons_for, default_checkpoint, upscaler_models
