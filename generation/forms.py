@@ -18,6 +18,7 @@ from generation.engine.schedulers import SCHEDULERS
 from generation.models import AddOn, Checkpoint, PromptStyle, Vae
 from generation.selectors import addons_for, default_checkpoint, upscaler_models
 
+MAX_BATCH_COUNT = 8
 SIZE_PRESETS = [(256, 256), (512, 512), (512, 768), (768, 512), (768, 768), (1024, 1024)]
 # SDXL's usual sizes: about a megapixel, in the aspect ratios it was trained on.
 SDXL_PRESETS = [(1024, 1024), (1152, 896), (896, 1152), (1216, 832), (832, 1216), (1344, 768), (768, 1344),
@@ -137,6 +138,9 @@ class GenerateForm(forms.Form):
                             "steps": default.default_steps, **self.initial}
         self.fields["num_images"] = forms.IntegerField(min_value=1, max_value=settings.SDWEB["MAX_IMAGES"],
                                                        initial=1, label="Images", help_text="Variants, seeds s, s+1, …")
+        self.fields["batch_count"] = forms.IntegerField(
+            min_value=1, max_value=MAX_BATCH_COUNT, initial=1, required=False, label="Batch count",
+            help_text="Jobs one after another, each charged, seeds continuing (A1111's batch count).")
 
     def clean(self):
         data = super().clean()

@@ -64,7 +64,7 @@ def generate(request):
     form = GenerateForm(request.POST or None, request.FILES or None, initial=initial, user=request.user)
     if request.method == "POST" and form.is_valid():
         try:
-            job = job_submit(user=request.user, params=_params(form.cleaned_data), client_ip=client_ip(request))
+            job = _submit_count(request, _params(form.cleaned_data))
         except Refused as refusal:
             field = refusal.field or ""
             if field.startswith("controlnet"):  # the page's one unit: controlnet[0].image -> cn_image
@@ -89,6 +89,28 @@ def generate(request):
                                     "family": c.family.split("-")[0]}
                              for c in form.fields["checkpoint"].queryset},
     }, status=400 if form.errors else 200)
+
+
+def _submit_count(request, params: dict) -> Job:
+    """Batch count: that many jobs one after another, seeds (and variation seeds) continuing from
+    the first's as A1111's batches do; returns the first. A refusal after the first stops the rest
+    and says how many were queued."""
+    count = params.pop("batch_count", None) or 1
+    first = job_submit(user=request.user, params=params, client_ip=client_ip(request))
+    step = 1 if first.plot else first.num_images
+    for k in range(1, count):
+        shifted = {"seed": first.seed + k * step} | (
+            {"subseed": first.subseed + k * step} if first.subseed_strength else {})
+        try:
+            job_submit(user=request.user, params={**params, **shifted}, client_ip=client_ip(request))
+        except Refused as refusal:
+            messages.warning(request, f"{k} of {count} jobs queued; the next was refused: {refusal}")
+            break
+    else:
+        if count > 1:
+            messages.success(request, f"{count} jobs queued, seeds from {first.seed}: this is the first; the others "
+                                      "are under Recent jobs.")
+    return first
 
 
 def _each_fields_own_check(form) -> None:

@@ -29,11 +29,12 @@
     if (fromImage) on.push(`from a starting image, denoising ${strength}`);
     if (!fromImage && field("enable_hr").checked) on.push(`hires fix ×${field("hr_scale").value || 2}`);
     if (units) on.push(`ControlNet ${field("cn_model").selectedOptions[0].text}`);
-    const cells = plotCells();
+    const cells = plotCells(), count = Number(field("batch_count").value) || 1;
+    if (count > 1) on.push(`${count} jobs`);
     if (cells !== 1) on.push(`an X/Y/Z plot of ${Number.isFinite(cells) ? cells : "several"} cells`);
     document.getElementById("extras").textContent = on.length ? `· with ${on.join(", ")}` : "";
     // A plot's cells may differ in steps or size: this is the estimate at the form's own settings.
-    const cost = Math.max(1, Math.ceil((n * pixelSteps * (2 + units)) / 2 / unit)) * cells;
+    const cost = Math.max(1, Math.ceil((n * pixelSteps * (2 + units)) / 2 / unit)) * cells * count;
     const out = document.getElementById("cost");
     out.textContent = Number.isFinite(cost) ? cost : "–";
     document.getElementById("cost-word").textContent = cost === 1 ? "credit" : "credits";

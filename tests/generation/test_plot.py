@@ -119,3 +119,20 @@ def test_the_page_makes_a_plot_and_names_a_bad_axis_beside_its_field(client, ali
                                                        "CFG Scale: 3 · DPM++ 2M", "CFG Scale: 6 · DPM++ 2M"]
     page = client.get("/generate/").content.decode()  # the next job is no plot unless asked again
     assert '<option value="Nothing" selected>' in page.split('name="plot_x_type"')[1]
+
+
+def test_batch_count_queues_jobs_with_continuing_seeds_and_stops_at_a_refusal(client, alice, checkpoint):
+    from generation.models import CreditAccount
+    from generation.services.credits import quote_cost
+    from tests.support import form_data
+
+    client.force_login(alice)
+    client.post("/generate/", form_data(checkpoint, steps=2, seed=100, num_images=2, batch_count=3))
+    assert list(Job.objects.order_by("created_at").values_list("seed", "num_images")) == [(100, 2), (102, 2), (104, 2)]
+    assert CreditEntry.objects.filter(kind="charge").count() == 3
+    one = quote_cost(width=256, height=256, steps=2, num_images=2)
+    CreditAccount.objects.filter(user=alice).update(balance=one * 2)  # room for two of the next four
+    response = client.post("/generate/", form_data(checkpoint, steps=2, seed=7, num_images=2, batch_count=4),
+                           follow=True)
+    assert Job.objects.count() == 5
+    assert "2 of 4 jobs queued; the next was refused: This costs" in response.content.decode()
