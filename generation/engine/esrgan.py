@@ -5,7 +5,6 @@ community models), read from the file people download: a .pth (read with weights
 Both are read into one module written from the architecture: 3x3 convolutions, dense blocks of
 five, residuals scaled by 0.2, LeakyReLU(0.2), nearest-neighbour ×2 upsampling steps."""
 
-import re
 import time
 from pathlib import Path
 
@@ -15,7 +14,8 @@ from PIL import Image
 from torch import nn
 from torch.nn import functional as F
 
-MAX_FILE_BYTES = 512 * 2**20  # real ones are 17-70 MB
+from .esrgan_file import check_size, layout, renamed, torch_load
+
 TILE = 192  # input pixels per tile side: bounded memory at any picture size
 TILE_PAD = 16  # context each tile borrows from its neighbours, cut away after
 
@@ -69,99 +69,23 @@ class RRDBNet(nn.Module):
         return self.last(F.leaky_relu(self.hr(feat), 0.2))
 
 
-_OLD_BLOCK = re.compile(r"model\.1\.sub\.(\d+)\.RDB([123])\.conv([1-5])\.0\.(weight|bias)$")
-_NEW_BLOCK = re.compile(r"body\.(\d+)\.rdb([123])\.conv([1-5])\.(weight|bias)$")
-_OLD_TOP = re.compile(r"model\.(\d+)\.(weight|bias)$")
-_NEW_UP = re.compile(r"conv_up(\d+)\.(weight|bias)$")
-
-
-def _block_key(found: re.Match) -> str:
-    block, rdb, conv, part = found.groups()
-    return f"body.{block}.blocks.{int(rdb) - 1}.convs.{int(conv) - 1}.{part}"
-
-
-def _renamed(state: dict, name: str) -> dict:
-    """The file's tensors under this module's names; ValueError when it is no RRDBNet."""
-    out = {}
-    if "model.0.weight" in state:  # the original ESRGAN layout
-        tops = sorted({int(m[1]) for k in state if (m := _OLD_TOP.match(k)) and int(m[1]) > 1})
-        if len(tops) < 3:
-            raise ValueError(f"{name} is not an ESRGAN (RRDBNet) model: it lacks the upsampling layers")
-        names = {0: "first", **{n: f"ups.{k}" for k, n in enumerate(tops[:-2])}, tops[-2]: "hr", tops[-1]: "last"}
-        trunk = max(int(m[1]) for k in state if (m := re.match(r"model\.1\.sub\.(\d+)\.weight$", k))) if any(
-            re.match(r"model\.1\.sub\.\d+\.weight$", k) for k in state) else None
-        for key, tensor in state.items():
-            if found := _OLD_BLOCK.match(key):
-                out[_block_key(found)] = tensor
-            elif trunk is not None and key.startswith(f"model.1.sub.{trunk}."):
-                out["body_conv." + key.rsplit(".", 1)[1]] = tensor
-            elif (found := _OLD_TOP.match(key)) and int(found[1]) in names:
-                out[f"{names[int(found[1])]}.{found[2]}"] = tensor
-            else:
-                raise ValueError(f"{name} is not an ESRGAN (RRDBNet) model: unexpected tensor {key}")
-        return out
-    if "conv_first.weight" in state:  # BasicSR's (Real-ESRGAN's) layout
-        fixed = {"conv_first": "first", "conv_body": "body_conv", "conv_hr": "hr", "conv_last": "last"}
-        for key, tensor in state.items():
-            base, _, part = key.rpartition(".")
-            if found := _NEW_BLOCK.match(key):
-                out[_block_key(found)] = tensor
-            elif found := _NEW_UP.match(key):
-                out[f"ups.{int(found[1]) - 1}.{part}"] = tensor
-            elif base in fixed:
-                out[f"{fixed[base]}.{part}"] = tensor
-            else:
-                raise ValueError(f"{name} is not an ESRGAN (RRDBNet) model: unexpected tensor {key}")
-        return out
-    raise ValueError(f"{name} is not an ESRGAN (RRDBNet) model (other upscaler architectures are not supported)")
-
-
 def read_weights(path) -> dict:
-    """The state dict of an upscaler file; ValueError for anything that is not one."""
+    """The tensors of an upscaler file (a .pth read weights-only); ValueError for anything else."""
     path = Path(path)
-    if path.stat().st_size > MAX_FILE_BYTES:
-        raise ValueError(f"{path.name} is larger than an upscaler can be ({MAX_FILE_BYTES // 2**20} MB)")
+    check_size(path)
     if path.suffix.lower() == ".safetensors":
         from safetensors.torch import load_file
 
-        from .families import _check_tensors, read_header
-
-        _check_tensors(read_header(path), path.name)
         return load_file(path)
-    try:  # weights_only: a pickle that names any code is refused before it runs
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise ValueError(f"{path.name} is not a weights-only PyTorch file (.pth)") from error
-    for wrapper in ("params_ema", "params", "state_dict"):  # Real-ESRGAN's and trainers' wrappers
-        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
-            state = state[wrapper]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path.name} holds no state dict of tensors")
-    return state
+    return torch_load(path)
 
 
 def build(state: dict, name: str) -> RRDBNet:
-    """The network a state dict describes (its sizes read from its shapes), weights loaded."""
-    tensors = _renamed(state, name)
-    try:
-        first, growth = tensors["first.weight"], tensors["body.0.blocks.0.convs.0.weight"]
-        blocks = 1 + max(int(k.split(".")[1]) for k in tensors if k.startswith("body."))
-        ups = sum(k.startswith("ups.") and k.endswith(".weight") for k in tensors)
-        channels = tensors["last.weight"].shape[0]
-        unshuffle = {1: 1, 4: 2, 16: 4}[first.shape[1] // channels]
-        net = RRDBNet(channels=channels, features=first.shape[0], growth=growth.shape[0], blocks=blocks, ups=ups,
-                      unshuffle=unshuffle)
-        net.load_state_dict(tensors)
-    except (KeyError, RuntimeError, ValueError) as error:
-        raise ValueError(f"{name} is not an ESRGAN (RRDBNet) model its tensors agree on") from error
-    if net.scale < 2 or channels != 3:
-        raise ValueError(f"{name} is not an upscaler of colour pictures (a 1× or other-channel model)")
+    """The network a file's tensors describe, weights loaded; ValueError when they describe none."""
+    tensors = renamed(state, name)
+    net = RRDBNet(**layout({k: tuple(v.shape) for k, v in tensors.items()}, name))
+    net.load_state_dict(tensors)
     return net.eval().requires_grad_(False)
-
-
-def describe(path) -> int:
-    """An upscaler file's scale (2, 4, ...); ValueError naming what is wrong with it."""
-    return build(read_weights(path), Path(path).name).scale
 
 
 def load_upscaler(path, device, dtype) -> RRDBNet:

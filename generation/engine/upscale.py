@@ -6,8 +6,6 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
-from .esrgan import esrgan_upscale
-from .loading import PIPELINES, pick_device, pick_dtype
 from .metadata import save_png
 from .request import PIXEL_UPSCALERS, ModelRef
 from .watermark import embed_watermark
@@ -58,6 +56,9 @@ def upscale(image: Image.Image, *, scale: float, upscaler: str, parameters: str,
     started = time.perf_counter()
     check_upscale(scale, upscaler, *image.size, max_side=2**31, models=[model.name] if model else [])
     if model is not None:
+        from .esrgan import esrgan_upscale  # torch: the worker's, never a web process's
+        from .loading import PIPELINES, pick_device, pick_dtype
+
         device = pick_device(device)
         net = PIPELINES.get_addon("upscaler", model, device, pick_dtype(device)).value
         made = esrgan_upscale(net, image, upscaled_size(*image.size, scale))

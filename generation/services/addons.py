@@ -16,7 +16,7 @@ from django.core.files.storage import default_storage
 from django.db import transaction
 from django.db.models import Q, Sum
 
-from generation.engine.esrgan import describe as describe_upscaler
+from generation.engine.esrgan_file import describe as describe_upscaler
 from generation.engine.families import addon_family, file_metadata, file_sha256
 from generation.engine.request import JobError
 from generation.models import AddOn

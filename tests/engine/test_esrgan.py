@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import save_file
 
-from generation.engine import esrgan
+from generation.engine import esrgan, esrgan_file
 from tests.support import esrgan_new_layout, esrgan_state
 
 
@@ -49,6 +49,7 @@ def files(tmp_path_factory):
     torch.save({"params_ema": esrgan_new_layout(state)}, folder / "RealESRGAN_x4plus.pth")
     save_file(esrgan_new_layout(state), folder / "4x-new.safetensors")
     torch.save(esrgan_state(ups=1, seed=3), folder / "2x-old.pth")
+    torch.save(state, folder / "4x-legacy.pth", _use_new_zipfile_serialization=False)  # torch < 1.6's format
     return state, folder
 
 
@@ -57,11 +58,12 @@ def test_both_key_layouts_load_to_the_network_the_definition_describes(files):
     x = torch.rand(1, 3, 20, 28, generator=torch.Generator().manual_seed(1))
     expected = reference(state, x)
     assert expected.shape == (1, 3, 80, 112)
-    for name in ("4x-old.pth", "RealESRGAN_x4plus.pth", "4x-new.safetensors"):
+    for name in ("4x-old.pth", "RealESRGAN_x4plus.pth", "4x-new.safetensors", "4x-legacy.pth"):
+        assert esrgan_file.describe(folder / name) == 4  # read without running torch's unpickler
         net = esrgan.load_upscaler(folder / name, "cpu", torch.float32)
         assert net.scale == 4
         torch.testing.assert_close(net(x), expected, rtol=1e-4, atol=1e-5)
-    assert esrgan.describe(folder / "2x-old.pth") == 2
+    assert esrgan_file.describe(folder / "2x-old.pth") == 2
 
 
 def test_an_upscaler_makes_the_size_asked_for_in_tiles_that_leave_no_seam(files, monkeypatch):
@@ -88,12 +90,12 @@ def test_files_that_are_no_rrdbnet_or_that_would_run_code_are_refused_by_name(fi
 
     torch.save({"model.0.weight": torch.zeros(1), "x": Payload()}, tmp_path / "evil.pth")
     with pytest.raises(ValueError, match="evil.pth is not a weights-only PyTorch file"):
-        esrgan.describe(tmp_path / "evil.pth")
+        esrgan_file.describe(tmp_path / "evil.pth")
     save_file({"lora_unet_down.lora_down.weight": torch.zeros(2, 2)}, tmp_path / "lora.safetensors")
     with pytest.raises(ValueError, match="lora.safetensors is not an ESRGAN"):
-        esrgan.describe(tmp_path / "lora.safetensors")
+        esrgan_file.describe(tmp_path / "lora.safetensors")
     state = esrgan_state()
     del state["model.1.sub.0.RDB2.conv3.0.weight"]
     torch.save(state, tmp_path / "damaged.pth")
     with pytest.raises(ValueError, match="damaged.pth is not an ESRGAN"):
-        esrgan.describe(tmp_path / "damaged.pth")
+        esrgan_file.describe(tmp_path / "damaged.pth")
