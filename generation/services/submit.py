@@ -224,10 +224,11 @@ def _validated_plot(params: dict, inputs: dict, user) -> tuple[Checkpoint, dict]
     if count > settings.SDWEB["PLOT_MAX_CELLS"]:
         raise Refused(f"This plot has {count} cells; at most {settings.SDWEB['PLOT_MAX_CELLS']}.", field="plot")
     cells, passes = [], []
+    subseed = fields["subseed"] if fields["subseed"] != -1 else random.SystemRandom().randint(0, MAX_SEED)
     for values in itertools.product(*(axis["values"] for axis in reversed(axes))):  # x varies fastest
-        cell = {**base, "seed": fields["seed"], "subseed": fields["subseed"]}
+        cell = {**base, "seed": fields["seed"], "subseed": subseed}
         for axis, value in zip(reversed(axes), values):
-            cell = _plot_apply(axis, cell, value, base)
+            cell = _plot_apply(axis, cell, value)
         try:
             cell_checkpoint, cell_fields = _validated(cell, inputs, user)
         except Refused as refusal:
@@ -270,9 +271,9 @@ def _plot_axes(plot: dict, base: dict) -> list[dict]:
     return axes
 
 
-def _plot_apply(axis: dict, cell: dict, value, base: dict) -> dict:
+def _plot_apply(axis: dict, cell: dict, value) -> dict:
     """A cell's params with one axis's value set."""
-    name, kind = FIELDS[axis["type"]]
+    name = FIELDS[axis["type"]][0]
     if axis["type"] == "Prompt S/R":
         search = axis["values"][0]
         return {**cell, **{f: (cell.get(f) or "").replace(search, value) for f in ("prompt", "negative_prompt")}}

@@ -695,6 +695,14 @@ def test_18_generate_stays_in_reach_says_what_is_on_and_pictures_show_at_their_s
     assert page.locator("#extras").inner_text() == "· with hires fix ×1.5"  # said beside the button
     page.get_by_label("Hires fix").uncheck()
     assert page.locator("#extras").inner_text() == ""
+    one = int(page.locator("#cost").inner_text())
+    page.get_by_label("X type").select_option("CFG Scale")
+    page.get_by_label("X values").fill("4, 7, 10")
+    page.get_by_label("Batch count").fill("2")
+    assert page.locator("#extras").inner_text() == "· with 2 jobs, an X/Y/Z plot of 3 cells"
+    assert int(page.locator("#cost").inner_text()) == 6 * one
+    page.get_by_label("X type").select_option("Nothing")
+    page.get_by_label("Batch count").fill("1")
 
     generate(page, prompt="a lone lighthouse", steps=2, images=1)
     page.locator("#images a").first.click()
