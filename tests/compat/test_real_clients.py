@@ -129,3 +129,34 @@ def test_webuiapi_uses_loras_embeddings_and_controlnet_units_as_it_sends_them(st
     assert 'Lora hashes: "tiny-style: ' in infotext and 'TI hashes: "tinyneg: ' in infotext
     assert f'ControlNet 0: "Module: canny, Model: {models[0]}, Weight: 1, Resize Mode: Resize and Fill' in infotext
     assert read_watermark(result.images[0]) is not None
+
+
+def test_webuiapi_with_styles_prompt_editing_a_subseed_an_esrgan_upscaler_and_an_xyz_plot(studio):
+    import torch
+    import webuiapi
+
+    from generation.engine.metadata import parse_parameters
+    from tests.support import esrgan_state
+
+    folder = studio.var_dir / "models" / "ESRGAN"
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(esrgan_state(), folder / "4x-Tiny.pth")
+    studio.manage("from django.contrib.auth.models import User; from generation.services.addons import addons_scan; "
+                  "from generation.services.styles import style_save; addons_scan(); "
+                  "print(style_save(user=User.objects.get(username='alice'), name='detailed', "
+                  "prompt='highly detailed', negative_prompt='blurry'))")
+    api = webuiapi.WebUIApi(host="127.0.0.1", port=studio.port)
+    api.set_auth("alice", "alice-password-1")
+    assert "4x-Tiny" in [u["name"] for u in api.get_upscalers()]
+    result = api.txt2img(prompt="a [fox:wolf:0.5]", styles=["detailed"], seed=11, subseed=5, subseed_strength=0.3,
+                         width=256, height=256, steps=4, enable_hr=True, hr_scale=1.5, hr_upscaler="4x-Tiny",
+                         hr_second_pass_steps=2)
+    said = parse_parameters(result.info["infotexts"][0])
+    assert result.images[0].size == (384, 384)
+    assert (said["prompt"], said["negative_prompt"], said["seed"], said["subseed"], said["subseed_strength"]) == (
+        "a [fox:wolf:0.5], highly detailed", "blurry", 11, 5, 0.3)
+    assert (said["Hires upscaler"], said["Hires upscale"]) == ("4x-Tiny", "1.5")
+    plot = api.txt2img(prompt="a lighthouse", width=256, height=256, steps=2, seed=3, script_name="x/y/z plot",
+                       script_args=[4, "2, 3", [], 0, "", [], 0, "", [], True, True, False, False, 0, False, False])
+    assert len(plot.images) == 3 and plot.images[0].width == 512  # the grid, then its two cells
+    assert [parse_parameters(text)["steps"] for text in plot.info["infotexts"][1:]] == [2, 3]
