@@ -226,9 +226,9 @@ class GenerationRequest:
         if not isinstance(self.subseed_strength, (int, float)) or isinstance(self.subseed_strength, bool) or not (
                 0 <= self.subseed_strength <= 1):
             raise ValueError(f"subseed_strength must be a number from 0 to 1 (got {self.subseed_strength!r})")
-        if self.scheduled and (self.mode != "txt2img" or self.controlnets or self.refiner):
-            raise ValueError("prompt editing [from:to:when] and alternation [a|b] work on images made from text "
-                             "without ControlNet or a refiner, for now")
+        if self.scheduled and (self.controlnets or self.refiner):
+            raise ValueError("prompt editing [from:to:when] and alternation [a|b] work without ControlNet or a "
+                             "refiner, for now")
         if self.subseed_strength and (self.mode != "txt2img" or self.controlnets):
             raise ValueError("subseed_strength works on images made from text without ControlNet, for now")
         if not _is_int(self.clip_skip) or not 1 <= self.clip_skip <= 12:

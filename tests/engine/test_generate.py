@@ -44,14 +44,15 @@ def test_a_variation_seed_moves_the_image_toward_that_seeds_own(run):
     assert np.abs(pixels(alone.images[0]) - pixels(varied[0].images[0])).max() <= 2
 
 
-def made_by_diffusers(model, prompts: list[str], seed: int = 1234):
+def made_by_diffusers(model, prompts: list[str], seed: int = 1234, **img2img):
     """The reference, from A1111's definition: diffusers' own loop on the test model, handed the
-    encoding of prompts[s - 1] for step s (seed, size and sampler as `run` uses them)."""
+    encoding of prompts[s - 1] for step s (seed, size and sampler as `run` uses them). img2img
+    (image, strength, num_inference_steps): prompts are those of the steps it runs."""
     from generation.engine.pipelines import pipeline_for_run
     from generation.engine.prompts import encode_prompts
     from generation.engine.run import decode
 
-    pipe = pipeline_for_run(model.pipe, "Euler", [seed], "txt2img")
+    pipe = pipeline_for_run(model.pipe, "Euler", [seed], "img2img" if img2img else "txt2img")
     encoded = {p: encode_prompts(pipe.tokenizer, pipe.text_encoder, p, "", "cpu") for p in set(prompts)}
 
     def swap(pipe, i, t, tensors):
@@ -61,8 +62,9 @@ def made_by_diffusers(model, prompts: list[str], seed: int = 1234):
         return {"prompt_embeds": torch.cat([negative, positive])}
 
     positive, negative = encoded[prompts[0]]
-    latents = pipe(prompt_embeds=positive, negative_prompt_embeds=negative, width=256, height=256,
-                   num_inference_steps=len(prompts), guidance_scale=7.0, output_type="latent",
+    size = {} if img2img else {"width": 256, "height": 256, "num_inference_steps": len(prompts)}
+    latents = pipe(prompt_embeds=positive, negative_prompt_embeds=negative, **size, **img2img,
+                   guidance_scale=7.0, output_type="latent",
                    generator=[torch.Generator("cpu").manual_seed(seed)], callback_on_step_end=swap,
                    callback_on_step_end_tensor_inputs=["latents", "prompt_embeds"]).images
     return decode(pipe.vae, pipe.image_processor, latents)[0]
@@ -79,6 +81,25 @@ def test_prompt_editing_and_alternation_make_the_images_their_definitions_give(r
         assert np.abs(pixels(made) - pixels(made_by_diffusers(model, per_step))).max() <= 2, prompt
     switched, cat, dog = (run(prompt=p, scheduler="Euler").images[0] for p in ("a [cat:dog:0.5]", "a cat", "a dog"))
     assert pixels(switched).tolist() not in (pixels(cat).tolist(), pixels(dog).tolist())
+
+
+def test_prompt_editing_in_img2img_counts_the_steps_as_a1111_does(run, test_model):
+    """A1111 schedules over all the steps and steps through the schedule from the first step it
+    runs: at strength 0.5 of 8 steps, the 4 steps run are schedule steps 1-4."""
+    model = load_pipeline(test_model)
+    start = Image.effect_noise((256, 256), 60).convert("RGB")
+    cases = {"a [cat:dog:2]": ["a cat", "a cat", "a dog", "a dog"],
+             "a [cat:dog:0.5]": ["a cat"] * 4,  # the switch, at schedule step 4 of 8, is never reached
+             "a [cat|dog]": ["a cat", "a dog", "a cat", "a dog"]}
+    for prompt, per_step in cases.items():
+        made = run(prompt=prompt, scheduler="Euler", steps=8, init_image=start, denoising_strength=0.5).images[0]
+        reference = made_by_diffusers(model, per_step, image=start, strength=0.5, num_inference_steps=8)
+        assert np.abs(pixels(made) - pixels(reference)).max() <= 2, prompt
+    mask = Image.new("L", (256, 256), 0)
+    mask.paste(255, (64, 64, 192, 192))
+    inpainted = [run(prompt=p, scheduler="Euler", init_image=start, mask=mask).images[0]
+                 for p in ("a [cat:dog:2]", "a cat", "a dog")]  # inpainting follows the schedule too
+    assert pixels(inpainted[0]).tolist() not in (pixels(inpainted[1]).tolist(), pixels(inpainted[2]).tolist())
 
 
 def test_seed_minus_one_picks_a_seed_reports_it_and_it_reproduces_the_image(run):
