@@ -92,11 +92,14 @@ class ControlNetDetect(A1111View):
 
 
 class Scripts(A1111View):
-    """The always-on scripts clients look for (webuiapi checks for ControlNet here)."""
+    """The scripts clients look for: the X/Y/Z plot, and ControlNet's names as its extension lists
+    them (webuiapi sends empty ControlNet args with each job only when it sees "controlnet m2m";
+    otherwise the units of an earlier call stay in its default arguments and go with the next)."""
 
     @extend_schema(exclude=True)
     def get(self, request):
-        return Response({"txt2img": ["controlnet"], "img2img": ["controlnet"]})
+        return Response({"txt2img": ["x/y/z plot", "controlnet", "controlnet m2m"],
+                         "img2img": ["controlnet", "controlnet m2m"]})
 
 
 def _unique(addons):

@@ -129,6 +129,10 @@ def test_webuiapi_uses_loras_embeddings_and_controlnet_units_as_it_sends_them(st
     assert 'Lora hashes: "tiny-style: ' in infotext and 'TI hashes: "tinyneg: ' in infotext
     assert f'ControlNet 0: "Module: canny, Model: {models[0]}, Weight: 1, Resize Mode: Resize and Fill' in infotext
     assert read_watermark(result.images[0]) is not None
+    # webuiapi keeps the units in its mutable default and sends them again unless the server lists
+    # the extension's "controlnet m2m" script (then it sends empty args): the next job has none.
+    plain = api.txt2img(prompt="a lighthouse", width=256, height=256, steps=2)
+    assert "ControlNet" not in plain.info["infotexts"][0]
 
 
 def test_webuiapi_with_styles_prompt_editing_a_subseed_an_esrgan_upscaler_and_an_xyz_plot(studio):
