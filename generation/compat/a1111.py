@@ -52,6 +52,7 @@ NEUTRAL = {
     "s_noise": (1, 1.0, None), "s_min_uncond": (0, 0.0, None), "restore_faces": (False, None),
     "tiling": (False, None),
     "firstphase_width": (0, None), "firstphase_height": (0, None), "firstpass_image": (None,),
+    "latent_mask": (None, ""), "mask_round": (True, None),
 }
 # Fields that never change the picture (saving, returning, what only other models read).
 HARMLESS = {
@@ -113,8 +114,10 @@ def translate(payload: dict, user) -> tuple[dict, list[str]]:
             if value not in NEUTRAL[field]:
                 raise ValueError(f"{field}: {value!r} is not supported (only {NEUTRAL[field][0]!r})")
             ignored.append(field)
-        elif field in HARMLESS or field not in USED:
+        elif field in HARMLESS:
             ignored.append(field)
+        else:  # a typo, or another server's field: what it would do to the image is unknown
+            raise ValueError(f"{field}: not a field of A1111's txt2img or img2img API; this server does not take it")
     overrides = payload.get("override_settings") or {}
     if not isinstance(overrides, dict):
         raise ValueError("override_settings: an object is required")

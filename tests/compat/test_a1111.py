@@ -92,6 +92,7 @@ def test_styles_prompt_editing_a_variation_seed_and_an_esrgan_hires_upscaler_are
     ({"alwayson_scripts": {"controlnet": {}}}, "alwayson_scripts"), ({"sampler_name": "DDPM"}, "sampler_name"),
     ({"override_settings": {"sd_vae": "other.pt"}}, "override_settings.sd_vae"), ({"width": 300}, "width"),
     ({"cfg_scale": 99}, "cfg_scale"), ({"batch_size": 0}, "batch_size"), ({"eta": 0.5}, "eta"),
+    ({"cfgscale": 12}, "cfgscale"),  # a typo is named, not ignored
 ])
 def test_a_value_that_would_change_the_result_is_a_400_naming_the_field(alice_a1111, change, field):
     response = alice_a1111.post("/sdapi/v1/txt2img", {**A1111_DEFAULT_PAYLOAD, **change}, format="json")
