@@ -13,7 +13,13 @@ from tests.support import Studio
 
 @pytest.fixture(scope="module")
 def studio(tmp_path_factory):
+    import torch
+
+    from tests.support import esrgan_state
+
     studio = Studio(tmp_path_factory.mktemp("clients"))
+    (studio.var_dir / "models" / "ESRGAN").mkdir(parents=True)
+    torch.save(esrgan_state(), studio.var_dir / "models" / "ESRGAN" / "4x-Tiny.pth")  # copied in before the start
     studio.start()
     studio.key = studio.manage(
         "from django.contrib.auth.models import User; from sdweb.services import api_key_create; "
@@ -136,22 +142,16 @@ def test_webuiapi_uses_loras_embeddings_and_controlnet_units_as_it_sends_them(st
 
 
 def test_webuiapi_with_styles_prompt_editing_a_subseed_an_esrgan_upscaler_and_an_xyz_plot(studio):
-    import torch
     import webuiapi
 
     from generation.engine.metadata import parse_parameters
-    from tests.support import esrgan_state
 
-    folder = studio.var_dir / "models" / "ESRGAN"
-    folder.mkdir(parents=True, exist_ok=True)
-    torch.save(esrgan_state(), folder / "4x-Tiny.pth")
-    studio.manage("from django.contrib.auth.models import User; from generation.services.addons import addons_scan; "
-                  "from generation.services.styles import style_save; addons_scan(); "
+    studio.manage("from django.contrib.auth.models import User; from generation.services.styles import style_save; "
                   "print(style_save(user=User.objects.get(username='alice'), name='detailed', "
                   "prompt='highly detailed', negative_prompt='blurry'))")
     api = webuiapi.WebUIApi(host="127.0.0.1", port=studio.port)
     api.set_auth("alice", "alice-password-1")
-    assert "4x-Tiny" in [u["name"] for u in api.get_upscalers()]
+    assert "4x-Tiny" in [u["name"] for u in api.get_upscalers()]  # registered when the studio started
     result = api.txt2img(prompt="a [fox:wolf:0.5]", styles=["detailed"], seed=11, subseed=5, subseed_strength=0.3,
                          width=256, height=256, steps=4, enable_hr=True, hr_scale=1.5, hr_upscaler="4x-Tiny",
                          hr_second_pass_steps=2)

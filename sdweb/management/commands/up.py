@@ -14,18 +14,31 @@ from django.core.management.base import BaseCommand
 
 from generation import live
 from generation.models import Job
-from generation.services.checkpoints import checkpoint_ensure_test_model
+from generation.services.addons import addons_scan
+from generation.services.checkpoints import checkpoint_ensure_test_model, checkpoints_scan
 from generation.services.queue import enqueue_job, jobs_recover_orphans
 from generation.services.run import SHUTTING_DOWN
 from sdweb.celery import app
+from sdweb.management.commands.add_model import hash_progress
 
 
 class Command(BaseCommand):
-    help = "Start the studio on http://127.0.0.1:8000 (web, websockets and a GPU/CPU worker in one process)."
+    help = ("Start the studio on http://127.0.0.1:8000 (web, websockets and a GPU/CPU worker in one process); "
+            "files copied into the models folders are registered first.")
 
     def add_arguments(self, parser):
         parser.add_argument("--host", default="127.0.0.1")
         parser.add_argument("--port", type=int, default=8000)
+
+    def _scan(self) -> None:
+        """Register what was copied into the models folders since the last start, as A1111 lists its
+        folders at start: only new or changed files are hashed, with a progress bar."""
+        progress = {"progress_for": lambda path: hash_progress(path, self.stderr)}
+        (checkpoints, skipped), (addons, skipped_addons) = checkpoints_scan(**progress), addons_scan(**progress)
+        skipped |= skipped_addons
+        self.stdout.write(f"Models folders: {len(checkpoints)} checkpoint(s) and VAE(s), {len(addons)} add-on(s)"
+                          + (f"; {len(skipped)} file(s) skipped ('python manage.py scan_models' says why)"
+                             if skipped else ""))
 
     def handle(self, host, port, **options):
         import uvicorn
@@ -33,6 +46,7 @@ class Command(BaseCommand):
         settings.MEDIA_ROOT.mkdir(parents=True, exist_ok=True)
         call_command("migrate", interactive=False, verbosity=0)
         checkpoint = checkpoint_ensure_test_model()
+        self._scan()
         if host not in ("127.0.0.1", "localhost", "::1"):
             self.stderr.write(self.style.WARNING(
                 f"Listening on {host}: the studio is reachable from the network. "
