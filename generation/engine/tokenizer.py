@@ -1,21 +1,12 @@
-"""The CLIP tokenizer of SD 1.x, SD 2.x and both SDXL encoders, built offline from the BPE
-vocabulary that ships inside the open-clip-torch wheel (read as a file: open_clip is not imported)."""
+"""The CLIP tokenizer of SD 1.x, SD 2.x and both SDXL encoders, built offline from CLIP's BPE
+vocabulary, shipped with the package (vocab/README.md says where it comes from)."""
 
 import functools
 import gzip
-import importlib.util
 from pathlib import Path
 
 VOCAB_SIZE = 49408
-
-
-def _bpe_file() -> Path:
-    spec = importlib.util.find_spec("open_clip")
-    if spec is None or not spec.submodule_search_locations:
-        # Installed without its dependencies: only this file is read, and its torchvision would break torch.
-        raise RuntimeError("single-file checkpoints need the CLIP vocabulary from open-clip-torch: "
-                           "pip install --no-deps open-clip-torch==3.3.0")
-    return Path(next(iter(spec.submodule_search_locations))) / "bpe_simple_vocab_16e6.txt.gz"
+BPE_FILE = Path(__file__).parent / "vocab" / "bpe_simple_vocab_16e6.txt.gz"
 
 
 def _byte_symbols() -> list[str]:
@@ -31,7 +22,7 @@ def clip_tokenizer(pad: str = "<|endoftext|>"):
     """A CLIPTokenizer equal to the hub's; SD 2.x and SDXL's second encoder pad with "!"."""
     from transformers import CLIPTokenizer
 
-    lines = gzip.decompress(_bpe_file().read_bytes()).decode("utf-8").split("\n")
+    lines = gzip.decompress(BPE_FILE.read_bytes()).decode("utf-8").split("\n")
     merges = [tuple(line.split()) for line in lines[1:49152 - 256 - 2 + 1]]  # CLIP's 48 894 merges
     symbols = _byte_symbols()
     tokens = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in merges]

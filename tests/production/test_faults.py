@@ -24,9 +24,11 @@ SUBMIT = """
 STATE = """
     SELECT j.status, j.attempts, (SELECT count(*) FROM gallery_image i WHERE i.job_id = j.id),
            (SELECT count(*) FROM generation_creditentry c WHERE c.job_id = j.id AND c.kind = 'charge'),
-           (SELECT count(*) FROM generation_creditentry c WHERE c.job_id = j.id AND c.kind = 'refund')
+           (SELECT count(*) FROM generation_creditentry c WHERE c.job_id = j.id AND c.kind = 'refund'),
+           j.progress_step, j.lease_until < now()
     FROM generation_job j WHERE j.id = %s
 """
+COUNTS = ("status", "attempts", "images", "charges", "refunds")
 
 
 class Workers:
@@ -49,14 +51,15 @@ class Workers:
 
     def state(self, job_id):
         (row,) = self.production.query(STATE, job_id)
-        return dict(zip(("status", "attempts", "images", "charges", "refunds"), row))
+        return dict(zip((*COUNTS, "step", "lease_over"), row))
 
     def wait(self, job_id, condition, timeout=180):
+        """The job's counts once `condition` holds for its state (polled in the database)."""
         deadline = time.monotonic() + timeout
         while not condition(state := self.state(job_id)):
             assert time.monotonic() < deadline, state
             time.sleep(0.3)
-        return state
+        return {k: state[k] for k in COUNTS}
 
     def stop(self):
         for process in self.processes:
@@ -81,10 +84,9 @@ def pool_child(worker) -> int:
 def test_a_pool_process_killed_mid_denoising_is_recovered_once(production, workers):
     worker = workers.start("gpu1")
     job_id = production.script(SUBMIT)
-    workers.wait(job_id, lambda s: s["status"] == "running")
-    time.sleep(1)  # well into denoising
+    workers.wait(job_id, lambda s: s["status"] == "running" and (s["step"] or 0) >= 2)  # into denoising
     os.kill(pool_child(worker), signal.SIGKILL)
-    time.sleep(4)  # the lease (3 s) runs out; no one renews it now (beat would run reap_jobs)
+    workers.wait(job_id, lambda s: s["lease_over"])  # no one renews it now (beat would run reap_jobs)
     production.script("from generation.services.queue import jobs_reap\nprint(json.dumps(jobs_reap()))")
     final = workers.wait(job_id, lambda s: s["status"] not in ("queued", "running"))
     assert final == {"status": "succeeded", "attempts": 2, "images": 1, "charges": 1, "refunds": 0}
