@@ -444,3 +444,14 @@ def esrgan_new_layout(state: dict) -> dict:
         else:
             out[f"{names[int(key.split('.')[1])]}.{key.rsplit('.', 1)[1]}"] = tensor
     return out
+
+
+def stored_picture(image):
+    """A gallery image's stored PNG, opened (its info carries the infotext)."""
+    from django.core.files.storage import default_storage
+    from PIL import Image
+
+    with default_storage.open(image.png.name, "rb") as file:
+        picture = Image.open(file)
+        picture.load()
+    return picture

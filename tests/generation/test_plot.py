@@ -6,7 +6,6 @@ import io
 import json
 
 import pytest
-from django.core.files.storage import default_storage
 from PIL import Image as PILImage
 
 from generation.engine.metadata import parse_parameters
@@ -15,6 +14,7 @@ from generation.models import CreditEntry, Job
 from generation.services.credits import quote_cost
 from generation.services.queue import job_claim
 from generation.services.run import job_run
+from tests.support import stored_picture
 
 pytestmark = pytest.mark.django_db
 
@@ -28,13 +28,6 @@ def test_axis_values_read_lists_and_ranges_as_a1111_does():
     for axis, text in (("Steps", "many"), ("Steps", "5-1 (+1)"), ("CFG Scale", " , ")):
         with pytest.raises(ValueError):
             axis_values(axis, text)
-
-
-def stored(image) -> PILImage.Image:
-    with default_storage.open(image.png.name, "rb") as file:
-        picture = PILImage.open(file)
-        picture.load()
-    return picture
 
 
 def test_a_plot_is_one_job_charged_per_cell_with_a_labelled_grid_linked_to_its_cells(api, alice, client):
@@ -51,12 +44,12 @@ def test_a_plot_is_one_job_charged_per_cell_with_a_labelled_grid_linked_to_its_c
     job.refresh_from_db()
     assert job.status == "succeeded", job.error
     images = list(job.images.order_by("index"))
-    cells = [parse_parameters(stored(image).info["parameters"]) for image in images[:4]]
+    cells = [parse_parameters(stored_picture(image).info["parameters"]) for image in images[:4]]
     assert [(c["prompt"], c["steps"], c["seed"]) for c in cells] == [
         ("a red fox", 2, 7), ("a red fox", 3, 7), ("a red wolf", 2, 7), ("a red wolf", 3, 7)]
     grid = images[4]
     assert grid.width > 2 * 256 and grid.height > 2 * 256  # two by two, with room for the labels
-    text = parse_parameters(stored(grid).info["parameters"])
+    text = parse_parameters(stored_picture(grid).info["parameters"])
     assert (text["Script"], text["X Type"], text["X Values"], text["Y Type"], text["Y Values"]) == (
         "X/Y/Z plot", "Steps", "2, 3", "Prompt S/R", "fox, wolf")
     client.force_login(alice)

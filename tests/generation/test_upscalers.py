@@ -7,7 +7,6 @@ import io
 import json
 
 import pytest
-from django.core.files.storage import default_storage
 from PIL import Image as PILImage
 from rest_framework.test import APIClient
 
@@ -17,7 +16,7 @@ from generation.services.addons import addons_scan
 from generation.services.queue import job_claim
 from generation.services.run import job_run
 from generation.services.submit import Refused, job_submit
-from tests.support import params
+from tests.support import params, stored_picture
 
 pytestmark = pytest.mark.django_db
 
@@ -27,13 +26,6 @@ def run(job) -> Job:
     job.refresh_from_db()
     assert job.status == "succeeded", job.error
     return job
-
-
-def stored(image) -> PILImage.Image:
-    with default_storage.open(image.png.name, "rb") as file:
-        picture = PILImage.open(file)
-        picture.load()
-    return picture
 
 
 def test_the_scan_registers_esrgan_files_and_every_list_offers_them(esrgan_folder, alice, client):
@@ -56,7 +48,7 @@ def test_hires_fix_and_upscale_run_the_model_and_say_so(esrgan_folder, alice, ch
                                                   hr_upscaler="4x-Tiny", hr_second_pass_steps=2)))
     image = job.images.get()
     assert (image.width, image.height) == (384, 384)
-    assert parse_parameters(stored(image).info["parameters"])["Hires upscaler"] == "4x-Tiny"
+    assert parse_parameters(stored_picture(image).info["parameters"])["Hires upscaler"] == "4x-Tiny"
     assert [(a["kind"], a["name"]) for a in job.addons] == [("upscaler", "4x-Tiny")]  # the trace names its file
     client.force_login(alice)
     page = client.get(f"/images/{image.hex_id}/").content.decode()
@@ -64,7 +56,7 @@ def test_hires_fix_and_upscale_run_the_model_and_say_so(esrgan_folder, alice, ch
     client.post(f"/images/{image.hex_id}/upscale/", {"upscale_by": "2", "upscaler": "2x-TinyReal"})
     larger = run(Job.objects.get(upscale_by=2)).images.get()
     assert (larger.width, larger.height) == (768, 768)
-    assert "Postprocess upscaler: 2x-TinyReal" in stored(larger).info["parameters"]
+    assert "Postprocess upscaler: 2x-TinyReal" in stored_picture(larger).info["parameters"]
 
 
 def test_an_unknown_or_gone_upscaler_is_refused_by_name_and_the_sync_extras_send_models_to_jobs(
