@@ -1,5 +1,6 @@
 """The sdweb API, /api/v1/: thin views over the same services as the studio's pages."""
 
+from django.conf import settings
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import generics, parsers, permissions, serializers, status
@@ -25,8 +26,8 @@ from generation.services.audit import audit_refused
 from generation.services.credits import quote_cost
 from generation.services.queue import job_cancel
 from generation.services.submit import Refused, job_submit, settings_problems
-from generation.trace import trace_image
-from sdweb.throttle import client_ip
+from generation.trace import trace_image, verify_image
+from sdweb.throttle import client_ip, over_limit
 
 
 class JobList(generics.ListCreateAPIView):
@@ -223,3 +224,40 @@ class Trace(APIView):
         except ValueError as error:
             field, _, message = str(error).partition(": ")
             raise ValidationError({field: [message]})
+
+
+class Verify(APIView):
+    """Anyone, no account: was this image made here? Upload it (multipart field `image`). The
+    answer says when and with which checkpoint, how sure (the watermark, or likeness alone), its
+    C2PA credentials, and who made it only for an image its owner shared; never a prompt.
+    Throttled per address (SDWEB_VERIFY_PER_WINDOW)."""
+
+    authentication_classes = []
+    permission_classes = [permissions.AllowAny]
+    parser_classes = [parsers.MultiPartParser]
+
+    @extend_schema(request=inline_serializer("VerifyUpload", {"image": serializers.ImageField()}),
+                   responses=inline_serializer("VerifyResult", {
+                       "made_here": serializers.BooleanField(help_text="Whether this studio made it."),
+                       "certainty": serializers.CharField(allow_null=True, help_text=(
+                           "certain (its watermark, matching the picture) or probable (likeness alone).")),
+                       "made_at": serializers.CharField(allow_null=True, help_text="The day it was made."),
+                       "checkpoint": serializers.CharField(allow_null=True, help_text="The checkpoint's name."),
+                       "distance": serializers.IntegerField(allow_null=True, help_text="Bits of 128 that differ."),
+                       "shared": serializers.DictField(allow_null=True, help_text=(
+                           "Only for an image its owner made public: by (their name if they chose to be named) "
+                           "and share_slug (its page: /s/<slug>/).")),
+                       "c2pa": serializers.DictField(help_text="The file's C2PA credentials: present, issuer, "
+                                                     "ai_generated, trusted, problems."),
+                       "message": serializers.CharField(help_text="The answer, in words."),
+                   }))
+    def post(self, request):
+        if over_limit("verify-ip", client_ip(request), settings.SDWEB["VERIFY_PER_WINDOW"]):
+            return Response({"detail": "Too many checks from this address; try again later."}, status=429,
+                            headers={"Retry-After": str(settings.SDWEB["AUTH_WINDOW_SECONDS"])})
+        try:
+            return Response(verify_image(request.FILES.get("image")))
+        except ValueError as error:
+            field, _, message = str(error).partition(": ")
+            raise ValidationError({field: [message]})
+

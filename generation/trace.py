@@ -147,3 +147,38 @@ def _pg_candidates(query: list[Hypothesis]) -> list[tuple]:
         cursor.execute(f"SELECT image_id, phash, whash, width, height FROM {ImageFingerprint._meta.db_table} "
                        f"WHERE {' OR '.join(tests)}", params)
         return cursor.fetchall()
+
+
+def verify_image(upload) -> dict:
+    """The public answer to "was this made here?": when, with which checkpoint, and who made it
+    and where it is shared only for an image its owner made public (their name only if they chose
+    to be named). Never a prompt, a private image's owner or a job; no staff action."""
+    from gallery.selectors import public_name
+
+    traced = _trace(upload)
+    c2pa = traced["read"]["c2pa"]
+    answer = {"made_here": False, "certainty": None, "made_at": None, "checkpoint": None, "distance": None,
+              "shared": None, "c2pa": {k: c2pa[k] for k in ("present", "issuer", "ai_generated", "trusted", "problems")
+                                       if k in c2pa}}
+    if traced["method"] in ("watermark", "similarity"):
+        answer |= {"made_here": True, "made_at": traced["created_at"][:10], "checkpoint": traced["checkpoint"],
+                   "certainty": "certain" if traced["method"] == "watermark" else "probable",
+                   "distance": traced["distance"]}
+        image = Image.objects.select_related("owner__studio_settings").filter(
+            pk=int(traced["image_id"], 16), is_public=True, hidden=False).first()
+        if image is not None:
+            answer["shared"] = {"by": public_name(image) or None, "share_slug": image.share_slug}
+        answer["message"] = (
+            f"Made here on {answer['made_at']} with {answer['checkpoint']}: its watermark says so and the picture "
+            "matches the image it names." if traced["method"] == "watermark" else
+            f"Probably made here: it looks like an image made here on {answer['made_at']} with {answer['checkpoint']} "
+            f"(distance {traced['distance']} of 128 bits), though no watermark of this studio could be read in it.")
+    elif traced["method"] == "metadata":
+        answer["message"] = ("Its file metadata names an image made here, but anyone can write metadata, and neither "
+                             "a watermark nor the picture confirms it.")
+    elif traced["read"]["watermark"] and "copied or forged" in traced.get("message", ""):
+        answer["message"] = ("It carries a watermark of this studio, but the picture doesn't match the image the mark "
+                             "names: the mark was copied onto it. Not made here, as far as this studio can tell.")
+    else:
+        answer["message"] = "No sign of this studio: no watermark of it, and nothing made here looks like it."
+    return answer

@@ -30,7 +30,9 @@ from generation.services.audit import audit_refused
 from generation.services.credits import credits_topup_if_due
 from generation.services.queue import job_cancel as cancel
 from generation.services.submit import Refused, default_size, job_submit, settings_problems
+from generation.trace import verify_image
 from generation.uploads import open_image, png_bytes, read_image
+from sdweb import throttle
 from sdweb.throttle import client_ip
 
 
@@ -375,3 +377,17 @@ def _png_info_fields(found: dict, user) -> tuple[dict, list[str]]:
             fields |= {"cn_model": model.pk, "cn_module": unit.get("Module", "none"),
                        "cn_weight": float(unit.get("Weight", 1))}
     return fields, unused
+
+
+def verify_page(request):
+    """Anyone's "was this made here?" (trace.verify_image), throttled per address."""
+    answer, error = None, ""
+    if request.method == "POST":
+        if throttle.over_limit("verify-ip", client_ip(request), settings.SDWEB["VERIFY_PER_WINDOW"]):
+            return throttle.lockout_response(request)
+        try:
+            answer = verify_image(request.FILES.get("image"))
+        except ValueError as error_:
+            error = str(error_).partition(": ")[2] or str(error_)
+    return render(request, "verify.html", {"answer": answer, "error": error}, status=400 if error else 200)
+

@@ -292,6 +292,7 @@ SDWEB = {
     "AUTH_WINDOW_SECONDS": env_int("SDWEB_AUTH_WINDOW_SECONDS", 900, minimum=1),
     "RESETS_PER_WINDOW": env_int("SDWEB_RESETS_PER_WINDOW", 3, minimum=1),  # password-reset mails per address and per IP
     "REPORTS_PER_WINDOW": env_int("SDWEB_REPORTS_PER_WINDOW", 10, minimum=1),  # image reports per client IP
+    "VERIFY_PER_WINDOW": env_int("SDWEB_VERIFY_PER_WINDOW", 30, minimum=1),  # public verifications per client IP
     # Proxies whose X-Forwarded-For is believed (addresses or networks); empty: none, REMOTE_ADDR is the client.
     "TRUSTED_PROXIES": env_networks("SDWEB_TRUSTED_PROXIES"),
     "MODELS_DIR": Path(env("SDWEB_MODELS_DIR", str(VAR_DIR / "models"))),

@@ -64,6 +64,8 @@ urlpatterns = [
     path("api/v1/credits/ledger/", api.CreditLedger.as_view()),
     path("api/v1/quote/", api.Quote.as_view()),
     path("api/v1/trace", api.Trace.as_view()),
+    path("api/v1/verify", api.Verify.as_view()),
+    path("verify/", generation_views.verify_page, name="verify"),
     path("sdapi/v1/txt2img", a1111.Txt2Img.as_view()),
     path("sdapi/v1/img2img", a1111.Img2Img.as_view()),
     path("sdapi/v1/upscalers", a1111.Upscalers.as_view()),
