@@ -219,8 +219,8 @@ def _load_addons(request, model) -> Addons:
                                  f"{'SDXL' if len(vectors) == 2 else 'SD 1.x/2.x'})")
             embeddings[ref.name] = vectors
             hashes[ref.name] = ref.hash
-    controlnets = [(PIPELINES.get_addon("controlnet", unit.model, model.device,
-                                                 model.dtype), unit) for unit in request.controlnets]
+    controlnets = [(PIPELINES.get_addon("controlnet", unit.model, model.device, model.dtype), unit)
+                   for unit in request.controlnets]
     return Addons(loras, embeddings, hashes, controlnets)
 
 

@@ -87,8 +87,8 @@ def addon_register(*, kind: str, name: str, source: str, config: str = "", progr
     preview = _preview_beside(path)
     addon, _ = AddOn.objects.update_or_create(kind=kind, name=name, owner=None, defaults=dict(
         family=family, source=str(path), stored=False, config=str(config), sha256=sha256, file_size=stat.st_size,
-        file_mtime=stat.st_mtime, scale=scale, trigger_words=trigger_words(path) if kind == AddOn.LORA else "", enabled=True,
-        **({"preview": preview} if preview else {})))
+        file_mtime=stat.st_mtime, scale=scale, trigger_words=trigger_words(path) if kind == AddOn.LORA else "",
+        enabled=True, **({"preview": preview} if preview else {})))
     return addon
 
 
@@ -115,8 +115,9 @@ def _store_preview(image) -> str:
 
 def addons_scan(*, staff=None, progress_for=None) -> tuple[list[AddOn], dict[str, str]]:
     """Register every .safetensors in the LoRA, embeddings, ControlNet and ESRGAN folders (and .pth
-    in ESRGAN's), named by the file name without the extension; library add-ons whose file is gone are disabled. Returns
-    (the add-ons, {file: why it was not registered}); a scan by `staff` is a staff action."""
+    in ESRGAN's), named by the file name without the extension; library add-ons whose file is gone
+    are disabled. Returns (the add-ons, {file: why it was not registered}); a scan by `staff` is a
+    staff action."""
     found, skipped, seen = [], {}, set()
     for kind, setting in FOLDERS.items():
         root = Path(settings.SDWEB[setting])

@@ -303,14 +303,15 @@ def _run_plot(job: Job, watch: Watch) -> PlotResult:
 
 
 def _cell_request(job: Job, cell: dict) -> GenerationRequest:
-    found = {}
+    """A plot cell's engine request: the job's settings with the cell's own, one image."""
+    refs = {}
     for field, model in (("checkpoint", Checkpoint), ("refiner", Checkpoint), ("vae", Vae)):
-        found[field] = cell[field] and model.objects.filter(pk=cell[field], enabled=True).first()
-        if cell[field] and found[field] is None:
+        found = cell[field] and model.objects.filter(pk=cell[field], enabled=True).first()
+        if cell[field] and found is None:
             raise JobError(f"a {field} this plot uses is no longer available")
-    return GenerationRequest(model=found["checkpoint"].model_ref(), refiner=found["refiner"] and found["refiner"].model_ref(),
-                             vae=found["vae"] and found["vae"].model_ref(), **{**job.params(), **cell["params"], "num_images": 1},
-                             **engine_addons(cell["addons"]))
+        refs[field] = found and found.model_ref()
+    return GenerationRequest(model=refs["checkpoint"], refiner=refs["refiner"], vae=refs["vae"],
+                             **{**job.params(), **cell["params"], "num_images": 1}, **engine_addons(cell["addons"]))
 
 
 def _source_parameters(job: Job, size: tuple[int, int]) -> str:
