@@ -4,6 +4,8 @@ import csv
 import io
 import re
 
+from PIL import Image as PILImage
+
 from tests.support import PHONE, balance, generate, screenshot, sign_up, staff_page
 
 # Records, in order, what the live view changes: progress values, preview images, final images.
@@ -114,7 +116,23 @@ def test_3_a_public_image_is_found_by_a_visitor_until_it_is_private_again(new_pa
     visitor.get_by_role("dialog", name="Image").get_by_role("link", name="Open its page").click()
     assert "a shared sunrise over dunes" in visitor.locator(".prompt").inner_text()
     screenshot(visitor, "3-share-page")
-    assert visitor.request.get(file_url).status == 200
+    download = visitor.request.get(file_url)
+    assert download.status == 200
+    copy = io.BytesIO()
+    PILImage.open(io.BytesIO(download.body())).convert("RGB").save(copy, format="JPEG", quality=90)
+    jpeg = {"name": "found.jpg", "mimeType": "image/jpeg", "buffer": copy.getvalue()}
+
+    def verify():  # a visitor asks "was this made here?" about a JPEG copy
+        visitor.get_by_role("link", name="Was an image made here? Verify it").click()
+        visitor.get_by_label("Image").set_input_files(jpeg)
+        visitor.get_by_role("button", name="Check").click()
+        return visitor.locator(".verdict")
+
+    verdict = verify()
+    assert verdict.get_by_role("heading").inner_text() == "Made here"
+    assert verdict.get_by_role("link", name="its page").get_attribute("href") == share_url
+    assert "a shared sunrise" not in verdict.inner_text()  # never the prompt
+    screenshot(visitor, "3-verify")
 
     owner.get_by_role("button", name="Make private").click()
     assert "Private again" in owner.locator(".message").inner_text()
@@ -122,6 +140,8 @@ def test_3_a_public_image_is_found_by_a_visitor_until_it_is_private_again(new_pa
     assert visitor.request.get(file_url).status == 404
     visitor.goto("/explore/")
     assert visitor.locator(f"a[href='{share_url}']").count() == 0
+    verdict = verify()
+    assert "Its maker has not shared it." in verdict.inner_text() and verdict.get_by_role("link").count() == 0
 
 
 def test_4_a_waiting_job_counts_the_running_one_and_cancelling_updates_the_whole_page(new_page):
@@ -654,7 +674,7 @@ def test_16_every_page_has_no_serious_accessibility_problem_in_either_theme(new_
             page.goto(path)
             problems |= {f"{theme} {path}: {p}": True for p in serious_accessibility_problems(page)}
     visitor = new_page()
-    for path in ("/", "/accounts/login/", "/accounts/signup/", "/explore/"):
+    for path in ("/", "/accounts/login/", "/accounts/signup/", "/explore/", "/verify/"):
         visitor.goto(path)
         assert "Test model" not in visitor.locator("body").inner_text()  # the operator's notice is not for visitors
         problems |= {f"visitor {path}: {p}": True for p in serious_accessibility_problems(visitor)}
@@ -672,7 +692,7 @@ def test_17_every_page_fits_a_phone_without_sideways_scrolling(new_page, studio)
     image_page = page.url.replace(studio.base, "")
     wide = {}
     for path in ("/generate/", f"/generate/?job={job}", f"/jobs/{job}/", image_page, "/gallery/", "/explore/",
-                 "/account/", "/addons/", "/jobs/"):
+                 "/account/", "/addons/", "/jobs/", "/verify/"):
         page.goto(path)
         width = page.evaluate("document.documentElement.scrollWidth")
         if width > PHONE["width"]:
