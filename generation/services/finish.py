@@ -31,7 +31,7 @@ from generation.services.credits import credits_refund
 from generation.services.queue import enqueue_job, job_finish_failed, job_requeue
 
 log = logging.getLogger(__name__)
-THUMBNAIL_EDGE = 256
+THUMBNAIL_EDGE = 256  # the short side: the least the watermark needs
 # Settings a finishing process takes from its parent: a test's temporary database and folders too.
 INHERITED = ("DATABASES", "STORAGES", "MEDIA_ROOT", "SDWEB")
 
@@ -78,8 +78,11 @@ def _store(job: Job, work: Finishing, k: int) -> Image:
     picture = work.images[k] = embed_watermark(work.images[k], image_id.to_bytes(8, "big"))
     png = io.BytesIO()
     save_png(picture, png, work.texts[k], f"{image_id:016x}")
-    thumb = picture.copy()
-    thumb.thumbnail((THUMBNAIL_EDGE, THUMBNAIL_EDGE), PILImage.LANCZOS)
+    thumb = picture
+    if min(picture.size) > THUMBNAIL_EDGE:  # its own mark: the picture's is lost shrinking past half
+        scale = THUMBNAIL_EDGE / min(picture.size)
+        thumb = picture.resize([max(THUMBNAIL_EDGE, round(side * scale)) for side in picture.size], PILImage.LANCZOS)
+        thumb = embed_watermark(thumb, image_id.to_bytes(8, "big"))
     webp = io.BytesIO()
     thumb.save(webp, format="WEBP", quality=85)
     names = image_files_save(image_id=image_id, attempt=work.attempt, thumbnail=webp.getvalue(),

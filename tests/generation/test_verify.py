@@ -73,3 +73,15 @@ def test_the_page_answers_a_visitor_and_both_ways_are_throttled_per_address(made
     assert client.post("/verify/", {"image": jpeg_copy(public)}).status_code == 429
     api = APIClient()
     assert api.post("/api/v1/verify", {"image": jpeg_copy(public)}).status_code == 429  # the same address
+
+
+def test_a_thumbnail_carries_the_mark_of_its_image(alice, make_job, monkeypatch):
+    """The picture's own mark does not survive shrinking past half: the thumbnail gets its own."""
+    from generation.engine.watermark import watermark_reading
+
+    monkeypatch.setattr("generation.services.run.generate", photo_generate)
+    for image in make_job(alice, num_images=2, width=1024, height=576).images.all():
+        with image.thumbnail.open("rb") as file:
+            thumb = PILImage.open(io.BytesIO(file.read()))
+        assert min(thumb.size) == 256 and thumb.format == "WEBP"
+        assert watermark_reading(thumb).payload == image.id.to_bytes(8, "big")
