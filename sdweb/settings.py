@@ -221,14 +221,16 @@ else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
 # Celery: the Job table is the queue of record; a message only says "a job is waiting".
-CELERY_BROKER_URL = REDIS_URL or "memory://"
+# The broker: Redis by default in production; RabbitMQ (amqp://...) is supported too.
+CELERY_BROKER_URL = env("SDWEB_BROKER_URL", "") or REDIS_URL or "memory://"
 # A GPU worker runs one job at a time and must not hoard messages; a message comes back if the
 # worker process dies (the claim and lease make a second delivery harmless).
 JOB_TIMEOUT_SECONDS = env_int("SDWEB_JOB_TIMEOUT_SECONDS", 1800, minimum=1)
 CELERY_TASK_SOFT_TIME_LIMIT = JOB_TIMEOUT_SECONDS + 60
 CELERY_TASK_TIME_LIMIT = CELERY_TASK_SOFT_TIME_LIMIT + 120
-CELERY_BROKER_TRANSPORT_OPTIONS = ({"visibility_timeout": 4 * CELERY_TASK_TIME_LIMIT} if REDIS_URL
-                                   else {"polling_interval": 0.01})
+CELERY_BROKER_TRANSPORT_OPTIONS = (
+    {"visibility_timeout": 4 * CELERY_TASK_TIME_LIMIT} if CELERY_BROKER_URL.startswith(("redis://", "rediss://"))
+    else {"polling_interval": 0.01} if CELERY_BROKER_URL == "memory://" else {})
 CELERY_IMPORTS = ("generation.tasks",)
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True

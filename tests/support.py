@@ -161,9 +161,10 @@ POSTGRES = os.environ.get("SDWEB_TEST_POSTGRES", "postgres://postgres@127.0.0.1:
 
 
 REDIS = os.environ.get("SDWEB_TEST_REDIS", "redis://127.0.0.1:6379/7")
+RABBITMQ = os.environ.get("SDWEB_TEST_RABBITMQ", "amqp://guest:guest@127.0.0.1:5672//")
 
 
-def missing_services() -> list[str]:
+def missing_services(broker: str = "") -> list[str]:
     import psycopg
     import redis
 
@@ -176,6 +177,14 @@ def missing_services() -> list[str]:
         redis.Redis.from_url(REDIS, socket_connect_timeout=3).ping()
     except redis.RedisError as error:
         missing.append(f"Redis at {REDIS} ({error.__class__.__name__})")
+    if broker:
+        from kombu import Connection
+
+        try:
+            with Connection(broker, connect_timeout=3) as connection:
+                connection.ensure_connection(max_retries=1)
+        except Exception as error:
+            missing.append(f"the broker at {broker} ({error.__class__.__name__})")
     return missing
 
 
@@ -183,13 +192,14 @@ class Production:
     """A fresh database on the real PostgreSQL, a clean Redis database, and the environment that
     every process of this deployment (web, workers, scripts) runs with."""
 
-    def __init__(self, var_dir: Path, database: str):
+    def __init__(self, var_dir: Path, database: str, broker: str = ""):
         base = POSTGRES.rsplit("/", 1)[0]
         self.env = {**{k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"},
                     "DJANGO_SETTINGS_MODULE": "sdweb.settings",
                     "DATABASE_URL": f"{base}/{database}", "REDIS_URL": REDIS, "SDWEB_VAR_DIR": str(var_dir),
                     "SECRET_KEY": "production-tests-secret", "SDWEB_PREVIEW_INTERVAL": "0",
-                    "SDWEB_ACTIVE_JOB_CAP": "100", "PYTHONUNBUFFERED": "1"}
+                    "SDWEB_ACTIVE_JOB_CAP": "100", "PYTHONUNBUFFERED": "1",
+                    **({"SDWEB_BROKER_URL": broker} if broker else {})}
 
     def web(self, port: int, log) -> subprocess.Popen:
         """The ASGI web process (pages, API, websockets) as deployed."""

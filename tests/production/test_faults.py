@@ -75,13 +75,22 @@ def workers(production):
     workers.stop()
 
 
+@pytest.fixture
+def stack(any_broker):
+    """The deployment and its workers on each supported broker."""
+    workers = Workers(any_broker)
+    yield any_broker, workers
+    workers.stop()
+
+
 def pool_child(worker) -> int:
     children = subprocess.run(["pgrep", "-P", str(worker.pid)], capture_output=True, text=True).stdout.split()
     assert children, "the worker has no pool process"
     return int(children[0])
 
 
-def test_a_pool_process_killed_mid_denoising_is_recovered_once(production, workers):
+def test_a_pool_process_killed_mid_denoising_is_recovered_once(stack):
+    production, workers = stack
     worker = workers.start("gpu1")
     job_id = production.script(SUBMIT)
     workers.wait(job_id, lambda s: s["status"] == "running" and (s["step"] or 0) >= 2)  # into denoising
@@ -92,7 +101,8 @@ def test_a_pool_process_killed_mid_denoising_is_recovered_once(production, worke
     assert final == {"status": "succeeded", "attempts": 2, "images": 1, "charges": 1, "refunds": 0}
 
 
-def test_a_whole_worker_killed_mid_job_is_finished_by_another(production, workers):
+def test_a_whole_worker_killed_mid_job_is_finished_by_another(stack):
+    production, workers = stack
     first = workers.start("gpu1")
     job_id = production.script(SUBMIT)
     workers.wait(job_id, lambda s: s["status"] == "running")

@@ -15,7 +15,8 @@ STATE = """
 """
 
 
-def test_restarting_web_and_worker_mid_job_loses_nothing(production):
+def test_restarting_web_and_worker_mid_job_loses_nothing(any_broker):
+    production = any_broker
     production.script("from generation.services.checkpoints import checkpoint_ensure_test_model\n"
                       "checkpoint_ensure_test_model()\nprint('{}')")
     port, log = free_port(), open(production.env["SDWEB_VAR_DIR"] + "/restarts.log", "a")
