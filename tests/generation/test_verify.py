@@ -85,3 +85,33 @@ def test_a_thumbnail_carries_the_mark_of_its_image(alice, make_job, monkeypatch)
             thumb = PILImage.open(io.BytesIO(file.read()))
         assert min(thumb.size) == 256 and thumb.format == "WEBP"
         assert watermark_reading(thumb).payload == image.id.to_bytes(8, "big")
+
+
+def test_every_way_out_carries_the_mark_of_the_image_it_is(alice, client, make_job, monkeypatch):
+    """The original (and its API download), the thumbnail, a larger copy and a plot's grid."""
+    from generation.engine.watermark import watermark_reading
+    from generation.models import Job
+    from generation.services.queue import job_claim
+    from generation.services.run import job_run
+    from generation.services.submit import job_submit
+
+    def mark(file_field) -> bytes:
+        with file_field.open("rb") as file:
+            return watermark_reading(PILImage.open(io.BytesIO(file.read()))).payload
+
+    monkeypatch.setattr("generation.services.run.generate", photo_generate)
+    image = make_job(alice, num_images=1, width=512, height=512).images.get()
+    client.force_login(alice)
+    download = client.get(f"/images/{image.hex_id}.png?download=1")
+    assert watermark_reading(PILImage.open(io.BytesIO(b"".join(download.streaming_content)))).payload == (
+        image.id.to_bytes(8, "big"))
+    client.post(f"/images/{image.hex_id}/upscale/", {"upscale_by": "2", "upscaler": "Lanczos"})
+    job_run(job_claim())
+    larger = Job.objects.get(upscale_by=2).images.get()
+    plot = job_submit(user=alice, params={"prompt": "a red fox", "checkpoint": image.job.checkpoint, "width": 256,
+                                          "height": 256, "steps": 2, "plot": {"x": {"type": "CFG Scale",
+                                                                                     "values": "4, 8"}}})
+    job_run(job_claim())
+    grid = plot.images.order_by("index").last()
+    for made in (image, larger, grid):
+        assert mark(made.png) == mark(made.thumbnail) == made.id.to_bytes(8, "big")
