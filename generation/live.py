@@ -18,6 +18,7 @@ ENDINGS = ("finished", "failed", "cancelled")
 _server_loop: asyncio.AbstractEventLoop | None = None
 _collecting = threading.local()  # .events: this thread's events, sent by its caller (collected())
 _outbox: queue.Queue = queue.Queue(maxsize=1000)  # previews on their way, sent by one thread
+_relay = None  # the embedded worker process's queue to the web process (sdweb.embedded)
 log = logging.getLogger(__name__)
 
 
@@ -28,6 +29,13 @@ def use_event_loop(loop: asyncio.AbstractEventLoop | None) -> None:
     _server_loop = loop
 
 
+def relay_to(events) -> None:
+    """In the embedded worker process: hand every event to the web process, whose in-memory channel
+    layer the pages listen on."""
+    global _relay
+    _relay = events
+
+
 def group_name(job_id) -> str:
     return f"job-{str(job_id).replace('-', '')}"
 
@@ -35,6 +43,9 @@ def group_name(job_id) -> str:
 def job_event(job_id, event: dict) -> None:
     if getattr(_collecting, "events", None) is not None:
         _collecting.events.append((job_id, event))
+        return
+    if _relay is not None:
+        _relay.put((job_id, event))
         return
     layer = get_channel_layer()
     message = {"type": "job.event", "event": event}
@@ -49,7 +60,7 @@ def job_event_soon(job_id, event: dict) -> None:
     """job_event without waiting for the channel layer (a send to Redis takes milliseconds): the
     denoising thread hands previews to one sender thread. A preview that finds the outbox full is
     dropped; the next one is newer anyway."""
-    if _server_loop is not None and _server_loop.is_running():
+    if _relay is not None or _server_loop is not None and _server_loop.is_running():
         job_event(job_id, event)  # already without waiting
         return
     if not _sender.is_alive():

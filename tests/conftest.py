@@ -68,7 +68,7 @@ def fresh_cache():
 def worker(checkpoint):
     """The embedded Celery worker thread, as `manage.py up` runs it (needs committed data:
     use it with transactional tests)."""
-    from sdweb.management.commands.up import start_worker_thread
+    from sdweb.embedded import start_worker_thread
 
     worker = start_worker_thread()
     yield worker

@@ -1,7 +1,9 @@
 """Registering checkpoints: single .safetensors files (told apart by their tensor names, hashed
 once), diffusers folders and Hugging Face ids; and the models folder an operator drops files into."""
 
+import concurrent.futures
 import json
+import multiprocessing
 from pathlib import Path
 
 from django.conf import settings
@@ -134,5 +136,8 @@ def checkpoint_ensure_test_model() -> Checkpoint:
     """Build the built-in test model if it is missing and register it."""
     folder = settings.SDWEB["MODELS_DIR"] / TEST_MODEL_NAME
     if not (folder / "model_index.json").is_file():
-        make_test_model(folder)
+        # Built in a process of its own: a web process (manage.py up's) never loads torch.
+        spawn = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(1, mp_context=spawn) as builder:
+            builder.submit(make_test_model, folder).result()
     return checkpoint_register(name=TEST_MODEL_NAME, source=str(folder), is_test_model=True)

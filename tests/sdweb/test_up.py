@@ -58,3 +58,39 @@ def test_up_listens_on_localhost_unless_told_and_warns_when_told(studio):
     log = (studio.var_dir / "up.log").read_text()
     assert f"http://127.0.0.1:{studio.port}/" in log and "createsuperuser" in log
     assert studio.stop() == 0
+
+
+def test_up_runs_torch_in_a_worker_process_of_its_own_and_its_previews_reach_the_page(studio):
+    import json
+    from pathlib import Path
+
+    import psutil
+    from websockets.sync.client import connect
+
+    studio.start()
+    browser = Browser(studio.base)
+    _, page = browser.post("/accounts/signup/", {"username": "erin", "password1": "a-long-pass-123",
+                                                 "password2": "a-long-pass-123"})
+    checkpoint = re.search(r'<option value="(\d+)" selected>sdweb-test-tiny', page).group(1)
+    url, _ = browser.post("/generate/", {"prompt": "a lighthouse", "checkpoint": checkpoint, "width": 256,
+                                         "height": 256, "steps": 30, "guidance_scale": 7, "scheduler": "Euler a",
+                                         "seed": 5, "num_images": 1})
+    job_id = url.split("job=")[1]
+    events = []
+    with connect(f"ws://127.0.0.1:{studio.port}/ws/jobs/{job_id}/", open_timeout=30,
+                 additional_headers={"Cookie": f"sessionid={browser.cookie('sessionid')}",
+                                     "Origin": studio.base}) as socket:
+        while not events or events[-1]["type"] not in ("finished", "failed"):
+            events.append(json.loads(socket.recv(timeout=120)))
+    assert events[-1]["type"] == "finished"
+    previews = [e for e in events if e["type"] == "progress" and e.get("preview")]
+    assert previews and previews[-1]["step"] == 30  # the last step's preview always comes
+
+    def torch_loaded(process):
+        return any("libtorch" in Path(m.path).name for m in process.memory_maps())
+
+    web = psutil.Process(studio.process.pid)
+    workers = [child for child in web.children() if torch_loaded(child)]
+    assert len(workers) == 1 and not torch_loaded(web)
+    assert studio.stop() == 0
+    assert not workers[0].is_running()

@@ -1,29 +1,26 @@
 """python manage.py up: the whole studio in one process, with no services to install.
 
-An ASGI server (uvicorn) for pages and websockets, a Celery worker thread on the in-memory broker,
-the in-memory channel layer and SQLite: the same tasks, consumers and services as production.
+An ASGI server (uvicorn) for pages and websockets and the in-memory channel layer in this process,
+a Celery worker in a process of its own (sdweb.embedded), SQLite: the same tasks, consumers and
+services as production.
 """
 
 import asyncio
-import threading
-import time
 
 from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand
 
 from generation import live
-from generation.models import Job
 from generation.services.addons import addons_scan
 from generation.services.checkpoints import checkpoint_ensure_test_model, checkpoints_scan
 from generation.services.queue import enqueue_job, jobs_recover_orphans
-from generation.services.run import SHUTTING_DOWN
-from sdweb.celery import app
+from sdweb.embedded import WorkerProcess
 from sdweb.management.commands.add_model import hash_progress
 
 
 class Command(BaseCommand):
-    help = ("Start the studio on http://127.0.0.1:8000 (web, websockets and a GPU/CPU worker in one process); "
+    help = ("Start the studio on http://127.0.0.1:8000 (web and websockets, and a GPU/CPU worker in a process of its own); "
             "files copied into the models folders are registered first.")
 
     def add_arguments(self, parser):
@@ -54,7 +51,8 @@ class Command(BaseCommand):
             if host not in ("0.0.0.0", "::"):
                 settings.ALLOWED_HOSTS.append(host)
         waiting = jobs_recover_orphans()
-        worker = start_worker_thread()
+        worker = WorkerProcess(settings.VAR_DIR / "broker")
+        worker.start()
         for _ in range(waiting):
             enqueue_job()
 
@@ -80,35 +78,6 @@ class Command(BaseCommand):
             pass  # uvicorn hands Ctrl-C back once it has shut down cleanly
         finally:
             live.use_event_loop(None)
-            stop_worker(worker)
+            worker.stop()
             self.stdout.write("Stopped. Unfinished jobs resume at the next start.")
 
-
-def start_worker_thread():
-    import warnings
-
-    # Root is the usual user in a container; the worker here runs no code that others send.
-    warnings.filterwarnings("ignore", message="You're running the worker with superuser privileges")
-    worker = app.Worker(pool="solo", concurrency=1, loglevel="WARNING", quiet=True, without_heartbeat=True,
-                        without_mingle=True, without_gossip=True, hostname="embedded@sdweb")
-    def start():
-        from generation.services.run import FINISHER, engine_warm_up  # SDWEB_COMPILE: compiled before the first job
-
-        FINISHER.start()
-        engine_warm_up()
-        worker.start()
-
-    threading.Thread(target=start, name="celery-worker", daemon=True).start()
-    return worker
-
-
-def stop_worker(worker, wait_seconds: float = 10) -> None:
-    """A running job notices within one step, goes back to the queue, and the worker stops."""
-    SHUTTING_DOWN.set()
-    deadline = time.monotonic() + wait_seconds
-    while Job.objects.filter(status=Job.RUNNING).exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    worker.stop(in_sighandler=False)
-    from generation.services.finish import FINISHER
-
-    FINISHER.close(timeout=max(0.0, deadline - time.monotonic()))

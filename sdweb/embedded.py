@@ -1,0 +1,118 @@
+"""The embedded studio's worker (`manage.py up`): the Celery worker production runs, in a process of
+its own, so torch's threads never starve the web's. Two processes share no memory: Celery's
+messages go through a folder (kombu's filesystem transport), and the worker's job events come back
+through a queue to the web process, which sends them on its in-memory channel layer. Tests run the
+same worker as a thread of their own process (start_worker_thread). No model is imported at the top:
+a spawned worker process imports this module before Django is set up."""
+
+import logging
+import multiprocessing
+import shutil
+import signal
+import threading
+import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+PROCESS_NAME = "sdweb-worker"
+
+
+def use_folder_broker(folder: Path) -> None:
+    """Celery's messages as files in `folder`, polled every 10 ms (the in-memory broker is per process)."""
+    from sdweb.celery import app
+
+    app.conf.broker_url = "filesystem://"
+    app.conf.broker_transport_options = {"data_folder_in": str(folder), "data_folder_out": str(folder),
+                                         "control_folder": str(folder / "control"), "polling_interval": 0.01}
+
+
+class WorkerProcess:
+    """The web process's handle on its worker: starts it, relays its job events, stops it."""
+
+    def __init__(self, folder: Path):
+        shutil.rmtree(folder, ignore_errors=True)  # a stopped run's messages: its jobs are queued again at start
+        (folder / "control").mkdir(parents=True)
+        use_folder_broker(folder)
+        spawn = multiprocessing.get_context("spawn")
+        self.control, theirs = spawn.Pipe()
+        self.events = spawn.Queue()  # put() never blocks the denoising thread: a feeder thread writes
+        self.process = spawn.Process(target=worker_process_main, args=(folder, theirs, self.events), name=PROCESS_NAME)
+
+    def start(self) -> None:
+        self.process.start()
+        threading.Thread(target=self._relay, name="worker-events", daemon=True).start()
+
+    def _relay(self) -> None:
+        from generation import live
+
+        while (item := self.events.get()) is not None:
+            try:
+                live.job_event(*item)
+            except Exception:
+                log.exception("an event of job %s was not sent", item[0])
+
+    def stop(self, timeout: float = 60) -> None:
+        """The worker sends its running jobs back to the queue, finishes what it made, and ends."""
+        try:
+            self.control.send("stop")
+        except OSError:
+            pass  # it is gone already
+        self.process.join(timeout)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+        self.events.put(None)
+
+
+def worker_process_main(folder: Path, control, events) -> None:
+    # Ctrl-C reaches every process of the terminal's group: the web process decides when this one stops.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    import django
+
+    django.setup()
+    from generation import live
+
+    use_folder_broker(folder)
+    live.relay_to(events)
+    worker = start_worker_thread()
+    try:
+        control.recv()
+    except EOFError:
+        pass  # the web process died: stop as if told to
+    stop_worker(worker)
+
+
+def start_worker_thread():
+    """The Celery worker, solo pool, on a thread of this process."""
+    import warnings
+
+    from sdweb.celery import app
+
+    # Root is the usual user in a container; the worker here runs no code that others send.
+    warnings.filterwarnings("ignore", message="You're running the worker with superuser privileges")
+    worker = app.Worker(pool="solo", concurrency=1, loglevel="WARNING", quiet=True, without_heartbeat=True,
+                        without_mingle=True, without_gossip=True, hostname="embedded@sdweb")
+
+    def start():
+        from generation.services.run import FINISHER, engine_warm_up  # SDWEB_COMPILE: compiled before the first job
+
+        FINISHER.start()
+        engine_warm_up()
+        worker.start()
+
+    threading.Thread(target=start, name="celery-worker", daemon=True).start()
+    return worker
+
+
+def stop_worker(worker, wait_seconds: float = 10) -> None:
+    """A running job notices within one step, goes back to the queue, and the worker stops."""
+    from generation.models import Job
+    from generation.services.finish import FINISHER
+    from generation.services.run import SHUTTING_DOWN
+
+    SHUTTING_DOWN.set()
+    deadline = time.monotonic() + wait_seconds
+    while Job.objects.filter(status=Job.RUNNING).exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    worker.stop(in_sighandler=False)
+    FINISHER.close(timeout=max(0.0, deadline - time.monotonic()))
