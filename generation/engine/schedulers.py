@@ -76,6 +76,8 @@ def make_scheduler(name: str, base_config, seeds: list[int]):
 
     spec = scheduler_spec(name)
     cls = getattr(diffusers, spec.class_name)
+    if spec.class_name == "EulerAncestralDiscreteScheduler":
+        from .noise import EulerAncestralNoiseAhead as cls
     options = dict(spec.options)
     if spec.class_name == "DPMSolverSDEScheduler":
         # One Brownian tree per image, seeded like its latents: reproducible, batch-consistent.

@@ -1,0 +1,53 @@
+"""Euler a with its per-step noise made ahead. Each image's noise comes from its own CPU generator
+(the seeds A1111 users share reproduce across machines); made step by step, every step would copy
+it to the GPU with a blocking copy, a stream sync that makes the host wait for the GPU and then
+the GPU for the host. Here, at the first step, each generator draws the noise of every step left
+in the order the steps would have drawn it (so the images are the same), and it moves to the
+device in one non-blocking copy."""
+
+import diffusers.schedulers.scheduling_euler_ancestral_discrete as euler_ancestral
+import torch
+from diffusers import EulerAncestralDiscreteScheduler
+from diffusers.utils import torch_utils
+
+
+class NoiseMadeAhead:
+    """Passed to the scheduler's step in place of its generators: the noise that step draws."""
+
+    def __init__(self, tensor: torch.Tensor):
+        self.tensor = tensor
+
+
+def _step_noise(shape, generator=None, **options):
+    if isinstance(generator, NoiseMadeAhead):
+        return generator.tensor
+    return torch_utils.randn_tensor(shape, generator=generator, **options)
+
+
+# diffusers' Euler a draws its noise through this module-level name; anything but noise made ahead
+# goes on to diffusers' own function unchanged.
+euler_ancestral.randn_tensor = _step_noise
+
+
+class EulerAncestralNoiseAhead(EulerAncestralDiscreteScheduler):
+    ahead: torch.Tensor | None = None  # (steps left, batch, ...) on the device
+
+    def step(self, model_output, timestep, sample, generator=None, return_dict=True):
+        if isinstance(generator, list) and all(g.device.type == "cpu" for g in generator):
+            if self.step_index is None:
+                self._init_step_index(timestep)
+            if self.ahead is None:
+                self.first = self.step_index
+                self.ahead = self._draw(generator, model_output, len(self.timesteps) - self.step_index)
+            generator = NoiseMadeAhead(self.ahead[self.step_index - self.first])
+        return super().step(model_output, timestep, sample, generator=generator, return_dict=return_dict)
+
+    @staticmethod
+    def _draw(generators, model_output, steps: int) -> torch.Tensor:
+        one = (1, *model_output.shape[1:])
+        per_image = [torch.cat([torch.randn(one, generator=g, dtype=model_output.dtype) for _ in range(steps)])
+                     for g in generators]
+        noise = torch.stack(per_image, dim=1)  # (steps, batch, ...)
+        if model_output.device.type == "cuda":
+            return noise.pin_memory().to(model_output.device, non_blocking=True)
+        return noise.to(model_output.device)
