@@ -39,23 +39,26 @@ def queue_position(job: Job) -> int:
 def queue_wait(job: Job) -> dict:
     """What a queued job's page shows: jobs ahead (queued and running) and an ETA in seconds. From
     the last 20 jobs: the time between job ends (the studio's throughput, whatever its workers) and
-    how many jobs shared a run. Runs end every `each x shared` seconds and each takes `shared` of the
-    queued jobs ahead, so this one starts after the runs that take them, plus half of the one now
-    running. While too few jobs ended lately: the median job time over the running jobs."""
-    running = Job.objects.filter(status=Job.RUNNING).count()
+    how many jobs shared a run. A run starts every `each x shared` seconds and takes `shared` of the
+    queued jobs ahead, so this one starts when the run now going is done (measured from when it
+    started) and the runs that take the jobs ahead of it are done too. While too few jobs ended
+    lately: the median job time over the running jobs."""
+    running = Job.objects.filter(status=Job.RUNNING)
     queued_before = queue_position(job)
-    ahead = queued_before + running
+    ahead = queued_before + running.count()
     recent = list(Job.objects.filter(status=Job.SUCCEEDED, started_at__isnull=False, finished_at__gte=timezone.now()
                                      - timedelta(minutes=10)).order_by("-finished_at").values_list(
         "started_at", "finished_at", "batch_size")[:20])
     if len(recent) >= 5 and recent[0][1] > recent[-1][1]:
         each = (recent[0][1] - recent[-1][1]).total_seconds() / (len(recent) - 1)
         shared = len(recent) / sum(1 / size for _, _, size in recent)  # jobs per run
-        runs = queued_before // shared + (0.5 if running else 0)
-        return {"position": ahead, "eta": round(runs * each * shared, 1)}
+        run = each * shared
+        oldest = running.aggregate(started=Min("started_at"))["started"]
+        now_going = max(0.0, run - (timezone.now() - oldest).total_seconds()) if oldest else 0.0
+        return {"position": ahead, "eta": round(now_going + queued_before // shared * run, 1)}
     durations = [(finished - started).total_seconds() for started, finished, _ in recent]
     # The running jobs hold the workers: the queue drains about `running` jobs per typical job time.
-    eta = round(ahead * statistics.median(durations) / max(1, running), 1) if durations else None
+    eta = round(ahead * statistics.median(durations) / max(1, ahead - queued_before), 1) if durations else None
     return {"position": ahead, "eta": eta}
 
 

@@ -194,6 +194,35 @@ def test_a_waiting_job_counts_the_running_jobs_ahead_and_gets_an_eta_from_recent
     assert state["position"] == 1 and state["eta"] == pytest.approx(took, abs=0.1)
 
 
+def test_the_eta_counts_what_is_left_of_the_run_now_going_and_the_runs_ahead(alice, carol, checkpoint):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from generation.presenters import job_state
+    from generation.services.submit import job_submit
+
+    params = {"prompt": "x", "checkpoint": checkpoint, "width": 256, "height": 256, "steps": 2, "num_images": 1}
+    now = timezone.now()
+    for k in range(6):  # a run of two jobs every 4 s lately: 2 s between job ends
+        done = job_submit(user=alice, params=params)
+        Job.objects.filter(pk=done.pk).update(status="succeeded", started_at=now - timedelta(seconds=14 - 2 * k),
+                                              finished_at=now - timedelta(seconds=12 - 2 * k), batch_size=2)
+    going = job_submit(user=carol, params=params)
+    ahead = [job_submit(user=carol, params=params) for _ in range(2)]
+    mine = job_submit(user=alice, params=params)
+
+    def started(seconds_ago):
+        Job.objects.filter(pk=going.pk).update(status="running", started_at=timezone.now() - timedelta(seconds=seconds_ago))
+
+    started(1)
+    assert job_state(ahead[0])["eta"] == pytest.approx(3, abs=0.2)  # the next run, once this one is done
+    assert job_state(mine)["eta"] == pytest.approx(3 + 4, abs=0.2)  # the run after: carol's two go first
+    started(2.5)  # time passes while they wait: the estimates come down with it
+    assert job_state(ahead[0])["eta"] == pytest.approx(1.5, abs=0.2)
+    assert job_state(mine)["eta"] == pytest.approx(1.5 + 4, abs=0.2)
+
+
 def test_a_reconnecting_page_gets_the_current_state_first(client, checkpoint):
     alice = User.objects.create_user("alice", password="pw-alice-123")
     job = submit(client, alice, checkpoint, steps=3)
