@@ -7,21 +7,44 @@ a spawned worker process imports this module before Django is set up."""
 
 import logging
 import multiprocessing
+import os
 import shutil
 import signal
 import threading
 import time
+import uuid
 from pathlib import Path
+
+from kombu.transport import TRANSPORT_ALIASES, filesystem
+from kombu.utils.json import dumps
 
 log = logging.getLogger(__name__)
 PROCESS_NAME = "sdweb-worker"
+
+
+class FolderChannel(filesystem.Channel):
+    def _put(self, queue, payload, **kwargs):
+        # kombu's own writes the file in place, so the reader may take it half-written (an empty
+        # file, a JSONDecodeError that stops the worker); written aside and renamed, it appears whole.
+        name = f"{round(time.monotonic() * 1000)}_{uuid.uuid4()}.{queue}.msg"
+        aside = os.path.join(self.data_folder_out, "incoming", name)
+        with open(aside, "w") as file:
+            file.write(dumps(payload))
+        os.replace(aside, os.path.join(self.data_folder_out, name))
+
+
+class FolderTransport(filesystem.Transport):
+    Channel = FolderChannel
+
+
+TRANSPORT_ALIASES["sdwebfolder"] = "sdweb.embedded:FolderTransport"
 
 
 def use_folder_broker(folder: Path) -> None:
     """Celery's messages as files in `folder`, polled every 10 ms (the in-memory broker is per process)."""
     from sdweb.celery import app
 
-    app.conf.broker_url = "filesystem://"
+    app.conf.broker_url = "sdwebfolder://"
     app.conf.broker_transport_options = {"data_folder_in": str(folder), "data_folder_out": str(folder),
                                          "control_folder": str(folder / "control"), "polling_interval": 0.01}
 
@@ -32,6 +55,7 @@ class WorkerProcess:
     def __init__(self, folder: Path):
         shutil.rmtree(folder, ignore_errors=True)  # a stopped run's messages: its jobs are queued again at start
         (folder / "control").mkdir(parents=True)
+        (folder / "incoming").mkdir()
         use_folder_broker(folder)
         spawn = multiprocessing.get_context("spawn")
         self.control, theirs = spawn.Pipe()
