@@ -1,7 +1,8 @@
 """One settings module: every setting comes from the environment with a safe default.
 
-Unset, sdweb runs embedded: SQLite, Celery on an in-memory broker with a worker thread, the
-in-memory channel layer, media in a local folder, the built-in test model. The README lists
+Unset, sdweb runs embedded: SQLite, Celery with its worker in a process of its own (sdweb.embedded;
+messages through a folder; tests run it as a thread on the in-memory broker), the in-memory channel
+layer, media in a local folder, the built-in test model. The README lists
 every variable.
 """
 
@@ -154,7 +155,7 @@ TEMPLATES = [
 ASGI_APPLICATION = "sdweb.asgi.application"
 DATABASES = {"default": database_from_url(env("DATABASE_URL", f"sqlite:///{VAR_DIR / 'sdweb.sqlite3'}"))}
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
-    # The web thread and the worker thread share the file: wait for a lock rather than fail.
+    # The web and the worker (threads or processes) share the file: wait for a lock rather than fail.
     DATABASES["default"]["OPTIONS"] = {"timeout": 30, "transaction_mode": "IMMEDIATE"}
     if DATABASES["default"]["NAME"] not in ("", ":memory:"):
         # Password hashes live in it: readable by the studio's own user only (SQLite's journal
@@ -163,6 +164,8 @@ if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
         database_file.parent.mkdir(parents=True, exist_ok=True)
         database_file.touch(mode=0o600)
         database_file.chmod(0o600)
+        # Write-ahead log: the web's reads and the worker process's writes don't wait for each other.
+        DATABASES["default"]["OPTIONS"]["init_command"] = "PRAGMA journal_mode=WAL"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 USE_TZ = True
 TIME_ZONE = "UTC"

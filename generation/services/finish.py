@@ -117,8 +117,10 @@ def _publish(job: Job, work: Finishing, images: list[Image], prints: list[ImageF
 
 
 class Finisher:
-    """The worker's finishing pool. At most twice as many jobs wait for it as it has processes:
-    past that the denoiser waits, since the CPU is then what limits the worker."""
+    """The worker's finishing pool. At most two full runs per process wait for it (a run hands
+    over up to SDWEB_BATCH_MAX jobs at once: a smaller bound would make the denoiser wait for the
+    last run's jobs every run); past that the denoiser waits, since the CPU is then what limits the
+    worker."""
 
     def __init__(self):
         self.pool, self.lock = None, threading.Lock()
@@ -134,7 +136,8 @@ class Finisher:
         if not processes:
             _send(job_finish(work))
             return
-        concurrent.futures.wait(self.pending.copy() if len(self.pending) >= 2 * processes else (),
+        backlog = 2 * processes * (settings.SDWEB["BATCH_MAX"] or 8)
+        concurrent.futures.wait(self.pending.copy() if len(self.pending) >= backlog else (),
                                 return_when=concurrent.futures.FIRST_COMPLETED)
         future = self._pool().submit(job_finish, work)
         self.pending.add(future)
