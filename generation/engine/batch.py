@@ -16,7 +16,7 @@ from .loading import PIPELINES, load_pipeline
 from .pipelines import pipeline_for_run
 from .previews import PreviewMaker, PreviewSettings, PreviewThrottle, load_taesd
 from .request import GenerationRequest, batch_key
-from .run import GenerationCancelled, _check_roles, _encode, _load_addons, checked_result, decode
+from .run import GenerationCancelled, _check_roles, _encode, _encode_many, _load_addons, checked_result, decode
 
 
 def generate_batch(requests: list[GenerationRequest], *, on_preview=None, should_cancel=None, watermark_payloads=None,
@@ -58,12 +58,16 @@ def generate_batch(requests: list[GenerationRequest], *, on_preview=None, should
                                  preview and preview.taesd and on_preview) else None, blur=checker is not None)
     with applied_loras(model.pipe, addons[live[0]].loras):
         tick = time.perf_counter()
-        embeds = {}
-        for k in live:
-            try:
-                embeds[k] = _encode(model.pipe, model, requests[k], addons[k].embeddings)
-            except Exception as error:
-                outcomes[k] = error
+        try:
+            embeds = dict(zip(live, _encode_many(model.pipe, model, [requests[k] for k in live],
+                                                 [addons[k].embeddings for k in live])))
+        except Exception:  # one job's prompt or embedding: each alone, so the error stays that job's own
+            embeds = {}
+            for k in live:
+                try:
+                    embeds[k] = _encode(model.pipe, model, requests[k], addons[k].embeddings)
+                except Exception as error:
+                    outcomes[k] = error
         timings["text_encode"] = time.perf_counter() - tick
         tick = time.perf_counter()
         try:

@@ -270,10 +270,15 @@ def encode_prompts(tokenizer, text_encoder, prompt: str, negative_prompt: str, d
     """SD 1.x/2.x: (prompt_embeds, negative_prompt_embeds), each (1, 77 * chunks, dim). `clip_skip`
     n takes the n-th last layer (then the final norm), as A1111 does for SD 1.x. `embeddings`
     {name: {vector width: vectors}} are textual inversions the prompts may name."""
+    return encode_prompts_many(tokenizer, text_encoder, [(prompt, negative_prompt, embeddings)], device,
+                               clip_skip=clip_skip)[0]
+
+
+def encode_prompts_many(tokenizer, text_encoder, pairs: list[tuple], device, *, clip_skip: int = 1) -> list[tuple]:
+    """encode_prompts for each (prompt, negative prompt, embeddings) of `pairs`, in one forward pass."""
     layer = None if clip_skip == 1 else -clip_skip
-    (positive, _), (negative, _) = _encode_pair([(tokenizer, text_encoder, layer)], prompt, negative_prompt, device,
-                                                embeddings)
-    return positive, negative
+    return [(positive, negative) for (positive, _), (negative, _) in
+            _encode_pairs([(tokenizer, text_encoder, layer)], pairs, device)]
 
 
 def encode_prompts_xl(encoders, prompt: str, negative_prompt: str, device, *, embeddings: dict | None = None) -> tuple:
@@ -281,32 +286,46 @@ def encode_prompts_xl(encoders, prompt: str, negative_prompt: str, device, *, em
     Each encoder reads the same chunks and gives its penultimate layer, concatenated; the pooled
     embedding is the last encoder's, of the first chunk. An empty negative prompt is zeros, as
     SDXL was trained and A1111 runs it. Returns (embeds, negative_embeds, pooled, negative_pooled)."""
+    return encode_prompts_xl_many(encoders, [(prompt, negative_prompt, embeddings)], device)[0]
+
+
+def encode_prompts_xl_many(encoders, pairs: list[tuple], device) -> list[tuple]:
+    """encode_prompts_xl for each (prompt, negative prompt, embeddings) of `pairs`, in one forward
+    pass per encoder."""
     import torch
 
-    (positive, pooled), (negative, negative_pooled) = _encode_pair(
-        [(tokenizer, encoder, -2) for tokenizer, encoder in encoders], prompt, negative_prompt, device, embeddings)
-    if not negative_prompt:
-        negative, negative_pooled = torch.zeros_like(negative), torch.zeros_like(negative_pooled)
-    return positive, negative, pooled, negative_pooled
+    encoded = []
+    for (_, negative_prompt, _), ((positive, pooled), (negative, negative_pooled)) in zip(
+            pairs, _encode_pairs([(tokenizer, encoder, -2) for tokenizer, encoder in encoders], pairs, device)):
+        if not negative_prompt:
+            negative, negative_pooled = torch.zeros_like(negative), torch.zeros_like(negative_pooled)
+        encoded.append((positive, negative, pooled, negative_pooled))
+    return encoded
 
 
-def _encode_pair(encoders, prompt: str, negative_prompt: str, device, embeddings=None) -> tuple:
-    """[(embeds, pooled) of the prompt, (embeds, pooled) of the negative prompt]."""
+def _encode_pairs(encoders, pairs: list[tuple], device) -> list:
+    """_encode_pair for each (prompt, negative prompt, embeddings) of `pairs` (the jobs of a run),
+    every text of every pair through each encoder in one forward pass: one launch of the encoder
+    for the run, not two per job."""
     import torch
 
-    results = {text: ([], None) for text in (prompt, negative_prompt)}  # one pass when they are the same
+    results = [{text: [] for text in (prompt, negative)} for prompt, negative, _ in pairs]  # one pass when the same
+    pooled = [{} for _ in pairs]
     for tokenizer, text_encoder, layer in encoders:
-        vectors = _vectors_for(text_encoder, embeddings or {})
-        chunks = {text: tokenize_chunks(tokenizer, text, vectors) for text in results}
-        # Classifier-free guidance concatenates the two, so the shorter one gets empty chunks.
-        longest, empty = max(len(c) for c in chunks.values()), tokenize_chunks(tokenizer, "")[0]
-        for text, (parts, _) in results.items():
-            with torch.no_grad():
-                z, pooled = _encode_chunks(tokenizer, text_encoder, chunks[text] + [empty] * (longest - len(chunks[text])),
-                                           device, layer)
-            parts.append(z)
-            results[text] = (parts, pooled)
-    return [(torch.cat(results[text][0], dim=-1), results[text][1]) for text in (prompt, negative_prompt)]
+        empty, rows = tokenize_chunks(tokenizer, "")[0], []
+        for k, (_, _, embeddings) in enumerate(pairs):
+            vectors = _vectors_for(text_encoder, embeddings or {})
+            chunks = {text: tokenize_chunks(tokenizer, text, vectors) for text in results[k]}
+            # Classifier-free guidance concatenates the two, so the shorter one gets empty chunks.
+            longest = max(len(c) for c in chunks.values())
+            rows += [(k, text, c + [empty] * (longest - len(c))) for text, c in chunks.items()]
+        with torch.no_grad():
+            encoded = _encode_chunks(tokenizer, text_encoder, [chunks for *_, chunks in rows], device, layer)
+        for (k, text, _), (z, first_pooled) in zip(rows, encoded):
+            results[k][text].append(z)
+            pooled[k][text] = first_pooled
+    return [[(torch.cat(results[k][text], dim=-1), pooled[k][text]) for text in (prompt, negative)]
+            for k, (prompt, negative, _) in enumerate(pairs)]
 
 
 def _vectors_for(text_encoder, embeddings: dict) -> dict:
@@ -319,12 +338,13 @@ def _vectors_for(text_encoder, embeddings: dict) -> dict:
     return {name: by_width[width] for name, by_width in embeddings.items()}
 
 
-def _encode_chunks(tokenizer, text_encoder, chunks, device, layer):
-    """One encoder over the chunks: (embeddings (1, 77 * chunks, dim), the first chunk's pooled
-    projection or None). `layer` None is the last layer; -n the n-th last, normed only for CLIP-L
-    with a clip skip (SDXL takes its penultimate layers raw)."""
+def _encode_chunks(tokenizer, text_encoder, texts: list, device, layer) -> list:
+    """One encoder over the chunks of several texts at once: for each text, (embeddings (1, 77 *
+    chunks, dim), its first chunk's pooled projection or None). `layer` None is the last layer; -n
+    the n-th last, normed only for CLIP-L with a clip skip (SDXL takes its penultimate layers raw)."""
     import torch
 
+    chunks = [chunk for text in texts for chunk in text]
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     ids = torch.tensor([[bos, *chunk_ids, eos] for chunk_ids, _, _ in chunks], device=device)
     weights = torch.tensor([[1.0, *w, 1.0] for _, w, _ in chunks], device=device)
@@ -348,12 +368,16 @@ def _encode_chunks(tokenizer, text_encoder, chunks, device, layer):
         z = out.hidden_states[-2]
     else:
         z = text_encoder.final_layer_norm(out.hidden_states[layer])
-    pooled = out.text_embeds[:1] if hasattr(out, "text_embeds") else None
-    if not torch.all(weights == 1.0):
+    if not torch.all(weights == 1.0):  # each chunk keeps its own mean
         original_mean = z.float().mean(dim=(1, 2), keepdim=True)
         z = z * weights.to(z.dtype).unsqueeze(-1)
         new_mean = z.float().mean(dim=(1, 2), keepdim=True)
         # A mean near zero (a text encoder whose final norm has no bias) would blow up the ratio.
         usable = new_mean.abs() > 1e-3 * z.float().abs().mean(dim=(1, 2), keepdim=True)
         z = z * torch.where(usable, original_mean / new_mean, torch.ones_like(new_mean)).to(z.dtype)
-    return z.reshape(1, -1, z.shape[-1]), pooled
+    encoded, first = [], 0
+    for text in texts:
+        pooled = out.text_embeds[first:first + 1] if hasattr(out, "text_embeds") else None
+        encoded.append((z[first:first + len(text)].reshape(1, -1, z.shape[-1]), pooled))
+        first += len(text)
+    return encoded

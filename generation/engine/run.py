@@ -16,7 +16,7 @@ from .loading import PIPELINES, load_pipeline
 from .metadata import format_parameters, save_png
 from .pipelines import pipeline_for_run
 from .previews import PreviewMaker, PreviewSettings, PreviewThrottle, load_taesd
-from .prompts import embedding_pattern, encode_prompts, encode_prompts_xl, prompt_schedule
+from .prompts import embedding_pattern, encode_prompts_many, encode_prompts_xl_many, prompt_schedule
 from .request import (
     LATENT_UPSCALERS,
     MASKED_CONTENT,
@@ -478,16 +478,18 @@ def _check_roles(model, refiner, mode: str) -> None:
 
 def _encode(pipe, model, request, embeddings=None) -> dict:
     """The prompt embeddings as the pipeline takes them."""
-    device = model.device
+    return _encode_many(pipe, model, [request], [embeddings])[0]
+
+
+def _encode_many(pipe, model, requests, embeddings) -> list[dict]:
+    """_encode for each request (and its embeddings), each text encoder run once for them all."""
+    device, pairs = model.device, [(r.prompt, r.negative_prompt, e) for r, e in zip(requests, embeddings)]
     if not model.xl:
-        # Clip skip changes SD 1.x's CLIP-L; SD 2.x keeps its trained layer, as in A1111.
-        clip_skip = request.clip_skip if pipe.text_encoder.config.hidden_act == "quick_gelu" else 1
-        positive, negative = encode_prompts(pipe.tokenizer, pipe.text_encoder, request.prompt,
-                                            request.negative_prompt, device, clip_skip=clip_skip, embeddings=embeddings)
-        return {"prompt_embeds": positive, "negative_prompt_embeds": negative}
+        # Clip skip changes SD 1.x's CLIP-L; SD 2.x keeps its trained layer, as in A1111 (one per run: the batch key).
+        clip_skip = requests[0].clip_skip if pipe.text_encoder.config.hidden_act == "quick_gelu" else 1
+        return [{"prompt_embeds": positive, "negative_prompt_embeds": negative} for positive, negative in
+                encode_prompts_many(pipe.tokenizer, pipe.text_encoder, pairs, device, clip_skip=clip_skip)]
     encoders = [(pipe.tokenizer, pipe.text_encoder)] if pipe.text_encoder is not None else []
-    positive, negative, pooled, negative_pooled = encode_prompts_xl(
-        encoders + [(pipe.tokenizer_2, pipe.text_encoder_2)], request.prompt, request.negative_prompt, device,
-        embeddings=embeddings)
-    return {"prompt_embeds": positive, "negative_prompt_embeds": negative, "pooled_prompt_embeds": pooled,
-            "negative_pooled_prompt_embeds": negative_pooled}
+    return [{"prompt_embeds": positive, "negative_prompt_embeds": negative, "pooled_prompt_embeds": pooled,
+             "negative_pooled_prompt_embeds": negative_pooled} for positive, negative, pooled, negative_pooled in
+            encode_prompts_xl_many(encoders + [(pipe.tokenizer_2, pipe.text_encoder_2)], pairs, device)]
