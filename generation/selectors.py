@@ -4,7 +4,7 @@ import statistics
 from datetime import timedelta
 
 from django.conf import settings
-from django.db.models import Case, Count, IntegerField, Min, Q, Value, When
+from django.db.models import Case, Count, IntegerField, Max, Min, Q, Value, When
 from django.utils import timezone
 
 from generation.models import AddOn, Checkpoint, Job, UserSettings, is_model_name
@@ -53,8 +53,11 @@ def queue_wait(job: Job) -> dict:
         each = (recent[0][1] - recent[-1][1]).total_seconds() / (len(recent) - 1)
         shared = len(recent) / sum(1 / size for _, _, size in recent)  # jobs per run
         run = each * shared
-        oldest = running.aggregate(started=Min("started_at"))["started"]
-        now_going = max(0.0, run - (timezone.now() - oldest).total_seconds()) if oldest else 0.0
+        # Each worker's run now going is its latest claim (the jobs of its run before may still be
+        # finishing beside it); the first worker to be done takes the next run.
+        now = timezone.now()
+        now_going = min((max(0.0, run - (now - started).total_seconds()) for started in running.values(
+            "worker").annotate(latest=Max("started_at")).values_list("latest", flat=True)), default=0.0)
         return {"position": ahead, "eta": round(now_going + queued_before // shared * run, 1)}
     durations = [(finished - started).total_seconds() for started, finished, _ in recent]
     # The running jobs hold the workers: the queue drains about `running` jobs per typical job time.

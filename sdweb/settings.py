@@ -269,6 +269,13 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
 }
 
+# A worker's cores: its finishing processes first, torch's threads the rest. Oversubscribed, torch's
+# threads wait on each other at every operation: on 2 cores with a finishing process and the web
+# beside it, 2 torch threads kept a stand-in GPU 84 % busy at 32 users (p95 20 s), 1 thread 91 %
+# (p95 5.8 s) (bench/throughput.py --standin-ms 25 --compare pipeline).
+_CORES = len(os.sched_getaffinity(0))
+_FINISH_PROCESSES = env_int("SDWEB_FINISH_PROCESSES", max(1, _CORES // 2), minimum=0)
+
 # The studio's own settings (README: "Settings").
 SDWEB = {
     "STARTING_CREDITS": env_int("SDWEB_STARTING_CREDITS", 100),
@@ -324,9 +331,9 @@ SDWEB = {
     "C2PA_TSA_URL": env("SDWEB_C2PA_TSA_URL", ""),
     # The engine's settings; workers hand them to it as arguments (generation.services.run).
     "DEVICE": env("SDWEB_DEVICE", ""),  # "" = CUDA when present, else the CPU
-    # torch's CPU threads per worker process: the cores it may use unless set (two busy processes
-    # each using every core ran a job 10x slower than one thread each)
-    "TORCH_THREADS": env_int("SDWEB_TORCH_THREADS", len(os.sched_getaffinity(0)), minimum=1),
+    # torch's CPU threads per worker process: the cores its finishing processes leave (two busy
+    # processes each using every core ran a job 10x slower than one thread each)
+    "TORCH_THREADS": env_int("SDWEB_TORCH_THREADS", max(1, _CORES - _FINISH_PROCESSES), minimum=1),
     "DTYPE": env_choice("SDWEB_DTYPE", "", ("", "float16", "bfloat16", "float32")),  # "" = by device
     "PIPELINE_CACHE_BYTES": env_int("SDWEB_PIPELINE_CACHE_BYTES", 8 * 2**30),
     # Cross-user batching: images of compatible jobs denoised together (0 = 8 on a GPU, 1 on the CPU),
@@ -335,7 +342,7 @@ SDWEB = {
     "BATCH_WAIT_MS": env_int("SDWEB_BATCH_WAIT_MS", 30, minimum=0),
     # Processes that finish images beside the denoiser (watermark, PNG, C2PA, storage, publish);
     # 0 finishes them on the worker's own thread, between runs
-    "FINISH_PROCESSES": env_int("SDWEB_FINISH_PROCESSES", max(1, len(os.sched_getaffinity(0)) // 2), minimum=0),
+    "FINISH_PROCESSES": _FINISH_PROCESSES,
     # How often a running batch writes its jobs' progress and latest previews to their rows (one
     # query for the batch); pages get every preview over their socket at once
     "PROGRESS_SAVE_SECONDS": env_float("SDWEB_PROGRESS_SAVE_SECONDS", 1.0),

@@ -212,8 +212,12 @@ def test_the_eta_counts_what_is_left_of_the_run_now_going_and_the_runs_ahead(ali
     ahead = [job_submit(user=carol, params=params) for _ in range(2)]
     mine = job_submit(user=alice, params=params)
 
+    finishing = job_submit(user=carol, params=params)  # the run before, its images still being stored
+    Job.objects.filter(pk=finishing.pk).update(status="running", started_at=now - timedelta(seconds=3.9), worker="w1")
+
     def started(seconds_ago):
-        Job.objects.filter(pk=going.pk).update(status="running", started_at=timezone.now() - timedelta(seconds=seconds_ago))
+        Job.objects.filter(pk=going.pk).update(status="running", started_at=timezone.now() - timedelta(seconds=seconds_ago),
+                                               worker="w1")
 
     started(1)
     assert job_state(ahead[0])["eta"] == pytest.approx(3, abs=0.2)  # the next run, once this one is done
