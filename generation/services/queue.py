@@ -6,12 +6,13 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Count, F, Q, Window
+from django.db.models import F, Q, Window
 from django.db.models.functions import RowNumber
 from django.utils import timezone
 
 from generation.live import job_event
 from generation.models import Job
+from generation.selectors import batch_with, fair_order, started_lately
 from generation.services.credits import credits_refund
 from sdweb.celery import app
 
@@ -63,11 +64,9 @@ def jobs_claim(*, worker: str = "", held: frozenset = frozenset(), images: int =
     per_user = Window(RowNumber(), partition_by=[F("user_id")], order_by=F("created_at").asc())
     candidates = list(Job.objects.filter(_claimable(now)).annotate(place=per_user).filter(
         place__lte=max(images, 8)).select_related("checkpoint", "vae").order_by("created_at"))
-    window_start = now - timedelta(minutes=settings.SDWEB["FAIR_WINDOW_MINUTES"])
-    recent = dict(Job.objects.filter(user__in={j.user_id for j in candidates}, started_at__gte=window_start)
-                  .values_list("user").annotate(n=Count("id")).values_list("user", "n"))
-    for pick in sorted(candidates, key=lambda j: (recent.get(j.user_id, 0), j.checkpoint_id not in held, j.created_at)):
-        batch = _batch_with(pick, candidates, recent, images)
+    recent = started_lately({j.user_id for j in candidates})
+    for pick in fair_order(candidates, recent, held):
+        batch = batch_with(pick, candidates, recent, images)
         young = timedelta(milliseconds=wait_ms) - (now - pick.created_at)
         if sum(j.num_images for j in batch) < images and pick.batch_key is not None and young > timedelta(0):
             time.sleep(young.total_seconds())
@@ -83,24 +82,6 @@ def jobs_claim(*, worker: str = "", held: frozenset = frozenset(), images: int =
             ours = Job.objects.in_bulk(ids)  # those another worker took meanwhile have its start time
             return [ours[pk] for pk in ids if pk in ours and ours[pk].started_at == now and ours[pk].status == Job.RUNNING]
     return []
-
-
-def _batch_with(pick: Job, candidates: list[Job], recent: dict, images: int) -> list[Job]:
-    """`pick`, then the fairest jobs that can be denoised with it, up to `images` images."""
-    batch, key = [pick], pick.batch_key
-    if key is None:
-        return batch
-    counts = dict(recent)
-    counts[pick.user_id] = counts.get(pick.user_id, 0) + 1
-    others = [j for j in candidates if j.pk != pick.pk and j.batch_key == key]
-    while True:
-        room = images - sum(j.num_images for j in batch)
-        fits = [j for j in others if j not in batch and j.num_images <= room]
-        if not fits:
-            return batch
-        chosen = min(fits, key=lambda j: (counts.get(j.user_id, 0), j.created_at))
-        batch.append(chosen)
-        counts[chosen.user_id] = counts.get(chosen.user_id, 0) + 1
 
 
 def fail_exhausted(now) -> int:

@@ -203,26 +203,23 @@ def test_the_eta_counts_what_is_left_of_the_run_now_going_and_the_runs_ahead(ali
     from generation.services.submit import job_submit
 
     params = {"prompt": "x", "checkpoint": checkpoint, "width": 256, "height": 256, "steps": 2, "num_images": 1}
-    now = timezone.now()
-    for k in range(6):  # a run of two jobs every 4 s lately: 2 s between job ends
-        done = job_submit(user=alice, params=params)
-        Job.objects.filter(pk=done.pk).update(status="succeeded", started_at=now - timedelta(seconds=14 - 2 * k),
-                                              finished_at=now - timedelta(seconds=12 - 2 * k), batch_size=2)
-    going = job_submit(user=carol, params=params)
+
+    def run(*jobs, seconds_ago, status="succeeded"):
+        Job.objects.filter(pk__in=[j.pk for j in jobs]).update(
+            status=status, worker="w1", started_at=timezone.now() - timedelta(seconds=seconds_ago))
+
+    for start in (30, 26, 22, 18, 14):  # lately a run of two jobs every 4 s
+        run(*[job_submit(user=alice, params=params) for _ in range(2)], seconds_ago=start)
+    # The run before, one image still being stored beside the run now going: not the one to wait for.
+    run(job_submit(user=alice, params=params), job_submit(user=carol, params=params), seconds_ago=10, status="running")
+    going = [job_submit(user=carol, params=params), job_submit(user=alice, params=params)]
     ahead = [job_submit(user=carol, params=params) for _ in range(2)]
     mine = job_submit(user=alice, params=params)
 
-    finishing = job_submit(user=carol, params=params)  # the run before, its images still being stored
-    Job.objects.filter(pk=finishing.pk).update(status="running", started_at=now - timedelta(seconds=3.9), worker="w1")
-
-    def started(seconds_ago):
-        Job.objects.filter(pk=going.pk).update(status="running", started_at=timezone.now() - timedelta(seconds=seconds_ago),
-                                               worker="w1")
-
-    started(1)
+    run(*going, seconds_ago=1, status="running")
     assert job_state(ahead[0])["eta"] == pytest.approx(3, abs=0.2)  # the next run, once this one is done
     assert job_state(mine)["eta"] == pytest.approx(3 + 4, abs=0.2)  # the run after: carol's two go first
-    started(2.5)  # time passes while they wait: the estimates come down with it
+    run(*going, seconds_ago=2.5, status="running")  # time passes while they wait: the estimates come down
     assert job_state(ahead[0])["eta"] == pytest.approx(1.5, abs=0.2)
     assert job_state(mine)["eta"] == pytest.approx(1.5 + 4, abs=0.2)
 
