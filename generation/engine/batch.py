@@ -75,6 +75,7 @@ def generate_batch(requests: list[GenerationRequest], *, on_preview=None, should
         finally:
             progress.previews.wait()
         timings["denoise"] = time.perf_counter() - tick
+        timings["callbacks"] = progress.spent
 
     for k in list(latents):
         if k in progress.dropped:
@@ -206,6 +207,7 @@ class BatchProgress:
         self.throttles = [PreviewThrottle(preview.min_interval) for _ in requests]
         self.dropped: set[int] = set()
         self.jobs, self.counts = [], []
+        self.spent = 0.0  # seconds in this callback (cancel checks, previews): the caller's, not the denoiser's
 
     def stopped(self) -> set[int]:
         self.dropped |= set(self.should_cancel())
@@ -215,13 +217,13 @@ class BatchProgress:
         self.jobs, self.counts = jobs, counts
 
     def on_step_end(self, pipe, i, t, tensors):
+        tick = time.perf_counter()
         dropped = self.stopped()
         if all(k in dropped for k in self.jobs):
             pipe._interrupt = True  # nobody is waiting for these samples any more
-            return {}
-        if self.on_preview is None:
-            return {}
-        for k, latents in zip(self.jobs, tensors["latents"].split(self.counts)):
-            if k not in dropped and self.throttles[k].should_send(i + 1, self.total):
-                self.previews.send(latents, functools.partial(self.on_preview, k, i + 1, self.total))
+        elif self.on_preview is not None:
+            for k, latents in zip(self.jobs, tensors["latents"].split(self.counts)):
+                if k not in dropped and self.throttles[k].should_send(i + 1, self.total):
+                    self.previews.send(latents, functools.partial(self.on_preview, k, i + 1, self.total))
+        self.spent += time.perf_counter() - tick
         return {}

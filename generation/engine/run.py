@@ -151,6 +151,7 @@ def generate(
         finally:
             progress.previews.wait()  # every preview is out before the run's end is told
         timings["denoise"] = time.perf_counter() - tick
+        timings["callbacks"] = progress.spent
     if progress.cancelled:
         raise GenerationCancelled()
 
@@ -233,16 +234,19 @@ class Progress:
         self.previews = PreviewMaker(preview, taesd, blur)
         self.throttle = PreviewThrottle(preview.min_interval)
         self.done, self.cancelled = 0, False  # steps of the passes before this one
+        self.spent = 0.0  # seconds in this callback (cancel checks, previews): the caller's, not the denoiser's
 
     def stopped(self) -> bool:
         self.cancelled = self.cancelled or self.should_cancel()
         return self.cancelled
 
     def on_step_end(self, pipe, i, t, tensors):
+        tick = time.perf_counter()
         if self.stopped():
             pipe._interrupt = True  # the pipeline skips every later step
         elif self.on_preview is not None and self.throttle.should_send(self.done + i + 1, self.total):
             self.previews.send(tensors["latents"], functools.partial(self.on_preview, self.done + i + 1, self.total))
+        self.spent += time.perf_counter() - tick
         return self.schedule.after_step(pipe, i) if self.schedule else {}
 
     def pass_ended(self, pipe) -> None:
