@@ -66,7 +66,7 @@ def main() -> None:
     modes = [(1, None), (args.batch, None)] if args.compare == "batching" else [(args.batch, 0), (args.batch, None)]
     for _ in range(args.repeats):
         for batch, finishing in modes:
-            with Studio(batch, args.wait_ms, model, finishing, args.standin_ms, args.stack) as studio:
+            with Studio(batch, args.wait_ms, model, finishing, args.standin_ms, args.stack, args.users) as studio:
                 studio.submit_and_wait(studio.users[0], job(random.Random(0), args))  # loads the model
                 for users in args.users:
                     rows.append(dict(batch=batch, finishing=finishing, users=users, **studio.measure(users, args)))
@@ -124,12 +124,12 @@ def job(rng: random.Random, args) -> dict:
 
 
 class Studio:
-    """`manage.py up` in a fresh var folder, with 16 users holding API keys and credits."""
+    """`manage.py up` (or the production stack) in a fresh var folder, with users holding API keys and credits."""
 
     def __init__(self, batch: int, wait_ms: int, model: Path | None, finishing: int | None = None, standin_ms: float = 0,
-                 stack: str = "embedded"):
+                 stack: str = "embedded", rows_users: tuple = (1, 4, 8, 16)):
         self.var = Path(tempfile.mkdtemp(prefix="sdweb-throughput-"))
-        self.standin, self.stack = standin_ms > 0, stack
+        self.standin, self.stack, self.rows_users = standin_ms > 0, stack, rows_users
         self.env = {**os.environ, "SDWEB_VAR_DIR": str(self.var), "SDWEB_BATCH_MAX": str(batch),
                     "BENCH_STANDIN_MS": str(standin_ms),
                     **({"SDWEB_FINISH_PROCESSES": str(finishing)} if finishing is not None else {}),
@@ -146,10 +146,14 @@ class Studio:
         if self.model:
             subprocess.run(manage + ["add_model", "sd15-random", str(self.model), "--default"], cwd=ROOT, env=self.env,
                            check=True, stdout=subprocess.DEVNULL)
-        made = subprocess.run(manage + ["shell", "-c", USERS], cwd=ROOT, env=self.env, check=True, capture_output=True,
+        # Every row has users of its own: the fair order puts users who ran many jobs lately last,
+        # so users carried over from the row before would wait behind the newcomers.
+        users = USERS.replace("COUNT", str(1 + sum(self.rows_users)))
+        made = subprocess.run(manage + ["shell", "-c", users], cwd=ROOT, env=self.env, check=True, capture_output=True,
                               text=True)
         info = json.loads(made.stdout.strip().splitlines()[-1])
         self.users, self.device = info["users"], info["device"]
+        self.fresh = iter(self.users[1:])  # users[0] warms the model up
         self.log = open(self.var / "up.log", "w")
         standin = [sys.executable, "bench/standin.py"] if self.standin else []
         if self.stack == "production":
@@ -216,10 +220,12 @@ class Studio:
         stop, done, lock = time.monotonic() + args.seconds, [], threading.Lock()
         started = datetime.now().astimezone()
 
+        mine = [next(self.fresh) for _ in range(users)]
+
         def user(k):
             rng = random.Random(k)
             while time.monotonic() < stop:
-                finished = self.submit_and_wait(self.users[k], job(rng, args))
+                finished = self.submit_and_wait(mine[k], job(rng, args))
                 with lock:
                     done.append(finished)
 
@@ -290,7 +296,7 @@ from generation.services.credits import credits_change
 from sdweb.services import api_key_create
 checkpoint_ensure_test_model()
 users = []
-for k in range(32):
+for k in range(COUNT):
     user = User.objects.create_user(f"user{k}")
     credits_change(user=user, kind="adjust", amount=10**6, reason="benchmark")
     browser = Client()

@@ -2,6 +2,7 @@
 
 import copy
 import uuid
+from functools import cached_property
 
 from django.conf import settings
 from django.db import models
@@ -142,10 +143,11 @@ class Job(models.Model):
     def init_image_hex(self) -> str:
         return f"{self.init_image_id:016x}" if self.init_image_id else ""
 
-    @property
+    @cached_property
     def batch_key(self) -> tuple | None:
         """What jobs must share to be denoised in one run: the engine's own rule (request.batch_key),
-        asked with the job's settings and files."""
+        asked with the job's settings and files (once per loaded row: the claim and the queue's
+        forecast compare it many times)."""
         if self.mode != "txt2img" or self.plot:
             return None
         loras = tuple(LoraUse(ModelRef("", hash=a["sha256"][:12]), a["unet"], a["te"]) for a in self.addons
