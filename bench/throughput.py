@@ -97,7 +97,7 @@ def pipeline_table(rows, args) -> None:
     print(f"\nstand-in GPU {args.standin_ms:g} ms x batch^0.3 a step, {args.steps} steps, {args.size} px, batch up to "
           f"{args.batch}, {args.seconds:.0f} s per row, median of {args.repeats}")
     print(f"{'users':>5}{'finishing':>11}{'images/s':>10}{'of ceiling':>12}{'p50 s':>8}{'p95 s':>8}{'stand-in %':>12}"
-          f"{'CPU %':>7}{'mean batch':>12}{'ETA error':>11}")
+          f"{'CPU %':>7}{'mean batch':>12}{'ETA error':>11}{'wait/ahead p95':>16}")
     for users in args.users:
         for finishing in (0, None):
             mine = [r for r in rows if r["users"] == users and r["finishing"] == finishing]
@@ -105,9 +105,33 @@ def pipeline_table(rows, args) -> None:
                                                                        "cpu_busy", "mean_batch")}
             errors = [r["eta_error"] for r in mine if r["eta_error"] is not None]
             med["eta"] = f"{100 * statistics.median(errors):.0f}%" if errors else "-"
+            ahead = [r["wait_over_ahead_p95"] for r in mine if r.get("wait_over_ahead_p95") is not None]
+            med["ahead"] = f"{statistics.median(ahead):.2f}" if ahead else "-"
             print(f"{users:>5}{'off' if finishing == 0 else 'on':>11}{med['images_per_s']:>10.2f}"
                   f"{med['images_per_s'] / ceiling(users):>12.2f}{med['p50_s']:>8.2f}{med['p95_s']:>8.2f}"
-                  f"{100 * med['standin_busy']:>12.0f}{med['cpu_busy']:>7.0f}{med['mean_batch']:>12.2f}{med['eta']:>11}")
+                  f"{100 * med['standin_busy']:>12.0f}{med['cpu_busy']:>7.0f}{med['mean_batch']:>12.2f}{med['eta']:>11}"
+                  f"{med['ahead']:>16}")
+
+
+def waits_over_work_ahead(jobs: list[dict], step_ms: float, steps: int) -> list[float]:
+    """For each job that waited at least 1 s: its wait over the stand-in's time for the work done
+    while it waited (what was left of the run going when it came, and the runs that started before
+    its own). A run's stand-in time follows from its images (bench/standin.py: steps and a decode
+    of two steps' work, each step_ms x images^0.3); a run is the jobs sharing a start time."""
+    images = {}
+    for j in jobs:
+        images[j["started_at"]] = images.get(j["started_at"], 0) + len(j["images"])
+    runs = sorted((datetime.fromisoformat(start), (steps + 2) * step_ms / 1000 * n ** 0.3) for start, n in images.items())
+    ratios = []
+    for j in jobs:
+        came, began = datetime.fromisoformat(j["created_at"]), datetime.fromisoformat(j["started_at"])
+        if (began - came).total_seconds() < 1:
+            continue
+        going = [(start, took) for start, took in runs if start <= came]
+        work = max(0.0, going[-1][1] - (came - going[-1][0]).total_seconds()) if going else 0.0
+        work += sum(took for start, took in runs if came < start < began)
+        ratios.append((began - came).total_seconds() / work if work else float("inf"))
+    return ratios
 
 
 def _pct(value) -> str:
@@ -244,7 +268,10 @@ class Studio:
         waits = [((datetime.fromisoformat(j["started_at"]) - datetime.fromisoformat(j["created_at"])).total_seconds(),
                   j["eta_at_submit"]) for j in ok if j["eta_at_submit"] is not None]
         long_waits = [abs(eta - wait) / wait for wait, eta in waits if wait >= 1]
+        ahead = sorted(waits_over_work_ahead(ok, args.standin_ms, args.steps)) if self.standin else []
         return dict(eta_error=statistics.median(long_waits) if long_waits else None, eta_waits=len(long_waits),
+                    wait_over_ahead_p50=statistics.median(ahead) if ahead else None,
+                    wait_over_ahead_p95=ahead[max(0, round(0.95 * len(ahead)) - 1)] if ahead else None,
                     eta_abs_s=statistics.median(abs(eta - wait) for wait, eta in waits) if waits else None,
                     images_per_s=sum(len(j["images"]) for j in ok) / (ended - started).total_seconds(),
                     p50_s=statistics.median(latencies), p95_s=latencies[max(0, round(0.95 * len(latencies)) - 1)],
