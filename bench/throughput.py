@@ -182,7 +182,8 @@ class Studio:
         standin = [sys.executable, "bench/standin.py"] if self.standin else []
         if self.stack == "production":
             self.web = subprocess.Popen([sys.executable, "-m", "uvicorn", "sdweb.asgi:application", "--port",
-                                         str(self.port), "--log-level", "warning", "--ws", "websockets-sansio"],
+                                         str(self.port), "--log-level", "warning", "--ws", "websockets-sansio",
+                                         "--timeout-graceful-shutdown", "5"],
                                         cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
             worker = ["celery", "-A", "sdweb", "worker", "--pool=prefork", "--concurrency=1", "--loglevel=WARNING"]
             self.process = subprocess.Popen((standin or [sys.executable, "-m"]) + worker, cwd=ROOT, env=self.env,

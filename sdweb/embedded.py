@@ -50,21 +50,41 @@ def use_folder_broker(folder: Path) -> None:
 
 
 class WorkerProcess:
-    """The web process's handle on its worker: starts it, relays its job events, stops it."""
+    """The web process's handle on its worker: starts it, relays its job events, starts another
+    if it dies (a segfault, the kernel's OOM killer: its running jobs go back to the queue, charged
+    once), stops it."""
 
     def __init__(self, folder: Path):
         shutil.rmtree(folder, ignore_errors=True)  # a stopped run's messages: its jobs are queued again at start
         (folder / "control").mkdir(parents=True)
         (folder / "incoming").mkdir()
         use_folder_broker(folder)
-        spawn = multiprocessing.get_context("spawn")
-        self.control, theirs = spawn.Pipe()
-        self.events = spawn.Queue()  # put() never blocks the denoising thread: a feeder thread writes
-        self.process = spawn.Process(target=worker_process_main, args=(folder, theirs, self.events), name=PROCESS_NAME)
+        self.folder, self.spawn, self.stopping = folder, multiprocessing.get_context("spawn"), threading.Event()
+        self.events = self.spawn.Queue()  # put() never blocks the denoising thread: a feeder thread writes
 
     def start(self) -> None:
-        self.process.start()
+        self._start_process()
         threading.Thread(target=self._relay, name="worker-events", daemon=True).start()
+        threading.Thread(target=self._watch, name="worker-watch", daemon=True).start()
+
+    def _start_process(self) -> None:
+        self.control, theirs = self.spawn.Pipe()
+        self.process = self.spawn.Process(target=worker_process_main, args=(self.folder, theirs, self.events),
+                                          name=PROCESS_NAME)
+        self.process.start()
+
+    def _watch(self) -> None:
+        from generation.services.queue import enqueue_job, jobs_recover_orphans
+
+        while not self.stopping.is_set():
+            self.process.join(timeout=1)
+            if self.process.is_alive() or self.stopping.is_set():
+                continue
+            log.error("The worker process stopped (exit code %s); starting another.", self.process.exitcode)
+            waiting = jobs_recover_orphans()  # it was the only worker: every running job was its
+            self._start_process()
+            for _ in range(waiting):
+                enqueue_job()
 
     def _relay(self) -> None:
         from generation import live
@@ -77,6 +97,7 @@ class WorkerProcess:
 
     def stop(self, timeout: float = 60) -> None:
         """The worker sends its running jobs back to the queue, finishes what it made, and ends."""
+        self.stopping.set()
         try:
             self.control.send("stop")
         except OSError:
@@ -99,6 +120,9 @@ def worker_process_main(folder: Path, control, events) -> None:
     use_folder_broker(folder)
     live.relay_to(events)
     worker = start_worker_thread()
+    while not control.poll(1):
+        if not any(thread.name == "celery-worker" for thread in threading.enumerate()):
+            raise SystemExit("the Celery worker stopped")  # the web process starts another worker process
     try:
         control.recv()
     except EOFError:

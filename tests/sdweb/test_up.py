@@ -94,3 +94,33 @@ def test_up_runs_torch_in_a_worker_process_of_its_own_and_its_previews_reach_the
     assert len(workers) == 1 and not torch_loaded(web)
     assert studio.stop() == 0
     assert not workers[0].is_running()
+
+
+def test_a_worker_process_that_dies_is_replaced_and_its_job_runs_again_charged_once(studio):
+    import psutil
+
+    studio.start()
+    browser = Browser(studio.base)
+    _, page = browser.post("/accounts/signup/", {"username": "finn", "password1": "a-long-pass-123",
+                                                 "password2": "a-long-pass-123"})
+    checkpoint = re.search(r'<option value="(\d+)" selected>sdweb-test-tiny', page).group(1)
+    url, _ = browser.post("/generate/", {"prompt": "a slow harbour", "checkpoint": checkpoint, "width": 512,
+                                         "height": 512, "steps": 60, "guidance_scale": 7, "scheduler": "Euler a",
+                                         "seed": 5, "num_images": 1})
+    job_page = f"/jobs/{url.split('job=')[1]}/"
+
+    def status():
+        return re.search(r"Status: <strong>(\w+)</strong>", browser.get(job_page)[1]).group(1)
+
+    wait_until(lambda: status() == "running")
+    web = psutil.Process(studio.process.pid)
+    dying = next(child for child in web.children() if child.name() == web.name() and "spawn_main" in " ".join(child.cmdline()))
+    dying.kill()  # as the kernel's OOM killer would
+    wait_until(lambda: status() == "succeeded", timeout=300)
+    assert not dying.is_running() and "The worker process stopped" in (studio.var_dir / "up.log").read_text()
+    state = f"from generation.models import Job; j = Job.objects.get(pk='{job_page.split('/')[2]}'); print(j.attempts)"
+    assert studio.manage(state) == "2"
+    balance = studio.manage("from generation.models import CreditAccount as A; a = A.objects.get(); "
+                            "print(a.balance, sum(a.entries.values_list('amount', flat=True)))")
+    assert balance == "98 98"  # charged once
+    assert studio.stop() == 0
