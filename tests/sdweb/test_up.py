@@ -1,12 +1,15 @@
 """`python manage.py up` as a person runs it: a real process, real HTTP, a real websocket."""
 
+import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
+import psutil
 import pytest
 
-from tests.support import ROOT, Browser, Studio, wait_until
+from tests.support import ROOT, Browser, Studio, http_sign_up, job_socket, wait_until
 
 
 @pytest.fixture
@@ -60,26 +63,22 @@ def test_up_listens_on_localhost_unless_told_and_warns_when_told(studio):
     assert studio.stop() == 0
 
 
-def test_up_runs_torch_in_a_worker_process_of_its_own_and_its_previews_reach_the_page(studio):
-    import json
-    from pathlib import Path
-
-    import psutil
-    from websockets.sync.client import connect
-
-    studio.start()
-    browser = Browser(studio.base)
-    _, page = browser.post("/accounts/signup/", {"username": "erin", "password1": "a-long-pass-123",
-                                                 "password2": "a-long-pass-123"})
-    checkpoint = re.search(r'<option value="(\d+)" selected>sdweb-test-tiny', page).group(1)
+def submitted(studio, username, **fields) -> tuple[Browser, str]:
+    """A new user's job from the generate page (the test model, 256 px, 30 steps unless told):
+    their browser and the job's id."""
+    browser = http_sign_up(studio.base, username)
+    checkpoint = re.search(r'<option value="(\d+)" selected>sdweb-test-tiny', browser.get("/generate/")[1]).group(1)
     url, _ = browser.post("/generate/", {"prompt": "a lighthouse", "checkpoint": checkpoint, "width": 256,
                                          "height": 256, "steps": 30, "guidance_scale": 7, "scheduler": "Euler a",
-                                         "seed": 5, "num_images": 1})
-    job_id = url.split("job=")[1]
+                                         "seed": 5, "num_images": 1, **fields})
+    return browser, url.split("job=")[1]
+
+
+def test_up_runs_torch_in_a_worker_process_of_its_own_and_its_previews_reach_the_page(studio):
+    studio.start()
+    browser, job_id = submitted(studio, "erin")
     events = []
-    with connect(f"ws://127.0.0.1:{studio.port}/ws/jobs/{job_id}/", open_timeout=30,
-                 additional_headers={"Cookie": f"sessionid={browser.cookie('sessionid')}",
-                                     "Origin": studio.base}) as socket:
+    with job_socket(studio, browser, job_id) as socket:
         while not events or events[-1]["type"] not in ("finished", "failed"):
             events.append(json.loads(socket.recv(timeout=120)))
     assert events[-1]["type"] == "finished"
@@ -97,29 +96,19 @@ def test_up_runs_torch_in_a_worker_process_of_its_own_and_its_previews_reach_the
 
 
 def test_a_worker_process_that_dies_is_replaced_and_its_job_runs_again_charged_once(studio):
-    import psutil
-
     studio.start()
-    browser = Browser(studio.base)
-    _, page = browser.post("/accounts/signup/", {"username": "finn", "password1": "a-long-pass-123",
-                                                 "password2": "a-long-pass-123"})
-    checkpoint = re.search(r'<option value="(\d+)" selected>sdweb-test-tiny', page).group(1)
-    url, _ = browser.post("/generate/", {"prompt": "a slow harbour", "checkpoint": checkpoint, "width": 512,
-                                         "height": 512, "steps": 60, "guidance_scale": 7, "scheduler": "Euler a",
-                                         "seed": 5, "num_images": 1})
-    job_page = f"/jobs/{url.split('job=')[1]}/"
+    browser, job_id = submitted(studio, "finn", width=512, height=512, steps=60)
 
     def status():
-        return re.search(r"Status: <strong>(\w+)</strong>", browser.get(job_page)[1]).group(1)
+        return re.search(r"Status: <strong>(\w+)</strong>", browser.get(f"/jobs/{job_id}/")[1]).group(1)
 
     wait_until(lambda: status() == "running")
     web = psutil.Process(studio.process.pid)
-    dying = next(child for child in web.children() if child.name() == web.name() and "spawn_main" in " ".join(child.cmdline()))
+    dying = next(child for child in web.children() if "spawn_main" in " ".join(child.cmdline()))
     dying.kill()  # as the kernel's OOM killer would
     wait_until(lambda: status() == "succeeded", timeout=300)
     assert not dying.is_running() and "The worker process stopped" in (studio.var_dir / "up.log").read_text()
-    state = f"from generation.models import Job; j = Job.objects.get(pk='{job_page.split('/')[2]}'); print(j.attempts)"
-    assert studio.manage(state) == "2"
+    assert studio.manage(f"from generation.models import Job; print(Job.objects.get(pk='{job_id}').attempts)") == "2"
     balance = studio.manage("from generation.models import CreditAccount as A; a = A.objects.get(); "
                             "print(a.balance, sum(a.entries.values_list('amount', flat=True)))")
     assert balance == "98 98"  # charged once
