@@ -155,7 +155,12 @@ def stop(processes) -> None:
     for process in processes:
         process.terminate()
     for process in processes:
-        process.wait(timeout=60)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:  # said, and the figures kept: a stuck stop is not a slow run
+            print(f"{process.args[-1]} did not stop within 60 s of SIGTERM; killed", file=sys.stderr)
+            process.kill()
+            process.wait()
 
 
 def main() -> None:
