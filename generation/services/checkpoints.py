@@ -1,9 +1,9 @@
 """Registering checkpoints: single .safetensors files (told apart by their tensor names, hashed
 once), diffusers folders and Hugging Face ids; and the models folder an operator drops files into."""
 
-import concurrent.futures
 import json
-import multiprocessing
+import subprocess
+import sys
 from pathlib import Path
 
 from django.conf import settings
@@ -11,7 +11,7 @@ from django.db import transaction
 
 from generation.engine.families import FAMILIES, detect_family, file_sha256, read_header, v_prediction_beside, vae_layout
 from generation.engine.sources import resolve_source
-from generation.engine.testmodel import TEST_MODEL_NAME, make_test_model
+from generation.engine.testmodel import TEST_MODEL_NAME
 from generation.models import Checkpoint, Vae
 from generation.services.addons import FOLDERS, printable
 from generation.services.audit import staff_action
@@ -136,8 +136,8 @@ def checkpoint_ensure_test_model() -> Checkpoint:
     """Build the built-in test model if it is missing and register it."""
     folder = settings.SDWEB["MODELS_DIR"] / TEST_MODEL_NAME
     if not (folder / "model_index.json").is_file():
-        # Built in a process of its own: a web process (manage.py up's) never loads torch.
-        spawn = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(1, mp_context=spawn) as builder:
-            builder.submit(make_test_model, folder).result()
+        # Built in a process of its own: a web process (manage.py up's) never loads torch. A plain
+        # interpreter, not multiprocessing's spawn, which would run the caller's script again.
+        subprocess.run([sys.executable, "-c", "import sys; from generation.engine.testmodel import make_test_model; "
+                        "make_test_model(sys.argv[1])", str(folder)], check=True, cwd=settings.BASE_DIR)
     return checkpoint_register(name=TEST_MODEL_NAME, source=str(folder), is_test_model=True)
