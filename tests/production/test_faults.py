@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import psutil
 import pytest
 
 from tests.support import ROOT
@@ -94,7 +95,13 @@ def test_a_pool_process_killed_mid_denoising_is_recovered_once(stack):
     worker = workers.start("gpu1")
     job_id = production.script(SUBMIT)
     workers.wait(job_id, lambda s: s["status"] == "running" and (s["step"] or 0) >= 2)  # into denoising
-    os.kill(pool_child(worker), signal.SIGKILL)
+    child = pool_child(worker)
+    finishing = [psutil.Process(int(pid)) for pid in subprocess.run(
+        ["pgrep", "-P", str(child)], capture_output=True, text=True).stdout.split()]
+    assert finishing, "the pool process has no finishing process"
+    os.kill(child, signal.SIGKILL)
+    gone, left = psutil.wait_procs(finishing, timeout=15)
+    assert not left, "the killed pool process's finishing processes live on"
     workers.wait(job_id, lambda s: s["lease_over"])  # no one renews it now (beat would run reap_jobs)
     production.script("from generation.services.queue import jobs_reap\nprint(json.dumps(jobs_reap()))")
     final = workers.wait(job_id, lambda s: s["status"] not in ("queued", "running"))
