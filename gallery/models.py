@@ -22,6 +22,10 @@ class Image(models.Model):
 
     class Meta:
         ordering = ["-created_at", "index"]
+        indexes = [  # the galleries' order (selectors.gallery_page), for one owner and for Explore
+            models.Index(fields=["owner", "-created_at", "index", "id"], name="image_owner_newest"),
+            models.Index(fields=["-created_at", "index", "id"], condition=models.Q(is_public=True), name="image_public_newest"),
+        ]
 
     def __str__(self):
         return f"image {self.id:016x}"

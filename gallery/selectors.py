@@ -1,9 +1,13 @@
-from django.core.paginator import Paginator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from django.db.models import Q
 from django.http import Http404
 
 from gallery.models import Image
 
 PAGE_SIZE = 24
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def parse_image_id(hex_id: str) -> int:
@@ -17,15 +21,67 @@ def parse_image_id(hex_id: str) -> int:
     return value
 
 
-def gallery_page(*, owner=None, public=False, query: str = "", page=1):
-    images = Image.objects.select_related("job", "owner__studio_settings").order_by("-created_at", "index")
+@dataclass
+class Page:
+    """A page of a gallery, newest first, found from the image it starts after (a cursor) rather than
+    from an offset: a page deep in 100 000 images costs what the first does, and nothing is counted.
+    `newer` and `older` are the cursors of the pages either side, "" where there is none."""
+
+    images: list
+    newer: str = ""
+    older: str = ""
+
+    def __iter__(self):
+        return iter(self.images)
+
+    def __len__(self):
+        return len(self.images)
+
+
+def gallery_page(*, owner=None, public=False, query: str = "", before: str = "", after: str = "") -> Page:
+    """The PAGE_SIZE images older than cursor `before` (or newer than `after`, or the newest)."""
+    images = Image.objects.select_related("job", "owner__studio_settings")
     if owner is not None:
         images = images.filter(owner=owner)
     if public:
         images = images.filter(is_public=True)
     if query:
         images = images.filter(job__prompt__icontains=query)
-    return Paginator(images, PAGE_SIZE).get_page(page)
+    if start := cursor_parse(after):  # the page before: read towards the newest, shown newest first
+        found = list(images.filter(created_at__gte=start[0]).filter(_beyond(start, newer=True)).order_by(
+            "created_at", "-index", "-id")[:PAGE_SIZE + 1])
+        shown = found[:PAGE_SIZE][::-1]
+        return Page(shown, newer=cursor(shown[0]) if len(found) > PAGE_SIZE else "", older=cursor(shown[-1]) if shown else "")
+    start = cursor_parse(before)
+    if start:  # the bound alone, beside the exact condition, lets PostgreSQL start the index scan there
+        images = images.filter(created_at__lte=start[0]).filter(_beyond(start, newer=False))
+    found = list(images.order_by("-created_at", "index", "id")[:PAGE_SIZE + 1])
+    shown = found[:PAGE_SIZE]
+    return Page(shown, newer=cursor(shown[0]) if start and shown else "",
+                older=cursor(shown[-1]) if len(found) > PAGE_SIZE else "")
+
+
+def cursor(image: Image) -> str:
+    return f"{(image.created_at - EPOCH) // timedelta(microseconds=1)}.{image.index}.{image.hex_id}"
+
+
+def cursor_parse(text: str | None) -> tuple | None:
+    """(created_at, index, id) from a cursor; anything else is no cursor (the newest page)."""
+    try:
+        micros, index, hex_id = (text or "").split(".")
+        return EPOCH + timedelta(microseconds=int(micros)), int(index), int(hex_id, 16)
+    except (ValueError, OverflowError):
+        return None
+
+
+def _beyond(start: tuple, *, newer: bool) -> Q:
+    """Images after `start` in the gallery's order (newest first, then by place in the job), or before it."""
+    created_at, index, pk = start
+    if newer:
+        return Q(created_at__gt=created_at) | Q(created_at=created_at, index__lt=index) | Q(
+            created_at=created_at, index=index, id__lt=pk)
+    return Q(created_at__lt=created_at) | Q(created_at=created_at, index__gt=index) | Q(
+        created_at=created_at, index=index, id__gt=pk)
 
 
 def public_name(image) -> str:

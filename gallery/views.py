@@ -64,12 +64,12 @@ def image_thumbnail(request, hex_id):
 @login_required
 def gallery(request):
     query = request.GET.get("q", "").strip()
-    page = gallery_page(owner=request.user, query=query, page=request.GET.get("page"))
+    page = gallery_page(owner=request.user, query=query, before=request.GET.get("before"), after=request.GET.get("after"))
     return render(request, "gallery.html", {"page": page, "query": query})
 
 
 def explore(request):
-    page = gallery_page(public=True, page=request.GET.get("page"))
+    page = gallery_page(public=True, before=request.GET.get("before"), after=request.GET.get("after"))
     for image in page:
         image.maker = public_name(image)
     return render(request, "explore.html", {"page": page})

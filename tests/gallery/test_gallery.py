@@ -35,15 +35,23 @@ def test_the_gallery_is_searchable_by_prompt(client, alice, make_job):
     assert "No image has a prompt with" in empty.content.decode()
 
 
-def test_the_gallery_is_paginated(client, alice, make_job, settings):
+def test_the_gallery_pages_by_cursor_without_skipping_or_repeating_images(client, alice, make_job, settings):
     settings.SDWEB = {**settings.SDWEB, "MAX_IMAGES": 4}
-    for _ in range(7):
-        make_job(alice, num_images=4)
+    jobs = [make_job(alice, num_images=4) for _ in range(7)]
+    same_time = jobs[3].images.first().created_at  # two jobs made in the same microsecond: still one order
+    Image.objects.filter(job__in=jobs[3:5]).update(created_at=same_time)
     client.force_login(alice)
     first = client.get("/gallery/").context["page"]
-    last = client.get("/gallery/", {"page": 2}).context["page"]
-    assert (len(first), len(last), first.paginator.num_pages) == (PAGE_SIZE, 28 - PAGE_SIZE, 2)
-    assert not set(i.pk for i in first) & set(i.pk for i in last)
+    second = client.get("/gallery/", {"before": first.older}).context["page"]
+    assert (len(first), len(second), first.newer, second.older) == (PAGE_SIZE, 28 - PAGE_SIZE, "", "")
+    shown = [image.pk for image in [*first, *second]]
+    newest_first = sorted(Image.objects.filter(owner=alice), key=lambda i: (-i.created_at.timestamp(), i.index, i.pk))
+    assert shown == [image.pk for image in newest_first]
+    back = client.get("/gallery/", {"after": second.newer}).context["page"]
+    assert [image.pk for image in back] == shown[:PAGE_SIZE] and back.older == first.older and back.newer == ""
+    assert "Older →" in client.get("/gallery/").content.decode()
+    for junk in ("x", "1.2", "99999999999999999999999.0.1", "-1.-1.zz"):  # a mangled link: the newest page
+        assert [i.pk for i in client.get("/gallery/", {"before": junk}).context["page"]] == shown[:PAGE_SIZE]
 
 
 def test_an_empty_gallery_says_what_to_do(client, alice):
