@@ -4,10 +4,12 @@ launched before it; the host waits only when two steps are already queued, as a 
 makes it), and the host waits for the queue to drain wherever the real code waits for a GPU: reading
 the VAE's pictures, and each ancestral sampler step's noise (made on the CPU with the job's
 generators and copied to the device with a blocking copy). The VAE's decode is twice a step's work;
-its pictures are noise, as the test model's are. Everything else (text encoding, the queue,
-watermark, PNG, C2PA, storage, the database, websockets, the web) is the studio's real code. The
-seconds of work run are written to $SDWEB_VAR_DIR/standin-busy, which the benchmark reads for its
-busy %.
+the text encoder's forward a tenth of one (on a GPU it is GPU work; the tiny model's forward on
+this CPU took ~47 ms a run under load, host time no GPU server spends); pictures and embeddings
+are zeros and noise, as the test model's are. Everything else (tokenizing and prompt weights, the
+queue, watermark, PNG, C2PA, storage, the database, websockets, the web) is the studio's real code.
+The seconds of work run are written to $SDWEB_VAR_DIR/standin-busy, which the benchmark reads for
+its busy %. BENCH_TRACE=1 records where the queue ran dry (bench/trace_standin.py).
 
     python bench/standin.py up --port 8000        (manage.py's own arguments)
     python bench/standin.py celery -A sdweb worker --pool=prefork --concurrency=1    (celery's)
@@ -20,7 +22,12 @@ import threading
 import time
 from pathlib import Path
 
+TRACE = os.environ.get("BENCH_TRACE")
+if TRACE:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import trace_standin
 QUEUED_STEPS = 2  # work a host may launch ahead before a launch waits
+TEXT_ENCODER_SHARE = 0.1  # CLIP-L's forward over a run's prompts, as a share of one UNet step's work
 
 
 class LaunchQueue:
@@ -31,6 +38,8 @@ class LaunchQueue:
     def launch(self, seconds: float) -> None:
         with self.lock:
             now = time.monotonic()
+            if TRACE and self.free_at and now > self.free_at:
+                trace_standin.GAPS.append((self.free_at, now))
             self.free_at = max(now, self.free_at) + seconds
             self.busy += seconds
             if now - self.written > 0.2:  # a file write is host time the real GPU doesn't cost
@@ -53,13 +62,25 @@ def install(step_ms: float, busy_file: Path) -> None:
     from diffusers.models.autoencoders.vae import DecoderOutput
     from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
     from diffusers.utils import torch_utils
+    from transformers import CLIPTextModel
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
 
     device = LaunchQueue(busy_file)
+    if TRACE:
+        from celery.signals import worker_process_init
+
+        worker_process_init.connect(trace_standin.patch, weak=False)
 
     def unet(self, sample, *args, return_dict=True, **kwargs):
         device.launch(step_ms / 1000 * max(1, sample.shape[0] // 2) ** 0.3)  # CFG doubles the batch
         noise = torch.zeros_like(sample)
         return UNet2DConditionOutput(sample=noise) if return_dict else (noise,)
+
+    def encode_text(self, input_ids, *args, output_hidden_states=None, **kwargs):
+        device.launch(step_ms / 1000 * TEXT_ENCODER_SHARE * len(input_ids) ** 0.3)
+        hidden = torch.zeros((*input_ids.shape, self.config.hidden_size))
+        return BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=hidden[:, 0], hidden_states=(
+            (hidden,) * (self.config.num_hidden_layers + 1) if output_hidden_states else None))
 
     def decode(self, z, return_dict=True, generator=None):
         device.launch(2 * step_ms / 1000 * z.shape[0] ** 0.3)
@@ -74,6 +95,7 @@ def install(step_ms: float, busy_file: Path) -> None:
         return noise
 
     UNet2DConditionModel.forward = unet
+    CLIPTextModel.forward = encode_text
     AutoencoderKL.decode = decode
     euler_a.randn_tensor = torch_utils.randn_tensor = step_noise  # engine/noise.py calls the latter
 

@@ -5,6 +5,7 @@ from django.db.models import Q
 from django.http import Http404
 
 from gallery.models import Image
+from generation.models import Job
 
 PAGE_SIZE = 24
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -45,8 +46,9 @@ def gallery_page(*, owner=None, public=False, query: str = "", before: str = "",
         images = images.filter(owner=owner)
     if public:
         images = images.filter(is_public=True)
-    if query:
-        images = images.filter(job__prompt__icontains=query)
+    if query:  # one owner's jobs first: their prompts, not every job's, are read
+        jobs = Job.objects.filter(prompt__icontains=query)
+        images = images.filter(job__in=jobs.filter(user=owner) if owner is not None else jobs)
     if start := cursor_parse(after):  # the page before: read towards the newest, shown newest first
         found = list(images.filter(created_at__gte=start[0]).filter(_beyond(start, newer=True)).order_by(
             "created_at", "-index", "-id")[:PAGE_SIZE + 1])

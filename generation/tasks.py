@@ -1,19 +1,25 @@
 """Celery tasks: thin adapters from a message to a service."""
 
+import multiprocessing
+
 from celery import shared_task
-from celery.signals import worker_process_init, worker_process_shutdown
+from celery.signals import worker_process_init, worker_process_shutdown, worker_shutting_down
 from django.conf import settings
 
 from generation.metrics import serve_worker_metrics
 from generation.services import queue
 
+# Set in the worker's main process when it begins a warm shutdown; its pool processes, forked from
+# it, see it and take no further run.
+STOPPING = multiprocessing.Event()
+
 
 @shared_task(name=queue.RUN_NEXT_JOB, acks_late=True, bind=True)
 def run_next_job(self) -> str | None:
-    """A job is waiting: claim the fairest one and run it."""
+    """A job is waiting: claim the fairest one and run it (and the runs after it, while jobs wait)."""
     from generation.services.run import job_run_next  # the engine and torch: loaded by workers only
 
-    job = job_run_next(worker=self.request.hostname or "")
+    job = job_run_next(worker=self.request.hostname or "", stopping=STOPPING.is_set)
     return str(job.pk) if job else None
 
 
@@ -21,6 +27,11 @@ def run_next_job(self) -> str | None:
 def reap_jobs() -> dict:
     """Scheduled by Celery beat (SDWEB_REAP_EVERY_SECONDS): recover jobs whose worker died."""
     return queue.jobs_reap()
+
+
+@worker_shutting_down.connect
+def worker_stopping(**kwargs):
+    STOPPING.set()
 
 
 @worker_process_init.connect

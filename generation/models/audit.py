@@ -55,6 +55,7 @@ class PromptAudit(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["username", "-created_at"], name="audit_user_newest")]
         permissions = [("trace_image", "Can trace an image to the job, owner and prompt that made it")]
 
     def save(self, *args, **kwargs):

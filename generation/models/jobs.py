@@ -97,7 +97,9 @@ class Job(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
-        indexes = [models.Index(fields=["status", "created_at"])]
+        indexes = [models.Index(fields=["status", "created_at"]),  # the image page's upscales of it:
+                   models.Index(fields=["init_image_id"], condition=Q(init_image_id__isnull=False),
+                                name="job_from_image")]
         constraints = [models.UniqueConstraint(fields=["user", "idempotency_key"],
                                                condition=Q(idempotency_key__isnull=False), name="one_job_per_idempotency_key")]
 

@@ -14,6 +14,7 @@ from datetime import timedelta
 
 import torch
 from django.conf import settings
+from django.db import connection
 from django.db.models import BinaryField, Case, F, PositiveIntegerField, Q, QuerySet, Value, When
 from django.utils import timezone
 from PIL import Image as PILImage
@@ -38,18 +39,86 @@ from generation.services.submit import engine_limits, job_inputs
 
 log = logging.getLogger(__name__)
 SHUTTING_DOWN = threading.Event()  # set when the embedded server stops: running jobs go back to the queue
+RUN_ON_SECONDS = 30  # one task's runs: Celery's time limits count per task
 
 
-def job_run_next(*, worker: str = "") -> Job | None:
-    """Claim the fairest job, with the jobs that can share its run, and run them to an end.
-    Returns the first job, or None if none was waiting."""
+def job_run_next(*, worker: str = "", stopping=lambda: False) -> Job | None:
+    """Claim the fairest job, with the jobs that can share its run, and run them to an end; then, for
+    up to RUN_ON_SECONDS while jobs wait and the worker isn't `stopping()`, the next run straight
+    away (back in Celery, the next message's round trip would leave the GPU idle), claimed while
+    the GPU finishes the run before. Returns the first job, or None if none was waiting."""
+    until = time.monotonic() + RUN_ON_SECONDS
+
+    def stopped() -> bool:
+        return stopping() or SHUTTING_DOWN.is_set()
+
+    first, jobs, prepared = None, _claim(worker), {}
+    while jobs:
+        first = first or jobs[0]
+        ahead = NextClaim(worker, lambda: not stopped() and time.monotonic() < until) \
+            if connection.vendor == "postgresql" and settings.SDWEB["FINISH_PROCESSES"] else None
+        try:
+            jobs_run(jobs, on_last_step=ahead and ahead.start, prepared=prepared)
+        except BaseException:
+            if ahead:
+                ahead.give_back()
+            raise
+        claimed = ahead.result() if ahead else None
+        if stopped():
+            if ahead:
+                ahead.give_back()
+            break
+        if claimed is None and time.monotonic() > until:
+            break
+        jobs, prepared = (claimed, ahead.requests) if claimed is not None else (_claim(worker), {})
+    if first:
+        jobs_reap()  # this worker is free again: a job whose worker died meanwhile is claimed next
+    return first
+
+
+class NextClaim:
+    """The next run's claim and its jobs' engine requests, made on a thread of its own once this
+    run's last step is under way: the host only waits while the GPU works through the last steps
+    and the decode, so the next run starts without their queries (and input images) in between.
+    PostgreSQL only (SQLite has one writer at a time), with finishing processes (else the next run
+    would wait for this one's finishing anyway, its jobs shown as started meanwhile)."""
+
+    def __init__(self, worker: str, going_on):
+        self.worker, self.going_on, self.lock = worker, going_on, threading.Lock()
+        self.thread, self.jobs, self.requests, self.closed = None, None, {}, False
+
+    def start(self) -> None:
+        with self.lock:
+            if self.thread is None and not self.closed and self.going_on():
+                self.thread = threading.Thread(target=self._claim, name="next-claim", daemon=True)
+                self.thread.start()
+
+    def _claim(self) -> None:
+        try:
+            self.jobs = _claim(self.worker)
+            self.requests = {job.pk: _request_or_error(job) for job in self.jobs}
+        except Exception:  # the worker claims again itself
+            log.exception("claiming the next run failed")
+        finally:
+            connection.close()  # this thread's own
+
+    def result(self) -> list[Job] | None:
+        """The jobs claimed, or None when no claim was made (or it failed)."""
+        with self.lock:
+            self.closed = True
+        if self.thread is not None:
+            self.thread.join()
+        return self.jobs
+
+    def give_back(self) -> None:
+        for job in self.result() or []:
+            job_requeue(job=job, attempt=job.attempts)
+
+
+def _claim(worker: str) -> list[Job]:
     resident = PIPELINES.resident_sources()
     held = frozenset(Checkpoint.objects.filter(source__in=resident).values_list("pk", flat=True)) if resident else frozenset()
-    jobs = jobs_claim(worker=worker, held=held, images=batch_images(), wait_ms=settings.SDWEB["BATCH_WAIT_MS"])
-    if jobs:
-        jobs_run(jobs)
-        jobs_reap()  # this worker is free again: a job whose worker died meanwhile is claimed next
-    return jobs[0] if jobs else None
+    return jobs_claim(worker=worker, held=held, images=batch_images(), wait_ms=settings.SDWEB["BATCH_WAIT_MS"])
 
 
 def batch_images() -> int:
@@ -110,8 +179,8 @@ class Watch:
     Leases, progress and the latest previews are written for the whole batch in one query, every
     SDWEB_PROGRESS_SAVE_SECONDS; previews reach the pages at once, through the channel layer."""
 
-    def __init__(self, jobs: list[Job]):
-        self.jobs, self.reasons = jobs, {}  # index -> why that job stopped
+    def __init__(self, jobs: list[Job], on_last_step=None):
+        self.jobs, self.reasons, self.on_last_step = jobs, {}, on_last_step  # reasons: index -> why that job stopped
         self.deadline = time.monotonic() + settings.SDWEB["JOB_TIMEOUT_SECONDS"]
         self.lease = timedelta(seconds=settings.SDWEB["LEASE_SECONDS"])
         self.renewed = self.saved = time.monotonic()
@@ -191,16 +260,19 @@ class Watch:
         now = time.monotonic()
         eta = round((now - since) / (step - from_step) * (total - step), 1) if step > from_step else None
         job_event_soon(self.jobs[k].pk, {"type": "progress", "step": step, "total": total, "eta": eta, "preview": image})
+        if step == total and self.on_last_step:
+            self.on_last_step()
 
 
-def jobs_run(jobs: list[Job]) -> None:
+def jobs_run(jobs: list[Job], on_last_step=None, prepared: dict | None = None) -> None:
     """Run claimed jobs: one alone through generate(), compatible ones together through
     generate_batch(). Each job ends on its own: failed, cancelled or given up here, or handed to
-    the finishing pool to be stored and published."""
-    watch = Watch(jobs)
+    the finishing pool to be stored and published. `on_last_step()` is called when the last
+    step's preview is made; `prepared` holds requests made beforehand (job id -> _request_or_error)."""
+    watch = Watch(jobs, on_last_step)
     for job in jobs:
         job_event_soon(job.pk, {"type": "started", "attempt": job.attempts})
-    outcomes = _outcomes(jobs, watch)
+    outcomes = _outcomes(jobs, watch, prepared or {})
     watch.save()  # the last steps and previews, before the jobs leave this thread
     flush()  # previews already handed to the sender go out before any job's end
     for k, (job, outcome) in enumerate(zip(jobs, outcomes)):
@@ -232,15 +304,16 @@ def said(error: Exception) -> str:
     return "an error in the server stopped it (staff can see what). The credits are back."
 
 
-def _outcomes(jobs: list[Job], watch: Watch) -> list:
+def _outcomes(jobs: list[Job], watch: Watch, prepared: dict) -> list:
     """Each job's engine result, or the exception that ended it."""
     outcomes: list = [None] * len(jobs)
     requests = {}
     for k, job in enumerate(jobs):
-        try:
-            requests[k] = _request(job)
-        except Exception as error:
-            outcomes[k] = error
+        made = prepared[job.pk] if job.pk in prepared else _request_or_error(job)
+        if isinstance(made, Exception):
+            outcomes[k] = made
+        else:
+            requests[k] = made
     try:
         if len(jobs) == 1 and requests:
             outcomes = [_run_alone(jobs[0], requests[0], watch)]
@@ -259,6 +332,13 @@ def _outcomes(jobs: list[Job], watch: Watch) -> list:
 
 def _parameters(result, k: int) -> str:
     return result.text if isinstance(result, UpscaleResult) else result.parameters(k)
+
+
+def _request_or_error(job: Job):
+    try:
+        return _request(job)
+    except Exception as error:  # the job's own (a deleted input, a bad add-on): it fails alone
+        return error
 
 
 def _request(job: Job) -> GenerationRequest | None:
