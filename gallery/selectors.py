@@ -71,9 +71,10 @@ def cursor_parse(text: str | None) -> tuple | None:
     """(created_at, index, id) from a cursor; anything else is no cursor (the newest page)."""
     try:
         micros, index, hex_id = (text or "").split(".")
-        return EPOCH + timedelta(microseconds=int(micros)), int(index), int(hex_id, 16)
+        start = EPOCH + timedelta(microseconds=int(micros)), int(index), int(hex_id, 16)
     except (ValueError, OverflowError):
         return None
+    return start if 0 <= start[1] < 2**31 and 0 <= start[2] < 2**63 else None  # what the columns hold
 
 
 def _beyond(start: tuple, *, newer: bool) -> Q:
