@@ -113,8 +113,8 @@ def test_the_worker_knows_which_checkpoints_it_holds(transactional_db, alice, ca
                                 config=str(tiny_families["sd1"]["config"]))
     PIPELINES.clear()
     PIPELINES.get(other.model_ref())
-    job_submit(user=alice, params=params(checkpoint))
+    alices = job_submit(user=alice, params=params(checkpoint))
     carols = job_submit(user=carol, params=params(other))
     ran = []
-    monkeypatch.setattr(run_service, "jobs_run", ran.extend)  # which job is claimed, not its run
-    assert run_service.job_run_next().pk == carols.pk and ran == [carols]
+    monkeypatch.setattr(run_service, "jobs_run", lambda jobs, **_: ran.append(jobs))  # which jobs are claimed
+    assert run_service.job_run_next().pk == carols.pk and ran == [[carols], [alices]]  # and the next run at once
