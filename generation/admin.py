@@ -6,12 +6,14 @@ from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.db import connection
+from django.db.models import Q
 from django.http import HttpResponse
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import path
 from django.utils.functional import cached_property
 from django.utils.html import format_html
+from django.utils.text import smart_split, unescape_string_literal
 
 from generation import filters
 from generation.models import AddOn, BlockRule, Checkpoint, CreditAccount, CreditEntry, Job, PromptAudit, StaffAction, Vae
@@ -224,7 +226,7 @@ class PromptAuditAdmin(AppendOnlyAdmin):
     # Filters whose choices don't come from a DISTINCT over a million rows; no date hierarchy (its
     # DISTINCT dates read every row), and the unfiltered count estimated (PostgreSQL).
     list_filter = ("decision", CheckpointFilter, ("created_at", admin.DateFieldListFilter), UsernameFilter)
-    search_fields = ("prompt", "negative_prompt", "reason")
+    search_fields = ("prompt",)  # searched as get_search_results says
     show_full_result_count = False
     paginator = EstimatedCountPaginator
     change_list_template = "admin/generation/promptaudit/change_list.html"
@@ -234,11 +236,15 @@ class PromptAuditAdmin(AppendOnlyAdmin):
         return format_html('<a href="?username={}">{}</a>', row.username, row.username)
 
     def get_search_results(self, request, queryset, search_term):
-        """Also the disguised spellings: "nude" finds a Cyrillic "nudе" by the prompts' skeletons."""
-        found, duplicates = super().get_search_results(request, queryset, search_term)
-        if search_term.strip():
-            found = found | queryset.filter(search_text__contains=filters.skeleton(search_term.strip()))
-        return found, duplicates
+        """Rows with every word (or "quoted phrase") in a prompt or the reason. The prompts are
+        matched by their normal forms and skeletons, so any case or width and the disguised
+        spellings match too ("nude" finds a Cyrillic "nudе"); PostgreSQL reads trigram indexes."""
+        for word in smart_split(search_term):
+            if word[0] in "\"'" and word[0] == word[-1] and len(word) > 1:
+                word = unescape_string_literal(word)
+            queryset = queryset.filter(Q(search_text__contains=filters.normalise(word))
+                                       | Q(search_text__contains=filters.skeleton(word)) | Q(reason__icontains=word))
+        return queryset, False
 
     @admin.display(description="prompt")
     def prompt_text(self, row):

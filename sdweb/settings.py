@@ -72,7 +72,14 @@ def database_from_url(url: str) -> dict:
     """DATABASE_URL as Django wants it, query options (?sslmode=require ...) included."""
     if not url.startswith(("sqlite:", "postgres:", "postgresql:")):
         raise RuntimeError(f"DATABASE_URL must start with sqlite:// or postgres:// (got {url.split(':')[0]!r})")
-    return dj_database_url.parse(url, conn_max_age=0 if url.startswith("sqlite:") else 60)
+    database = dj_database_url.parse(url, conn_max_age=0)
+    if not url.startswith("sqlite:"):
+        # Under ASGI every request runs on a thread of its own, so connections kept per thread were
+        # one per request still open (at 200 people PostgreSQL's 100 ran out): one pool per process,
+        # where a request waits for a free connection instead.
+        database.setdefault("OPTIONS", {})["pool"] = {
+            "min_size": 1, "max_size": env_int("SDWEB_DB_POOL_SIZE", 8, minimum=1), "timeout": 30}
+    return database
 
 
 VAR_DIR = Path(env("SDWEB_VAR_DIR", str(BASE_DIR / "var")))

@@ -20,13 +20,13 @@ class AppendOnly(models.QuerySet):
         (outside the hash chain, which covers `subject` instead)."""
         return models.QuerySet.update(self.filter(user_id=user_id), username=pseudonym)
 
-    def seal(self, pk: int, hash: str) -> int:
-        """Set a new row's chain hash, once (see generation.services.audit.audit_append)."""
-        return models.QuerySet.update(self.filter(pk=pk, hash=""), hash=hash)
+    def seal(self, pk: int, position: int, hash: str) -> int:
+        """Set a new row's place in the chain and its hash, once (generation.services.audit.chain_seal)."""
+        return models.QuerySet.update(self.filter(pk=pk, position=None), position=position, hash=hash)
 
-    def prune_through(self, pk: int) -> int:
-        """The one removal allowed, used by `prune_audit`: every row up to `pk`."""
-        return models.QuerySet.delete(self.filter(pk__lte=pk))[1].get(self.model._meta.label, 0)
+    def prune_through(self, position: int) -> int:
+        """The one removal allowed, used by `prune_audit`: every row up to that place in the chain."""
+        return models.QuerySet.delete(self.filter(position__lte=position))[1].get(self.model._meta.label, 0)
 
 
 class PromptAudit(models.Model):
@@ -50,6 +50,8 @@ class PromptAudit(models.Model):
     job_id = models.UUIDField(null=True, blank=True, db_index=True)
     image_ids = models.JSONField(default=list)
     hash = models.CharField(max_length=64, blank=True, help_text="sha256 of this row and the hash before it")
+    position = models.BigIntegerField(null=True, blank=True, unique=True, editable=False,
+                                      help_text="The row's place in the chain, given when it is sealed")
     search_text = models.TextField(blank=True, editable=False, help_text="The prompts' normal forms and skeletons, "
                                    "so staff find disguised spellings (not part of the hash)")
 
@@ -78,7 +80,7 @@ class AuditChain(models.Model):
     head = models.CharField(max_length=64, default="0" * 64)
     length = models.BigIntegerField(default=0, help_text="Rows ever appended")
     base = models.CharField(max_length=64, default="0" * 64, help_text="The hash before the first kept row")
-    base_id = models.BigIntegerField(default=0, help_text="Rows up to this id were pruned")
+    base_position = models.BigIntegerField(default=0, help_text="Rows up to this place in the chain were pruned")
     pruned = models.BigIntegerField(default=0)
 
 

@@ -2,9 +2,11 @@
 
 Each row's hash covers its content and the hash before it; `AuditChain` (one row) holds the head
 (the newest hash and the number of rows appended) and the point the chain was last pruned to.
-Appends lock that row, so concurrent writers on PostgreSQL take turns and the chain stays one
-line. The hash covers `subject` (a stable pseudonym of the user id) rather than the username or
-the user id, which account deletion changes."""
+A submission writes its row in its own transaction, unsealed and without waiting for anyone; once
+that commits, `chain_seal` places and hashes every row written so far, one sealer at a time. So
+writers wait for at most the seal before theirs, not for each other's whole transactions, and the
+chain stays one line, in the order the rows were sealed. The hash covers `subject` (a stable
+pseudonym of the user id) rather than the username or the user id, which account deletion changes."""
 
 import hashlib
 import hmac
@@ -13,7 +15,7 @@ import math
 from datetime import datetime
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from generation import filters
@@ -21,6 +23,7 @@ from generation.engine.request import MAX_PROMPT_CHARS
 from generation.models import INPUT_DIGESTS, AuditChain, AuditImage, Checkpoint, ImageFingerprint, Job, PromptAudit, StaffAction
 
 GENESIS = "0" * 64
+CHAIN_LOCK = 0x5D3EB_A0D17  # the advisory lock key of the audit chain
 
 
 def pseudonym(user_id: int) -> str:
@@ -39,23 +42,52 @@ def chain_hash(previous: str, row: PromptAudit) -> str:
     return hashlib.sha256(previous.encode() + content(row)).hexdigest()
 
 
-def locked_chain() -> AuditChain:
-    return AuditChain.objects.select_for_update().get_or_create(pk=1)[0]
+def locked_chain(wait: bool = True) -> AuditChain | None:
+    """The chain's head, for the one writer that may extend or prune it until this transaction
+    ends; None when another holds it and `wait` is False. On PostgreSQL an advisory lock (waiting
+    for a row lock would write to the row); on SQLite the transaction itself locks the file."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(f"SELECT {'pg_advisory_xact_lock' if wait else 'pg_try_advisory_xact_lock'}(%s)", [CHAIN_LOCK])
+            if not wait and not cursor.fetchone()[0]:
+                return None
+    return AuditChain.objects.get_or_create(pk=1)[0]
 
 
-@transaction.atomic
 def chain_append(**fields) -> PromptAudit:
-    """Add a row at the head of the chain."""
-    chain = locked_chain()
-    row = PromptAudit(created_at=timezone.now(), **fields)  # after the lock: time order is chain order
-    row.save()
-    # Hash the row as the database gives it back (PostgreSQL's jsonb writes 2.5e16 as an integer,
-    # inet normalises addresses...), which is what verification will read.
-    row.hash = chain_hash(chain.head, PromptAudit.objects.get(pk=row.pk))
-    PromptAudit.objects.seal(row.pk, row.hash)
+    """Write a row for the chain, in the caller's transaction; it is sealed once that commits."""
+    row = PromptAudit.objects.create(created_at=timezone.now(), **fields)
     AuditImage.objects.bulk_create([AuditImage(image_id=i, audit=row) for i in row.image_ids])
-    AuditChain.objects.filter(pk=1).update(head=row.hash, length=chain.length + 1)
+    transaction.on_commit(lambda: chain_seal(wait=False), robust=True)  # if it fails, the next seal does it
     return row
+
+
+def chain_seal(wait: bool = True) -> int:
+    """Place and hash every committed row not yet in the chain, in the order they were written.
+
+    With `wait` False a writer that finds another sealing leaves its row to that one: a sealer
+    looks for rows again after it lets go of the chain, and every row was committed before its
+    writer tried the lock, so no row is left behind (a writer killed in between: the next seal,
+    or verify_audit, seals its row)."""
+    sealed = 0
+    while True:
+        with transaction.atomic():
+            chain = locked_chain(wait)
+            if chain is None:
+                return sealed
+            # Read after taking the lock (a new snapshot): rows committed meanwhile are sealed now too.
+            pending = list(PromptAudit.objects.filter(position=None).order_by("pk"))
+            head, length = chain.head, chain.length
+            for row in pending:
+                # The row as the database gives it back (PostgreSQL's jsonb writes 2.5e16 as an
+                # integer, inet normalises addresses...), which is what verification will read.
+                head, length = chain_hash(head, row), length + 1
+                PromptAudit.objects.seal(row.pk, length, head)
+            if pending:
+                AuditChain.objects.filter(pk=1).update(head=head, length=length)
+        sealed += len(pending)
+        if wait or not PromptAudit.objects.filter(position=None).exists():
+            return sealed
 
 
 def audit_append(*, user, client_ip, params: dict, decision: str, reason: str = "", checkpoint=None,
@@ -127,13 +159,16 @@ def storable(text: str) -> str:
 
 
 def audit_verify() -> tuple[int, str | None]:
-    """(rows checked, None) when the chain is whole, else (rows checked, what is wrong first)."""
-    chain = AuditChain.objects.get_or_create(pk=1)[0]
+    """(rows checked, None) when the chain is whole, else (rows checked, what is wrong first).
+    Rows not sealed yet (a writer stopped between its commit and its seal) are sealed first."""
+    chain_seal()
+    chain = AuditChain.objects.get(pk=1)
     previous, count = chain.base, 0
-    for row in PromptAudit.objects.filter(pk__gt=chain.base_id).order_by("pk").iterator(chunk_size=2000):
+    rows = PromptAudit.objects.filter(position__gt=chain.base_position).order_by("position")
+    for row in rows.iterator(chunk_size=2000):
         if chain_hash(previous, row) != row.hash:
             return count, (f"row {row.pk} ({row.created_at:%Y-%m-%d %H:%M:%S}) does not match the chain: it, or a "
-                           f"row before it back to row {chain.base_id}, was changed, removed or moved")
+                           f"row before it back to the chain's start, was changed, removed or moved")
         previous, count = row.hash, count + 1
     if previous != chain.head or count != chain.length - chain.pruned:
         return count, (f"the chain's head says {chain.length - chain.pruned} rows ending in {chain.head[:12]}…, "
@@ -144,17 +179,18 @@ def audit_verify() -> tuple[int, str | None]:
 @transaction.atomic
 def audit_prune(before: datetime) -> int:
     """Remove the rows made before `before`, keeping the chain verifiable from the next row on."""
-    chain = locked_chain()
     count, problem = audit_verify()
     if problem:
         raise ValueError(f"the audit chain is broken, nothing was pruned: {problem}")
-    last = PromptAudit.objects.filter(pk__gt=chain.base_id, created_at__lt=before).order_by("-pk").first()
+    chain = locked_chain()
+    kept = PromptAudit.objects.filter(position__gt=chain.base_position)
+    last = kept.filter(created_at__lt=before).order_by("-position").first()
     if last is None:
         return 0
-    pruned_images = AuditImage.objects.filter(audit_id__gt=chain.base_id, audit_id__lte=last.pk).values("image_id")
+    pruned_images = AuditImage.objects.filter(audit__position__lte=last.position).values("image_id")
     ImageFingerprint.objects.filter(image_id__in=pruned_images).delete()
-    removed = PromptAudit.objects.prune_through(last.pk)
-    AuditChain.objects.filter(pk=1).update(base=last.hash, base_id=last.pk, pruned=chain.pruned + removed)
+    removed = PromptAudit.objects.prune_through(last.position)
+    AuditChain.objects.filter(pk=1).update(base=last.hash, base_position=last.position, pruned=chain.pruned + removed)
     return removed
 
 

@@ -259,7 +259,9 @@ class Watch:
         since, from_step = self.first_step.setdefault(k, (time.monotonic(), step))
         now = time.monotonic()
         eta = round((now - since) / (step - from_step) * (total - step), 1) if step > from_step else None
-        job_event_soon(self.jobs[k].pk, {"type": "progress", "step": step, "total": total, "eta": eta, "preview": image})
+        # `sent`: when the preview left the worker (epoch seconds), so a client can tell how late it arrived.
+        job_event_soon(self.jobs[k].pk, {"type": "progress", "step": step, "total": total, "eta": eta, "preview": image,
+                                         "sent": round(time.time(), 3)})
         if step == total and self.on_last_step:
             self.on_last_step()
 

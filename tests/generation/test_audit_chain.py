@@ -25,7 +25,7 @@ def chain(db):
         row = PromptAudit(created_at=start + timedelta(minutes=100 * i), username=f"user{i % 7}",
                           subject=f"deleted-{i % 7:012d}", client_ip="10.0.0.1", prompt=f"a lighthouse, take {i}",
                           params={"steps": 20, "guidance_scale": 7.0}, checkpoint="tiny", decision="accepted",
-                          image_ids=[i])
+                          image_ids=[i], position=i + 1)
         row.hash = head = chain_hash(head, row)
         rows.append(row)
     PromptAudit.objects.bulk_create(rows, batch_size=2000)

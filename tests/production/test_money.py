@@ -34,7 +34,8 @@ print(json.dumps({"results": results, "balance": account.balance,
                   "ledger": sum(account.entries.values_list("amount", flat=True)),
                   "jobs": Job.objects.filter(user=user).count(),
                   "charges": account.entries.filter(kind="charge").count(),
-                  "audit_rows": PromptAudit.objects.filter(user=user).count(), "chain": verify()}))
+                  "audit_rows": PromptAudit.objects.filter(user=user).count(),
+                  "unsealed": PromptAudit.objects.filter(position=None).count(), "chain": verify()}))
 """
 
 
@@ -50,6 +51,8 @@ def test_50_concurrent_submissions_with_credit_for_10_accept_exactly_10(producti
     assert outcome["balance"] == 0 == outcome["ledger"]
     assert outcome["jobs"] == outcome["charges"] == 10
     assert outcome["audit_rows"] == 50 and outcome["chain"][1] is None, outcome["chain"]  # 50 writers, one chain
+    # No writer waited for another's seal, and none left a row unsealed: each sealer looks again after it lets go.
+    assert outcome["unsealed"] == 0
 
 
 def test_concurrent_retries_with_one_idempotency_key_make_one_job_and_one_charge(production):

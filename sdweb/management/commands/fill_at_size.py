@@ -19,13 +19,13 @@ from PIL import PngImagePlugin
 
 from gallery.models import Image
 from generation.models import AuditChain, AuditImage, CreditAccount, Job, PromptAudit
-from generation.services.audit import chain_hash, pseudonym
+from generation.services.audit import chain_hash, locked_chain, pseudonym
 from generation.services.checkpoints import checkpoint_ensure_test_model
 
 IMAGES_PER_JOB = 4
 BATCH = 5000
 AUDIT_COLUMNS = ("created_at", "user_id", "username", "subject", "client_ip", "prompt", "negative_prompt", "params", "checkpoint",
-                 "decision", "reason", "job_id", "image_ids", "hash", "search_text")
+                 "decision", "reason", "job_id", "image_ids", "hash", "search_text", "position")
 
 
 def sample_files() -> tuple[str, str]:
@@ -114,10 +114,10 @@ class Command(BaseCommand):
     @transaction.atomic
     def _append(self, rows: list[dict]) -> None:
         """Rows at the chain's head, hashed as verify_audit reads them back; COPY on PostgreSQL."""
-        chain = AuditChain.objects.select_for_update().get_or_create(pk=1)[0]
+        chain = locked_chain()
         head, made = chain.head, []
-        for fields in rows:
-            row = PromptAudit(**fields, search_text=fields["prompt"])
+        for position, fields in enumerate(rows, start=chain.length + 1):
+            row = PromptAudit(**fields, search_text=fields["prompt"], position=position)
             row.hash = head = chain_hash(head, row)
             made.append(row)
         if connection.vendor == "postgresql":
