@@ -101,7 +101,8 @@ def measure(args) -> dict:
         "audit review, one day": (staff, "/admin/generation/promptaudit/?" + urlencode(
             {"created_at__gte": midnight.isoformat(), "created_at__lt": (midnight + timedelta(days=1)).isoformat()})),
         "audit review, one user": (staff, f"/admin/generation/promptaudit/?username={owner.username}"),
-        "audit search": (staff, "/admin/generation/promptaudit/?q=harbour+in+fog%2C+take+77"),
+        "audit search": (staff, f"/admin/generation/promptaudit/?q=take+{args.audit // 3}"),  # one row has it
+        "audit search, common words": (staff, "/admin/generation/promptaudit/?q=harbour+in+fog%2C+take+77"),
         "dashboard": (staff, "/staff/dashboard/"),
     }
     clients = {}

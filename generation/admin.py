@@ -204,18 +204,28 @@ class CheckpointFilter(admin.SimpleListFilter):
 
 
 class EstimatedCountPaginator(Paginator):
-    """An unfiltered list's count from PostgreSQL's statistics (counting a million rows reads them all)."""
+    """Counts that don't read a million rows (PostgreSQL): an unfiltered list's from the table's
+    statistics, a filtered one's up to COUNT_UP_TO rows. `count_shown` says which it is."""
+
+    COUNT_UP_TO = 500
 
     @cached_property
     def count(self):
+        if connection.vendor != "postgresql":
+            return super().count
         query = self.object_list.query
-        if connection.vendor == "postgresql" and not query.where:
+        if not query.where:
             with connection.cursor() as cursor:
                 cursor.execute("SELECT reltuples::bigint FROM pg_class WHERE relname = %s", [query.model._meta.db_table])
                 estimate = (cursor.fetchone() or (-1,))[0]
             if estimate > 10_000:
+                self.count_shown = f"about {estimate:,}"
                 return estimate
-        return super().count
+            return super().count
+        counted = self.object_list.order_by()[:self.COUNT_UP_TO + 1].count()
+        if counted > self.COUNT_UP_TO:
+            self.count_shown = f"more than {self.COUNT_UP_TO:,}"
+        return counted
 
 
 @admin.register(PromptAudit)
@@ -229,6 +239,7 @@ class PromptAuditAdmin(AppendOnlyAdmin):
     search_fields = ("prompt",)  # searched as get_search_results says
     show_full_result_count = False
     paginator = EstimatedCountPaginator
+    list_per_page = 50
     change_list_template = "admin/generation/promptaudit/change_list.html"
 
     @admin.display(description="username", ordering="username")
