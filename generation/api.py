@@ -45,7 +45,8 @@ class JobList(generics.ListCreateAPIView):
         return super().get(request, *args, **kwargs)
 
     def get_queryset(self):
-        jobs = Job.objects.filter(user=self.request.user).select_related("checkpoint")
+        jobs = Job.objects.filter(user=self.request.user).select_related("checkpoint", "refiner", "vae") \
+            .prefetch_related("images")
         query = self.request.query_params
         if query.get("status"):
             jobs = jobs.filter(status=query["status"])

@@ -26,7 +26,8 @@ def image_summary(hex_id: str, seed: int) -> dict:
 def job_images(job: Job, api_request=None) -> list[dict]:
     """The job's images; for an API client (its `api_request`) the links are absolute and `url` is
     the download its API key opens."""
-    shown = [image_summary(image.hex_id, image.seed) for image in job.images.order_by("index")]
+    images = sorted(job.images.all(), key=lambda image: image.index)  # .all(): prefetched for a list of jobs
+    shown = [image_summary(image.hex_id, image.seed) for image in images]
     if api_request is not None:
         shown = [{**image, "url": reverse("api-image-download", args=[image["id"]])} for image in shown]
         shown = [{k: api_request.build_absolute_uri(v) if k in ("page", "url", "thumbnail") else v
