@@ -80,8 +80,6 @@ def measure(args) -> dict:
     checked, problem = audit_verify()
     assert problem is None, problem
     print(f"audit chain intact: {checked} rows", file=sys.stderr)
-    with connection.cursor() as cursor_:
-        cursor_.execute("ANALYZE")
 
     owner = User.objects.filter(username__startswith="size-").order_by("pk").first()
     staff = User.objects.create_superuser("size-staff", password="x")

@@ -412,6 +412,20 @@ def cpu_seconds(stack) -> Counter:
     return used
 
 
+def traffic(stack) -> Counter:
+    """What the services did so far: PostgreSQL's commits and rows written, Redis's commands (broker,
+    channel layer, cache and throttles together), bytes in storage."""
+    (commits, inserted, updated, deleted), = stack.query(
+        "SELECT xact_commit, tup_inserted, tup_updated, tup_deleted FROM pg_stat_database WHERE datname = %s",
+        stack.database)
+    import redis
+
+    info = redis.Redis.from_url(stack.env["REDIS_URL"]).info("stats")
+    stored = sum(f.stat().st_size for f in (stack.var / "media").rglob("*") if f.is_file())
+    return Counter({"database commits": commits, "rows written": inserted + updated + deleted,
+                    "Redis commands": info["total_commands_processed"], "storage bytes": stored})
+
+
 def checks(stack, drain_s: float) -> dict:
     """After the run: the queue drained, every submitted job ended, and every credit accounted for."""
     deadline = time.monotonic() + drain_s
@@ -488,15 +502,20 @@ def main() -> None:
         print(f"stack up at {stack.base} ({stack.var}); {args.users} users for {args.minutes} min", flush=True)
         env = Environment(user_classes=[Person, Staff, Abuser], host=stack.base, events=events)
         runner = env.create_local_runner()
-        started, cpu = time.monotonic(), cpu_seconds(stack)
+        started, cpu, before = time.monotonic(), cpu_seconds(stack), traffic(stack)
         runner.start(args.users, spawn_rate=args.spawn_rate)
         gevent.spawn_later(args.minutes * 60, runner.quit)
         runner.greenlet.join()
         seconds = time.monotonic() - started
         cpu = cpu_seconds(stack) - cpu
-        report(seconds, started + args.users / args.spawn_rate + 10, checks(stack, drain_s=300))
+        outcome = checks(stack, drain_s=300)
+        report(seconds, started + args.users / args.spawn_rate + 10, outcome)
         print(f"CPU over the run (of {os.cpu_count()} cores): " + ", ".join(
             f"{part} {used / seconds:.2f}" for part, used in cpu.most_common()))
+        jobs, images = sum(outcome["jobs"].values()), outcome["images"]
+        print(f"per job ({jobs}, {images} images), drain included: " + ", ".join(
+            f"{name} {count / jobs:.1f}" for name, count in (traffic(stack) - before).items())
+            + f"; websocket progress events {len(Run.progress_late) / len(Run.submitted):.1f} per watched job")
 
 
 if __name__ == "__main__":

@@ -84,6 +84,9 @@ class Command(BaseCommand):
             made += len(pictures)
             self._audit(jobs, rng)
         self._audit_more(max(0, audit - jobs_count), people, now - span, span, rng)
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("ANALYZE")  # after a bulk load, the statistics the planner reads
         self.stdout.write(f"added {users} users, {jobs_count} jobs, {made} images and {max(audit, jobs_count)} "
                           "audit rows")
 
