@@ -69,6 +69,8 @@ def chain_seal(wait: bool = True) -> int:
     looks for rows again after it lets go of the chain, and every row was committed before its
     writer tried the lock, so no row is left behind (a writer killed in between: the next seal,
     or verify_audit, seals its row)."""
+    if connection.in_atomic_block:  # the lock is let go when the caller's transaction ends: look again then
+        transaction.on_commit(lambda: chain_seal(wait=False), robust=True)
     sealed = 0
     while True:
         with transaction.atomic():
@@ -86,7 +88,7 @@ def chain_seal(wait: bool = True) -> int:
             if pending:
                 AuditChain.objects.filter(pk=1).update(head=head, length=length)
         sealed += len(pending)
-        if wait or not PromptAudit.objects.filter(position=None).exists():
+        if not PromptAudit.objects.filter(position=None).exists():
             return sealed
 
 
@@ -179,10 +181,10 @@ def audit_verify() -> tuple[int, str | None]:
 @transaction.atomic
 def audit_prune(before: datetime) -> int:
     """Remove the rows made before `before`, keeping the chain verifiable from the next row on."""
+    chain = locked_chain()
     count, problem = audit_verify()
     if problem:
         raise ValueError(f"the audit chain is broken, nothing was pruned: {problem}")
-    chain = locked_chain()
     kept = PromptAudit.objects.filter(position__gt=chain.base_position)
     last = kept.filter(created_at__lt=before).order_by("-position").first()
     if last is None:
