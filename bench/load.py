@@ -2,7 +2,7 @@
 
 Starts what README's "Deploying" starts, on this machine: a fresh PostgreSQL database (filled at
 size first by `manage.py fill_at_size`: 1 000 users' 100 000 images and 1 000 000 audit rows),
-Redis, one uvicorn web process and two Celery workers on the stand-in GPU (bench/standin.py, as
+Redis, uvicorn (two worker processes) and two Celery workers on the stand-in GPU (bench/standin.py, as
 bench/throughput.py uses it), with SDWEB_ENV=production behind a "proxy" (each simulated person
 comes from an address of its own in X-Forwarded-For, with X-Forwarded-Proto: https). Then locust
 (in this process, loopback only):
@@ -79,9 +79,10 @@ class Run:
     progress_late: list[tuple] = []  # (when, seconds from a progress event's `sent` to its arrival)
     timings: list[tuple] = []  # (when, request name, milliseconds)
     addresses = itertools.count(1)
-    errors: Counter = Counter()
+    errors: Counter = Counter()  # 5xx by request name
+    failed: Counter = Counter()  # what the client took as failed (a 4xx or 5xx it didn't expect), by name
     too_many: Counter = Counter()  # (name, whether it had Retry-After)
-    failures: list[str] = []
+    failures: list[str] = []  # the first few, to read
 
 
 class BehindTLS(DefaultCookiePolicy):
@@ -110,9 +111,11 @@ class Visitor(FastHttpUser):
         return self.client.request(method, path, name=name, json=body,
                                    headers={**self.headers, "Authorization": f"Bearer {self.key}"}, **kwargs)
 
+    def cookie(self, name) -> str:
+        return next((c.value for c in self.client.cookiejar if c.name == name), "")
+
     def form(self, path, name, fields, **kwargs):
-        token = self.client.cookiejar._cookies.get("127.0.0.1", {}).get("/", {}).get("csrftoken")
-        return self.client.post(path, name=name, data={**fields, "csrfmiddlewaretoken": token.value},
+        return self.client.post(path, name=name, data={**fields, "csrfmiddlewaretoken": self.cookie("csrftoken")},
                                 headers={**self.headers, "Referer": f"https://{self.host.split('//')[1]}{path}"},
                                 allow_redirects=False, **kwargs)
 
@@ -172,11 +175,11 @@ class Person(Visitor):
         if dialect == "form":
             page = self.page("/generate/", "GET /generate/")
             response = self.form("/generate/", "POST /generate/", {**form_defaults(page.text or ""), **body})
-            found = re.search(r"/jobs/([0-9a-f-]{36})/", response.headers.get("Location") or "")
+            found = re.search(r"[?&]job=([0-9a-f-]{36})", response.headers.get("Location") or "")
             if not found:
                 return
             job_id = found.group(1)
-            self.page(f"/jobs/{job_id}/", "GET /jobs/[id]/")
+            self.page(f"/generate/?job={job_id}", "GET /generate/?job=[id] (the page watching it)")
         else:
             response = self.api("POST", "/api/v1/jobs/", "POST /api/v1/jobs/", body)
             if response.status_code != 201:
@@ -187,9 +190,9 @@ class Person(Visitor):
 
     def watch(self, job_id, dialect, cancel):
         """The job page's websocket until the job ends, then its images."""
-        session = self.client.cookiejar._cookies["127.0.0.1"]["/"]["sessionid"].value
         socket = websocket.create_connection(f"{self.host.replace('http', 'ws')}/ws/jobs/{job_id}/", timeout=600,
-                                             cookie=f"sessionid={session}", origin=self.host.replace("http", "https"),
+                                             cookie=f"sessionid={self.cookie('sessionid')}",
+                                             origin=self.host.replace("http", "https"),
                                              header=[f"{k}: {v}" for k, v in self.headers.items()])
         images = []
         try:
@@ -310,10 +313,11 @@ BOMB = _bomb()
 @events.request.add_listener
 def _seen(name, response, exception, response_time, **kwargs):
     Run.timings.append((time.monotonic(), name, response_time))
+    Run.failed[name] += bool(exception)
     status = getattr(response, "status_code", 0) or 0
     if status >= 500:
         Run.errors[name] += 1
-    if exception and status not in (429,) and len(Run.failures) < 20:
+    if exception and status != 429 and len(Run.failures) < 20:
         Run.failures.append(f"{name}: {status} {str(exception)[:200]}")
     if status == 429:
         Run.too_many[name, bool(response.headers.get("Retry-After"))] += 1
@@ -463,11 +467,11 @@ def report(seconds, signed_in, outcome) -> None:
     for at, name, ms in Run.timings:
         times.setdefault(name, []).append((at, ms))
     print(f"\n{len(Run.timings)} requests in {seconds:.0f} s: {len(Run.timings) / seconds:.1f} requests/s")
-    print(f"{'request':56} {'count':>6} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'p95 after ramp':>15}")
+    print(f"{'request':56} {'count':>6} {'failed':>6} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'p95 after ramp':>15}")
     for name, seen in sorted(times.items()):
         all_ms, steady = [ms for _, ms in seen], [ms for at, ms in seen if at > signed_in]
-        print(f"{name[:56]:56} {len(seen):6d} {pct(all_ms, .5):7.0f} {pct(all_ms, .95):7.0f} {pct(all_ms, .99):7.0f} "
-              f"{pct(steady, .95):15.0f}")
+        print(f"{name[:56]:56} {len(seen):6d} {Run.failed[name]:6d} {pct(all_ms, .5):7.0f} {pct(all_ms, .95):7.0f} "
+              f"{pct(all_ms, .99):7.0f} {pct(steady, .95):15.0f}")
     reads = {name: seen for name, seen in times.items() if name.startswith("GET ")}
     for label, since in (("whole run", 0), ("after everyone signed in", signed_in)):
         worst = max(reads, key=lambda n: pct([ms for at, ms in reads[n] if at > since], .95))
@@ -491,7 +495,7 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=200, help="simulated people, staff and abusers included")
     parser.add_argument("--minutes", type=float, default=10)
     parser.add_argument("--spawn-rate", type=float, default=2, help="people starting per second")
-    parser.add_argument("--web", type=int, default=1, help="uvicorn worker processes")
+    parser.add_argument("--web", type=int, default=2, help="uvicorn worker processes")
     parser.add_argument("--workers", type=int, default=2, help="Celery workers, each with a stand-in GPU")
     parser.add_argument("--standin-ms", type=float, default=25, help="the stand-in GPU's UNet step")
     parser.add_argument("--steps", type=int, default=20)
