@@ -368,8 +368,8 @@ class Stack:
                     str(self.port), "--no-proxy-headers", "--timeout-graceful-shutdown", "5", "--log-level", "warning",
                     "--workers", str(self.args.web)])
         for k in range(self.args.workers):
-            self.start([sys.executable, "bench/standin.py", "celery", "-A", "sdweb", "worker", "--pool=prefork",
-                        "--concurrency=1", "--loglevel=WARNING", "-n", f"gpu{k}@%h"])
+            self.start(["nice", "-n", str(self.args.workers_nice), sys.executable, "bench/standin.py", "celery", "-A",
+                        "sdweb", "worker", "--pool=prefork", "--concurrency=1", "--loglevel=WARNING", "-n", f"gpu{k}@%h"])
         deadline = time.monotonic() + 120
         while not _answers(self.base + "/healthz"):
             if time.monotonic() > deadline:
@@ -497,6 +497,8 @@ def main() -> None:
     parser.add_argument("--spawn-rate", type=float, default=2, help="people starting per second")
     parser.add_argument("--web", type=int, default=2, help="uvicorn worker processes")
     parser.add_argument("--workers", type=int, default=2, help="Celery workers, each with a stand-in GPU")
+    parser.add_argument("--workers-nice", type=int, default=0,
+                        help="the workers' nice level: 10 gives the web the cores first, as separate GPU hosts would")
     parser.add_argument("--standin-ms", type=float, default=25, help="the stand-in GPU's UNet step")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--fill-images", type=int, default=100_000, help="images (and 10x audit rows) filled first")
