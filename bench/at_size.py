@@ -70,7 +70,7 @@ def measure(args) -> dict:
 
     from gallery.models import Image
     from gallery.selectors import cursor
-    from generation.services.audit import audit_verify
+    from generation.provenance.audit import audit_verify
 
     setup_test_environment()
     call_command("migrate", verbosity=0)

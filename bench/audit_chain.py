@@ -35,7 +35,7 @@ def main() -> None:
         django.setup()
         from django.core.management import call_command
 
-        from generation.services.audit import audit_verify
+        from generation.provenance.audit import audit_verify
 
         call_command("migrate", verbosity=0)
         context = multiprocessing.get_context("spawn")
@@ -83,8 +83,8 @@ def writer(k: int, rounds: int, barrier, results) -> None:
     from django.contrib.auth.models import User
     from django.db import connection, transaction
 
-    from generation.models import StaffAction
-    from generation.services import audit
+    from generation.accounts.models import StaffAction
+    from generation.provenance import audit
 
     user = User.objects.get_or_create(username=f"writer{k}")[0]
     waits, locked = [], audit.locked_chain

@@ -68,7 +68,7 @@ def measure(kind: str, args, queue):
 
     from generation.engine.controlmaps import control_map
     from generation.engine.families import read_header
-    from generation.uploads import read_image
+    from generation.untrusted_images import read_image
 
     if kind == "decode":
         subject = progressive(*args)

@@ -56,9 +56,9 @@ SETUP = """
 import json
 from django.contrib.auth.hashers import make_password
 from django.contrib.auth.models import User
-from generation.services.checkpoints import checkpoint_ensure_test_model
-from generation.services.credits import credits_change
-from sdweb.services import api_key_create
+from generation.library.checkpoints import checkpoint_ensure_test_model
+from generation.credits.ledger import credits_change
+from sdweb.shared.api_keys import api_key_create
 checkpoint = checkpoint_ensure_test_model()
 password = make_password(PASSWORD)  # one hash for all: 200 separate ones take minutes here
 accounts = []

@@ -37,7 +37,7 @@ import sys, time
 import django
 django.setup()
 from PIL import Image
-import generation.services.run
+import generation.jobs.worker
 from generation.engine.run import GenerationCancelled, GenerationResult
 
 def sleeping_generate(request, *, on_preview=None, should_cancel=None, watermark_payloads=None, **_):
@@ -51,7 +51,7 @@ def sleeping_generate(request, *, on_preview=None, should_cancel=None, watermark
                                                      for _ in seeds], seeds=seeds, indexes=list(range(len(seeds))),
                             timings={{"total": time.perf_counter() - started}})
 
-generation.services.run.generate = sleeping_generate  # before the pool forks: every pool process has it
+generation.jobs.worker.generate = sleeping_generate  # before the pool forks: every pool process has it
 from sdweb.celery import app
 app.worker_main(["worker", "--pool=prefork", "--concurrency=1", "--loglevel=WARNING", "-n", sys.argv[1]])
 """
@@ -124,10 +124,10 @@ def throughput(deployment, workers: int, jobs: int, step_s: float) -> float:
         result = deployment.script(f"""
             import time
             from django.contrib.auth.models import User
-            from generation.models import Job
-            from generation.services.checkpoints import checkpoint_ensure_test_model
-            from generation.services.credits import credits_grant
-            from generation.services.submit import job_submit
+            from generation.jobs.models import Job
+            from generation.library.checkpoints import checkpoint_ensure_test_model
+            from generation.credits.ledger import credits_grant
+            from generation.jobs.submit import job_submit
             checkpoint = checkpoint_ensure_test_model()
             users = [User.objects.get_or_create(username=f"load{{u}}")[0] for u in range(4)]
             for user in users:
@@ -183,7 +183,7 @@ def main() -> None:
     try:
         subprocess.run([sys.executable, "manage.py", "migrate", "--verbosity", "0"], cwd=ROOT, env=deployment.env,
                        check=True)
-        deployment.script("from generation.services.checkpoints import checkpoint_ensure_test_model\n"
+        deployment.script("from generation.library.checkpoints import checkpoint_ensure_test_model\n"
                           "checkpoint_ensure_test_model()\nprint('{}')")
         rows = overhead(deployment, args.jobs)
         one = throughput(deployment, 1, args.scale_jobs, args.step_ms / 1000)

@@ -112,15 +112,15 @@ def make_images(kind: str, count: int, size: int):
     from django.conf import settings
     from django.contrib.auth.models import User
 
-    import generation.services.run as run
+    import generation.jobs.worker as worker
+    from generation.credits.ledger import credits_grant
     from generation.engine.watermark import embed_watermark
-    from generation.services import finish
-    from generation.services.checkpoints import checkpoint_ensure_test_model
-    from generation.services.credits import credits_grant
-    from generation.services.queue import job_claim
-    from generation.services.submit import job_submit
+    from generation.jobs import finish
+    from generation.jobs.queue import job_claim
+    from generation.jobs.submit import job_submit
+    from generation.library.checkpoints import checkpoint_ensure_test_model
 
-    made, unmarked, real_generate = [], {}, run.generate
+    made, unmarked, real_generate = [], {}, worker.generate
 
     def recorded(picture, payload):  # keeps each picture as it was before the watermark, for PSNR and the old mark
         unmarked[payload] = picture
@@ -128,7 +128,7 @@ def make_images(kind: str, count: int, size: int):
 
     settings.SDWEB["FINISH_PROCESSES"] = 0  # finished here, where the pictures are recorded
     finish.embed_watermark = recorded
-    run.generate = photo_generate if kind == "photo" else real_generate
+    worker.generate = photo_generate if kind == "photo" else real_generate
     user, _ = User.objects.get_or_create(username=f"bench-{kind}")
     credits_grant(user=user, amount=100_000, reason="provenance bench")
     checkpoint = checkpoint_ensure_test_model()
@@ -138,18 +138,18 @@ def make_images(kind: str, count: int, size: int):
                 "prompt": f"{kind} {n}", "negative_prompt": "", "checkpoint": checkpoint, "width": size,
                 "height": size, "steps": 4, "guidance_scale": 7, "scheduler": "Euler a", "seed": 1000 * n + size,
                 "num_images": 1})
-            run.job_run(job_claim())
+            worker.job_run(job_claim())
             image = job.images.get()
             made.append((image, unmarked[image.watermark_payload]))
     finally:
-        run.generate, finish.embed_watermark = real_generate, embed_watermark
+        worker.generate, finish.embed_watermark = real_generate, embed_watermark
     return made
 
 
 def edit_table(made) -> dict:
     """Per edit: counts of (old mark, watermark, similarity, combined) that named the right image."""
     from generation.engine.watermark import embed_legacy_watermark, read_legacy_watermark
-    from generation.trace import _trace, similar_images
+    from generation.provenance.trace import _trace, similar_images
 
     table, reads = {name: [0, 0, 0, 0] for name in EDITS}, {"found": [], "missed": []}
     for image, clean in made:
@@ -186,7 +186,7 @@ def unmarked_picture(n: int) -> Image.Image:
 
 def false_positive(n: int) -> tuple[int, int, int, float]:
     """(payload read, similar image found, traced to a job, seconds) for unmarked picture n."""
-    from generation.trace import _trace
+    from generation.provenance.trace import _trace
 
     tick = time.perf_counter()
     result = _trace(upload(unmarked_picture(n)))
@@ -199,7 +199,7 @@ def index_timing(rows: int, made) -> list[float]:
     the similarity search for copies of real images (ms)."""
     from django.db import connection
 
-    from generation.trace import similar_images
+    from generation.provenance.trace import similar_images
 
     rng = np.random.default_rng(7)
     sizes = np.array([(512, 512), (1024, 1024), (512, 768), (768, 512), (832, 1216), (1216, 832), (1344, 768)])

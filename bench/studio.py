@@ -47,7 +47,7 @@ def main() -> None:
         import django
 
         django.setup()
-        from generation.models import Job
+        from generation.jobs.models import Job
 
         browser = Browser(studio.base)
         _, page = browser.post("/accounts/signup/", {"username": "bench", "password1": "bench-pass-123",

@@ -319,9 +319,9 @@ USERS = """
 import json, torch
 from django.contrib.auth.models import User
 from django.test import Client
-from generation.services.checkpoints import checkpoint_ensure_test_model
-from generation.services.credits import credits_change
-from sdweb.services import api_key_create
+from generation.library.checkpoints import checkpoint_ensure_test_model
+from generation.credits.ledger import credits_change
+from sdweb.shared.api_keys import api_key_create
 checkpoint_ensure_test_model()
 users = []
 for k in range(COUNT):

@@ -36,14 +36,14 @@ def wrap(owner, name, label):
 
 def patch(**kwargs):
     from generation.engine import batch, previews
-    from generation.services import finish, run
+    from generation.jobs import finish, worker
 
-    for owner, name in [(run, "job_run_next"), (run, "jobs_claim"), (run, "jobs_run"), (run, "_outcomes"),
-                        (run, "_request"), (run.Watch, "save"), (run, "flush"), (finish.Finisher, "submit"),
-                        (run, "jobs_reap"), (run, "engine_options"), (batch, "load_pipeline"), (batch, "_encode_many"),
+    for owner, name in [(worker, "job_run_next"), (worker, "jobs_claim"), (worker, "jobs_run"), (worker, "_outcomes"),
+                        (worker, "_request"), (worker.RunTracker, "save"), (worker, "flush"), (finish.Finisher, "submit"),
+                        (worker, "jobs_reap"), (worker, "engine_configure"), (batch, "load_pipeline"), (batch, "_encode_many"),
                         (batch, "denoise"), (batch, "_decoded"), (batch, "checked_result"),
-                        (previews.PreviewMaker, "wait"), (run, "generate_batch"), (run, "job_event_soon"),
-                        (run.Watch, "stopped")]:
+                        (previews.PreviewMaker, "wait"), (worker, "generate_batch"), (worker, "job_event_soon"),
+                        (worker.RunTracker, "stopped")]:
         wrap(owner, name, name)
     out = Path(os.environ["SDWEB_VAR_DIR"]) / f"trace-{os.getpid()}.json"
 

@@ -2,24 +2,20 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from django.db.models import Q
-from django.http import Http404
 
 from gallery.models import Image
-from generation.models import Job
 
 PAGE_SIZE = 24
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def parse_image_id(hex_id: str) -> int:
-    """An image id from its URL form; anything that can't be one is a 404, never an error."""
+def parse_image_id(hex_id: str) -> int | None:
+    """An image id from its URL form; None for anything that can't be one (the pages answer 404)."""
     try:
         value = int(hex_id, 16)
     except ValueError:
-        raise Http404
-    if not 0 < value < 2**63 or len(hex_id) != 16:
-        raise Http404
-    return value
+        return None
+    return value if 0 < value < 2**63 and len(hex_id) == 16 else None
 
 
 @dataclass
@@ -47,7 +43,7 @@ def gallery_page(*, owner=None, public=False, query: str = "", before: str = "",
     if public:
         images = images.filter(is_public=True)
     if query:  # one owner's jobs first: their prompts, not every job's, are read
-        jobs = Job.objects.filter(prompt__icontains=query)
+        jobs = Image.job.field.related_model.objects.filter(prompt__icontains=query)
         images = images.filter(job__in=jobs.filter(user=owner) if owner is not None else jobs)
     if start := cursor_parse(after):  # the page before: read towards the newest, shown newest first
         found = list(images.filter(created_at__gte=start[0]).filter(_beyond(start, newer=True)).order_by(

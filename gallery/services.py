@@ -1,4 +1,6 @@
-"""Every write of the gallery: sharing, deleting, keeping variants, leaving, exporting."""
+"""Every write of the gallery: publishing a job's images, sharing, deleting, keeping variants,
+exporting, and moderation. It imports nothing of generation but the accounts (settings, staff
+actions): generation publishes through it."""
 
 import json
 import secrets
@@ -7,13 +9,11 @@ import zipfile
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import transaction
-from django.db.models import Q
 from django.utils import timezone
 
 from gallery.models import Image, Report
-from generation.models import Job, PromptAudit, UserSettings
-from generation.services.addons import addons_delete_owned
-from generation.services.audit import pseudonym, staff_action
+from generation.accounts.models import StaffEvent, UserSettings
+from generation.accounts.staff import staff_action
 
 
 def image_files_save(*, image_id: int, attempt: int, png: bytes, thumbnail: bytes) -> dict:
@@ -24,10 +24,34 @@ def image_files_save(*, image_id: int, attempt: int, png: bytes, thumbnail: byte
             "thumbnail": default_storage.save(f"thumbnails/{stem}.webp", ContentFile(thumbnail))}
 
 
+def saved_files_delete(saved: list[dict]) -> None:
+    """Delete files image_files_save wrote, for images that were never published."""
+    for names in saved:
+        default_storage.delete(names["png"])
+        default_storage.delete(names["thumbnail"])
+
+
 def image_files_delete(images) -> None:
-    for image in images:
-        default_storage.delete(image.png.name)
-        default_storage.delete(image.thumbnail.name)
+    saved_files_delete([{"png": image.png.name, "thumbnail": image.thumbnail.name} for image in images])
+
+
+def owner_images_delete(*, user) -> list[dict]:
+    """Delete every image `user` owns, inside the caller's transaction; returns their files, for
+    saved_files_delete once it has committed."""
+    images = Image.objects.filter(owner=user)
+    files = [{"png": png, "thumbnail": thumbnail} for png, thumbnail in images.values_list("png", "thumbnail")]
+    images.delete()
+    return files
+
+
+def images_publish(*, job, made: list[dict]) -> list[Image]:
+    """A finished job's images into its owner's gallery, inside the caller's transaction: each of
+    `made` has the image's id, index, seed, width, height and the files image_files_save wrote.
+    Images made from one staff hid meanwhile are hidden too: the source's row is held until this
+    commits, so a takedown waits, then finds them."""
+    source = Image.objects.select_for_update().filter(pk=job.init_image_id).values_list("hidden", flat=True)
+    hidden = bool(job.init_image_id and source.first())
+    return Image.objects.bulk_create([Image(owner_id=job.user_id, job=job, hidden=hidden, **fields) for fields in made])
 
 
 @transaction.atomic
@@ -43,7 +67,7 @@ def image_set_public(*, image: Image, public: bool, actor) -> Image:
     image.share_slug = secrets.token_urlsafe(16) if public else None
     image.save(update_fields=["is_public", "share_slug"])
     if actor.pk != image.owner_id:
-        staff_action(staff=actor, action="publish image" if public else "unpublish image", target=str(image))
+        staff_action(staff=actor, event=StaffEvent.PUBLISH_IMAGE if public else StaffEvent.UNPUBLISH_IMAGE, target=str(image))
     return image
 
 
@@ -55,7 +79,7 @@ def images_delete(*, images, actor=None) -> int:
         Image.objects.filter(pk__in=[image.pk for image in images]).delete()
         for image in images:
             if actor is not None and actor.pk != image.owner_id:
-                staff_action(staff=actor, action="delete image", target=str(image), details=f"owner {image.owner_id}")
+                staff_action(staff=actor, event=StaffEvent.DELETE_IMAGE, target=str(image), details=f"owner {image.owner_id}")
     image_files_delete(images)
     return len(images)
 
@@ -63,24 +87,6 @@ def images_delete(*, images, actor=None) -> int:
 def images_keep(*, job, keep_ids: set[int]) -> int:
     """Keep the chosen variants of a job and delete the rest; returns how many were deleted."""
     return images_delete(images=job.images.exclude(pk__in=keep_ids))
-
-
-def account_delete(*, user) -> None:
-    """Remove the user, their jobs, images and files (their uploaded starting images and masks
-    too); their audit rows stay, pseudonymised."""
-    images = list(Image.objects.filter(owner=user))
-    jobs = Job.objects.filter(user=user)
-    inputs = {name for pair in jobs.values_list("init_image", "mask") for name in pair if name} | {
-        a["image"] for addons in jobs.exclude(addons=[]).values_list("addons", flat=True) for a in addons if "image" in a}
-    addons_delete_owned(user=user)
-    with transaction.atomic():
-        PromptAudit.objects.pseudonymise_user(user.pk, pseudonym(user.pk))
-        Image.objects.filter(owner=user).delete()
-        user.delete()  # jobs, credits and ledger go with it; audit rows keep their ids
-    image_files_delete(images)
-    for name in inputs:  # named by their content: another account's job may use the same file
-        if not Job.objects.filter(Q(init_image=name) | Q(mask=name) | Q(addons__icontains=name)).exists():
-            default_storage.delete(name)
 
 
 def export_zip(*, user, into) -> None:
@@ -123,13 +129,13 @@ def _hide(images, outcome: str) -> int:
 def image_hide(*, image: Image, staff, reason: str = "") -> None:
     """Staff take a public image down: private for good, its open reports resolved."""
     _hide([image], "image hidden")
-    staff_action(staff=staff, action="hide image", target=str(image), details=reason)
+    staff_action(staff=staff, event=StaffEvent.HIDE_IMAGE, target=str(image), details=reason)
 
 
 @transaction.atomic
 def report_dismiss(*, report: Report, staff) -> None:
     Report.objects.filter(pk=report.pk, resolved_at=None).update(resolved_at=timezone.now(), outcome="dismissed")
-    staff_action(staff=staff, action="dismiss report", target=f"report {report.pk} on {report.image}")
+    staff_action(staff=staff, event=StaffEvent.DISMISS_REPORT, target=f"report {report.pk} on {report.image}")
 
 
 @transaction.atomic
@@ -138,7 +144,7 @@ def user_suspend(*, user, staff, reason: str = "") -> int:
     UserSettings.objects.update_or_create(user=user, defaults={"suspended_at": timezone.now(),
                                                                "suspended_reason": reason})
     hidden = _hide(list(Image.objects.filter(owner=user, is_public=True)), "owner suspended")
-    staff_action(staff=staff, action="suspend user", target=user.get_username(),
+    staff_action(staff=staff, event=StaffEvent.SUSPEND_USER, target=user.get_username(),
                        details=f"{reason} ({hidden} images hidden)".strip())
     return hidden
 
@@ -146,7 +152,7 @@ def user_suspend(*, user, staff, reason: str = "") -> int:
 @transaction.atomic
 def user_unsuspend(*, user, staff) -> None:
     UserSettings.objects.filter(user=user).update(suspended_at=None, suspended_reason="")
-    staff_action(staff=staff, action="unsuspend user", target=user.get_username())
+    staff_action(staff=staff, event=StaffEvent.UNSUSPEND_USER, target=user.get_username())
 
 
 def sharing_name_set(*, user, shown: bool) -> None:

@@ -2,7 +2,6 @@ import tempfile
 
 from django.conf import settings
 from django.contrib import messages
-from django.contrib.auth import authenticate
 from django.contrib.auth.decorators import login_required
 from django.core.files.storage import default_storage
 from django.http import FileResponse, Http404
@@ -15,14 +14,15 @@ from PIL import Image as PILImage
 from gallery import services
 from gallery.models import Image
 from gallery.selectors import gallery_page, parse_image_id, public_name
+from generation.credits.ledger import quote_cost
 from generation.engine.upscale import upscaled_size
-from generation.models import Job
-from generation.presenters import back_to
-from generation.selectors import upscaler_models
-from generation.services.credits import quote_cost
-from generation.services.submit import Refused, job_control_units, job_inputs, job_submit
-from sdweb import throttle
-from sdweb.throttle import client_ip
+from generation.jobs.inputs import job_control_units, job_inputs
+from generation.jobs.models import Job
+from generation.jobs.submit import Refused, job_submit
+from generation.library.selectors import upscaler_models
+from sdweb.shared import throttle
+from sdweb.shared.pages import back_to
+from sdweb.shared.throttle import client_ip
 
 UPSCALE_FACTORS = (1.5, 2, 3, 4)
 
@@ -214,21 +214,11 @@ def image_upscale(request, hex_id):
 def job_keep(request, job_id):
     job = get_object_or_404(Job, pk=job_id, user=request.user)
     keep = {parse_image_id(value) for value in request.POST.getlist("keep")}
+    if None in keep:
+        raise Http404
     deleted = services.images_keep(job=job, keep_ids=keep)
     messages.success(request, f"Kept {job.images.count()}, discarded {deleted}.")
     return back_to(request, reverse("job", args=[job.pk]))
-
-
-@login_required
-def account_delete(request):
-    error = None
-    if request.method == "POST":
-        if authenticate(request, username=request.user.get_username(), password=request.POST.get("password", "")):
-            services.account_delete(user=request.user)
-            messages.success(request, "Your account, images and files are deleted.")
-            return redirect("home")
-        error = "That password is not right."
-    return render(request, "account_delete.html", {"error": error}, status=400 if error else 200)
 
 
 @login_required

@@ -15,13 +15,17 @@ from django.utils.functional import cached_property
 from django.utils.html import format_html
 from django.utils.text import smart_split, unescape_string_literal
 
-from generation import filters
-from generation.models import AddOn, BlockRule, Checkpoint, CreditAccount, CreditEntry, Job, PromptAudit, StaffAction, Vae
-from generation.services.addons import addon_publish, addons_remove, addons_scan
-from generation.services.audit import staff_action
-from generation.services.checkpoints import checkpoints_scan
-from generation.services.credits import credits_grant
-from generation.trace import trace_image
+from generation.accounts.models import StaffAction, StaffEvent
+from generation.accounts.staff import staff_action
+from generation.credits.ledger import credits_grant
+from generation.credits.models import CreditAccount, CreditEntry
+from generation.jobs.models import Job
+from generation.library.addons import addon_publish, addons_remove, addons_scan
+from generation.library.checkpoints import checkpoints_scan
+from generation.library.models import AddOn, Checkpoint, Vae
+from generation.provenance import prompt_filter
+from generation.provenance.models import BlockRule, PromptAudit
+from generation.provenance.trace import trace_image
 
 
 class FolderScanAdmin(admin.ModelAdmin):
@@ -71,7 +75,7 @@ class AddOnAdmin(FolderScanAdmin):
 
     def save_model(self, request, obj, form, change):
         super().save_model(request, obj, form, change)
-        staff_action(staff=request.user, action="change add-on", target=f"{obj.get_kind_display()} {obj.title}",
+        staff_action(staff=request.user, event=StaffEvent.CHANGE_ADDON, target=f"{obj.get_kind_display()} {obj.title}",
                      details=", ".join(form.changed_data))
 
     def delete_model(self, request, obj):
@@ -253,8 +257,8 @@ class PromptAuditAdmin(AppendOnlyAdmin):
         for word in smart_split(search_term):
             if word[0] in "\"'" and word[0] == word[-1] and len(word) > 1:
                 word = unescape_string_literal(word)
-            queryset = queryset.filter(Q(search_text__contains=filters.normalise(word))
-                                       | Q(search_text__contains=filters.skeleton(word)) | Q(reason__icontains=word))
+            queryset = queryset.filter(Q(search_text__contains=prompt_filter.normalise(word))
+                                       | Q(search_text__contains=prompt_filter.skeleton(word)) | Q(reason__icontains=word))
         return queryset, False
 
     @admin.display(description="prompt")

@@ -8,11 +8,19 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from generation.credits.ledger import quote_cost
+from generation.credits.models import CreditAccount
 from generation.engine.request import GenerationRequest
 from generation.engine.schedulers import SCHEDULERS
-from generation.models import AddOn, Checkpoint, CreditAccount, Job, Vae
-from generation.presenters import refusal_status
-from generation.selectors import addons_for, default_checkpoint
+from generation.jobs.models import Job
+from generation.jobs.presenters import refusal_status
+from generation.jobs.queue import job_cancel
+from generation.jobs.submit import Refused, job_submit
+from generation.jobs.validation import settings_problems
+from generation.library.models import AddOn, Checkpoint, Vae
+from generation.library.selectors import addons_for, default_checkpoint
+from generation.provenance.audit import audit_refused
+from generation.provenance.trace import trace_image, verify_image
 from generation.serializers import (
     AddOnSerializer,
     CheckpointSerializer,
@@ -22,12 +30,7 @@ from generation.serializers import (
     QuoteSerializer,
     VaeSerializer,
 )
-from generation.services.audit import audit_refused
-from generation.services.credits import quote_cost
-from generation.services.queue import job_cancel
-from generation.services.submit import Refused, job_submit, settings_problems
-from generation.trace import trace_image, verify_image
-from sdweb.throttle import client_ip, over_limit
+from sdweb.shared.throttle import client_ip, over_limit
 
 
 class JobList(generics.ListCreateAPIView):
@@ -124,7 +127,7 @@ class AddOnList(generics.ListAPIView):
 
     def get_queryset(self):
         kind = self.request.query_params.get("kind")
-        return addons_for(self.request.user, kind if kind in dict(AddOn.KINDS) else None)
+        return addons_for(self.request.user, kind=kind if kind in dict(AddOn.KINDS) else None)
 
 
 class VaeList(generics.ListAPIView):

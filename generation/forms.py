@@ -15,8 +15,9 @@ from generation.engine.request import (
     RESIZE_MODES,
 )
 from generation.engine.schedulers import SCHEDULERS
-from generation.models import AddOn, Checkpoint, PromptStyle, Vae
-from generation.selectors import addons_for, default_checkpoint, upscaler_models
+from generation.jobs.models import PromptStyle
+from generation.library.models import AddOn, Checkpoint, Vae
+from generation.library.selectors import addons_for, default_checkpoint, upscaler_models
 
 MAX_BATCH_COUNT = 8
 SIZE_PRESETS = [(256, 256), (512, 512), (512, 768), (768, 512), (768, 768), (1024, 1024)]
@@ -124,7 +125,7 @@ class GenerateForm(forms.Form):
 
     def __init__(self, *args, user=None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["cn_model"].queryset = addons_for(user, AddOn.CONTROLNET)
+        self.fields["cn_model"].queryset = addons_for(user, kind=AddOn.CONTROLNET)
         self.fields["hr_upscaler"].choices += [(name, name) for name in upscaler_models(user)]
         self.fields["styles"].choices = [(s.name, s.name) for s in PromptStyle.objects.filter(owner=user)] if (
             user is not None and user.is_authenticated) else []

@@ -4,11 +4,13 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from gallery.models import Image
-from generation.engine.request import MAX_PROMPT_CHARS, MAX_SEED, MAX_STEPS
+from generation.credits.models import CreditEntry
+from generation.engine.request import HIRES_PARAMS, IMAGE_INPUT_PARAMS, MAX_PROMPT_CHARS, MAX_SEED, MAX_STEPS
 from generation.engine.schedulers import SCHEDULERS
-from generation.models import HIRES_PARAMS, IMAGE_INPUT_PARAMS, AddOn, Checkpoint, CreditEntry, Job, Vae
-from generation.presenters import job_images
-from generation.selectors import queue_position, queue_wait
+from generation.jobs.models import Job
+from generation.jobs.presenters import job_images
+from generation.jobs.selectors import queue_position, queue_wait
+from generation.library.models import AddOn, Checkpoint, Vae
 
 
 @extend_schema_field({"type": "string", "format": "binary"})
@@ -54,7 +56,7 @@ class ControlUnitSerializer(serializers.Serializer):
     threshold_b = serializers.FloatField(default=-1, help_text="canny: high threshold (-1: 200).")
 
     def validate_image(self, value):
-        from generation.uploads import decode_base64
+        from generation.untrusted_images import decode_base64
 
         if len(value) == 16 and all(c in "0123456789abcdef" for c in value):
             image = Image.objects.filter(pk=int(value, 16)).first()

@@ -6,8 +6,8 @@ from celery import shared_task
 from celery.signals import worker_process_init, worker_process_shutdown, worker_shutting_down
 from django.conf import settings
 
-from generation.metrics import serve_worker_metrics
-from generation.services import queue
+from generation.jobs import queue
+from generation.monitoring.metrics import serve_worker_metrics
 
 # Set in the worker's main process when it begins a warm shutdown; its pool processes, forked from
 # it, see it and take no further run.
@@ -17,7 +17,7 @@ STOPPING = multiprocessing.Event()
 @shared_task(name=queue.RUN_NEXT_JOB, acks_late=True, bind=True)
 def run_next_job(self) -> str | None:
     """A job is waiting: claim the fairest one and run it (and the runs after it, while jobs wait)."""
-    from generation.services.run import job_run_next  # the engine and torch: loaded by workers only
+    from generation.jobs.worker import job_run_next  # the engine and torch: loaded by workers only
 
     job = job_run_next(worker=self.request.hostname or "", stopping=STOPPING.is_set)
     return str(job.pk) if job else None
@@ -40,7 +40,8 @@ def worker_start(**kwargs):
     its finishing processes start; SDWEB_COMPILE: it compiles the UNet before its first job."""
     if settings.SDWEB["WORKER_METRICS_PORT"]:
         serve_worker_metrics(settings.SDWEB["WORKER_METRICS_PORT"])
-    from generation.services.run import FINISHER, engine_warm_up
+    from generation.jobs.engine_setup import engine_warm_up
+    from generation.jobs.finish import FINISHER
 
     FINISHER.start()
     if settings.SDWEB["COMPILE"]:
@@ -50,6 +51,6 @@ def worker_start(**kwargs):
 @worker_process_shutdown.connect
 def worker_stop(**kwargs):
     """The images of the last run are finished before the worker goes."""
-    from generation.services.run import FINISHER
+    from generation.jobs.finish import FINISHER
 
     FINISHER.close(timeout=30)

@@ -15,25 +15,28 @@ from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from gallery.models import Image
-from generation.dashboard import figures
+from generation.credits.ledger import credits_topup_if_due
 from generation.engine.controlmaps import control_map
 from generation.engine.metadata import parse_parameters, read_png_parameters
 from generation.engine.request import LATENT_UPSCALERS, PIXEL_UPSCALERS
 from generation.forms import SDXL_PRESETS, SIZE_PRESETS, AddonUploadForm, GenerateForm
-from generation.metrics import render_database_metrics
-from generation.models import AddOn, Checkpoint, Job, Vae
-from generation.presenters import back_to
-from generation.selectors import addons_for, job_for_viewer, upscaler_models
-from generation.services import styles
-from generation.services.addons import addon_delete, addon_upload
-from generation.services.audit import audit_refused
-from generation.services.credits import credits_topup_if_due
-from generation.services.queue import job_cancel as cancel
-from generation.services.submit import Refused, default_size, job_submit, settings_problems
-from generation.trace import verify_image
-from generation.uploads import open_image, png_bytes, read_image
-from sdweb import throttle
-from sdweb.throttle import client_ip
+from generation.jobs import styles
+from generation.jobs.models import Job
+from generation.jobs.queue import job_cancel as cancel
+from generation.jobs.selectors import job_for_viewer
+from generation.jobs.submit import Refused, job_submit
+from generation.jobs.validation import default_size, settings_problems
+from generation.library.addons import addon_delete, addon_upload
+from generation.library.models import AddOn, Checkpoint, Vae
+from generation.library.selectors import addons_for, upscaler_models
+from generation.monitoring.dashboard import figures
+from generation.monitoring.metrics import render_database_metrics
+from generation.provenance.audit import audit_refused
+from generation.provenance.trace import verify_image
+from generation.untrusted_images import open_image, png_bytes, read_image
+from sdweb.shared import throttle
+from sdweb.shared.pages import back_to
+from sdweb.shared.throttle import client_ip
 
 
 @login_required
@@ -84,9 +87,9 @@ def generate(request):
         "sd_presets": SIZE_PRESETS, "sdxl_presets": SDXL_PRESETS, "cost_unit": settings.SDWEB["COST_UNIT"], "job": job,
         "max_side": settings.SDWEB["MAX_SIDE"],
         "recent_jobs": request.user.jobs.select_related("checkpoint")[:10], "start_image": start,
-        "control_image": control, "loras": addons_for(request.user, AddOn.LORA), "last_seed": last.seed if last else "",
+        "control_image": control, "loras": addons_for(request.user, kind=AddOn.LORA), "last_seed": last.seed if last else "",
         "recent_prompts": list(dict.fromkeys(request.user.jobs.values_list("prompt", flat=True)[:50]))[:10],
-        "embeddings": addons_for(request.user, AddOn.EMBEDDING),
+        "embeddings": addons_for(request.user, kind=AddOn.EMBEDDING),
         "checkpoint_sizes": {c.pk: {"xl": c.xl, "width": c.default_width, "height": c.default_height,
                                     "family": c.family.split("-")[0]}
                              for c in form.fields["checkpoint"].queryset},
@@ -176,14 +179,14 @@ def _is_hex_id(value: str) -> bool:
 
 def _job_or_none(user, job_id):
     try:
-        return job_for_viewer(user, uuid.UUID(str(job_id))) if job_id else None
+        return job_for_viewer(user, job_id=uuid.UUID(str(job_id))) if job_id else None
     except ValueError:
         return None
 
 
 @login_required
 def job_detail(request, job_id):
-    job = job_for_viewer(request.user, job_id)
+    job = job_for_viewer(request.user, job_id=job_id)
     if job is None:
         raise Http404
     return render(request, "job.html", {"job": job})
@@ -370,7 +373,7 @@ def _png_info_fields(found: dict, user) -> tuple[dict, list[str]]:
         fields["denoising_strength"] = float(found["Denoising strength"])
     unit = dict(part.split(": ", 1) for part in found.get("ControlNet 0", "").strip('"').split(", ") if ": " in part)
     if unit:
-        model = addons_for(user, AddOn.CONTROLNET).filter(name=unit.get("Model", "").split(" [")[0]).first()
+        model = addons_for(user, kind=AddOn.CONTROLNET).filter(name=unit.get("Model", "").split(" [")[0]).first()
         if model is None:
             unused.append(f"ControlNet {unit.get('Model', '')!r}")
         else:

@@ -14,7 +14,7 @@ from django.core.exceptions import SuspiciousOperation  # noqa: E402
 from django.core.handlers.exception import response_for_exception  # noqa: E402
 from django.http.request import split_domain_port, validate_host  # noqa: E402
 
-from generation.routing import websocket_urlpatterns  # noqa: E402
+from generation.jobs.routing import websocket_urlpatterns  # noqa: E402
 
 
 class StaticFiles(ASGIStaticFilesHandler):

@@ -74,7 +74,7 @@ class WorkerProcess:
         self.process.start()
 
     def _watch(self) -> None:
-        from generation.services.queue import enqueue_job, jobs_recover_orphans
+        from generation.jobs.queue import enqueue_job, jobs_recover_orphans
 
         while not self.stopping.is_set():
             self.process.join(timeout=1)
@@ -87,7 +87,7 @@ class WorkerProcess:
                 enqueue_job()
 
     def _relay(self) -> None:
-        from generation import live
+        from generation.jobs import live
 
         while (item := self.events.get()) is not None:
             try:
@@ -115,7 +115,7 @@ def worker_process_main(folder: Path, control, events) -> None:
     import django
 
     django.setup()
-    from generation import live
+    from generation.jobs import live
 
     use_folder_broker(folder)
     live.relay_to(events)
@@ -142,7 +142,8 @@ def start_worker_thread():
                         without_mingle=True, without_gossip=True, hostname="embedded@sdweb")
 
     def start():
-        from generation.services.run import FINISHER, engine_warm_up  # SDWEB_COMPILE: compiled before the first job
+        from generation.jobs.engine_setup import engine_warm_up  # SDWEB_COMPILE: compiled before the first job
+        from generation.jobs.finish import FINISHER
 
         FINISHER.start()
         engine_warm_up()
@@ -154,9 +155,9 @@ def start_worker_thread():
 
 def stop_worker(worker, wait_seconds: float = 10) -> None:
     """A running job notices within one step, goes back to the queue, and the worker stops."""
-    from generation.models import Job
-    from generation.services.finish import FINISHER
-    from generation.services.run import SHUTTING_DOWN
+    from generation.jobs.finish import FINISHER
+    from generation.jobs.models import Job
+    from generation.jobs.worker import SHUTTING_DOWN
 
     SHUTTING_DOWN.set()
     deadline = time.monotonic() + wait_seconds

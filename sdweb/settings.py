@@ -135,7 +135,7 @@ MIDDLEWARE = [
     "axes.middleware.AxesMiddleware",  # turns a lockout during sign-in into the 429 page
 ]
 # django-axes checks every authenticate() (sign-in pages, the admin, HTTP Basic, password
-# re-checks) before any password is hashed; sdweb.throttle.StudioLockouts says when to lock.
+# re-checks) before any password is hashed; sdweb.shared.throttle.StudioLockouts says when to lock.
 AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -253,15 +253,15 @@ CELERY_BEAT_SCHEDULE = {"reap-jobs": {"task": "generation.reap_jobs",
 
 REST_FRAMEWORK = {
     "UNICODE_JSON": False,  # \u escapes: an error that echoes a lone surrogate still renders
-    "DEFAULT_AUTHENTICATION_CLASSES": ["sdweb.api_auth.ApiKeyAuthentication",
+    "DEFAULT_AUTHENTICATION_CLASSES": ["sdweb.shared.api_auth.ApiKeyAuthentication",
                                        "rest_framework.authentication.SessionAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_THROTTLE_CLASSES": ["rest_framework.throttling.UserRateThrottle"],
     "DEFAULT_THROTTLE_RATES": {"user": env("SDWEB_API_RATE", "120/min")},
-    "DEFAULT_PAGINATION_CLASS": "sdweb.pagination.Pages",
+    "DEFAULT_PAGINATION_CLASS": "sdweb.shared.pagination.Pages",
     "PAGE_SIZE": 50,
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["sdweb.parsers.JSONParser", "rest_framework.parsers.FormParser",
+    "DEFAULT_PARSER_CLASSES": ["sdweb.shared.parsers.JSONParser", "rest_framework.parsers.FormParser",
                                "rest_framework.parsers.MultiPartParser"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
 }
@@ -336,7 +336,7 @@ SDWEB = {
     "C2PA_CERT": env("SDWEB_C2PA_CERT", ""),
     "C2PA_KEY": env("SDWEB_C2PA_KEY", ""),
     "C2PA_TSA_URL": env("SDWEB_C2PA_TSA_URL", ""),
-    # The engine's settings; workers hand them to it as arguments (generation.services.run).
+    # The engine's settings; workers hand them to it as arguments (generation.jobs.worker).
     "DEVICE": env("SDWEB_DEVICE", ""),  # "" = CUDA when present, else the CPU
     # torch's CPU threads per worker process: the cores its finishing processes leave (two busy
     # processes each using every core ran a job 10x slower than one thread each)
@@ -377,16 +377,16 @@ LOGGING = {
                 "axes": {"level": "ERROR"}},  # a lockout is answered 429; its log lines would flood
 }
 
-AXES_HANDLER = "sdweb.throttle.StudioLockouts"
+AXES_HANDLER = "sdweb.shared.throttle.StudioLockouts"
 AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
 # An attempt is refused once the failures before it reach a limit (StudioLockouts.is_locked), and
 # the refusal is the 429 page; failures during a lockout don't extend it.
 AXES_LOCK_OUT_AT_FAILURE = False
 AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
 AXES_COOLOFF_TIME = timedelta(seconds=SDWEB["AUTH_WINDOW_SECONDS"])
-AXES_USERNAME_CALLABLE = "sdweb.throttle.normalised_username"
-AXES_CLIENT_IP_CALLABLE = "sdweb.throttle.axes_client_ip"
-AXES_LOCKOUT_CALLABLE = "sdweb.throttle.lockout_response"
+AXES_USERNAME_CALLABLE = "sdweb.shared.throttle.normalised_username"
+AXES_CLIENT_IP_CALLABLE = "sdweb.shared.throttle.axes_client_ip"
+AXES_LOCKOUT_CALLABLE = "sdweb.shared.throttle.lockout_response"
 AXES_RESET_ON_SUCCESS = True
 AXES_VERBOSE = False
 AXES_ENABLE_ADMIN = False  # attempts live in the cache, so axes' database tables stay empty: don't show them

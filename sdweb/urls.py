@@ -6,7 +6,7 @@ from gallery import api as gallery_api
 from gallery import views as gallery_views
 from generation import api
 from generation import views as generation_views
-from generation.compat import a1111, a1111_addons, openai
+from generation.dialects import a1111, a1111_addons, a1111_extras, openai
 from sdweb import views
 
 urlpatterns = [
@@ -37,7 +37,7 @@ urlpatterns = [
     path("images/<str:hex_id>/variants/", gallery_views.image_variants, name="image-variants"),
     path("images/<str:hex_id>/upscale/", gallery_views.image_upscale, name="image-upscale"),
     path("account/", views.account, name="account"),
-    path("account/delete/", gallery_views.account_delete, name="account-delete"),
+    path("account/delete/", views.account_delete, name="account-delete"),
     path("account/sharing/", gallery_views.sharing_name, name="sharing-name"),
     path("account/export.zip", gallery_views.account_export, name="account-export"),
     path("accounts/signup/", views.signup, name="signup"),
@@ -68,9 +68,9 @@ urlpatterns = [
     path("verify/", generation_views.verify_page, name="verify"),
     path("sdapi/v1/txt2img", a1111.Txt2Img.as_view()),
     path("sdapi/v1/img2img", a1111.Img2Img.as_view()),
-    path("sdapi/v1/upscalers", a1111.Upscalers.as_view()),
-    path("sdapi/v1/extra-single-image", a1111.ExtraSingleImage.as_view()),
-    path("sdapi/v1/latent-upscale-modes", a1111.LatentUpscaleModes.as_view()),
+    path("sdapi/v1/upscalers", a1111_extras.Upscalers.as_view()),
+    path("sdapi/v1/extra-single-image", a1111_extras.ExtraSingleImage.as_view()),
+    path("sdapi/v1/latent-upscale-modes", a1111_extras.LatentUpscaleModes.as_view()),
     path("sdapi/v1/progress", a1111.Progress.as_view()),
     path("sdapi/v1/interrupt", a1111.Interrupt.as_view()),
     path("sdapi/v1/sd-models", a1111.SdModels.as_view()),

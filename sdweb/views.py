@@ -1,7 +1,7 @@
 from axes.handlers.proxy import AxesProxyHandler
 from django.conf import settings
 from django.contrib import messages
-from django.contrib.auth import login
+from django.contrib.auth import authenticate, login
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.signals import user_login_failed
@@ -10,13 +10,14 @@ from django.http import JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
-from generation.models import CreditAccount
-from generation.selectors import default_checkpoint
-from generation.services.credits import credits_topup_if_due
-from sdweb import services, throttle
+from generation.credits.ledger import credits_topup_if_due
+from generation.credits.models import CreditAccount
+from generation.library.selectors import default_checkpoint
+from sdweb import accounts
 from sdweb.celery import app
 from sdweb.forms import SignUpForm
 from sdweb.models import Invite
+from sdweb.shared import api_keys, throttle
 
 
 def studio_context(request):
@@ -111,7 +112,7 @@ def account(request, new_key=None):
 def api_key_create(request):
     if request.method != "POST":  # a reload of the page that showed a new key shows it no more
         return redirect("account")
-    key, raw = services.api_key_create(user=request.user, name=request.POST.get("name", ""))
+    key, raw = api_keys.api_key_create(user=request.user, name=request.POST.get("name", ""))
     response = account(request, new_key=raw)  # shown this once, never stored
     response["Cache-Control"] = "no-store"  # nor kept by the browser or a proxy
     return response
@@ -120,7 +121,7 @@ def api_key_create(request):
 @login_required
 @require_POST
 def api_key_revoke(request, key_id):
-    if services.api_key_revoke(user=request.user, key_id=key_id):
+    if api_keys.api_key_revoke(user=request.user, key_id=key_id):
         messages.success(request, "API key revoked; it stops working at once.")
     return redirect("account")
 
@@ -153,3 +154,15 @@ def _probe_layer():
     from channels.layers import get_channel_layer
 
     async_to_sync(get_channel_layer().group_send)("healthz", {"type": "healthz"})
+
+
+@login_required
+def account_delete(request):
+    error = None
+    if request.method == "POST":
+        if authenticate(request, username=request.user.get_username(), password=request.POST.get("password", "")):
+            accounts.account_delete(user=request.user)
+            messages.success(request, "Your account, images and files are deleted.")
+            return redirect("home")
+        error = "That password is not right."
+    return render(request, "account_delete.html", {"error": error}, status=400 if error else 200)

@@ -13,7 +13,7 @@ def alice(db):
 @pytest.fixture
 def bob(db):
     """A user with no credits left."""
-    from generation.services.credits import credits_change
+    from generation.credits.ledger import credits_change
 
     bob = User.objects.create_user("bob", "bob@example.com", "bob-password-1")
     credits_change(user=bob, kind="adjust", amount=-bob.credits.balance, reason="spent elsewhere")
@@ -38,7 +38,7 @@ def test_model_folder(tmp_path_factory):
 
 @pytest.fixture
 def checkpoint(db, test_model_folder):
-    from generation.services.checkpoints import checkpoint_register
+    from generation.library.checkpoints import checkpoint_register
 
     return checkpoint_register(name="sdweb-test-tiny", source=test_model_folder, is_test_model=True)
 
@@ -48,7 +48,7 @@ def api(alice, checkpoint):
     """An API client authenticated as alice with an API key."""
     from rest_framework.test import APIClient
 
-    from sdweb.services import api_key_create
+    from sdweb.shared.api_keys import api_key_create
 
     _, raw = api_key_create(user=alice, name="tests")
     client = APIClient()
@@ -79,9 +79,9 @@ def worker(checkpoint):
 def make_job(checkpoint):
     """A finished job with its images, made through the real submit and run."""
 
-    from generation.services.queue import job_claim
-    from generation.services.run import job_run
-    from generation.services.submit import job_submit
+    from generation.jobs.queue import job_claim
+    from generation.jobs.submit import job_submit
+    from generation.jobs.worker import job_run
 
     def make_job(user, prompt="a lighthouse at dusk", num_images=2, **fields):
         job = job_submit(user=user, params={"prompt": prompt, "negative_prompt": "", "checkpoint": checkpoint,
@@ -128,7 +128,7 @@ def addon_files(test_model_folder, tmp_path_factory):
 @pytest.fixture
 def library(db, addon_files):
     """The operator's library: LoRA tiny-style, embedding tinyneg and ControlNet tiny-canny."""
-    from generation.services.addons import addon_register
+    from generation.library.addons import addon_register
 
     return {"lora": addon_register(kind="lora", name="tiny-style", source=str(addon_files["lora"])),
             "embedding": addon_register(kind="embedding", name="tinyneg", source=str(addon_files["embedding"])),

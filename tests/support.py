@@ -83,7 +83,7 @@ class Studio:
         files = make_tiny_addons(load_pipeline(str(self.var_dir / "models" / "sdweb-test-tiny")).pipe,
                                  self.var_dir / "addon-files")
         self.manage(
-            "from generation.services.addons import addon_register as r; "
+            "from generation.library.addons import addon_register as r; "
             f"r(kind='lora', name='tiny-style', source='{files['lora']}'); "
             f"r(kind='embedding', name='tinyneg', source='{files['embedding']}'); "
             f"print(r(kind='controlnet', name='tiny-canny', source='{files['controlnet']}', "
@@ -126,14 +126,14 @@ def params(checkpoint, **overrides):
 def assert_ledger_balanced():
     from django.db.models import Sum
 
-    from generation.models import CreditAccount, CreditEntry
+    from generation.credits.models import CreditAccount, CreditEntry
 
     for account in CreditAccount.objects.all():
         assert account.balance == (CreditEntry.objects.filter(account=account).aggregate(s=Sum("amount"))["s"] or 0)
 
 
 def refunds(job) -> int:
-    from generation.models import CreditEntry
+    from generation.credits.models import CreditEntry
 
     return CreditEntry.objects.filter(job=job, kind=CreditEntry.REFUND).count()
 

@@ -191,19 +191,6 @@ def applied_loras(pipe, loras: list[tuple[LoadedAddon, LoraUse]]):
                 module.weight.copy_(weight)
 
 
-def embeddings_for(encoder, embeddings: list[LoadedAddon]) -> dict[str, torch.Tensor]:
-    """{name: vectors (n, width)} of the embeddings for one text encoder, by its width."""
-    width = encoder.get_input_embeddings().embedding_dim
-    found = {}
-    for embedding in embeddings:
-        if width not in embedding.value:
-            widths = ", ".join(str(w) for w in embedding.value)
-            raise JobError(f"embedding {embedding.name!r} is for another family (vectors of {widths}, this model's "
-                             f"text encoder takes {width})")
-        found[embedding.name] = embedding.value[width]
-    return found
-
-
 def controlnet_scales(controlnet, control_mode: int):
     """A1111's "My prompt is more important": each residual scaled by 0.825 ** (its distance from
     the deepest), as a forward hook for the run; None for the other modes."""

@@ -16,7 +16,8 @@ from .loading import PIPELINES, load_pipeline
 from .pipelines import pipeline_for_run
 from .previews import PreviewMaker, PreviewSettings, PreviewThrottle, load_taesd
 from .request import GenerationRequest, batch_key
-from .run import GenerationCancelled, _check_roles, _encode, _encode_many, _load_addons, checked_result, decode
+from .run import GenerationCancelled, checked_result
+from .steps import check_roles, decode, encode, encode_many, load_addons
 
 
 def generate_batch(requests: list[GenerationRequest], *, on_preview=None, should_cancel=None, watermark_payloads=None,
@@ -41,11 +42,11 @@ def generate_batch(requests: list[GenerationRequest], *, on_preview=None, should
     first = requests[0]
     model = load_pipeline(first.model, device=device, dtype=dtype)
     vae = PIPELINES.get_vae(first.vae, model) if first.vae else None
-    _check_roles(model, None, "txt2img")
+    check_roles(model, None, "txt2img")
     addons = [None] * len(requests)
     for k in _live(outcomes):
         try:
-            addons[k] = _load_addons(requests[k], model)
+            addons[k] = load_addons(requests[k], model)
         except Exception as error:  # whatever a job brings (a damaged add-on file) fails that job only
             outcomes[k] = error
     timings = {"load": time.perf_counter() - started}
@@ -59,13 +60,13 @@ def generate_batch(requests: list[GenerationRequest], *, on_preview=None, should
     with applied_loras(model.pipe, addons[live[0]].loras):
         tick = time.perf_counter()
         try:
-            embeds = dict(zip(live, _encode_many(model.pipe, model, [requests[k] for k in live],
-                                                 [addons[k].embeddings for k in live])))
+            embeds = dict(zip(live, encode_many(model.pipe, model, [requests[k] for k in live],
+                                                [addons[k].embeddings for k in live])))
         except Exception:  # one job's prompt or embedding: each alone, so the error stays that job's own
             embeds = {}
             for k in live:
                 try:
-                    embeds[k] = _encode(model.pipe, model, requests[k], addons[k].embeddings)
+                    embeds[k] = encode(model.pipe, model, requests[k], addons[k].embeddings)
                 except Exception as error:
                     outcomes[k] = error
         timings["text_encode"] = time.perf_counter() - tick

@@ -37,6 +37,25 @@ FAMILIES = {
 }
 
 
+def role_problem(family: str, mode: str) -> str:
+    """Why a model of `family` can't run `mode` (txt2img, img2img, inpaint), or "": a refiner makes
+    nothing of its own, an inpainting model needs a mask. The submit check and the engine ask this."""
+    role = FAMILIES[family].role if family in FAMILIES else "txt2img"
+    if role == "refiner" or role == "inpaint" and mode != "inpaint":
+        return (f"is {FAMILIES[family].label}: it can't make an image "
+                + ("without a mask" if role == "inpaint" else "from text alone"))
+    return ""
+
+
+def refiner_problem(family: str, refiner_family: str) -> str:
+    """Why a model of `refiner_family` can't refine one of `family`, or "": refiners are SDXL refiners
+    or SDXL bases, for SDXL checkpoints."""
+    xl = family in FAMILIES and FAMILIES[family].xl
+    if xl and refiner_family in FAMILIES and FAMILIES[refiner_family].xl and FAMILIES[refiner_family].role != "inpaint":
+        return ""
+    return "a refiner must be an SDXL refiner or base, for an SDXL checkpoint"
+
+
 def family_config(family: str) -> Path:
     """The shipped diffusers config folder of `family`."""
     if family not in FAMILIES:

@@ -57,6 +57,13 @@ def embedding_pattern(names):
     return re.compile(r"(?<![\w-])(" + "|".join(map(re.escape, names)) + r")(?![\w-])", re.I) if names else None
 
 
+def embeddings_named(names, *texts: str) -> set[str]:
+    """Which of `names` the texts use (lower-cased): an embedding is used where its name is a word of
+    either prompt. The submit check and the engine both ask this."""
+    pattern = embedding_pattern(names)
+    return {m.lower() for text in texts for m in pattern.findall(text)} if pattern else set()
+
+
 def check_prompt_syntax(text: str, *, field: str = "prompt") -> None:
     """Refuse A1111 syntax this engine does not run, rather than feed it to the model as words."""
     plain = re.sub(r"\\[()\[\]\\]", "_", text)

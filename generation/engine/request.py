@@ -20,6 +20,13 @@ MAX_STEPS = 150  # no deployment may allow more
 MIN_SIDE = 256  # the watermark needs at least this
 RESIZE_MODES = ("Just resize", "Crop and resize", "Resize and fill")  # A1111's resize_mode 0, 1, 2
 MASKED_CONTENT = ("fill", "original", "latent noise", "latent nothing")  # A1111's inpainting_fill 0-3
+IMAGE_INPUT_PARAMS = ("denoising_strength", "resize_mode", "mask_blur", "inpainting_fill", "inpaint_full_res",
+                      "inpaint_full_res_padding", "inpainting_mask_invert")
+HIRES_PARAMS = ("enable_hr", "hr_scale", "hr_upscaler", "hr_second_pass_steps", "hr_resize_x", "hr_resize_y")
+# What a submission asks for, by the names every dialect uses (GenerationRequest's fields, less the models,
+# the add-ons and the pictures; the image input settings as A1111 names them)
+SETTINGS = ("prompt", "negative_prompt", "width", "height", "steps", "guidance_scale", "scheduler", "seed", "subseed",
+            "subseed_strength", "num_images", "clip_skip", "refiner_switch_at", *IMAGE_INPUT_PARAMS, *HIRES_PARAMS)
 LATENT_UPSCALERS = {  # A1111's hires upscaler names -> torch interpolate (mode, antialias)
     "Latent": ("bilinear", False), "Latent (antialiased)": ("bilinear", True), "Latent (bicubic)": ("bicubic", False),
     "Latent (bicubic antialiased)": ("bicubic", True), "Latent (nearest)": ("nearest", False),

@@ -10,13 +10,13 @@ from PIL import Image
 
 from .addons import Addons, applied_loras, controlled_run
 from .esrgan import esrgan_upscale
-from .families import FAMILIES
-from .images import Crop, fill_masked, mask_crop, paste_back, prepared_mask, resize
+from .images import paste_back
+from .img2img import from_image, prepare_start
 from .loading import PIPELINES, load_pipeline
 from .metadata import format_parameters, save_png
 from .pipelines import pipeline_for_run
 from .previews import PreviewMaker, PreviewSettings, PreviewThrottle, load_taesd
-from .prompts import embedding_pattern, encode_prompts_many, encode_prompts_xl_many, prompt_schedule
+from .prompts import prompt_schedule
 from .request import (
     LATENT_UPSCALERS,
     MASKED_CONTENT,
@@ -27,6 +27,7 @@ from .request import (
     Limits,
     model_ref,
 )
+from .steps import check_roles, decode, encode, load_addons
 from .watermark import PAYLOAD_BYTES, embed_watermark
 
 
@@ -94,24 +95,17 @@ def generate(
     timings, started = {}, time.perf_counter()
 
     # 1. Check the input before any work.
-    request.validate(limits)
-    if watermark_payloads is not None and (
-        len(watermark_payloads) != request.num_images
-        or any(not isinstance(p, bytes) or len(p) != PAYLOAD_BYTES for p in watermark_payloads)
-    ):
-        raise ValueError(f"watermark_payloads must hold one {PAYLOAD_BYTES}-byte payload per image")
-    seeds = request.seeds()
-    request = dataclasses.replace(request, seed=seeds[0], subseed=request.subseeds()[0])
+    request, seeds = _checked(request, limits, watermark_payloads)
 
     # 2. Load the model, and the refiner if one is asked for (a cache hit costs nothing).
     tick = time.perf_counter()
     model = load_pipeline(request.model, device=device, dtype=dtype)
     refiner = load_pipeline(request.refiner, device=device, dtype=dtype) if request.refiner else None
     vae = PIPELINES.get_vae(request.vae, model) if request.vae else None
-    _check_roles(model, refiner, request.mode)
+    check_roles(model, refiner, request.mode)
     pipe = pipeline_for_run(model.pipe, request.scheduler, seeds, "inpaint" if request.mask else "txt2img")
 
-    addons = _load_addons(request, model)
+    addons = load_addons(request, model)
     timings["load"] = time.perf_counter() - tick
 
     # 3. Merge the LoRAs for this run only: the weights are put back however it ends.
@@ -121,9 +115,9 @@ def generate(
 
         # 4. Encode the prompts, A1111 weights, long prompts and embeddings included.
         tick = time.perf_counter()
-        schedule = PromptSchedule(request, lambda prompt, negative: _encode(pipe, model, dataclasses.replace(
+        schedule = PromptSchedule(request, lambda prompt, negative: encode(pipe, model, dataclasses.replace(
             request, prompt=prompt, negative_prompt=negative), addons.embeddings)) if request.scheduled else None
-        embeds = schedule.embeds(1) if schedule else _encode(pipe, model, request, addons.embeddings)
+        embeds = schedule.embeds(1) if schedule else encode(pipe, model, request, addons.embeddings)
         timings["text_encode"] = time.perf_counter() - tick
 
         # 5. Denoise, sending previews and honouring cancel at every step of every pass.
@@ -133,13 +127,7 @@ def generate(
         if progress.stopped():
             raise GenerationCancelled()
         tick = time.perf_counter()
-        # One CPU generator per image: image k is reproducible alone with seed s+k, on any device.
-        common = dict(num_inference_steps=request.steps, guidance_scale=request.guidance_scale,
-                      num_images_per_prompt=request.num_images,
-                      generator=[torch.Generator("cpu").manual_seed(s) for s in seeds], output_type="latent",
-                      callback_on_step_end=progress.on_step_end, **embeds,
-                      **({"callback_on_step_end_tensor_inputs": ["latents", "prompt_embeds", *(
-                          ["add_text_embeds"] if model.xl else [])]} if schedule else {}))
+        common = _pipeline_arguments(request, seeds, progress, embeds, xl=model.xl)
         start = prepare_start(request) if request.init_image is not None else None
         try:
             if addons.controlnets:
@@ -147,7 +135,7 @@ def generate(
             elif request.mode == "txt2img":
                 latents, pipe = _txt2img(pipe, model, refiner, request, common, progress)
             else:
-                latents = _from_image(pipe, model, request, start, common)
+                latents = from_image(pipe, model, request, start, common)
         finally:
             progress.previews.wait()  # every preview is out before the run's end is told
         timings["denoise"] = time.perf_counter() - tick
@@ -165,6 +153,26 @@ def generate(
     # 7. Safety check, then each kept image watermarked.
     return checked_result(request, images, seeds, model=model, vae=vae, addons=addons, checker=checker,
                           timings=timings, started=started, payloads=watermark_payloads, refiner=refiner)
+
+
+def _checked(request: GenerationRequest, limits, payloads) -> tuple[GenerationRequest, list[int]]:
+    """The request checked, with its seeds fixed (so the infotext names the ones used)."""
+    request.validate(limits)
+    if payloads is not None and (len(payloads) != request.num_images
+                                 or any(not isinstance(p, bytes) or len(p) != PAYLOAD_BYTES for p in payloads)):
+        raise ValueError(f"watermark_payloads must hold one {PAYLOAD_BYTES}-byte payload per image")
+    seeds = request.seeds()
+    return dataclasses.replace(request, seed=seeds[0], subseed=request.subseeds()[0]), seeds
+
+
+def _pipeline_arguments(request, seeds, progress, embeds, *, xl: bool) -> dict:
+    """What every pass's pipeline call takes. One CPU generator per image: image k is reproducible
+    alone with seed s+k, on any device."""
+    scheduled = {"callback_on_step_end_tensor_inputs": ["latents", "prompt_embeds", *(["add_text_embeds"] if xl else [])]}
+    return dict(num_inference_steps=request.steps, guidance_scale=request.guidance_scale,
+                num_images_per_prompt=request.num_images, generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],
+                output_type="latent", callback_on_step_end=progress.on_step_end, **embeds,
+                **(scheduled if progress.schedule else {}))
 
 
 def checked_result(request, images, seeds, *, model, vae, addons, checker, timings, started, payloads=None,
@@ -203,26 +211,6 @@ def checked_result(request, images, seeds, *, model, vae, addons, checker, timin
         addons=addons,
         timings=timings,
     )
-
-
-def _load_addons(request, model) -> Addons:
-    """Read (or find in the cache) the request's add-on files, checked against `model`."""
-    loras = [(PIPELINES.get_addon("lora", use.ref, model.device, model.dtype), use) for use in request.loras]
-    embeddings, hashes = {}, {}
-    pattern = embedding_pattern(ref.name for ref in request.embeddings)
-    named = {m.lower() for text in (request.prompt, request.negative_prompt) for m in pattern.findall(text)} if (
-        pattern) else set()
-    for ref in request.embeddings:
-        if ref.name.lower() in named:
-            vectors = PIPELINES.get_addon("embedding", ref, model.device, model.dtype).value
-            if (len(vectors) == 2) != model.xl:  # SDXL's hold a set for each of its two text encoders
-                raise JobError(f"embedding {ref.name!r} is for another family ("
-                                 f"{'SDXL' if len(vectors) == 2 else 'SD 1.x/2.x'})")
-            embeddings[ref.name] = vectors
-            hashes[ref.name] = ref.hash
-    controlnets = [(PIPELINES.get_addon("controlnet", unit.model, model.device, model.dtype), unit)
-                   for unit in request.controlnets]
-    return Addons(loras, embeddings, hashes, controlnets)
 
 
 class Progress:
@@ -326,7 +314,7 @@ def _txt2img(pipe, model, refiner, request, common, progress):
     seeds = [g.initial_seed() for g in common["generator"]]
     if refiner is not None and not progress.cancelled:
         pipe = pipeline_for_run(refiner.pipe, request.scheduler, seeds, "img2img")
-        latents = pipe(image=latents, **{**common, **_encode(pipe, refiner, request)},
+        latents = pipe(image=latents, **{**common, **encode(pipe, refiner, request)},
                        denoising_start=request.refiner_switch_at).images
     elif request.enable_hr and not progress.cancelled:
         image = _upscaled(pipe, model, latents, request)
@@ -355,85 +343,6 @@ def _upscaled(pipe, model, latents, request):
         return [im.resize((width, height), PIXEL_UPSCALERS[request.hr_upscaler]) for im in images]
     net = PIPELINES.get_addon("upscaler", request.upscaler_model, model.device, model.dtype).value
     return [esrgan_upscale(net, im, (width, height)) for im in images]
-
-
-def _from_image(pipe, model, request, start, common):
-    """img2img, or inpaint (masked img2img on an ordinary model, the real thing on a 9-channel one)."""
-    width, height = start.picture.size
-    if request.mask is None:
-        pipe = pipeline_for_run(model.pipe, request.scheduler, [g.initial_seed() for g in common["generator"]],
-                                 "img2img")
-        return pipe(image=start.picture, strength=request.denoising_strength, **common).images
-    # The starting latents are made here so masked content can be set in latent space.
-    picture = pipe.image_processor.preprocess(start.picture, height=height, width=width)
-    generator = torch.Generator("cpu").manual_seed(request.seed)
-    latents = encode_image(pipe.vae, picture, generator, model.device, model.dtype)
-    hard = pipe.mask_processor.preprocess(start.hard_mask, height=height, width=width)
-    small = torch.nn.functional.interpolate(hard, size=latents.shape[-2:]).to(latents.device, latents.dtype)
-    if request.inpainting_fill == 2:  # latent noise
-        noise = torch.randn(latents.shape, generator=generator).to(latents.device, latents.dtype)
-        latents = latents * (1 - small) + noise * small
-    elif request.inpainting_fill == 3:  # latent nothing
-        latents = latents * (1 - small)
-    masked = latents
-    if pipe.unet.config.in_channels == 9:  # an inpainting model also sees the picture with the hole cut out
-        masked = encode_image(pipe.vae, picture * (hard < 0.5), generator, model.device, model.dtype)
-    return pipe(image=latents, mask_image=start.blurred_mask, masked_image_latents=masked, width=width, height=height,
-                strength=request.denoising_strength, **common).images
-
-
-@dataclass
-class Start:
-    """What an img2img or inpaint run starts from, at the size it works at."""
-
-    picture: Image.Image  # RGB, width x height (the mask's box when "only masked")
-    original: Image.Image | None = None  # inpaint: the picture pasted back onto
-    hard_mask: Image.Image | None = None  # at the picture's size
-    blurred_mask: Image.Image | None = None  # at the original's size
-    crop: Crop | None = None
-
-
-def prepare_start(request) -> Start:
-    """Resize the starting image by resize_mode; for inpainting, prepare the mask (invert, blur),
-    crop to its box for "only masked", and fill the hole for masked content "fill"."""
-    size = (request.width, request.height)
-    if request.mask is None:
-        return Start(resize(request.init_image.convert("RGB"), *size, request.resize_mode))
-    original, mask = request.init_image.convert("RGB"), request.mask
-    crop = None
-    if request.inpaint_full_res:
-        hard, blurred = prepared_mask(mask, request.inpainting_mask_invert, request.mask_blur)
-        crop = mask_crop(hard, request.inpaint_full_res_padding, *size)
-    if crop is None:  # the whole picture, at the run's size
-        original, mask = (resize(im, *size, request.resize_mode) for im in (original, mask))
-        hard, blurred = prepared_mask(mask, request.inpainting_mask_invert, request.mask_blur)
-        picture, picture_mask = original, hard
-    else:
-        picture = original.crop(crop.box).resize(size, Image.LANCZOS)
-        picture_mask = hard.crop(crop.box).resize(size, Image.NEAREST)
-    if request.inpainting_fill == 0:
-        picture = fill_masked(picture, picture_mask)
-    return Start(picture, original, picture_mask, blurred, crop)
-
-
-def encode_image(vae, picture, generator, device, dtype):
-    """Pixels in [-1, 1] -> scaled latents, sampled with `generator`."""
-    with torch.no_grad():
-        dist = vae.encode(picture.to(device, vae.dtype)).latent_dist
-    return (dist.sample(generator) * vae.config.scaling_factor).to(dtype)
-
-
-TILE_ABOVE_PIXELS = 1536 * 1536  # a bigger image is decoded in tiles, a bigger batch one image at a time
-
-
-def decode(vae, image_processor, latents) -> list[Image.Image]:
-    pixels = latents.shape[-2] * latents.shape[-1] * image_processor.config.vae_scale_factor ** 2
-    if hasattr(vae, "use_tiling"):  # the VAE's activations grow with the pixels: bound them (VRAM)
-        vae.use_tiling, vae.use_slicing = pixels > TILE_ABOVE_PIXELS, pixels * len(latents) > TILE_ABOVE_PIXELS
-    with torch.no_grad():
-        # An SDXL VAE stays in float32 (loading.py); the latents follow it.
-        decoded = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
-    return image_processor.postprocess(decoded, output_type="pil")
 
 
 def _image_input_params(r: GenerationRequest) -> dict:
@@ -468,32 +377,3 @@ def _title(ref, model) -> str:
         return ""
     ref = model_ref(ref)
     return f"{ref.name or model.name} [{ref.hash or model.hash}]"
-
-
-def _check_roles(model, refiner, mode: str) -> None:
-    family = FAMILIES.get(model.family)
-    if family is not None and family.role == "refiner" or family and family.role == "inpaint" and mode != "inpaint":
-        raise JobError(f"model {model.name!r} is {family.label}: it can't make an image "
-                         + ("without a mask" if family.role == "inpaint" else "from text alone"))
-    if refiner is not None and not (model.xl and refiner.xl and FAMILIES[refiner.family].role != "inpaint"):
-        raise JobError(f"refiner {refiner.name!r} can't refine {model.name!r}: the refiner is for SDXL models and "
-                         "must be an SDXL refiner or base")
-
-
-def _encode(pipe, model, request, embeddings=None) -> dict:
-    """The prompt embeddings as the pipeline takes them."""
-    return _encode_many(pipe, model, [request], [embeddings])[0]
-
-
-def _encode_many(pipe, model, requests, embeddings) -> list[dict]:
-    """_encode for each request (and its embeddings), each text encoder run once for them all."""
-    device, pairs = model.device, [(r.prompt, r.negative_prompt, e) for r, e in zip(requests, embeddings)]
-    if not model.xl:
-        # Clip skip changes SD 1.x's CLIP-L; SD 2.x keeps its trained layer, as in A1111 (one per run: the batch key).
-        clip_skip = requests[0].clip_skip if pipe.text_encoder.config.hidden_act == "quick_gelu" else 1
-        return [{"prompt_embeds": positive, "negative_prompt_embeds": negative} for positive, negative in
-                encode_prompts_many(pipe.tokenizer, pipe.text_encoder, pairs, device, clip_skip=clip_skip)]
-    encoders = [(pipe.tokenizer, pipe.text_encoder)] if pipe.text_encoder is not None else []
-    return [{"prompt_embeds": positive, "negative_prompt_embeds": negative, "pooled_prompt_embeds": pooled,
-             "negative_pooled_prompt_embeds": negative_pooled} for positive, negative, pooled, negative_pooled in
-            encode_prompts_xl_many(encoders + [(pipe.tokenizer_2, pipe.text_encoder_2)], pairs, device)]

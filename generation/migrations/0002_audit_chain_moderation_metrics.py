@@ -7,7 +7,7 @@ from django.db import migrations, models
 
 
 def chain_existing_rows(apps, schema_editor):
-    from generation.services.audit import GENESIS, chain_hash, pseudonym
+    from generation.provenance.audit import GENESIS, chain_hash, pseudonym
 
     PromptAudit, AuditImage = apps.get_model("generation", "PromptAudit"), apps.get_model("generation", "AuditImage")
     head, length = GENESIS, 0

@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 def backfill(apps, schema_editor):
     """Rows appended before: their search text, so staff find disguised spellings there too."""
-    from generation.services.audit import search_text
+    from generation.provenance.audit import search_text
 
     rows = apps.get_model("generation", "PromptAudit").objects
     for pk, prompt, negative in rows.filter(search_text="").values_list("pk", "prompt", "negative_prompt").iterator():

@@ -10,9 +10,10 @@ from django.contrib.auth.models import User
 from PIL import Image as PILImage
 from rest_framework.test import APIClient
 
+from generation.credits.models import CreditEntry
 from generation.engine import parse_parameters, read_watermark
-from generation.models import CreditEntry, Job
-from generation.services.submit import job_submit
+from generation.jobs.models import Job
+from generation.jobs.submit import job_submit
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -63,8 +64,8 @@ def test_a1111s_full_default_payload_makes_watermarked_images_with_a1111_metadat
 
 def test_styles_prompt_editing_a_variation_seed_and_an_esrgan_hires_upscaler_are_what_the_infotext_says(
         alice_a1111, alice, worker, esrgan_folder):
-    from generation.services.addons import addons_scan
-    from generation.services.styles import style_save
+    from generation.jobs.styles import style_save
+    from generation.library.addons import addons_scan
 
     addons_scan()
     style_save(user=alice, name="detailed", prompt="highly detailed", negative_prompt="blurry")
@@ -137,7 +138,7 @@ def test_progress_and_interrupt_see_only_the_callers_own_job(alice_a1111, carol,
 
 
 def test_models_samplers_schedulers_options_and_the_empty_lists(alice_a1111, checkpoint, tmp_path, test_model_folder):
-    from generation.services.checkpoints import checkpoint_register
+    from generation.library.checkpoints import checkpoint_register
 
     checkpoint_register(name="second", source=test_model_folder)
     models = alice_a1111.get("/sdapi/v1/sd-models").data
@@ -158,7 +159,7 @@ def test_models_samplers_schedulers_options_and_the_empty_lists(alice_a1111, che
 
 
 def test_insufficient_credits_is_refused_before_any_work(alice_a1111, checkpoint):
-    from generation.services.credits import credits_change
+    from generation.credits.ledger import credits_change
 
     credits_change(user=User.objects.get(username="alice"), kind="adjust", amount=-100, reason="spent")
     response = alice_a1111.post("/sdapi/v1/txt2img", A1111_DEFAULT_PAYLOAD, format="json")
@@ -166,7 +167,7 @@ def test_insufficient_credits_is_refused_before_any_work(alice_a1111, checkpoint
 
 
 def test_an_sdxl_file_with_refiner_and_clip_skip_as_a1111_clients_ask_for_them(alice_a1111, worker, tiny_families):
-    from generation.services.checkpoints import checkpoint_register
+    from generation.library.checkpoints import checkpoint_register
 
     for family, name in (("sdxl", "ponyXL"), ("sdxl-refiner", "refinerXL")):
         files = tiny_families[family]

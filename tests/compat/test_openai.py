@@ -12,11 +12,12 @@ from django.core.files.storage import default_storage
 from django.test import AsyncClient, Client
 from PIL import Image as PILImage
 
-from generation import live
+from generation.credits.ledger import credits_change
+from generation.credits.models import CreditEntry
 from generation.engine import parse_parameters, read_watermark
-from generation.models import CreditEntry, Job
-from generation.services.credits import credits_change
-from sdweb.services import api_key_create
+from generation.jobs import live
+from generation.jobs.models import Job
+from sdweb.shared.api_keys import api_key_create
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -139,8 +140,8 @@ def test_streaming_sends_a_partial_image_while_the_job_runs_then_the_final_one(k
 
 
 def test_an_sdxl_file_by_name_makes_its_image_and_size_auto_is_its_own_size(key, alice, worker, tiny_families):
-    from generation.compat.openai import _spec
-    from generation.services.checkpoints import checkpoint_register
+    from generation.dialects.openai import _spec
+    from generation.library.checkpoints import checkpoint_register
 
     files = tiny_families["sdxl"]
     xl = checkpoint_register(name="juggernaut-xl", source=str(files["file"]), config=str(files["config"]))

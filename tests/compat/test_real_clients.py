@@ -22,7 +22,7 @@ def studio(tmp_path_factory):
     torch.save(esrgan_state(), studio.var_dir / "models" / "ESRGAN" / "4x-Tiny.pth")  # copied in before the start
     studio.start()
     studio.key = studio.manage(
-        "from django.contrib.auth.models import User; from sdweb.services import api_key_create; "
+        "from django.contrib.auth.models import User; from sdweb.shared.api_keys import api_key_create; "
         "user = User.objects.create_user('alice', password='alice-password-1'); "
         "print(api_key_create(user=user, name='clients')[1])")
     yield studio
@@ -146,7 +146,7 @@ def test_webuiapi_with_styles_prompt_editing_a_subseed_an_esrgan_upscaler_and_an
 
     from generation.engine.metadata import parse_parameters
 
-    studio.manage("from django.contrib.auth.models import User; from generation.services.styles import style_save; "
+    studio.manage("from django.contrib.auth.models import User; from generation.jobs.styles import style_save; "
                   "print(style_save(user=User.objects.get(username='alice'), name='detailed', "
                   "prompt='highly detailed', negative_prompt='blurry'))")
     api = webuiapi.WebUIApi(host="127.0.0.1", port=studio.port)

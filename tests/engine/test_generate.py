@@ -50,7 +50,7 @@ def made_by_diffusers(model, prompts: list[str], seed: int = 1234, **img2img):
     (image, strength, num_inference_steps): prompts are those of the steps it runs."""
     from generation.engine.pipelines import pipeline_for_run
     from generation.engine.prompts import encode_prompts
-    from generation.engine.run import decode
+    from generation.engine.steps import decode
 
     pipe = pipeline_for_run(model.pipe, "Euler", [seed], "img2img" if img2img else "txt2img")
     encoded = {p: encode_prompts(pipe.tokenizer, pipe.text_encoder, p, "", "cpu") for p in set(prompts)}

@@ -121,7 +121,7 @@ def test_the_refiner_takes_over_at_the_switch_point_and_is_written_as_a1111_writ
 @pytest.mark.parametrize("model, refiner, message", [
     ("sdxl-refiner", None, "can't make an image from text alone"),
     ("sd1-inpaint", None, "can.t make an image without a mask"),
-    ("sd1", "sdxl-refiner", "the refiner is for SDXL models"),
+    ("sd1", "sdxl-refiner", "a refiner must be an SDXL refiner or base, for an SDXL checkpoint"),
 ])
 def test_models_are_used_only_for_what_they_can_do(tiny_families, model, refiner, message):
     with pytest.raises(ValueError, match=message):

@@ -10,8 +10,8 @@ from PIL import Image as PILImage
 from gallery.models import Image
 from gallery.selectors import PAGE_SIZE
 from generation.engine import parse_parameters, read_watermark
-from generation.models import Job
-from generation.services.queue import job_cancel
+from generation.jobs.models import Job
+from generation.jobs.queue import job_cancel
 
 
 def test_the_private_gallery_lists_my_images_newest_first(client, alice, carol, make_job):

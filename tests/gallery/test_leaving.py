@@ -2,8 +2,9 @@ from django.contrib.auth.models import User
 from django.core.files.storage import default_storage
 
 from gallery.models import Image
-from generation.models import Job, PromptAudit
-from generation.services.audit import pseudonym
+from generation.jobs.models import Job
+from generation.provenance.audit import pseudonym
+from generation.provenance.models import PromptAudit
 
 
 def test_deleting_my_account_removes_images_and_files_and_keeps_audit_rows_pseudonymised(client, alice, carol,
@@ -43,7 +44,7 @@ def test_deleting_my_account_removes_my_uploaded_starting_images_but_not_another
 
     from PIL import Image as PILImage
 
-    from generation.services.submit import job_submit
+    from generation.jobs.submit import job_submit
     from tests.support import params
 
     def upload(seed):

@@ -16,13 +16,16 @@ from PIL import Image as PILImage
 from PIL import ImageDraw
 from rest_framework.test import APIClient
 
+from generation.accounts.models import StaffAction
 from generation.engine.metadata import parse_parameters
-from generation.models import AddOn, Job, PromptAudit, StaffAction
-from generation.services.addons import addon_upload, addons_scan
-from generation.services.checkpoints import checkpoints_scan
-from generation.services.queue import job_claim
-from generation.services.run import job_run
-from generation.services.submit import Refused, job_submit
+from generation.jobs.models import Job
+from generation.jobs.queue import job_claim
+from generation.jobs.submit import Refused, job_submit
+from generation.jobs.worker import job_run
+from generation.library.addons import addon_upload, addons_scan
+from generation.library.checkpoints import checkpoints_scan
+from generation.library.models import AddOn
+from generation.provenance.models import PromptAudit
 from tests.support import assert_ledger_balanced, form_data, params
 
 

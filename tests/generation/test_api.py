@@ -4,11 +4,13 @@ from rest_framework.test import APIClient
 from rest_framework.throttling import UserRateThrottle
 
 from gallery.models import Image
-from generation.models import CreditEntry, Job, PromptAudit
-from generation.services.queue import job_claim
-from generation.services.run import job_run
+from generation.credits.models import CreditEntry
+from generation.jobs.models import Job
+from generation.jobs.queue import job_claim
+from generation.jobs.worker import job_run
+from generation.provenance.models import PromptAudit
 from sdweb.models import ApiKey
-from sdweb.services import api_key_create
+from sdweb.shared.api_keys import api_key_create
 
 BODY = {"prompt": "a lighthouse", "width": 256, "height": 256, "steps": 2, "num_images": 2, "seed": 5}
 
@@ -49,7 +51,7 @@ def test_every_bad_setting_is_named_in_one_answer(api):
 
 
 def test_not_enough_credits_is_a_402(api, alice):
-    from generation.services.credits import credits_change
+    from generation.credits.ledger import credits_change
 
     credits_change(user=alice, kind="adjust", amount=-100, reason="spent")
     response = api.post("/api/v1/jobs/", BODY, format="json")

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
-from sdweb.services import api_key_create
+from sdweb.shared.api_keys import api_key_create
 
 schema = schemathesis.openapi.from_wsgi("/api/schema/", get_wsgi_application())
 

@@ -8,10 +8,11 @@ import pytest
 from django.core.files.storage import default_storage
 from django.utils import timezone
 
-from generation.models import CreditEntry, Job
-from generation.services import finish, run
-from generation.services.queue import job_claim
-from generation.services.submit import job_submit
+from generation.credits.models import CreditEntry
+from generation.jobs import finish, worker
+from generation.jobs.models import Job
+from generation.jobs.queue import job_claim
+from generation.jobs.submit import job_submit
 from tests.support import assert_ledger_balanced, params
 
 
@@ -28,7 +29,7 @@ def test_a_losing_attempt_never_touches_the_winners_files(db, alice, checkpoint,
     def take_over():
         # The first worker's lease runs out; a second worker claims the job and finishes it.
         Job.objects.filter(pk=job.pk).update(lease_until=timezone.now() - timedelta(seconds=1))
-        run.job_run(job_claim(worker="second"))
+        worker.job_run(job_claim(worker="second"))
         for image in Job.objects.get(pk=job.pk).images.all():
             winner[image.png.name] = default_storage.open(image.png.name).read()
             winner[image.thumbnail.name] = default_storage.open(image.thumbnail.name).read()
@@ -44,7 +45,7 @@ def test_a_losing_attempt_never_touches_the_winners_files(db, alice, checkpoint,
         return names
 
     monkeypatch.setattr(finish, "image_files_save", stalled_save)
-    run.job_run(first)
+    worker.job_run(first)
 
     job.refresh_from_db()
     assert (job.status, job.attempts, job.worker) == ("succeeded", 2, "second")

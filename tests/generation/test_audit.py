@@ -5,8 +5,8 @@ import pytest
 from django.contrib.auth.models import User
 from django.utils import timezone
 
-from generation.models import PromptAudit
-from generation.services.submit import Refused, job_submit
+from generation.jobs.submit import Refused, job_submit
+from generation.provenance.models import PromptAudit
 from tests.support import params
 
 
@@ -84,8 +84,8 @@ def test_audit_rows_cannot_be_changed_or_deleted_through_the_orm_or_the_admin(cl
 
 
 def test_staff_still_see_who_made_what_after_the_image_and_account_are_gone(client, admin, alice, audited):
-    from gallery.services import account_delete
-    from generation.services.audit import pseudonym
+    from generation.provenance.audit import pseudonym
+    from sdweb.accounts import account_delete
 
     job_id = PromptAudit.objects.get(prompt="a harbour at night").job_id
     account_delete(user=User.objects.get(pk=alice.pk))

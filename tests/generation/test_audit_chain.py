@@ -8,9 +8,9 @@ from django.core.management import CommandError, call_command
 from django.db import models
 from django.utils import timezone
 
-from generation.models import AuditChain, AuditImage, ImageFingerprint, PromptAudit
-from generation.services.audit import GENESIS, chain_hash
-from generation.services.submit import job_submit
+from generation.jobs.submit import job_submit
+from generation.provenance.audit import GENESIS, chain_hash
+from generation.provenance.models import AuditChain, AuditImage, ImageFingerprint, PromptAudit
 
 ROWS = 10_000
 FIELDS = ("created_at", "subject", "client_ip", "prompt", "negative_prompt", "params", "checkpoint", "decision",

@@ -1,7 +1,7 @@
 import pytest
 from django.core.management import CommandError, call_command
 
-from generation.models import Checkpoint
+from generation.library.models import Checkpoint
 
 
 def test_add_model_registers_a_local_folder_with_its_native_size(db, test_model_folder, capsys):
@@ -35,7 +35,7 @@ def test_an_uncached_hub_model_offline_is_a_clear_error(db, monkeypatch, tmp_pat
 
 
 def register(name, files, **fields):
-    from generation.services.checkpoints import checkpoint_register
+    from generation.library.checkpoints import checkpoint_register
 
     return checkpoint_register(name=name, source=str(files["file"]), config=str(files["config"]), **fields)
 
@@ -56,7 +56,7 @@ def test_add_model_registers_a_single_file_with_its_family_size_and_a1111_hash(d
 def test_a_file_is_hashed_once_and_again_only_when_it_changes(db, tiny_families, tmp_path, monkeypatch):
     import shutil
 
-    from generation.services import checkpoints
+    from generation.library import checkpoints
 
     hashed = []
     real = checkpoints.file_sha256
@@ -119,7 +119,7 @@ def test_scan_models_never_repoints_a_checkpoint_of_the_same_name(db, tiny_famil
 
     settings.SDWEB = {**settings.SDWEB, "MODELS_DIR": tmp_path}
     shutil.copy(tiny_families["sd1"]["file"], tmp_path / "sdweb-test-tiny.safetensors")
-    from generation.services.checkpoints import checkpoints_scan
+    from generation.library.checkpoints import checkpoints_scan
 
     found, skipped = checkpoints_scan()
     assert found == [] and "already exists" in skipped["sdweb-test-tiny.safetensors"]
@@ -132,7 +132,7 @@ def test_staff_with_the_permission_scan_the_models_folder_from_the_admin(db, cli
 
     from django.contrib.auth.models import Permission
 
-    from generation.models import StaffAction
+    from generation.accounts.models import StaffAction
 
     settings.SDWEB = {**settings.SDWEB, "MODELS_DIR": tmp_path}
     shutil.copy(tiny_families["sd1"]["file"], tmp_path / "anything-v5.safetensors")
@@ -152,7 +152,7 @@ def test_staff_with_the_permission_scan_the_models_folder_from_the_admin(db, cli
 
 def test_scan_models_registers_a_vae_file_as_a_vae(db, settings, tmp_path):
     from generation.engine.testmodel import make_tiny_vae
-    from generation.models import Vae
+    from generation.library.models import Vae
 
     settings.SDWEB = {**settings.SDWEB, "MODELS_DIR": tmp_path}
     (tmp_path / "VAE").mkdir()

@@ -3,8 +3,8 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from generation.models import CreditAccount, CreditEntry
-from generation.services.credits import credits_change, credits_refund, credits_topup_if_due, quote_cost
+from generation.credits.ledger import credits_change, credits_refund, credits_topup_if_due, quote_cost
+from generation.credits.models import CreditAccount, CreditEntry
 from tests.support import assert_ledger_balanced
 
 
@@ -33,7 +33,7 @@ def test_the_periodic_top_up_adds_up_to_the_ceiling_once_per_period(alice, setti
 
 
 def test_a_refund_happens_once_however_often_it_is_asked_for(alice, checkpoint):
-    from generation.services.submit import job_submit
+    from generation.jobs.submit import job_submit
     from tests.support import params
 
     job = job_submit(user=alice, params=params(checkpoint))

@@ -5,10 +5,10 @@ import time
 import pytest
 from django.contrib.auth.models import User
 
-from generation.models import Job
-from generation.services.queue import job_claim
-from generation.services.run import SHUTTING_DOWN, job_run
-from generation.services.submit import job_submit
+from generation.jobs.models import Job
+from generation.jobs.queue import job_claim
+from generation.jobs.submit import job_submit
+from generation.jobs.worker import SHUTTING_DOWN, job_run
 from tests.support import assert_ledger_balanced, params, refunds
 
 pytestmark = pytest.mark.django_db(transaction=True)

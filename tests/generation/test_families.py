@@ -6,15 +6,15 @@ import pytest
 from PIL import Image as PILImage
 
 from generation.engine import parse_parameters
-from generation.models import Job
-from generation.services.queue import job_claim
-from generation.services.run import job_run
-from generation.services.submit import Refused, job_submit
+from generation.jobs.models import Job
+from generation.jobs.queue import job_claim
+from generation.jobs.submit import Refused, job_submit
+from generation.jobs.worker import job_run
 
 
 @pytest.fixture
 def sdxl(db, tiny_families):
-    from generation.services.checkpoints import checkpoint_register
+    from generation.library.checkpoints import checkpoint_register
 
     def register(family, name):
         files = tiny_families[family]
@@ -90,7 +90,7 @@ def test_the_rest_api_lists_hashes_and_sizes_an_sdxl_job_at_its_own_size(alice, 
 @pytest.fixture
 def vae(db, tmp_path):
     from generation.engine.testmodel import make_tiny_vae
-    from generation.services.checkpoints import vae_register
+    from generation.library.checkpoints import vae_register
 
     return vae_register(name="vae-ft-mse.safetensors", source=str(make_tiny_vae("sd1", tmp_path / "vae.safetensors")))
 
@@ -114,7 +114,7 @@ def test_an_unknown_vae_is_refused_naming_the_field(alice, sdxl):
 def test_vaes_are_listed_for_rest_and_a1111_clients_and_taken_from_override_settings(alice, sdxl, vae):
     from rest_framework.test import APIClient
 
-    from generation.compat.a1111 import translate
+    from generation.dialects.a1111 import translate
 
     client = APIClient()
     client.force_authenticate(alice)

@@ -6,12 +6,11 @@ import os
 import pytest
 from PIL import Image as PILImage
 
-from generation import live
+from generation.credits.models import CreditEntry
 from generation.engine import read_watermark
-from generation.models import CreditEntry
-from generation.services import finish, run
-from generation.services.queue import jobs_claim
-from generation.services.submit import job_submit
+from generation.jobs import finish, live, worker
+from generation.jobs.queue import jobs_claim
+from generation.jobs.submit import job_submit
 from tests.support import assert_ledger_balanced, params, refunds
 
 
@@ -20,7 +19,7 @@ def finisher(transactional_db, settings, monkeypatch):
     """A worker's finishing pool with one process; the events it has the parent send, in order."""
     settings.SDWEB = {**settings.SDWEB, "FINISH_PROCESSES": 1}
     pool, sent = finish.Finisher(), []
-    monkeypatch.setattr(run, "FINISHER", pool)
+    monkeypatch.setattr(worker, "FINISHER", pool)
     monkeypatch.setattr(live, "job_event", lambda job_id, event: sent.append((job_id, event["type"])))
     pool.start()
     yield sent
@@ -29,8 +28,8 @@ def finisher(transactional_db, settings, monkeypatch):
 
 def test_a_batch_is_finished_in_another_process_and_each_job_is_told(finisher, alice, carol, checkpoint):
     jobs = [job_submit(user=user, params=params(checkpoint, seed=s)) for s, user in enumerate((alice, carol))]
-    run.jobs_run(jobs_claim(images=8))
-    run.FINISHER.drain()
+    worker.jobs_run(jobs_claim(images=8))
+    worker.FINISHER.drain()
     for job in jobs:
         job.refresh_from_db()
         assert (job.status, job.batch_size, job.images.count(), refunds(job)) == ("succeeded", 2, 2, 0)
@@ -51,13 +50,13 @@ class DiesWhenUnpacked:
 def test_a_finishing_process_that_dies_sends_its_job_back_to_the_queue_charged_once(finisher, alice, checkpoint):
     job = job_submit(user=alice, params=params(checkpoint))
     claimed = jobs_claim(images=1)
-    run.FINISHER.submit(claimed[0], finish.Finishing(job_id=job.pk, attempt=1, images=[DiesWhenUnpacked()],
+    worker.FINISHER.submit(claimed[0], finish.Finishing(job_id=job.pk, attempt=1, images=[DiesWhenUnpacked()],
                                                      indexes=[0], seeds=[job.seed], texts=[""]))
-    run.FINISHER.drain()
+    worker.FINISHER.drain()
     job.refresh_from_db()
     assert (job.status, job.attempts, job.images.count()) == ("queued", 1, 0)
-    run.jobs_run(jobs_claim(images=1))  # a new pool process finishes it the second time
-    run.FINISHER.drain()
+    worker.jobs_run(jobs_claim(images=1))  # a new pool process finishes it the second time
+    worker.FINISHER.drain()
     job.refresh_from_db()
     assert (job.status, job.attempts, job.images.count()) == ("succeeded", 2, 2)
     assert CreditEntry.objects.filter(job=job, kind="charge").count() == 1 and refunds(job) == 0

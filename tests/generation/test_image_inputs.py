@@ -15,11 +15,13 @@ from PIL import Image as PILImage
 from PIL import ImageDraw
 
 from gallery.models import Image
+from generation.credits.models import CreditEntry
 from generation.engine.metadata import parse_parameters
-from generation.models import CreditEntry, Job, PromptAudit
-from generation.services.queue import job_claim
-from generation.services.run import job_run
-from generation.trace import trace_image
+from generation.jobs.models import Job
+from generation.jobs.queue import job_claim
+from generation.jobs.worker import job_run
+from generation.provenance.models import PromptAudit
+from generation.provenance.trace import trace_image
 from tests.support import assert_ledger_balanced, form_data
 
 
@@ -78,6 +80,26 @@ def test_a_bad_upload_is_a_400_naming_the_field_charges_nothing_and_is_audited(a
     audit = PromptAudit.objects.get()
     assert audit.decision == "refused" and audit.params[f"{field}_sha256"] == hashlib.sha256(data).hexdigest()
     assert_ledger_balanced()
+
+
+def test_a_submission_refused_for_its_cost_stores_none_of_its_pictures(api, alice, bob, settings):
+    """Bob can't pay; his picture and mask are checked, refused with the job, and never written."""
+    from rest_framework.test import APIClient
+
+    from sdweb.shared.api_keys import api_key_create
+
+    bobs = APIClient()
+    bobs.credentials(HTTP_AUTHORIZATION=f"Bearer {api_key_create(user=bob, name='tests')[1]}")
+    stored = set(default_storage.listdir("inputs")[1]) if default_storage.exists("inputs") else set()
+    files = {"init_image": _named(encoded(picture()), "start.png"), "mask": _named(encoded(mask_for()), "mask.png")}
+    refused = bobs.post("/api/v1/jobs/", {**BODY, **files}, format="multipart")
+    assert refused.status_code == 402, refused.data
+    assert PromptAudit.objects.get().decision == "refused"
+    assert not default_storage.exists("inputs") or set(default_storage.listdir("inputs")[1]) == stored
+    accepted = api.post("/api/v1/jobs/", {**BODY, "init_image": _named(encoded(picture()), "start.png")},
+                        format="multipart")
+    assert accepted.status_code == 201, accepted.data
+    assert set(default_storage.listdir("inputs")[1]) - stored == {Job.objects.get().init_image.removeprefix("inputs/")}
 
 
 def test_an_upload_over_the_byte_limit_is_refused_before_it_is_read(api, alice, settings):

@@ -9,11 +9,12 @@ from django.core.files.storage import default_storage
 from PIL import Image as PILImage
 
 from gallery.models import Image
+from generation.credits.models import CreditEntry
 from generation.engine.safety import DiffusersSafetyChecker
-from generation.models import CreditEntry, Job
-from generation.services import run
-from generation.services.queue import job_claim
-from generation.services.submit import job_submit
+from generation.jobs import engine_setup, worker
+from generation.jobs.models import Job
+from generation.jobs.queue import job_claim
+from generation.jobs.submit import job_submit
 from tests.support import assert_ledger_balanced, params, tiny_safety_checker
 
 
@@ -31,7 +32,7 @@ def checker(monkeypatch, settings, tmp_path):
             folder = tiny_safety_checker(tmp_path / kind, threshold=-100.0 if kind == "strict" else 100.0)
             settings.SDWEB = {**settings.SDWEB, "SAFETY_CHECKER": folder}
         else:
-            monkeypatch.setattr(run, "image_checker", lambda setting: kind)
+            monkeypatch.setattr(engine_setup, "image_checker", lambda setting: kind)
 
     return use
 
@@ -39,13 +40,13 @@ def checker(monkeypatch, settings, tmp_path):
 @pytest.fixture
 def events(monkeypatch):
     sent = []
-    monkeypatch.setattr(run, "job_event_soon", lambda job_id, event: sent.append(event))
+    monkeypatch.setattr(worker, "job_event_soon", lambda job_id, event: sent.append(event))
     return sent
 
 
 def run_job(user, checkpoint, **overrides) -> Job:
     job = job_submit(user=user, params=params(checkpoint, **{"steps": 4, "num_images": 2, **overrides}))
-    run.job_run(job_claim())
+    worker.job_run(job_claim())
     job.refresh_from_db()
     return job
 
@@ -104,6 +105,6 @@ def test_a_checker_error_fails_the_job_and_refunds_it(db, alice, checkpoint, che
 
 
 def test_the_checker_is_off_unless_settings_name_one(settings, tmp_path):
-    assert settings.SDWEB["SAFETY_CHECKER"] == "off" and run.engine_options()["checker"] is None
+    assert settings.SDWEB["SAFETY_CHECKER"] == "off" and engine_setup.engine_configure()["checker"] is None
     settings.SDWEB = {**settings.SDWEB, "SAFETY_CHECKER": tiny_safety_checker(tmp_path, threshold=100.0)}
-    assert isinstance(run.engine_options()["checker"], DiffusersSafetyChecker)
+    assert isinstance(engine_setup.engine_configure()["checker"], DiffusersSafetyChecker)

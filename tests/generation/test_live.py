@@ -14,11 +14,11 @@ from django.core.files.storage import default_storage
 from PIL import Image as PILImage
 
 from gallery.models import Image
-from generation import live
 from generation.engine import parse_parameters, read_watermark
-from generation.models import Job
-from generation.services.queue import job_cancel, job_claim
-from generation.services.submit import job_submit
+from generation.jobs import live
+from generation.jobs.models import Job
+from generation.jobs.queue import job_cancel, job_claim
+from generation.jobs.submit import job_submit
 from generation.tasks import run_next_job
 from sdweb.asgi import application
 from tests.support import assert_ledger_balanced, form_data, params, refunds
@@ -180,8 +180,8 @@ def test_a_queued_job_hears_its_place_in_the_queue_move(client, checkpoint):
 
 def test_a_waiting_job_counts_the_running_jobs_ahead_and_gets_an_eta_from_recent_jobs(alice, carol, make_job,
                                                                                       checkpoint):
-    from generation.presenters import job_state
-    from generation.services.submit import job_submit
+    from generation.jobs.presenters import job_state
+    from generation.jobs.submit import job_submit
 
     done = make_job(alice, num_images=1)
     took = (done.finished_at - done.started_at).total_seconds()
@@ -199,8 +199,8 @@ def test_the_eta_counts_what_is_left_of_the_run_now_going_and_the_runs_ahead(ali
 
     from django.utils import timezone
 
-    from generation.presenters import job_state
-    from generation.services.submit import job_submit
+    from generation.jobs.presenters import job_state
+    from generation.jobs.submit import job_submit
 
     params = {"prompt": "x", "checkpoint": checkpoint, "width": 256, "height": 256, "steps": 2, "num_images": 1}
 

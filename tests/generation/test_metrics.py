@@ -4,9 +4,9 @@ and move when jobs run. The staff dashboard shows the same story."""
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from generation.models import Job
-from generation.services.queue import job_cancel
-from generation.services.submit import job_submit
+from generation.jobs.models import Job
+from generation.jobs.queue import job_cancel
+from generation.jobs.submit import job_submit
 from tests.support import params
 
 

@@ -8,12 +8,13 @@ import json
 import pytest
 from PIL import Image as PILImage
 
+from generation.credits.ledger import quote_cost
+from generation.credits.models import CreditEntry
 from generation.engine.metadata import parse_parameters
 from generation.engine.plot import axis_values
-from generation.models import CreditEntry, Job
-from generation.services.credits import quote_cost
-from generation.services.queue import job_claim
-from generation.services.run import job_run
+from generation.jobs.models import Job
+from generation.jobs.queue import job_claim
+from generation.jobs.worker import job_run
 from tests.support import stored_picture
 
 pytestmark = pytest.mark.django_db
@@ -115,8 +116,8 @@ def test_the_page_makes_a_plot_and_names_a_bad_axis_beside_its_field(client, ali
 
 
 def test_batch_count_queues_jobs_with_continuing_seeds_and_stops_at_a_refusal(client, alice, checkpoint):
-    from generation.models import CreditAccount
-    from generation.services.credits import quote_cost
+    from generation.credits.ledger import quote_cost
+    from generation.credits.models import CreditAccount
     from tests.support import form_data
 
     client.force_login(alice)

@@ -2,9 +2,11 @@
 
 import pytest
 
-from generation.filters import blocked_by, normalise
-from generation.models import BlockRule, CreditEntry, Job, PromptAudit
-from generation.services.submit import Refused, job_submit
+from generation.credits.models import CreditEntry
+from generation.jobs.models import Job
+from generation.jobs.submit import Refused, job_submit
+from generation.provenance.models import BlockRule, PromptAudit
+from generation.provenance.prompt_filter import blocked_by, normalise
 from tests.support import params
 
 DISGUISED = [

@@ -6,7 +6,7 @@ import io
 from PIL import Image as PILImage
 
 from generation.engine import read_png_marking, read_watermark
-from generation.provenance import read_credentials
+from generation.provenance.c2pa import read_credentials
 
 
 def original(image) -> bytes:
@@ -34,12 +34,12 @@ def test_a_changed_byte_breaks_the_c2pa_manifest(alice, make_job):
 
 
 def test_signing_can_be_turned_off(alice, make_job, settings):
-    from generation import provenance
+    from generation.provenance import c2pa
 
     settings.SDWEB = {**settings.SDWEB, "C2PA": "off"}
-    provenance._signing.cache_clear()
+    c2pa._signing.cache_clear()
     try:
         data = original(make_job(alice, num_images=1).images.get())
         assert read_credentials(data, "image/png") == {"present": False}
     finally:
-        provenance._signing.cache_clear()
+        c2pa._signing.cache_clear()

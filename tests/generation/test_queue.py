@@ -3,9 +3,9 @@ from datetime import timedelta
 from django.contrib.auth.models import User
 from django.utils import timezone
 
-from generation.models import Job
-from generation.services.queue import job_claim
-from generation.services.submit import job_submit
+from generation.jobs.models import Job
+from generation.jobs.queue import job_claim
+from generation.jobs.submit import job_submit
 from generation.tasks import run_next_job
 from tests.support import assert_ledger_balanced, params, refunds
 
@@ -70,7 +70,7 @@ def test_past_the_attempt_limit_a_job_fails_with_exactly_one_refund(transactiona
 
 
 def test_the_embedded_server_start_makes_orphaned_running_jobs_claimable(alice, checkpoint):
-    from generation.services.queue import jobs_recover_orphans
+    from generation.jobs.queue import jobs_recover_orphans
 
     job_submit(user=alice, params=params(checkpoint))
     job_submit(user=alice, params=params(checkpoint))
@@ -80,7 +80,7 @@ def test_the_embedded_server_start_makes_orphaned_running_jobs_claimable(alice, 
 
 
 def test_among_equals_a_worker_takes_the_job_for_the_checkpoint_it_holds(alice, carol, checkpoint, tiny_families):
-    from generation.services.checkpoints import checkpoint_register
+    from generation.library.checkpoints import checkpoint_register
 
     other = checkpoint_register(name="other", source=str(tiny_families["sd1"]["file"]),
                                 config=str(tiny_families["sd1"]["config"]))
@@ -91,7 +91,7 @@ def test_among_equals_a_worker_takes_the_job_for_the_checkpoint_it_holds(alice, 
 
 
 def test_a_held_checkpoint_never_beats_fairness(alice, carol, checkpoint, tiny_families):
-    from generation.services.checkpoints import checkpoint_register
+    from generation.library.checkpoints import checkpoint_register
 
     other = checkpoint_register(name="other", source=str(tiny_families["sd1"]["file"]),
                                 config=str(tiny_families["sd1"]["config"]))
@@ -106,8 +106,8 @@ def test_a_held_checkpoint_never_beats_fairness(alice, carol, checkpoint, tiny_f
 def test_the_worker_knows_which_checkpoints_it_holds(transactional_db, alice, carol, checkpoint, tiny_families,
                                                      monkeypatch):
     from generation.engine.loading import PIPELINES
-    from generation.services import run as run_service
-    from generation.services.checkpoints import checkpoint_register
+    from generation.jobs import worker as run_service
+    from generation.library.checkpoints import checkpoint_register
 
     other = checkpoint_register(name="other", source=str(tiny_families["sd1"]["file"]),
                                 config=str(tiny_families["sd1"]["config"]))

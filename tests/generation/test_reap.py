@@ -3,9 +3,9 @@ from datetime import timedelta
 from django.core.management import call_command
 from django.utils import timezone
 
-from generation.models import Job
-from generation.services.queue import job_claim
-from generation.services.submit import job_submit
+from generation.jobs.models import Job
+from generation.jobs.queue import job_claim
+from generation.jobs.submit import job_submit
 from tests.support import assert_ledger_balanced, params, refunds
 
 

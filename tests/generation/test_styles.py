@@ -7,12 +7,12 @@ import json
 import pytest
 from rest_framework.test import APIClient
 
-from generation.models import Job
-from generation.services.queue import job_claim
-from generation.services.run import job_run
-from generation.services.styles import style_save, styled
-from generation.services.submit import Refused, job_submit
-from sdweb.services import api_key_create
+from generation.jobs.models import Job
+from generation.jobs.queue import job_claim
+from generation.jobs.styles import style_save, styled
+from generation.jobs.submit import Refused, job_submit
+from generation.jobs.worker import job_run
+from sdweb.shared.api_keys import api_key_create
 from tests.support import form_data, params
 
 pytestmark = pytest.mark.django_db

@@ -1,7 +1,9 @@
 import pytest
 
-from generation.models import CreditEntry, Job, PromptAudit
-from generation.services.submit import Refused, job_submit
+from generation.credits.models import CreditEntry
+from generation.jobs.models import Job
+from generation.jobs.submit import Refused, job_submit
+from generation.provenance.models import PromptAudit
 from tests.support import assert_ledger_balanced, form_data, params
 
 

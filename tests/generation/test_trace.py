@@ -7,18 +7,19 @@ import pytest
 from django.core.management import call_command
 from PIL import Image as PILImage
 
-from gallery.services import account_delete, images_delete
+from gallery.services import images_delete
 from generation.engine import read_png_marking, save_png, watermark_reading
 from generation.engine.fingerprint import fingerprint
 from generation.engine.watermark import embed_legacy_watermark
-from generation.models import ImageFingerprint
+from generation.provenance.models import ImageFingerprint
+from sdweb.accounts import account_delete
 from tests.support import photo, photo_generate
 
 
 @pytest.fixture
 def photos(monkeypatch):
     """Jobs make photo-like pictures: to a perceptual hash the test model's noise all looks alike."""
-    monkeypatch.setattr("generation.services.run.generate", photo_generate)
+    monkeypatch.setattr("generation.jobs.worker.generate", photo_generate)
 
 
 @pytest.fixture

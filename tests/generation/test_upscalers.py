@@ -11,11 +11,12 @@ from PIL import Image as PILImage
 from rest_framework.test import APIClient
 
 from generation.engine.metadata import parse_parameters
-from generation.models import AddOn, Job
-from generation.services.addons import addons_scan
-from generation.services.queue import job_claim
-from generation.services.run import job_run
-from generation.services.submit import Refused, job_submit
+from generation.jobs.models import Job
+from generation.jobs.queue import job_claim
+from generation.jobs.submit import Refused, job_submit
+from generation.jobs.worker import job_run
+from generation.library.addons import addons_scan
+from generation.library.models import AddOn
 from tests.support import params, stored_picture
 
 pytestmark = pytest.mark.django_db

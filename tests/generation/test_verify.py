@@ -15,7 +15,7 @@ from tests.support import photo, photo_generate
 @pytest.fixture
 def made(alice, carol, make_job, monkeypatch):
     """Alice's two images (photo-like, as a real checkpoint's) and one of Carol's."""
-    monkeypatch.setattr("generation.services.run.generate", photo_generate)
+    monkeypatch.setattr("generation.jobs.worker.generate", photo_generate)
     alices = make_job(alice, prompt="alice's secret prompt", num_images=2, width=512, height=512)
     carols = make_job(carol, prompt="carol's secret prompt", num_images=1, seed=40, width=512, height=512)
     return list(alices.images.order_by("index")), carols.images.get()
@@ -79,7 +79,7 @@ def test_a_thumbnail_carries_the_mark_of_its_image(alice, make_job, monkeypatch)
     """The picture's own mark does not survive shrinking past half: the thumbnail gets its own."""
     from generation.engine.watermark import watermark_reading
 
-    monkeypatch.setattr("generation.services.run.generate", photo_generate)
+    monkeypatch.setattr("generation.jobs.worker.generate", photo_generate)
     for image in make_job(alice, num_images=2, width=1024, height=576).images.all():
         with image.thumbnail.open("rb") as file:
             thumb = PILImage.open(io.BytesIO(file.read()))
@@ -90,16 +90,16 @@ def test_a_thumbnail_carries_the_mark_of_its_image(alice, make_job, monkeypatch)
 def test_every_way_out_carries_the_mark_of_the_image_it_is(alice, client, make_job, monkeypatch):
     """The original (and its API download), the thumbnail, a larger copy and a plot's grid."""
     from generation.engine.watermark import watermark_reading
-    from generation.models import Job
-    from generation.services.queue import job_claim
-    from generation.services.run import job_run
-    from generation.services.submit import job_submit
+    from generation.jobs.models import Job
+    from generation.jobs.queue import job_claim
+    from generation.jobs.submit import job_submit
+    from generation.jobs.worker import job_run
 
     def mark(file_field) -> bytes:
         with file_field.open("rb") as file:
             return watermark_reading(PILImage.open(io.BytesIO(file.read()))).payload
 
-    monkeypatch.setattr("generation.services.run.generate", photo_generate)
+    monkeypatch.setattr("generation.jobs.worker.generate", photo_generate)
     image = make_job(alice, num_images=1, width=512, height=512).images.get()
     client.force_login(alice)
     download = client.get(f"/images/{image.hex_id}.png?download=1")

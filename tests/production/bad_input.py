@@ -20,11 +20,13 @@ from django.test.utils import setup_test_environment  # noqa: E402
 from hypothesis import HealthCheck, example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
+from generation.credits.ledger import credits_grant  # noqa: E402
+from generation.credits.models import CreditAccount  # noqa: E402
 from generation.engine.request import MAX_PROMPT_CHARS  # noqa: E402
-from generation.models import CreditAccount, Job, PromptAudit  # noqa: E402
-from generation.services.checkpoints import checkpoint_ensure_test_model  # noqa: E402
-from generation.services.credits import credits_grant  # noqa: E402
-from sdweb.services import api_key_create  # noqa: E402
+from generation.jobs.models import Job  # noqa: E402
+from generation.library.checkpoints import checkpoint_ensure_test_model  # noqa: E402
+from generation.provenance.models import PromptAudit  # noqa: E402
+from sdweb.shared.api_keys import api_key_create  # noqa: E402
 
 setup_test_environment()  # so the form's errors can be read from the response
 QUEUE = redis.Redis.from_url(django_settings.CELERY_BROKER_URL)
@@ -157,7 +159,7 @@ def openai(body):
 if __name__ == "__main__":
     for run in (api, form, a1111, openai):
         run()
-    from generation.services.audit import audit_verify as verify
+    from generation.provenance.audit import audit_verify as verify
 
     rows, problem = verify()  # every odd value above went through PostgreSQL's jsonb and back
     assert problem is None and rows >= sum(attempts.values()), (rows, problem)

@@ -63,7 +63,7 @@ def any_broker(request):
 @pytest.fixture(scope="module")
 def deployment(production):
     """The web process and one GPU worker process of `production`, for the tests of one module."""
-    production.script("from generation.services.checkpoints import checkpoint_ensure_test_model\n"
+    production.script("from generation.library.checkpoints import checkpoint_ensure_test_model\n"
                       "checkpoint_ensure_test_model()\nprint('{}')")
     port = free_port()
     log = open(production.env["SDWEB_VAR_DIR"] + "/processes.log", "a")

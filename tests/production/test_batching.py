@@ -9,8 +9,8 @@ from tests.support import wait_until
 SUBMIT = """
     from django.contrib.auth.models import User
     from django.db import transaction
-    from generation.services.checkpoints import checkpoint_ensure_test_model
-    from generation.services.submit import job_submit
+    from generation.library.checkpoints import checkpoint_ensure_test_model
+    from generation.jobs.submit import job_submit
 
     checkpoint = checkpoint_ensure_test_model()
     users = [User.objects.create_user(f"batcher{i}") for i in range(4)]
@@ -30,7 +30,8 @@ CHECK = """
     import numpy as np
     from PIL import Image
     from generation.engine import GenerationRequest, PreviewSettings, generate
-    from generation.models import CreditEntry, Job
+    from generation.credits.models import CreditEntry
+    from generation.jobs.models import Job
 
     def pixels(data):
         return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.int16)

@@ -14,8 +14,8 @@ from tests.support import ROOT
 
 SUBMIT = """
     from django.contrib.auth.models import User
-    from generation.services.checkpoints import checkpoint_ensure_test_model
-    from generation.services.submit import job_submit
+    from generation.library.checkpoints import checkpoint_ensure_test_model
+    from generation.jobs.submit import job_submit
     user, _ = User.objects.get_or_create(username="victim")
     job = job_submit(user=user, params={"prompt": "slow", "checkpoint": checkpoint_ensure_test_model(),
                      "width": 256, "height": 256, "steps": 150, "guidance_scale": 7, "scheduler": "Euler a",
@@ -103,7 +103,7 @@ def test_a_pool_process_killed_mid_denoising_is_recovered_once(stack):
     gone, left = psutil.wait_procs(finishing, timeout=15)
     assert not left, "the killed pool process's finishing processes live on"
     workers.wait(job_id, lambda s: s["lease_over"])  # no one renews it now (beat would run reap_jobs)
-    production.script("from generation.services.queue import jobs_reap\nprint(json.dumps(jobs_reap()))")
+    production.script("from generation.jobs.queue import jobs_reap\nprint(json.dumps(jobs_reap()))")
     final = workers.wait(job_id, lambda s: s["status"] not in ("queued", "running"))
     assert final == {"status": "succeeded", "attempts": 2, "images": 1, "charges": 1, "refunds": 0}
 
@@ -137,9 +137,9 @@ def test_a_job_past_its_deadline_fails_refunded_and_the_worker_takes_the_next(pr
 FAIRNESS = """
     from collections import Counter
     from django.contrib.auth.models import User
-    from generation.models import Job
-    from generation.services.checkpoints import checkpoint_ensure_test_model
-    from generation.services.submit import job_submit
+    from generation.jobs.models import Job
+    from generation.library.checkpoints import checkpoint_ensure_test_model
+    from generation.jobs.submit import job_submit
     checkpoint = checkpoint_ensure_test_model()
     users = [User.objects.get_or_create(username=f"fair{u}")[0] for u in range(4)]
     for user in users:  # each user fills the queue in turn: the oldest-first order would be unfair

@@ -37,7 +37,7 @@ def at_once(count: int, fn) -> list:
 def api_key(deployment, name: str) -> str:
     return deployment.script(f"""
         from django.contrib.auth.models import User
-        from sdweb.services import api_key_create
+        from sdweb.shared.api_keys import api_key_create
         user = User.objects.create_user("{name}")
         print(json.dumps(api_key_create(user=user, name="attacker")[1]))
     """)
@@ -82,7 +82,7 @@ def test_a_forged_forwarded_for_is_never_stored_and_never_a_500(deployment):
         headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json", "X-Forwarded-For": forged}
         assert request(deployment, "/api/v1/jobs/", body, headers) == 201
     assert deployment.script("""
-        from generation.models import PromptAudit
+        from generation.provenance.models import PromptAudit
         print(json.dumps(sorted({row.client_ip for row in PromptAudit.objects.filter(username="xff-forger")})))
     """) == ["127.0.0.1"]  # no proxy is trusted by default: the peer is the client
 
@@ -94,7 +94,8 @@ def test_twenty_requests_at_once_with_one_idempotency_key_get_one_201(deployment
     codes = at_once(20, lambda k: request(deployment, "/api/v1/jobs/", body, headers))
     assert sorted(codes) == [200] * 19 + [201], codes
     assert deployment.script("""
-        from generation.models import CreditEntry, Job
+        from generation.credits.models import CreditEntry
+        from generation.jobs.models import Job
         jobs = Job.objects.filter(user__username="idem-racer")
         print(json.dumps([jobs.count(), CreditEntry.objects.filter(job__in=jobs, kind="charge").count()]))
     """) == [1, 1]
@@ -130,8 +131,8 @@ def test_six_add_on_uploads_at_once_never_pass_the_quota(deployment, addon_files
         from django.contrib.auth.models import User
         from django.core.files.uploadedfile import SimpleUploadedFile
         from django.db import connection
-        from generation.models import AddOn
-        from generation.services.addons import addon_upload
+        from generation.library.models import AddOn
+        from generation.library.addons import addon_upload
         settings.SDWEB["ADDON_QUOTA_BYTES"] = 4 * 2**20
         user, data, start = User.objects.create_user("quota-racer"), open({str(padded)!r}, "rb").read(), threading.Barrier(6)
         def upload(k):

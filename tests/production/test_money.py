@@ -5,11 +5,13 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from django.contrib.auth.models import User
 from django.db import connection
-from generation.services.audit import audit_verify as verify
-from generation.models import CreditAccount, Job, PromptAudit
-from generation.services.checkpoints import checkpoint_ensure_test_model
-from generation.services.credits import credits_change
-from generation.services.submit import Refused, job_submit
+from generation.provenance.audit import audit_verify as verify
+from generation.credits.models import CreditAccount
+from generation.jobs.models import Job
+from generation.provenance.models import PromptAudit
+from generation.library.checkpoints import checkpoint_ensure_test_model
+from generation.credits.ledger import credits_change
+from generation.jobs.submit import Refused, job_submit
 
 checkpoint = checkpoint_ensure_test_model()
 user = User.objects.create_user(USERNAME)

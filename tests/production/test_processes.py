@@ -51,8 +51,8 @@ def test_progress_reaches_the_owner_from_a_worker_in_another_process(deployment)
 def test_the_same_message_delivered_twice_makes_one_run_and_one_set_of_images(deployment):
     job_id = deployment.script("""
         from django.contrib.auth.models import User
-        from generation.models import Checkpoint
-        from generation.services.submit import job_submit
+        from generation.library.models import Checkpoint
+        from generation.jobs.submit import job_submit
         from generation.tasks import run_next_job
         user = User.objects.create_user("twice")
         job = job_submit(user=user, params={"prompt": "twice", "checkpoint": Checkpoint.objects.get(),
@@ -105,7 +105,7 @@ def test_only_the_owner_cancels_and_the_worker_in_another_process_stops_within_a
     steps = [e["step"] for e in after if e["type"] == "progress"]
     assert len(steps) <= 2 and steps[-1:] != [150], steps  # the step under way (and one in flight), no more
     state = deployment.script(f"""
-        from generation.models import Job
+        from generation.jobs.models import Job
         job = Job.objects.get(pk="{job_id}")
         print(json.dumps([job.status, job.images.count(), list(job.credit_entries.values_list("kind", flat=True))]))
     """)

@@ -9,7 +9,7 @@ import time
 from tests.support import free_port, http_sign_up, job_socket, wait_until, web_answers
 
 STATE = """
-    from generation.models import Job
+    from generation.jobs.models import Job
     print(json.dumps({{str(j.pk): [j.status, j.attempts, j.worker.split("@")[0], j.images.count(),
                                   j.credit_entries.count()] for j in Job.objects.filter(pk__in={ids})}}))
 """
@@ -17,7 +17,7 @@ STATE = """
 
 def test_restarting_web_and_worker_mid_job_loses_nothing(any_broker):
     production = any_broker
-    production.script("from generation.services.checkpoints import checkpoint_ensure_test_model\n"
+    production.script("from generation.library.checkpoints import checkpoint_ensure_test_model\n"
                       "checkpoint_ensure_test_model()\nprint('{}')")
     port, log = free_port(), open(production.env["SDWEB_VAR_DIR"] + "/restarts.log", "a")
     base, processes = f"http://127.0.0.1:{port}", []

@@ -6,8 +6,8 @@ def test_postgresql_finds_a_copy_and_a_crop_among_thousands_of_fingerprints(prod
     found = production.script("""
         import io, random
         from PIL import Image
-        from generation.models import ImageFingerprint
-        from generation.trace import similar_images
+        from generation.provenance.models import ImageFingerprint
+        from generation.provenance.trace import similar_images
         from tests.support import photo
 
         random.seed(5)

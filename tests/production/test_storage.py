@@ -15,9 +15,9 @@ from django.contrib.auth.models import User
 from django.test import Client
 from gallery.models import Image
 from gallery.services import images_delete
-from generation.services.checkpoints import checkpoint_ensure_test_model
-from generation.services.run import FINISHER, job_run_next
-from generation.services.submit import job_submit
+from generation.library.checkpoints import checkpoint_ensure_test_model
+from generation.jobs.worker import FINISHER, job_run_next
+from generation.jobs.submit import job_submit
 owner, stranger = User.objects.create_user("s3owner"), User.objects.create_user("s3stranger")
 job = job_submit(user=owner, params={"prompt": "stored far away", "checkpoint": checkpoint_ensure_test_model(),
                  "width": 256, "height": 256, "steps": 2, "num_images": 2})

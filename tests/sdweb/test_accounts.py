@@ -107,7 +107,7 @@ def test_the_account_page_shows_balance_ledger_and_jobs(client, alice):
 def test_people_signed_in_are_told_when_the_test_model_is_in_use_and_staff_how_to_add_one(client, alice, admin,
                                                                                           path, tmp_path):
     from generation.engine import make_test_model
-    from generation.services.checkpoints import checkpoint_register
+    from generation.library.checkpoints import checkpoint_register
 
     client.force_login(alice)
     assert "Test model" not in client.get(path).content.decode()

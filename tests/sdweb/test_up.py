@@ -1,9 +1,12 @@
 """`python manage.py up` as a person runs it: a real process, real HTTP, a real websocket."""
 
+import base64
 import json
 import re
+import shutil
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import psutil
@@ -43,7 +46,18 @@ def test_up_serves_the_studio_and_a_job_survives_a_restart(studio):
     state = f"from generation.models import Job; j = Job.objects.get(pk='{job_page.split('/')[2]}'); print(j.status, j.attempts)"
     assert studio.manage(state) == "queued 1"  # back in the queue, nothing charged twice or lost
 
+    # A LoRA copied into the models folder while the studio is down is there after the restart.
+    from generation.engine.loading import load_pipeline
+    from generation.engine.testmodel import make_tiny_addons
+
+    files = make_tiny_addons(load_pipeline(str(studio.var_dir / "models" / "sdweb-test-tiny")).pipe, studio.var_dir / "made")
+    (studio.var_dir / "models" / "Lora").mkdir(parents=True, exist_ok=True)
+    shutil.copy(files["lora"], studio.var_dir / "models" / "Lora" / "copied-style.safetensors")
     studio.start()
+    request = urllib.request.Request(studio.base + "/sdapi/v1/loras", headers={
+        "Authorization": "Basic " + base64.b64encode(b"dana:a-long-pass-123").decode()})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert [lora["name"] for lora in json.loads(response.read())] == ["copied-style"]
     wait_until(lambda: status() == "succeeded", timeout=300)
     assert studio.manage(state) == "succeeded 2"
     balance = studio.manage("from generation.models import CreditAccount as A; a = A.objects.get(); "

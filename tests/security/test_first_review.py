@@ -20,10 +20,13 @@ from PIL import Image as PILImage
 from rest_framework.test import APIClient
 
 from gallery.models import Image
-from generation.models import CreditEntry, Job, PromptAudit, StaffAction
-from generation.services.credits import credits_grant
-from sdweb.services import api_key_create
-from sdweb.throttle import client_ip
+from generation.accounts.models import StaffAction
+from generation.credits.ledger import credits_grant
+from generation.credits.models import CreditEntry
+from generation.jobs.models import Job
+from generation.provenance.models import PromptAudit
+from sdweb.shared.api_keys import api_key_create
+from sdweb.shared.throttle import client_ip
 
 
 def basic(name: str, password: str) -> APIClient:
@@ -188,7 +191,7 @@ def test_trace_reads_only_png_jpeg_and_webp_within_a_pixel_cap(client, admin, mo
 
 
 def test_a_huge_refused_prompt_is_audited_as_a_prefix_with_its_length_and_hash(alice, checkpoint):
-    from generation.services.submit import Refused, job_submit
+    from generation.jobs.submit import Refused, job_submit
     from tests.support import params
 
     prompt = "a lighthouse " * 200_000  # 2.6 MB
@@ -202,7 +205,7 @@ def test_a_huge_refused_prompt_is_audited_as_a_prefix_with_its_length_and_hash(a
 
 def test_a_signed_image_url_dies_when_staff_hide_the_image_and_is_never_cached(client, alice, admin, make_job):
     from gallery.services import image_hide
-    from generation.compat.openai import SIGNER
+    from generation.dialects.openai import SIGNER
 
     image = make_job(alice).images.first()
     url = f"/v1/files/{SIGNER.sign_object({'image': image.hex_id, 'format': 'png'})}"
@@ -322,12 +325,12 @@ def test_api_image_urls_open_with_the_api_key(alice, checkpoint, make_job):
 def test_a_worker_uses_the_torch_threads_settings_give_it(settings):
     import torch
 
-    from generation.services.run import engine_options
+    from generation.jobs.engine_setup import engine_configure
 
     before = torch.get_num_threads()
     try:
         settings.SDWEB = {**settings.SDWEB, "TORCH_THREADS": 1}
-        engine_options()
+        engine_configure()
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)

@@ -16,16 +16,18 @@ from PIL import Image as PILImage
 from rest_framework.test import APIClient
 
 from gallery.models import Image
-from gallery.services import account_delete, image_hide
+from gallery.services import image_hide
 from generation.engine.controlmaps import MAX_WORK_SIDE, control_map
 from generation.engine.watermark import embed_watermark
-from generation.models import AddOn, Job
-from generation.services.checkpoints import checkpoint_register
-from generation.services.queue import job_claim
-from generation.services.run import job_run
-from generation.services.submit import Refused, job_submit
-from generation.uploads import read_image
-from sdweb.services import api_key_create
+from generation.jobs.models import Job
+from generation.jobs.queue import job_claim
+from generation.jobs.submit import Refused, job_submit
+from generation.jobs.worker import job_run
+from generation.library.checkpoints import checkpoint_register
+from generation.library.models import AddOn
+from generation.untrusted_images import read_image
+from sdweb.accounts import account_delete
+from sdweb.shared.api_keys import api_key_create
 from tests.support import params, photo, scan_bomb
 
 pytestmark = pytest.mark.django_db

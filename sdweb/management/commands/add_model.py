@@ -4,7 +4,7 @@ from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
 from generation.engine.families import FAMILIES
-from generation.services.checkpoints import checkpoint_register, vae_register
+from generation.library.checkpoints import checkpoint_register, vae_register
 
 
 def hash_progress(path, stream):

@@ -18,9 +18,11 @@ from PIL import Image as PILImage
 from PIL import PngImagePlugin
 
 from gallery.models import Image
-from generation.models import AuditChain, AuditImage, CreditAccount, Job, PromptAudit
-from generation.services.audit import chain_hash, locked_chain, pseudonym
-from generation.services.checkpoints import checkpoint_ensure_test_model
+from generation.credits.models import CreditAccount
+from generation.jobs.models import Job
+from generation.library.checkpoints import checkpoint_ensure_test_model
+from generation.provenance.audit import chain_hash, locked_chain, pseudonym
+from generation.provenance.models import AuditChain, AuditImage, PromptAudit
 
 IMAGES_PER_JOB = 4
 BATCH = 5000

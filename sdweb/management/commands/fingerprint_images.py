@@ -1,6 +1,6 @@
 from django.core.management.base import BaseCommand
 
-from generation.services.run import fingerprints_backfill
+from generation.provenance.trace import fingerprints_backfill
 
 
 class Command(BaseCommand):

@@ -4,7 +4,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
-from generation.services.audit import audit_prune
+from generation.provenance.audit import audit_prune
 
 
 class Command(BaseCommand):

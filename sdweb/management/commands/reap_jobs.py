@@ -1,6 +1,6 @@
 from django.core.management.base import BaseCommand
 
-from generation.services.queue import jobs_reap
+from generation.jobs.queue import jobs_reap
 
 
 class Command(BaseCommand):

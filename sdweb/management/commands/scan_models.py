@@ -1,8 +1,8 @@
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from generation.services.addons import addons_scan
-from generation.services.checkpoints import checkpoints_scan
+from generation.library.addons import addons_scan
+from generation.library.checkpoints import checkpoints_scan
 from sdweb.management.commands.add_model import hash_progress
 
 

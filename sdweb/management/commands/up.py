@@ -11,10 +11,10 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand
 
-from generation import live
-from generation.services.addons import addons_scan
-from generation.services.checkpoints import checkpoint_ensure_test_model, checkpoints_scan
-from generation.services.queue import enqueue_job, jobs_recover_orphans
+from generation.jobs import live
+from generation.jobs.queue import enqueue_job, jobs_recover_orphans
+from generation.library.addons import addons_scan
+from generation.library.checkpoints import checkpoint_ensure_test_model, checkpoints_scan
 from sdweb.embedded import WorkerProcess
 from sdweb.management.commands.add_model import hash_progress
 
@@ -69,7 +69,7 @@ class Command(BaseCommand):
             live.use_event_loop(asyncio.get_running_loop())
             config = uvicorn.Config("sdweb.asgi:application", host=host, port=port, log_level="warning",
                                     lifespan="off", ws="websockets-sansio", timeout_graceful_shutdown=2,
-                                    proxy_headers=False)  # sdweb.throttle.client_ip decides, from SDWEB_TRUSTED_PROXIES
+                                    proxy_headers=False)  # sdweb.shared.throttle.client_ip decides, from SDWEB_TRUSTED_PROXIES
             await uvicorn.Server(config).serve()
 
         try:

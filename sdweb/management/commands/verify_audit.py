@@ -1,6 +1,6 @@
 from django.core.management.base import BaseCommand, CommandError
 
-from generation.services.audit import audit_verify
+from generation.provenance.audit import audit_verify
 
 
 class Command(BaseCommand):

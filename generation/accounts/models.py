@@ -1,0 +1,58 @@
+"""A user's own settings and the staff actions log."""
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+
+class UserSettings(models.Model):
+    """A user's own defaults (A1111 clients set the checkpoint through /sdapi/v1/options)."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="studio_settings")
+    default_checkpoint = models.ForeignKey("generation.Checkpoint", null=True, blank=True, on_delete=models.SET_NULL)
+    suspended_at = models.DateTimeField(null=True, blank=True, help_text="Set by staff: no more submissions")
+    suspended_reason = models.TextField(blank=True)
+    show_name_publicly = models.BooleanField(default=False, help_text="The user chose to be named on images they share")
+
+
+class StaffEvent(models.TextChoices):
+    """What a member of staff did, as the staff actions list shows it. (Rows from before this list
+    keep their own words.)"""
+
+    PUBLISH_IMAGE = "publish image", "publish image"
+    UNPUBLISH_IMAGE = "unpublish image", "unpublish image"
+    DELETE_IMAGE = "delete image", "delete image"
+    HIDE_IMAGE = "hide image", "hide image"
+    DISMISS_REPORT = "dismiss report", "dismiss report"
+    SUSPEND_USER = "suspend user", "suspend user"
+    UNSUSPEND_USER = "unsuspend user", "unsuspend user"
+    ADJUST_CREDITS = "adjust credits", "adjust credits"
+    SCAN_MODELS = "scan models", "scan models"
+    SCAN_ADDONS = "scan add-ons", "scan add-ons"
+    PUBLISH_ADDON = "publish add-on", "publish add-on"
+    UNPUBLISH_ADDON = "unpublish add-on", "unpublish add-on"
+    DELETE_ADDON = "delete add-on", "delete add-on"
+    CHANGE_ADDON = "change add-on", "change add-on"
+    TRACE_IMAGE = "trace image", "trace image"
+    ADMIN_ADD = "admin add", "admin add"  # in the admin; the target names the model
+    ADMIN_CHANGE = "admin change", "admin change"
+    ADMIN_DELETE = "admin delete", "admin delete"
+
+
+class StaffAction(models.Model):
+    """What staff did to users, credits and images. Appended, never edited."""
+
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    staff = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    staff_name = models.CharField(max_length=150)
+    action = models.CharField(max_length=40, choices=StaffEvent.choices)
+    target = models.CharField(max_length=200)
+    details = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def save(self, *args, **kwargs):
+        if not self._state.adding:
+            raise PermissionError("staff actions are append-only")
+        super().save(*args, **kwargs)

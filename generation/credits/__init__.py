@@ -1,0 +1,1 @@
+"""Credits: integer balances changed only through ledger rows."""

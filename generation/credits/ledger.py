@@ -1,0 +1,76 @@
+"""Credits: integer balances that change only through ledger rows, under a row lock."""
+
+import math
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from generation.accounts.models import StaffEvent
+from generation.accounts.staff import staff_action
+from generation.credits.models import CreditAccount, CreditEntry
+
+
+def quote_cost(*, width: int, height: int, steps: int, num_images: int, passes=None, controlnet_units: int = 0) -> int:
+    """ceil(images x width x height x steps / SDWEB_COST_UNIT), at least 1 credit; with `passes`
+    ((width, height, steps run), as GenerationRequest.passes gives: img2img runs strength x steps,
+    hires fix adds its second pass), the sum over them. A ControlNet is about half a UNet: each
+    unit adds half of every step's work."""
+    pixel_steps = sum(w * h * s for w, h, s in passes) if passes else width * height * steps
+    work = num_images * pixel_steps * (2 + controlnet_units) / 2
+    return max(1, math.ceil(work / settings.SDWEB["COST_UNIT"]))
+
+
+def locked_account(user) -> CreditAccount:
+    """The user's account, locked until the caller's transaction ends."""
+    CreditAccount.objects.get_or_create(user_id=user.pk)  # by id: leaves no stale copy cached on `user`
+    return CreditAccount.objects.select_for_update().get(user_id=user.pk)
+
+
+@transaction.atomic
+def credits_change(*, user, kind: str, amount: int, reason: str, job=None, staff=None) -> CreditEntry:
+    """The one way a balance changes: locked, with its ledger row in the same transaction."""
+    account = locked_account(user)
+    entry = CreditEntry.objects.create(account=account, kind=kind, amount=amount, reason=reason, job=job, staff=staff)
+    account.balance += amount  # safe: the row is locked until this transaction ends
+    account.save(update_fields=["balance"])
+    return entry
+
+
+@transaction.atomic
+def credits_grant(*, user, amount: int, reason: str, staff=None) -> CreditEntry:
+    if staff:
+        staff_action(staff=staff, event=StaffEvent.ADJUST_CREDITS, target=user.get_username(), details=f"{amount:+d}: {reason}")
+    return credits_change(user=user, kind=CreditEntry.ADJUST if staff else CreditEntry.GRANT, amount=amount,
+                          reason=reason, staff=staff)
+
+
+@transaction.atomic
+def credits_refund(*, job, amount: int | None = None, reason: str) -> CreditEntry | None:
+    """Refund a job once; a second call (a retry, a race) changes nothing."""
+    if CreditEntry.objects.filter(job=job, kind=CreditEntry.REFUND).exists():
+        return None
+    try:
+        with transaction.atomic():
+            return credits_change(user=job.user, kind=CreditEntry.REFUND, amount=job.cost if amount is None else amount,
+                                  reason=reason, job=job)
+    except IntegrityError:  # the unique (job, kind) key: someone refunded it first
+        return None
+
+
+@transaction.atomic
+def credits_topup_if_due(*, user) -> CreditEntry | None:
+    """The periodic top-up (SDWEB_TOPUP_*), applied when the user next shows up."""
+    amount, ceiling = settings.SDWEB["TOPUP_AMOUNT"], settings.SDWEB["TOPUP_CEILING"]
+    if amount <= 0:
+        return None
+    account = locked_account(user)
+    now = timezone.now()
+    due = account.last_topup_at is None or now - account.last_topup_at >= timedelta(
+        hours=settings.SDWEB["TOPUP_EVERY_HOURS"])
+    if not due or account.balance >= ceiling:
+        return None
+    CreditAccount.objects.filter(pk=account.pk).update(last_topup_at=now)
+    return credits_change(user=user, kind=CreditEntry.TOPUP, amount=min(amount, ceiling - account.balance),
+                          reason="periodic top-up")

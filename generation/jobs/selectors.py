@@ -1,0 +1,116 @@
+"""Reads of the generation domain that take more than a line."""
+
+import statistics
+from datetime import timedelta
+
+from django.conf import settings
+from django.db.models import Count, Sum
+from django.utils import timezone
+
+from generation.jobs.models import Job
+
+
+def job_for_viewer(user, *, job_id) -> Job | None:
+    """The job if `user` may watch it (its owner, or staff with generation.view_job), else None."""
+    if not user.is_authenticated:
+        return None
+    jobs = Job.objects.select_related("checkpoint")
+    if not (user.is_staff and user.has_perm("generation.view_job")):
+        jobs = jobs.filter(user=user)
+    return jobs.filter(pk=job_id).first()
+
+
+def started_lately(users) -> dict:
+    """{user id: jobs started in the last SDWEB_FAIR_WINDOW_MINUTES}: the fair order's first measure."""
+    window_start = timezone.now() - timedelta(minutes=settings.SDWEB["FAIR_WINDOW_MINUTES"])
+    return dict(Job.objects.filter(user__in=users, started_at__gte=window_start).values_list("user").annotate(
+        n=Count("id")).values_list("user", "n"))
+
+
+def fair_order(jobs, *, recent: dict, held: frozenset = frozenset()) -> list[Job]:
+    """The claim's order: the user with the fewest jobs started lately first; among equals a job for
+    a checkpoint in `held` (loaded by the worker), then the oldest job."""
+    return sorted(jobs, key=lambda j: (recent.get(j.user_id, 0), j.checkpoint_id not in held, j.created_at))
+
+
+def batch_with(pick: Job, candidates: list[Job], *, recent: dict, images: int) -> list[Job]:
+    """`pick`, then the fairest jobs that can be denoised with it, up to `images` images."""
+    batch, key = [pick], pick.batch_key
+    if key is None:
+        return batch
+    counts = dict(recent)
+    counts[pick.user_id] = counts.get(pick.user_id, 0) + 1
+    others = [j for j in candidates if j.pk != pick.pk and j.batch_key == key]
+    while True:
+        room = images - sum(j.num_images for j in batch)
+        fits = [j for j in others if j not in batch and j.num_images <= room]
+        if not fits:
+            return batch
+        chosen = min(fits, key=lambda j: (counts.get(j.user_id, 0), j.created_at))
+        batch.append(chosen)
+        counts[chosen.user_id] = counts.get(chosen.user_id, 0) + 1
+
+
+def runs_before(job: Job, *, images: int) -> list[int]:
+    """The sizes (in jobs) of the runs the claim would make from the queued jobs before the run
+    that takes `job`: the claim's own order and batching, played forward."""
+    queued = list(Job.objects.filter(status=Job.QUEUED).select_related("checkpoint", "vae"))
+    recent = started_lately({j.user_id for j in queued})
+    sizes = []
+    while queued:
+        run = batch_with(fair_order(queued, recent=recent)[0], queued, recent=recent, images=images)
+        if any(j.pk == job.pk for j in run):
+            break
+        sizes.append(len(run))
+        for taken in run:
+            recent[taken.user_id] = recent.get(taken.user_id, 0) + 1
+            queued.remove(taken)
+    return sizes
+
+
+def queue_position(job: Job) -> int:
+    """Queued jobs that start before this one, as the claim would take them."""
+    return sum(runs_before(job, images=_run_images()))
+
+
+def _run_images() -> int:
+    """The most images a run takes: the most a run took lately, or SDWEB_BATCH_MAX (1 until one ran)."""
+    lately = Job.objects.filter(started_at__gte=timezone.now() - timedelta(minutes=10)).values(
+        "worker", "started_at").annotate(images=Sum("num_images")).order_by("-images").values_list("images", flat=True)
+    return max(lately.first() or 0, settings.SDWEB["BATCH_MAX"], 1)
+
+
+def queue_wait(job: Job) -> dict:
+    """What a queued job's page shows: jobs ahead (queued and running) and an ETA in seconds, from
+    the runs of the last 10 minutes. A run is the jobs a worker claimed at once (one start time);
+    it lasts until that worker's next claim. This job starts when the first worker is done with the
+    run it has going (how long runs of that size took lately, less what has passed) plus the runs
+    the claim would make of the queued jobs before it, shared between the workers. While too few
+    runs ended lately: the median job time over the running jobs."""
+    running = Job.objects.filter(status=Job.RUNNING)
+    before = runs_before(job, images=_run_images())
+    ahead = sum(before) + running.count()
+    now = timezone.now()
+    runs = list(Job.objects.filter(started_at__gte=now - timedelta(minutes=10), status__in=(Job.RUNNING, Job.SUCCEEDED))
+                .values("worker", "started_at").annotate(size=Count("id")).order_by("worker", "started_at"))
+    lasted = {}  # run size -> how long such runs lasted
+    for run, after in zip(runs, runs[1:]):
+        if run["worker"] == after["worker"]:
+            lasted.setdefault(run["size"], []).append((after["started_at"] - run["started_at"]).total_seconds())
+    if sum(map(len, lasted.values())) >= 5:
+        typical = statistics.median(t for times in lasted.values() for t in times)
+
+        def takes(size):
+            return statistics.median(lasted[size]) if len(lasted.get(size, ())) >= 2 else typical
+
+        latest = {run["worker"]: run for run in runs}  # each worker's last claim: the run it has going
+        busy = set(running.values_list("worker", flat=True))  # (the run before may still be finishing)
+        now_going = min((max(0.0, takes(run["size"]) - (now - run["started_at"]).total_seconds())
+                         for worker, run in latest.items() if worker in busy), default=0.0)
+        return {"position": ahead, "eta": round(now_going + sum(map(takes, before)) / len(latest), 1)}
+    durations = [(j.finished_at - j.started_at).total_seconds() for j in Job.objects.filter(
+        status=Job.SUCCEEDED, started_at__isnull=False, finished_at__gte=now - timedelta(minutes=10)).order_by(
+        "-finished_at")[:20]]
+    # The running jobs hold the workers: the queue drains about `running` jobs per typical job time.
+    eta = round(ahead * statistics.median(durations) / max(1, ahead - sum(before)), 1) if durations else None
+    return {"position": ahead, "eta": eta}

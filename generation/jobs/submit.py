@@ -1,0 +1,124 @@
+"""Submitting: validate, filter, quote, and in one transaction charge, create the job and audit
+it; or refuse (audited too) naming the field."""
+
+import hashlib
+import json
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+
+from generation.accounts.models import UserSettings
+from generation.credits.ledger import credits_change, locked_account, quote_cost
+from generation.credits.models import CreditEntry
+from generation.jobs.inputs import image_inputs, input_digests, inputs_store, refused
+from generation.jobs.models import Job
+from generation.jobs.plot import validated_plot
+from generation.jobs.queue import enqueue_job
+from generation.jobs.styles import styled
+from generation.jobs.validation import RefusalCode, Refused, validated, validated_upscale
+from generation.library.models import AddOn, Checkpoint, Vae
+from generation.provenance import prompt_filter
+from generation.provenance.audit import audit_append
+from generation.provenance.models import INPUT_DIGESTS, PromptAudit, new_image_id
+
+
+def _with_styles(user, params: dict) -> dict:
+    """The prompts as the job runs them: the user's styles named in params applied."""
+    if not params.get("styles"):
+        return params
+    try:
+        prompt, negative = styled(user=user, names=params["styles"], prompt=params.get("prompt") or "",
+                                  negative_prompt=params.get("negative_prompt") or "")
+    except ValueError as error:
+        raise refused(error) from error
+    return {**params, "prompt": prompt, "negative_prompt": negative}
+
+
+def job_submit(*, user, params: dict, client_ip: str | None = None, idempotency_key: str | None = None) -> Job:
+    """Validate, quote, and in one transaction charge, create the job and audit it; or refuse
+    (audited too) with a message naming the field. With an `idempotency_key`, a repeated request
+    returns the job the first one made, charged once, with `replayed` True (False on a new job);
+    the same key with other params is refused."""
+    params = {**params, **input_digests(params)}  # the audit records what the job starts from
+    digest = request_digest(params)
+    idempotency_key = (idempotency_key or "").strip() or None
+    if idempotency_key and not (len(idempotency_key) <= 200 and idempotency_key.isascii()
+                                and idempotency_key.isprintable()):
+        refusal = Refused("An Idempotency-Key is at most 200 printable ASCII characters.", field="Idempotency-Key")
+        audit_append(user=user, client_ip=client_ip, params=params, decision=PromptAudit.REFUSED, reason=str(refusal))
+        raise refusal
+    if idempotency_key:
+        earlier = Job.objects.filter(user=user, idempotency_key=idempotency_key).first()
+        if earlier is not None:
+            if earlier.request_digest != digest:
+                raise Refused("This Idempotency-Key was already used with a different request.",
+                              code=RefusalCode.IDEMPOTENCY_MISMATCH)
+            earlier.replayed = True
+            return earlier
+    try:
+        params = _with_styles(user, params)
+        inputs = image_inputs(user, params)
+        validate = validated_upscale if "upscale_by" in params else validated_plot if params.get("plot") else validated
+        checkpoint, fields = validate(params, inputs, user)
+        _check_allowed(user, fields["prompt"])
+    except Refused as refusal:
+        audit_append(user=user, client_ip=client_ip, params=params, decision=PromptAudit.REFUSED,
+                     reason=refusal.audit_reason or str(refusal))
+        raise
+    cost = quote_cost(width=0, height=0, steps=0, num_images=1 if fields.get("plot") else fields["num_images"],
+                      passes=fields.pop("passes"),
+                      controlnet_units=sum(a["kind"] == AddOn.CONTROLNET for a in fields.get("addons", [])))
+    try:
+        with transaction.atomic():
+            account = locked_account(user)
+            refusal = None
+            active = Job.objects.filter(user=user, status__in=Job.ACTIVE).count()
+            if active >= settings.SDWEB["ACTIVE_JOB_CAP"]:
+                refusal = Refused(f"You already have {active} jobs queued or running, the most allowed at once; "
+                                  "wait for one to finish or cancel one.", code=RefusalCode.ACTIVE_JOB_CAP)
+            elif account.balance < cost:
+                refusal = Refused(f"This costs {cost} credits and your balance is {account.balance}.",
+                                  code=RefusalCode.INSUFFICIENT_CREDITS)
+            if refusal:
+                audit_append(user=user, client_ip=client_ip, params=params, checkpoint=checkpoint,
+                             decision=PromptAudit.REFUSED, reason=str(refusal))
+            else:  # the pictures are stored only now: a refused submission leaves no file behind
+                fields |= inputs_store(inputs, fields.get("addons", []))
+                job = Job.objects.create(user=user, checkpoint=checkpoint, cost=cost, idempotency_key=idempotency_key,
+                                         request_digest=digest,
+                                         image_ids=[new_image_id() for _ in range(fields["num_images"])], **fields)
+                credits_change(user=user, kind=CreditEntry.CHARGE, amount=-cost, reason="generation", job=job)
+                audit_append(user=user, client_ip=client_ip, params=params, checkpoint=checkpoint,
+                             decision=PromptAudit.ACCEPTED, job=job)
+                transaction.on_commit(enqueue_job)
+    except IntegrityError:
+        if not idempotency_key:
+            raise
+        # The same key raced in twice: the other request's job stands, this one charged nothing.
+        return job_submit(user=user, params=params, client_ip=client_ip, idempotency_key=idempotency_key)
+    if refusal:
+        raise refusal
+    job.replayed = False
+    return job
+
+
+def _check_allowed(user, prompt: str) -> None:
+    """Refuse suspended accounts and prompts that match a block rule."""
+    suspended = UserSettings.objects.filter(user=user, suspended_at__isnull=False).first()
+    if suspended:
+        raise Refused("Your account is suspended, so it can't generate images"
+                      + (f": {suspended.suspended_reason}" if suspended.suspended_reason else "."), code=RefusalCode.SUSPENDED)
+    rule = prompt_filter.blocked_by(prompt)
+    if rule:
+        raise Refused("This prompt asks for something this site doesn't allow; change it and try again.",
+                      field="prompt", code=RefusalCode.BLOCKED, audit_reason=f"blocked by the prompt filter rule {rule!r}")
+
+
+def request_digest(params: dict) -> str:
+    """What an Idempotency-Key promises: the same request, by its settings and its pictures' digests."""
+    shown = {k: str(v.name if isinstance(v, (Checkpoint, Vae)) else v) for k, v in params.items()
+             if k in Job.PARAMS or k in ("checkpoint", "refiner", "vae", "upscale_by", "upscaler", *INPUT_DIGESTS)}
+    if isinstance(params.get("controlnet"), list):  # the units' settings; their images are in the digests
+        shown["controlnet"] = str([{k: v for k, v in unit.items() if k != "image"} if isinstance(unit, dict) else unit
+                                   for unit in params["controlnet"]])
+    return hashlib.sha256(json.dumps(shown, sort_keys=True).encode()).hexdigest()

@@ -1,0 +1,42 @@
+"""Reads of the library: which checkpoint a request gets, which add-ons a user may use."""
+
+from django.db.models import Case, IntegerField, Q, Value, When
+
+from generation.accounts.models import UserSettings
+from generation.library.models import AddOn, Checkpoint, is_model_name
+
+
+def default_checkpoint() -> Checkpoint | None:
+    """The checkpoint a request that names none gets."""
+    return Checkpoint.objects.filter(enabled=True).order_by("-is_default", "name").first()
+
+
+def user_checkpoint(user) -> Checkpoint | None:
+    """The user's own default (A1111 clients set it through /sdapi/v1/options), else the site's."""
+    chosen = UserSettings.objects.filter(user=user).values_list("default_checkpoint", flat=True).first()
+    return Checkpoint.objects.filter(enabled=True, pk=chosen).first() or default_checkpoint()
+
+
+def addons_for(user, *, kind: str | None = None):
+    """The add-ons `user` may use: the library, published uploads and their own; their own first
+    where names clash, then the library's."""
+    shown = Q(owner=None) | Q(published=True)
+    if user is not None and user.is_authenticated:
+        shown |= Q(owner=user)
+    found = AddOn.objects.filter(shown, enabled=True).select_related("owner")
+    if kind:
+        found = found.filter(kind=kind)
+    rank = Case(When(owner=user.pk if user is not None and user.is_authenticated else None, then=Value(0)),
+                When(owner=None, then=Value(1)), default=Value(2), output_field=IntegerField())
+    return found.annotate(rank=rank).order_by("kind", "name", "rank")
+
+
+def addon_named(user, *, kind: str, name) -> AddOn | None:
+    """The add-on `user` means by `name` (theirs first); None for any name that can't be one."""
+    return addons_for(user, kind=kind).filter(name=name).first() if is_model_name(name) else None
+
+
+def upscaler_models(user) -> list[str]:
+    """The names of the upscaler models `user` may choose (hires fix and Upscale list them after
+    the built-in ones)."""
+    return list(addons_for(user, kind=AddOn.UPSCALER).values_list("name", flat=True).distinct())

@@ -1,0 +1,1 @@
+"""What staff and Prometheus see: the dashboard's figures and /metrics."""
