@@ -1,7 +1,32 @@
 import pytest
+import torch
 from django.contrib.auth.models import User
 
 from generation.engine import make_test_model
+
+torch.set_num_threads(1)  # the README's `pytest -n 2`: two test workers share two cores
+
+# `pytest -n 2` runs the tests that share a service or a started process on one test worker, and
+# first (they take longest): the production ones share Redis and RabbitMQ, the browser journeys a studio.
+SHARED = {"production": "services", "e2e": "browser"}
+
+
+def _shared(nodeid: str) -> str | None:
+    return SHARED.get(nodeid.split("/")[1]) if nodeid.startswith("tests/") else None
+
+
+def pytest_collection_modifyitems(items):
+    items.sort(key=lambda item: _shared(item.nodeid) is None)
+
+
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SharedTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _shared(nodeid) or nodeid
+
+    return SharedTogether(config, log)
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ from pathlib import Path
 _TMP = Path(tempfile.mkdtemp(prefix="sdweb-tests-"))
 os.environ["SDWEB_VAR_DIR"] = str(_TMP)
 os.environ["SDWEB_PREVIEW_INTERVAL"] = "0"  # every step, so progress is observable in order
+os.environ.setdefault("SDWEB_TORCH_THREADS", "1")  # one per test worker: `pytest -n 2` shares two cores
 
 from sdweb.settings import *  # noqa: E402,F403
 

@@ -244,6 +244,7 @@ class GenerationRequest:
                 or not 0 < self.refiner_switch_at < 1):
             raise ValueError(f"refiner_switch_at must be a number between 0 and 1 (got {self.refiner_switch_at!r})")
         scheduler_spec(self.scheduler)
+        self._validate_kept(limits)
         if self.mode != "txt2img" or self.enable_hr:
             self._validate_second_pass(limits)
         if self.mode != "txt2img":
@@ -252,14 +253,32 @@ class GenerationRequest:
             self._validate_hires(limits)
         self._validate_addons()
 
+    def _validate_kept(self, limits: Limits) -> None:
+        """The choices and sizes of the image input and hires settings, even where this run doesn't
+        use them: the job keeps them, and shows them."""
+        for field, allowed in (("resize_mode", RESIZE_MODES), ("inpainting_fill", MASKED_CONTENT)):
+            value = getattr(self, field)
+            if not _is_int(value) or not 0 <= value < len(allowed):
+                raise ValueError(f"{field} must be one of " + ", ".join(f"{k} ({name})" for k, name in enumerate(allowed))
+                                 + f" (got {value!r})")
+        for field, top in (("mask_blur", 64), ("inpaint_full_res_padding", 256)):
+            value = getattr(self, field)
+            if not _is_int(value) or not 0 <= value <= top:
+                raise ValueError(f"{field} must be a whole number of pixels from 0 to {top} (got {value!r})")
+        for field in ("hr_resize_x", "hr_resize_y"):
+            value = getattr(self, field)
+            if not _is_int(value) or not 0 <= value <= limits.max_side:
+                raise ValueError(f"{field} must be 0 (use hr_scale) or a whole number of pixels up to {limits.max_side} "
+                                 f"(got {value!r})")
+        if not _is_int(self.hr_second_pass_steps) or not 0 <= self.hr_second_pass_steps <= limits.max_steps:
+            raise ValueError(f"hr_second_pass_steps must be 0 (as many as the first pass) or a whole number up to "
+                             f"{limits.max_steps} (got {self.hr_second_pass_steps!r})")
+
     def _validate_second_pass(self, limits: Limits) -> None:
         strength = self.denoising_strength
         if not isinstance(strength, (int, float)) or isinstance(strength, bool) or not 0 < strength <= 1:
             raise ValueError(f"denoising_strength must be a number above 0 and at most 1 (got {strength!r})")
         steps = self.hr_second_pass_steps if self.enable_hr and self.hr_second_pass_steps else self.steps
-        if self.enable_hr and (not _is_int(self.hr_second_pass_steps) or not 0 <= steps <= limits.max_steps):
-            raise ValueError(f"hr_second_pass_steps must be 0 (as many as the first pass) or a whole number up to "
-                             f"{limits.max_steps} (got {self.hr_second_pass_steps!r})")
         if int(steps * strength) < 1:
             raise ValueError(f"denoising_strength {strength} of {steps} steps runs no step: raise one of them")
 
@@ -273,15 +292,6 @@ class GenerationRequest:
                              f"{self.init_image.height})")
         if self.enable_hr:
             raise ValueError("enable_hr is for images made from text; img2img upscales with width and height")
-        for field, allowed in (("resize_mode", RESIZE_MODES), ("inpainting_fill", MASKED_CONTENT)):
-            value = getattr(self, field)
-            if not _is_int(value) or not 0 <= value < len(allowed):
-                raise ValueError(f"{field} must be one of " + ", ".join(f"{k} ({name})" for k, name in enumerate(allowed))
-                                 + f" (got {value!r})")
-        for field, top in (("mask_blur", 64), ("inpaint_full_res_padding", 256)):
-            value = getattr(self, field)
-            if not _is_int(value) or not 0 <= value <= top:
-                raise ValueError(f"{field} must be a whole number of pixels from 0 to {top} (got {value!r})")
         for field in ("inpaint_full_res", "inpainting_mask_invert"):
             if not isinstance(getattr(self, field), bool):
                 raise ValueError(f"{field} must be true or false")
@@ -295,9 +305,6 @@ class GenerationRequest:
                              + f" or an upscaler model's name (got {self.hr_upscaler!r})")
         if not isinstance(self.hr_scale, (int, float)) or isinstance(self.hr_scale, bool) or not 1 <= self.hr_scale <= 4:
             raise ValueError(f"hr_scale must be a number from 1 to 4 (got {self.hr_scale!r})")
-        for field in ("hr_resize_x", "hr_resize_y"):
-            if not _is_int(getattr(self, field)) or getattr(self, field) < 0:
-                raise ValueError(f"{field} must be 0 (use hr_scale) or a whole number of pixels")
         width, height = self.hires_size()
         if not (max(self.width, MIN_SIDE) <= width <= limits.max_side and max(self.height, MIN_SIDE) <= height
                 <= limits.max_side):

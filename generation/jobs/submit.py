@@ -3,6 +3,8 @@ it; or refuse (audited too) naming the field."""
 
 import hashlib
 import json
+from dataclasses import dataclass
+from types import MappingProxyType
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -34,18 +36,41 @@ def _with_styles(user, params: dict) -> dict:
     return {**params, "prompt": prompt, "negative_prompt": negative}
 
 
+# What job_submit takes, by the names every entry point (the page, REST, the A1111 and OpenAI
+# dialects, the gallery's upscale and variations) translates into: the settings, the models by
+# name (or the row), the pictures as received (bytes, an Upload, or a gallery Image), ControlNet
+# units as the extension shapes them, style names, an X/Y/Z plot, or an upscale of a gallery image.
+PARAMS = (*Job.PARAMS, "checkpoint", "refiner", "vae", "init_image", "mask", "controlnet", "styles", "plot",
+          "upscale_by", "upscaler")
+
+
+@dataclass(frozen=True)
+class Submission:
+    """A submission resolved and checked, before anything is decided: the checkpoint, the Job's
+    other fields (settings with the seed fixed, refiner, VAE, add-on uses), the decoded pictures,
+    the cost, and the params it was resolved from (with styles applied), which the audit records."""
+
+    checkpoint: Checkpoint
+    fields: MappingProxyType
+    inputs: MappingProxyType
+    cost: int
+    audited: MappingProxyType
+
+
 def job_submit(*, user, params: dict, client_ip: str | None = None, idempotency_key: str | None = None) -> Job:
-    """Validate, quote, and in one transaction charge, create the job and audit it; or refuse
-    (audited too) with a message naming the field. With an `idempotency_key`, a repeated request
-    returns the job the first one made, charged once, with `replayed` True (False on a new job);
-    the same key with other params is refused."""
-    params = {**params, **input_digests(params)}  # the audit records what the job starts from
-    digest = request_digest(params)
+    """Resolve `params` (PARAMS) into a Submission, then in one transaction charge, create the job
+    and audit it; or refuse (audited too) with a message naming the field. With an
+    `idempotency_key`, a repeated request returns the job the first one made, charged once, with
+    `replayed` True (False on a new job); the same key with other params is refused."""
+    if unknown := set(params) - set(PARAMS):
+        raise TypeError(f"job_submit: unknown params {sorted(unknown)}")
+    audited = {**params, **input_digests(params)}  # the audit records what the job starts from
+    digest = request_digest(audited)
     idempotency_key = (idempotency_key or "").strip() or None
     if idempotency_key and not (len(idempotency_key) <= 200 and idempotency_key.isascii()
                                 and idempotency_key.isprintable()):
         refusal = Refused("An Idempotency-Key is at most 200 printable ASCII characters.", field="Idempotency-Key")
-        audit_append(user=user, client_ip=client_ip, params=params, decision=PromptAudit.REFUSED, reason=str(refusal))
+        audit_append(user=user, client_ip=client_ip, params=audited, decision=PromptAudit.REFUSED, reason=str(refusal))
         raise refusal
     if idempotency_key:
         earlier = Job.objects.filter(user=user, idempotency_key=idempotency_key).first()
@@ -56,49 +81,64 @@ def job_submit(*, user, params: dict, client_ip: str | None = None, idempotency_
             earlier.replayed = True
             return earlier
     try:
-        params = _with_styles(user, params)
-        inputs = image_inputs(user, params)
-        validate = validated_upscale if "upscale_by" in params else validated_plot if params.get("plot") else validated
-        checkpoint, fields = validate(params, inputs, user)
-        _check_allowed(user, fields["prompt"])
+        audited = _with_styles(user, audited)
+        submission = submission_resolve(user, audited)
     except Refused as refusal:
-        audit_append(user=user, client_ip=client_ip, params=params, decision=PromptAudit.REFUSED,
+        audit_append(user=user, client_ip=client_ip, params=audited, decision=PromptAudit.REFUSED,
                      reason=refusal.audit_reason or str(refusal))
         raise
-    cost = quote_cost(width=0, height=0, steps=0, num_images=1 if fields.get("plot") else fields["num_images"],
-                      passes=fields.pop("passes"),
-                      controlnet_units=sum(a["kind"] == AddOn.CONTROLNET for a in fields.get("addons", [])))
     try:
-        with transaction.atomic():
-            account = locked_account(user)
-            refusal = None
-            active = Job.objects.filter(user=user, status__in=Job.ACTIVE).count()
-            if active >= settings.SDWEB["ACTIVE_JOB_CAP"]:
-                refusal = Refused(f"You already have {active} jobs queued or running, the most allowed at once; "
-                                  "wait for one to finish or cancel one.", code=RefusalCode.ACTIVE_JOB_CAP)
-            elif account.balance < cost:
-                refusal = Refused(f"This costs {cost} credits and your balance is {account.balance}.",
-                                  code=RefusalCode.INSUFFICIENT_CREDITS)
-            if refusal:
-                audit_append(user=user, client_ip=client_ip, params=params, checkpoint=checkpoint,
-                             decision=PromptAudit.REFUSED, reason=str(refusal))
-            else:  # the pictures are stored only now: a refused submission leaves no file behind
-                fields |= inputs_store(inputs, fields.get("addons", []))
-                job = Job.objects.create(user=user, checkpoint=checkpoint, cost=cost, idempotency_key=idempotency_key,
-                                         request_digest=digest,
-                                         image_ids=[new_image_id() for _ in range(fields["num_images"])], **fields)
-                credits_change(user=user, kind=CreditEntry.CHARGE, amount=-cost, reason="generation", job=job)
-                audit_append(user=user, client_ip=client_ip, params=params, checkpoint=checkpoint,
-                             decision=PromptAudit.ACCEPTED, job=job)
-                transaction.on_commit(enqueue_job)
+        job = _decide(user, submission, client_ip, idempotency_key=idempotency_key, digest=digest)
     except IntegrityError:
         if not idempotency_key:
             raise
         # The same key raced in twice: the other request's job stands, this one charged nothing.
         return job_submit(user=user, params=params, client_ip=client_ip, idempotency_key=idempotency_key)
+    job.replayed = False
+    return job
+
+
+def submission_resolve(user, params: dict) -> Submission:
+    """The pictures decoded, every setting, model and add-on checked for this user, the seed fixed
+    and the cost quoted; a Refused names the field at fault."""
+    inputs = image_inputs(user, params)
+    validate = validated_upscale if "upscale_by" in params else validated_plot if params.get("plot") else validated
+    checkpoint, fields = validate(params, inputs, user)
+    _check_allowed(user, fields["prompt"])
+    cost = quote_cost(width=0, height=0, steps=0, num_images=1 if fields.get("plot") else fields["num_images"],
+                      passes=fields.pop("passes"),
+                      controlnet_units=sum(a["kind"] == AddOn.CONTROLNET for a in fields.get("addons", [])))
+    return Submission(checkpoint=checkpoint, fields=MappingProxyType(fields), inputs=MappingProxyType(inputs),
+                      cost=cost, audited=MappingProxyType(params))
+
+
+def _decide(user, submission: Submission, client_ip, *, idempotency_key, digest) -> Job:
+    """Charge, create and audit the job in one transaction, or refuse (audited) for the active-job
+    cap or the balance; the pictures are stored only once accepted, so a refusal leaves no file."""
+    audit = {"user": user, "client_ip": client_ip, "params": submission.audited, "checkpoint": submission.checkpoint}
+    with transaction.atomic():
+        account = locked_account(user)
+        active = Job.objects.filter(user=user, status__in=Job.ACTIVE).count()
+        refusal = None
+        if active >= settings.SDWEB["ACTIVE_JOB_CAP"]:
+            refusal = Refused(f"You already have {active} jobs queued or running, the most allowed at once; "
+                              "wait for one to finish or cancel one.", code=RefusalCode.ACTIVE_JOB_CAP)
+        elif account.balance < submission.cost:
+            refusal = Refused(f"This costs {submission.cost} credits and your balance is {account.balance}.",
+                              code=RefusalCode.INSUFFICIENT_CREDITS)
+        if refusal:
+            audit_append(**audit, decision=PromptAudit.REFUSED, reason=str(refusal))
+        else:
+            fields = {**submission.fields, "addons": [{**record} for record in submission.fields["addons"]]}
+            fields |= inputs_store(submission.inputs, fields["addons"])
+            job = Job.objects.create(user=user, checkpoint=submission.checkpoint, cost=submission.cost,
+                                     idempotency_key=idempotency_key, request_digest=digest,
+                                     image_ids=[new_image_id() for _ in range(fields["num_images"])], **fields)
+            credits_change(user=user, kind=CreditEntry.CHARGE, amount=-submission.cost, reason="generation", job=job)
+            audit_append(**audit, decision=PromptAudit.ACCEPTED, job=job)
+            transaction.on_commit(enqueue_job)
     if refusal:
         raise refusal
-    job.replayed = False
     return job
 
 

@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import json
 import math
+from collections.abc import Mapping
 from datetime import datetime
 
 from django.conf import settings
@@ -93,11 +94,11 @@ def chain_seal(wait: bool = True) -> int:
             return sealed
 
 
-def audit_append(*, user, client_ip, params: dict, decision: str, reason: str = "", checkpoint=None,
+def audit_append(*, user, client_ip, params: Mapping, decision: str, reason: str = "", checkpoint=None,
                  job=None) -> PromptAudit:
     """One submission as decided: the prompts (made storable; past MAX_PROMPT_CHARS, that much of
     them with the whole one's length and SHA-256), the settings, the decision."""
-    params = params if isinstance(params, dict) else {}
+    params = params if isinstance(params, Mapping) else {}
     shown = {k: v for k, v in params.items() if k in (*SETTINGS, *INPUT_DIGESTS, "upscale_by", "upscaler")
              and k not in ("prompt", "negative_prompt")}
     for field in ("refiner", "vae"):

@@ -15,8 +15,10 @@ def studio(tmp_path_factory):
     studio.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
+    """Chromium through Playwright's sync API, whose event loop stays set on this thread while it
+    runs (Django refuses database work under it): closed after the journeys, before other tests."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:

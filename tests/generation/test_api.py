@@ -37,7 +37,10 @@ def test_a_job_submitted_through_the_api_is_charged_audited_run_and_in_the_galle
 
 @pytest.mark.parametrize("changes, field", [({"width": 300}, "width"), ({"scheduler": "nope"}, "scheduler"),
                                             ({"prompt": "a AND b"}, "prompt"), ({"num_images": 9}, "num_images"),
-                                            ({"checkpoint": "missing"}, "checkpoint"), ({"seed": -5}, "seed")])
+                                            ({"checkpoint": "missing"}, "checkpoint"), ({"seed": -5}, "seed"),
+                                            # settings a txt2img job doesn't use, but keeps and shows
+                                            ({"resize_mode": 1000}, "resize_mode"), ({"hr_resize_y": -1}, "hr_resize_y"),
+                                            ({"inpaint_full_res_padding": 1000}, "inpaint_full_res_padding")])
 def test_a_bad_field_is_a_400_naming_it(api, changes, field):
     response = api.post("/api/v1/jobs/", {**BODY, **changes}, format="json")
     assert response.status_code == 400 and field in response.data

@@ -6,7 +6,7 @@ import schemathesis
 from django.core.signals import request_finished, request_started
 from django.core.wsgi import get_wsgi_application
 from django.db import close_old_connections
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
@@ -26,9 +26,19 @@ def bearer(alice, checkpoint):
     request_finished.connect(close_old_connections)
 
 
-@schema.parametrize()
-@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
-def test_no_request_the_schema_allows_gets_a_server_error_or_an_off_schema_answer(case, bearer, monkeypatch):
+# One test per operation, by its label (schemathesis' own parametrize gives its tests one shared id,
+# which pytest -n would run only once).
+OPERATIONS = [result.ok() for result in schema.get_all_operations()]
+
+
+@pytest.mark.parametrize("operation", OPERATIONS, ids=lambda operation: operation.label)
+def test_no_request_the_schema_allows_gets_a_server_error_or_an_off_schema_answer(operation, bearer, monkeypatch):
     monkeypatch.setattr("rest_framework.throttling.UserRateThrottle.THROTTLE_RATES", {"user": "100000/min"})
-    case.headers = {**(case.headers or {}), "Authorization": bearer}
-    case.call_and_validate(checks=[not_a_server_error, response_schema_conformance])
+
+    @given(case=operation.as_strategy())
+    @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+    def check(case):
+        case.headers = {**(case.headers or {}), "Authorization": bearer}
+        case.call_and_validate(checks=[not_a_server_error, response_schema_conformance])
+
+    check()
