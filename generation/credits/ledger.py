@@ -59,18 +59,23 @@ def credits_refund(*, job, amount: int | None = None, reason: str) -> CreditEntr
         return None
 
 
-@transaction.atomic
 def credits_topup_if_due(*, user) -> CreditEntry | None:
-    """The periodic top-up (SDWEB_TOPUP_*), applied when the user next shows up."""
+    """The periodic top-up (SDWEB_TOPUP_*), applied when the user next shows up. Pages ask on every
+    visit, so the account is read first and locked only when a top-up is due."""
     amount, ceiling = settings.SDWEB["TOPUP_AMOUNT"], settings.SDWEB["TOPUP_CEILING"]
-    if amount <= 0:
+    if amount <= 0 or not _topup_due(CreditAccount.objects.filter(user_id=user.pk).first(), ceiling):
         return None
-    account = locked_account(user)
-    now = timezone.now()
-    due = account.last_topup_at is None or now - account.last_topup_at >= timedelta(
-        hours=settings.SDWEB["TOPUP_EVERY_HOURS"])
-    if not due or account.balance >= ceiling:
-        return None
-    CreditAccount.objects.filter(pk=account.pk).update(last_topup_at=now)
-    return credits_change(user=user, kind=CreditEntry.TOPUP, amount=min(amount, ceiling - account.balance),
-                          reason="periodic top-up")
+    with transaction.atomic():
+        account = locked_account(user)
+        if not _topup_due(account, ceiling):  # another request topped it up first
+            return None
+        CreditAccount.objects.filter(pk=account.pk).update(last_topup_at=timezone.now())
+        return credits_change(user=user, kind=CreditEntry.TOPUP, amount=min(amount, ceiling - account.balance),
+                              reason="periodic top-up")
+
+
+def _topup_due(account: CreditAccount | None, ceiling: int) -> bool:
+    if account is None:
+        return True
+    every = timedelta(hours=settings.SDWEB["TOPUP_EVERY_HOURS"])
+    return account.balance < ceiling and (account.last_topup_at is None or timezone.now() - account.last_topup_at >= every)

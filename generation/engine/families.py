@@ -108,6 +108,9 @@ def detect_family(header: dict, *, v_prediction: bool = False) -> str:
     have the same names: `v_prediction` (from a .yaml beside the file, or the operator) decides."""
     keys = header.keys()
     first_conv = header.get(UNET + "input_blocks.0.0.weight")
+    if other := other_family(header):
+        raise JobError(f"this is a {other} model: this studio runs SD 1.x, SD 2.x and SDXL checkpoints, "
+                       f"not {other} (yet)")
     if first_conv is None:
         raise JobError(f"this is not a Stable Diffusion checkpoint: it looks like {_what_else(keys)}")
     if not any(k.startswith("first_stage_model.") for k in keys):
@@ -143,6 +146,44 @@ def vae_layout(header: dict) -> str:
         return "diffusers"
     what = "a whole checkpoint" if UNET + "input_blocks.0.0.weight" in header else _what_else(header.keys())
     raise JobError(f"this is not a VAE: it looks like {what}")
+
+
+# Families this studio doesn't run yet, each told by a tensor only it has (in a whole file under
+# UNET's prefix, or in its transformer's file alone); the first that matches names the file.
+OTHER_FAMILIES = (
+    ("FLUX.2", "single_stream_modulation.lin.weight"),
+    ("Chroma", "distilled_guidance_layer.in_proj.bias"),
+    ("FLUX.1 [dev]", "guidance_in.in_layer.bias"),  # FLUX.1 with distilled guidance; see _flux_variant
+    ("FLUX.1 [schnell]", "double_blocks.0.img_attn.norm.key_norm.scale"),
+    ("SD 3.5 Large", "joint_blocks.37.x_block.mlp.fc1.weight"),
+    ("SD 3.5 Medium", "joint_blocks.0.x_block.attn2.qkv.weight"),
+    ("SD 3", "joint_blocks.0.context_block.adaLN_modulation.1.bias"),
+    ("Z-Image", "layers.0.adaLN_modulation.0.weight"),
+    ("Lumina 2", "cap_embedder.0.weight"),
+    ("HiDream", "double_stream_blocks.0.block.adaLN_modulation.1.bias"),
+    ("Qwen-Image", "txt_in.text_norm.weight"),
+    ("AuraFlow", "double_layers.0.attn.w2q.weight"),
+    ("Sana", "blocks.0.cross_attn.q_linear.weight"),
+    ("Stable Cascade", "clip_txt_mapper.weight"),
+    ("HunyuanVideo", "txt_in.individual_token_refiner.blocks.0.adaLN_modulation.1.bias"),
+    ("LTX-Video", "patchify_proj.weight"),
+    ("Wan", "head.modulation"),
+)
+
+
+def other_family(header: dict) -> str:
+    """The name of a model family this studio doesn't run, if the file is one; else ""."""
+    for label, marker in OTHER_FAMILIES:
+        for prefix in (UNET, ""):
+            if prefix + marker in header:
+                return _flux_variant(header, prefix) if label == "FLUX.1 [dev]" else label
+    return ""
+
+
+def _flux_variant(header: dict, prefix: str) -> str:
+    """FLUX.1 dev and its Fill and Depth models, told by how many channels the image input takes."""
+    channels = (header.get(prefix + "img_in.weight") or {"shape": [0, 64]})["shape"][-1]
+    return {384: "FLUX.1 Fill [dev]", 128: "FLUX.1 Depth [dev]"}.get(channels, "FLUX.1 [dev]")
 
 
 def _what_else(keys) -> str:

@@ -81,7 +81,12 @@ def _chosen_family(found: str, family: str) -> str:
 
 
 def _folder_family(folder: Path, family: str) -> tuple[str, int]:
+    if not (folder / "model_index.json").is_file():
+        raise ValueError(f"model folder {folder.name!r} is not a diffusers pipeline folder (no model_index.json)")
     index = json.loads((folder / "model_index.json").read_text())
+    if (kind := index.get("_class_name")) not in ("StableDiffusionPipeline", "StableDiffusionXLPipeline"):
+        raise ValueError(f"model folder {folder.name!r} holds a {kind}: this studio runs SD 1.x, SD 2.x and SDXL "
+                         "pipelines")
     unet_config = json.loads((folder / "unet" / "config.json").read_text())
     found = "sdxl" if index.get("_class_name") == "StableDiffusionXLPipeline" else family or "sd1"
     return found, int(unet_config.get("sample_size", 64)) * 8

@@ -1,6 +1,7 @@
 """Single-file checkpoints in the LDM layout, loaded offline through the code real files use."""
 
 import json
+import re
 import socket
 import struct
 
@@ -188,6 +189,32 @@ def test_a_file_that_is_not_a_checkpoint_gets_an_error_naming_what_it_is(tmp_pat
     with pytest.raises(ValueError, match=message) as error:
         load_pipeline(str(path))
     assert str(tmp_path) not in str(error.value)  # users see this: no server paths
+
+
+FLUX = {"double_blocks.0.img_attn.norm.key_norm.scale": [8], "img_in.weight": [16, 64]}
+NEWER = [  # each family's telling tensors with small shapes, as its transformer alone (ComfyUI's diffusion_models)
+    ({**FLUX, "guidance_in.in_layer.bias": [8]}, "FLUX.1 [dev]"), (FLUX, "FLUX.1 [schnell]"),
+    ({**FLUX, "guidance_in.in_layer.bias": [8], "img_in.weight": [16, 384]}, "FLUX.1 Fill [dev]"),
+    ({**FLUX, "single_stream_modulation.lin.weight": [8]}, "FLUX.2"),
+    ({**FLUX, "distilled_guidance_layer.in_proj.bias": [8]}, "Chroma"),
+    ({"joint_blocks.0.context_block.adaLN_modulation.1.bias": [8], "joint_blocks.37.x_block.mlp.fc1.weight": [8]},
+     "SD 3.5 Large"),
+    ({"joint_blocks.0.context_block.adaLN_modulation.1.bias": [8], "joint_blocks.0.x_block.attn2.qkv.weight": [8]},
+     "SD 3.5 Medium"),
+    ({"layers.0.adaLN_modulation.0.weight": [8], "cap_embedder.0.weight": [8]}, "Z-Image"),
+]
+
+
+@pytest.mark.parametrize("whole", [False, True], ids=["transformer alone", "whole file"])
+@pytest.mark.parametrize("tensors, family", NEWER, ids=[family for _, family in NEWER])
+def test_a_file_of_a_family_this_studio_doesnt_run_is_refused_naming_it(tmp_path, tensors, family, whole):
+    prefix = "model.diffusion_model." if whole else ""
+    extra = {"text_encoders.clip_l.transformer.text_model.final_layer_norm.weight": torch.zeros(8),
+             "first_stage_model.decoder.conv_out.weight": torch.zeros(3, 8)} if whole else {}
+    path = tmp_path / "new-model.safetensors"
+    save_file({prefix + name: torch.zeros(shape) for name, shape in tensors.items()} | extra, path)
+    with pytest.raises(ValueError, match=rf"is a {re.escape(family)} model: this studio runs SD 1.x, SD 2.x and SDXL"):
+        load_pipeline(str(path))
 
 
 def test_a_checkpoint_without_a_vae_or_with_an_odd_unet_is_refused(tiny_families):

@@ -11,6 +11,15 @@ def test_add_model_registers_a_local_folder_with_its_native_size(db, test_model_
     assert "Registered tiny" in capsys.readouterr().out
 
 
+def test_a_diffusers_folder_of_a_family_not_run_here_is_refused_naming_its_pipeline(db, tmp_path):
+    folder = tmp_path / "FLUX.1-dev"
+    (folder / "transformer").mkdir(parents=True)
+    (folder / "model_index.json").write_text('{"_class_name": "FluxPipeline", "_diffusers_version": "0.42.1"}')
+    with pytest.raises(CommandError, match="holds a FluxPipeline: this studio runs SD 1.x, SD 2.x and SDXL"):
+        call_command("add_model", "flux", str(folder))
+    assert not Checkpoint.objects.exists()
+
+
 def test_only_one_checkpoint_is_the_default(db, test_model_folder):
     call_command("add_model", "first", test_model_folder)
     call_command("add_model", "second", test_model_folder, "--default")
