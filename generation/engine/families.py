@@ -9,6 +9,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import flux
 from .request import JobError
 
 CONFIGS = Path(__file__).parent / "configs"  # model configs of each family (facts, not weights)
@@ -24,6 +25,9 @@ class Family:
     side: int  # the size it was trained at
     xl: bool = False
     role: str = "txt2img"  # or "inpaint" (9-channel UNet), "refiner"
+    flux: bool = False  # a FLUX.1 transformer: flow matching, T5 and CLIP-L, no negative prompt
+    steps: int = 20  # a good default number of steps
+    guidance: float = 7.0  # the default CFG scale, or FLUX.1 [dev]'s distilled guidance (0 = none)
 
 
 FAMILIES = {
@@ -34,6 +38,8 @@ FAMILIES = {
     "sdxl": Family("SDXL", "StableDiffusionXLPipeline", 1024, xl=True),
     "sdxl-inpaint": Family("SDXL inpainting", "StableDiffusionXLInpaintPipeline", 1024, xl=True, role="inpaint"),
     "sdxl-refiner": Family("SDXL refiner", "StableDiffusionXLImg2ImgPipeline", 1024, xl=True, role="refiner"),
+    "flux-dev": Family("FLUX.1 [dev]", "FluxPipeline", 1024, flux=True, steps=28, guidance=3.5),
+    "flux-schnell": Family("FLUX.1 [schnell]", "FluxPipeline", 1024, flux=True, steps=4, guidance=0),
 }
 
 
@@ -109,8 +115,11 @@ def detect_family(header: dict, *, v_prediction: bool = False) -> str:
     keys = header.keys()
     first_conv = header.get(UNET + "input_blocks.0.0.weight")
     if other := other_family(header):
-        raise JobError(f"this is a {other} model: this studio runs SD 1.x, SD 2.x and SDXL checkpoints, "
+        raise JobError(f"this is a {other} model: this studio runs SD 1.x, SD 2.x, SDXL and FLUX.1 checkpoints, "
                        f"not {other} (yet)")
+    for prefix in (UNET, ""):
+        if prefix + flux.MARKER in header:
+            return flux.flux_family(header, prefix)
     if first_conv is None:
         raise JobError(f"this is not a Stable Diffusion checkpoint: it looks like {_what_else(keys)}")
     if not any(k.startswith("first_stage_model.") for k in keys):
@@ -153,8 +162,6 @@ def vae_layout(header: dict) -> str:
 OTHER_FAMILIES = (
     ("FLUX.2", "single_stream_modulation.lin.weight"),
     ("Chroma", "distilled_guidance_layer.in_proj.bias"),
-    ("FLUX.1 [dev]", "guidance_in.in_layer.bias"),  # FLUX.1 with distilled guidance; see _flux_variant
-    ("FLUX.1 [schnell]", "double_blocks.0.img_attn.norm.key_norm.scale"),
     ("SD 3.5 Large", "joint_blocks.37.x_block.mlp.fc1.weight"),
     ("SD 3.5 Medium", "joint_blocks.0.x_block.attn2.qkv.weight"),
     ("SD 3", "joint_blocks.0.context_block.adaLN_modulation.1.bias"),
@@ -176,14 +183,8 @@ def other_family(header: dict) -> str:
     for label, marker in OTHER_FAMILIES:
         for prefix in (UNET, ""):
             if prefix + marker in header:
-                return _flux_variant(header, prefix) if label == "FLUX.1 [dev]" else label
+                return label
     return ""
-
-
-def _flux_variant(header: dict, prefix: str) -> str:
-    """FLUX.1 dev and its Fill and Depth models, told by how many channels the image input takes."""
-    channels = (header.get(prefix + "img_in.weight") or {"shape": [0, 64]})["shape"][-1]
-    return {384: "FLUX.1 Fill [dev]", 128: "FLUX.1 Depth [dev]"}.get(channels, "FLUX.1 [dev]")
 
 
 def _what_else(keys) -> str:

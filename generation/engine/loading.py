@@ -11,6 +11,8 @@ from pathlib import Path
 import torch
 
 from .families import FAMILIES, detect_family, family_config, read_header, v_prediction_beside, vae_layout
+from .flux import load_flux
+from .previews import fitted_latent_rgb
 from .request import JobError, ModelRef, model_ref
 from .sources import model_hash, model_name, resolve_source
 from .tokenizer import clip_tokenizer
@@ -27,10 +29,15 @@ class LoadedModel:
     dtype: torch.dtype
     size_bytes: int
     load_seconds: float
+    latent_rgb: tuple | None = None  # fitted preview factors (previews.fitted_latent_rgb) where none are published
 
     @property
     def xl(self) -> bool:
         return self.family.startswith("sdxl")
+
+    @property
+    def flux(self) -> bool:
+        return self.family.startswith("flux")
 
 
 def pick_device(device: str | None = None) -> torch.device:
@@ -65,10 +72,11 @@ def _load(ref: ModelRef, device: torch.device, dtype: torch.dtype) -> LoadedMode
         vae_config = str(Path(ref.config).resolve() if ref.config else family_config(family)) if path.is_file() else str(path)
     except (OSError, ValueError, KeyError, RuntimeError) as error:
         raise JobError(f"model {name!r} could not be loaded: {plainly(error)}") from error
+    dtype = pipe.vae.dtype
     if dtype == torch.float16 and getattr(pipe.vae.config, "force_upcast", False):
         pipe.vae.to(torch.float32)  # SDXL's VAE overflows in float16: black images
     pipe.to(device)
-    if device.type == "cuda":  # convolutions run faster on NHWC tensors there
+    if device.type == "cuda" and hasattr(pipe, "unet"):  # convolutions run faster on NHWC tensors there
         for module in (pipe.unet, pipe.vae):
             module.to(memory_format=torch.channels_last)
     pipe.set_progress_bar_config(disable=True)
@@ -76,8 +84,8 @@ def _load(ref: ModelRef, device: torch.device, dtype: torch.dtype) -> LoadedMode
     size = sum(p.numel() * p.element_size() for m in modules for p in m.parameters())
     return LoadedModel(
         pipe=pipe, name=name, hash=ref.hash or model_hash(path), family=family, vae_config=vae_config,
-        device=device, dtype=dtype,
-        size_bytes=size, load_seconds=time.perf_counter() - started,
+        device=device, dtype=dtype, size_bytes=size, load_seconds=time.perf_counter() - started,
+        latent_rgb=fitted_latent_rgb(pipe.vae) if family.startswith("flux") else None,
     )
 
 
@@ -110,8 +118,11 @@ def _load_folder(folder: Path, dtype: torch.dtype):
 
     index = json.loads((folder / "model_index.json").read_text())
     kind = index.get("_class_name")
+    if kind == "FluxPipeline":
+        pipe = diffusers.FluxPipeline.from_pretrained(folder, dtype=_flux_dtype(dtype), use_safetensors=True)
+        return pipe, "flux-dev" if pipe.transformer.config.guidance_embeds else "flux-schnell"
     if kind not in ("StableDiffusionPipeline", "StableDiffusionXLPipeline"):
-        raise JobError(f"it is a {kind}; only Stable Diffusion 1.x, 2.x and SDXL pipelines are supported")
+        raise JobError(f"it is a {kind}; only Stable Diffusion 1.x, 2.x, SDXL and FLUX.1 pipelines are supported")
     extra = ({"add_watermarker": False} if kind == "StableDiffusionXLPipeline"
              else {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False})
     pipe = getattr(diffusers, kind).from_pretrained(folder, dtype=dtype, use_safetensors=True, **extra)
@@ -128,6 +139,8 @@ def _load_single_file(path: Path, ref: ModelRef, dtype: torch.dtype):
     config = Path(ref.config).resolve() if ref.config else family_config(family)
     if not (config / "model_index.json").is_file():
         raise JobError(f"the config folder of {family} has no model_index.json")
+    if spec.flux:
+        return load_flux(path, dict(ref.parts), config, _flux_dtype(dtype)), family
     index = json.loads((config / "model_index.json").read_text())
     extra = {"add_watermarker": False} if spec.xl else {"safety_checker": None, "feature_extractor": None,
                                                          "requires_safety_checker": False}
@@ -138,6 +151,11 @@ def _load_single_file(path: Path, ref: ModelRef, dtype: torch.dtype):
     pipe = getattr(diffusers, spec.pipeline).from_single_file(
         str(path), config=str(config), local_files_only=True, torch_dtype=dtype, **extra)
     return pipe, family
+
+
+def _flux_dtype(dtype: torch.dtype) -> torch.dtype:
+    """FLUX runs in bfloat16 where SD runs in float16: T5's activations overflow float16."""
+    return torch.bfloat16 if dtype == torch.float16 else dtype
 
 
 class PipelineCache:
@@ -154,7 +172,7 @@ class PipelineCache:
         device = pick_device(device)
         dtype = pick_dtype(device, dtype)
         ref = model_ref(model)
-        key = (ref.source.strip(), ref.family, ref.config, str(device), str(dtype))
+        key = (ref.source.strip(), ref.family, ref.config, ref.parts, str(device), str(dtype))
         return self._cached(key, lambda: _load(dataclasses.replace(ref, source=key[0]), device, dtype))
 
     def info(self) -> dict:
@@ -221,9 +239,11 @@ def load_pipeline(model: str | ModelRef, *, device=None, dtype=None) -> LoadedMo
 
 
 def compile_unet(model: LoadedModel) -> None:
-    """torch.compile the UNet of a cached model, once. The first run of each new shape compiles
-    (tens of seconds on a GPU); after a second batch size the batch dimension is compiled as
-    dynamic, so warming up with batch 1 and the largest batch covers the sizes between. LoRAs are
-    merged into the weights in place (addons.applied_loras), which needs no recompilation."""
-    if not isinstance(model.pipe.unet, torch._dynamo.eval_frame.OptimizedModule):
-        model.pipe.unet = torch.compile(model.pipe.unet)
+    """torch.compile the denoiser (UNet, or FLUX's transformer) of a cached model, once. The first
+    run of each new shape compiles (tens of seconds on a GPU); after a second batch size the batch
+    dimension is compiled as dynamic, so warming up with batch 1 and the largest batch covers the
+    sizes between. LoRAs are merged into the weights in place (addons.applied_loras), which needs
+    no recompilation."""
+    name = "transformer" if model.flux else "unet"
+    if not isinstance(getattr(model.pipe, name), torch._dynamo.eval_frame.OptimizedModule):
+        setattr(model.pipe, name, torch.compile(getattr(model.pipe, name)))

@@ -6,8 +6,9 @@ in the order the steps would have drawn it (so the images are the same), and it 
 device in one non-blocking copy."""
 
 import diffusers.schedulers.scheduling_euler_ancestral_discrete as euler_ancestral
+import diffusers.schedulers.scheduling_flow_match_euler_discrete as flow_euler
 import torch
-from diffusers import EulerAncestralDiscreteScheduler
+from diffusers import EulerAncestralDiscreteScheduler, FlowMatchEulerDiscreteScheduler
 from diffusers.utils import torch_utils
 
 
@@ -26,7 +27,7 @@ def _step_noise(shape, generator=None, **options):
 
 # diffusers' Euler a draws its noise through this module-level name; anything but noise made ahead
 # goes on to diffusers' own function unchanged.
-euler_ancestral.randn_tensor = _step_noise
+euler_ancestral.randn_tensor = flow_euler.randn_tensor = _step_noise
 
 
 class EulerAncestralNoiseAhead(EulerAncestralDiscreteScheduler):
@@ -51,3 +52,24 @@ class EulerAncestralNoiseAhead(EulerAncestralDiscreteScheduler):
         if model_output.device.type == "cuda":
             return noise.pin_memory().to(model_output.device, non_blocking=True)
         return noise.to(model_output.device)
+
+
+class FlowEulerAncestral(FlowMatchEulerDiscreteScheduler):
+    """Euler a for flow matching (FLUX): each step goes to the predicted image and back out to the
+    next step's noise level with fresh noise (the scheduler's stochastic sampling), that noise
+    drawn ahead from each image's own generator as above. The pipeline passes the scheduler no
+    generator: the run sets `generators`, the ones its starting noise came from."""
+
+    generators: list | None = None
+    ahead: torch.Tensor | None = None
+
+    def step(self, model_output, timestep, sample, generator=None, **options):
+        if generator is None and self.generators:
+            if self.step_index is None:
+                self._init_step_index(timestep)
+            if self.ahead is None:
+                self.first = self.step_index
+                self.ahead = EulerAncestralNoiseAhead._draw(self.generators, model_output,
+                                                            len(self.timesteps) - self.step_index)
+            generator = NoiseMadeAhead(self.ahead[self.step_index - self.first])
+        return super().step(model_output, timestep, sample, generator=generator, **options)

@@ -24,6 +24,10 @@ def pipeline_for_run(base, scheduler_name: str, seeds: list[int], task: str = "t
 
     components = {**base.components, **extra,
                   "scheduler": make_scheduler(scheduler_name, base.scheduler.config, seeds)}
+    if isinstance(base, diffusers.FluxPipeline):  # FLUX.1 makes images from text only, here
+        pipe = diffusers.FluxPipeline(**components)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
     xl = "text_encoder_2" in components
     if task == "txt2img" and isinstance(base, diffusers.StableDiffusionXLImg2ImgPipeline):
         task = "img2img"  # a refiner

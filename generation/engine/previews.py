@@ -43,15 +43,38 @@ class PreviewThrottle:
         return False
 
 
-def latents_to_rgb(latents: torch.Tensor, taesd=None) -> torch.Tensor:
-    """(B, 4, h, w) latents -> (B, H, W, 3) uint8 on the CPU."""
+def latents_to_rgb(latents: torch.Tensor, taesd=None, factors=None) -> torch.Tensor:
+    """(B, 4, h, w) latents -> (B, H, W, 3) uint8 on the CPU; `factors` (weights (C, 3), bias (3,))
+    for latents of another kind (fitted_latent_rgb)."""
     if taesd is not None:
         with torch.no_grad():
             decoded = taesd.decode(latents.to(taesd.device, taesd.dtype)).sample  # (B, 3, H, W) in -1..1
         rgb = decoded.float().permute(0, 2, 3, 1)
+    elif factors is not None:
+        rgb = torch.einsum("bchw,cr->bhwr", latents.float().cpu(), factors[0]) + factors[1]
     else:
         rgb = torch.einsum("bchw,cr->bhwr", latents.float().cpu(), _LATENT_RGB)
     return ((rgb + 1) * 127.5).clamp(0, 255).to(torch.uint8).cpu()
+
+
+def fitted_latent_rgb(vae) -> tuple[torch.Tensor, torch.Tensor]:
+    """Latent -> RGB factors for a VAE with no published ones (FLUX's 16 channels), fitted to the
+    VAE itself: smooth random pictures are encoded, and each latent pixel is regressed (least
+    squares) on the mean colour of the patch it covers. Latents as the denoiser sees them (shifted,
+    scaled)."""
+    import torch.nn.functional as F
+
+    scale = 2 ** (len(vae.config.block_out_channels) - 1)
+    coarse = torch.rand(8, 3, 6, 6, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    pictures = F.interpolate(coarse, size=(16 * scale, 16 * scale), mode="bicubic").clamp(-1, 1)
+    with torch.no_grad():
+        latents = vae.encode(pictures.to(vae.device, vae.dtype)).latent_dist.mean.float().cpu()
+    latents = (latents - (getattr(vae.config, "shift_factor", 0) or 0)) * vae.config.scaling_factor
+    inputs = latents.permute(0, 2, 3, 1).reshape(-1, latents.shape[1])
+    inputs = torch.cat([inputs, torch.ones(len(inputs), 1)], dim=1)
+    colours = F.avg_pool2d(pictures, scale).permute(0, 2, 3, 1).reshape(-1, 3)
+    solution = torch.linalg.lstsq(inputs, colours).solution
+    return solution[:-1], solution[-1]
 
 
 def encode_preview(rgb: torch.Tensor, settings: PreviewSettings, blur: bool = False) -> bytes:
@@ -85,8 +108,11 @@ class PreviewMaker:
     def __init__(self, settings: PreviewSettings, taesd=None, blur: bool = False, beside: bool | None = None):
         self.settings, self.taesd, self.blur, self.beside = settings, taesd, blur, beside
         self.pending: list[concurrent.futures.Future] = []
+        self.factors = self.unpack = None  # FLUX: its fitted factors, and its packed latents laid out
 
     def send(self, latents: torch.Tensor, deliver) -> None:
+        if self.unpack is not None:
+            latents = self.unpack(latents)
         beside = latents.device.type == "cuda" if self.beside is None else self.beside
         if not beside:
             deliver(self._make(latents))
@@ -106,7 +132,7 @@ class PreviewMaker:
         deliver(self._make(latents))
 
     def _make(self, latents) -> bytes:
-        return encode_preview(latents_to_rgb(latents, self.taesd), self.settings, blur=self.blur)
+        return encode_preview(latents_to_rgb(latents, self.taesd, self.factors), self.settings, blur=self.blur)
 
     def wait(self) -> None:
         pending, self.pending = self.pending, []

@@ -5,7 +5,7 @@ import re
 from dataclasses import dataclass
 
 from .prompts import LORA_TAG, check_prompt_syntax, has_schedule, lora_tags
-from .schedulers import scheduler_spec
+from .schedulers import FLOW_SCHEDULERS, scheduler_spec
 
 
 class JobError(ValueError):
@@ -25,8 +25,8 @@ IMAGE_INPUT_PARAMS = ("denoising_strength", "resize_mode", "mask_blur", "inpaint
 HIRES_PARAMS = ("enable_hr", "hr_scale", "hr_upscaler", "hr_second_pass_steps", "hr_resize_x", "hr_resize_y")
 # What a submission asks for, by the names every dialect uses (GenerationRequest's fields, less the models,
 # the add-ons and the pictures; the image input settings as A1111 names them)
-SETTINGS = ("prompt", "negative_prompt", "width", "height", "steps", "guidance_scale", "scheduler", "seed", "subseed",
-            "subseed_strength", "num_images", "clip_skip", "refiner_switch_at", *IMAGE_INPUT_PARAMS, *HIRES_PARAMS)
+SETTINGS = ("prompt", "negative_prompt", "width", "height", "steps", "guidance_scale", "distilled_guidance_scale",
+            "scheduler", "seed", "subseed", "subseed_strength", "num_images", "clip_skip", "refiner_switch_at", *IMAGE_INPUT_PARAMS, *HIRES_PARAMS)
 LATENT_UPSCALERS = {  # A1111's hires upscaler names -> torch interpolate (mode, antialias)
     "Latent": ("bilinear", False), "Latent (antialiased)": ("bilinear", True), "Latent (bicubic)": ("bicubic", False),
     "Latent (bicubic antialiased)": ("bicubic", True), "Latent (nearest)": ("nearest", False),
@@ -57,6 +57,7 @@ class ModelRef:
     config: str = ""  # a single file's diffusers config folder; "" = the one shipped for its family
     name: str = ""  # as PNG parameters name it; "" = from the source
     hash: str = ""  # A1111's short hash; "" = computed when loaded
+    parts: tuple = ()  # ((part, path), ...): the files of what a FLUX file lacks (flux.load_flux)
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,8 @@ def batch_key(request: "GenerationRequest") -> tuple | None:
     embeddings and the image count may differ. The claim (Job.batch_key) and the engine both ask
     this one function."""
     if request.mode != "txt2img" or request.enable_hr or request.refiner or request.controlnets or (
-            request.guidance_scale <= 1) or request.subseed_strength or request.scheduled:
+            request.guidance_scale <= 1) or request.subseed_strength or request.scheduled or (
+            model_ref(request.model).family.startswith("flux")):  # FLUX.1 runs alone, for now
         return None
     return (_file(request.model), request.vae and _file(request.vae), request.width, request.height, request.steps,
             scheduler_spec(request.scheduler).name, request.clip_skip,
@@ -126,6 +128,7 @@ class GenerationRequest:
     height: int = 512
     steps: int = 20
     guidance_scale: float = 7.0
+    distilled_guidance_scale: float = 3.5  # FLUX.1 [dev]'s guidance, learnt into the model (it runs no CFG)
     scheduler: str = "Euler a"
     seed: int = -1
     subseed: int = -1  # A1111's variation seed: the starting noise moved toward this seed's...
@@ -222,8 +225,10 @@ class GenerationRequest:
                 raise ValueError(f"{field} must be between {MIN_SIDE} and {limits.max_side} pixels (got {value})")
         if not _is_int(self.steps) or not 1 <= self.steps <= limits.max_steps:
             raise ValueError(f"steps must be a whole number from 1 to {limits.max_steps} (got {self.steps!r})")
-        if not isinstance(self.guidance_scale, (int, float)) or not 0 <= self.guidance_scale <= 30:
-            raise ValueError(f"guidance_scale must be a number from 0 to 30 (got {self.guidance_scale!r})")
+        for field in ("guidance_scale", "distilled_guidance_scale"):
+            value = getattr(self, field)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 30:
+                raise ValueError(f"{field} must be a number from 0 to 30 (got {value!r})")
         if not _is_int(self.num_images) or not 1 <= self.num_images <= limits.max_images:
             raise ValueError(f"num_images must be from 1 to {limits.max_images} (got {self.num_images!r})")
         if not _is_int(self.seed) or not -1 <= self.seed <= MAX_SEED:
@@ -252,6 +257,26 @@ class GenerationRequest:
         if self.enable_hr:
             self._validate_hires(limits)
         self._validate_addons()
+
+    def check_flux(self) -> None:
+        """What a FLUX.1 model runs here: text to image from its prompt alone, at sizes of 16 pixels
+        (its latents are packed 2x2); ValueError naming the field."""
+        unsupported = [
+            ("negative_prompt", self.negative_prompt.strip(), "FLUX.1 takes no negative prompt: leave it empty"),
+            ("init_images", self.mode != "txt2img", "FLUX.1 makes images from text only, for now"),
+            ("enable_hr", self.enable_hr, "hires fix is not offered for FLUX.1 yet"),
+            ("refiner", self.refiner, "FLUX.1 has no refiner"),
+            ("loras", self.loras, "LoRAs for FLUX.1 are not supported yet"),
+            ("controlnets", self.controlnets, "ControlNet for FLUX.1 is not supported yet"),
+            ("subseed_strength", self.subseed_strength, "variation seeds are not offered for FLUX.1 yet"),
+            ("prompt", self.scheduled, "prompt editing [from:to:when] is not offered for FLUX.1 yet"),
+            ("scheduler", scheduler_spec(self.scheduler).name not in FLOW_SCHEDULERS,
+             f"FLUX.1 runs {' or '.join(FLOW_SCHEDULERS)} (got {self.scheduler!r})"),
+            *((field, getattr(self, field) % 16, f"FLUX.1 needs a multiple of 16 (got {getattr(self, field)})")
+              for field in ("width", "height"))]
+        for field, used, why in unsupported:
+            if used:
+                raise ValueError(f"{field}: {why}")
 
     def _validate_kept(self, limits: Limits) -> None:
         """The choices and sizes of the image input and hires settings, even where this run doesn't

@@ -49,13 +49,14 @@ class GenerationResult:
     addons: "Addons | None" = None
     timings: dict = field(default_factory=dict)  # seconds
     batch_size: int = 1  # how many jobs were denoised together (batch.py)
+    flux: str = ""  # the FLUX.1 family that made it ("flux-dev", "flux-schnell"), else ""
 
     def parameters(self, k: int) -> str:
         """The A1111-style infotext of image k."""
         r = self.request
         return format_parameters(
             prompt=r.prompt, negative_prompt=r.negative_prompt, steps=r.steps, scheduler=r.scheduler,
-            guidance_scale=r.guidance_scale, seed=self.seeds[k], width=r.width, height=r.height,
+            guidance_scale=1 if self.flux else r.guidance_scale, seed=self.seeds[k], width=r.width, height=r.height,
             model_hash=self.model_hash, model_name=self.model_name, extra=self._extra() | ({
                 "Variation seed": r.subseeds()[self.indexes[k]], "Variation seed strength": r.subseed_strength}
                 if r.subseed_strength else {}),
@@ -64,6 +65,8 @@ class GenerationResult:
     def _extra(self) -> dict:
         """What A1111 adds after the model, when it differs from the default."""
         extra = {"VAE hash": self.vae[1], "VAE": self.vae[0]} if self.vae else {}
+        if self.flux == "flux-dev":  # as Forge writes it
+            extra["Distilled CFG Scale"] = self.request.distilled_guidance_scale
         if self.request.clip_skip > 1:
             extra["Clip skip"] = self.request.clip_skip
         if self.refiner:
@@ -103,6 +106,8 @@ def generate(
     refiner = load_pipeline(request.refiner, device=device, dtype=dtype) if request.refiner else None
     vae = PIPELINES.get_vae(request.vae, model) if request.vae else None
     check_roles(model, refiner, request.mode)
+    if model.flux:
+        request.check_flux()
     pipe = pipeline_for_run(model.pipe, request.scheduler, seeds, "inpaint" if request.mask else "txt2img")
 
     addons = load_addons(request, model)
@@ -130,7 +135,9 @@ def generate(
         common = _pipeline_arguments(request, seeds, progress, embeds, xl=model.xl)
         start = prepare_start(request) if request.init_image is not None else None
         try:
-            if addons.controlnets:
+            if model.flux:
+                latents = _flux(pipe, model, request, common, progress)
+            elif addons.controlnets:
                 latents, pipe = controlled_run(model, request, start, common, addons.controlnets)
             elif request.mode == "txt2img":
                 latents, pipe = _txt2img(pipe, model, refiner, request, common, progress)
@@ -175,6 +182,23 @@ def _pipeline_arguments(request, seeds, progress, embeds, *, xl: bool) -> dict:
                 **(scheduled if progress.schedule else {}))
 
 
+def _flux(pipe, model, request, common, progress):
+    """FLUX.1: no negative prompt, no CFG; [dev] takes its distilled guidance. Its latents come packed
+    in 2x2 patches, and are laid out again for previews and the VAE."""
+    from diffusers import FluxPipeline
+
+    n = request.num_images
+    unpack = functools.partial(FluxPipeline._unpack_latents, height=request.height, width=request.width,
+                               vae_scale_factor=pipe.vae_scale_factor)
+    progress.previews.factors, progress.previews.unpack = model.latent_rgb, unpack
+    pipe.scheduler.generators = common["generator"]  # Euler a's noise, from each image's own generator
+    latents = pipe(width=request.width, height=request.height, num_inference_steps=request.steps,
+                   guidance_scale=request.distilled_guidance_scale, generator=common["generator"], output_type="latent",
+                   callback_on_step_end=progress.on_step_end, **{
+                       k: v.repeat_interleave(n, 0) for k, v in common.items() if k.endswith("prompt_embeds")}).images
+    return unpack(latents)
+
+
 def checked_result(request, images, seeds, *, model, vae, addons, checker, timings, started, payloads=None,
                    refiner=None) -> GenerationResult:
     """The last steps of every run: the safety check (fail closed: a flagged image is never
@@ -210,6 +234,7 @@ def checked_result(request, images, seeds, *, model, vae, addons, checker, timin
         vae=(model_ref(request.vae).name or vae.name, model_ref(request.vae).hash or vae.hash) if vae else None,
         addons=addons,
         timings=timings,
+        flux=model.family if model.flux else "",
     )
 
 

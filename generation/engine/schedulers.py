@@ -35,6 +35,8 @@ SCHEDULERS = {
     ]
 }
 
+FLOW_SCHEDULERS = ("Euler", "Euler a")  # what flow-matching models (FLUX.1) run
+
 # What A1111 runs for (sampler, "Automatic") where that is not the uniform schedule.
 _AUTOMATIC = {"dpm++ 2m": "DPM++ 2M Karras", "dpm++ sde": "DPM++ SDE Karras"}
 
@@ -75,6 +77,13 @@ def make_scheduler(name: str, base_config, seeds: list[int]):
     import diffusers
 
     spec = scheduler_spec(name)
+    if base_config.get("_class_name") == "FlowMatchEulerDiscreteScheduler":  # FLUX: flow matching
+        from .noise import FlowEulerAncestral
+
+        if spec.name not in FLOW_SCHEDULERS:
+            raise ValueError(f"scheduler {spec.name!r} is not one for flow-matching models (FLUX.1); choose one "
+                             f"of: {', '.join(FLOW_SCHEDULERS)}")
+        return FlowEulerAncestral.from_config(base_config, stochastic_sampling=spec.name == "Euler a")
     cls = getattr(diffusers, spec.class_name)
     if spec.class_name == "EulerAncestralDiscreteScheduler":
         from .noise import EulerAncestralNoiseAhead as cls

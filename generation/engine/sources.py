@@ -56,10 +56,16 @@ def model_hash(folder: Path) -> str:
     weights, as A1111 shows a hash."""
     if folder.is_file():
         return file_sha256(folder)[:10]
-    weights = sorted((folder / "unet").glob("*.safetensors"))
-    if not weights:
-        raise ValueError(f"model folder {str(folder)!r} has no UNet weights (unet/*.safetensors)")
-    return file_sha256(weights[0])[:10]
+    weights = denoiser_weights(folder)
+    if weights is None:
+        raise ValueError(f"model folder {folder.name!r} has no UNet or transformer weights (unet/*.safetensors)")
+    return file_sha256(weights)[:10]
+
+
+def denoiser_weights(folder: Path) -> Path | None:
+    """The (first) weights file of a diffusers folder's UNet, or of its transformer (FLUX)."""
+    return next(iter(sorted((folder / "unet").glob("*.safetensors")) or sorted(
+        (folder / "transformer").glob("*.safetensors"))), None)
 
 
 def model_name(folder: Path, source: str) -> str:

@@ -7,7 +7,7 @@ from PIL import Image
 from .addons import Addons
 from .families import refiner_problem, role_problem
 from .loading import PIPELINES
-from .prompts import embeddings_named, encode_prompts_many, encode_prompts_xl_many
+from .prompts import BREAK, embeddings_named, encode_prompts_many, encode_prompts_xl_many, parse_attention
 from .request import JobError
 
 
@@ -33,12 +33,13 @@ TILE_ABOVE_PIXELS = 1536 * 1536  # a bigger image is decoded in tiles, a bigger 
 
 
 def decode(vae, image_processor, latents) -> list[Image.Image]:
-    pixels = latents.shape[-2] * latents.shape[-1] * image_processor.config.vae_scale_factor ** 2
+    pixels = latents.shape[-2] * latents.shape[-1] * 4 ** (len(vae.config.block_out_channels) - 1)
     if hasattr(vae, "use_tiling"):  # the VAE's activations grow with the pixels: bound them (VRAM)
         vae.use_tiling, vae.use_slicing = pixels > TILE_ABOVE_PIXELS, pixels * len(latents) > TILE_ABOVE_PIXELS
     with torch.no_grad():
-        # An SDXL VAE stays in float32 (loading.py); the latents follow it.
-        decoded = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
+        # An SDXL VAE stays in float32 (loading.py); the latents follow it. FLUX's VAE also shifts them.
+        latents = latents.to(vae.dtype) / vae.config.scaling_factor + (getattr(vae.config, "shift_factor", 0) or 0)
+        decoded = vae.decode(latents, return_dict=False)[0]
     return image_processor.postprocess(decoded, output_type="pil")
 
 
@@ -57,6 +58,8 @@ def encode(pipe, model, request, embeddings=None) -> dict:
 def encode_many(pipe, model, requests, embeddings) -> list[dict]:
     """encode for each request (and its embeddings), each text encoder run once for them all."""
     device, pairs = model.device, [(r.prompt, r.negative_prompt, e) for r, e in zip(requests, embeddings)]
+    if model.flux:
+        return [encode_flux(pipe, model, r.prompt) for r in requests]
     if not model.xl:
         # Clip skip changes SD 1.x's CLIP-L; SD 2.x keeps its trained layer, as in A1111 (one per run: the batch key).
         clip_skip = requests[0].clip_skip if pipe.text_encoder.config.hidden_act == "quick_gelu" else 1
@@ -66,3 +69,13 @@ def encode_many(pipe, model, requests, embeddings) -> list[dict]:
     return [{"prompt_embeds": positive, "negative_prompt_embeds": negative, "pooled_prompt_embeds": pooled,
              "negative_pooled_prompt_embeds": negative_pooled} for positive, negative, pooled, negative_pooled in
             encode_prompts_xl_many(encoders + [(pipe.tokenizer_2, pipe.text_encoder_2)], pairs, device)]
+
+
+def encode_flux(pipe, model, prompt: str) -> dict:
+    """FLUX's conditioning: T5's token embeddings and CLIP-L's pooled vector of the prompt's text
+    (A1111's attention brackets and BREAK are taken out; their weights are not applied to T5)."""
+    text = "".join(t if w != BREAK else " " for t, w in parse_attention(prompt))
+    with torch.no_grad():
+        embeds, pooled, _ = pipe.encode_prompt(prompt=text, prompt_2=None, device=model.device,
+                                               max_sequence_length=512 if model.family == "flux-dev" else 256)
+    return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}

@@ -12,7 +12,7 @@ from django.db import transaction
 from generation.accounts.models import StaffEvent
 from generation.accounts.staff import staff_action
 from generation.engine.families import FAMILIES, detect_family, file_sha256, read_header, v_prediction_beside, vae_layout
-from generation.engine.sources import resolve_source
+from generation.engine.sources import denoiser_weights, resolve_source
 from generation.engine.testmodel import TEST_MODEL_NAME
 from generation.library.addons import FOLDERS, printable
 from generation.library.models import Checkpoint, Vae
@@ -34,9 +34,9 @@ def checkpoint_register(*, name: str, source: str, family: str = "", config: str
         family, side = _folder_family(path, family)
     if config and not (Path(config) / "model_index.json").is_file():
         raise ValueError(f"config {Path(config).name!r} is not a diffusers config folder (no model_index.json)")
-    hashed = path if path.is_file() else next(iter(sorted((path / "unet").glob("*.safetensors"))), None)
+    hashed = path if path.is_file() else denoiser_weights(path)
     if hashed is None:
-        raise ValueError(f"model folder {path.name!r} has no UNet weights (unet/*.safetensors)")
+        raise ValueError(f"model folder {path.name!r} has no UNet or transformer weights (unet/*.safetensors)")
     stat, sha256 = _hashed_once(Checkpoint, name, source, hashed, progress)
     with transaction.atomic():
         checkpoint, _ = Checkpoint.objects.update_or_create(name=name, defaults=dict(
