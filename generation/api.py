@@ -73,6 +73,7 @@ class JobList(generics.ListCreateAPIView):
             raise ValidationError({**{field: [why] for field, why in others.items()}, **form.errors})
         params = dict(form.validated_data)
         checkpoint = params.setdefault("checkpoint", default_checkpoint())
+        params.setdefault("steps", checkpoint.default_steps if checkpoint is not None else 20)
         if checkpoint is not None and "init_image" not in params:  # img2img: the starting image's size
             params.setdefault("width", checkpoint.default_width)
             params.setdefault("height", checkpoint.default_height)

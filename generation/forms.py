@@ -36,6 +36,9 @@ class GenerateForm(forms.Form):
     height = forms.IntegerField(min_value=256, initial=512, widget=forms.NumberInput(attrs={"step": 8}))
     steps = forms.IntegerField(min_value=1, max_value=MAX_STEPS, initial=20)
     guidance_scale = forms.FloatField(min_value=0, max_value=30, initial=7, label="Guidance scale")
+    distilled_guidance_scale = forms.FloatField(min_value=0, max_value=30, initial=3.5, required=False,
+                                                label="Distilled guidance", help_text="FLUX.1 [dev]: 3.5 suits most "
+                                                "prompts; lower is looser.")
     scheduler = forms.ChoiceField(choices=[(name, name) for name in SCHEDULERS], initial="Euler a")
     seed = forms.IntegerField(min_value=-1, max_value=MAX_SEED, initial=-1, help_text="-1 picks a random seed.")
     subseed = forms.IntegerField(min_value=-1, max_value=MAX_SEED, initial=-1, required=False, label="Variation seed",
@@ -147,7 +150,7 @@ class GenerateForm(forms.Form):
         data = super().clean()
         defaults = {"subseed": -1, "subseed_strength": 0.0, "denoising_strength": 0.75, "resize_mode": 0, "mask_blur": 4,
                     "inpainting_mask_invert": False, "inpainting_fill": 1, "inpaint_full_res_padding": 32, "hr_scale": 2.0,
-                    "hr_upscaler": "Latent", "hr_second_pass_steps": 0}
+                    "hr_upscaler": "Latent", "hr_second_pass_steps": 0, "distilled_guidance_scale": 3.5}
         for field, default in defaults.items():
             if data.get(field) in (None, ""):
                 data[field] = default

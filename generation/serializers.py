@@ -83,9 +83,13 @@ class JobCreateSerializer(serializers.Serializer):
                                      "Default: the checkpoint's own size (1024 for SDXL).")
     height = serializers.IntegerField(required=False, help_text="Pixels; a multiple of 8, at least 256. "
                                       "Default: the checkpoint's own size.")
-    steps = serializers.IntegerField(default=20, min_value=1, max_value=MAX_STEPS, help_text="Denoising steps.")
+    steps = serializers.IntegerField(required=False, min_value=1, max_value=MAX_STEPS, help_text="Denoising steps. "
+                                     "Default: the checkpoint's suggested number (20; FLUX.1: 28, [schnell]: 4).")
     guidance_scale = serializers.FloatField(default=7.0, min_value=0, max_value=30,
                                             help_text="How closely to follow the prompt (CFG scale).")
+    distilled_guidance_scale = serializers.FloatField(
+        default=3.5, min_value=0, max_value=30, help_text="FLUX.1 [dev] only: its guidance (Forge's Distilled CFG "
+        "Scale); FLUX.1 runs no CFG, so guidance_scale is not used for it.")
     scheduler = serializers.ChoiceField(choices=list(SCHEDULERS), default="Euler a", help_text="The sampler.")
     seed = serializers.IntegerField(default=-1, min_value=-1, max_value=MAX_SEED,
                                     help_text="-1 picks a random seed; image k gets seed + k.")
@@ -167,11 +171,11 @@ class JobSerializer(serializers.ModelSerializer):
     class Meta:
         model = Job
         fields = ["id", "status", "prompt", "negative_prompt", "checkpoint", "width", "height", "steps",
-                  "guidance_scale", "scheduler", "seed", "subseed", "subseed_strength", "num_images", "clip_skip",
-                  "refiner", "refiner_switch_at", "vae", "mode", *IMAGE_INPUT_PARAMS, "init_image_sha256", "init_image_id",
-                  "mask_sha256", *HIRES_PARAMS, "addons", "plot", "cost", "created_at", "started_at",
-                  "finished_at", "attempts", "progress_step", "progress_total", "queue_position", "queue_eta", "error",
-                  "timings", "batch_size", "images"]
+                  "guidance_scale", "distilled_guidance_scale", "scheduler", "seed", "subseed", "subseed_strength",
+                  "num_images", "clip_skip", "refiner", "refiner_switch_at", "vae", "mode", *IMAGE_INPUT_PARAMS,
+                  "init_image_sha256", "init_image_id", "mask_sha256", *HIRES_PARAMS, "addons", "plot", "cost",
+                  "created_at", "started_at", "finished_at", "attempts", "progress_step", "progress_total",
+                  "queue_position", "queue_eta", "error", "timings", "batch_size", "images"]
         extra_kwargs = {
             "id": {"help_text": "The job's id."},
             "prompt": {"help_text": "What was asked for."},
@@ -180,6 +184,7 @@ class JobSerializer(serializers.ModelSerializer):
             "height": {"help_text": "Pixels."},
             "steps": {"help_text": "Denoising steps."},
             "guidance_scale": {"help_text": "CFG scale."},
+            "distilled_guidance_scale": {"help_text": "FLUX.1 [dev]'s guidance (Distilled CFG Scale)."},
             "scheduler": {"help_text": "The sampler, by its A1111 name."},
             "seed": {"help_text": "The first image's seed; image k has seed + k."},
             "subseed": {"help_text": "The variation seed; image k's is subseed + k (-1: none)."},

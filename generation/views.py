@@ -90,8 +90,9 @@ def generate(request):
         "control_image": control, "loras": addons_for(request.user, kind=AddOn.LORA), "last_seed": last.seed if last else "",
         "recent_prompts": list(dict.fromkeys(request.user.jobs.values_list("prompt", flat=True)[:50]))[:10],
         "embeddings": addons_for(request.user, kind=AddOn.EMBEDDING),
-        "checkpoint_sizes": {c.pk: {"xl": c.xl, "width": c.default_width, "height": c.default_height,
-                                    "family": c.family.split("-")[0]}
+        "checkpoint_sizes": {c.pk: {"xl": c.xl or c.family.startswith("flux"), "width": c.default_width,
+                                    "height": c.default_height, "steps": c.default_steps, "family": c.family.split("-")[0],
+                                    "flux": c.family if c.family.startswith("flux") else ""}
                              for c in form.fields["checkpoint"].queryset},
     }, status=400 if form.errors else 200)
 
@@ -337,7 +338,8 @@ def png_info(request):
         f" Not used here: {', '.join(unused)}." if unused else "")})
 
 
-PNG_INFO_LABELS = {"guidance_scale": "CFG scale", "subseed": "variation seed", "subseed_strength": "variation seed",
+PNG_INFO_LABELS = {"guidance_scale": "CFG scale", "distilled_guidance_scale": "distilled guidance",
+                   "subseed": "variation seed", "subseed_strength": "variation seed",
                    "enable_hr": "hires fix", "hr_scale": "hires fix",
                    "hr_upscaler": "hires fix", "hr_second_pass_steps": "hires fix", "hr_denoising_strength": "hires fix",
                    "vae": "VAE", "cn_model": "ControlNet", "cn_module": "ControlNet", "cn_weight": "ControlNet"}
@@ -359,6 +361,8 @@ def _png_info_fields(found: dict, user) -> tuple[dict, list[str]]:
             fields[field] = match.pk
         elif name:
             unused.append(f"{model._meta.verbose_name} {name!r}")
+    if "Distilled CFG Scale" in found:  # Forge's FLUX.1 guidance
+        fields["distilled_guidance_scale"] = float(found["Distilled CFG Scale"])
     if "Hires upscale" in found or "Hires resize" in found:
         fields |= {"enable_hr": True, "hr_denoising_strength": float(found.get("Denoising strength", 0.7))}
         if "Hires upscale" in found:

@@ -320,6 +320,8 @@ SDWEB = {
     "EMBEDDINGS_DIR": Path(env("SDWEB_EMBEDDINGS_DIR", str(VAR_DIR / "models" / "embeddings"))),
     "CONTROLNET_DIR": Path(env("SDWEB_CONTROLNET_DIR", str(VAR_DIR / "models" / "ControlNet"))),
     "ESRGAN_DIR": Path(env("SDWEB_ESRGAN_DIR", str(VAR_DIR / "models" / "ESRGAN"))),
+    # What FLUX.1 transformer files lack, as ComfyUI lays it out: clip_l, t5xxl_fp16 (or _fp8), t5_tokenizer/
+    "TEXT_ENCODERS_DIR": Path(env("SDWEB_TEXT_ENCODERS_DIR", str(VAR_DIR / "models" / "text_encoders"))),
     # A user's own LoRAs and embeddings: bytes of one file, and of all of them together
     "ADDON_MAX_BYTES": env_int("SDWEB_ADDON_MAX_BYTES", 1024 * 2**20, minimum=2**20),
     "ADDON_QUOTA_BYTES": env_int("SDWEB_ADDON_QUOTA_BYTES", 2 * 1024 * 2**20, minimum=0),

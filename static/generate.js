@@ -1,5 +1,6 @@
-// The generate form: size presets (SDXL's own for SDXL checkpoints), a checkpoint's own size when
-// it is picked, the refiner only for SDXL, and the cost of the current settings before submitting.
+// The generate form: size presets (SDXL's own for SDXL and FLUX checkpoints), a checkpoint's own size
+// and steps when it is picked, the refiner only for SDXL, FLUX.1's own fields (no negative prompt, no
+// CFG: [dev]'s distilled guidance), and the cost of the current settings before submitting.
 // The formula mirrors generation.services.quote_cost; the server's own quote is what is charged.
 (function () {
   const form = document.getElementById("generate-form");
@@ -14,7 +15,8 @@
           h = Number(field("height").value), s = Number(field("steps").value),
           strength = Number(field("denoising_strength").value || 0.75);
     const fromImage = !document.getElementById("paint").hidden;
-    document.getElementById("hires").hidden = fromImage;  // hires fix is for images made from text
+    // hires fix is for images made from text (by SD, for now)
+    document.getElementById("hires").hidden = fromImage || Boolean(checkpoint().flux);
     if (fromImage) field("enable_hr").checked = false;
     let pixelSteps = w * h * (fromImage ? Math.floor(s * strength) : s);
     if (!fromImage && field("enable_hr").checked) {
@@ -59,12 +61,30 @@
     const family = checkpoint().xl ? "sdxl" : "sd";
     for (const option of preset.options) option.hidden = option.dataset.family && option.dataset.family !== family;
     preset.value = [...preset.options].some((o) => o.value === value && !o.hidden) ? value : "custom";
-    for (const name of ["refiner", "refiner_switch_at"]) field(name).closest(".field").hidden = !checkpoint().xl;
-    if (!checkpoint().xl) field("refiner").value = "";
+    const xl = checkpoint().xl && !checkpoint().flux;
+    for (const name of ["refiner", "refiner_switch_at"]) field(name).closest(".field").hidden = !xl;
+    if (!xl) field("refiner").value = "";
+    syncFlux();
+  }
+  function syncFlux() {
+    // FLUX.1 takes no negative prompt and runs no CFG; [dev] has its distilled guidance; it runs
+    // Euler (a), from text only.
+    const flux = checkpoint().flux;
+    for (const name of ["negative_prompt", "guidance_scale", "clip_skip", "subseed", "subseed_strength"]) {
+      field(name).closest(".field").hidden = Boolean(flux);
+    }
+    field("distilled_guidance_scale").closest(".field").hidden = flux !== "flux-dev";
+    for (const id of ["start-image", "addons", "controlnet"]) if (document.getElementById(id)) document.getElementById(id).hidden = Boolean(flux);
+    for (const option of field("scheduler").options) option.hidden = Boolean(flux) && !option.value.startsWith("Euler");
+    if (!flux) return;
+    field("negative_prompt").value = "";
+    field("subseed_strength").value = 0;
+    if (field("scheduler").selectedOptions[0].hidden) field("scheduler").value = "Euler";
   }
   field("checkpoint").addEventListener("change", () => {
     field("width").value = checkpoint().width;
     field("height").value = checkpoint().height;
+    field("steps").value = checkpoint().steps;
     syncPreset();
     quote();
   });

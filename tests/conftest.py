@@ -138,7 +138,17 @@ def tiny_families(tmp_path_factory):
     from generation.engine.testmodel import make_tiny_family
 
     folder = tmp_path_factory.mktemp("families")
-    return {family: make_tiny_family(family, folder) for family in FAMILIES}
+    return {family: make_tiny_family(family, folder) for family in FAMILIES if not FAMILIES[family].flux}
+
+
+@pytest.fixture(scope="session")
+def tiny_flux(tmp_path_factory):
+    """Tiny FLUX.1 [dev] and [schnell] models in every layout (testmodel.make_tiny_flux); both share
+    the text encoders and the VAE, as real ones do."""
+    from generation.engine.testmodel import make_tiny_flux
+
+    folder = tmp_path_factory.mktemp("flux")
+    return {family: make_tiny_flux(family, folder) for family in ("flux-dev", "flux-schnell")}
 
 
 @pytest.fixture(scope="session")

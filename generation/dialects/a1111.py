@@ -52,11 +52,13 @@ HARMLESS = {
     "disable_extra_networks", "comments", "infotext", "force_task_id", "override_settings_restore_afterwards",
     "sampler_index", "user", "image_cfg_scale", "include_init_images",  # image_cfg_scale: instruct-pix2pix only
 }
-USED = {"prompt", "negative_prompt", "styles", "seed", "subseed", "subseed_strength", "steps", "cfg_scale", "width",
+USED = {"prompt", "negative_prompt", "styles", "seed", "subseed", "subseed_strength", "steps", "cfg_scale",
+        "distilled_cfg_scale", "width",
         "height", "sampler_name", "scheduler", "batch_size", "n_iter", "override_settings", "refiner_checkpoint",
         "refiner_switch_at", "denoising_strength", *HIRES_PARAMS, "init_images", "mask", *IMAGE_INPUT_PARAMS, "alwayson_scripts",
         "script_name", "script_args"}
-A1111_FIELDS = {"guidance_scale": "cfg_scale", "num_images": "batch_size", "refiner": "refiner_checkpoint",
+A1111_FIELDS = {"guidance_scale": "cfg_scale", "distilled_guidance_scale": "distilled_cfg_scale", "num_images": "batch_size",
+                "refiner": "refiner_checkpoint",
                 "clip_skip": "override_settings.CLIP_stop_at_last_layers", "vae": "override_settings.sd_vae",
                 "init_image": "init_images"}
 EMPTY_LISTS = ("hypernetworks", "face-restorers", "realesrgan-models")
@@ -143,6 +145,7 @@ def translate(payload: dict, user) -> tuple[dict, list[str]]:
     params = {
         "prompt": payload.get("prompt", ""), "negative_prompt": payload.get("negative_prompt") or "",
         "seed": payload.get("seed", -1), "steps": payload.get("steps", 50), "guidance_scale": payload.get("cfg_scale", 7.0),
+        "distilled_guidance_scale": payload.get("distilled_cfg_scale", 3.5),
         "width": payload.get("width", 512), "height": payload.get("height", 512), "scheduler": scheduler,
         "num_images": batch_size * n_iter, "checkpoint": checkpoint, "clip_skip": clip_skip,
         "styles": payload.get("styles") or [],
@@ -256,7 +259,8 @@ class Txt2Img(A1111View):
             "subseed": job.subseed, "all_subseeds": [job.subseed + k if job.subseed_strength else -1 for k in range(
                 len(images))], "subseed_strength": job.subseed_strength, "width": job.width,
             "height": job.height, "sampler_name": spec.sampler, "scheduler": spec.schedule_type,
-            "cfg_scale": job.guidance_scale, "steps": job.steps, "batch_size": request.data.get("batch_size", 1),
+            "cfg_scale": job.guidance_scale, "distilled_cfg_scale": job.distilled_guidance_scale, "steps": job.steps,
+            "batch_size": request.data.get("batch_size", 1),
             "n_iter": request.data.get("n_iter", 1), "restore_faces": False, "sd_model_name": job.checkpoint.name,
             "sd_model_hash": job.checkpoint.short_hash, "sd_vae_name": job.vae.name if job.vae else None,
             "sd_vae_hash": job.vae.sha256[:10] if job.vae else None, "seed_resize_from_w": -1, "seed_resize_from_h": -1,

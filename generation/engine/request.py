@@ -26,7 +26,8 @@ HIRES_PARAMS = ("enable_hr", "hr_scale", "hr_upscaler", "hr_second_pass_steps", 
 # What a submission asks for, by the names every dialect uses (GenerationRequest's fields, less the models,
 # the add-ons and the pictures; the image input settings as A1111 names them)
 SETTINGS = ("prompt", "negative_prompt", "width", "height", "steps", "guidance_scale", "distilled_guidance_scale",
-            "scheduler", "seed", "subseed", "subseed_strength", "num_images", "clip_skip", "refiner_switch_at", *IMAGE_INPUT_PARAMS, *HIRES_PARAMS)
+            "scheduler", "seed", "subseed", "subseed_strength", "num_images", "clip_skip", "refiner_switch_at",
+            *IMAGE_INPUT_PARAMS, *HIRES_PARAMS)
 LATENT_UPSCALERS = {  # A1111's hires upscaler names -> torch interpolate (mode, antialias)
     "Latent": ("bilinear", False), "Latent (antialiased)": ("bilinear", True), "Latent (bicubic)": ("bicubic", False),
     "Latent (bicubic antialiased)": ("bicubic", True), "Latent (nearest)": ("nearest", False),
@@ -262,21 +263,21 @@ class GenerationRequest:
         """What a FLUX.1 model runs here: text to image from its prompt alone, at sizes of 16 pixels
         (its latents are packed 2x2); ValueError naming the field."""
         unsupported = [
-            ("negative_prompt", self.negative_prompt.strip(), "FLUX.1 takes no negative prompt: leave it empty"),
-            ("init_images", self.mode != "txt2img", "FLUX.1 makes images from text only, for now"),
-            ("enable_hr", self.enable_hr, "hires fix is not offered for FLUX.1 yet"),
-            ("refiner", self.refiner, "FLUX.1 has no refiner"),
-            ("loras", self.loras, "LoRAs for FLUX.1 are not supported yet"),
-            ("controlnets", self.controlnets, "ControlNet for FLUX.1 is not supported yet"),
-            ("subseed_strength", self.subseed_strength, "variation seeds are not offered for FLUX.1 yet"),
-            ("prompt", self.scheduled, "prompt editing [from:to:when] is not offered for FLUX.1 yet"),
+            ("negative_prompt", self.negative_prompt.strip(), "must be empty: FLUX.1 takes no negative prompt"),
+            ("init_image", self.mode != "txt2img", "can't be used: FLUX.1 makes images from text only, for now"),
+            ("enable_hr", self.enable_hr, "(hires fix) is not offered for FLUX.1 yet"),
+            ("refiner", self.refiner, "can't be used: FLUX.1 has no refiner"),
+            ("prompt", self.loras, "uses a LoRA: LoRAs for FLUX.1 are not supported yet"),
+            ("controlnet", self.controlnets, "is not supported for FLUX.1 yet"),
+            ("subseed_strength", self.subseed_strength, "must be 0: variation seeds are not offered for FLUX.1 yet"),
+            ("prompt", self.scheduled, "uses prompt editing [from:to:when], not offered for FLUX.1 yet"),
             ("scheduler", scheduler_spec(self.scheduler).name not in FLOW_SCHEDULERS,
-             f"FLUX.1 runs {' or '.join(FLOW_SCHEDULERS)} (got {self.scheduler!r})"),
-            *((field, getattr(self, field) % 16, f"FLUX.1 needs a multiple of 16 (got {getattr(self, field)})")
+             f"must be {' or '.join(FLOW_SCHEDULERS)} for FLUX.1 (got {self.scheduler!r})"),
+            *((field, getattr(self, field) % 16, f"must be a multiple of 16 for FLUX.1 (got {getattr(self, field)})")
               for field in ("width", "height"))]
         for field, used, why in unsupported:
             if used:
-                raise ValueError(f"{field}: {why}")
+                raise ValueError(f"{field} {why}")
 
     def _validate_kept(self, limits: Limits) -> None:
         """The choices and sizes of the image input and hires settings, even where this run doesn't

@@ -37,6 +37,7 @@ class Job(models.Model):
     height = models.PositiveIntegerField()
     steps = models.PositiveIntegerField()
     guidance_scale = models.FloatField()
+    distilled_guidance_scale = models.FloatField(default=3.5, help_text="FLUX.1 [dev]'s guidance (it runs no CFG)")
     scheduler = models.CharField(max_length=40)
     seed = models.BigIntegerField(help_text="The first image's seed; image k has seed + k")
     subseed = models.BigIntegerField(default=-1, help_text="Variation seed (A1111's): image k's is subseed + k")

@@ -6,7 +6,7 @@ from enum import StrEnum
 from django.conf import settings
 
 from gallery.models import Image
-from generation.engine.families import refiner_problem, role_problem
+from generation.engine.families import FAMILIES, refiner_problem, role_problem
 from generation.engine.request import MIN_SIDE, GenerationRequest, Limits
 from generation.engine.upscale import UPSCALERS, check_upscale, upscaled_size
 from generation.jobs.models import Job
@@ -76,6 +76,8 @@ def validated(params: dict, inputs: dict, user) -> tuple[Checkpoint, dict]:
         request = GenerationRequest(model=checkpoint.source, **fields, init_image=inputs.get("init_image"),
                                     mask=inputs.get("mask"), **engine_addons)
         request.validate(engine_limits())
+        if FAMILIES[checkpoint.family].flux:
+            request.check_flux()
     except (TypeError, ValueError) as error:
         message = str(error)
         field = next((f for f in (*Job.PARAMS, "init_image", "mask", "controlnet") if message.startswith(f + " ")), None)

@@ -41,6 +41,7 @@ def checkpoint_register(*, name: str, source: str, family: str = "", config: str
     with transaction.atomic():
         checkpoint, _ = Checkpoint.objects.update_or_create(name=name, defaults=dict(
             source=str(source), family=family, config=str(config), default_width=side, default_height=side,
+            default_steps=FAMILIES[family].steps if family in FAMILIES else 20,
             enabled=True, is_test_model=is_test_model, sha256=sha256, file_size=stat.st_size,
             file_mtime=stat.st_mtime))
         if make_default and checkpoint.role != "txt2img":
@@ -84,9 +85,14 @@ def _folder_family(folder: Path, family: str) -> tuple[str, int]:
     if not (folder / "model_index.json").is_file():
         raise ValueError(f"model folder {folder.name!r} is not a diffusers pipeline folder (no model_index.json)")
     index = json.loads((folder / "model_index.json").read_text())
-    if (kind := index.get("_class_name")) not in ("StableDiffusionPipeline", "StableDiffusionXLPipeline"):
-        raise ValueError(f"model folder {folder.name!r} holds a {kind}: this studio runs SD 1.x, SD 2.x and SDXL "
-                         "pipelines")
+    if (kind := index.get("_class_name")) == "FluxPipeline":
+        if not (folder / "transformer" / "config.json").is_file():
+            raise ValueError(f"model folder {folder.name!r} holds a FluxPipeline without its transformer/config.json")
+        guided = json.loads((folder / "transformer" / "config.json").read_text()).get("guidance_embeds")
+        return "flux-dev" if guided else "flux-schnell", 1024
+    if kind not in ("StableDiffusionPipeline", "StableDiffusionXLPipeline"):
+        raise ValueError(f"model folder {folder.name!r} holds a {kind}: this studio runs SD 1.x, SD 2.x, SDXL and "
+                         "FLUX.1 pipelines")
     unet_config = json.loads((folder / "unet" / "config.json").read_text())
     found = "sdxl" if index.get("_class_name") == "StableDiffusionXLPipeline" else family or "sd1"
     return found, int(unet_config.get("sample_size", 64)) * 8
@@ -99,7 +105,7 @@ def checkpoints_scan(*, staff=None, progress_for=None) -> tuple[list, dict[str, 
     is a staff action."""
     found, skipped = [], {}
     root = Path(settings.SDWEB["MODELS_DIR"])
-    addon_folders = [Path(settings.SDWEB[s]).resolve() for s in FOLDERS.values()]
+    addon_folders = [Path(settings.SDWEB[s]).resolve() for s in (*FOLDERS.values(), "TEXT_ENCODERS_DIR")]
     for path in sorted(root.rglob("*.safetensors")):
         inside = path.relative_to(root).parents
         if any(part.startswith(".") for part in path.relative_to(root).parts) or any(

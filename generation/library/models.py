@@ -1,5 +1,6 @@
 """The model registry: checkpoints, VAEs and add-ons (LoRA, embeddings, ControlNet)."""
 
+from pathlib import Path
 
 from django.conf import settings
 from django.db import models
@@ -49,6 +50,20 @@ class Vae(models.Model):
 
     def model_ref(self) -> ModelRef:
         return ModelRef(self.source, name=self.name, hash=self.sha256[:10])
+
+
+def flux_parts(vae: "Vae | None") -> tuple:
+    """What a FLUX.1 transformer file may lack ((part, path), ...; flux.load_flux): CLIP-L, T5-XXL
+    (fp16 before fp8) and T5's tokenizer from the text-encoder folder; the VAE chosen as the
+    checkpoint's default, else ae.safetensors in the models folder, its VAE folder or the
+    text-encoder folder."""
+    texts, models_dir = Path(settings.SDWEB["TEXT_ENCODERS_DIR"]), Path(settings.SDWEB["MODELS_DIR"])
+    parts = {"text_encoder": next(iter(sorted(texts.glob("clip_l*.safetensors"))), None),
+             "text_encoder_2": next(iter(sorted(texts.glob("t5xxl*.safetensors"))), None),
+             "tokenizer_2": texts / "t5_tokenizer",
+             "vae": Path(vae.source) if vae else next((folder / "ae.safetensors" for folder in (
+                 models_dir, models_dir / "VAE", models_dir / "vae", texts) if (folder / "ae.safetensors").is_file()), None)}
+    return tuple((part, str(path)) for part, path in parts.items() if path)
 
 
 class Checkpoint(models.Model):
@@ -101,9 +116,9 @@ class Checkpoint(models.Model):
         return self.family.startswith("sdxl")
 
     def model_ref(self) -> ModelRef:
-        single = self.source.lower().endswith(".safetensors")
-        return ModelRef(self.source, family=self.family if single else "", config=self.config, name=self.name,
-                        hash=self.short_hash)
+        single, flux = self.source.lower().endswith(".safetensors"), self.family.startswith("flux")
+        return ModelRef(self.source, family=self.family if single or flux else "", config=self.config, name=self.name,
+                        hash=self.short_hash, parts=flux_parts(self.default_vae) if single and flux else ())
 
 
 class AddOn(models.Model):

@@ -77,6 +77,28 @@ def test_webuiapi_picks_an_sdxl_file_by_its_title_and_sees_a1111s_hashes(studio,
     assert f"Model hash: {short}, Model: ponyXL, Clip skip: 2" in result.info["infotexts"][0]
 
 
+def test_webuiapi_with_its_defaults_runs_a_flux_transformer_file_laid_out_as_comfyui_has_it(studio, tiny_flux):
+    import shutil
+
+    import webuiapi
+
+    files, models = tiny_flux["flux-dev"], studio.var_dir / "models"
+    shutil.copy(files["transformer"], models / "flux1-dev.safetensors")
+    shutil.copytree(files["text_encoders"], models / "text_encoders")
+    (models / "VAE").mkdir(exist_ok=True)
+    shutil.copy(files["vae"], models / "VAE" / "ae.safetensors")
+    studio.manage(f"from django.core.management import call_command; call_command('add_model', 'flux1-dev', "
+                  f"'{models / 'flux1-dev.safetensors'}', '--config', '{files['config']}')")
+    api = webuiapi.WebUIApi(host="127.0.0.1", port=studio.port)
+    api.set_auth("alice", "alice-password-1")
+    api.util_set_model("flux1-dev")
+    result = api.txt2img(prompt="a red house", width=256, height=256, steps=3)  # Euler a, CFG 7: webuiapi's own
+    infotext = result.info["infotexts"][0]
+    assert "Sampler: Euler a, " in infotext and "CFG scale: 1, " in infotext and "Distilled CFG Scale: 3.5" in infotext
+    assert result.info["sd_model_name"] == "flux1-dev" and read_watermark(result.images[0]) is not None
+    api.util_set_model("sdweb-test-tiny")
+
+
 def test_webuiapi_img2img_with_and_without_a_mask_and_hires_fix_with_its_defaults(studio):
     import webuiapi
 

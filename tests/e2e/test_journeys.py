@@ -422,6 +422,42 @@ def test_12_an_operator_adds_an_sdxl_file_and_a_user_picks_it_with_its_refiner(n
     screenshot(page, "12-sdxl-refiner")
 
 
+def test_12b_a_user_picks_a_flux_checkpoint_and_the_form_becomes_fluxs(new_page, studio, tiny_flux):
+    """FLUX.1 [dev] as ComfyUI users have it: the transformer file, its text encoders and VAE beside it."""
+    import shutil
+
+    files, models = tiny_flux["flux-dev"], studio.var_dir / "models"
+    shutil.copy(files["transformer"], models / "flux-dev.safetensors")
+    shutil.copytree(files["text_encoders"], models / "text_encoders", dirs_exist_ok=True)
+    shutil.copy(files["vae"], models / "ae.safetensors")
+    studio.manage(f"from django.core.management import call_command; call_command('add_model', 'flux-dev', "
+                  f"'{models / 'flux-dev.safetensors'}', '--config', '{files['config']}')")
+    for phone in (False, True):
+        page = new_page(phone=phone)
+        sign_up(page)
+        page.goto("/generate/")
+        assert page.get_by_label("Negative prompt").is_visible()
+        assert not page.get_by_label("Distilled guidance").is_visible()
+        page.get_by_label("Checkpoint").select_option(label="flux-dev")
+        assert not page.get_by_label("Negative prompt").is_visible() and not page.get_by_label("Guidance scale").is_visible()
+        assert page.get_by_label("Distilled guidance").input_value() == "3.5" and page.get_by_label("Steps").input_value() == "28"
+        offered = page.locator("#id_scheduler option:not([hidden])").evaluate_all("options => options.map(o => o.value)")
+        assert offered == ["Euler", "Euler a"] and not page.locator("#hires").is_visible()
+        page.get_by_label("Width").fill("256")
+        page.get_by_label("Height").fill("256")
+        page.get_by_label("Steps").fill("3")
+        page.get_by_label("Images").fill("1")
+        page.get_by_label("Prompt", exact=True).fill("a red house")
+        page.get_by_role("button", name="Generate").click()
+        page.wait_for_url("**/generate/?job=*")
+        page.wait_for_function("document.querySelectorAll('#images img').length == 1")
+        params = page.locator("#job .params").inner_text()
+        assert "flux-dev" in params and "· guidance 3.5 ·" in params and "CFG" not in params
+        assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+        if not phone:  # (screenshot takes the phone view too)
+            screenshot(page, "12b-flux")
+
+
 def test_13_upload_img2img_paint_a_mask_inpaint_outpaint_and_hires_fix(new_page):
     from PIL import Image as PILImage
 

@@ -1,0 +1,181 @@
+"""FLUX.1 [dev] and [schnell] from every layout people have them in: BFL's transformer file alone
+with ComfyUI's text-encoder and VAE files beside it, one file holding all of it, a diffusers folder."""
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from generation.engine import GenerationRequest, generate
+from generation.engine.families import detect_family, read_header
+from generation.engine.flux import missing_parts, to_bfl, to_diffusers
+from generation.engine.loading import PIPELINES
+from generation.engine.previews import PreviewSettings
+from generation.engine.request import ModelRef
+
+
+def parts(files) -> tuple:
+    texts = files["text_encoders"]
+    return (("text_encoder", str(texts / "clip_l.safetensors")), ("text_encoder_2", str(texts / "t5xxl_fp16.safetensors")),
+            ("vae", str(files["vae"])), ("tokenizer_2", str(texts / "t5_tokenizer")))
+
+
+def ref(files, layout: str) -> ModelRef:
+    if layout == "folder":
+        return ModelRef(str(files["folder"]))
+    return ModelRef(str(files[layout]), config=str(files["config"]), parts=parts(files))
+
+
+def make(model, **fields):
+    previews = []
+    request = GenerationRequest(**{"prompt": "a photo of a (red:1.2) house", "model": model, "width": 256,
+                                   "height": 256, "steps": 4, "seed": 7, "scheduler": "Euler", **fields})
+    result = generate(request, on_preview=lambda step, total, image: previews.append((step, total, image)),
+                      preview=PreviewSettings(min_interval=0), watermark_payloads=[bytes(8)] * request.num_images)
+    return result, previews
+
+
+def pixels(result, k=0):
+    return np.asarray(result.images[k]).astype(int)
+
+
+@pytest.mark.parametrize("family", ["flux-dev", "flux-schnell"])
+def test_each_layout_makes_the_same_image_with_previews_and_forges_infotext(tiny_flux, family):
+    files = tiny_flux[family]
+    made = {layout: make(ref(files, layout)) for layout in ("file", "transformer", "folder")}
+    images = [pixels(result) for result, _ in made.values()]
+    assert images[0].std() > 10 and images[0].shape == (256, 256, 3)
+    assert all(np.abs(image - images[0]).max() <= 2 for image in images)  # the same weights, each layout
+    result, previews = made["transformer"]
+    assert [(step, total) for step, total, _ in previews] == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    infotext = result.parameters(0)
+    assert "CFG scale: 1, " in infotext and "Sampler: Euler," in infotext
+    assert ("Distilled CFG Scale: 3.5" in infotext) == (family == "flux-dev")
+
+
+def test_dev_follows_its_distilled_guidance_and_euler_a_is_reproducible_per_image(tiny_flux):
+    model = ref(tiny_flux["flux-dev"], "transformer")
+    assert not np.array_equal(pixels(make(model)[0]), pixels(make(model, distilled_guidance_scale=1.0)[0]))
+    two = make(model, scheduler="Euler a", num_images=2)[0]
+    alone = make(model, scheduler="Euler a", seed=8)[0]  # image 1 of the pair has seed 7 + 1
+    assert np.abs(pixels(two, 1) - pixels(alone)).max() <= 2
+    assert not np.array_equal(pixels(two, 0), pixels(two, 1))
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"negative_prompt": "blurry"}, "negative_prompt must be empty: FLUX.1 takes no negative prompt"),
+    ({"width": 264}, "width must be a multiple of 16 for FLUX.1"),
+    ({"scheduler": "DPM++ 2M Karras"}, "scheduler must be Euler or Euler a for FLUX.1"),
+    ({"subseed_strength": 0.5}, "subseed_strength must be 0"),
+    ({"prompt": "a [cat:dog:0.5]"}, "prompt uses prompt editing"),
+])
+def test_what_flux_does_not_take_is_refused_naming_the_field(tiny_flux, fields, message):
+    with pytest.raises(ValueError, match=message.replace("[", r"\[")):
+        make(ref(tiny_flux["flux-dev"], "file"), **fields)
+
+
+def test_each_file_is_told_apart_and_says_what_it_lacks(tiny_flux):
+    files = tiny_flux["flux-dev"]
+    assert detect_family(read_header(files["file"])) == "flux-dev"
+    assert detect_family(read_header(tiny_flux["flux-schnell"]["transformer"])) == "flux-schnell"
+    assert missing_parts(read_header(files["file"])) == []
+    assert missing_parts(read_header(files["transformer"])) == ["text_encoder", "text_encoder_2", "vae"]
+
+
+def test_a_transformer_file_without_its_text_encoders_is_refused_naming_what_to_add(tiny_flux, tmp_path):
+    files = tiny_flux["flux-dev"]
+    with pytest.raises(ValueError, match="no CLIP-L text encoder.*clip_l.safetensors") as error:
+        make(ModelRef(str(files["transformer"]), config=str(files["config"])))
+    assert str(files["transformer"].parent) not in str(error.value)
+    without_tokenizer = tuple(p for p in parts(files) if p[0] != "tokenizer_2")
+    with pytest.raises(ValueError, match="T5's tokenizer"):
+        make(ModelRef(str(files["transformer"]), config=str(files["config"]), parts=without_tokenizer))
+
+
+def test_fill_and_depth_models_are_refused_by_name(tiny_flux, tmp_path):
+    state = dict(read_header(tiny_flux["flux-dev"]["transformer"]))
+    state["img_in.weight"] = {"shape": [32, 384]}
+    with pytest.raises(ValueError, match="FLUX.1 Fill or Depth"):
+        detect_family(state)
+
+
+def test_the_bfl_layout_is_read_back_exactly(tiny_flux):
+    from diffusers import FluxPipeline
+
+    transformer = FluxPipeline.from_pretrained(tiny_flux["flux-dev"]["folder"]).transformer
+    state = transformer.state_dict()
+    back = to_diffusers(to_bfl(state))
+    assert set(back) == set(state) and all(torch.equal(back[k], v) for k, v in state.items())
+    with pytest.raises(ValueError, match="tensors this studio doesn't know"):
+        to_diffusers({**to_bfl(state), "scaled_fp8": torch.zeros(1)})
+
+
+def test_a_full_size_flux_dev_from_the_shipped_config_has_the_real_layout_and_loads():
+    """12 B parameters on the meta device (no memory): BFL's names and shapes as the published file
+    has them, which diffusers' own converter also reads onto every weight, and our reader loads."""
+    from diffusers import FluxTransformer2DModel
+    from diffusers.loaders.single_file_utils import convert_flux_transformer_checkpoint_to_diffusers
+
+    from generation.engine.families import family_config
+
+    config = FluxTransformer2DModel.load_config(family_config("flux-dev") / "transformer")
+    with torch.device("meta"):
+        model = FluxTransformer2DModel.from_config(config)
+    bfl = to_bfl(model.state_dict())
+    assert len(bfl) == 780 and sum(v.numel() for v in bfl.values()) == 11_901_408_320
+    for name, shape in {"img_in.weight": (3072, 64), "txt_in.weight": (3072, 4096), "vector_in.in_layer.weight":
+                        (3072, 768), "guidance_in.in_layer.weight": (3072, 256), "double_blocks.18.img_attn.qkv.weight":
+                        (9216, 3072), "single_blocks.37.linear1.weight": (21504, 3072),
+                        "single_blocks.37.linear2.weight": (3072, 15360), "final_layer.linear.weight": (64, 3072)}.items():
+        assert tuple(bfl[name].shape) == shape, name
+    header = {"model.diffusion_model." + k: {"shape": list(v.shape)} for k, v in bfl.items()}
+    assert detect_family(header) == "flux-dev"
+    theirs = convert_flux_transformer_checkpoint_to_diffusers(dict(bfl))
+    ours = to_diffusers(bfl)
+    assert set(theirs) == set(ours) == set(model.state_dict())
+    model.load_state_dict(ours, strict=True, assign=True)
+
+
+def test_a_whole_file_is_read_part_by_part(tiny_flux, tmp_path, monkeypatch):
+    """Each module gets only its own tensors: a whole FLUX file (17-34 GB) is never loaded at once."""
+    import safetensors
+
+    seen = []
+    real = safetensors.safe_open
+
+    class Counting:
+        def __init__(self, *args, **kwargs):
+            self.file = real(*args, **kwargs)
+
+        def __enter__(self):
+            self.opened = self.file.__enter__()
+            return self
+
+        def __exit__(self, *exc):
+            return self.file.__exit__(*exc)
+
+        def keys(self):
+            return self.opened.keys()
+
+        def get_tensor(self, name):
+            seen.append(name)
+            return self.opened.get_tensor(name)
+
+    monkeypatch.setattr(safetensors, "safe_open", Counting)
+    PIPELINES.clear()
+    files = tiny_flux["flux-schnell"]
+    make(ref(files, "file"))
+    assert sorted(seen) == sorted(read_header(files["file"]))  # each tensor read once
+
+
+def test_an_fp8_t5_file_loads(tiny_flux, tmp_path):
+    """ComfyUI's t5xxl_fp8_e4m3fn: the same names, float8 weights, widened as they load."""
+    from safetensors.torch import load_file
+
+    files = tiny_flux["flux-schnell"]
+    fp8 = tmp_path / "t5xxl_fp8_e4m3fn.safetensors"
+    save_file({k: v.to(torch.float8_e4m3fn) if v.ndim == 2 else v
+               for k, v in load_file(files["text_encoders"] / "t5xxl_fp16.safetensors").items()}, fp8)
+    model = ModelRef(str(files["transformer"]), config=str(files["config"]), parts=tuple(
+        (part, str(fp8) if part == "text_encoder_2" else path) for part, path in parts(files)))
+    assert pixels(make(model)[0]).std() > 10

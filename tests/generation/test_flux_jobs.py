@@ -1,0 +1,126 @@
+"""FLUX.1 checkpoints in the studio: registered from the files people have, their jobs submitted
+through the form's checks, the REST API and the A1111 dialect, and made by the real worker."""
+
+import base64
+import io
+import json
+
+import pytest
+from PIL import Image as PILImage
+
+from generation.credits.models import CreditEntry
+from generation.engine import parse_parameters
+from generation.jobs.models import Job
+from generation.jobs.queue import job_claim
+from generation.jobs.submit import Refused, job_submit
+from generation.jobs.worker import job_run
+
+
+@pytest.fixture
+def flux(db, tiny_flux, settings):
+    """A FLUX.1 [dev] transformer file and a [schnell] one, their text encoders found in the
+    text-encoder folder, and the VAE each was given in the admin (its default VAE)."""
+    from generation.library.checkpoints import checkpoint_register, vae_register
+
+    settings.SDWEB = {**settings.SDWEB, "TEXT_ENCODERS_DIR": tiny_flux["flux-dev"]["text_encoders"]}
+    ae = vae_register(name="ae.safetensors", source=str(tiny_flux["flux-dev"]["vae"]))
+    checkpoints = {}
+    for family, files in tiny_flux.items():
+        checkpoint = checkpoint_register(name=family, source=str(files["transformer"]), config=str(files["config"]))
+        checkpoint.default_vae = ae
+        checkpoint.save()
+        checkpoints[family] = checkpoint
+    return checkpoints
+
+
+def run(job):
+    job_run(job_claim())
+    job.refresh_from_db()
+    assert job.status == Job.SUCCEEDED, job.error
+    with job.images.first().png.open("rb") as file:
+        return parse_parameters(PILImage.open(io.BytesIO(file.read())).info["parameters"])
+
+
+def test_a_flux_file_registers_with_its_familys_size_and_steps(flux):
+    dev, schnell = flux["flux-dev"], flux["flux-schnell"]
+    assert (dev.family, dev.default_width, dev.default_steps) == ("flux-dev", 1024, 28)
+    assert (schnell.family, schnell.default_steps) == ("flux-schnell", 4)
+    assert dict(dev.model_ref().parts)["text_encoder_2"].endswith("t5xxl_fp16.safetensors")
+
+
+def test_a_flux_dev_job_is_made_with_its_distilled_guidance_and_charged_once(alice, flux):
+    job = job_submit(user=alice, params={"prompt": "a red house", "checkpoint": flux["flux-dev"], "width": 256,
+                                         "height": 256, "steps": 3, "guidance_scale": 7, "distilled_guidance_scale": 2.5,
+                                         "scheduler": "Euler", "seed": 3, "num_images": 1})
+    parameters = run(job)
+    assert parameters["Distilled CFG Scale"] == "2.5" and parameters["cfg_scale"] == 1.0
+    assert parameters["model"] == "flux-dev" and job.credit_entries.filter(kind="charge").count() == 1
+
+
+@pytest.mark.parametrize("params, field", [
+    ({"negative_prompt": "blurry"}, "negative_prompt"),
+    ({"width": 264}, "width"),
+    ({"scheduler": "DPM++ 2M Karras"}, "scheduler"),
+])
+def test_what_flux_does_not_take_is_refused_at_submit_naming_the_field_and_charging_nothing(alice, flux, params,
+                                                                                            field):
+    before = CreditEntry.objects.count()
+    with pytest.raises(Refused) as refused:
+        job_submit(user=alice, params={"prompt": "a red house", "checkpoint": flux["flux-dev"], "width": 256,
+                                       "height": 256, "steps": 3, "guidance_scale": 7, "scheduler": "Euler", "seed": 3,
+                                       "num_images": 1, **params})
+    assert refused.value.field == field and "FLUX.1" in str(refused.value)
+    assert not Job.objects.exists() and CreditEntry.objects.count() == before
+
+
+def test_the_rest_api_gives_schnell_its_own_steps_and_shows_the_distilled_guidance(api, flux):
+    response = api.post("/api/v1/jobs/", {"prompt": "a blue sky", "checkpoint": "flux-schnell", "width": 256,
+                                          "height": 256}, format="json")
+    assert response.status_code == 201, response.data
+    assert response.data["steps"] == 4 and response.data["distilled_guidance_scale"] == 3.5
+    parameters = run(Job.objects.get())
+    assert "Distilled CFG Scale" not in parameters and parameters["steps"] == 4
+    refused = api.post("/api/v1/jobs/", {"prompt": "a blue sky", "checkpoint": "flux-schnell", "width": 256,
+                                         "height": 256, "negative_prompt": "clouds"}, format="json")
+    assert refused.status_code == 400 and "negative_prompt" in refused.data
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_a1111_dialect_takes_forges_distilled_cfg_scale(alice, flux, worker):
+    from rest_framework.test import APIClient
+
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION="Basic " + base64.b64encode(b"alice:alice-password-1").decode())
+    payload = {"prompt": "a red house", "negative_prompt": "", "sampler_name": "Euler", "steps": 3, "cfg_scale": 7,
+               "distilled_cfg_scale": 2.0, "width": 256, "height": 256,
+               "override_settings": {"sd_model_checkpoint": flux["flux-dev"].title}}
+    response = client.post("/sdapi/v1/txt2img", payload, format="json")
+    assert response.status_code == 200, response.data
+    info = json.loads(response.data["info"])
+    assert info["distilled_cfg_scale"] == 2.0 and "Distilled CFG Scale: 2.0" in info["infotexts"][0]
+
+
+def test_png_info_of_a_forge_flux_image_fills_the_distilled_guidance(client, alice, flux):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+    from PIL.PngImagePlugin import PngInfo
+
+    info, out = PngInfo(), io.BytesIO()
+    info.add_text("parameters", "a red house\nSteps: 20, Sampler: Euler, Schedule type: Simple, CFG scale: 1, "
+                                "Distilled CFG Scale: 2.5, Seed: 7, Size: 896x1152, Model: flux-dev")
+    PILImage.new("RGB", (64, 64)).save(out, "PNG", pnginfo=info)
+    client.force_login(alice)
+    found = client.post("/generate/png-info/", {"image": SimpleUploadedFile("forge.png", out.getvalue())}).json()
+    assert found["fields"]["distilled_guidance_scale"] == 2.5 and found["fields"]["checkpoint"] == flux["flux-dev"].pk
+    assert "distilled guidance" in found["read"]
+
+
+def test_the_models_scan_leaves_the_text_encoder_folder_alone(admin, flux, settings, tiny_flux, tmp_path):
+    import shutil
+
+    from generation.library.checkpoints import checkpoints_scan
+
+    models = tmp_path / "models"
+    shutil.copytree(tiny_flux["flux-dev"]["text_encoders"], models / "text_encoders")
+    settings.SDWEB = {**settings.SDWEB, "MODELS_DIR": models, "TEXT_ENCODERS_DIR": models / "text_encoders"}
+    found, skipped = checkpoints_scan()
+    assert found == [] and skipped == {}
