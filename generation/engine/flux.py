@@ -65,8 +65,15 @@ def _swap_halves(tensor):
 
 
 def to_diffusers(state: dict) -> dict:
-    """A BFL-layout transformer state dict (without a prefix) in diffusers' names."""
+    """A BFL-layout transformer state dict (without a prefix) in diffusers' names. ComfyUI's "scaled
+    fp8" files keep each weight in float8 with a scale beside it: those are multiplied out."""
     state, out = dict(state), {}
+    if state.pop("scaled_fp8", None) is not None:
+        for key in [k for k in state if k.endswith((".scale_weight", ".scale_input"))]:
+            scale = state.pop(key)
+            if key.endswith(".scale_weight"):
+                weight = key.removesuffix("scale_weight") + "weight"
+                state[weight] = state[weight].float() * scale.float()
     hidden = state["img_in.weight"].shape[0]
     for bfl, ours in _modules(_count(state, "double_blocks."), _count(state, "single_blocks.")):
         for suffix in ("weight", "bias", "scale"):
@@ -152,6 +159,33 @@ def load_flux(path: Path, parts: dict, config: Path, dtype):
 _PART_NAMES = {"text_encoder": "CLIP-L text encoder", "text_encoder_2": "T5-XXL text encoder", "vae": "VAE"}
 _PART_FILES = {"text_encoder": "clip_l.safetensors", "text_encoder_2": "t5xxl_fp16.safetensors (or t5xxl_fp8_e4m3fn)",
                "vae": "ae.safetensors"}
+
+
+def encode(pipe, prompt: str, max_tokens: int, device) -> dict:
+    """T5's token embeddings and CLIP-L's pooled vector of `prompt`, on `device`; T5 runs where it
+    lives (the CPU, where GPU memory is short: loading.PipelineCache.t5_device)."""
+    import torch
+
+    with torch.no_grad():
+        pooled = pipe._get_clip_prompt_embeds(prompt=prompt, device=device)
+        embeds = pipe._get_t5_prompt_embeds(prompt=prompt, max_sequence_length=max_tokens,
+                                            device=pipe.text_encoder_2.device)
+    return {"prompt_embeds": embeds.to(device, pooled.dtype), "pooled_prompt_embeds": pooled}
+
+
+FP8_KEPT = ("pos_embed", "x_embedder", "context_embedder", "^proj_out$")
+
+
+def fit_memory(pipe, dtype, quantize: str) -> None:
+    """`quantize`="fp8": the transformer's weights kept in float8 (half of bfloat16's memory: FLUX.1
+    ~12 GB), each layer widened to `dtype` as it runs (diffusers' layerwise casting)."""
+    import torch
+    from diffusers.hooks import apply_layerwise_casting
+
+    if quantize == "fp8":  # every linear layer but the first and last, the modulations too (diffusers' own skips them)
+        apply_layerwise_casting(pipe.transformer, torch.float8_e4m3fn, dtype, skip_modules_pattern=FP8_KEPT)
+    elif quantize not in ("", "none"):
+        raise JobError(f"quantize must be none or fp8 (got {quantize!r})")
 
 
 def t5_tokenizer(folder):

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from .families import FAMILIES, detect_family, family_config, read_header, v_prediction_beside, vae_layout
-from .flux import load_flux
+from .flux import fit_memory, load_flux
 from .previews import fitted_latent_rgb
 from .request import JobError, ModelRef, model_ref
 from .sources import model_hash, model_name, resolve_source
@@ -63,7 +63,7 @@ def plainly(error: Exception) -> str:
     return str(error) if isinstance(error, JobError) else "its weights don't fit its family's layout (staff see the details)"
 
 
-def _load(ref: ModelRef, device: torch.device, dtype: torch.dtype) -> LoadedModel:
+def _load(ref: ModelRef, device: torch.device, dtype: torch.dtype, quantize: str = "", t5_device: str = "") -> LoadedModel:
     started = time.perf_counter()
     path = resolve_source(ref.source)
     name = ref.name or model_name(path, ref.source)
@@ -75,13 +75,17 @@ def _load(ref: ModelRef, device: torch.device, dtype: torch.dtype) -> LoadedMode
     dtype = pipe.vae.dtype
     if dtype == torch.float16 and getattr(pipe.vae.config, "force_upcast", False):
         pipe.vae.to(torch.float32)  # SDXL's VAE overflows in float16: black images
+    if family.startswith("flux"):
+        fit_memory(pipe, dtype, quantize)
     pipe.to(device)
+    if family.startswith("flux") and t5_device:
+        pipe.text_encoder_2.to(t5_device)
     if device.type == "cuda" and hasattr(pipe, "unet"):  # convolutions run faster on NHWC tensors there
         for module in (pipe.unet, pipe.vae):
             module.to(memory_format=torch.channels_last)
     pipe.set_progress_bar_config(disable=True)
-    modules = [m for m in pipe.components.values() if isinstance(m, torch.nn.Module)]
-    size = sum(p.numel() * p.element_size() for m in modules for p in m.parameters())
+    modules = [m for m in pipe.components.values() if isinstance(m, torch.nn.Module)]  # T5 on the CPU is not counted
+    size = sum(p.numel() * p.element_size() for m in modules for p in m.parameters() if p.device.type == device.type)
     return LoadedModel(
         pipe=pipe, name=name, hash=ref.hash or model_hash(path), family=family, vae_config=vae_config,
         device=device, dtype=dtype, size_bytes=size, load_seconds=time.perf_counter() - started,
@@ -167,13 +171,16 @@ class PipelineCache:
         self._lock = threading.Lock()  # two threads asking for one model load it once
         self.hits = self.misses = 0
         self.load_seconds = 0.0
+        self.quantize, self.t5_device = "none", ""  # FLUX.1: flux.fit_memory, and where T5 lives ("": with the rest)
 
     def get(self, model, device=None, dtype=None) -> LoadedModel:
         device = pick_device(device)
         dtype = pick_dtype(device, dtype)
         ref = model_ref(model)
-        key = (ref.source.strip(), ref.family, ref.config, ref.parts, str(device), str(dtype))
-        return self._cached(key, lambda: _load(dataclasses.replace(ref, source=key[0]), device, dtype))
+        key = (ref.source.strip(), ref.family, ref.config, ref.parts, str(device), str(dtype), self.quantize,
+               self.t5_device)
+        return self._cached(key, lambda: _load(dataclasses.replace(ref, source=key[0]), device, dtype,
+                                               self.quantize, self.t5_device))
 
     def info(self) -> dict:
         return {

@@ -4,6 +4,7 @@ model's role checked, the prompts encoded, the latents decoded."""
 import torch
 from PIL import Image
 
+from . import flux
 from .addons import Addons
 from .families import refiner_problem, role_problem
 from .loading import PIPELINES
@@ -72,10 +73,7 @@ def encode_many(pipe, model, requests, embeddings) -> list[dict]:
 
 
 def encode_flux(pipe, model, prompt: str) -> dict:
-    """FLUX's conditioning: T5's token embeddings and CLIP-L's pooled vector of the prompt's text
-    (A1111's attention brackets and BREAK are taken out; their weights are not applied to T5)."""
+    """FLUX's conditioning from the prompt's text (A1111's attention brackets and BREAK are taken
+    out; their weights are not applied to T5)."""
     text = "".join(t if w != BREAK else " " for t, w in parse_attention(prompt))
-    with torch.no_grad():
-        embeds, pooled, _ = pipe.encode_prompt(prompt=text, prompt_2=None, device=model.device,
-                                               max_sequence_length=512 if model.family == "flux-dev" else 256)
-    return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
+    return flux.encode(pipe, text, 512 if model.family == "flux-dev" else 256, model.device)

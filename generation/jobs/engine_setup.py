@@ -31,6 +31,7 @@ def engine_configure() -> dict:
     return the options `generate` takes."""
     options = settings.SDWEB
     PIPELINES.budget_bytes = options["PIPELINE_CACHE_BYTES"]
+    PIPELINES.quantize, PIPELINES.t5_device = options["QUANTIZE"], options["T5_DEVICE"]
     if torch.get_num_threads() != options["TORCH_THREADS"]:
         torch.set_num_threads(options["TORCH_THREADS"])
     return {

@@ -107,7 +107,7 @@ def test_the_bfl_layout_is_read_back_exactly(tiny_flux):
     back = to_diffusers(to_bfl(state))
     assert set(back) == set(state) and all(torch.equal(back[k], v) for k, v in state.items())
     with pytest.raises(ValueError, match="tensors this studio doesn't know"):
-        to_diffusers({**to_bfl(state), "scaled_fp8": torch.zeros(1)})
+        to_diffusers({**to_bfl(state), "double_blocks.0.img_attn.lora_down.weight": torch.zeros(1)})
 
 
 def test_a_full_size_flux_dev_from_the_shipped_config_has_the_real_layout_and_loads():
@@ -179,3 +179,52 @@ def test_an_fp8_t5_file_loads(tiny_flux, tmp_path):
     model = ModelRef(str(files["transformer"]), config=str(files["config"]), parts=tuple(
         (part, str(fp8) if part == "text_encoder_2" else path) for part, path in parts(files)))
     assert pixels(make(model)[0]).std() > 10
+
+
+def scaled_fp8(state: dict) -> dict:
+    """ComfyUI's "scaled fp8" layout: each 2-D weight in float8 with its scale beside it."""
+    out = {"scaled_fp8": torch.zeros(0, dtype=torch.float8_e4m3fn)}
+    for key, value in state.items():
+        if key.endswith(".weight") and value.ndim == 2:
+            scale = value.abs().max() / 448
+            out[key], out[key.removesuffix("weight") + "scale_weight"] = (value / scale).to(torch.float8_e4m3fn), scale
+        else:
+            out[key] = value
+    return out
+
+
+def test_fp8_transformer_files_plain_and_scaled_load_within_float8s_precision(tiny_flux, tmp_path):
+    from safetensors.torch import load_file
+
+    from generation.engine import load_pipeline
+
+    files = tiny_flux["flux-dev"]
+    state = load_file(files["transformer"])
+    expected = load_pipeline(ref(files, "folder")).pipe.transformer.state_dict()
+    for name, written in (("plain", {k: v.to(torch.float8_e4m3fn) if v.ndim == 2 else v for k, v in state.items()}),
+                          ("scaled", scaled_fp8(state))):
+        path = tmp_path / f"flux1-dev-fp8-{name}.safetensors"
+        save_file({k: v.contiguous() for k, v in written.items()}, path)
+        loaded = load_pipeline(ModelRef(str(path), config=str(files["config"]), parts=parts(files))).pipe.transformer
+        for key, value in loaded.state_dict().items():
+            error = (value.float() - expected[key].float()).abs().max() / expected[key].float().abs().max().clamp(min=1e-6)
+            assert error < 0.07, (name, key)  # float8 e4m3 keeps 3 bits of mantissa
+
+
+def test_fp8_storage_and_t5_on_the_cpu_still_make_the_image(tiny_flux):
+    """SDWEB_QUANTIZE=fp8 keeps the transformer's weights in float8 (widened layer by layer as it
+    runs); SDWEB_T5_DEVICE=cpu keeps T5 off the GPU. The tiny model's image barely changes."""
+    from generation.engine.loading import PIPELINES
+
+    model = ref(tiny_flux["flux-schnell"], "transformer")
+    plain = pixels(make(model)[0])
+    PIPELINES.quantize, PIPELINES.t5_device = "fp8", "cpu"
+    try:
+        loaded = PIPELINES.get(model)
+        linears = [m for m in loaded.pipe.transformer.transformer_blocks.modules() if isinstance(m, torch.nn.Linear)]
+        assert {m.weight.dtype for m in linears} == {torch.float8_e4m3fn}
+        assert loaded.pipe.text_encoder_2.device.type == "cpu"
+        stored = pixels(make(model)[0])
+    finally:
+        PIPELINES.quantize, PIPELINES.t5_device = "none", ""
+    assert stored.std() > 10 and np.abs(stored - plain).mean() < 12
