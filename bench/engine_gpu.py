@@ -1,5 +1,7 @@
 """GPU benchmark of the engine: seconds per image for SD 1.5 (512 px) and SDXL (1024 px), 30
-steps, CFG on, eager and torch.compiled, at batch 1, 4 and 8.
+steps, CFG on, eager and torch.compiled, at batch 1, 4 and 8; with --family, FLUX.1 [dev] (1024 px,
+28 steps) or [schnell] (4 steps): seconds per image and peak GPU memory, in bfloat16 and with its
+transformer stored in float8 (SDWEB_QUANTIZE=fp8), T5 on the GPU.
 
 The models are the families' full-size architectures (the configs shipped in
 generation/engine/configs) with random weights: they cost exactly what real ones cost. Each is
@@ -10,9 +12,12 @@ of importance until --budget seconds have passed.
 
 On a GPU machine, with that machine's own torch (never the project's pinned one):
     python bench/engine_gpu.py
-CPU smoke run of the same code:
+    python bench/engine_gpu.py --family flux-dev      (or flux-schnell)
+CPU smoke runs of the same code:
     .venv/bin/python bench/engine_gpu.py --device cpu --dtype float32 --families sd1 --sizes 256 --steps 2 \\
         --runs 1 --batches 1 2 --modes eager
+    .venv/bin/python bench/engine_gpu.py --family flux-schnell --device cpu --dtype bfloat16 --sizes 256 --steps 2 \\
+        --runs 1 --layers 1
 """
 
 import argparse
@@ -31,7 +36,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from generation.engine import GenerationRequest, PreviewSettings, generate, load_pipeline  # noqa: E402
 from generation.engine.batch import generate_batch  # noqa: E402
 from generation.engine.families import CONFIGS  # noqa: E402
-from generation.engine.loading import compile_unet  # noqa: E402
+from generation.engine.flux import fit_memory  # noqa: E402
+from generation.engine.loading import PIPELINES, LoadedModel, compile_unet  # noqa: E402
+from generation.engine.previews import fitted_latent_rgb  # noqa: E402
+from generation.engine.request import ModelRef  # noqa: E402
 from generation.engine.testmodel import _byte_level_tokenizer  # noqa: E402
 
 PROMPTS = ["a lighthouse on a cliff at dusk, oil painting", "a red fox in fresh snow", "portrait of a fisherman",
@@ -72,6 +80,73 @@ def build_sd15(folder: Path) -> None:
     build_random("sd1", folder, "cuda" if torch.cuda.is_available() else "cpu")
 
 
+def flux(args) -> None:
+    """FLUX.1 at full size, random weights, built in place on the device (a 24 GB file written and
+    read back would cost minutes of device time and measure the disk), put in the engine's
+    pipeline cache as a loaded file would be, and run through generate()."""
+    import diffusers
+    import transformers
+
+    configs, family = CONFIGS / args.family, args.family
+    dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32}[args.dtype]
+    tick = time.perf_counter()
+    with torch.device(args.device):
+        torch.set_default_dtype(dtype)  # random init straight in the run's precision
+        transformer_config = diffusers.FluxTransformer2DModel.load_config(configs / "transformer")
+        t5_config = transformers.T5Config.from_pretrained(configs / "text_encoder_2")
+        if args.layers:  # a smoke run: the real widths, fewer layers
+            transformer_config |= {"num_layers": args.layers, "num_single_layers": args.layers}
+            t5_config.num_layers = args.layers
+        parts = dict(transformer=diffusers.FluxTransformer2DModel.from_config(transformer_config),
+                     text_encoder_2=transformers.T5EncoderModel(t5_config),
+                     text_encoder=transformers.CLIPTextModel(transformers.CLIPTextConfig.from_pretrained(
+                         configs / "text_encoder")),
+                     vae=diffusers.AutoencoderKL.from_config(diffusers.AutoencoderKL.load_config(configs / "vae")),
+                     scheduler=diffusers.FlowMatchEulerDiscreteScheduler.from_pretrained(configs / "scheduler"),
+                     tokenizer=_byte_level_tokenizer(), tokenizer_2=_byte_level_tokenizer())  # ids only
+        torch.set_default_dtype(torch.float32)
+    pipe = diffusers.FluxPipeline(**parts)
+    pipe.set_progress_bar_config(disable=True)
+    ref = ModelRef(f"random {family}", family=family)
+    device = torch.device(args.device)
+    PIPELINES._models[PIPELINES.key(ref, device, dtype)] = LoadedModel(
+        pipe=pipe, name=family, hash="random", family=family, vae_config=str(configs), device=device, dtype=dtype,
+        size_bytes=0, load_seconds=0, latent_rgb=fitted_latent_rgb(pipe.vae))
+    print(f"{family}: built in {time.perf_counter() - tick:.1f} s", flush=True)
+    name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
+    size, steps = args.sizes[0], args.steps or (28 if family == "flux-dev" else 4)
+    rows = []
+    for quantize in ("none", "fp8"):
+        if quantize == "fp8":
+            fit_memory(pipe, dtype, "fp8")
+        if args.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+
+        def run(k) -> float:
+            request = GenerationRequest(prompt=PROMPTS[k % 4], model=ref, width=size, height=size, steps=steps,
+                                        scheduler="Euler", seed=k, guidance_scale=1)
+            if args.device.startswith("cuda"):
+                torch.cuda.synchronize()
+            tick = time.perf_counter()
+            generate(request, on_preview=lambda *a: None, preview=PreviewSettings(), device=args.device, dtype=dtype)
+            return time.perf_counter() - tick
+
+        warmup = run(0)
+        seconds = statistics.median(run(k) for k in range(1, args.runs + 1))
+        peak = torch.cuda.max_memory_allocated() / 2**30 if args.device.startswith("cuda") else float("nan")
+        rows.append(dict(family=family, quantize=quantize, size=size, steps=steps, s_per_image=seconds,
+                         first_run_s=warmup, peak_gib=peak))
+        print(f"  {family} {quantize}: {seconds:.3f} s/image, peak {peak:.1f} GiB (first run {warmup:.1f} s)",
+              flush=True)
+    print(f"\n{name}: {family} {size}px, {steps} steps, Euler, {args.dtype}, previews on, median of {args.runs} runs")
+    print(f"{'weights':10}{'s/image':>10}{'peak GiB':>10}{'first run s':>13}")
+    for r in rows:
+        print(f"{r['quantize']:10}{r['s_per_image']:>10.3f}{r['peak_gib']:>10.1f}{r['first_run_s']:>13.1f}")
+    if os.environ.get("OUT"):
+        Path(os.environ["OUT"], f"engine_gpu_{family}.json").write_text(json.dumps(dict(device=name, rows=rows)))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--device", default="cuda")
@@ -83,7 +158,14 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 4, 8])
     parser.add_argument("--modes", nargs="+", default=["eager", "compiled"])
     parser.add_argument("--budget", type=float, default=1e9, help="seconds: rows not started by then are skipped")
+    parser.add_argument("--family", choices=["flux-dev", "flux-schnell"], help="FLUX.1 instead (see above)")
+    parser.add_argument("--layers", type=int, default=0, help="FLUX.1 smoke runs: this many layers of each kind")
     args = parser.parse_args()
+    if args.family:
+        args.dtype = "bfloat16" if args.dtype == "float16" else args.dtype
+        args.sizes = args.sizes if args.sizes != [512, 1024] else [1024]
+        args.steps = args.steps if "--steps" in sys.argv else 0
+        return flux(args)
     deadline = time.monotonic() + args.budget
 
     models = {}

@@ -177,10 +177,12 @@ class PipelineCache:
         device = pick_device(device)
         dtype = pick_dtype(device, dtype)
         ref = model_ref(model)
-        key = (ref.source.strip(), ref.family, ref.config, ref.parts, str(device), str(dtype), self.quantize,
-               self.t5_device)
-        return self._cached(key, lambda: _load(dataclasses.replace(ref, source=key[0]), device, dtype,
-                                               self.quantize, self.t5_device))
+        return self._cached(self.key(ref, device, dtype), lambda: _load(
+            dataclasses.replace(ref, source=ref.source.strip()), device, dtype, self.quantize, self.t5_device))
+
+    def key(self, ref: ModelRef, device: torch.device, dtype: torch.dtype) -> tuple:
+        return (ref.source.strip(), ref.family, ref.config, ref.parts, str(device), str(dtype), self.quantize,
+                self.t5_device)
 
     def info(self) -> dict:
         return {
