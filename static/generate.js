@@ -74,7 +74,7 @@
       field(name).closest(".field").hidden = Boolean(flux);
     }
     field("distilled_guidance_scale").closest(".field").hidden = flux !== "flux-dev";
-    for (const id of ["start-image", "addons", "controlnet"]) if (document.getElementById(id)) document.getElementById(id).hidden = Boolean(flux);
+    for (const id of ["start-image", "controlnet"]) if (document.getElementById(id)) document.getElementById(id).hidden = Boolean(flux);
     for (const option of field("scheduler").options) option.hidden = Boolean(flux) && !option.value.startsWith("Euler");
     if (!flux) return;
     field("negative_prompt").value = "";

@@ -12,6 +12,7 @@ import torch
 from .controlmaps import MODULES
 from .esrgan import load_upscaler
 from .families import KOHYA_LORA_KEY, LYCORIS_KEY, read_header
+from .flux import lora_targets as flux_lora_targets
 from .ldm import unet_key_to_ldm
 from .pipelines import pipeline_for_run
 from .request import CONTROL_MODES, RESIZE_MODES, ControlUnit, JobError, LoraUse, ModelRef
@@ -136,25 +137,30 @@ def _load_controlnet(ref: ModelRef, device, dtype):
     return model.to(device, dtype).eval()
 
 
-def _lora_targets(pipe) -> dict[str, tuple[torch.nn.Module, bool]]:
-    """{every name a LoRA file may give a layer: (the module, is it in the UNet)}: Kohya's names
-    (diffusers numbering for SD 1.x, LDM numbering for SDXL) and PEFT's."""
-    targets = {}
-    unet = getattr(pipe.unet, "_orig_mod", pipe.unet)  # under torch.compile, the module it compiled
-    for name, module in unet.named_modules():
-        if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
-            ldm = unet_key_to_ldm(name, unet.config)
-            for alias in ("lora_unet_" + name.replace(".", "_"), "lora_unet_" + ldm.replace(".", "_"), "unet." + name):
-                targets[alias] = (module, True)
-    xl = getattr(pipe, "text_encoder_2", None) is not None
-    for prefix, peft, encoder in (("te1" if xl else "te", "text_encoder", pipe.text_encoder),
+def _lora_targets(pipe) -> dict[str, tuple[list, bool, bool]]:
+    """{every name a LoRA file may give a layer: ([(module, first row, end row)], is it in the
+    denoiser, are the halves of its rows swapped)}: Kohya's names (diffusers numbering for SD 1.x,
+    LDM numbering for SDXL, BFL's for FLUX.1, whose fused layers span several of ours) and PEFT's."""
+    if hasattr(pipe, "transformer"):  # FLUX.1
+        targets = {alias: (parts, True, swapped) for alias, (parts, swapped) in
+                   flux_lora_targets(getattr(pipe.transformer, "_orig_mod", pipe.transformer)).items()}
+    else:
+        targets = {}
+        unet = getattr(pipe.unet, "_orig_mod", pipe.unet)  # under torch.compile, the module it compiled
+        for name, module in unet.named_modules():
+            if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
+                ldm = unet_key_to_ldm(name, unet.config)
+                for alias in ("lora_unet_" + name.replace(".", "_"), "lora_unet_" + ldm.replace(".", "_"), "unet." + name):
+                    targets[alias] = ([(module, 0, module.weight.shape[0])], True, False)
+    two = getattr(pipe, "text_encoder_2", None) is not None
+    for prefix, peft, encoder in (("te1" if two else "te", "text_encoder", pipe.text_encoder),
                                   ("te2", "text_encoder_2", getattr(pipe, "text_encoder_2", None))):
         for name, module in encoder.named_modules() if encoder is not None else ():
             if isinstance(module, torch.nn.Linear):
                 plain = name.removeprefix("text_model.")
                 for alias in (f"lora_{prefix}_text_model_" + plain.replace(".", "_"), f"{peft}.{plain}",
                               f"{peft}.text_model.{plain}"):
-                    targets[alias] = (module, False)
+                    targets[alias] = ([(module, 0, module.weight.shape[0])], False, False)
     return targets
 
 
@@ -162,26 +168,33 @@ def _lora_targets(pipe) -> dict[str, tuple[torch.nn.Module, bool]]:
 def applied_loras(pipe, loras: list[tuple[LoadedAddon, LoraUse]]):
     """Merge each LoRA into the weights it changes (W += weight * alpha / rank * up @ down) for the
     body of the `with`, then copy the original weights back: the next run sees exactly the model
-    it would have seen without this one. Merged, a LoRA costs nothing per step."""
+    it would have seen without this one. Merged, a LoRA costs nothing per step. FLUX.1's saved
+    weights wait in the CPU's memory (they may be most of a 22 GB transformer)."""
     saved: dict[torch.nn.Module, torch.Tensor] = {}
+    aside = "cpu" if hasattr(pipe, "transformer") else None
     try:
         targets = _lora_targets(pipe) if loras else {}
         for lora, use in loras:
             matched = 0
             for base, (down, up, alpha) in lora.value.items():
-                module, in_unet = targets.get(base, (None, False))
-                if module is None:
+                parts, in_denoiser, swapped = targets.get(base, ([], False, False))
+                if not parts:
                     continue
                 matched += 1
-                weight = module.weight
-                if up.shape[0] * down[0].numel() != weight.numel():
+                rows, columns = parts[-1][2], parts[0][0].weight[0].numel()
+                if up.shape[0] != rows or down[0].numel() != columns:
                     raise JobError(f"LoRA {lora.name!r} doesn't fit this model (layer {base} has another shape): "
                                      "it is for another family")
-                if module not in saved:
-                    saved[module] = weight.detach().clone()
-                scale = (use.unet if in_unet else use.te) * (alpha / down.shape[0] if alpha else 1.0)
+                scale = (use.unet if in_denoiser else use.te) * (alpha / down.shape[0] if alpha else 1.0)
+                weight = parts[0][0].weight
                 delta = up.flatten(1).to(weight.device, torch.float32) @ down.flatten(1).to(weight.device, torch.float32)
-                weight.data += (scale * delta).reshape(weight.shape).to(weight.dtype)
+                if swapped:  # BFL's final modulation: (shift, scale) where diffusers has (scale, shift)
+                    delta = torch.cat(delta.chunk(2)[::-1])
+                for module, first, end in parts:
+                    if module not in saved:
+                        saved[module] = module.weight.detach().to(aside or module.weight.device, copy=True)
+                    merged = module.weight.float() + scale * delta[first:end].reshape(module.weight.shape)
+                    module.weight.data.copy_(merged.to(module.weight.dtype))
             if not matched:
                 raise JobError(f"LoRA {lora.name!r} changes no layer of this model: it is for another family")
         yield

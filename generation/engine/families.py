@@ -230,7 +230,7 @@ LYCORIS_KEY = re.compile(r"\.(hada_|lokr_|oft_|boft_|diff$|diff_b$|dora_scale$)"
 
 
 def addon_family(kind: str, path) -> str:
-    """The base family an add-on file is for ("sd1", "sd2", "sdxl"), from its tensor names and
+    """The base family an add-on file is for ("sd1", "sd2", "sdxl", "flux"), from its tensor names and
     shapes; ValueError naming what is wrong with a file that is not the kind it claims to be."""
     header = read_header(path)
     _check_tensors(header, Path(path).name)
@@ -240,6 +240,8 @@ def addon_family(kind: str, path) -> str:
             raise JobError(f"{Path(path).name} is not a LoRA: it has no lora_down/lora_up (or lora_A/lora_B) tensors"
                              + (" (LoHa/LoKr/OFT layers are not supported)" if any(LYCORIS_KEY.search(k) for k in keys)
                                 else ""))
+        if any(re.search(r"(double|single)_blocks|single_transformer_blocks", k) for k in keys):
+            return "flux"
         if any(k.startswith(("lora_te1_", "lora_te2_", "lora_unet_input_blocks", "lora_unet_output_blocks",
                              "text_encoder_2.")) for k in keys):
             return "sdxl"

@@ -161,6 +161,31 @@ _PART_FILES = {"text_encoder": "clip_l.safetensors", "text_encoder_2": "t5xxl_fp
                "vae": "ae.safetensors"}
 
 
+def lora_targets(transformer) -> dict:
+    """{every name a FLUX.1 LoRA file may give a layer: ([(module, first row, end row)], are the
+    halves of its rows swapped)}: BFL's layer names (Kohya's lora_unet_double_blocks_0_img_attn_qkv,
+    ComfyUI's diffusion_model.double_blocks.0.img_attn.qkv), whose fused layers span several of
+    ours, and diffusers' own (PEFT's transformer.transformer_blocks.0.attn.to_q)."""
+    import torch
+
+    modules, config = dict(transformer.named_modules()), transformer.config
+    targets = {}
+    for bfl, ours in _modules(config.num_layers, config.num_single_layers):
+        found = [modules.get(name) for name in ours]
+        if not all(isinstance(m, torch.nn.Linear) for m in found):
+            continue  # a norm, or guidance_in on [schnell]
+        parts, rows = [], 0
+        for module in found:
+            parts.append((module, rows, rows + module.weight.shape[0]))
+            rows += module.weight.shape[0]
+        for alias in ("lora_unet_" + bfl.replace(".", "_"), "diffusion_model." + bfl, bfl):
+            targets[alias] = (parts, bfl == _SWAPPED)
+        for name, module in zip(ours, found):
+            for alias in ("transformer." + name, "lora_transformer_" + name.replace(".", "_")):
+                targets[alias] = ([(module, 0, module.weight.shape[0])], False)
+    return targets
+
+
 def encode(pipe, prompt: str, max_tokens: int, device) -> dict:
     """T5's token embeddings and CLIP-L's pooled vector of `prompt`, on `device`; T5 runs where it
     lives (the CPU, where GPU memory is short: loading.PipelineCache.t5_device)."""

@@ -267,7 +267,6 @@ class GenerationRequest:
             ("init_image", self.mode != "txt2img", "can't be used: FLUX.1 makes images from text only, for now"),
             ("enable_hr", self.enable_hr, "(hires fix) is not offered for FLUX.1 yet"),
             ("refiner", self.refiner, "can't be used: FLUX.1 has no refiner"),
-            ("prompt", self.loras, "uses a LoRA: LoRAs for FLUX.1 are not supported yet"),
             ("controlnet", self.controlnets, "is not supported for FLUX.1 yet"),
             ("subseed_strength", self.subseed_strength, "must be 0: variation seeds are not offered for FLUX.1 yet"),
             ("prompt", self.scheduled, "uses prompt editing [from:to:when], not offered for FLUX.1 yet"),

@@ -365,3 +365,36 @@ def _tiny_t5_tokenizer():
     tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
     return T5TokenizerFast(tokenizer_object=tokenizer, extra_ids=0, pad_token="<pad>", eos_token="</s>",
                            unk_token="<unk>")
+
+
+def make_tiny_flux_loras(transformer, path, *, seed: int = 1) -> dict[str, Path]:
+    """One random LoRA for a tiny FLUX.1 transformer, written in the two layouts people trade:
+    "peft", diffusers' own layer names (lora_A/lora_B, as diffusers and ai-toolkit save them); and
+    "kohya", BFL's layer names (lora_down/lora_up/alpha, as sd-scripts trains them), each fused
+    layer holding its parts' LoRAs side by side. The two change the weights alike."""
+    import torch
+    from safetensors.torch import save_file
+
+    from .flux import _modules
+
+    torch.manual_seed(seed)
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    rank, modules, config = 2, dict(transformer.named_modules()), transformer.config
+    pairs = {}
+    for name, module in modules.items():
+        if isinstance(module, torch.nn.Linear) and "transformer_blocks." in name:
+            pairs[name] = (torch.randn(rank, module.in_features) * 0.3, torch.randn(module.out_features, rank) * 0.3)
+    peft = {f"transformer.{name}.lora_{part}.weight": tensor for name, (down, up) in pairs.items()
+            for part, tensor in (("A", down), ("B", up))}
+    kohya = {}
+    for bfl, ours in _modules(config.num_layers, config.num_single_layers):
+        if all(name in pairs for name in ours):
+            key = "lora_unet_" + bfl.replace(".", "_")
+            kohya[f"{key}.lora_down.weight"] = torch.cat([pairs[name][0] for name in ours])
+            kohya[f"{key}.lora_up.weight"] = torch.block_diag(*(pairs[name][1] for name in ours))
+            kohya[f"{key}.alpha"] = torch.tensor(float(rank * len(ours)))  # scale 1, as the parts' own
+    files = {"peft": path / "tiny-flux-lora-peft.safetensors", "kohya": path / "tiny-flux-lora-kohya.safetensors"}
+    save_file(peft, files["peft"])
+    save_file(kohya, files["kohya"])
+    return files

@@ -127,7 +127,7 @@ class AddOn(models.Model):
 
     LORA, EMBEDDING, CONTROLNET, UPSCALER = "lora", "embedding", "controlnet", "upscaler"
     KINDS = [(LORA, "LoRA"), (EMBEDDING, "Embedding"), (CONTROLNET, "ControlNet"), (UPSCALER, "Upscaler")]
-    BASE_FAMILIES = [("sd1", "SD 1.x"), ("sd2", "SD 2.x"), ("sdxl", "SDXL"), ("any", "any checkpoint")]
+    BASE_FAMILIES = [("sd1", "SD 1.x"), ("sd2", "SD 2.x"), ("sdxl", "SDXL"), ("flux", "FLUX.1"), ("any", "any checkpoint")]
 
     kind = models.CharField(max_length=12, choices=KINDS)
     name = models.CharField(max_length=100, help_text="As prompts name it: <lora:name:1>, or the embedding's word")

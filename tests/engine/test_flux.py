@@ -228,3 +228,22 @@ def test_fp8_storage_and_t5_on_the_cpu_still_make_the_image(tiny_flux):
     finally:
         PIPELINES.quantize, PIPELINES.t5_device = "none", ""
     assert stored.std() > 10 and np.abs(stored - plain).mean() < 12
+
+
+def test_a_flux_lora_in_kohyas_and_peft_layouts_changes_the_image_alike_and_is_taken_back(tiny_flux, tmp_path):
+    from diffusers import FluxPipeline
+
+    from generation.engine.families import addon_family
+    from generation.engine.request import LoraUse
+    from generation.engine.testmodel import make_tiny_flux_loras
+
+    files = tiny_flux["flux-dev"]
+    loras = make_tiny_flux_loras(FluxPipeline.from_pretrained(files["folder"]).transformer, tmp_path)
+    assert addon_family("lora", loras["kohya"]) == addon_family("lora", loras["peft"]) == "flux"
+    model = ref(files, "transformer")
+    plain = pixels(make(model)[0])
+    with_lora = {layout: pixels(make(model, loras=(LoraUse(ModelRef(str(file), name=layout, hash=layout), 0.8),))[0])
+                 for layout, file in loras.items()}
+    assert np.abs(with_lora["kohya"] - with_lora["peft"]).max() <= 2
+    assert np.abs(with_lora["kohya"] - plain).mean() > 5
+    assert np.array_equal(pixels(make(model)[0]), plain)  # the weights are back as they were

@@ -124,3 +124,23 @@ def test_the_models_scan_leaves_the_text_encoder_folder_alone(admin, flux, setti
     settings.SDWEB = {**settings.SDWEB, "MODELS_DIR": models, "TEXT_ENCODERS_DIR": models / "text_encoders"}
     found, skipped = checkpoints_scan()
     assert found == [] and skipped == {}
+
+
+def test_a_flux_lora_from_the_library_goes_into_the_job_and_an_sd_lora_is_refused(alice, flux, tiny_flux, tmp_path,
+                                                                                    addon_files):
+    from diffusers import FluxPipeline
+
+    from generation.engine.testmodel import make_tiny_flux_loras
+    from generation.library.addons import addon_register
+
+    transformer = FluxPipeline.from_pretrained(tiny_flux["flux-dev"]["folder"]).transformer
+    lora = addon_register(kind="lora", name="ink", source=str(make_tiny_flux_loras(transformer, tmp_path)["kohya"]))
+    addon_register(kind="lora", name="sd-style", source=str(addon_files["lora"]))
+    assert lora.get_family_display() == "FLUX.1"
+    params = {"checkpoint": flux["flux-dev"], "width": 256, "height": 256, "steps": 2, "guidance_scale": 7,
+              "scheduler": "Euler", "seed": 3, "num_images": 1}
+    parameters = run(job_submit(user=alice, params={"prompt": "a red house <lora:ink:0.8>", **params}))
+    assert parameters["Lora hashes"] == f"ink: {lora.sha256[:12]}"
+    with pytest.raises(Refused, match="is for SD 1.x") as refused:
+        job_submit(user=alice, params={"prompt": "a red house <lora:sd-style>", **params})
+    assert refused.value.field == "prompt"
