@@ -68,13 +68,13 @@
   }
   function syncFlux() {
     // FLUX.1 takes no negative prompt and runs no CFG; [dev] has its distilled guidance; it runs
-    // Euler (a), from text only.
+    // Euler (a), without ControlNet.
     const flux = checkpoint().flux;
     for (const name of ["negative_prompt", "guidance_scale", "clip_skip", "subseed", "subseed_strength"]) {
       field(name).closest(".field").hidden = Boolean(flux);
     }
     field("distilled_guidance_scale").closest(".field").hidden = flux !== "flux-dev";
-    for (const id of ["start-image", "controlnet"]) if (document.getElementById(id)) document.getElementById(id).hidden = Boolean(flux);
+    if (document.getElementById("controlnet")) document.getElementById("controlnet").hidden = Boolean(flux);
     for (const option of field("scheduler").options) option.hidden = Boolean(flux) && !option.value.startsWith("Euler");
     if (!flux) return;
     field("negative_prompt").value = "";

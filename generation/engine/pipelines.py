@@ -15,6 +15,9 @@ PIPELINE_CLASSES = {  # (SDXL?, task) -> diffusers class name
 }
 
 
+FLUX_PIPELINES = {"txt2img": "FluxPipeline", "img2img": "FluxImg2ImgPipeline", "inpaint": "FluxInpaintPipeline"}
+
+
 def pipeline_for_run(base, scheduler_name: str, seeds: list[int], task: str = "txt2img", *,
                      per_sample_guidance: bool = False, **extra):
     """The cached pipeline's modules, as the pipeline for `task` (txt2img, img2img, inpaint,
@@ -24,8 +27,8 @@ def pipeline_for_run(base, scheduler_name: str, seeds: list[int], task: str = "t
 
     components = {**base.components, **extra,
                   "scheduler": make_scheduler(scheduler_name, base.scheduler.config, seeds)}
-    if isinstance(base, diffusers.FluxPipeline):  # FLUX.1 makes images from text only, here
-        pipe = diffusers.FluxPipeline(**components)
+    if isinstance(base, diffusers.FluxPipeline):
+        pipe = getattr(diffusers, FLUX_PIPELINES[task])(**components)
         pipe.set_progress_bar_config(disable=True)
         return pipe
     xl = "text_encoder_2" in components

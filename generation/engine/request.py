@@ -264,7 +264,8 @@ class GenerationRequest:
         (its latents are packed 2x2); ValueError naming the field."""
         unsupported = [
             ("negative_prompt", self.negative_prompt.strip(), "must be empty: FLUX.1 takes no negative prompt"),
-            ("init_image", self.mode != "txt2img", "can't be used: FLUX.1 makes images from text only, for now"),
+            ("inpainting_fill", self.mode == "inpaint" and self.inpainting_fill > 1,
+             "must be 0 (fill) or 1 (original) for FLUX.1"),
             ("enable_hr", self.enable_hr, "(hires fix) is not offered for FLUX.1 yet"),
             ("refiner", self.refiner, "can't be used: FLUX.1 has no refiner"),
             ("controlnet", self.controlnets, "is not supported for FLUX.1 yet"),

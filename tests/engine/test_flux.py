@@ -26,12 +26,13 @@ def ref(files, layout: str) -> ModelRef:
     return ModelRef(str(files[layout]), config=str(files["config"]), parts=parts(files))
 
 
-def make(model, **fields):
+def make(model, marked=True, **fields):
     previews = []
     request = GenerationRequest(**{"prompt": "a photo of a (red:1.2) house", "model": model, "width": 256,
                                    "height": 256, "steps": 4, "seed": 7, "scheduler": "Euler", **fields})
     result = generate(request, on_preview=lambda step, total, image: previews.append((step, total, image)),
-                      preview=PreviewSettings(min_interval=0), watermark_payloads=[bytes(8)] * request.num_images)
+                      preview=PreviewSettings(min_interval=0),
+                      watermark_payloads=[bytes(8)] * request.num_images if marked else None)
     return result, previews
 
 
@@ -247,3 +248,22 @@ def test_a_flux_lora_in_kohyas_and_peft_layouts_changes_the_image_alike_and_is_t
     assert np.abs(with_lora["kohya"] - with_lora["peft"]).max() <= 2
     assert np.abs(with_lora["kohya"] - plain).mean() > 5
     assert np.array_equal(pixels(make(model)[0]), plain)  # the weights are back as they were
+
+
+def test_flux_starts_from_a_picture_and_repaints_only_under_the_mask(tiny_flux):
+    from PIL import Image
+
+    model = ref(tiny_flux["flux-dev"], "transformer")
+    start = Image.effect_noise((256, 256), 60).convert("RGB")
+    mask = Image.new("L", (256, 256), 0)
+    mask.paste(255, (64, 64, 192, 192))
+    changed, previews = make(model, init_image=start, denoising_strength=0.5)
+    assert [step for step, _, _ in previews] == [1, 2] and "Denoising strength: 0.5" in changed.parameters(0)
+    painted = pixels(make(model, marked=False, init_image=start, mask=mask, mask_blur=0)[0])
+    outside, inside = np.ones((256, 256), bool), np.zeros((256, 256), bool)
+    outside[48:208, 48:208], inside[80:176, 80:176] = False, True
+    original = np.asarray(start).astype(int)
+    assert np.abs(painted - original)[outside].max() <= 2  # pasted back through the mask
+    assert np.abs(painted - original)[inside].mean() > 10
+    with pytest.raises(ValueError, match="inpainting_fill must be 0 \\(fill\\) or 1 \\(original\\) for FLUX.1"):
+        make(model, init_image=start, mask=mask, inpainting_fill=2)
