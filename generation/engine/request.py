@@ -101,12 +101,12 @@ def batch_key(request: "GenerationRequest") -> tuple | None:
     users' copies of one LoRA are one file. Prompts, negative prompts, seeds, CFG scale,
     embeddings and the image count may differ. The claim (Job.batch_key) and the engine both ask
     this one function."""
+    flux = model_ref(request.model).family.startswith("flux")  # no CFG: one distilled guidance for the run
     if request.mode != "txt2img" or request.enable_hr or request.refiner or request.controlnets or (
-            request.guidance_scale <= 1) or request.subseed_strength or request.scheduled or (
-            model_ref(request.model).family.startswith("flux")):  # FLUX.1 runs alone, for now
+            request.guidance_scale <= 1 and not flux) or request.subseed_strength or request.scheduled:
         return None
     return (_file(request.model), request.vae and _file(request.vae), request.width, request.height, request.steps,
-            scheduler_spec(request.scheduler).name, request.clip_skip,
+            scheduler_spec(request.scheduler).name, request.distilled_guidance_scale if flux else request.clip_skip,
             tuple((_file(use.ref), use.unet, use.te) for use in request.loras))
 
 

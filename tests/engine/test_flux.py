@@ -267,3 +267,25 @@ def test_flux_starts_from_a_picture_and_repaints_only_under_the_mask(tiny_flux):
     assert np.abs(painted - original)[inside].mean() > 10
     with pytest.raises(ValueError, match="inpainting_fill must be 0 \\(fill\\) or 1 \\(original\\) for FLUX.1"):
         make(model, init_image=start, mask=mask, inpainting_fill=2)
+
+
+def test_flux_jobs_of_different_users_batched_make_their_images_alone(tiny_flux):
+    """Two users' FLUX.1 jobs denoised as one run: each gets what it would have had alone."""
+    from generation.engine.batch import generate_batch
+    from generation.engine.request import batch_key
+
+    model = ModelRef(str(tiny_flux["flux-dev"]["transformer"]), family="flux-dev",
+                     config=str(tiny_flux["flux-dev"]["config"]), parts=parts(tiny_flux["flux-dev"]))
+    requests = [GenerationRequest(prompt=prompt, model=model, width=256, height=256, steps=3, seed=seed,
+                                  scheduler="Euler a", num_images=count)
+                for prompt, seed, count in (("a red house", 5, 2), ("a blue sky over the sea", 9, 1))]
+    assert batch_key(requests[0]) == batch_key(requests[1]) is not None
+    assert batch_key(requests[0]) != batch_key(GenerationRequest(prompt="x", model=model, width=256, height=256,
+                                                                 steps=3, scheduler="Euler a",
+                                                                 distilled_guidance_scale=2))
+    together = generate_batch(requests, watermark_payloads=[[bytes(8)] * r.num_images for r in requests])
+    for request, result in zip(requests, together):
+        alone = generate(request, watermark_payloads=[bytes(8)] * request.num_images)
+        assert result.batch_size == 2 and len(result.images) == request.num_images
+        for k in range(request.num_images):
+            assert np.abs(pixels(result, k) - pixels(alone, k)).max() <= 2

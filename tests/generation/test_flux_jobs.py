@@ -144,3 +144,21 @@ def test_a_flux_lora_from_the_library_goes_into_the_job_and_an_sd_lora_is_refuse
     with pytest.raises(Refused, match="is for SD 1.x") as refused:
         job_submit(user=alice, params={"prompt": "a red house <lora:sd-style>", **params})
     assert refused.value.field == "prompt"
+
+
+def test_two_users_flux_jobs_share_a_run_unless_their_guidance_differs(alice, carol, flux):
+    from generation.jobs import worker
+    from generation.jobs.queue import jobs_claim
+
+    def submit(user, **fields):
+        return job_submit(user=user, params={"prompt": "a red house", "checkpoint": flux["flux-dev"], "width": 256,
+                                             "height": 256, "steps": 2, "guidance_scale": 7, "scheduler": "Euler",
+                                             "seed": 3, "num_images": 1, **fields})
+
+    jobs = [submit(alice), submit(carol, prompt="a blue sky"), submit(carol, distilled_guidance_scale=2)]
+    batch = jobs_claim(worker="w", images=8)
+    assert {job.pk for job in batch} == {jobs[0].pk, jobs[1].pk}
+    worker.jobs_run(batch)
+    for job in jobs[:2]:
+        job.refresh_from_db()
+        assert (job.status, job.batch_size) == ("succeeded", 2), job.error
