@@ -71,8 +71,11 @@ def family_config(family: str) -> Path:
 
 def read_header(path) -> dict:
     """The tensor table of a .safetensors file, {name: {"dtype", "shape", "data_offsets"}}, checked
-    against the file's size; ValueError for anything that is not a whole safetensors file."""
+    against the file's size; ValueError for anything that is not a whole safetensors file. A .gguf
+    file's: {name: {"dtype", "shape"}}."""
     path = Path(path)
+    if path.suffix.lower() == ".gguf":
+        return _gguf_header(path)
     size = path.stat().st_size
     with open(path, "rb") as file:
         head = file.read(8)
@@ -106,6 +109,20 @@ def read_header(path) -> dict:
         raise JobError(f"{path.name} is truncated or damaged: its header describes {8 + length + end} bytes, "
                          f"the file has {size}")
     return header
+
+
+def _gguf_header(path: Path) -> dict:
+    """A GGUF file's tensors (names, quantization type, shapes in torch's order), read from its
+    header without loading a weight."""
+    from gguf import GGUFReader
+
+    try:
+        tensors = GGUFReader(path).tensors
+    except (ValueError, KeyError, IndexError, OSError):
+        raise JobError(f"{path.name} is not a GGUF file (or it is truncated)") from None
+    if len(tensors) > _MAX_TENSORS:
+        raise JobError(f"{path.name} has {len(tensors)} tensors; at most {_MAX_TENSORS} are accepted")
+    return {t.name: {"dtype": t.tensor_type.name, "shape": [int(side) for side in reversed(t.shape)]} for t in tensors}
 
 
 def detect_family(header: dict, *, v_prediction: bool = False) -> str:

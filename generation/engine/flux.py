@@ -5,6 +5,7 @@ straight into the model's memory (a whole FLUX file is 17-34 GB; it is never rea
 The transformer's names: BFL's layout <-> diffusers', one table read both ways (the tests write
 their tiny models with it; diffusers' own converter assumes the full-size width)."""
 
+import functools
 import json
 from pathlib import Path
 
@@ -140,8 +141,16 @@ def load_flux(path: Path, parts: dict, config: Path, dtype):
                            f"(the text-encoder folder needs {_PART_FILES[part]})")
         sources[part] = (Path(parts[part]), "")
 
+    if path.suffix.lower() == ".gguf":  # quantized blocks, widened layer by layer as they run
+        from diffusers.models.model_loading_utils import load_gguf_checkpoint
+        from diffusers.quantizers.gguf.utils import _replace_with_gguf_linear
+
+        state = to_diffusers(load_gguf_checkpoint(str(path)))
+        quantized = functools.partial(_replace_with_gguf_linear, compute_dtype=dtype, state_dict=state)
+    else:
+        state, quantized = to_diffusers(_tensors(*sources["transformer"])), None
     transformer = _built(lambda: FluxTransformer2DModel.from_config(FluxTransformer2DModel.load_config(
-        config / "transformer")), to_diffusers(_tensors(*sources["transformer"])), dtype)
+        config / "transformer")), state, dtype, quantized)
     vae_config = AutoencoderKL.load_config(config / "vae")
     vae = _built(lambda: AutoencoderKL.from_config(vae_config),
                  convert_ldm_vae_checkpoint(_tensors(*sources["vae"]), vae_config), dtype)
@@ -231,20 +240,26 @@ def _tensors(path: Path, prefix: str) -> dict:
         return {name[len(prefix):]: file.get_tensor(name) for name in file.keys() if name.startswith(prefix)}
 
 
-def _built(make, state: dict, dtype):
+def _built(make, state: dict, dtype, quantized=None):
     """The module `make()` builds, with exactly `state`'s weights (HF text encoders' files may carry a few
-    extras: position ids, a projection FLUX doesn't use, a tied copy of the embeddings)."""
+    extras: position ids, a projection FLUX doesn't use, a tied copy of the embeddings). `quantized`
+    swaps in the layers that take GGUF's quantized blocks, which are kept as they are."""
     from accelerate import init_empty_weights
 
     with init_empty_weights():  # parameters on the meta device, buffers real
         model = make()
+        if quantized:
+            quantized(model)
     own = model.state_dict()
     if not any(k.startswith("text_model.") for k in own):  # transformers >= 5.6 dropped CLIP's prefix
         state = {k.removeprefix("text_model."): v for k, v in state.items()}
-    state = {k: v.to(dtype) for k, v in state.items() if k in own}
+    state = {k: v if hasattr(v, "quant_type") else v.to(dtype) for k, v in state.items() if k in own}
     missing = [k for k in own if k not in state and not k.endswith("position_ids") and k != "encoder.embed_tokens.weight"]
     if missing:
         raise JobError(f"the {type(model).__name__} weights lack {len(missing)} tensors, e.g. {missing[0][:80]!r}")
+    for name in [k for k, v in state.items() if hasattr(v, "quant_type")]:  # (their shape is in bytes)
+        module, _, attribute = name.rpartition(".")
+        model.get_submodule(module)._parameters[attribute] = state.pop(name)
     model.load_state_dict(state, strict=False, assign=True)
     if "shared.weight" in own:  # T5: the encoder's embeddings are the shared ones
         model.encoder.embed_tokens = model.shared

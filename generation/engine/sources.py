@@ -15,7 +15,7 @@ _HUB_IGNORE = ["*.fp16.*", "*non_ema*", "*.ckpt", "*.bin", "safety_checker/*"]
 
 
 def resolve_source(source: str) -> Path:
-    """Where `source` is: a .safetensors file, a diffusers folder on disk, or a hub id (downloaded);
+    """Where `source` is: a .safetensors (or FLUX.1 .gguf) file, a diffusers folder on disk, or a hub id (downloaded);
     JobError names it without the folders around it."""
     source = str(source).strip()
     path = Path(source).expanduser()
@@ -24,7 +24,7 @@ def resolve_source(source: str) -> Path:
             f"model {path.name!r} is a pickle checkpoint ({path.suffix}); sdweb never loads those because "
             "unpickling can run arbitrary code. Convert it to a diffusers folder with safetensors weights."
         )
-    if path.suffix.lower() == ".safetensors":
+    if path.suffix.lower() in (".safetensors", ".gguf"):
         if not path.is_file():
             raise JobError(f"model file {path.name!r} does not exist")
         return path

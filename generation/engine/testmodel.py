@@ -398,3 +398,28 @@ def make_tiny_flux_loras(transformer, path, *, seed: int = 1) -> dict[str, Path]
     save_file(peft, files["peft"])
     save_file(kohya, files["kohya"])
     return files
+
+
+def write_gguf(state: dict, path, quantization: str = "Q8_0") -> Path:
+    """A state dict as a GGUF file, as people quantize FLUX.1 (city96's layout): each 2-D weight
+    whose rows fit the blocks in `quantization` (Q8_0, Q5_1, Q5_0, Q4_1, Q4_0: those gguf can
+    write), everything else in float32."""
+    import numpy as np
+    from gguf import GGMLQuantizationType, GGUFWriter
+    from gguf.constants import GGML_QUANT_SIZES
+    from gguf.quants import quantize
+
+    kind = GGMLQuantizationType[quantization]
+    writer = GGUFWriter(str(path), "flux")
+    for name, tensor in state.items():
+        array = tensor.float().numpy()
+        if array.ndim == 2 and array.shape[1] % GGML_QUANT_SIZES[kind][0] == 0:
+            blocks = quantize(array, kind)
+            writer.add_tensor(name, blocks, raw_shape=blocks.shape, raw_dtype=kind)
+        else:
+            writer.add_tensor(name, np.ascontiguousarray(array))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return Path(path)

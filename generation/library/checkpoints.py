@@ -106,7 +106,7 @@ def checkpoints_scan(*, staff=None, progress_for=None) -> tuple[list, dict[str, 
     found, skipped = [], {}
     root = Path(settings.SDWEB["MODELS_DIR"])
     addon_folders = [Path(settings.SDWEB[s]).resolve() for s in (*FOLDERS.values(), "TEXT_ENCODERS_DIR")]
-    for path in sorted(root.rglob("*.safetensors")):
+    for path in sorted([*root.rglob("*.safetensors"), *root.rglob("*.gguf")]):
         inside = path.relative_to(root).parents
         if any(part.startswith(".") for part in path.relative_to(root).parts) or any(
                 (root / folder / "model_index.json").is_file() for folder in inside) or any(

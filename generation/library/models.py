@@ -116,7 +116,7 @@ class Checkpoint(models.Model):
         return self.family.startswith("sdxl")
 
     def model_ref(self) -> ModelRef:
-        single, flux = self.source.lower().endswith(".safetensors"), self.family.startswith("flux")
+        single, flux = self.source.lower().endswith((".safetensors", ".gguf")), self.family.startswith("flux")
         return ModelRef(self.source, family=self.family if single or flux else "", config=self.config, name=self.name,
                         hash=self.short_hash, parts=flux_parts(self.default_vae) if single and flux else ())
 

@@ -162,3 +162,24 @@ def test_two_users_flux_jobs_share_a_run_unless_their_guidance_differs(alice, ca
     for job in jobs[:2]:
         job.refresh_from_db()
         assert (job.status, job.batch_size) == ("succeeded", 2), job.error
+
+
+def test_a_gguf_flux_file_found_by_the_scan_makes_a_job(alice, flux, tiny_flux, settings, tmp_path):
+    from safetensors.torch import load_file
+
+    from generation.engine.testmodel import write_gguf
+    from generation.library.checkpoints import checkpoint_register, checkpoints_scan
+
+    models = tmp_path / "models"
+    models.mkdir()
+    write_gguf(load_file(tiny_flux["flux-schnell"]["transformer"]), models / "flux1-schnell-Q8_0.gguf")
+    settings.SDWEB = {**settings.SDWEB, "MODELS_DIR": models}
+    (found,), skipped = checkpoints_scan()
+    assert (found.name, found.family, skipped) == ("flux1-schnell-Q8_0", "flux-schnell", {})
+    found = checkpoint_register(name=found.name, source=found.source, config=str(tiny_flux["flux-schnell"]["config"]))
+    found.default_vae = flux["flux-dev"].default_vae
+    found.save()
+    parameters = run(job_submit(user=alice, params={"prompt": "a red house", "checkpoint": found, "width": 256,
+                                                    "height": 256, "steps": 2, "guidance_scale": 7,
+                                                    "scheduler": "Euler", "seed": 3, "num_images": 1}))
+    assert parameters["model"] == "flux1-schnell-Q8_0" and parameters["model_hash"] == found.short_hash
