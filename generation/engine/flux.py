@@ -119,10 +119,12 @@ def missing_parts(header: dict) -> list[str]:
             if part != "transformer" and not any(k.startswith(prefix) for k in header)]
 
 
-def load_flux(path: Path, parts: dict, config: Path, dtype):
+def load_flux(path: Path, parts: dict, config: Path, dtype, shared: dict | None = None):
     """A FluxPipeline from a FLUX file (`parts` names the files of what it lacks: text_encoder,
     text_encoder_2, vae, and tokenizer_2, a folder holding T5's tokenizer), each module made on the
-    meta device and given its tensors in `dtype`: nothing is initialised or held twice."""
+    meta device and given its tensors in `dtype`: nothing is initialised or held twice. A part read
+    from a file of its own is taken from `shared` ({part_key: module}: another FLUX model's) when it
+    is there. Returns the pipeline and {part_key: module} of the parts it read from such files."""
     import diffusers
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
     from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
@@ -152,17 +154,33 @@ def load_flux(path: Path, parts: dict, config: Path, dtype):
     transformer = _built(lambda: FluxTransformer2DModel.from_config(FluxTransformer2DModel.load_config(
         config / "transformer")), state, dtype, quantized)
     vae_config = AutoencoderKL.load_config(config / "vae")
-    vae = _built(lambda: AutoencoderKL.from_config(vae_config),
-                 convert_ldm_vae_checkpoint(_tensors(*sources["vae"]), vae_config), dtype)
-    clip = _built(lambda: CLIPTextModel(CLIPTextConfig.from_pretrained(config / "text_encoder")),
-                  _tensors(*sources["text_encoder"]), dtype)
-    t5 = _built(lambda: T5EncoderModel(T5Config.from_pretrained(config / "text_encoder_2")),
-                _tensors(*sources["text_encoder_2"]), dtype)
+    makers = {
+        "vae": lambda: _built(lambda: AutoencoderKL.from_config(vae_config),
+                              convert_ldm_vae_checkpoint(_tensors(*sources["vae"]), vae_config), dtype),
+        "text_encoder": lambda: _built(lambda: CLIPTextModel(CLIPTextConfig.from_pretrained(config / "text_encoder")),
+                                       _tensors(*sources["text_encoder"]), dtype),
+        "text_encoder_2": lambda: _built(lambda: T5EncoderModel(T5Config.from_pretrained(config / "text_encoder_2")),
+                                         _tensors(*sources["text_encoder_2"]), dtype)}
+    modules, own_files = {}, {}
+    for part, make in makers.items():
+        file, prefix = sources[part]
+        key = part_key(part, file, config, dtype) if file != path else None
+        modules[part] = (shared or {}).get(key) or make()
+        if key:
+            own_files[key] = modules[part]
     scheduler = FlowMatchEulerDiscreteScheduler.from_config(
         FlowMatchEulerDiscreteScheduler.load_config(config / "scheduler"))
-    return diffusers.FluxPipeline(transformer=transformer, vae=vae, text_encoder=clip, text_encoder_2=t5,
-                                  tokenizer=clip_tokenizer(), tokenizer_2=t5_tokenizer(parts.get("tokenizer_2")),
-                                  scheduler=scheduler)
+    pipe = diffusers.FluxPipeline(transformer=transformer, **modules, tokenizer=clip_tokenizer(),
+                                  tokenizer_2=t5_tokenizer(parts.get("tokenizer_2")), scheduler=scheduler)
+    return pipe, own_files
+
+
+def part_key(part: str, file: Path, config: Path, dtype) -> tuple:
+    """What makes two FLUX models' text encoder (or VAE) the same module: its file (by content:
+    size and mtime), its config, its precision."""
+    stat = Path(file).stat()
+    config = json.loads((Path(config) / part / "config.json").read_text())
+    return part, str(Path(file).resolve()), stat.st_size, stat.st_mtime, json.dumps(config, sort_keys=True), str(dtype)
 
 
 _PART_NAMES = {"text_encoder": "CLIP-L text encoder", "text_encoder_2": "T5-XXL text encoder", "vae": "VAE"}

@@ -30,6 +30,7 @@ class LoadedModel:
     size_bytes: int
     load_seconds: float
     latent_rgb: tuple | None = None  # fitted preview factors (previews.fitted_latent_rgb) where none are published
+    parts: dict = dataclasses.field(default_factory=dict)  # FLUX.1: {flux.part_key: module} it may share
 
     @property
     def xl(self) -> bool:
@@ -63,12 +64,17 @@ def plainly(error: Exception) -> str:
     return str(error) if isinstance(error, JobError) else "its weights don't fit its family's layout (staff see the details)"
 
 
-def _load(ref: ModelRef, device: torch.device, dtype: torch.dtype, quantize: str = "", t5_device: str = "") -> LoadedModel:
+def _load(ref: ModelRef, device: torch.device, dtype: torch.dtype, quantize: str = "", t5_device: str = "",
+          shared: dict | None = None) -> LoadedModel:
     started = time.perf_counter()
     path = resolve_source(ref.source)
     name = ref.name or model_name(path, ref.source)
+    parts = {}
     try:
-        pipe, family = _load_single_file(path, ref, dtype) if path.is_file() else _load_folder(path, dtype)
+        if path.is_file():
+            pipe, family, parts = _load_single_file(path, ref, dtype, shared)
+        else:
+            pipe, family = _load_folder(path, dtype)
         vae_config = str(Path(ref.config).resolve() if ref.config else family_config(family)) if path.is_file() else str(path)
     except (OSError, ValueError, KeyError, RuntimeError) as error:
         raise JobError(f"model {name!r} could not be loaded: {plainly(error)}") from error
@@ -84,13 +90,18 @@ def _load(ref: ModelRef, device: torch.device, dtype: torch.dtype, quantize: str
         for module in (pipe.unet, pipe.vae):
             module.to(memory_format=torch.channels_last)
     pipe.set_progress_bar_config(disable=True)
-    modules = [m for m in pipe.components.values() if isinstance(m, torch.nn.Module)]  # T5 on the CPU is not counted
-    size = sum(p.numel() * p.element_size() for m in modules for p in m.parameters() if p.device.type == device.type)
+    own = [m for m in pipe.components.values() if isinstance(m, torch.nn.Module) and m not in parts.values()]
+    size = sum(module_bytes(m, device) for m in own)  # shared parts are counted once, by the cache
     return LoadedModel(
         pipe=pipe, name=name, hash=ref.hash or model_hash(path), family=family, vae_config=vae_config,
         device=device, dtype=dtype, size_bytes=size, load_seconds=time.perf_counter() - started,
-        latent_rgb=fitted_latent_rgb(pipe.vae) if family.startswith("flux") else None,
+        latent_rgb=fitted_latent_rgb(pipe.vae) if family.startswith("flux") else None, parts=parts,
     )
+
+
+def module_bytes(module: torch.nn.Module, device: torch.device) -> int:
+    """The bytes of `module`'s weights on `device`'s kind of memory (T5 kept on the CPU costs no GPU memory)."""
+    return sum(p.numel() * p.element_size() for p in module.parameters() if p.device.type == device.type)
 
 
 def _load_vae(ref: ModelRef, model: LoadedModel, dtype: torch.dtype) -> LoadedModel:
@@ -133,7 +144,7 @@ def _load_folder(folder: Path, dtype: torch.dtype):
     return pipe, "sdxl" if kind == "StableDiffusionXLPipeline" else "sd"
 
 
-def _load_single_file(path: Path, ref: ModelRef, dtype: torch.dtype):
+def _load_single_file(path: Path, ref: ModelRef, dtype: torch.dtype, shared: dict | None = None):
     """An LDM-layout .safetensors with the diffusers configs of its family, never the network:
     `config` must be an existing folder, or diffusers takes it as a hub id."""
     import diffusers
@@ -144,7 +155,8 @@ def _load_single_file(path: Path, ref: ModelRef, dtype: torch.dtype):
     if not (config / "model_index.json").is_file():
         raise JobError(f"the config folder of {family} has no model_index.json")
     if spec.flux:
-        return load_flux(path, dict(ref.parts), config, _flux_dtype(dtype)), family
+        pipe, parts = load_flux(path, dict(ref.parts), config, _flux_dtype(dtype), shared)
+        return pipe, family, parts
     index = json.loads((config / "model_index.json").read_text())
     extra = {"add_watermarker": False} if spec.xl else {"safety_checker": None, "feature_extractor": None,
                                                          "requires_safety_checker": False}
@@ -154,7 +166,7 @@ def _load_single_file(path: Path, ref: ModelRef, dtype: torch.dtype):
         extra["tokenizer_2"] = clip_tokenizer("!")
     pipe = getattr(diffusers, spec.pipeline).from_single_file(
         str(path), config=str(config), local_files_only=True, torch_dtype=dtype, **extra)
-    return pipe, family
+    return pipe, family, {}
 
 
 def _flux_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -177,8 +189,10 @@ class PipelineCache:
         device = pick_device(device)
         dtype = pick_dtype(device, dtype)
         ref = model_ref(model)
+        shared = {key: module for loaded in list(self._models.values()) if getattr(loaded, "device", None) == device
+                  for key, module in getattr(loaded, "parts", {}).items()}  # FLUX.1's text encoders and VAE
         return self._cached(self.key(ref, device, dtype), lambda: _load(
-            dataclasses.replace(ref, source=ref.source.strip()), device, dtype, self.quantize, self.t5_device))
+            dataclasses.replace(ref, source=ref.source.strip()), device, dtype, self.quantize, self.t5_device, shared))
 
     def key(self, ref: ModelRef, device: torch.device, dtype: torch.dtype) -> tuple:
         return (ref.source.strip(), ref.family, ref.config, ref.parts, str(device), str(dtype), self.quantize,
@@ -188,7 +202,7 @@ class PipelineCache:
         return {
             "hits": self.hits, "misses": self.misses, "load_seconds": round(self.load_seconds, 3),
             "resident": [m.name for m in self._models.values()],
-            "resident_bytes": sum(m.size_bytes for m in self._models.values()),
+            "resident_bytes": self.resident_bytes(),
             "budget_bytes": self.budget_bytes,
         }
 
@@ -224,12 +238,18 @@ class PipelineCache:
             if device is not None and device.type == "cuda":  # leave 40% of the card to a batch's activations
                 budget = min(budget, int(0.6 * torch.cuda.get_device_properties(device).total_memory))
             evicted = False
-            while len(self._models) > 1 and sum(m.size_bytes for m in self._models.values()) > budget:
+            while len(self._models) > 1 and self.resident_bytes() > budget:
                 self._models.popitem(last=False)
                 evicted = True
             if evicted and torch.cuda.is_available():
                 torch.cuda.empty_cache()
             return loaded
+
+    def resident_bytes(self) -> int:
+        """Bytes of everything resident, each module shared by several models (FLUX.1's T5) once."""
+        parts = {id(module): module_bytes(module, loaded.device) for loaded in self._models.values()
+                 for module in getattr(loaded, "parts", {}).values()}
+        return sum(m.size_bytes for m in self._models.values()) + sum(parts.values())
 
     def resident_sources(self) -> list[str]:
         return [key[0] for key in list(self._models) if key[0] not in ("vae", "lora", "embedding", "controlnet", "upscaler")]

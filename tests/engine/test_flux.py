@@ -309,3 +309,20 @@ def test_a_gguf_transformer_makes_the_image_of_its_weights(tiny_flux, tmp_path, 
     assert len(previews) == 4 and quantized.std() > 10
     error = np.abs(quantized - pixels(make(ref(files, "transformer"))[0])).mean()
     assert error < {"Q8_0": 1, "Q5_1": 4, "Q4_0": 8}[quantization]  # measured 0.15, 1.1, 2.4
+
+
+def test_two_flux_models_share_their_text_encoders_and_vae_counted_once(tiny_flux):
+    from generation.engine.loading import PipelineCache, module_bytes
+
+    cache = PipelineCache(budget_bytes=2**30)
+    dev = cache.get(ref(tiny_flux["flux-dev"], "transformer"))
+    schnell = cache.get(ref(tiny_flux["flux-schnell"], "transformer"))
+    for part in ("text_encoder", "text_encoder_2", "vae"):
+        assert getattr(dev.pipe, part) is getattr(schnell.pipe, part)
+    assert dev.pipe.transformer is not schnell.pipe.transformer
+    shared = sum(module_bytes(getattr(dev.pipe, part), dev.device) for part in ("text_encoder", "text_encoder_2", "vae"))
+    whole = sum(module_bytes(m, dev.device) for m in dev.pipe.components.values() if isinstance(m, torch.nn.Module))
+    assert cache.resident_bytes() == whole + module_bytes(schnell.pipe.transformer, dev.device)
+    assert cache.resident_bytes() == dev.size_bytes + schnell.size_bytes + shared
+    whole_file = cache.get(ref(tiny_flux["flux-dev"], "file"))  # its own parts, read from inside it
+    assert whole_file.pipe.text_encoder_2 is not dev.pipe.text_encoder_2 and whole_file.parts == {}
