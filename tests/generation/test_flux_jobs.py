@@ -183,3 +183,25 @@ def test_a_gguf_flux_file_found_by_the_scan_makes_a_job(alice, flux, tiny_flux, 
                                                     "height": 256, "steps": 2, "guidance_scale": 7,
                                                     "scheduler": "Euler", "seed": 3, "num_images": 1}))
     assert parameters["model"] == "flux1-schnell-Q8_0" and parameters["model_hash"] == found.short_hash
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_openai_dialect_makes_a_flux_image_and_names_size_when_flux_cant_take_it(alice, flux, worker):
+    from django.test import Client
+
+    from sdweb.shared.api_keys import api_key_create
+
+    key = api_key_create(user=alice, name="openai")[1]
+
+    def post(**body):
+        return Client().post("/v1/images/generations", json.dumps({"prompt": "a red house", "model": "flux-schnell",
+                                                                   **body}), content_type="application/json",
+                             HTTP_AUTHORIZATION=f"Bearer {key}")
+
+    made = post(size="256x256")
+    assert made.status_code == 200, made.content
+    png = PILImage.open(io.BytesIO(base64.b64decode(made.json()["data"][0]["b64_json"])))
+    assert png.size == (256, 256) and "Model: flux-schnell" in png.info["parameters"]
+    refused = post(size="264x264")
+    assert refused.status_code == 400 and "multiple of 16" in refused.json()["error"]["message"]
+    assert refused.json()["error"]["param"] == "size"
