@@ -145,7 +145,7 @@ def tiny_families(tmp_path_factory):
 def tiny_flux(tmp_path_factory):
     """Tiny FLUX.1 [dev] and [schnell] models in every layout (testmodel.make_tiny_flux); both share
     the text encoders and the VAE, as real ones do."""
-    from generation.engine.testmodel import make_tiny_flux
+    from generation.engine.testflux import make_tiny_flux
 
     folder = tmp_path_factory.mktemp("flux")
     return {family: make_tiny_flux(family, folder) for family in ("flux-dev", "flux-schnell")}

@@ -39,13 +39,13 @@ def wait_until(condition, timeout=60):
 
 
 class Studio:
-    def __init__(self, var_dir: Path):
-        self.var_dir, self.port, self.process = var_dir, free_port(), None
+    def __init__(self, var_dir: Path, **settings: str):
+        self.var_dir, self.port, self.process, self.settings = var_dir, free_port(), None, settings
         self.base = f"http://127.0.0.1:{self.port}"
 
     def env(self) -> dict:
         env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
-        return {**env, "SDWEB_VAR_DIR": str(self.var_dir), "PYTHONUNBUFFERED": "1"}
+        return {**env, "SDWEB_VAR_DIR": str(self.var_dir), "PYTHONUNBUFFERED": "1", **self.settings}
 
     def start(self):
         self.log = open(self.var_dir / "up.log", "a")

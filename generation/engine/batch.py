@@ -11,6 +11,7 @@ import time
 
 import torch
 
+from . import flux
 from .addons import applied_loras
 from .loading import PIPELINES, load_pipeline
 from .pipelines import pipeline_for_run
@@ -42,12 +43,12 @@ def generate_batch(requests: list[GenerationRequest], *, on_preview=None, should
     first = requests[0]
     model = load_pipeline(first.model, device=device, dtype=dtype)
     vae = PIPELINES.get_vae(first.vae, model) if first.vae else None
-    check_roles(model, None, "txt2img")
     if model.flux and len({r.distilled_guidance_scale for r in requests}) > 1:
         raise ValueError("FLUX.1 requests with different distilled guidance can't be denoised as one batch")
     addons = [None] * len(requests)
     for k in _live(outcomes):
         try:
+            check_roles(model, None, requests[k])
             addons[k] = load_addons(requests[k], model)
         except Exception as error:  # whatever a job brings (a damaged add-on file) fails that job only
             outcomes[k] = error
@@ -169,8 +170,12 @@ def runs_by_length(jobs: list[int], lengths: dict) -> list[list[int]]:
 def _denoise(model, requests, jobs: list[int], embeds: dict, progress) -> dict:
     seeds = [s for k in jobs for s in requests[k].seeds()]
     counts = [requests[k].num_images for k in jobs]
-    if model.flux:
-        return _denoise_flux(model, requests, jobs, embeds, progress, seeds, counts)
+    if model.flux:  # no CFG: the batch's one distilled guidance (in the batch key)
+        progress.begin(jobs, counts)
+        generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+        latents, _ = flux.denoise(model, requests[jobs[0]], generators, progress,
+                                  stacked([embeds[k] for k in jobs], counts))
+        return dict(zip(jobs, latents.split(counts)))
     pipe = pipeline_for_run(model.pipe, requests[jobs[0]].scheduler, seeds, "txt2img", per_sample_guidance=True)
     pipe.sample_guidance = torch.tensor([requests[k].guidance_scale for k in jobs for _ in range(requests[k].num_images)],
                                         device=model.device, dtype=model.dtype).view(-1, 1, 1, 1)
@@ -182,24 +187,6 @@ def _denoise(model, requests, jobs: list[int], embeds: dict, progress) -> dict:
                    callback_on_step_end=progress.on_step_end,
                    **stacked([embeds[k] for k in jobs], counts)).images
     return dict(zip(jobs, latents.split(counts)))
-
-
-def _denoise_flux(model, requests, jobs, embeds, progress, seeds, counts) -> dict:
-    """FLUX.1's run: no CFG, the batch's one distilled guidance (in the batch key); its latents
-    packed in 2x2 patches, laid out again for previews and the VAE."""
-    from diffusers import FluxPipeline
-
-    first = requests[jobs[0]]
-    pipe = pipeline_for_run(model.pipe, first.scheduler, seeds, "txt2img")
-    pipe.scheduler.generators = generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-    unpack = functools.partial(FluxPipeline._unpack_latents, height=first.height, width=first.width,
-                               vae_scale_factor=pipe.vae_scale_factor)
-    progress.previews.factors, progress.previews.unpack = model.latent_rgb, unpack
-    progress.begin(jobs, counts)
-    latents = pipe(width=first.width, height=first.height, num_inference_steps=first.steps,
-                   guidance_scale=first.distilled_guidance_scale, generator=generators, output_type="latent",
-                   callback_on_step_end=progress.on_step_end, **stacked([embeds[k] for k in jobs], counts)).images
-    return dict(zip(jobs, unpack(latents).split(counts)))
 
 
 def stacked(embeds: list[dict], counts: list[int]) -> dict:

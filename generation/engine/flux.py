@@ -119,8 +119,8 @@ def missing_parts(header: dict) -> list[str]:
             if part != "transformer" and not any(k.startswith(prefix) for k in header)]
 
 
-def load_flux(path: Path, parts: dict, config: Path, dtype, shared: dict | None = None):
-    """A FluxPipeline from a FLUX file (`parts` names the files of what it lacks: text_encoder,
+def load_flux(path: Path, whole: dict, parts: dict, config: Path, dtype, shared: dict | None = None):
+    """A FluxPipeline from a FLUX file (`whole`: its tensor table; `parts` names the files of what it lacks: text_encoder,
     text_encoder_2, vae, and tokenizer_2, a folder holding T5's tokenizer), each module made on the
     meta device and given its tensors in `dtype`: nothing is initialised or held twice. A part read
     from a file of its own is taken from `shared` ({part_key: module}: another FLUX model's) when it
@@ -130,10 +130,8 @@ def load_flux(path: Path, parts: dict, config: Path, dtype, shared: dict | None 
     from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
-    from .families import read_header
     from .tokenizer import clip_tokenizer
 
-    whole = read_header(path)
     prefix = PREFIXES["transformer"] if any(k.startswith(PREFIXES["transformer"]) for k in whole) else ""
     sources = {part: (path, PREFIXES[part]) for part in PREFIXES if part != "transformer"}
     sources["transformer"] = (path, prefix)
@@ -186,6 +184,28 @@ def part_key(part: str, file: Path, config: Path, dtype) -> tuple:
 _PART_NAMES = {"text_encoder": "CLIP-L text encoder", "text_encoder_2": "T5-XXL text encoder", "vae": "VAE"}
 _PART_FILES = {"text_encoder": "clip_l.safetensors", "text_encoder_2": "t5xxl_fp16.safetensors (or t5xxl_fp8_e4m3fn)",
                "vae": "ae.safetensors"}
+
+
+def denoise(model, request, generators, progress, embeds: dict, start=None):
+    """A FLUX.1 run of `request`'s size, steps, scheduler and distilled guidance (no negative prompt,
+    no CFG) over the images of `generators`, from text, a picture (img2img) or a picture and a mask
+    (inpaint: `start`). Its latents come packed in 2x2 patches: they are laid out again for the
+    previews and the VAE. Returns the latents and the pipeline."""
+    from diffusers import FluxPipeline
+
+    from .pipelines import pipeline_for_run
+
+    pipe = pipeline_for_run(model.pipe, request.scheduler, [g.initial_seed() for g in generators], request.mode)
+    unpack = functools.partial(FluxPipeline._unpack_latents, height=request.height, width=request.width,
+                               vae_scale_factor=pipe.vae_scale_factor)
+    progress.previews.factors, progress.previews.unpack = model.latent_rgb, unpack
+    pipe.scheduler.generators = generators  # Euler a's noise, from each image's own generator
+    picture = {} if start is None else {"image": start.picture, "strength": request.denoising_strength} | (
+        {"mask_image": start.hard_mask} if request.mask is not None else {})
+    latents = pipe(width=request.width, height=request.height, num_inference_steps=request.steps,
+                   guidance_scale=request.distilled_guidance_scale, generator=generators, output_type="latent",
+                   callback_on_step_end=progress.on_step_end, **picture, **embeds).images
+    return unpack(latents), pipe
 
 
 def lora_targets(transformer) -> dict:

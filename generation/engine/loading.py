@@ -155,7 +155,7 @@ def _load_single_file(path: Path, ref: ModelRef, dtype: torch.dtype, shared: dic
     if not (config / "model_index.json").is_file():
         raise JobError(f"the config folder of {family} has no model_index.json")
     if spec.flux:
-        pipe, parts = load_flux(path, dict(ref.parts), config, _flux_dtype(dtype), shared)
+        pipe, parts = load_flux(path, read_header(path), dict(ref.parts), config, _flux_dtype(dtype), shared)
         return pipe, family, parts
     index = json.loads((config / "model_index.json").read_text())
     extra = {"add_watermarker": False} if spec.xl else {"safety_checker": None, "feature_extractor": None,

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import torch
 from PIL import Image
 
+from . import flux
 from .addons import Addons, applied_loras, controlled_run
 from .esrgan import esrgan_upscale
 from .images import paste_back
@@ -105,9 +106,7 @@ def generate(
     model = load_pipeline(request.model, device=device, dtype=dtype)
     refiner = load_pipeline(request.refiner, device=device, dtype=dtype) if request.refiner else None
     vae = PIPELINES.get_vae(request.vae, model) if request.vae else None
-    check_roles(model, refiner, request.mode)
-    if model.flux:
-        request.check_flux()
+    check_roles(model, refiner, request)
     pipe = pipeline_for_run(model.pipe, request.scheduler, seeds, "inpaint" if request.mask else "txt2img")
 
     addons = load_addons(request, model)
@@ -136,7 +135,7 @@ def generate(
         start = prepare_start(request) if request.init_image is not None else None
         try:
             if model.flux:
-                latents, pipe = _flux(model, request, common, progress, start)
+                latents, pipe = _flux(model, request, common, embeds, progress, start)
             elif addons.controlnets:
                 latents, pipe = controlled_run(model, request, start, common, addons.controlnets)
             elif request.mode == "txt2img":
@@ -182,26 +181,10 @@ def _pipeline_arguments(request, seeds, progress, embeds, *, xl: bool) -> dict:
                 **(scheduled if progress.schedule else {}))
 
 
-def _flux(model, request, common, progress, start):
-    """FLUX.1 from text, a picture (img2img) or a picture and a mask (inpaint): no negative prompt,
-    no CFG; [dev] takes its distilled guidance. Its latents come packed in 2x2 patches, and are laid
-    out again for previews and the VAE. Returns the latents and the pipeline."""
-    from diffusers import FluxPipeline
-
-    generators = common["generator"]
-    pipe = pipeline_for_run(model.pipe, request.scheduler, [g.initial_seed() for g in generators], request.mode)
-    unpack = functools.partial(FluxPipeline._unpack_latents, height=request.height, width=request.width,
-                               vae_scale_factor=pipe.vae_scale_factor)
-    progress.previews.factors, progress.previews.unpack = model.latent_rgb, unpack
-    pipe.scheduler.generators = generators  # Euler a's noise, from each image's own generator
-    picture = {} if start is None else {"image": start.picture, "strength": request.denoising_strength} | (
-        {"mask_image": start.hard_mask} if request.mask is not None else {})
-    latents = pipe(width=request.width, height=request.height, num_inference_steps=request.steps,
-                   guidance_scale=request.distilled_guidance_scale, generator=generators, output_type="latent",
-                   callback_on_step_end=progress.on_step_end, **picture, **{
-                       k: v.repeat_interleave(request.num_images, 0) for k, v in common.items()
-                       if k.endswith("prompt_embeds")}).images
-    return unpack(latents), pipe
+def _flux(model, request, common, embeds, progress, start):
+    """FLUX.1's run (flux.denoise), its prompt's embeddings once for each image."""
+    embeds = {k: v.repeat_interleave(request.num_images, 0) for k, v in embeds.items()}
+    return flux.denoise(model, request, common["generator"], progress, embeds, start)
 
 
 def checked_result(request, images, seeds, *, model, vae, addons, checker, timings, started, payloads=None,

@@ -44,11 +44,14 @@ def decode(vae, image_processor, latents) -> list[Image.Image]:
     return image_processor.postprocess(decoded, output_type="pil")
 
 
-def check_roles(model, refiner, mode: str) -> None:
-    if problem := role_problem(model.family, mode):
+def check_roles(model, refiner, request) -> None:
+    """Whether `model` (and `refiner`) can run `request`: its mode, and what FLUX.1 takes."""
+    if problem := role_problem(model.family, request.mode):
         raise JobError(f"model {model.name!r} {problem}")
     if refiner is not None and (problem := refiner_problem(model.family, refiner.family)):
         raise JobError(f"refiner {refiner.name!r} can't refine {model.name!r}: {problem}")
+    if model.flux:
+        request.check_flux()
 
 
 def encode(pipe, model, request, embeddings=None) -> dict:

@@ -236,7 +236,7 @@ def test_a_flux_lora_in_kohyas_and_peft_layouts_changes_the_image_alike_and_is_t
 
     from generation.engine.families import addon_family
     from generation.engine.request import LoraUse
-    from generation.engine.testmodel import make_tiny_flux_loras
+    from generation.engine.testflux import make_tiny_flux_loras
 
     files = tiny_flux["flux-dev"]
     loras = make_tiny_flux_loras(FluxPipeline.from_pretrained(files["folder"]).transformer, tmp_path)
@@ -297,7 +297,7 @@ def test_a_gguf_transformer_makes_the_image_of_its_weights(tiny_flux, tmp_path, 
     they are, and makes nearly the picture of the weights it was quantized from."""
     from safetensors.torch import load_file
 
-    from generation.engine.testmodel import write_gguf
+    from generation.engine.testflux import write_gguf
 
     files = tiny_flux["flux-dev"]
     path = write_gguf(load_file(files["transformer"]), tmp_path / f"flux1-dev-{quantization}.gguf", quantization)

@@ -240,7 +240,7 @@ def test_the_queue_and_the_engine_ask_one_batch_rule_for_every_setting(alice, ch
                "clip_skip": 2, "enable_hr": True, "hr_scale": 1.5, "hr_upscaler": "Lanczos", "hr_second_pass_steps": 2,
                "denoising_strength": 0.5, "hr_resize_x": 320, "hr_resize_y": 320, "checkpoint": copy,
                "prompt ": "a lighthouse at dusk <lora:tiny-style:0.6>", "negative_prompt ": "tinyneg",
-               "scheduler ": "Euler", "guidance_scale ": 1}
+               "scheduler ": "Euler", "guidance_scale ": 1, "distilled_guidance_scale": 2}
     unchecked = set(SETTINGS) - {f.strip() for f in changes} - {"resize_mode", "mask_blur", "inpainting_fill",
                                                                   "inpaint_full_res", "inpaint_full_res_padding",
                                                                   "inpainting_mask_invert", "refiner_switch_at"}
@@ -257,4 +257,5 @@ def test_the_queue_and_the_engine_ask_one_batch_rule_for_every_setting(alice, ch
         shared[field] = queue_says
     # Both answers happen: prompts, seeds and a copy of the same file share a run; a size or a LoRA don't.
     assert shared["prompt"] and shared["seed"] and shared["checkpoint"] and shared["negative_prompt "]
+    assert shared["distilled_guidance_scale"]  # FLUX.1's alone: an SD run doesn't use it
     assert not (shared["width"] or shared["steps"] or shared["prompt "] or shared["enable_hr"])

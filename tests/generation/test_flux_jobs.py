@@ -130,7 +130,7 @@ def test_a_flux_lora_from_the_library_goes_into_the_job_and_an_sd_lora_is_refuse
                                                                                     addon_files):
     from diffusers import FluxPipeline
 
-    from generation.engine.testmodel import make_tiny_flux_loras
+    from generation.engine.testflux import make_tiny_flux_loras
     from generation.library.addons import addon_register
 
     transformer = FluxPipeline.from_pretrained(tiny_flux["flux-dev"]["folder"]).transformer
@@ -167,7 +167,7 @@ def test_two_users_flux_jobs_share_a_run_unless_their_guidance_differs(alice, ca
 def test_a_gguf_flux_file_found_by_the_scan_makes_a_job(alice, flux, tiny_flux, settings, tmp_path):
     from safetensors.torch import load_file
 
-    from generation.engine.testmodel import write_gguf
+    from generation.engine.testflux import write_gguf
     from generation.library.checkpoints import checkpoint_register, checkpoints_scan
 
     models = tmp_path / "models"
