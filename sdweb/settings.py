@@ -365,6 +365,7 @@ SDWEB = {
     "PREVIEW_MAX_EDGE": env_int("SDWEB_PREVIEW_MAX_EDGE", 256, minimum=16),
     "PREVIEW_FORMAT": env_choice("SDWEB_PREVIEW_FORMAT", "JPEG", ("JPEG", "WEBP")),
     "TAESD": env("SDWEB_TAESD", ""),  # an AutoencoderTiny folder for truer previews
+    "TAEF1": env("SDWEB_TAEF1", ""),  # the same for FLUX.1's latents
     "SAFETY_CHECKER": env("SDWEB_SAFETY_CHECKER", "off"),  # "off" or a StableDiffusionSafetyChecker folder
 }
 # A1111 clients send an image, a mask and each ControlNet unit's image as base64 in one JSON body.

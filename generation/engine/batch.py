@@ -15,7 +15,7 @@ from . import flux
 from .addons import applied_loras
 from .loading import PIPELINES, load_pipeline
 from .pipelines import pipeline_for_run
-from .previews import PreviewMaker, PreviewSettings, PreviewThrottle, load_taesd
+from .previews import PreviewMaker, PreviewSettings, PreviewThrottle, tiny_decoder
 from .request import GenerationRequest, batch_key
 from .run import GenerationCancelled, checked_result
 from .steps import check_roles, decode, encode, encode_many, load_addons
@@ -58,8 +58,7 @@ def generate_batch(requests: list[GenerationRequest], *, on_preview=None, should
     if not live:
         return outcomes
     progress = BatchProgress(requests, on_preview, should_cancel, preview or PreviewSettings(),
-                             load_taesd(preview.taesd, model.device, model.dtype) if (
-                                 preview and preview.taesd and on_preview) else None, blur=checker is not None)
+                             tiny_decoder(preview, model, on_preview is not None), blur=checker is not None)
     with applied_loras(model.pipe, addons[live[0]].loras):
         tick = time.perf_counter()
         try:

@@ -26,7 +26,8 @@ class PreviewSettings:
     min_interval: float = 0.25  # seconds; 0 sends every step
     format: str = "JPEG"  # or "WEBP"
     quality: int = 80
-    taesd: str | None = None  # a diffusers AutoencoderTiny folder
+    taesd: str | None = None  # a diffusers AutoencoderTiny folder for SD's latents (TAESD, TAESDXL)...
+    taef1: str | None = None  # ...and one for FLUX.1's (TAEF1)
 
 
 class PreviewThrottle:
@@ -146,6 +147,13 @@ def _preview_thread() -> concurrent.futures.ThreadPoolExecutor:
 
 
 _TAESD = {}
+
+
+def tiny_decoder(settings: PreviewSettings | None, model, wanted: bool = True):
+    """The tiny autoencoder configured for `model`'s latents (TAEF1 for FLUX.1, TAESD for the
+    others), loaded; None when none is, or no preview is `wanted`."""
+    folder = settings and (settings.taef1 if model.flux else settings.taesd)
+    return load_taesd(folder, model.device, model.dtype) if folder and wanted else None
 
 
 def load_taesd(folder: str, device, dtype):

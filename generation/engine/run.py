@@ -16,7 +16,7 @@ from .img2img import from_image, prepare_start
 from .loading import PIPELINES, load_pipeline
 from .metadata import format_parameters, save_png
 from .pipelines import pipeline_for_run
-from .previews import PreviewMaker, PreviewSettings, PreviewThrottle, load_taesd
+from .previews import PreviewMaker, PreviewSettings, PreviewThrottle, tiny_decoder
 from .prompts import prompt_schedule
 from .request import (
     LATENT_UPSCALERS,
@@ -125,9 +125,9 @@ def generate(
         timings["text_encode"] = time.perf_counter() - tick
 
         # 5. Denoise, sending previews and honouring cancel at every step of every pass.
-        taesd = load_taesd(preview.taesd, model.device, model.dtype) if preview and preview.taesd and on_preview else None
-        progress = Progress(sum(p[2] for p in request.passes()), on_preview, should_cancel,
-                            preview or PreviewSettings(), taesd, blur=checker is not None, schedule=schedule)
+        progress = Progress(sum(p[2] for p in request.passes()), on_preview, should_cancel, preview or PreviewSettings(),
+                            tiny_decoder(preview, model, on_preview is not None), blur=checker is not None,
+                            schedule=schedule)
         if progress.stopped():
             raise GenerationCancelled()
         tick = time.perf_counter()

@@ -37,7 +37,8 @@ def engine_configure() -> dict:
     return {
         "limits": engine_limits(),
         "preview": PreviewSettings(max_edge=options["PREVIEW_MAX_EDGE"], min_interval=options["PREVIEW_INTERVAL"],
-                                   format=options["PREVIEW_FORMAT"], taesd=options["TAESD"] or None),
+                                   format=options["PREVIEW_FORMAT"], taesd=options["TAESD"] or None,
+                                   taef1=options["TAEF1"] or None),
         "checker": image_checker(options["SAFETY_CHECKER"]),
         "device": options["DEVICE"] or None,
         "dtype": options["DTYPE"] or None,

@@ -136,6 +136,9 @@ def _vae(checkpoint: Checkpoint, vae) -> Vae | None:
         vae = Vae.objects.enabled_named(vae)
     if vae is None or not vae.enabled:
         raise Refused("No enabled VAE has that name; GET /api/v1/vaes/ lists them.", field="vae")
+    if vae.latent_channels != (16 if checkpoint.family.startswith("flux") else 4):
+        raise Refused(f"VAE {vae.name} is for {'FLUX.1' if vae.latent_channels == 16 else 'SD'} ({vae.latent_channels} "
+                      f"latent channels); {checkpoint.name} is {checkpoint.get_family_display()}.", field="vae")
     return vae
 
 

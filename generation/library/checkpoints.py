@@ -59,10 +59,13 @@ def vae_register(*, name: str, source: str, progress=None) -> Vae:
     path = resolve_source(source)
     if not path.is_file():
         raise ValueError("a VAE is one .safetensors file")
-    vae_layout(read_header(path))
+    header = read_header(path)
+    vae_layout(header)
     stat, sha256 = _hashed_once(Vae, name, source, path, progress)
+    channels = (header.get("encoder.conv_out.weight") or {"shape": [8]})["shape"][0] // 2  # a mean and a variance each
     vae, _ = Vae.objects.update_or_create(name=name, defaults=dict(
-        source=str(source), sha256=sha256, file_size=stat.st_size, file_mtime=stat.st_mtime, enabled=True))
+        source=str(source), sha256=sha256, file_size=stat.st_size, file_mtime=stat.st_mtime, enabled=True,
+        latent_channels=channels))
     return vae
 
 

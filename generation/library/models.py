@@ -28,6 +28,7 @@ class Vae(models.Model):
 
     name = models.CharField(max_length=100, unique=True, help_text="Its file name, as A1111 names a VAE")
     source = models.CharField(max_length=500, help_text="A .safetensors file")
+    latent_channels = models.PositiveSmallIntegerField(default=4, help_text="4: SD 1.x, 2.x and SDXL; 16: FLUX.1")
     sha256 = models.CharField(max_length=64)
     file_size = models.BigIntegerField(null=True, blank=True)
     file_mtime = models.FloatField(null=True, blank=True)

@@ -326,3 +326,26 @@ def test_two_flux_models_share_their_text_encoders_and_vae_counted_once(tiny_flu
     assert cache.resident_bytes() == dev.size_bytes + schnell.size_bytes + shared
     whole_file = cache.get(ref(tiny_flux["flux-dev"], "file"))  # its own parts, read from inside it
     assert whole_file.pipe.text_encoder_2 is not dev.pipe.text_encoder_2 and whole_file.parts == {}
+
+
+def test_flux_previews_come_from_taef1_and_never_from_sds_taesd(tiny_flux, tmp_path):
+    """An operator's TAESD is for SD's 4 latent channels: FLUX.1's 16 go to TAEF1, or the fitted factors."""
+    import io
+
+    from diffusers import AutoencoderTiny
+    from PIL import Image
+
+    for channels, folder in ((4, tmp_path / "taesd"), (16, tmp_path / "taef1")):
+        torch.manual_seed(0)
+        AutoencoderTiny(encoder_block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8, 8),
+                        latent_channels=channels).save_pretrained(folder)
+    model = ref(tiny_flux["flux-schnell"], "transformer")
+    last = []
+    for settings in (PreviewSettings(min_interval=0, taesd=str(tmp_path / "taesd")),
+                     PreviewSettings(min_interval=0, taesd=str(tmp_path / "taesd"), taef1=str(tmp_path / "taef1"))):
+        previews = []
+        generate(GenerationRequest(prompt="a red house", model=model, width=256, height=256, steps=2, scheduler="Euler"),
+                 on_preview=lambda step, total, data: previews.append(Image.open(io.BytesIO(data))), preview=settings)
+        assert len(previews) == 2 and max(previews[-1].size) == 256
+        last.append(np.asarray(previews[-1].convert("RGB")).astype(int))
+    assert np.abs(last[0] - last[1]).mean() > 5  # the fitted factors' picture, then TAEF1's

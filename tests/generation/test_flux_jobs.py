@@ -4,6 +4,7 @@ through the form's checks, the REST API and the A1111 dialect, and made by the r
 import base64
 import io
 import json
+import re
 
 import pytest
 from PIL import Image as PILImage
@@ -205,3 +206,19 @@ def test_the_openai_dialect_makes_a_flux_image_and_names_size_when_flux_cant_tak
     refused = post(size="264x264")
     assert refused.status_code == 400 and "multiple of 16" in refused.json()["error"]["message"]
     assert refused.json()["error"]["param"] == "size"
+
+
+def test_a_vae_of_the_other_latent_kind_is_refused_at_submit_naming_the_field(alice, flux, checkpoint, tmp_path):
+    from generation.engine.testmodel import make_tiny_vae
+    from generation.library.checkpoints import vae_register
+
+    sd_vae = vae_register(name="sd-vae.safetensors", source=str(make_tiny_vae("sd1", tmp_path / "sd-vae.safetensors")))
+    assert (sd_vae.latent_channels, flux["flux-dev"].default_vae.latent_channels) == (4, 16)
+    common = {"prompt": "a red house", "width": 256, "height": 256, "steps": 2, "guidance_scale": 7, "scheduler": "Euler",
+              "seed": 3, "num_images": 1}
+    for model, vae, message in ((flux["flux-dev"], "sd-vae.safetensors", "is for SD (4 latent channels)"),
+                                (checkpoint, "ae.safetensors", "is for FLUX.1 (16 latent channels)")):
+        with pytest.raises(Refused, match=re.escape(message)) as refused:
+            job_submit(user=alice, params={**common, "checkpoint": model, "vae": vae})
+        assert refused.value.field == "vae"
+    assert not Job.objects.exists()
