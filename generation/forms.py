@@ -27,6 +27,16 @@ SDXL_PRESETS = [(1024, 1024), (1152, 896), (896, 1152), (1216, 832), (832, 1216)
 TXT2IMG_FAMILIES = [name for name, family in FAMILIES.items() if family.role == "txt2img"]
 
 
+class VaeSelect(forms.Select):
+    """Each VAE says its latent channels, so the page offers only those that fit the checkpoint."""
+
+    def create_option(self, name, value, *args, **kwargs):
+        option = super().create_option(name, value, *args, **kwargs)
+        if getattr(value, "instance", None) is not None:
+            option["attrs"]["data-channels"] = value.instance.latent_channels
+        return option
+
+
 class GenerateForm(forms.Form):
     prompt = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), max_length=MAX_PROMPT_CHARS,
                              help_text="A1111 syntax works: (word:1.3), [word], BREAK.")
@@ -51,7 +61,8 @@ class GenerateForm(forms.Form):
     refiner = forms.ModelChoiceField(queryset=Checkpoint.objects.none(), required=False, empty_label="None",
                                      help_text="SDXL only: a refiner finishes the last steps.")
     vae = forms.ModelChoiceField(queryset=Vae.objects.none(), required=False, label="VAE", empty_label="Automatic",
-                                 help_text="Automatic: the checkpoint's default VAE, or its own.")
+                                 help_text="Automatic: the checkpoint's default VAE, or its own.",
+                                 widget=VaeSelect)
     refiner_switch_at = forms.FloatField(min_value=0.01, max_value=0.99, initial=0.8, required=False,
                                          label="Refiner switch at")
 

@@ -68,13 +68,17 @@
   }
   function syncFlux() {
     // FLUX.1 takes no negative prompt and runs no CFG; [dev] has its distilled guidance; it runs
-    // Euler (a), without ControlNet.
+    // Euler (a), without ControlNet. Each checkpoint is offered the VAEs of its latents.
     const flux = checkpoint().flux;
     for (const name of ["negative_prompt", "guidance_scale", "clip_skip", "subseed", "subseed_strength"]) {
       field(name).closest(".field").hidden = Boolean(flux);
     }
     field("distilled_guidance_scale").closest(".field").hidden = flux !== "flux-dev";
     if (document.getElementById("controlnet")) document.getElementById("controlnet").hidden = Boolean(flux);
+    for (const option of field("vae").options) {
+      option.hidden = Boolean(option.value) && option.dataset.channels !== (flux ? "16" : "4");
+    }
+    if (field("vae").selectedOptions[0].hidden) field("vae").value = "";
     for (const option of field("scheduler").options) option.hidden = Boolean(flux) && !option.value.startsWith("Euler");
     if (!flux) return;
     field("negative_prompt").value = "";

@@ -222,3 +222,11 @@ def test_a_vae_of_the_other_latent_kind_is_refused_at_submit_naming_the_field(al
             job_submit(user=alice, params={**common, "checkpoint": model, "vae": vae})
         assert refused.value.field == "vae"
     assert not Job.objects.exists()
+
+
+def test_the_form_tells_the_page_each_vaes_latents_and_each_checkpoints_family(client, alice, flux):
+    client.force_login(alice)
+    page = client.get("/generate/").content.decode()
+    ae = flux["flux-dev"].default_vae
+    assert f'value="{ae.pk}" data-channels="16"' in page
+    assert '"flux": "flux-dev"' in page and '"flux": "flux-schnell"' in page
