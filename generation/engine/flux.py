@@ -265,8 +265,8 @@ def t5_tokenizer(folder):
     from transformers import T5TokenizerFast
 
     if not folder or not (Path(folder) / "tokenizer.json").is_file():
-        raise JobError("FLUX needs T5's tokenizer: put its tokenizer.json (with tokenizer_config.json) in the "
-                       "text-encoder folder's t5_tokenizer folder (README: FLUX)")
+        raise JobError("FLUX needs T5's tokenizer: the operator puts it in the text-encoder folder with "
+                       "manage.py fetch_t5_tokenizer (README: FLUX.1)")
     return T5TokenizerFast.from_pretrained(str(folder), local_files_only=True)
 
 

@@ -230,3 +230,25 @@ def test_the_form_tells_the_page_each_vaes_latents_and_each_checkpoints_family(c
     ae = flux["flux-dev"].default_vae
     assert f'value="{ae.pk}" data-channels="16"' in page
     assert '"flux": "flux-dev"' in page and '"flux": "flux-schnell"' in page
+
+
+def test_fetch_t5_tokenizer_puts_the_wheels_tokenizer_where_flux_reads_it(tiny_flux, settings, tmp_path):
+    """The wheel here is a stand-in built from the tiny tokenizer (the real one is downloaded from PyPI)."""
+    import zipfile
+
+    from django.core.management import CommandError, call_command
+
+    from generation.engine.flux import t5_tokenizer
+
+    wheel = tmp_path / "invokeai-6.14.2-py3-none-any.whl"
+    source = tiny_flux["flux-dev"]["text_encoders"] / "t5_tokenizer"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            archive.write(source / name, "invokeai/backend/t5/tokenizer/" + name)
+    settings.SDWEB = {**settings.SDWEB, "TEXT_ENCODERS_DIR": tmp_path / "text_encoders"}
+    call_command("fetch_t5_tokenizer", "--wheel", str(wheel))
+    fetched = t5_tokenizer(tmp_path / "text_encoders" / "t5_tokenizer")
+    assert fetched("a red house").input_ids == t5_tokenizer(source)("a red house").input_ids
+    (tmp_path / "empty.whl").write_bytes(b"PK\x05\x06" + bytes(18))
+    with pytest.raises(CommandError, match="not a wheel holding invokeai/backend/t5/tokenizer/"):
+        call_command("fetch_t5_tokenizer", "--wheel", str(tmp_path / "empty.whl"))
