@@ -15,8 +15,7 @@
           h = Number(field("height").value), s = Number(field("steps").value),
           strength = Number(field("denoising_strength").value || 0.75);
     const fromImage = !document.getElementById("paint").hidden;
-    // hires fix is for images made from text (by SD, for now)
-    document.getElementById("hires").hidden = fromImage || Boolean(checkpoint().flux);
+    document.getElementById("hires").hidden = fromImage;  // hires fix is for images made from text
     if (fromImage) field("enable_hr").checked = false;
     let pixelSteps = w * h * (fromImage ? Math.floor(s * strength) : s);
     if (!fromImage && field("enable_hr").checked) {

@@ -12,7 +12,7 @@ from . import flux
 from .addons import Addons, applied_loras, controlled_run
 from .esrgan import esrgan_upscale
 from .images import paste_back
-from .img2img import from_image, prepare_start
+from .img2img import Start, from_image, prepare_start
 from .loading import PIPELINES, load_pipeline
 from .metadata import format_parameters, save_png
 from .pipelines import pipeline_for_run
@@ -182,9 +182,19 @@ def _pipeline_arguments(request, seeds, progress, embeds, *, xl: bool) -> dict:
 
 
 def _flux(model, request, common, embeds, progress, start):
-    """FLUX.1's run (flux.denoise), its prompt's embeddings once for each image."""
+    """FLUX.1's run (flux.denoise), its prompt's embeddings once for each image; with hires fix, a
+    second pass from the first's latents upscaled (or its pictures), with fresh generators."""
     embeds = {k: v.repeat_interleave(request.num_images, 0) for k, v in embeds.items()}
-    return flux.denoise(model, request, common["generator"], progress, embeds, start)
+    latents, pipe = flux.denoise(model, request, common["generator"], progress, embeds, start)
+    if request.enable_hr and not progress.cancelled:
+        progress.pass_ended(pipe)
+        upscaled = _upscaled(pipe, model, latents, request)
+        width, height = request.hires_size()
+        second = dataclasses.replace(request, width=width, height=height, init_image=upscaled,
+                                     steps=request.hr_second_pass_steps or request.steps)
+        generators = [torch.Generator("cpu").manual_seed(g.initial_seed()) for g in common["generator"]]
+        latents, pipe = flux.denoise(model, second, generators, progress, embeds, Start(upscaled))
+    return latents, pipe
 
 
 def checked_result(request, images, seeds, *, model, vae, addons, checker, timings, started, payloads=None,

@@ -349,3 +349,15 @@ def test_flux_previews_come_from_taef1_and_never_from_sds_taesd(tiny_flux, tmp_p
         assert len(previews) == 2 and max(previews[-1].size) == 256
         last.append(np.asarray(previews[-1].convert("RGB")).astype(int))
     assert np.abs(last[0] - last[1]).mean() > 5  # the fitted factors' picture, then TAEF1's
+
+
+@pytest.mark.parametrize("upscaler", ["Latent", "Lanczos"])
+def test_flux_hires_fix_makes_the_larger_image_in_a_second_pass(tiny_flux, upscaler):
+    model = ref(tiny_flux["flux-dev"], "transformer")
+    result, previews = make(model, enable_hr=True, hr_scale=1.5, hr_upscaler=upscaler, denoising_strength=0.5,
+                            hr_second_pass_steps=2)
+    assert result.images[0].size == (384, 384) and pixels(result).std() > 10
+    assert [(step, total) for step, total, _ in previews] == [(1, 5), (2, 5), (3, 5), (4, 5), (5, 5)]
+    assert f"Hires upscale: 1.5, Hires steps: 2, Hires upscaler: {upscaler}" in result.parameters(0)
+    with pytest.raises(ValueError, match="hr_scale must make a size of multiples of 16 for FLUX.1 \\(got 264x264\\)"):
+        make(model, enable_hr=True, hr_resize_x=264, hr_resize_y=264)
