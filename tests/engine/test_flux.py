@@ -1,6 +1,8 @@
 """FLUX.1 [dev] and [schnell] from every layout people have them in: BFL's transformer file alone
 with ComfyUI's text-encoder and VAE files beside it, one file holding all of it, a diffusers folder."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -8,7 +10,7 @@ from safetensors.torch import save_file
 
 from generation.engine import GenerationRequest, generate
 from generation.engine.families import detect_family, read_header
-from generation.engine.flux import missing_parts, to_bfl, to_diffusers
+from generation.engine.flux import FP8_KEPT, missing_parts, to_bfl, to_diffusers
 from generation.engine.loading import PIPELINES
 from generation.engine.previews import PreviewSettings
 from generation.engine.request import ModelRef
@@ -135,6 +137,11 @@ def test_a_full_size_flux_dev_from_the_shipped_config_has_the_real_layout_and_lo
     ours = to_diffusers(bfl)
     assert set(theirs) == set(ours) == set(model.state_dict())
     model.load_state_dict(ours, strict=True, assign=True)
+    in_fp8 = {f"{name}.weight" for name, m in model.named_modules()
+              if isinstance(m, torch.nn.Linear) and not any(re.search(p, name) for p in FP8_KEPT)}
+    stored = sum(p.numel() * (1 if name in in_fp8 else 2) for name, p in model.named_parameters())
+    assert round(sum(v.numel() * 2 for v in bfl.values()) / 2**30, 1) == 22.2  # bfloat16 (README)
+    assert round(stored / 2**30, 1) == 11.1  # SDWEB_QUANTIZE=fp8 (README)
 
 
 def test_a_whole_file_is_read_part_by_part(tiny_flux, tmp_path, monkeypatch):
