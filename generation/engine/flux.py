@@ -1,6 +1,7 @@
-"""FLUX.1 (dev and schnell) from the files people have: Black Forest Labs' transformer file, alone
-(with ComfyUI's clip_l, t5xxl and ae files beside it) or in one file with them, read part by part
-straight into the model's memory (a whole FLUX file is 17-34 GB; it is never read twice).
+"""FLUX.1 (dev and schnell) from the files people have: Black Forest Labs' transformer file (bfloat16,
+fp8, scaled fp8 or GGUF), alone (with ComfyUI's clip_l, t5xxl and ae files beside it) or in one file
+with them, read part by part straight into the model's memory (a whole FLUX file is 17-34 GB; it is
+never read twice); its run, its memory options and its LoRAs' layer names.
 
 The transformer's names: BFL's layout <-> diffusers', one table read both ways (the tests write
 their tiny models with it; diffusers' own converter assumes the full-size width)."""
