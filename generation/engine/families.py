@@ -27,7 +27,6 @@ class Family:
     role: str = "txt2img"  # or "inpaint" (9-channel UNet), "refiner"
     flux: bool = False  # a FLUX.1 transformer: flow matching, T5 and CLIP-L, no negative prompt
     steps: int = 20  # a good default number of steps
-    guidance: float = 7.0  # the default CFG scale, or FLUX.1 [dev]'s distilled guidance (0 = none)
 
 
 FAMILIES = {
@@ -38,8 +37,8 @@ FAMILIES = {
     "sdxl": Family("SDXL", "StableDiffusionXLPipeline", 1024, xl=True),
     "sdxl-inpaint": Family("SDXL inpainting", "StableDiffusionXLInpaintPipeline", 1024, xl=True, role="inpaint"),
     "sdxl-refiner": Family("SDXL refiner", "StableDiffusionXLImg2ImgPipeline", 1024, xl=True, role="refiner"),
-    "flux-dev": Family("FLUX.1 [dev]", "FluxPipeline", 1024, flux=True, steps=28, guidance=3.5),
-    "flux-schnell": Family("FLUX.1 [schnell]", "FluxPipeline", 1024, flux=True, steps=4, guidance=0),
+    "flux-dev": Family("FLUX.1 [dev]", "FluxPipeline", 1024, flux=True, steps=28),
+    "flux-schnell": Family("FLUX.1 [schnell]", "FluxPipeline", 1024, flux=True, steps=4),
 }
 
 

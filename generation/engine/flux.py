@@ -255,10 +255,11 @@ def fit_memory(pipe, dtype, quantize: str) -> None:
     import torch
     from diffusers.hooks import apply_layerwise_casting
 
-    if quantize == "fp8":  # every linear layer but the first and last, the modulations too (diffusers' own skips them)
-        apply_layerwise_casting(pipe.transformer, torch.float8_e4m3fn, dtype, skip_modules_pattern=FP8_KEPT)
-    elif quantize not in ("", "none"):
+    if quantize not in ("", "none", "fp8"):
         raise JobError(f"quantize must be none or fp8 (got {quantize!r})")
+    if quantize == "fp8" and not any(hasattr(p, "quant_type") for p in pipe.transformer.parameters()):  # (GGUF is)
+        # every linear layer but the first and last, the modulations too (diffusers' own skips them)
+        apply_layerwise_casting(pipe.transformer, torch.float8_e4m3fn, dtype, skip_modules_pattern=FP8_KEPT)
 
 
 def t5_tokenizer(folder):

@@ -260,8 +260,9 @@ class GenerationRequest:
         self._validate_addons()
 
     def check_flux(self) -> None:
-        """What a FLUX.1 model runs here: text to image from its prompt alone, at sizes of 16 pixels
-        (its latents are packed 2x2); ValueError naming the field."""
+        """ValueError naming the field for what a FLUX.1 model doesn't take here: a negative prompt (it
+        runs no CFG), sizes that are not multiples of 16 pixels (its latents are packed 2x2), and what
+        is not built for it yet."""
         unsupported = [
             ("negative_prompt", self.negative_prompt.strip(), "must be empty: FLUX.1 takes no negative prompt"),
             ("inpainting_fill", self.mode == "inpaint" and self.inpainting_fill > 1,
