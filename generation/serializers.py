@@ -79,9 +79,9 @@ class JobCreateSerializer(serializers.Serializer):
     styles = serializers.ListField(child=serializers.CharField(max_length=100), required=False, max_length=20,
                                    help_text="Names of your saved styles, applied in order (as A1111's styles).")
     checkpoint = serializers.CharField(required=False, help_text="A checkpoint name; the default one if left out.")
-    width = serializers.IntegerField(required=False, help_text="Pixels; a multiple of 8, at least 256. "
+    width = serializers.IntegerField(required=False, help_text="Pixels; a multiple of 8 (FLUX.1: 16), at least 256. "
                                      "Default: the checkpoint's own size (1024 for SDXL).")
-    height = serializers.IntegerField(required=False, help_text="Pixels; a multiple of 8, at least 256. "
+    height = serializers.IntegerField(required=False, help_text="Pixels; a multiple of 8 (FLUX.1: 16), at least 256. "
                                       "Default: the checkpoint's own size.")
     steps = serializers.IntegerField(required=False, min_value=1, max_value=MAX_STEPS, help_text="Denoising steps. "
                                      "Default: the checkpoint's suggested number (20; FLUX.1: 28, [schnell]: 4).")

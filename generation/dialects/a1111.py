@@ -53,12 +53,11 @@ HARMLESS = {
     "sampler_index", "user", "image_cfg_scale", "include_init_images",  # image_cfg_scale: instruct-pix2pix only
 }
 USED = {"prompt", "negative_prompt", "styles", "seed", "subseed", "subseed_strength", "steps", "cfg_scale",
-        "distilled_cfg_scale", "width",
-        "height", "sampler_name", "scheduler", "batch_size", "n_iter", "override_settings", "refiner_checkpoint",
-        "refiner_switch_at", "denoising_strength", *HIRES_PARAMS, "init_images", "mask", *IMAGE_INPUT_PARAMS, "alwayson_scripts",
-        "script_name", "script_args"}
-A1111_FIELDS = {"guidance_scale": "cfg_scale", "distilled_guidance_scale": "distilled_cfg_scale", "num_images": "batch_size",
-                "refiner": "refiner_checkpoint",
+        "distilled_cfg_scale", "width", "height", "sampler_name", "scheduler", "batch_size", "n_iter",
+        "override_settings", "refiner_checkpoint", "refiner_switch_at", "denoising_strength", *HIRES_PARAMS,
+        "init_images", "mask", *IMAGE_INPUT_PARAMS, "alwayson_scripts", "script_name", "script_args"}
+A1111_FIELDS = {"guidance_scale": "cfg_scale", "distilled_guidance_scale": "distilled_cfg_scale",
+                "num_images": "batch_size", "refiner": "refiner_checkpoint",
                 "clip_skip": "override_settings.CLIP_stop_at_last_layers", "vae": "override_settings.sd_vae",
                 "init_image": "init_images"}
 EMPTY_LISTS = ("hypernetworks", "face-restorers", "realesrgan-models")
