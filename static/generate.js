@@ -69,7 +69,7 @@
     // FLUX.1 takes no negative prompt and runs no CFG; [dev] has its distilled guidance; it runs
     // Euler (a), without ControlNet. Each checkpoint is offered the VAEs of its latents.
     const flux = checkpoint().flux;
-    for (const name of ["negative_prompt", "guidance_scale", "clip_skip", "subseed", "subseed_strength"]) {
+    for (const name of ["negative_prompt", "guidance_scale", "clip_skip"]) {
       field(name).closest(".field").hidden = Boolean(flux);
     }
     field("distilled_guidance_scale").closest(".field").hidden = flux !== "flux-dev";
@@ -81,7 +81,6 @@
     for (const option of field("scheduler").options) option.hidden = Boolean(flux) && !option.value.startsWith("Euler");
     if (!flux) return;
     field("negative_prompt").value = "";
-    field("subseed_strength").value = 0;
     if (field("scheduler").selectedOptions[0].hidden) field("scheduler").value = "Euler";
   }
   field("checkpoint").addEventListener("change", () => {

@@ -189,9 +189,10 @@ _PART_FILES = {"text_encoder": "clip_l.safetensors", "text_encoder_2": "t5xxl_fp
 
 def denoise(model, request, generators, progress, embeds: dict, start=None):
     """A FLUX.1 run of `request`'s size, steps, scheduler and distilled guidance (no negative prompt,
-    no CFG) over the images of `generators`, from text, a picture (img2img) or a picture and a mask
-    (inpaint: `start`). Its latents come packed in 2x2 patches: they are laid out again for the
-    previews and the VAE. Returns the latents and the pipeline."""
+    no CFG) over the images of `generators`, from text (`embeds` may hold its starting `latents`), a
+    picture (img2img) or a picture and a mask (inpaint: `start`). Its latents come packed in 2x2
+    patches: they are laid out again for the previews and the VAE. Returns the latents and the
+    pipeline."""
     from diffusers import FluxPipeline
 
     from .pipelines import pipeline_for_run

@@ -271,7 +271,6 @@ class GenerationRequest:
              "must make a size of multiples of 16 for FLUX.1 (got {}x{})".format(*self.hires_size())),
             ("refiner", self.refiner, "can't be used: FLUX.1 has no refiner"),
             ("controlnet", self.controlnets, "is not supported for FLUX.1 yet"),
-            ("subseed_strength", self.subseed_strength, "must be 0: variation seeds are not offered for FLUX.1 yet"),
             ("prompt", self.scheduled, "uses prompt editing [from:to:when], not offered for FLUX.1 yet"),
             ("scheduler", scheduler_spec(self.scheduler).name not in FLOW_SCHEDULERS,
              f"must be {' or '.join(FLOW_SCHEDULERS)} for FLUX.1 (got {self.scheduler!r})"),

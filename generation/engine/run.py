@@ -185,6 +185,9 @@ def _flux(model, request, common, embeds, progress, start):
     """FLUX.1's run (flux.denoise), its prompt's embeddings once for each image; with hires fix, a
     second pass from the first's latents upscaled (or its pictures), with fresh generators."""
     embeds = {k: v.repeat_interleave(request.num_images, 0) for k, v in embeds.items()}
+    if request.subseed_strength:  # FLUX.1 takes its starting noise packed in 2x2 patches
+        noise = variation_noise(model.pipe, request, common["generator"], model)
+        embeds["latents"] = model.pipe._pack_latents(noise, *noise.shape)
     latents, pipe = flux.denoise(model, request, common["generator"], progress, embeds, start)
     if request.enable_hr and not progress.cancelled:
         progress.pass_ended(pipe)
@@ -309,8 +312,8 @@ def variation_noise(pipe, request, generators, model) -> torch.Tensor:
     the steps' noise that follows (ancestral samplers) is what it is without a variation."""
     from diffusers.utils.torch_utils import randn_tensor
 
-    shape = (request.num_images, pipe.unet.config.in_channels, request.height // pipe.vae_scale_factor,
-             request.width // pipe.vae_scale_factor)
+    channels = pipe.unet.config.in_channels if hasattr(pipe, "unet") else pipe.vae.config.latent_channels
+    shape = (request.num_images, channels, request.height // pipe.vae_scale_factor, request.width // pipe.vae_scale_factor)
     ours = randn_tensor(shape, generator=generators, device=model.device, dtype=model.dtype)
     theirs = randn_tensor(shape, generator=[torch.Generator("cpu").manual_seed(s) for s in request.subseeds()],
                           device=model.device, dtype=model.dtype)

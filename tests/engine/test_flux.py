@@ -69,7 +69,6 @@ def test_dev_follows_its_distilled_guidance_and_euler_a_is_reproducible_per_imag
     ({"negative_prompt": "blurry"}, "negative_prompt must be empty: FLUX.1 takes no negative prompt"),
     ({"width": 264}, "width must be a multiple of 16 for FLUX.1"),
     ({"scheduler": "DPM++ 2M Karras"}, "scheduler must be Euler or Euler a for FLUX.1"),
-    ({"subseed_strength": 0.5}, "subseed_strength must be 0"),
     ({"prompt": "a [cat:dog:0.5]"}, "prompt uses prompt editing"),
 ])
 def test_what_flux_does_not_take_is_refused_naming_the_field(tiny_flux, fields, message):
@@ -373,3 +372,12 @@ def test_flux_hires_fix_makes_the_larger_image_in_a_second_pass(tiny_flux, upsca
     assert f"Hires upscale: 1.5, Hires steps: 2, Hires upscaler: {upscaler}" in result.parameters(0)
     with pytest.raises(ValueError, match="hr_scale must make a size of multiples of 16 for FLUX.1 \\(got 264x264\\)"):
         make(model, enable_hr=True, hr_resize_x=264, hr_resize_y=264)
+
+
+def test_flux_variation_seeds_move_the_noise_toward_the_subseeds(tiny_flux):
+    model = ref(tiny_flux["flux-dev"], "transformer")
+    plain, other = pixels(make(model, seed=7)[0]), pixels(make(model, seed=11)[0])
+    half = make(model, seed=7, subseed=11, subseed_strength=0.5)[0]
+    assert np.abs(pixels(make(model, seed=7, subseed=11, subseed_strength=1.0)[0]) - other).max() <= 2
+    assert np.abs(pixels(half) - plain).mean() > 3 and np.abs(pixels(half) - other).mean() > 3
+    assert "Variation seed: 11, Variation seed strength: 0.5" in half.parameters(0)
