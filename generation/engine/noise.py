@@ -1,4 +1,6 @@
-"""Euler a with its per-step noise made ahead. Each image's noise comes from its own CPU generator
+"""Noise: Euler a's (SD's, and flow matching's for FLUX.1) made ahead, and A1111's variation seeds.
+
+Euler a with its per-step noise made ahead. Each image's noise comes from its own CPU generator
 (the seeds A1111 users share reproduce across machines); made step by step, every step would copy
 it to the GPU with a blocking copy, a stream sync that makes the host wait for the GPU and then
 the GPU for the host. Here, at the first step, each generator draws the noise of every step left
@@ -73,3 +75,28 @@ class FlowEulerAncestral(FlowMatchEulerDiscreteScheduler):
                                                             len(self.timesteps) - self.step_index)
             generator = NoiseMadeAhead(self.ahead[self.step_index - self.first])
         return super().step(model_output, timestep, sample, generator=generator, **options)
+
+
+def variation_noise(pipe, request, generators, model) -> torch.Tensor:
+    """A1111's variation seed: each image's starting noise turned from its seed's toward its
+    subseed's by subseed_strength along the sphere between them, so it keeps the scale noise has.
+    The seed's noise is drawn from the run's own generators as the pipeline would draw it, so
+    the steps' noise that follows (ancestral samplers) is what it is without a variation."""
+    from diffusers.utils.torch_utils import randn_tensor
+
+    channels = pipe.unet.config.in_channels if hasattr(pipe, "unet") else pipe.vae.config.latent_channels
+    shape = (request.num_images, channels, request.height // pipe.vae_scale_factor, request.width // pipe.vae_scale_factor)
+    ours = randn_tensor(shape, generator=generators, device=model.device, dtype=model.dtype)
+    theirs = randn_tensor(shape, generator=[torch.Generator("cpu").manual_seed(s) for s in request.subseeds()],
+                          device=model.device, dtype=model.dtype)
+    return torch.stack([_slerp(request.subseed_strength, a, b) for a, b in zip(ours, theirs)])
+
+
+def _slerp(t: float, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    x, y = a.float().flatten(), b.float().flatten()
+    angle = torch.arccos((x @ y / (x.norm() * y.norm())).clamp(-1, 1))
+    if angle < 1e-4:  # (nearly) the same direction: a straight line is as good
+        mixed = (1 - t) * x + t * y
+    else:
+        mixed = (torch.sin((1 - t) * angle) * x + torch.sin(t * angle) * y) / torch.sin(angle)
+    return mixed.reshape(a.shape).to(a.dtype)

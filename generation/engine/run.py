@@ -15,6 +15,7 @@ from .images import paste_back
 from .img2img import Start, from_image, prepare_start
 from .loading import PIPELINES, load_pipeline
 from .metadata import format_parameters, save_png
+from .noise import variation_noise
 from .pipelines import pipeline_for_run
 from .previews import PreviewMaker, PreviewSettings, PreviewThrottle, tiny_decoder
 from .prompts import prompt_schedule
@@ -303,31 +304,6 @@ class PromptSchedule:
         if "pooled_prompt_embeds" in embeds:
             updates["add_text_embeds"] = for_pipe(embeds["negative_pooled_prompt_embeds"], embeds["pooled_prompt_embeds"])
         return updates
-
-
-def variation_noise(pipe, request, generators, model) -> torch.Tensor:
-    """A1111's variation seed: each image's starting noise turned from its seed's toward its
-    subseed's by subseed_strength along the sphere between them, so it keeps the scale noise has.
-    The seed's noise is drawn from the run's own generators as the pipeline would draw it, so
-    the steps' noise that follows (ancestral samplers) is what it is without a variation."""
-    from diffusers.utils.torch_utils import randn_tensor
-
-    channels = pipe.unet.config.in_channels if hasattr(pipe, "unet") else pipe.vae.config.latent_channels
-    shape = (request.num_images, channels, request.height // pipe.vae_scale_factor, request.width // pipe.vae_scale_factor)
-    ours = randn_tensor(shape, generator=generators, device=model.device, dtype=model.dtype)
-    theirs = randn_tensor(shape, generator=[torch.Generator("cpu").manual_seed(s) for s in request.subseeds()],
-                          device=model.device, dtype=model.dtype)
-    return torch.stack([_slerp(request.subseed_strength, a, b) for a, b in zip(ours, theirs)])
-
-
-def _slerp(t: float, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    x, y = a.float().flatten(), b.float().flatten()
-    angle = torch.arccos((x @ y / (x.norm() * y.norm())).clamp(-1, 1))
-    if angle < 1e-4:  # (nearly) the same direction: a straight line is as good
-        mixed = (1 - t) * x + t * y
-    else:
-        mixed = (torch.sin((1 - t) * angle) * x + torch.sin(t * angle) * y) / torch.sin(angle)
-    return mixed.reshape(a.shape).to(a.dtype)
 
 
 def _txt2img(pipe, model, refiner, request, common, progress):
