@@ -140,6 +140,8 @@ def load_flux(path: Path, whole: dict, parts: dict, config: Path, dtype, shared:
         if not parts.get(part):
             raise JobError(f"this FLUX file has no {_PART_NAMES[part]}, and none was found beside it "
                            f"(the text-encoder folder needs {_PART_FILES[part]})")
+        if not Path(parts[part]).is_file():
+            raise JobError(f"the {_PART_NAMES[part]} chosen for this FLUX file, {Path(parts[part]).name}, is missing")
         sources[part] = (Path(parts[part]), "")
 
     if path.suffix.lower() == ".gguf":  # quantized blocks, widened layer by layer as they run

@@ -53,14 +53,20 @@ class Vae(models.Model):
         return ModelRef(self.source, name=self.name, hash=self.sha256[:10])
 
 
-def flux_parts(vae: "Vae | None") -> tuple:
-    """What a FLUX.1 transformer file may lack ((part, path), ...; flux.load_flux): CLIP-L, T5-XXL
-    (fp16 before fp8) and T5's tokenizer from the text-encoder folder; the VAE chosen as the
+def flux_parts(checkpoint: "Checkpoint") -> tuple:
+    """What a FLUX.1 transformer file may lack ((part, path), ...; flux.load_flux): CLIP-L and
+    T5-XXL, the files chosen for the checkpoint in the admin or else the first clip_l* and t5xxl*
+    (fp16 before fp8) of the text-encoder folder, and T5's tokenizer there; the VAE chosen as the
     checkpoint's default, else ae.safetensors in the models folder, its VAE folder or the
     text-encoder folder."""
     texts, models_dir = Path(settings.SDWEB["TEXT_ENCODERS_DIR"]), Path(settings.SDWEB["MODELS_DIR"])
-    parts = {"text_encoder": next(iter(sorted(texts.glob("clip_l*.safetensors"))), None),
-             "text_encoder_2": next(iter(sorted(texts.glob("t5xxl*.safetensors"))), None),
+    vae = checkpoint.default_vae
+
+    def chosen(name: str, pattern: str):
+        return texts / Path(name).name if name else next(iter(sorted(texts.glob(pattern))), None)
+
+    parts = {"text_encoder": chosen(checkpoint.clip_file, "clip_l*.safetensors"),
+             "text_encoder_2": chosen(checkpoint.t5_file, "t5xxl*.safetensors"),
              "tokenizer_2": texts / "t5_tokenizer",
              "vae": Path(vae.source) if vae else next((folder / "ae.safetensors" for folder in (
                  models_dir, models_dir / "VAE", models_dir / "vae", texts) if (folder / "ae.safetensors").is_file()), None)}
@@ -83,6 +89,10 @@ class Checkpoint(models.Model):
     file_mtime = models.FloatField(null=True, blank=True)
     default_vae = models.ForeignKey(Vae, null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
                                     help_text="Decodes this checkpoint's images unless a job picks another VAE")
+    clip_file = models.CharField(max_length=200, blank=True, help_text="FLUX.1 transformer files: the CLIP-L file in "
+                                 "the text-encoder folder; blank: its first clip_l*.safetensors")
+    t5_file = models.CharField(max_length=200, blank=True, help_text="FLUX.1 transformer files: the T5-XXL file in "
+                               "the text-encoder folder; blank: its first t5xxl*.safetensors (fp16 before fp8)")
     default_width = models.PositiveIntegerField(default=512)
     default_height = models.PositiveIntegerField(default=512)
     default_steps = models.PositiveIntegerField(default=20)
@@ -119,7 +129,7 @@ class Checkpoint(models.Model):
     def model_ref(self) -> ModelRef:
         single, flux = self.source.lower().endswith((".safetensors", ".gguf")), self.family.startswith("flux")
         return ModelRef(self.source, family=self.family if single or flux else "", config=self.config, name=self.name,
-                        hash=self.short_hash, parts=flux_parts(self.default_vae) if single and flux else ())
+                        hash=self.short_hash, parts=flux_parts(self) if single and flux else ())
 
 
 class AddOn(models.Model):

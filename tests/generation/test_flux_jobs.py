@@ -252,3 +252,32 @@ def test_fetch_t5_tokenizer_puts_the_wheels_tokenizer_where_flux_reads_it(tiny_f
     (tmp_path / "empty.whl").write_bytes(b"PK\x05\x06" + bytes(18))
     with pytest.raises(CommandError, match="not a wheel holding invokeai/backend/t5/tokenizer/"):
         call_command("fetch_t5_tokenizer", "--wheel", str(tmp_path / "empty.whl"))
+
+
+def test_the_admin_chooses_a_checkpoints_t5_file_and_a_missing_one_fails_the_job_by_name(alice, flux, tiny_flux, settings,
+                                                                                       tmp_path):
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    texts = tmp_path / "text_encoders"
+    shutil.copytree(tiny_flux["flux-dev"]["text_encoders"], texts)
+    save_file({k: v.to(torch.float8_e4m3fn) if v.ndim == 2 else v
+               for k, v in load_file(texts / "t5xxl_fp16.safetensors").items()}, texts / "t5xxl_fp8_e4m3fn.safetensors")
+    settings.SDWEB = {**settings.SDWEB, "TEXT_ENCODERS_DIR": texts}
+    checkpoint = flux["flux-dev"]
+    assert dict(checkpoint.model_ref().parts)["text_encoder_2"].endswith("t5xxl_fp16.safetensors")  # fp16 first
+    checkpoint.t5_file = "t5xxl_fp8_e4m3fn.safetensors"
+    checkpoint.save()
+    assert dict(checkpoint.model_ref().parts)["text_encoder_2"] == str(texts / "t5xxl_fp8_e4m3fn.safetensors")
+    params = {"prompt": "a red house", "checkpoint": checkpoint, "width": 256, "height": 256, "steps": 2,
+              "guidance_scale": 7, "scheduler": "Euler", "seed": 3, "num_images": 1}
+    run(job_submit(user=alice, params=params))
+    checkpoint.t5_file = "t5xxl_gone.safetensors"
+    checkpoint.save()
+    job = job_submit(user=alice, params=params)
+    job_run(job_claim())
+    job.refresh_from_db()
+    assert job.status == Job.FAILED and "T5-XXL text encoder chosen for this FLUX file, t5xxl_gone.safetensors, is " \
+                                         "missing" in job.error
