@@ -159,7 +159,8 @@ class Job(models.Model):
                       if a["kind"] == "lora")
         units = tuple(a for a in self.addons if a["kind"] == "controlnet")
         return batch_key(GenerationRequest(
-            model=self.checkpoint.model_ref(), vae=self.vae and self.vae.model_ref(), refiner=self.refiner_id and "refiner",
+            model=self.checkpoint.model_ref(with_parts=False), vae=self.vae and self.vae.model_ref(),
+            refiner=self.refiner_id and "refiner",
             loras=loras, controlnets=units, **{f: getattr(self, f) for f in self.PARAMS if f not in IMAGE_INPUT_PARAMS}))
 
     @property

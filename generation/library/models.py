@@ -126,10 +126,12 @@ class Checkpoint(models.Model):
     def xl(self) -> bool:
         return self.family.startswith("sdxl")
 
-    def model_ref(self) -> ModelRef:
+    def model_ref(self, with_parts: bool = True) -> ModelRef:
+        """What the engine loads; `with_parts=False` leaves out the files a FLUX.1 transformer lacks
+        (found on disk), for questions that don't need them (the batch rule)."""
         single, flux = self.source.lower().endswith((".safetensors", ".gguf")), self.family.startswith("flux")
         return ModelRef(self.source, family=self.family if single or flux else "", config=self.config, name=self.name,
-                        hash=self.short_hash, parts=flux_parts(self) if single and flux else ())
+                        hash=self.short_hash, parts=flux_parts(self) if single and flux and with_parts else ())
 
 
 class AddOn(models.Model):
