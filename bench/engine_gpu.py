@@ -36,8 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from generation.engine import GenerationRequest, PreviewSettings, generate, load_pipeline  # noqa: E402
 from generation.engine.batch import generate_batch  # noqa: E402
 from generation.engine.families import CONFIGS  # noqa: E402
-from generation.engine.flux import fit_memory  # noqa: E402
 from generation.engine.loading import PIPELINES, LoadedModel, compile_unet  # noqa: E402
+from generation.engine.parts import fit_memory  # noqa: E402
 from generation.engine.previews import fitted_latent_rgb  # noqa: E402
 from generation.engine.request import ModelRef  # noqa: E402
 from generation.engine.testmodel import _byte_level_tokenizer  # noqa: E402

@@ -74,6 +74,7 @@ class JobList(generics.ListCreateAPIView):
         params = dict(form.validated_data)
         checkpoint = params.setdefault("checkpoint", default_checkpoint())
         params.setdefault("steps", checkpoint.default_steps if checkpoint is not None else 20)
+        params.setdefault("guidance_scale", checkpoint.guidance if checkpoint is not None else 7.0)
         if checkpoint is not None and "init_image" not in params:  # img2img: the starting image's size
             params.setdefault("width", checkpoint.default_width)
             params.setdefault("height", checkpoint.default_height)

@@ -150,7 +150,7 @@ class GenerateForm(forms.Form):
         default = default_checkpoint()
         if default and not self.is_bound:  # the checkpoint's defaults, unless the link says otherwise
             self.initial = {"checkpoint": default, "width": default.default_width, "height": default.default_height,
-                            "steps": default.default_steps, **self.initial}
+                            "steps": default.default_steps, "guidance_scale": default.guidance, **self.initial}
         self.fields["num_images"] = forms.IntegerField(min_value=1, max_value=settings.SDWEB["MAX_IMAGES"],
                                                        initial=1, label="Images", help_text="Variants, seeds s, s+1, …")
         self.fields["batch_count"] = forms.IntegerField(

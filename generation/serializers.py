@@ -81,12 +81,14 @@ class JobCreateSerializer(serializers.Serializer):
     checkpoint = serializers.CharField(required=False, help_text="A checkpoint name; the default one if left out.")
     width = serializers.IntegerField(required=False, help_text="Pixels; a multiple of 8 (FLUX.1: 16), at least 256. "
                                      "Default: the checkpoint's own size (1024 for SDXL).")
-    height = serializers.IntegerField(required=False, help_text="Pixels; a multiple of 8 (FLUX.1: 16), at least 256. "
+    height = serializers.IntegerField(required=False, help_text="Pixels; a multiple of 8 (FLUX.1, SD 3.5: 16), at least 256. "
                                       "Default: the checkpoint's own size.")
     steps = serializers.IntegerField(required=False, min_value=1, max_value=MAX_STEPS, help_text="Denoising steps. "
-                                     "Default: the checkpoint's suggested number (20; FLUX.1: 28, [schnell]: 4).")
-    guidance_scale = serializers.FloatField(default=7.0, min_value=0, max_value=30,
-                                            help_text="How closely to follow the prompt (CFG scale).")
+                                     "Default: the checkpoint's suggested number (20; FLUX.1: 28, [schnell]: 4; "
+                                     "SD 3.5 Large: 28, Medium: 40, Large Turbo: 4).")
+    guidance_scale = serializers.FloatField(required=False, min_value=0, max_value=30, help_text="How closely to "
+                                            "follow the prompt (CFG scale). Default: the checkpoint family's (7; SD 3.5 "
+                                            "Large: 3.5, Medium: 4.5, Large Turbo: 1).")
     distilled_guidance_scale = serializers.FloatField(
         default=3.5, min_value=0, max_value=30, help_text="FLUX.1 [dev] only: its guidance (Forge's Distilled CFG "
         "Scale); FLUX.1 runs no CFG, so guidance_scale is not used for it.")

@@ -366,6 +366,7 @@ SDWEB = {
     "PREVIEW_FORMAT": env_choice("SDWEB_PREVIEW_FORMAT", "JPEG", ("JPEG", "WEBP")),
     "TAESD": env("SDWEB_TAESD", ""),  # an AutoencoderTiny folder for truer previews
     "TAEF1": env("SDWEB_TAEF1", ""),  # the same for FLUX.1's latents
+    "TAESD3": env("SDWEB_TAESD3", ""),  # ...and SD 3.5's
     "SAFETY_CHECKER": env("SDWEB_SAFETY_CHECKER", "off"),  # "off" or a StableDiffusionSafetyChecker folder
 }
 # A1111 clients send an image, a mask and each ControlNet unit's image as base64 in one JSON body.

@@ -1,4 +1,4 @@
-// The generate form: size presets (SDXL's own for SDXL and FLUX checkpoints), a checkpoint's own size
+// The generate form: size presets (SDXL's own for SDXL, FLUX and SD 3.5 checkpoints), a checkpoint's own size
 // and steps when it is picked, the refiner only for SDXL, FLUX.1's own fields (no negative prompt, no
 // CFG: [dev]'s distilled guidance), and the cost of the current settings before submitting.
 // The formula mirrors generation.services.quote_cost; the server's own quote is what is charged.
@@ -60,33 +60,34 @@
     const family = checkpoint().xl ? "sdxl" : "sd";
     for (const option of preset.options) option.hidden = option.dataset.family && option.dataset.family !== family;
     preset.value = [...preset.options].some((o) => o.value === value && !o.hidden) ? value : "custom";
-    const xl = checkpoint().xl && !checkpoint().flux;
+    const xl = checkpoint().xl && !checkpoint().flux && !checkpoint().sd3;
     for (const name of ["refiner", "refiner_switch_at"]) field(name).closest(".field").hidden = !xl;
     if (!xl) field("refiner").value = "";
     syncFlux();
   }
   function syncFlux() {
-    // FLUX.1 takes no negative prompt and runs no CFG; [dev] has its distilled guidance; it runs
-    // Euler (a), without ControlNet. Each checkpoint is offered the VAEs of its latents.
+    // FLUX.1 takes no negative prompt and runs no CFG; [dev] has its distilled guidance. FLUX.1 and
+    // SD 3.5 run Euler (a), without ControlNet or clip skip. Each checkpoint is offered the VAEs of its latents.
     const flux = checkpoint().flux;
-    for (const name of ["negative_prompt", "guidance_scale", "clip_skip"]) {
-      field(name).closest(".field").hidden = Boolean(flux);
-    }
+    const flow = Boolean(flux) || Boolean(checkpoint().sd3);
+    for (const name of ["negative_prompt", "guidance_scale"]) field(name).closest(".field").hidden = Boolean(flux);
+    field("clip_skip").closest(".field").hidden = flow;
     field("distilled_guidance_scale").closest(".field").hidden = flux !== "flux-dev";
-    if (document.getElementById("controlnet")) document.getElementById("controlnet").hidden = Boolean(flux);
+    if (document.getElementById("controlnet")) document.getElementById("controlnet").hidden = flow;
     for (const option of field("vae").options) {
-      option.hidden = Boolean(option.value) && option.dataset.channels !== (flux ? "16" : "4");
+      option.hidden = Boolean(option.value) && option.dataset.channels !== (flow ? "16" : "4");
     }
     if (field("vae").selectedOptions[0].hidden) field("vae").value = "";
-    for (const option of field("scheduler").options) option.hidden = Boolean(flux) && !option.value.startsWith("Euler");
-    if (!flux) return;
-    field("negative_prompt").value = "";
+    for (const option of field("scheduler").options) option.hidden = flow && !option.value.startsWith("Euler");
+    if (!flow) return;
+    if (flux) field("negative_prompt").value = "";
     if (field("scheduler").selectedOptions[0].hidden) field("scheduler").value = "Euler";
   }
   field("checkpoint").addEventListener("change", () => {
     field("width").value = checkpoint().width;
     field("height").value = checkpoint().height;
     field("steps").value = checkpoint().steps;
+    field("guidance_scale").value = checkpoint().guidance;
     syncPreset();
     quote();
   });

@@ -113,7 +113,7 @@ def _spec(data, user) -> dict:
     if stream and n != 1:
         raise OpenAIError(400, "Streaming makes one image: n must be 1.", param="n")
     params = {"prompt": prompt, "negative_prompt": "", "checkpoint": checkpoint, "width": width, "height": height,
-              "steps": checkpoint.default_steps, "guidance_scale": 7.0, "scheduler": "Euler a", "seed": -1,
+              "steps": checkpoint.default_steps, "guidance_scale": checkpoint.guidance, "scheduler": "Euler a", "seed": -1,
               "num_images": n}
     return {"params": params, "response_format": response_format, "output_format": output_format,
             "stream": stream, "partial_images": partial_images}

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import torch
 
+from . import flux, sd3
 from .controlmaps import MODULES
 from .esrgan import load_upscaler
 from .families import KOHYA_LORA_KEY, LYCORIS_KEY, read_header
-from .flux import lora_targets as flux_lora_targets
 from .ldm import unet_key_to_ldm
 from .pipelines import pipeline_for_run
 from .request import CONTROL_MODES, RESIZE_MODES, ControlUnit, JobError, LoraUse, ModelRef
@@ -140,10 +140,12 @@ def _load_controlnet(ref: ModelRef, device, dtype):
 def _lora_targets(pipe) -> dict[str, tuple[list, bool, bool]]:
     """{every name a LoRA file may give a layer: ([(module, first row, end row)], is it in the
     denoiser, are the halves of its rows swapped)}: Kohya's names (diffusers numbering for SD 1.x,
-    LDM numbering for SDXL, BFL's for FLUX.1, whose fused layers span several of ours) and PEFT's."""
-    if hasattr(pipe, "transformer"):  # FLUX.1
+    LDM numbering for SDXL, BFL's for FLUX.1 and Stability's for SD 3.5, whose fused layers span
+    several of ours) and PEFT's."""
+    if hasattr(pipe, "transformer"):  # FLUX.1, SD 3.5
+        family = sd3 if hasattr(pipe, "text_encoder_3") else flux
         targets = {alias: (parts, True, swapped) for alias, (parts, swapped) in
-                   flux_lora_targets(getattr(pipe.transformer, "_orig_mod", pipe.transformer)).items()}
+                   family.lora_targets(getattr(pipe.transformer, "_orig_mod", pipe.transformer)).items()}
     else:
         targets = {}
         unet = getattr(pipe.unet, "_orig_mod", pipe.unet)  # under torch.compile, the module it compiled
@@ -168,7 +170,7 @@ def _lora_targets(pipe) -> dict[str, tuple[list, bool, bool]]:
 def applied_loras(pipe, loras: list[tuple[LoadedAddon, LoraUse]]):
     """Merge each LoRA into the weights it changes (W += weight * alpha / rank * up @ down) for the
     body of the `with`, then copy the original weights back: the next run sees exactly the model
-    it would have seen without this one. Merged, a LoRA costs nothing per step. FLUX.1's saved
+    it would have seen without this one. Merged, a LoRA costs nothing per step. A transformer's saved
     weights wait in the CPU's memory (they may be most of a 22 GB transformer)."""
     saved: dict[torch.nn.Module, torch.Tensor] = {}
     aside = "cpu" if hasattr(pipe, "transformer") else None
@@ -188,7 +190,7 @@ def applied_loras(pipe, loras: list[tuple[LoadedAddon, LoraUse]]):
                 scale = (use.unet if in_denoiser else use.te) * (alpha / down.shape[0] if alpha else 1.0)
                 weight = parts[0][0].weight
                 delta = up.flatten(1).to(weight.device, torch.float32) @ down.flatten(1).to(weight.device, torch.float32)
-                if swapped:  # BFL's final modulation: (shift, scale) where diffusers has (scale, shift)
+                if swapped:  # BFL's and Stability's final modulations: (shift, scale) where diffusers has (scale, shift)
                     delta = torch.cat(delta.chunk(2)[::-1])
                 for module, first, end in parts:
                     if module not in saved:

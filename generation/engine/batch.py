@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from . import flux
+from . import flux, sd3
 from .addons import applied_loras
 from .loading import PIPELINES, load_pipeline
 from .pipelines import pipeline_for_run
@@ -169,16 +169,17 @@ def runs_by_length(jobs: list[int], lengths: dict) -> list[list[int]]:
 def _denoise(model, requests, jobs: list[int], embeds: dict, progress) -> dict:
     seeds = [s for k in jobs for s in requests[k].seeds()]
     counts = [requests[k].num_images for k in jobs]
-    if model.flux:  # no CFG: the batch's one distilled guidance (in the batch key)
-        progress.begin(jobs, counts)
+    guidance = torch.tensor([requests[k].guidance_scale for k in jobs for _ in range(requests[k].num_images)],
+                            device=model.device, dtype=model.dtype).view(-1, 1, 1, 1)
+    progress.begin(jobs, counts)
+    if model.transformer:  # FLUX.1: no CFG, the batch's one distilled guidance (in the batch key)
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-        latents, _ = flux.denoise(model, requests[jobs[0]], generators, progress,
-                                  stacked([embeds[k] for k in jobs], counts))
+        stack = stacked([embeds[k] for k in jobs], counts)
+        latents, _ = (flux.denoise(model, requests[jobs[0]], generators, progress, stack) if model.flux else
+                      sd3.denoise(model, requests[jobs[0]], generators, progress, stack, sample_guidance=guidance))
         return dict(zip(jobs, latents.split(counts)))
     pipe = pipeline_for_run(model.pipe, requests[jobs[0]].scheduler, seeds, "txt2img", per_sample_guidance=True)
-    pipe.sample_guidance = torch.tensor([requests[k].guidance_scale for k in jobs for _ in range(requests[k].num_images)],
-                                        device=model.device, dtype=model.dtype).view(-1, 1, 1, 1)
-    progress.begin(jobs, counts)
+    pipe.sample_guidance = guidance
     first = requests[jobs[0]]
     latents = pipe(width=first.width, height=first.height, num_inference_steps=first.steps,
                    guidance_scale=max(requests[k].guidance_scale for k in jobs), num_images_per_prompt=1,

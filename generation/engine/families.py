@@ -9,7 +9,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import flux
+from . import flux, sd3
 from .request import JobError
 
 CONFIGS = Path(__file__).parent / "configs"  # model configs of each family (facts, not weights)
@@ -26,7 +26,14 @@ class Family:
     xl: bool = False
     role: str = "txt2img"  # or "inpaint" (9-channel UNet), "refiner"
     flux: bool = False  # a FLUX.1 transformer: flow matching, T5 and CLIP-L, no negative prompt
+    sd3: bool = False  # an SD 3.5 MMDiT: flow matching, CLIP-L, CLIP-G and T5, CFG
     steps: int = 20  # a good default number of steps
+    guidance: float = 7.0  # ...and CFG scale
+
+    @property
+    def transformer(self) -> bool:
+        """FLUX.1 or SD 3.5: a transformer over 16-channel latents, flow matching, T5 (parts.py)."""
+        return self.flux or self.sd3
 
 
 FAMILIES = {
@@ -39,6 +46,9 @@ FAMILIES = {
     "sdxl-refiner": Family("SDXL refiner", "StableDiffusionXLImg2ImgPipeline", 1024, xl=True, role="refiner"),
     "flux-dev": Family("FLUX.1 [dev]", "FluxPipeline", 1024, flux=True, steps=28),
     "flux-schnell": Family("FLUX.1 [schnell]", "FluxPipeline", 1024, flux=True, steps=4),
+    "sd35-large": Family("SD 3.5 Large", "StableDiffusion3Pipeline", 1024, sd3=True, steps=28, guidance=3.5),
+    "sd35-large-turbo": Family("SD 3.5 Large Turbo", "StableDiffusion3Pipeline", 1024, sd3=True, steps=4, guidance=1.0),
+    "sd35-medium": Family("SD 3.5 Medium", "StableDiffusion3Pipeline", 1024, sd3=True, steps=40, guidance=4.5),
 }
 
 
@@ -124,18 +134,26 @@ def _gguf_header(path: Path) -> dict:
     return {t.name: {"dtype": t.tensor_type.name, "shape": [int(side) for side in reversed(t.shape)]} for t in tensors}
 
 
-def detect_family(header: dict, *, v_prediction: bool = False) -> str:
+def file_family(path) -> str:
+    """detect_family of the file at `path`, with what only its neighbours and name tell."""
+    return detect_family(read_header(path), v_prediction=v_prediction_beside(path), turbo="turbo" in Path(path).name.lower())
+
+
+def detect_family(header: dict, *, v_prediction: bool = False, turbo: bool = False) -> str:
     """The family of an LDM-layout checkpoint from its tensor names; ValueError naming what the
     file is when it is not a checkpoint this studio runs. SD 2.x epsilon and v-prediction models
-    have the same names: `v_prediction` (from a .yaml beside the file, or the operator) decides."""
+    have the same names: `v_prediction` (from a .yaml beside the file, or the operator) decides; so
+    do SD 3.5 Large and Large Turbo: `turbo` (its file name, or the operator)."""
     keys = header.keys()
     first_conv = header.get(UNET + "input_blocks.0.0.weight")
     if other := other_family(header):
-        raise JobError(f"this is a {other} model: this studio runs SD 1.x, SD 2.x, SDXL and FLUX.1 checkpoints, "
-                       f"not {other} (yet)")
+        raise JobError(f"this is a {other} model: this studio runs SD 1.x, SD 2.x, SDXL, SD 3.5 and FLUX.1 "
+                       f"checkpoints, not {other} (yet)")
     for prefix in (UNET, ""):
         if prefix + flux.MARKER in header:
             return flux.flux_family(header, prefix)
+        if prefix + sd3.MARKER in header:
+            return sd3.sd3_family(header, prefix, turbo)
     if first_conv is None:
         raise JobError(f"this is not a Stable Diffusion checkpoint: it looks like {_what_else(keys)}")
     if not any(k.startswith("first_stage_model.") for k in keys):
@@ -178,9 +196,6 @@ def vae_layout(header: dict) -> str:
 OTHER_FAMILIES = (
     ("FLUX.2", "single_stream_modulation.lin.weight"),
     ("Chroma", "distilled_guidance_layer.in_proj.bias"),
-    ("SD 3.5 Large", "joint_blocks.37.x_block.mlp.fc1.weight"),
-    ("SD 3.5 Medium", "joint_blocks.0.x_block.attn2.qkv.weight"),
-    ("SD 3", "joint_blocks.0.context_block.adaLN_modulation.1.bias"),
     ("Z-Image", "layers.0.adaLN_modulation.0.weight"),
     ("Lumina 2", "cap_embedder.0.weight"),
     ("HiDream", "double_stream_blocks.0.block.adaLN_modulation.1.bias"),
@@ -246,7 +261,7 @@ LYCORIS_KEY = re.compile(r"\.(hada_|lokr_|oft_|boft_|diff$|diff_b$|dora_scale$)"
 
 
 def addon_family(kind: str, path) -> str:
-    """The base family an add-on file is for ("sd1", "sd2", "sdxl", "flux"), from its tensor names and
+    """The base family an add-on file is for ("sd1", "sd2", "sdxl", "flux", "sd35"), from its tensor names and
     shapes; ValueError naming what is wrong with a file that is not the kind it claims to be."""
     header = read_header(path)
     _check_tensors(header, Path(path).name)
@@ -258,6 +273,8 @@ def addon_family(kind: str, path) -> str:
                                 else ""))
         if any(re.search(r"(double|single)_blocks|single_transformer_blocks", k) for k in keys):
             return "flux"
+        if any(re.search(r"joint_blocks|(^|_|\.)transformer_blocks[._]", k) for k in keys):
+            return "sd35"  # (a FLUX.1 LoRA of double blocks only would land here: it fits no SD 3.5 layer)
         if any(k.startswith(("lora_te1_", "lora_te2_", "lora_unet_input_blocks", "lora_unet_output_blocks",
                              "text_encoder_2.")) for k in keys):
             return "sdxl"

@@ -7,9 +7,10 @@ The transformer's names: BFL's layout <-> diffusers', one table read both ways (
 their tiny models with it; diffusers' own converter assumes the full-size width)."""
 
 import functools
-import json
 from pathlib import Path
 
+from . import parts
+from .parts import Layout, load_parts, t5_tokenizer
 from .request import JobError
 
 # BFL's module -> the diffusers modules whose weights it holds, concatenated along the first axis.
@@ -113,80 +114,27 @@ def flux_family(header: dict, prefix: str) -> str:
     return "flux-dev" if prefix + "guidance_in.in_layer.weight" in header else "flux-schnell"
 
 
-def missing_parts(header: dict) -> list[str]:
-    """The parts (besides the transformer) a FLUX file doesn't hold: they come from the text-encoder
-    and VAE files beside it."""
-    return [part for part, prefix in PREFIXES.items()
-            if part != "transformer" and not any(k.startswith(prefix) for k in header)]
+LAYOUT = Layout("FLUX", PREFIXES, {
+    "text_encoder": ("CLIP-L text encoder", "clip_l.safetensors"),
+    "text_encoder_2": ("T5-XXL text encoder", "t5xxl_fp16.safetensors (or t5xxl_fp8_e4m3fn)"),
+    "vae": ("VAE", "ae.safetensors")}, to_diffusers)
 
 
-def load_flux(path: Path, whole: dict, parts: dict, config: Path, dtype, shared: dict | None = None):
-    """A FluxPipeline from a FLUX file (`whole`: its tensor table; `parts` names the files of what it lacks: text_encoder,
-    text_encoder_2, vae, and tokenizer_2, a folder holding T5's tokenizer), each module made on the
-    meta device and given its tensors in `dtype`: nothing is initialised or held twice. A part read
-    from a file of its own is taken from `shared` ({part_key: module}: another FLUX model's) when it
-    is there. Returns the pipeline and {part_key: module} of the parts it read from such files."""
+def load_flux(path: Path, whole: dict, files: dict, config: Path, dtype, shared: dict | None = None):
+    """A FluxPipeline from a FLUX file (`whole`: its tensor table; `files` names the files of what it
+    lacks, and tokenizer_2, a folder holding T5's tokenizer: parts.load_parts). Returns the pipeline
+    and {part_key: module} of the parts it read from files of their own."""
     import diffusers
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
-    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
-    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+    from diffusers import FlowMatchEulerDiscreteScheduler
 
     from .tokenizer import clip_tokenizer
 
-    prefix = PREFIXES["transformer"] if any(k.startswith(PREFIXES["transformer"]) for k in whole) else ""
-    sources = {part: (path, PREFIXES[part]) for part in PREFIXES if part != "transformer"}
-    sources["transformer"] = (path, prefix)
-    for part in missing_parts(whole):
-        if not parts.get(part):
-            raise JobError(f"this FLUX file has no {_PART_NAMES[part]}, and none was found beside it "
-                           f"(the text-encoder folder needs {_PART_FILES[part]})")
-        if not Path(parts[part]).is_file():
-            raise JobError(f"the {_PART_NAMES[part]} chosen for this FLUX file, {Path(parts[part]).name}, is missing")
-        sources[part] = (Path(parts[part]), "")
-
-    if path.suffix.lower() == ".gguf":  # quantized blocks, widened layer by layer as they run
-        from diffusers.models.model_loading_utils import load_gguf_checkpoint
-        from diffusers.quantizers.gguf.utils import _replace_with_gguf_linear
-
-        state = to_diffusers(load_gguf_checkpoint(str(path)))
-        quantized = functools.partial(_replace_with_gguf_linear, compute_dtype=dtype, state_dict=state)
-    else:
-        state, quantized = to_diffusers(_tensors(*sources["transformer"])), None
-    transformer = _built(lambda: FluxTransformer2DModel.from_config(FluxTransformer2DModel.load_config(
-        config / "transformer")), state, dtype, quantized)
-    vae_config = AutoencoderKL.load_config(config / "vae")
-    makers = {
-        "vae": lambda: _built(lambda: AutoencoderKL.from_config(vae_config),
-                              convert_ldm_vae_checkpoint(_tensors(*sources["vae"]), vae_config), dtype),
-        "text_encoder": lambda: _built(lambda: CLIPTextModel(CLIPTextConfig.from_pretrained(config / "text_encoder")),
-                                       _tensors(*sources["text_encoder"]), dtype),
-        "text_encoder_2": lambda: _built(lambda: T5EncoderModel(T5Config.from_pretrained(config / "text_encoder_2")),
-                                         _tensors(*sources["text_encoder_2"]), dtype)}
-    modules, own_files = {}, {}
-    for part, make in makers.items():
-        file, prefix = sources[part]
-        key = part_key(part, file, config, dtype) if file != path else None
-        modules[part] = (shared or {}).get(key) or make()
-        if key:
-            own_files[key] = modules[part]
+    modules, own_files = load_parts(LAYOUT, path, whole, files, config, dtype, shared)
     scheduler = FlowMatchEulerDiscreteScheduler.from_config(
         FlowMatchEulerDiscreteScheduler.load_config(config / "scheduler"))
-    pipe = diffusers.FluxPipeline(transformer=transformer, **modules, tokenizer=clip_tokenizer(),
-                                  tokenizer_2=t5_tokenizer(parts.get("tokenizer_2")), scheduler=scheduler)
+    pipe = diffusers.FluxPipeline(**modules, tokenizer=clip_tokenizer(), tokenizer_2=t5_tokenizer(files.get("tokenizer_2")),
+                                  scheduler=scheduler)
     return pipe, own_files
-
-
-def part_key(part: str, file: Path, config: Path, dtype) -> tuple:
-    """What makes two FLUX models' text encoder (or VAE) the same module: its file (by content:
-    size and mtime), its config, its precision."""
-    stat = Path(file).stat()
-    config = json.loads((Path(config) / part / "config.json").read_text())
-    return part, str(Path(file).resolve()), stat.st_size, stat.st_mtime, json.dumps(config, sort_keys=True), str(dtype)
-
-
-_PART_NAMES = {"text_encoder": "CLIP-L text encoder", "text_encoder_2": "T5-XXL text encoder", "vae": "VAE"}
-_PART_FILES = {"text_encoder": "clip_l.safetensors", "text_encoder_2": "t5xxl_fp16.safetensors (or t5xxl_fp8_e4m3fn)",
-               "vae": "ae.safetensors"}
 
 
 def denoise(model, request, generators, progress, embeds: dict, start=None):
@@ -213,28 +161,11 @@ def denoise(model, request, generators, progress, embeds: dict, start=None):
 
 
 def lora_targets(transformer) -> dict:
-    """{every name a FLUX.1 LoRA file may give a layer: ([(module, first row, end row)], are the
-    halves of its rows swapped)}: BFL's layer names (Kohya's lora_unet_double_blocks_0_img_attn_qkv,
-    ComfyUI's diffusion_model.double_blocks.0.img_attn.qkv), whose fused layers span several of
-    ours, and diffusers' own (PEFT's transformer.transformer_blocks.0.attn.to_q)."""
-    import torch
-
-    modules, config = dict(transformer.named_modules()), transformer.config
-    targets = {}
-    for bfl, ours in _modules(config.num_layers, config.num_single_layers):
-        found = [modules.get(name) for name in ours]
-        if not all(isinstance(m, torch.nn.Linear) for m in found):
-            continue  # a norm, or guidance_in on [schnell]
-        parts, rows = [], 0
-        for module in found:
-            parts.append((module, rows, rows + module.weight.shape[0]))
-            rows += module.weight.shape[0]
-        for alias in ("lora_unet_" + bfl.replace(".", "_"), "diffusion_model." + bfl, bfl):
-            targets[alias] = (parts, bfl == _SWAPPED)
-        for name, module in zip(ours, found):
-            for alias in ("transformer." + name, "lora_transformer_" + name.replace(".", "_")):
-                targets[alias] = ([(module, 0, module.weight.shape[0])], False)
-    return targets
+    """parts.lora_targets for FLUX.1: BFL's layer names (Kohya's lora_unet_double_blocks_0_img_attn_qkv,
+    ComfyUI's diffusion_model.double_blocks.0.img_attn.qkv) and diffusers' own."""
+    config = transformer.config
+    return parts.lora_targets(transformer, ((bfl, ours, bfl == _SWAPPED) for bfl, ours in
+                                            _modules(config.num_layers, config.num_single_layers)), "lora_unet_")
 
 
 def encode(pipe, prompt: str, max_tokens: int, device) -> dict:
@@ -247,72 +178,3 @@ def encode(pipe, prompt: str, max_tokens: int, device) -> dict:
         embeds = pipe._get_t5_prompt_embeds(prompt=prompt, max_sequence_length=max_tokens,
                                             device=pipe.text_encoder_2.device)
     return {"prompt_embeds": embeds.to(device, pooled.dtype), "pooled_prompt_embeds": pooled}
-
-
-FP8_KEPT = ("pos_embed", "x_embedder", "context_embedder", "^proj_out$")
-
-
-def fit_memory(pipe, dtype, quantize: str) -> None:
-    """`quantize`="fp8": the transformer's weights kept in float8 (half of bfloat16's memory: FLUX.1
-    ~12 GB), each layer widened to `dtype` as it runs (diffusers' layerwise casting)."""
-    import torch
-    from diffusers.hooks import apply_layerwise_casting
-
-    if quantize not in ("", "none", "fp8"):
-        raise JobError(f"quantize must be none or fp8 (got {quantize!r})")
-    if quantize == "fp8" and not any(hasattr(p, "quant_type") for p in pipe.transformer.parameters()):  # (GGUF is)
-        # every linear layer but the first and last, the modulations too (diffusers' own skips them)
-        apply_layerwise_casting(pipe.transformer, torch.float8_e4m3fn, dtype, skip_modules_pattern=FP8_KEPT)
-
-
-def t5_tokenizer(folder):
-    """T5's tokenizer from `folder` (tokenizer.json, as transformers saves it)."""
-    from transformers import T5TokenizerFast
-
-    if not folder or not (Path(folder) / "tokenizer.json").is_file():
-        raise JobError("FLUX needs T5's tokenizer: the operator puts it in the text-encoder folder with "
-                       "manage.py fetch_t5_tokenizer (README: FLUX.1)")
-    return T5TokenizerFast.from_pretrained(str(folder), local_files_only=True)
-
-
-def _tensors(path: Path, prefix: str) -> dict:
-    """The tensors of `path` whose names start with `prefix`, without it."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), "pt") as file:
-        return {name[len(prefix):]: file.get_tensor(name) for name in file.keys() if name.startswith(prefix)}
-
-
-def _built(make, state: dict, dtype, quantized=None):
-    """The module `make()` builds, with exactly `state`'s weights (HF text encoders' files may carry a few
-    extras: position ids, a projection FLUX doesn't use, a tied copy of the embeddings). `quantized`
-    swaps in the layers that take GGUF's quantized blocks, which are kept as they are."""
-    from accelerate import init_empty_weights
-
-    with init_empty_weights():  # parameters on the meta device, buffers real
-        model = make()
-        if quantized:
-            quantized(model)
-    own = model.state_dict()
-    if not any(k.startswith("text_model.") for k in own):  # transformers >= 5.6 dropped CLIP's prefix
-        state = {k.removeprefix("text_model."): v for k, v in state.items()}
-    state = {k: v if hasattr(v, "quant_type") else v.to(dtype) for k, v in state.items() if k in own}
-    missing = [k for k in own if k not in state and not k.endswith("position_ids") and k != "encoder.embed_tokens.weight"]
-    if missing:
-        raise JobError(f"the {type(model).__name__} weights lack {len(missing)} tensors, e.g. {missing[0][:80]!r}")
-    for name in [k for k, v in state.items() if hasattr(v, "quant_type")]:  # (their shape is in bytes)
-        module, _, attribute = name.rpartition(".")
-        model.get_submodule(module)._parameters[attribute] = state.pop(name)
-    model.load_state_dict(state, strict=False, assign=True)
-    if "shared.weight" in own:  # T5: the encoder's embeddings are the shared ones
-        model.encoder.embed_tokens = model.shared
-    return model.eval().requires_grad_(False)
-
-
-def config_folder(config) -> Path:
-    """A FLUX config folder, checked to be one."""
-    config = Path(config)
-    index = config / "model_index.json"
-    if not index.is_file() or json.loads(index.read_text()).get("_class_name") != "FluxPipeline":
-        raise JobError("the config folder of a FLUX model must hold a FluxPipeline's model_index.json")
-    return config

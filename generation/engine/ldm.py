@@ -106,9 +106,9 @@ def vae_to_ldm(vae) -> dict[str, torch.Tensor]:
 
 
 def clip_to_ldm(encoder) -> dict[str, torch.Tensor]:
-    """A CLIPTextModel as LDM keeps the HF one: under `text_model.`."""
-    return {("" if k.startswith("text_model.") else "text_model.") + k: v for k, v in encoder.state_dict().items()
-            if not k.endswith("position_ids")}
+    """A CLIPTextModel(WithProjection) as LDM keeps the HF one: under `text_model.`, its projection beside."""
+    return {("" if k.startswith(("text_model.", "text_projection.")) else "text_model.") + k: v
+            for k, v in encoder.state_dict().items() if not k.endswith("position_ids")}
 
 
 def open_clip_to_ldm(encoder) -> dict[str, torch.Tensor]:

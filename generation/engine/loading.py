@@ -10,10 +10,12 @@ from pathlib import Path
 
 import torch
 
-from .families import FAMILIES, detect_family, family_config, read_header, v_prediction_beside, vae_layout
-from .flux import fit_memory, load_flux
+from .families import FAMILIES, family_config, file_family, read_header, vae_layout
+from .flux import load_flux
+from .parts import fit_memory
 from .previews import fitted_latent_rgb
 from .request import JobError, ModelRef, model_ref
+from .sd3 import folder_sd3_family, load_sd3
 from .sources import model_hash, model_name, resolve_source
 from .tokenizer import clip_tokenizer
 
@@ -30,7 +32,7 @@ class LoadedModel:
     size_bytes: int
     load_seconds: float
     latent_rgb: tuple | None = None  # fitted preview factors (previews.fitted_latent_rgb) where none are published
-    parts: dict = dataclasses.field(default_factory=dict)  # FLUX.1: {flux.part_key: module} it may share
+    parts: dict = dataclasses.field(default_factory=dict)  # FLUX.1, SD 3.5: {parts.part_key: module} it may share
 
     @property
     def xl(self) -> bool:
@@ -39,6 +41,15 @@ class LoadedModel:
     @property
     def flux(self) -> bool:
         return self.family.startswith("flux")
+
+    @property
+    def sd3(self) -> bool:
+        return self.family.startswith("sd35")
+
+    @property
+    def transformer(self) -> bool:
+        """FLUX.1 or SD 3.5 (families.Family.transformer)."""
+        return self.flux or self.sd3
 
 
 def pick_device(device: str | None = None) -> torch.device:
@@ -81,11 +92,12 @@ def _load(ref: ModelRef, device: torch.device, dtype: torch.dtype, quantize: str
     dtype = pipe.vae.dtype
     if dtype == torch.float16 and getattr(pipe.vae.config, "force_upcast", False):
         pipe.vae.to(torch.float32)  # SDXL's VAE overflows in float16: black images
-    if family.startswith("flux"):
+    transformer = family in FAMILIES and FAMILIES[family].transformer
+    if transformer:
         fit_memory(pipe, dtype, quantize)
     pipe.to(device)
-    if family.startswith("flux") and t5_device:
-        pipe.text_encoder_2.to(t5_device)
+    if transformer and t5_device:
+        (pipe.text_encoder_3 if FAMILIES[family].sd3 else pipe.text_encoder_2).to(t5_device)
     if device.type == "cuda" and hasattr(pipe, "unet"):  # convolutions run faster on NHWC tensors there
         for module in (pipe.unet, pipe.vae):
             module.to(memory_format=torch.channels_last)
@@ -95,7 +107,7 @@ def _load(ref: ModelRef, device: torch.device, dtype: torch.dtype, quantize: str
     return LoadedModel(
         pipe=pipe, name=name, hash=ref.hash or model_hash(path), family=family, vae_config=vae_config,
         device=device, dtype=dtype, size_bytes=size, load_seconds=time.perf_counter() - started,
-        latent_rgb=fitted_latent_rgb(pipe.vae) if family.startswith("flux") else None, parts=parts,
+        latent_rgb=fitted_latent_rgb(pipe.vae) if transformer else None, parts=parts,
     )
 
 
@@ -134,10 +146,14 @@ def _load_folder(folder: Path, dtype: torch.dtype):
     index = json.loads((folder / "model_index.json").read_text())
     kind = index.get("_class_name")
     if kind == "FluxPipeline":
-        pipe = diffusers.FluxPipeline.from_pretrained(folder, dtype=_flux_dtype(dtype), use_safetensors=True)
+        pipe = diffusers.FluxPipeline.from_pretrained(folder, dtype=_transformer_dtype(dtype), use_safetensors=True)
         return pipe, "flux-dev" if pipe.transformer.config.guidance_embeds else "flux-schnell"
+    if kind == "StableDiffusion3Pipeline":
+        family = folder_sd3_family(folder)
+        return diffusers.StableDiffusion3Pipeline.from_pretrained(folder, dtype=_transformer_dtype(dtype),
+                                                                  use_safetensors=True), family
     if kind not in ("StableDiffusionPipeline", "StableDiffusionXLPipeline"):
-        raise JobError(f"it is a {kind}; only Stable Diffusion 1.x, 2.x, SDXL and FLUX.1 pipelines are supported")
+        raise JobError(f"it is a {kind}; only Stable Diffusion 1.x, 2.x, SDXL, SD 3.5 and FLUX.1 pipelines are supported")
     extra = ({"add_watermarker": False} if kind == "StableDiffusionXLPipeline"
              else {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False})
     pipe = getattr(diffusers, kind).from_pretrained(folder, dtype=dtype, use_safetensors=True, **extra)
@@ -149,13 +165,14 @@ def _load_single_file(path: Path, ref: ModelRef, dtype: torch.dtype, shared: dic
     `config` must be an existing folder, or diffusers takes it as a hub id."""
     import diffusers
 
-    family = ref.family or detect_family(read_header(path), v_prediction=v_prediction_beside(path))
+    family = ref.family or file_family(path)
     spec = FAMILIES[family]
     config = Path(ref.config).resolve() if ref.config else family_config(family)
     if not (config / "model_index.json").is_file():
         raise JobError(f"the config folder of {family} has no model_index.json")
-    if spec.flux:
-        pipe, parts = load_flux(path, read_header(path), dict(ref.parts), config, _flux_dtype(dtype), shared)
+    if spec.transformer:
+        load = load_sd3 if spec.sd3 else load_flux
+        pipe, parts = load(path, read_header(path), dict(ref.parts), config, _transformer_dtype(dtype), shared)
         return pipe, family, parts
     index = json.loads((config / "model_index.json").read_text())
     extra = {"add_watermarker": False} if spec.xl else {"safety_checker": None, "feature_extractor": None,
@@ -169,8 +186,8 @@ def _load_single_file(path: Path, ref: ModelRef, dtype: torch.dtype, shared: dic
     return pipe, family, {}
 
 
-def _flux_dtype(dtype: torch.dtype) -> torch.dtype:
-    """FLUX runs in bfloat16 where SD runs in float16: T5's activations overflow float16."""
+def _transformer_dtype(dtype: torch.dtype) -> torch.dtype:
+    """FLUX and SD 3.5 run in bfloat16 where SD runs in float16: T5's activations overflow float16."""
     return torch.bfloat16 if dtype == torch.float16 else dtype
 
 
@@ -183,14 +200,14 @@ class PipelineCache:
         self._lock = threading.Lock()  # two threads asking for one model load it once
         self.hits = self.misses = 0
         self.load_seconds = 0.0
-        self.quantize, self.t5_device = "none", ""  # FLUX.1: flux.fit_memory, and where T5 lives ("": with the rest)
+        self.quantize, self.t5_device = "none", ""  # FLUX.1, SD 3.5: parts.fit_memory, and where T5 lives ("": with the rest)
 
     def get(self, model, device=None, dtype=None) -> LoadedModel:
         device = pick_device(device)
         dtype = pick_dtype(device, dtype)
         ref = model_ref(model)
         shared = {key: module for loaded in list(self._models.values()) if getattr(loaded, "device", None) == device
-                  for key, module in getattr(loaded, "parts", {}).items()}  # FLUX.1's text encoders and VAE
+                  for key, module in getattr(loaded, "parts", {}).items()}  # text encoders and VAEs of their own files
         return self._cached(self.key(ref, device, dtype), lambda: _load(
             dataclasses.replace(ref, source=ref.source.strip()), device, dtype, self.quantize, self.t5_device, shared))
 
@@ -268,11 +285,11 @@ def load_pipeline(model: str | ModelRef, *, device=None, dtype=None) -> LoadedMo
 
 
 def compile_unet(model: LoadedModel) -> None:
-    """torch.compile the denoiser (UNet, or FLUX's transformer) of a cached model, once. The first
+    """torch.compile the denoiser (UNet, or FLUX's or SD 3.5's transformer) of a cached model, once. The first
     run of each new shape compiles (tens of seconds on a GPU); after a second batch size the batch
     dimension is compiled as dynamic, so warming up with batch 1 and the largest batch covers the
     sizes between. LoRAs are merged into the weights in place (addons.applied_loras), which needs
     no recompilation."""
-    name = "transformer" if model.flux else "unet"
+    name = "transformer" if model.transformer else "unet"
     if not isinstance(getattr(model.pipe, name), torch._dynamo.eval_frame.OptimizedModule):
         setattr(model.pipe, name, torch.compile(getattr(model.pipe, name)))

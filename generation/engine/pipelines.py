@@ -16,6 +16,8 @@ PIPELINE_CLASSES = {  # (SDXL?, task) -> diffusers class name
 
 
 FLUX_PIPELINES = {"txt2img": "FluxPipeline", "img2img": "FluxImg2ImgPipeline", "inpaint": "FluxInpaintPipeline"}
+SD3_PIPELINES = {"txt2img": "StableDiffusion3Pipeline", "img2img": "StableDiffusion3Img2ImgPipeline",
+                 "inpaint": "StableDiffusion3InpaintPipeline"}
 
 
 def pipeline_for_run(base, scheduler_name: str, seeds: list[int], task: str = "txt2img", *,
@@ -27,8 +29,9 @@ def pipeline_for_run(base, scheduler_name: str, seeds: list[int], task: str = "t
 
     components = {**base.components, **extra,
                   "scheduler": make_scheduler(scheduler_name, base.scheduler.config, seeds)}
-    if isinstance(base, diffusers.FluxPipeline):
-        pipe = getattr(diffusers, FLUX_PIPELINES[task])(**components)
+    if isinstance(base, (diffusers.FluxPipeline, diffusers.StableDiffusion3Pipeline)):
+        cls = getattr(diffusers, (FLUX_PIPELINES if isinstance(base, diffusers.FluxPipeline) else SD3_PIPELINES)[task])
+        pipe = (with_sample_guidance(cls) if per_sample_guidance else cls)(**components)
         pipe.set_progress_bar_config(disable=True)
         return pipe
     xl = "text_encoder_2" in components
@@ -49,7 +52,7 @@ def pipeline_for_run(base, scheduler_name: str, seeds: list[int], task: str = "t
 
 @functools.cache
 def with_sample_guidance(cls):
-    """`cls` (a diffusers SD or SDXL pipeline) with a CFG scale for each sample: the pipelines
+    """`cls` (a diffusers SD, SDXL or SD 3.5 pipeline) with a CFG scale for each sample: the pipelines
     read `guidance_scale` as one number; here it is `sample_guidance`, shaped (B, 1, 1, 1), which
     their `uncond + scale * (text - uncond)` broadcasts over the batch."""
 

@@ -27,7 +27,8 @@ class PreviewSettings:
     format: str = "JPEG"  # or "WEBP"
     quality: int = 80
     taesd: str | None = None  # a diffusers AutoencoderTiny folder for SD's latents (TAESD, TAESDXL)...
-    taef1: str | None = None  # ...and one for FLUX.1's (TAEF1)
+    taef1: str | None = None  # ...one for FLUX.1's (TAEF1)...
+    taesd3: str | None = None  # ...and one for SD 3.5's (TAESD3)
 
 
 class PreviewThrottle:
@@ -59,7 +60,7 @@ def latents_to_rgb(latents: torch.Tensor, taesd=None, factors=None) -> torch.Ten
 
 
 def fitted_latent_rgb(vae) -> tuple[torch.Tensor, torch.Tensor]:
-    """Latent -> RGB factors for a VAE with no published ones (FLUX's 16 channels), fitted to the
+    """Latent -> RGB factors for a VAE with no published ones (FLUX's and SD 3.5's 16 channels), fitted to the
     VAE itself: smooth random pictures are encoded, and each latent pixel is regressed (least
     squares) on the mean colour of the patch it covers. Latents as the denoiser sees them (shifted,
     scaled)."""
@@ -150,9 +151,9 @@ _TAESD = {}
 
 
 def tiny_decoder(settings: PreviewSettings | None, model, wanted: bool = True):
-    """The tiny autoencoder configured for `model`'s latents (TAEF1 for FLUX.1, TAESD for the
-    others), loaded; None when none is, or no preview is `wanted`."""
-    folder = settings and (settings.taef1 if model.flux else settings.taesd)
+    """The tiny autoencoder configured for `model`'s latents (TAEF1 for FLUX.1, TAESD3 for SD 3.5, TAESD
+    for the others), loaded; None when none is, or no preview is `wanted`."""
+    folder = settings and (settings.taef1 if model.flux else settings.taesd3 if model.sd3 else settings.taesd)
     return load_taesd(folder, model.device, model.dtype) if folder and wanted else None
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import torch
 from PIL import Image
 
-from . import flux
+from . import flux, sd3
 from .addons import Addons, applied_loras, controlled_run
 from .esrgan import esrgan_upscale
 from .images import paste_back
@@ -135,8 +135,8 @@ def generate(
         common = _pipeline_arguments(request, seeds, progress, embeds, xl=model.xl)
         start = prepare_start(request) if request.init_image is not None else None
         try:
-            if model.flux:
-                latents, pipe = _flux(model, request, common, embeds, progress, start)
+            if model.transformer:
+                latents, pipe = _transformer(model, request, common, embeds, progress, start)
             elif addons.controlnets:
                 latents, pipe = controlled_run(model, request, start, common, addons.controlnets)
             elif request.mode == "txt2img":
@@ -182,14 +182,16 @@ def _pipeline_arguments(request, seeds, progress, embeds, *, xl: bool) -> dict:
                 **(scheduled if progress.schedule else {}))
 
 
-def _flux(model, request, common, embeds, progress, start):
-    """FLUX.1's run (flux.denoise), its prompt's embeddings once for each image; with hires fix, a
-    second pass from the first's latents upscaled (or its pictures), with fresh generators."""
+def _transformer(model, request, common, embeds, progress, start):
+    """FLUX.1's or SD 3.5's run (flux.denoise, sd3.denoise), its prompt's embeddings once for each
+    image; with hires fix, a second pass from the first's latents upscaled (or its pictures), with
+    fresh generators."""
+    denoise = flux.denoise if model.flux else sd3.denoise
     embeds = {k: v.repeat_interleave(request.num_images, 0) for k, v in embeds.items()}
     if request.subseed_strength:  # FLUX.1 takes its starting noise packed in 2x2 patches
         noise = variation_noise(model.pipe, request, common["generator"], model)
-        embeds["latents"] = model.pipe._pack_latents(noise, *noise.shape)
-    latents, pipe = flux.denoise(model, request, common["generator"], progress, embeds, start)
+        embeds["latents"] = model.pipe._pack_latents(noise, *noise.shape) if model.flux else noise
+    latents, pipe = denoise(model, request, common["generator"], progress, embeds, start)
     if request.enable_hr and not progress.cancelled:
         progress.pass_ended(pipe)
         upscaled = _upscaled(pipe, model, latents, request)
@@ -197,7 +199,7 @@ def _flux(model, request, common, embeds, progress, start):
         second = dataclasses.replace(request, width=width, height=height, init_image=upscaled,
                                      steps=request.hr_second_pass_steps or request.steps)
         generators = [torch.Generator("cpu").manual_seed(g.initial_seed()) for g in common["generator"]]
-        latents, pipe = flux.denoise(model, second, generators, progress, embeds, Start(upscaled))
+        latents, pipe = denoise(model, second, generators, progress, embeds, Start(upscaled))
     return latents, pipe
 
 

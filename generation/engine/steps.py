@@ -4,7 +4,7 @@ model's role checked, the prompts encoded, the latents decoded."""
 import torch
 from PIL import Image
 
-from . import flux
+from . import flux, sd3
 from .addons import Addons
 from .families import refiner_problem, role_problem
 from .loading import PIPELINES
@@ -45,13 +45,13 @@ def decode(vae, image_processor, latents) -> list[Image.Image]:
 
 
 def check_roles(model, refiner, request) -> None:
-    """Whether `model` (and `refiner`) can run `request`: its mode, and what FLUX.1 takes."""
+    """Whether `model` (and `refiner`) can run `request`: its mode, and what FLUX.1 and SD 3.5 take."""
     if problem := role_problem(model.family, request.mode):
         raise JobError(f"model {model.name!r} {problem}")
     if refiner is not None and (problem := refiner_problem(model.family, refiner.family)):
         raise JobError(f"refiner {refiner.name!r} can't refine {model.name!r}: {problem}")
-    if model.flux:
-        request.check_flux()
+    if model.transformer:
+        request.check_transformer("FLUX.1" if model.flux else "SD 3.5")
 
 
 def encode(pipe, model, request, embeddings=None) -> dict:
@@ -64,6 +64,8 @@ def encode_many(pipe, model, requests, embeddings) -> list[dict]:
     device, pairs = model.device, [(r.prompt, r.negative_prompt, e) for r, e in zip(requests, embeddings)]
     if model.flux:
         return [encode_flux(pipe, model, r.prompt) for r in requests]
+    if model.sd3:
+        return [sd3.encode(pipe, plain(r.prompt), plain(r.negative_prompt), device) for r in requests]
     if not model.xl:
         # Clip skip changes SD 1.x's CLIP-L; SD 2.x keeps its trained layer, as in A1111 (one per run: the batch key).
         clip_skip = requests[0].clip_skip if pipe.text_encoder.config.hidden_act == "quick_gelu" else 1
@@ -76,7 +78,10 @@ def encode_many(pipe, model, requests, embeddings) -> list[dict]:
 
 
 def encode_flux(pipe, model, prompt: str) -> dict:
-    """FLUX's conditioning from the prompt's text (A1111's attention brackets and BREAK are taken
-    out; their weights are not applied to T5)."""
-    text = "".join(t if w != BREAK else " " for t, w in parse_attention(prompt))
-    return flux.encode(pipe, text, 512 if model.family == "flux-dev" else 256, model.device)
+    """FLUX's conditioning from the prompt's plain text."""
+    return flux.encode(pipe, plain(prompt), 512 if model.family == "flux-dev" else 256, model.device)
+
+
+def plain(prompt: str) -> str:
+    """A prompt's text without A1111's attention brackets and BREAK (their weights are not applied to T5)."""
+    return "".join(t if w != BREAK else " " for t, w in parse_attention(prompt))

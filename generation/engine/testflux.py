@@ -22,7 +22,7 @@ def make_tiny_flux(family: str, path) -> dict[str, Path]:
     from .tokenizer import VOCAB_SIZE, clip_tokenizer
 
     path = Path(path)
-    t5_tokens = _tiny_t5_tokenizer()
+    t5_tokens = tiny_t5_tokenizer()
     torch.manual_seed(0)
     transformer = FluxTransformer2DModel(patch_size=1, in_channels=64, num_layers=1, num_single_layers=1,
                                          attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
@@ -46,12 +46,7 @@ def make_tiny_flux(family: str, path) -> dict[str, Path]:
     files = {"folder": path / f"{family}-diffusers", "config": path / f"{family}-config",
              "file": path / f"{family}.safetensors", "transformer": path / f"{family}-transformer.safetensors",
              "text_encoders": path / "text_encoders", "vae": path / "ae.safetensors"}
-    pipe.save_pretrained(files["folder"], safe_serialization=True)
-    for file in files["folder"].rglob("*.json"):  # the configs without weights or tokenizer files
-        if file.parent.name not in ("tokenizer", "tokenizer_2"):
-            target = files["config"] / file.relative_to(files["folder"])
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(file.read_bytes())
+    save_folders(pipe, files["folder"], files["config"])
     parts = {"transformer": to_bfl(transformer.state_dict()), "text_encoder": clip_to_ldm(clip),
              "text_encoder_2": t5.state_dict(), "vae": vae_to_ldm(vae)}
     parts["text_encoder_2"].pop("encoder.embed_tokens.weight", None)  # tied to shared.weight, stored once
@@ -66,7 +61,17 @@ def make_tiny_flux(family: str, path) -> dict[str, Path]:
     return files
 
 
-def _tiny_t5_tokenizer():
+def save_folders(pipe, folder: Path, config: Path) -> None:
+    """`pipe` as a diffusers folder, and its configs alone (without weights or tokenizers) in `config`."""
+    pipe.save_pretrained(folder, safe_serialization=True)
+    for file in folder.rglob("*.json"):
+        if not file.parent.name.startswith("tokenizer"):
+            target = config / file.relative_to(folder)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(file.read_bytes())
+
+
+def tiny_t5_tokenizer():
     """A T5 tokenizer (SentencePiece unigram: <pad> 0, </s> 1, <unk> 2) over a few words and every
     lower-case letter and digit, so any prompt tokenizes."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors

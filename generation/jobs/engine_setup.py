@@ -38,7 +38,7 @@ def engine_configure() -> dict:
         "limits": engine_limits(),
         "preview": PreviewSettings(max_edge=options["PREVIEW_MAX_EDGE"], min_interval=options["PREVIEW_INTERVAL"],
                                    format=options["PREVIEW_FORMAT"], taesd=options["TAESD"] or None,
-                                   taef1=options["TAEF1"] or None),
+                                   taef1=options["TAEF1"] or None, taesd3=options["TAESD3"] or None),
         "checker": image_checker(options["SAFETY_CHECKER"]),
         "device": options["DEVICE"] or None,
         "dtype": options["DTYPE"] or None,

@@ -11,7 +11,8 @@ from django.db import transaction
 
 from generation.accounts.models import StaffEvent
 from generation.accounts.staff import staff_action
-from generation.engine.families import FAMILIES, detect_family, file_sha256, read_header, v_prediction_beside, vae_layout
+from generation.engine.families import FAMILIES, file_family, file_sha256, read_header, vae_layout
+from generation.engine.sd3 import folder_sd3_family
 from generation.engine.sources import denoiser_weights, resolve_source
 from generation.engine.testmodel import TEST_MODEL_NAME
 from generation.library.addons import FOLDERS, printable
@@ -27,7 +28,7 @@ def checkpoint_register(*, name: str, source: str, family: str = "", config: str
         raise ValueError(f"name {name!r}: use visible characters (no control or bidi characters)")
     path = resolve_source(source)
     if path.is_file():
-        found = detect_family(read_header(path), v_prediction=v_prediction_beside(path))
+        found = file_family(path)
         family = _chosen_family(found, family)
         side = FAMILIES[family].side
     else:
@@ -78,8 +79,9 @@ def _hashed_once(model, name: str, source: str, path: Path, progress):
 
 
 def _chosen_family(found: str, family: str) -> str:
-    """The operator may only say what the tensor names can't tell: SD 2.x epsilon or v-prediction."""
-    if not family or family == found or {family, found} == {"sd2", "sd2-v"}:
+    """The operator may only say what the tensor names can't tell: SD 2.x epsilon or v-prediction, SD
+    3.5 Large or Large Turbo."""
+    if not family or family == found or {family, found} in ({"sd2", "sd2-v"}, {"sd35-large", "sd35-large-turbo"}):
         return family or found
     raise ValueError(f"this file is {FAMILIES[found].label} ({found}), not {family}")
 
@@ -93,9 +95,11 @@ def _folder_family(folder: Path, family: str) -> tuple[str, int]:
             raise ValueError(f"model folder {folder.name!r} holds a FluxPipeline without its transformer/config.json")
         guided = json.loads((folder / "transformer" / "config.json").read_text()).get("guidance_embeds")
         return "flux-dev" if guided else "flux-schnell", 1024
+    if kind == "StableDiffusion3Pipeline":
+        return folder_sd3_family(folder), 1024
     if kind not in ("StableDiffusionPipeline", "StableDiffusionXLPipeline"):
-        raise ValueError(f"model folder {folder.name!r} holds a {kind}: this studio runs SD 1.x, SD 2.x, SDXL and "
-                         "FLUX.1 pipelines")
+        raise ValueError(f"model folder {folder.name!r} holds a {kind}: this studio runs SD 1.x, SD 2.x, SDXL, SD 3.5 "
+                         "and FLUX.1 pipelines")
     unet_config = json.loads((folder / "unet" / "config.json").read_text())
     found = "sdxl" if index.get("_class_name") == "StableDiffusionXLPipeline" else family or "sd1"
     return found, int(unet_config.get("sample_size", 64)) * 8

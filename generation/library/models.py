@@ -28,7 +28,7 @@ class Vae(models.Model):
 
     name = models.CharField(max_length=100, unique=True, help_text="Its file name, as A1111 names a VAE")
     source = models.CharField(max_length=500, help_text="A .safetensors file")
-    latent_channels = models.PositiveSmallIntegerField(default=4, help_text="4: SD 1.x, 2.x and SDXL; 16: FLUX.1")
+    latent_channels = models.PositiveSmallIntegerField(default=4, help_text="4: SD 1.x, 2.x and SDXL; 16: FLUX.1, SD 3.5")
     sha256 = models.CharField(max_length=64)
     file_size = models.BigIntegerField(null=True, blank=True)
     file_mtime = models.FloatField(null=True, blank=True)
@@ -53,23 +53,26 @@ class Vae(models.Model):
         return ModelRef(self.source, name=self.name, hash=self.sha256[:10])
 
 
-def flux_parts(checkpoint: "Checkpoint") -> tuple:
-    """What a FLUX.1 transformer file may lack ((part, path), ...; flux.load_flux): CLIP-L and
-    T5-XXL, the files chosen for the checkpoint in the admin or else the first clip_l* and t5xxl*
-    (fp16 before fp8) of the text-encoder folder, and T5's tokenizer there; the VAE chosen as the
-    checkpoint's default, else ae.safetensors in the models folder, its VAE folder or the
-    text-encoder folder."""
+def transformer_parts(checkpoint: "Checkpoint") -> tuple:
+    """What a FLUX.1 or SD 3.5 transformer file may lack ((part, path), ...; parts.load_parts): CLIP-L,
+    CLIP-G (SD 3.5) and T5-XXL, the files chosen for the checkpoint in the admin or else the first
+    clip_l*, clip_g* and t5xxl* (fp16 before fp8) of the text-encoder folder, and T5's tokenizer
+    there; the VAE chosen as the checkpoint's default, else the first ae.safetensors (FLUX.1) or
+    sd3*vae*.safetensors (SD 3.5) in the models folder, its VAE folder or the text-encoder folder."""
     texts, models_dir = Path(settings.SDWEB["TEXT_ENCODERS_DIR"]), Path(settings.SDWEB["MODELS_DIR"])
-    vae = checkpoint.default_vae
+    vae, sd3 = checkpoint.default_vae, FAMILIES[checkpoint.family].sd3
 
     def chosen(name: str, pattern: str):
         return texts / Path(name).name if name else next(iter(sorted(texts.glob(pattern))), None)
 
+    vae_files = (sorted(folder.glob("sd3*vae*.safetensors" if sd3 else "ae.safetensors"))
+                 for folder in (models_dir, models_dir / "VAE", models_dir / "vae", texts))
+    t5, tokenizer = ("text_encoder_3", "tokenizer_3") if sd3 else ("text_encoder_2", "tokenizer_2")
     parts = {"text_encoder": chosen(checkpoint.clip_file, "clip_l*.safetensors"),
-             "text_encoder_2": chosen(checkpoint.t5_file, "t5xxl*.safetensors"),
-             "tokenizer_2": texts / "t5_tokenizer",
-             "vae": Path(vae.source) if vae else next((folder / "ae.safetensors" for folder in (
-                 models_dir, models_dir / "VAE", models_dir / "vae", texts) if (folder / "ae.safetensors").is_file()), None)}
+             t5: chosen(checkpoint.t5_file, "t5xxl*.safetensors"), tokenizer: texts / "t5_tokenizer",
+             "vae": Path(vae.source) if vae else next((files[0] for files in vae_files if files), None)}
+    if sd3:
+        parts["text_encoder_2"] = chosen(checkpoint.clip_g_file, "clip_g*.safetensors")
     return tuple((part, str(path)) for part, path in parts.items() if path)
 
 
@@ -89,10 +92,12 @@ class Checkpoint(models.Model):
     file_mtime = models.FloatField(null=True, blank=True)
     default_vae = models.ForeignKey(Vae, null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
                                     help_text="Decodes this checkpoint's images unless a job picks another VAE")
-    clip_file = models.CharField(max_length=200, blank=True, help_text="FLUX.1 transformer files: the CLIP-L file in "
-                                 "the text-encoder folder; blank: its first clip_l*.safetensors")
-    t5_file = models.CharField(max_length=200, blank=True, help_text="FLUX.1 transformer files: the T5-XXL file in "
-                               "the text-encoder folder; blank: its first t5xxl*.safetensors (fp16 before fp8)")
+    clip_file = models.CharField(max_length=200, blank=True, help_text="FLUX.1 and SD 3.5 transformer files: the "
+                                 "CLIP-L file in the text-encoder folder; blank: its first clip_l*.safetensors")
+    clip_g_file = models.CharField(max_length=200, blank=True, help_text="SD 3.5 transformer files: the CLIP-G file in "
+                                   "the text-encoder folder; blank: its first clip_g*.safetensors")
+    t5_file = models.CharField(max_length=200, blank=True, help_text="FLUX.1 and SD 3.5 transformer files: the T5-XXL "
+                               "file in the text-encoder folder; blank: its first t5xxl*.safetensors (fp16 before fp8)")
     default_width = models.PositiveIntegerField(default=512)
     default_height = models.PositiveIntegerField(default=512)
     default_steps = models.PositiveIntegerField(default=20)
@@ -126,12 +131,19 @@ class Checkpoint(models.Model):
     def xl(self) -> bool:
         return self.family.startswith("sdxl")
 
+    @property
+    def guidance(self) -> float:
+        """The CFG scale its family is made for (SD 3.5 Large Turbo: 1, no CFG)."""
+        return FAMILIES[self.family].guidance if self.family in FAMILIES else 7.0
+
     def model_ref(self, with_parts: bool = True) -> ModelRef:
-        """What the engine loads; `with_parts=False` leaves out the files a FLUX.1 transformer lacks
-        (found on disk), for questions that don't need them (the batch rule)."""
-        single, flux = self.source.lower().endswith((".safetensors", ".gguf")), self.family.startswith("flux")
-        return ModelRef(self.source, family=self.family if single or flux else "", config=self.config, name=self.name,
-                        hash=self.short_hash, parts=flux_parts(self) if single and flux and with_parts else ())
+        """What the engine loads; `with_parts=False` leaves out the files a FLUX.1 or SD 3.5 transformer
+        lacks (found on disk), for questions that don't need them (the batch rule)."""
+        single = self.source.lower().endswith((".safetensors", ".gguf"))
+        transformer = self.family in FAMILIES and FAMILIES[self.family].transformer
+        return ModelRef(self.source, family=self.family if single or transformer else "", config=self.config,
+                        name=self.name, hash=self.short_hash,
+                        parts=transformer_parts(self) if single and transformer and with_parts else ())
 
 
 class AddOn(models.Model):
@@ -140,7 +152,8 @@ class AddOn(models.Model):
 
     LORA, EMBEDDING, CONTROLNET, UPSCALER = "lora", "embedding", "controlnet", "upscaler"
     KINDS = [(LORA, "LoRA"), (EMBEDDING, "Embedding"), (CONTROLNET, "ControlNet"), (UPSCALER, "Upscaler")]
-    BASE_FAMILIES = [("sd1", "SD 1.x"), ("sd2", "SD 2.x"), ("sdxl", "SDXL"), ("flux", "FLUX.1"), ("any", "any checkpoint")]
+    BASE_FAMILIES = [("sd1", "SD 1.x"), ("sd2", "SD 2.x"), ("sdxl", "SDXL"), ("flux", "FLUX.1"), ("sd35", "SD 3.5"),
+                     ("any", "any checkpoint")]
 
     kind = models.CharField(max_length=12, choices=KINDS)
     name = models.CharField(max_length=100, help_text="As prompts name it: <lora:name:1>, or the embedding's word")

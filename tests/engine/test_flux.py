@@ -10,8 +10,9 @@ from safetensors.torch import save_file
 
 from generation.engine import GenerationRequest, generate
 from generation.engine.families import detect_family, read_header
-from generation.engine.flux import FP8_KEPT, missing_parts, to_bfl, to_diffusers
+from generation.engine.flux import LAYOUT, to_bfl, to_diffusers
 from generation.engine.loading import PIPELINES
+from generation.engine.parts import FP8_KEPT, missing_parts
 from generation.engine.previews import PreviewSettings
 from generation.engine.request import ModelRef
 
@@ -80,8 +81,8 @@ def test_each_file_is_told_apart_and_says_what_it_lacks(tiny_flux):
     files = tiny_flux["flux-dev"]
     assert detect_family(read_header(files["file"])) == "flux-dev"
     assert detect_family(read_header(tiny_flux["flux-schnell"]["transformer"])) == "flux-schnell"
-    assert missing_parts(read_header(files["file"])) == []
-    assert missing_parts(read_header(files["transformer"])) == ["text_encoder", "text_encoder_2", "vae"]
+    assert missing_parts(LAYOUT, read_header(files["file"])) == []
+    assert missing_parts(LAYOUT, read_header(files["transformer"])) == ["text_encoder", "text_encoder_2", "vae"]
 
 
 def test_a_transformer_file_without_its_text_encoders_is_refused_naming_what_to_add(tiny_flux, tmp_path):
