@@ -138,7 +138,7 @@ def tiny_families(tmp_path_factory):
     from generation.engine.testmodel import make_tiny_family
 
     folder = tmp_path_factory.mktemp("families")
-    return {family: make_tiny_family(family, folder) for family in FAMILIES if not FAMILIES[family].flux}
+    return {family: make_tiny_family(family, folder) for family in FAMILIES if not FAMILIES[family].transformer}
 
 
 @pytest.fixture(scope="session")
@@ -149,6 +149,16 @@ def tiny_flux(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("flux")
     return {family: make_tiny_flux(family, folder) for family in ("flux-dev", "flux-schnell")}
+
+
+@pytest.fixture(scope="session")
+def tiny_sd3(tmp_path_factory):
+    """Tiny SD 3.5 Large and Medium models in every layout (testsd3.make_tiny_sd3), sharing their
+    text encoders and VAE files."""
+    from generation.engine.testsd3 import make_tiny_sd3
+
+    folder = tmp_path_factory.mktemp("sd3")
+    return {family: make_tiny_sd3(family, folder) for family in ("sd35-large", "sd35-medium")}
 
 
 @pytest.fixture(scope="session")

@@ -273,7 +273,8 @@ def addon_family(kind: str, path) -> str:
                                 else ""))
         if any(re.search(r"(double|single)_blocks|single_transformer_blocks", k) for k in keys):
             return "flux"
-        if any(re.search(r"joint_blocks|(^|_|\.)transformer_blocks[._]", k) for k in keys):
+        if any(re.match(r"(lora_unet_|diffusion_model\.)?joint_blocks|(transformer\.|lora_transformer_)transformer_blocks",
+                        k) for k in keys):
             return "sd35"  # (a FLUX.1 LoRA of double blocks only would land here: it fits no SD 3.5 layer)
         if any(k.startswith(("lora_te1_", "lora_te2_", "lora_unet_input_blocks", "lora_unet_output_blocks",
                              "text_encoder_2.")) for k in keys):

@@ -89,19 +89,27 @@ def tiny_t5_tokenizer():
 
 
 def make_tiny_flux_loras(transformer, path, *, seed: int = 1) -> dict[str, Path]:
-    """One random LoRA for a tiny FLUX.1 transformer, written in the two layouts people trade:
-    "peft", diffusers' own layer names (lora_A/lora_B, as diffusers and ai-toolkit save them); and
-    "kohya", BFL's layer names (lora_down/lora_up/alpha, as sd-scripts trains them), each fused
-    layer holding its parts' LoRAs side by side. The two change the weights alike."""
+    """tiny_loras for a tiny FLUX.1 transformer, Kohya's file in BFL's layer names."""
+    from .flux import _modules
+
+    config = transformer.config
+    return tiny_loras(transformer, path, _modules(config.num_layers, config.num_single_layers), "tiny-flux-lora", seed)
+
+
+def tiny_loras(transformer, path, table, stem: str, seed: int = 1) -> dict[str, Path]:
+    """One random LoRA for a tiny transformer, written in the two layouts people trade: "peft",
+    diffusers' own layer names (lora_A/lora_B, as diffusers and ai-toolkit save them); and "kohya",
+    the original layer names of `table` ((name, (diffusers names, ...)[, are its halves swapped]), ...:
+    lora_down/lora_up/alpha,
+    as sd-scripts trains them), each fused layer holding its parts' LoRAs side by side. The two
+    change the weights alike."""
     import torch
     from safetensors.torch import save_file
-
-    from .flux import _modules
 
     torch.manual_seed(seed)
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    rank, modules, config = 2, dict(transformer.named_modules()), transformer.config
+    rank, modules = 2, dict(transformer.named_modules())
     pairs = {}
     for name, module in modules.items():
         if isinstance(module, torch.nn.Linear) and "transformer_blocks." in name:
@@ -109,13 +117,14 @@ def make_tiny_flux_loras(transformer, path, *, seed: int = 1) -> dict[str, Path]
     peft = {f"transformer.{name}.lora_{part}.weight": tensor for name, (down, up) in pairs.items()
             for part, tensor in (("A", down), ("B", up))}
     kohya = {}
-    for bfl, ours in _modules(config.num_layers, config.num_single_layers):
+    for original, ours, *swapped in table:
         if all(name in pairs for name in ours):
-            key = "lora_unet_" + bfl.replace(".", "_")
+            key = "lora_unet_" + original.replace(".", "_")
+            up = torch.block_diag(*(pairs[name][1] for name in ours))
             kohya[f"{key}.lora_down.weight"] = torch.cat([pairs[name][0] for name in ours])
-            kohya[f"{key}.lora_up.weight"] = torch.block_diag(*(pairs[name][1] for name in ours))
+            kohya[f"{key}.lora_up.weight"] = torch.cat(up.chunk(2)[::-1]) if swapped and swapped[0] else up
             kohya[f"{key}.alpha"] = torch.tensor(float(rank * len(ours)))  # scale 1, as the parts' own
-    files = {"peft": path / "tiny-flux-lora-peft.safetensors", "kohya": path / "tiny-flux-lora-kohya.safetensors"}
+    files = {"peft": path / f"{stem}-peft.safetensors", "kohya": path / f"{stem}-kohya.safetensors"}
     save_file(peft, files["peft"])
     save_file(kohya, files["kohya"])
     return files

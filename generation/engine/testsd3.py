@@ -68,3 +68,11 @@ def make_tiny_sd3(family: str, path) -> dict[str, Path]:
     t5_tokens.save_pretrained(files["text_encoders"] / "t5_tokenizer")
     save_file({k: v.contiguous() for k, v in parts["vae"].items()}, files["vae"])
     return files
+
+
+def make_tiny_sd3_loras(transformer, path, *, seed: int = 1) -> dict[str, Path]:
+    """testflux.tiny_loras for a tiny SD 3.5 transformer, Kohya's file in Stability's layer names."""
+    from .sd3 import _modules
+    from .testflux import tiny_loras
+
+    return tiny_loras(transformer, path, _modules(transformer.config.num_layers), "tiny-sd3-lora", seed)

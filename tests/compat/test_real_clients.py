@@ -99,6 +99,31 @@ def test_webuiapi_with_its_defaults_runs_a_flux_transformer_file_laid_out_as_com
     api.util_set_model("sdweb-test-tiny")
 
 
+def test_webuiapi_with_its_defaults_runs_stabilitys_sd35_large_turbo_file(studio, tiny_sd3):
+    import shutil
+
+    import webuiapi
+
+    files, models = tiny_sd3["sd35-large"], studio.var_dir / "models"
+    shutil.copy(files["checkpoint"], models / "sd3.5_large_turbo.safetensors")  # the MMDiT and its VAE
+    texts = models / "text_encoders"  # maybe holding FLUX's tiny CLIP-L and T5 (other widths): the admin picks these
+    shutil.copytree(files["text_encoders"] / "t5_tokenizer", texts / "t5_tokenizer", dirs_exist_ok=True)
+    for name, saved in (("clip_l", "clip_l_sd3"), ("clip_g", "clip_g"), ("t5xxl_fp16", "t5xxl_sd3")):
+        shutil.copy(files["text_encoders"] / f"{name}.safetensors", texts / f"{saved}.safetensors")
+    studio.manage(f"from django.core.management import call_command; call_command('add_model', 'sd3.5-turbo', "
+                  f"'{models / 'sd3.5_large_turbo.safetensors'}', '--config', '{files['config']}'); "
+                  "from generation.library.models import Checkpoint; Checkpoint.objects.filter(name='sd3.5-turbo')"
+                  ".update(clip_file='clip_l_sd3.safetensors', t5_file='t5xxl_sd3.safetensors')")
+    api = webuiapi.WebUIApi(host="127.0.0.1", port=studio.port)
+    api.set_auth("alice", "alice-password-1")
+    api.util_set_model("sd3.5-turbo")
+    result = api.txt2img(prompt="a red house", negative_prompt="fog", width=256, height=256, steps=2)
+    infotext = result.info["infotexts"][0]
+    assert "Sampler: Euler a, " in infotext and "CFG scale: 7, " in infotext and "Negative prompt: fog" in infotext
+    assert result.info["sd_model_name"] == "sd3.5-turbo" and read_watermark(result.images[0]) is not None
+    api.util_set_model("sdweb-test-tiny")
+
+
 def test_webuiapi_img2img_with_and_without_a_mask_and_hires_fix_with_its_defaults(studio):
     import webuiapi
 

@@ -31,7 +31,7 @@ REAL = {
     "sd1-inpaint": {"model.diffusion_model.input_blocks.0.0.weight": (320, 9, 3, 3)},
 }
 UNET_PARAMETERS = {"sd1": 859_520_964, "sdxl": 2_567_463_684}
-SD = [name for name, family in FAMILIES.items() if not family.flux]  # FLUX.1: test_flux.py
+SD = [name for name, family in FAMILIES.items() if not family.transformer]  # FLUX.1, SD 3.5: test_flux.py, test_sd3.py
 
 
 @pytest.mark.parametrize("family", SD)

@@ -16,7 +16,7 @@ from generation.engine.loading import PipelineCache
 from generation.engine.prompts import encode_prompts_xl
 from generation.engine.request import ModelRef
 
-SD = [name for name, family in FAMILIES.items() if not family.flux]  # FLUX.1: test_flux.py
+SD = [name for name, family in FAMILIES.items() if not family.transformer]  # FLUX.1, SD 3.5: test_flux.py, test_sd3.py
 TXT2IMG = [name for name in SD if FAMILIES[name].role == "txt2img"]
 
 
@@ -194,13 +194,10 @@ def test_a_file_that_is_not_a_checkpoint_gets_an_error_naming_what_it_is(tmp_pat
 
 FLUX = {"double_blocks.0.img_attn.norm.key_norm.scale": [8], "img_in.weight": [16, 64]}
 NEWER = [  # each family's telling tensors with small shapes, as its transformer alone (ComfyUI's diffusion_models);
-    # FLUX.1 itself runs (test_flux.py)
+    # FLUX.1 and SD 3.5 themselves run (test_flux.py, test_sd3.py)
     ({**FLUX, "single_stream_modulation.lin.weight": [8]}, "FLUX.2"),
     ({**FLUX, "distilled_guidance_layer.in_proj.bias": [8]}, "Chroma"),
-    ({"joint_blocks.0.context_block.adaLN_modulation.1.bias": [8], "joint_blocks.37.x_block.mlp.fc1.weight": [8]},
-     "SD 3.5 Large"),
-    ({"joint_blocks.0.context_block.adaLN_modulation.1.bias": [8], "joint_blocks.0.x_block.attn2.qkv.weight": [8]},
-     "SD 3.5 Medium"),
+    ({"single_transformer_blocks.0.attn.norm_q.weight": [8], "txt_in.text_norm.weight": [8]}, "Qwen-Image"),
     ({"layers.0.adaLN_modulation.0.weight": [8], "cap_embedder.0.weight": [8]}, "Z-Image"),
 ]
 
@@ -213,7 +210,8 @@ def test_a_file_of_a_family_this_studio_doesnt_run_is_refused_naming_it(tmp_path
              "first_stage_model.decoder.conv_out.weight": torch.zeros(3, 8)} if whole else {}
     path = tmp_path / "new-model.safetensors"
     save_file({prefix + name: torch.zeros(shape) for name, shape in tensors.items()} | extra, path)
-    with pytest.raises(ValueError, match=rf"is a {re.escape(family)} model: this studio runs SD 1.x, SD 2.x, SDXL and FLUX.1"):
+    with pytest.raises(ValueError, match=rf"is a {re.escape(family)} model: this studio runs SD 1.x, SD 2.x, SDXL, "
+                                         "SD 3.5 and FLUX.1"):
         load_pipeline(str(path))
 
 

@@ -217,7 +217,7 @@ def test_a_vae_of_the_other_latent_kind_is_refused_at_submit_naming_the_field(al
     common = {"prompt": "a red house", "width": 256, "height": 256, "steps": 2, "guidance_scale": 7, "scheduler": "Euler",
               "seed": 3, "num_images": 1}
     for model, vae, message in ((flux["flux-dev"], "sd-vae.safetensors", "is for SD (4 latent channels)"),
-                                (checkpoint, "ae.safetensors", "is for FLUX.1 (16 latent channels)")):
+                                (checkpoint, "ae.safetensors", "is for FLUX.1 or SD 3.5 (16 latent channels)")):
         with pytest.raises(Refused, match=re.escape(message)) as refused:
             job_submit(user=alice, params={**common, "checkpoint": model, "vae": vae})
         assert refused.value.field == "vae"
