@@ -17,7 +17,6 @@ from django.views.decorators.http import require_POST
 from gallery.models import Image
 from generation.credits.ledger import credits_topup_if_due
 from generation.engine.controlmaps import control_map
-from generation.engine.families import FAMILIES
 from generation.engine.metadata import parse_parameters, read_png_parameters
 from generation.engine.request import LATENT_UPSCALERS, PIXEL_UPSCALERS
 from generation.forms import SDXL_PRESETS, SIZE_PRESETS, AddonUploadForm, GenerateForm
@@ -91,11 +90,7 @@ def generate(request):
         "control_image": control, "loras": addons_for(request.user, kind=AddOn.LORA), "last_seed": last.seed if last else "",
         "recent_prompts": list(dict.fromkeys(request.user.jobs.values_list("prompt", flat=True)[:50]))[:10],
         "embeddings": addons_for(request.user, kind=AddOn.EMBEDDING),
-        "checkpoint_sizes": {c.pk: {"xl": c.xl or FAMILIES[c.family].transformer, "width": c.default_width,
-                                    "height": c.default_height, "steps": c.default_steps, "family": c.family.split("-")[0],
-                                    "flux": c.family if c.family.startswith("flux") else "", "sd3": FAMILIES[c.family].sd3,
-                                    "guidance": c.guidance}
-                             for c in form.fields["checkpoint"].queryset},
+        "checkpoint_sizes": {c.pk: c.form_facts() for c in form.fields["checkpoint"].queryset},
     }, status=400 if form.errors else 200)
 
 

@@ -10,7 +10,7 @@ import functools
 from pathlib import Path
 
 from . import parts
-from .parts import Layout, load_parts, t5_tokenizer
+from .parts import Layout, count_blocks, load_parts, swap_halves, t5_tokenizer, unscaled
 from .request import JobError
 
 # BFL's module -> the diffusers modules whose weights it holds, concatenated along the first axis.
@@ -56,33 +56,16 @@ def _modules(double: int, single: int):
                     for b, ds in _SINGLE.items())
 
 
-def _count(names, prefix: str) -> int:
-    return 1 + max((int(n.split(".")[1]) for n in names if n.startswith(prefix)), default=-1)
-
-
-def _swap_halves(tensor):
-    import torch
-
-    first, second = tensor.chunk(2)
-    return torch.cat([second, first])
-
-
 def to_diffusers(state: dict) -> dict:
     """A BFL-layout transformer state dict (without a prefix) in diffusers' names. ComfyUI's "scaled
     fp8" files keep each weight in float8 with a scale beside it: those are multiplied out."""
-    state, out = dict(state), {}
-    if state.pop("scaled_fp8", None) is not None:
-        for key in [k for k in state if k.endswith((".scale_weight", ".scale_input"))]:
-            scale = state.pop(key)
-            if key.endswith(".scale_weight"):
-                weight = key.removesuffix("scale_weight") + "weight"
-                state[weight] = state[weight].float() * scale.float()
+    state, out = unscaled(state), {}
     hidden = state["img_in.weight"].shape[0]
-    for bfl, ours in _modules(_count(state, "double_blocks."), _count(state, "single_blocks.")):
+    for bfl, ours in _modules(count_blocks(state, "double_blocks."), count_blocks(state, "single_blocks.")):
         for suffix in ("weight", "bias", "scale"):
             if (value := state.pop(f"{bfl}.{suffix}", None)) is None:
                 continue
-            value = _swap_halves(value) if bfl == _SWAPPED else value
+            value = swap_halves(value) if bfl == _SWAPPED else value
             parts = value.split([hidden] * (len(ours) - 1) + [value.shape[0] - hidden * (len(ours) - 1)])
             for name, part in zip(ours, parts):
                 out[f"{name}.{'weight' if suffix == 'scale' else suffix}"] = part
@@ -96,12 +79,12 @@ def to_bfl(state: dict) -> dict:
     import torch
 
     out = {}
-    for bfl, ours in _modules(_count(state, "transformer_blocks."), _count(state, "single_transformer_blocks.")):
+    for bfl, ours in _modules(count_blocks(state, "transformer_blocks."), count_blocks(state, "single_transformer_blocks.")):
         for suffix in ("weight", "bias"):
             if f"{ours[0]}.{suffix}" not in state:
                 continue
             value = torch.cat([state[f"{name}.{suffix}"] for name in ours])
-            out[f"{bfl}.{'scale' if bfl.endswith('_norm') else suffix}"] = _swap_halves(value) if bfl == _SWAPPED else value
+            out[f"{bfl}.{'scale' if bfl.endswith('_norm') else suffix}"] = swap_halves(value) if bfl == _SWAPPED else value
     return out
 
 

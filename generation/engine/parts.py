@@ -78,6 +78,32 @@ def load_parts(layout: Layout, path: Path, whole: dict, files: dict, config: Pat
     return modules, own_files
 
 
+def count_blocks(names, prefix: str) -> int:
+    """How many blocks `prefix`N. the tensor names hold."""
+    return 1 + max((int(n.split(".")[1]) for n in names if n.startswith(prefix)), default=-1)
+
+
+def swap_halves(tensor):
+    """A modulation's (shift, scale) rows as (scale, shift), and back."""
+    import torch
+
+    first, second = tensor.chunk(2)
+    return torch.cat([second, first])
+
+
+def unscaled(state: dict) -> dict:
+    """A transformer's tensors with ComfyUI's "scaled fp8" weights (each kept in float8 with a scale
+    beside it) multiplied out."""
+    state = dict(state)
+    if state.pop("scaled_fp8", None) is not None:
+        for key in [k for k in state if k.endswith((".scale_weight", ".scale_input"))]:
+            scale = state.pop(key)
+            if key.endswith(".scale_weight"):
+                weight = key.removesuffix("scale_weight") + "weight"
+                state[weight] = state[weight].float() * scale.float()
+    return state
+
+
 def part_key(part: str, file: Path, config: Path, dtype) -> tuple:
     """What makes two models' text encoder (or VAE) the same module: its file (by content: size and
     mtime), its config, its precision; not its place in the pipeline (FLUX.1's text_encoder_2 and

@@ -7,7 +7,7 @@ The transformer's names: Stability's layout <-> diffusers', one table read both 
 from pathlib import Path
 
 from . import parts
-from .parts import Layout, load_parts, t5_tokenizer
+from .parts import Layout, count_blocks, load_parts, swap_halves, t5_tokenizer, unscaled
 from .request import JobError
 
 # Stability's module -> the diffusers modules whose weights it holds, concatenated along the first axis.
@@ -49,34 +49,17 @@ def _modules(blocks: int):
             yield f"joint_blocks.{i}.{name}", tuple(f"transformer_blocks.{i}.{d}" for d in ours), swapped
 
 
-def _count(names, prefix: str) -> int:
-    return 1 + max((int(n.split(".")[1]) for n in names if n.startswith(prefix)), default=-1)
-
-
-def _swap_halves(tensor):
-    import torch
-
-    first, second = tensor.chunk(2)
-    return torch.cat([second, first])
-
-
 def to_diffusers(state: dict) -> dict:
     """A Stability-layout MMDiT state dict (without a prefix) in diffusers' names; ComfyUI's scaled
     fp8 weights multiplied out."""
-    state, out = dict(state), {}
-    if state.pop("scaled_fp8", None) is not None:
-        for key in [k for k in state if k.endswith((".scale_weight", ".scale_input"))]:
-            scale = state.pop(key)
-            if key.endswith(".scale_weight"):
-                weight = key.removesuffix("scale_weight") + "weight"
-                state[weight] = state[weight].float() * scale.float()
+    state, out = unscaled(state), {}
     if "pos_embed" in state:
         out["pos_embed.pos_embed"] = state.pop("pos_embed")
-    for name, ours, swapped in _modules(_count(state, "joint_blocks.")):
+    for name, ours, swapped in _modules(count_blocks(state, "joint_blocks.")):
         for suffix in ("weight", "bias"):
             if (value := state.pop(f"{name}.{suffix}", None)) is None:
                 continue
-            for part_name, part in zip(ours, (_swap_halves(value) if swapped else value).chunk(len(ours))):
+            for part_name, part in zip(ours, (swap_halves(value) if swapped else value).chunk(len(ours))):
                 out[f"{part_name}.{suffix}"] = part
     if state:
         raise JobError(f"this SD 3.5 file has tensors this studio doesn't know, e.g. {sorted(state)[0][:80]!r}")
@@ -88,11 +71,11 @@ def to_sai(state: dict) -> dict:
     import torch
 
     out = {"pos_embed": state["pos_embed.pos_embed"]}
-    for name, ours, swapped in _modules(_count(state, "transformer_blocks.")):
+    for name, ours, swapped in _modules(count_blocks(state, "transformer_blocks.")):
         for suffix in ("weight", "bias"):
             if f"{ours[0]}.{suffix}" in state:
                 value = torch.cat([state[f"{part}.{suffix}"] for part in ours])
-                out[f"{name}.{suffix}"] = _swap_halves(value) if swapped else value
+                out[f"{name}.{suffix}"] = swap_halves(value) if swapped else value
     return out
 
 

@@ -136,6 +136,14 @@ class Checkpoint(models.Model):
         """The CFG scale its family is made for (SD 3.5 Large Turbo: 1, no CFG)."""
         return FAMILIES[self.family].guidance if self.family in FAMILIES else 7.0
 
+    def form_facts(self) -> dict:
+        """What the generate form's script (static/generate.js) knows of it: its sizes, steps and CFG,
+        and what its family takes."""
+        spec = FAMILIES[self.family]
+        return {"xl": self.xl or spec.transformer, "width": self.default_width, "height": self.default_height,
+                "steps": self.default_steps, "family": self.family.split("-")[0], "guidance": self.guidance,
+                "flux": self.family if spec.flux else "", "sd3": spec.sd3}
+
     def model_ref(self, with_parts: bool = True) -> ModelRef:
         """What the engine loads; `with_parts=False` leaves out the files a FLUX.1 or SD 3.5 transformer
         lacks (found on disk), for questions that don't need them (the batch rule)."""

@@ -464,6 +464,50 @@ def test_12b_a_user_picks_a_flux_checkpoint_and_the_form_becomes_fluxs(new_page,
             screenshot(page, "12b-flux")
 
 
+def test_12c_a_user_picks_an_sd35_checkpoint_and_the_form_becomes_its(new_page, studio, tiny_sd3):
+    """SD 3.5 Large as Stability ships it (the MMDiT and its VAE in one file), its text encoders in
+    the text-encoder folder, chosen in the admin beside FLUX's tiny ones (which have other widths)."""
+    import shutil
+
+    files, models = tiny_sd3["sd35-large"], studio.var_dir / "models"
+    shutil.copy(files["checkpoint"], models / "sd3.5_large.safetensors")
+    texts = models / "text_encoders"
+    shutil.copytree(files["text_encoders"] / "t5_tokenizer", texts / "t5_tokenizer", dirs_exist_ok=True)
+    for name, saved in (("clip_l", "clip_l_sd3"), ("clip_g", "clip_g"), ("t5xxl_fp16", "t5xxl_sd3")):
+        shutil.copy(files["text_encoders"] / f"{name}.safetensors", texts / f"{saved}.safetensors")
+    studio.manage(f"from django.core.management import call_command; call_command('add_model', 'sd3.5_large', "
+                  f"'{models / 'sd3.5_large.safetensors'}', '--config', '{files['config']}'); "
+                  "from generation.library.models import Checkpoint; Checkpoint.objects.filter(name='sd3.5_large')"
+                  ".update(clip_file='clip_l_sd3.safetensors', t5_file='t5xxl_sd3.safetensors')")
+    page = new_page()
+    sign_up(page)
+    for phone in (False, True):
+        page.set_viewport_size(PHONE if phone else {"width": 1280, "height": 900})
+        page.goto("/generate/")
+        if not phone:
+            page.get_by_label("Checkpoint").select_option(label="sd3.5_large")
+            assert page.get_by_label("Steps").input_value() == "28"
+            assert page.get_by_label("Guidance scale").input_value() == "3.5"
+        assert page.get_by_label("Negative prompt").is_visible() and page.get_by_label("Guidance scale").is_visible()
+        assert not page.get_by_label("Distilled guidance").is_visible() and not page.get_by_label("Clip skip").is_visible()
+        offered = page.locator("#id_scheduler option:not([hidden])").evaluate_all("options => options.map(o => o.value)")
+        assert offered == ["Euler", "Euler a"]
+        page.get_by_label("Width").fill("256")
+        page.get_by_label("Height").fill("256")
+        page.get_by_label("Steps").fill("2")
+        page.get_by_label("Images").fill("1")
+        page.get_by_label("Prompt", exact=True).fill("a red house")
+        page.get_by_label("Negative prompt").fill("fog")
+        page.get_by_role("button", name="Generate").click()
+        page.wait_for_url("**/generate/?job=*")
+        page.wait_for_function("document.querySelectorAll('#images img').length == 1")
+        params = page.locator("#job .params").inner_text()
+        assert "sd3.5_large" in params and "· CFG 3.5" in params and "guidance" not in params
+        assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+        if not phone:
+            screenshot(page, "12c-sd35")
+
+
 def test_13_upload_img2img_paint_a_mask_inpaint_outpaint_and_hires_fix(new_page):
     from PIL import Image as PILImage
 
