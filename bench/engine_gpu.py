@@ -1,7 +1,8 @@
 """GPU benchmark of the engine: seconds per image for SD 1.5 (512 px) and SDXL (1024 px), 30
 steps, CFG on, eager and torch.compiled, at batch 1, 4 and 8; with --family, FLUX.1 [dev] (1024 px,
-28 steps) or [schnell] (4 steps): seconds per image and peak GPU memory, in bfloat16 and with its
-transformer stored in float8 (SDWEB_QUANTIZE=fp8), T5 on the GPU.
+28 steps) or [schnell] (4 steps), or SD 3.5 Large (28 steps, CFG 3.5), Large Turbo (4, no CFG) or
+Medium (40, CFG 4.5): seconds per image and peak GPU memory, in bfloat16 and with its transformer
+stored in float8 (SDWEB_QUANTIZE=fp8), T5 on the GPU.
 
 The models are the families' full-size architectures (the configs shipped in
 generation/engine/configs) with random weights: they cost exactly what real ones cost. Each is
@@ -12,12 +13,12 @@ of importance until --budget seconds have passed.
 
 On a GPU machine, with that machine's own torch (never the project's pinned one):
     python bench/engine_gpu.py
-    python bench/engine_gpu.py --family flux-dev      (or flux-schnell)
+    python bench/engine_gpu.py --family flux-dev      (or flux-schnell, sd35-large, sd35-large-turbo, sd35-medium)
 CPU smoke runs of the same code:
     .venv/bin/python bench/engine_gpu.py --device cpu --dtype float32 --families sd1 --sizes 256 --steps 2 \\
         --runs 1 --batches 1 2 --modes eager
     .venv/bin/python bench/engine_gpu.py --family flux-schnell --device cpu --dtype bfloat16 --sizes 256 --steps 2 \\
-        --runs 1 --layers 1
+        --runs 1 --layers 1      (or --family sd35-medium)
 """
 
 import argparse
@@ -35,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from generation.engine import GenerationRequest, PreviewSettings, generate, load_pipeline  # noqa: E402
 from generation.engine.batch import generate_batch  # noqa: E402
-from generation.engine.families import CONFIGS  # noqa: E402
+from generation.engine.families import CONFIGS, FAMILIES  # noqa: E402
 from generation.engine.loading import PIPELINES, LoadedModel, compile_unet  # noqa: E402
 from generation.engine.parts import fit_memory  # noqa: E402
 from generation.engine.previews import fitted_latent_rgb  # noqa: E402
@@ -80,32 +81,38 @@ def build_sd15(folder: Path) -> None:
     build_random("sd1", folder, "cuda" if torch.cuda.is_available() else "cpu")
 
 
-def flux(args) -> None:
-    """FLUX.1 at full size, random weights, built in place on the device (a 24 GB file written and
-    read back would cost minutes of device time and measure the disk), put in the engine's
-    pipeline cache as a loaded file would be, and run through generate()."""
+def transformer_family(args) -> None:
+    """FLUX.1 or SD 3.5 at full size, random weights, built in place on the device (a 16-24 GB file
+    written and read back would cost minutes of device time and measure the disk), put in the
+    engine's pipeline cache as a loaded file would be, and run through generate()."""
     import diffusers
     import transformers
 
     configs, family = CONFIGS / args.family, args.family
     dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32}[args.dtype]
     tick = time.perf_counter()
+    index = json.loads((configs / "model_index.json").read_text())
+    parts = {}
     with torch.device(args.device):
         torch.set_default_dtype(dtype)  # random init straight in the run's precision
-        transformer_config = diffusers.FluxTransformer2DModel.load_config(configs / "transformer")
-        t5_config = transformers.T5Config.from_pretrained(configs / "text_encoder_2")
-        if args.layers:  # a smoke run: the real widths, fewer layers
-            transformer_config |= {"num_layers": args.layers, "num_single_layers": args.layers}
-            t5_config.num_layers = args.layers
-        parts = dict(transformer=diffusers.FluxTransformer2DModel.from_config(transformer_config),
-                     text_encoder_2=transformers.T5EncoderModel(t5_config),
-                     text_encoder=transformers.CLIPTextModel(transformers.CLIPTextConfig.from_pretrained(
-                         configs / "text_encoder")),
-                     vae=diffusers.AutoencoderKL.from_config(diffusers.AutoencoderKL.load_config(configs / "vae")),
-                     scheduler=diffusers.FlowMatchEulerDiscreteScheduler.from_pretrained(configs / "scheduler"),
-                     tokenizer=_byte_level_tokenizer(), tokenizer_2=_byte_level_tokenizer())  # ids only
+        for part, (library, name) in ((k, v) for k, v in index.items() if not k.startswith("_")):
+            if part.startswith("tokenizer"):
+                parts[part] = _byte_level_tokenizer()  # ids only
+            elif library == "diffusers":
+                kind = getattr(diffusers, name)
+                config = kind.load_config(configs / part)
+                if args.layers and part == "transformer":  # a smoke run: the real widths, fewer layers
+                    config |= {k: args.layers for k in ("num_layers", "num_single_layers") if k in config}
+                    config["dual_attention_layers"] = [k for k in config.get("dual_attention_layers", ()) if k < args.layers]
+                parts[part] = kind.from_config(config)
+            else:
+                kind = getattr(transformers, name)
+                config = kind.config_class.from_pretrained(configs / part)
+                if args.layers and name == "T5EncoderModel":
+                    config.num_layers = args.layers
+                parts[part] = kind(config)
         torch.set_default_dtype(torch.float32)
-    pipe = diffusers.FluxPipeline(**parts)
+    pipe = getattr(diffusers, index["_class_name"])(**parts)
     pipe.set_progress_bar_config(disable=True)
     ref = ModelRef(f"random {family}", family=family)
     device = torch.device(args.device)
@@ -114,7 +121,7 @@ def flux(args) -> None:
         size_bytes=0, load_seconds=0, latent_rgb=fitted_latent_rgb(pipe.vae))
     print(f"{family}: built in {time.perf_counter() - tick:.1f} s", flush=True)
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
-    size, steps = args.sizes[0], args.steps or (28 if family == "flux-dev" else 4)
+    size, steps = args.sizes[0], args.steps or FAMILIES[family].steps
     rows = []
     for quantize in ("none", "fp8"):
         if quantize == "fp8":
@@ -125,7 +132,7 @@ def flux(args) -> None:
 
         def run(k) -> float:
             request = GenerationRequest(prompt=PROMPTS[k % 4], model=ref, width=size, height=size, steps=steps,
-                                        scheduler="Euler", seed=k, guidance_scale=1)
+                                        scheduler="Euler", seed=k, guidance_scale=FAMILIES[family].guidance)
             if args.device.startswith("cuda"):
                 torch.cuda.synchronize()
             tick = time.perf_counter()
@@ -158,14 +165,15 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 4, 8])
     parser.add_argument("--modes", nargs="+", default=["eager", "compiled"])
     parser.add_argument("--budget", type=float, default=1e9, help="seconds: rows not started by then are skipped")
-    parser.add_argument("--family", choices=["flux-dev", "flux-schnell"], help="FLUX.1 instead (see above)")
-    parser.add_argument("--layers", type=int, default=0, help="FLUX.1 smoke runs: this many layers of each kind")
+    parser.add_argument("--family", choices=[name for name, family in FAMILIES.items() if family.transformer],
+                        help="FLUX.1 or SD 3.5 instead (see above)")
+    parser.add_argument("--layers", type=int, default=0, help="FLUX.1, SD 3.5 smoke runs: this many layers of each kind")
     args = parser.parse_args()
     if args.family:
         args.dtype = "bfloat16" if args.dtype == "float16" else args.dtype
         args.sizes = args.sizes if args.sizes != [512, 1024] else [1024]
         args.steps = args.steps if "--steps" in sys.argv else 0
-        return flux(args)
+        return transformer_family(args)
     deadline = time.monotonic() + args.budget
 
     models = {}

@@ -212,3 +212,21 @@ def test_a_sd3_lora_in_kohyas_and_peft_layouts_changes_the_image_alike_and_is_ta
 def test_what_sd3_does_not_take_is_refused_naming_the_field(tiny_sd3, fields, message):
     with pytest.raises(ValueError, match=message):
         make(ref(tiny_sd3["sd35-large"], "checkpoint"), **fields)
+
+
+def test_fp8_storage_t5_on_the_cpu_and_variation_seeds_work_for_sd3(tiny_sd3):
+    """As for FLUX.1: SDWEB_QUANTIZE=fp8 keeps the MMDiT in float8 and SDWEB_T5_DEVICE=cpu keeps T5 off
+    the GPU, the image barely changing; a variation seed of strength 1 makes the subseed's image."""
+    model = ref(tiny_sd3["sd35-medium"], "checkpoint")
+    plain, other = pixels(make(model, seed=7)[0]), pixels(make(model, seed=11)[0])
+    assert np.abs(pixels(make(model, seed=7, subseed=11, subseed_strength=1.0)[0]) - other).max() <= 2
+    PIPELINES.quantize, PIPELINES.t5_device = "fp8", "cpu"
+    try:
+        loaded = PIPELINES.get(model)
+        linears = [m for m in loaded.pipe.transformer.transformer_blocks.modules() if isinstance(m, torch.nn.Linear)]
+        assert {m.weight.dtype for m in linears} == {torch.float8_e4m3fn}
+        assert loaded.pipe.text_encoder_3.device.type == "cpu"
+        stored = pixels(make(model, seed=7)[0])
+    finally:
+        PIPELINES.quantize, PIPELINES.t5_device = "none", ""
+    assert stored.std() > 10 and np.abs(stored - plain).mean() < 12
