@@ -1,7 +1,7 @@
 """GPU benchmark of the engine: seconds per image for SD 1.5 (512 px) and SDXL (1024 px), 30
 steps, CFG on, eager and torch.compiled, at batch 1, 4 and 8; with --family, FLUX.1 [dev] (1024 px,
 28 steps) or [schnell] (4 steps), or SD 3.5 Large (28 steps, CFG 3.5), Large Turbo (4, no CFG) or
-Medium (40, CFG 4.5): seconds per image and peak GPU memory, in bfloat16 and with its transformer
+Medium (40, CFG 4.5), or Z-Image Turbo (8, no CFG): seconds per image and peak GPU memory, in bfloat16 and with its transformer
 stored in float8 (SDWEB_QUANTIZE=fp8), T5 on the GPU.
 
 The models are the families' full-size architectures (the configs shipped in
@@ -13,12 +13,13 @@ of importance until --budget seconds have passed.
 
 On a GPU machine, with that machine's own torch (never the project's pinned one):
     python bench/engine_gpu.py
-    python bench/engine_gpu.py --family flux-dev      (or flux-schnell, sd35-large, sd35-large-turbo, sd35-medium)
+    python bench/engine_gpu.py --family flux-dev      (or flux-schnell, sd35-large, sd35-large-turbo, sd35-medium,
+                                                   zimage-turbo)
 CPU smoke runs of the same code:
     .venv/bin/python bench/engine_gpu.py --device cpu --dtype float32 --families sd1 --sizes 256 --steps 2 \\
         --runs 1 --batches 1 2 --modes eager
     .venv/bin/python bench/engine_gpu.py --family flux-schnell --device cpu --dtype bfloat16 --sizes 256 --steps 2 \\
-        --runs 1 --layers 1      (or --family sd35-medium)
+        --runs 1 --layers 1      (or --family sd35-medium, zimage-turbo)
 """
 
 import argparse
@@ -42,6 +43,7 @@ from generation.engine.parts import fit_memory  # noqa: E402
 from generation.engine.previews import fitted_latent_rgb  # noqa: E402
 from generation.engine.request import ModelRef  # noqa: E402
 from generation.engine.testmodel import _byte_level_tokenizer  # noqa: E402
+from generation.engine.testzimage import CHAT_TEMPLATE  # noqa: E402
 
 PROMPTS = ["a lighthouse on a cliff at dusk, oil painting", "a red fox in fresh snow", "portrait of a fisherman",
            "a busy market street in the rain, neon signs"]
@@ -98,18 +100,21 @@ def transformer_family(args) -> None:
         for part, (library, name) in ((k, v) for k, v in index.items() if not k.startswith("_")):
             if part.startswith("tokenizer"):
                 parts[part] = _byte_level_tokenizer()  # ids only
+                parts[part].chat_template = CHAT_TEMPLATE  # (Z-Image's reads the prompt as a chat)
             elif library == "diffusers":
                 kind = getattr(diffusers, name)
                 config = kind.load_config(configs / part)
                 if args.layers and part == "transformer":  # a smoke run: the real widths, fewer layers
-                    config |= {k: args.layers for k in ("num_layers", "num_single_layers") if k in config}
-                    config["dual_attention_layers"] = [k for k in config.get("dual_attention_layers", ()) if k < args.layers]
+                    config |= {k: args.layers for k in ("num_layers", "num_single_layers", "n_layers", "n_refiner_layers")
+                               if k in config}
+                    if "dual_attention_layers" in config:
+                        config["dual_attention_layers"] = [k for k in config["dual_attention_layers"] if k < args.layers]
                 parts[part] = kind.from_config(config)
             else:
                 kind = getattr(transformers, name)
                 config = kind.config_class.from_pretrained(configs / part)
-                if args.layers and name == "T5EncoderModel":
-                    config.num_layers = args.layers
+                if args.layers and name in ("T5EncoderModel", "Qwen3Model"):
+                    config.num_hidden_layers = args.layers
                 parts[part] = kind(config)
         torch.set_default_dtype(torch.float32)
     pipe = getattr(diffusers, index["_class_name"])(**parts)
@@ -167,7 +172,7 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=1e9, help="seconds: rows not started by then are skipped")
     parser.add_argument("--family", choices=[name for name, family in FAMILIES.items() if family.transformer],
                         help="FLUX.1 or SD 3.5 instead (see above)")
-    parser.add_argument("--layers", type=int, default=0, help="FLUX.1, SD 3.5 smoke runs: this many layers of each kind")
+    parser.add_argument("--layers", type=int, default=0, help="FLUX.1, SD 3.5, Z-Image smoke runs: this many layers of each kind")
     args = parser.parse_args()
     if args.family:
         args.dtype = "bfloat16" if args.dtype == "float16" else args.dtype

@@ -60,16 +60,16 @@
     const family = checkpoint().xl ? "sdxl" : "sd";
     for (const option of preset.options) option.hidden = option.dataset.family && option.dataset.family !== family;
     preset.value = [...preset.options].some((o) => o.value === value && !o.hidden) ? value : "custom";
-    const xl = checkpoint().xl && !checkpoint().flux && !checkpoint().sd3;
+    const xl = checkpoint().xl && !checkpoint().flow;
     for (const name of ["refiner", "refiner_switch_at"]) field(name).closest(".field").hidden = !xl;
     if (!xl) field("refiner").value = "";
     syncFlux();
   }
   function syncFlux() {
-    // FLUX.1 takes no negative prompt and runs no CFG; [dev] has its distilled guidance. FLUX.1 and
-    // SD 3.5 run Euler (a), without ControlNet or clip skip. Each checkpoint is offered the VAEs of its latents.
+    // FLUX.1 takes no negative prompt and runs no CFG; [dev] has its distilled guidance. FLUX.1, SD 3.5
+    // and Z-Image run Euler (a), without ControlNet or clip skip. Each checkpoint is offered the VAEs of its latents.
     const flux = checkpoint().flux;
-    const flow = Boolean(flux) || Boolean(checkpoint().sd3);
+    const flow = Boolean(checkpoint().flow);
     for (const name of ["negative_prompt", "guidance_scale"]) field(name).closest(".field").hidden = Boolean(flux);
     field("clip_skip").closest(".field").hidden = flow;
     field("distilled_guidance_scale").closest(".field").hidden = flux !== "flux-dev";

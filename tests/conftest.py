@@ -162,6 +162,14 @@ def tiny_sd3(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_zimage(tmp_path_factory):
+    """A tiny Z-Image Turbo in every layout (testzimage.make_tiny_zimage)."""
+    from generation.engine.testzimage import make_tiny_zimage
+
+    return make_tiny_zimage(tmp_path_factory.mktemp("zimage"))
+
+
+@pytest.fixture(scope="session")
 def addon_files(test_model_folder, tmp_path_factory):
     """A LoRA, an embedding and a ControlNet (with its config) that fit the test model."""
     from generation.engine.loading import load_pipeline

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from . import flux, sd3
+from . import flux, sd3, zimage
 from .controlmaps import MODULES
 from .esrgan import load_upscaler
 from .families import KOHYA_LORA_KEY, LYCORIS_KEY, read_header
@@ -142,8 +142,8 @@ def _lora_targets(pipe) -> dict[str, tuple[list, bool, bool]]:
     denoiser, are the halves of its rows swapped)}: Kohya's names (diffusers numbering for SD 1.x,
     LDM numbering for SDXL, BFL's for FLUX.1 and Stability's for SD 3.5, whose fused layers span
     several of ours) and PEFT's."""
-    if hasattr(pipe, "transformer"):  # FLUX.1, SD 3.5
-        family = sd3 if hasattr(pipe, "text_encoder_3") else flux
+    if hasattr(pipe, "transformer"):  # FLUX.1, SD 3.5, Z-Image
+        family = sd3 if hasattr(pipe, "text_encoder_3") else flux if hasattr(pipe, "text_encoder_2") else zimage
         targets = {alias: (parts, True, swapped) for alias, (parts, swapped) in
                    family.lora_targets(getattr(pipe.transformer, "_orig_mod", pipe.transformer)).items()}
     else:

@@ -9,7 +9,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import flux, sd3
+from . import flux, sd3, zimage
 from .request import JobError
 
 CONFIGS = Path(__file__).parent / "configs"  # model configs of each family (facts, not weights)
@@ -27,13 +27,19 @@ class Family:
     role: str = "txt2img"  # or "inpaint" (9-channel UNet), "refiner"
     flux: bool = False  # a FLUX.1 transformer: flow matching, T5 and CLIP-L, no negative prompt
     sd3: bool = False  # an SD 3.5 MMDiT: flow matching, CLIP-L, CLIP-G and T5, CFG
+    zimage: bool = False  # Z-Image: a single-stream transformer, flow matching, Qwen3 4B, FLUX.1's VAE
     steps: int = 20  # a good default number of steps
     guidance: float = 7.0  # ...and CFG scale
 
     @property
+    def group(self) -> str:
+        """What messages call a transformer family's models ("FLUX.1", "SD 3.5", "Z-Image"), else ""."""
+        return "FLUX.1" if self.flux else "SD 3.5" if self.sd3 else "Z-Image" if self.zimage else ""
+
+    @property
     def transformer(self) -> bool:
-        """FLUX.1 or SD 3.5: a transformer over 16-channel latents, flow matching, T5 (parts.py)."""
-        return self.flux or self.sd3
+        """FLUX.1, SD 3.5 or Z-Image: a transformer over 16-channel latents, flow matching (parts.py)."""
+        return bool(self.group)
 
 
 FAMILIES = {
@@ -49,6 +55,7 @@ FAMILIES = {
     "sd35-large": Family("SD 3.5 Large", "StableDiffusion3Pipeline", 1024, sd3=True, steps=28, guidance=3.5),
     "sd35-large-turbo": Family("SD 3.5 Large Turbo", "StableDiffusion3Pipeline", 1024, sd3=True, steps=4, guidance=1.0),
     "sd35-medium": Family("SD 3.5 Medium", "StableDiffusion3Pipeline", 1024, sd3=True, steps=40, guidance=4.5),
+    "zimage-turbo": Family("Z-Image Turbo", "ZImagePipeline", 1024, zimage=True, steps=8, guidance=1.0),
 }
 
 
@@ -146,14 +153,16 @@ def detect_family(header: dict, *, v_prediction: bool = False, turbo: bool = Fal
     do SD 3.5 Large and Large Turbo: `turbo` (its file name, or the operator)."""
     keys = header.keys()
     first_conv = header.get(UNET + "input_blocks.0.0.weight")
-    if other := other_family(header):
-        raise JobError(f"this is a {other} model: this studio runs SD 1.x, SD 2.x, SDXL, SD 3.5 and FLUX.1 "
+    if (other := other_family(header)) and not any(prefix + zimage.MARKER in header for prefix in (UNET, "")):
+        raise JobError(f"this is a {other} model: this studio runs SD 1.x, SD 2.x, SDXL, SD 3.5, FLUX.1 and Z-Image "
                        f"checkpoints, not {other} (yet)")
     for prefix in (UNET, ""):
         if prefix + flux.MARKER in header:
             return flux.flux_family(header, prefix)
         if prefix + sd3.MARKER in header:
             return sd3.sd3_family(header, prefix, turbo)
+        if prefix + zimage.MARKER in header:
+            return "zimage-turbo"
     if first_conv is None:
         raise JobError(f"this is not a Stable Diffusion checkpoint: it looks like {_what_else(keys)}")
     if not any(k.startswith("first_stage_model.") for k in keys):
@@ -196,7 +205,6 @@ def vae_layout(header: dict) -> str:
 OTHER_FAMILIES = (
     ("FLUX.2", "single_stream_modulation.lin.weight"),
     ("Chroma", "distilled_guidance_layer.in_proj.bias"),
-    ("Z-Image", "layers.0.adaLN_modulation.0.weight"),
     ("Lumina 2", "cap_embedder.0.weight"),
     ("HiDream", "double_stream_blocks.0.block.adaLN_modulation.1.bias"),
     ("Qwen-Image", "txt_in.text_norm.weight"),
@@ -261,7 +269,7 @@ LYCORIS_KEY = re.compile(r"\.(hada_|lokr_|oft_|boft_|diff$|diff_b$|dora_scale$)"
 
 
 def addon_family(kind: str, path) -> str:
-    """The base family an add-on file is for ("sd1", "sd2", "sdxl", "flux", "sd35"), from its tensor names and
+    """The base family an add-on file is for ("sd1", "sd2", "sdxl", "flux", "sd35", "zimage"), from its tensor names and
     shapes; ValueError naming what is wrong with a file that is not the kind it claims to be."""
     header = read_header(path)
     _check_tensors(header, Path(path).name)
@@ -273,6 +281,9 @@ def addon_family(kind: str, path) -> str:
                                 else ""))
         if any(re.search(r"(double|single)_blocks|single_transformer_blocks", k) for k in keys):
             return "flux"
+        if any(re.match(r"(lora_unet_|diffusion_model\.|transformer\.)?(layers|context_refiner|noise_refiner)[._]\d+[._]"
+                        r"(attention|feed_forward|adaLN)", k) for k in keys):
+            return "zimage"
         if any(re.match(r"(lora_unet_|diffusion_model\.)?joint_blocks|(transformer\.|lora_transformer_)transformer_blocks",
                         k) for k in keys):
             return "sd35"  # (a FLUX.1 LoRA of double blocks only would land here: it fits no SD 3.5 layer)

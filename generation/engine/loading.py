@@ -18,6 +18,7 @@ from .request import JobError, ModelRef, model_ref
 from .sd3 import folder_sd3_family, load_sd3
 from .sources import model_hash, model_name, resolve_source
 from .tokenizer import clip_tokenizer
+from .zimage import load_zimage
 
 
 @dataclass
@@ -47,9 +48,17 @@ class LoadedModel:
         return self.family.startswith("sd35")
 
     @property
+    def zimage(self) -> bool:
+        return self.family.startswith("zimage")
+
+    @property
+    def group(self) -> str:
+        """families.Family.group: "FLUX.1", "SD 3.5", "Z-Image", or "" for SD's UNets."""
+        return FAMILIES[self.family].group if self.family in FAMILIES else ""
+
+    @property
     def transformer(self) -> bool:
-        """FLUX.1 or SD 3.5 (families.Family.transformer)."""
-        return self.flux or self.sd3
+        return bool(self.group)
 
 
 def pick_device(device: str | None = None) -> torch.device:
@@ -96,8 +105,9 @@ def _load(ref: ModelRef, device: torch.device, dtype: torch.dtype, quantize: str
     if transformer:
         fit_memory(pipe, dtype, quantize)
     pipe.to(device)
-    if transformer and t5_device:
-        (pipe.text_encoder_3 if FAMILIES[family].sd3 else pipe.text_encoder_2).to(t5_device)
+    if transformer and t5_device:  # T5, or Z-Image's Qwen3
+        {"FLUX.1": pipe.text_encoder_2, "SD 3.5": pipe.text_encoder_3, "Z-Image": pipe.text_encoder}[
+            FAMILIES[family].group].to(t5_device)
     if device.type == "cuda" and hasattr(pipe, "unet"):  # convolutions run faster on NHWC tensors there
         for module in (pipe.unet, pipe.vae):
             module.to(memory_format=torch.channels_last)
@@ -148,12 +158,12 @@ def _load_folder(folder: Path, dtype: torch.dtype):
     if kind == "FluxPipeline":
         pipe = diffusers.FluxPipeline.from_pretrained(folder, dtype=_transformer_dtype(dtype), use_safetensors=True)
         return pipe, "flux-dev" if pipe.transformer.config.guidance_embeds else "flux-schnell"
-    if kind == "StableDiffusion3Pipeline":
-        family = folder_sd3_family(folder)
-        return diffusers.StableDiffusion3Pipeline.from_pretrained(folder, dtype=_transformer_dtype(dtype),
-                                                                  use_safetensors=True), family
+    if kind in ("StableDiffusion3Pipeline", "ZImagePipeline"):
+        family = folder_sd3_family(folder) if kind == "StableDiffusion3Pipeline" else "zimage-turbo"
+        return getattr(diffusers, kind).from_pretrained(folder, dtype=_transformer_dtype(dtype), use_safetensors=True), family
     if kind not in ("StableDiffusionPipeline", "StableDiffusionXLPipeline"):
-        raise JobError(f"it is a {kind}; only Stable Diffusion 1.x, 2.x, SDXL, SD 3.5 and FLUX.1 pipelines are supported")
+        raise JobError(f"it is a {kind}; only Stable Diffusion 1.x, 2.x, SDXL, SD 3.5, FLUX.1 and Z-Image pipelines are "
+                       "supported")
     extra = ({"add_watermarker": False} if kind == "StableDiffusionXLPipeline"
              else {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False})
     pipe = getattr(diffusers, kind).from_pretrained(folder, dtype=dtype, use_safetensors=True, **extra)
@@ -171,7 +181,7 @@ def _load_single_file(path: Path, ref: ModelRef, dtype: torch.dtype, shared: dic
     if not (config / "model_index.json").is_file():
         raise JobError(f"the config folder of {family} has no model_index.json")
     if spec.transformer:
-        load = load_sd3 if spec.sd3 else load_flux
+        load = {"FLUX.1": load_flux, "SD 3.5": load_sd3, "Z-Image": load_zimage}[spec.group]
         pipe, parts = load(path, read_header(path), dict(ref.parts), config, _transformer_dtype(dtype), shared)
         return pipe, family, parts
     index = json.loads((config / "model_index.json").read_text())
@@ -187,7 +197,7 @@ def _load_single_file(path: Path, ref: ModelRef, dtype: torch.dtype, shared: dic
 
 
 def _transformer_dtype(dtype: torch.dtype) -> torch.dtype:
-    """FLUX and SD 3.5 run in bfloat16 where SD runs in float16: T5's activations overflow float16."""
+    """FLUX, SD 3.5 and Z-Image run in bfloat16 where SD runs in float16 (T5's activations overflow it)."""
     return torch.bfloat16 if dtype == torch.float16 else dtype
 
 

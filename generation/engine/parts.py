@@ -119,7 +119,7 @@ def t5_tokenizer(folder):
 
     if not folder or not (Path(folder) / "tokenizer.json").is_file():
         raise JobError("T5's tokenizer is missing: the operator puts it in the text-encoder folder with "
-                       "manage.py fetch_t5_tokenizer (README: FLUX.1)")
+                       "manage.py fetch_tokenizers (README: FLUX.1)")
     return T5TokenizerFast.from_pretrained(str(folder), local_files_only=True)
 
 
@@ -133,7 +133,8 @@ def tensors(path: Path, prefix: str) -> dict:
 
 def built(make, state: dict, dtype, quantized=None):
     """The module `make()` builds, with exactly `state`'s weights (HF text encoders' files may carry a few
-    extras: position ids, a projection FLUX doesn't use, a tied copy of the embeddings). `quantized`
+    extras: position ids, a projection FLUX doesn't use, a tied copy of the embeddings, a language
+    model's head). `quantized`
     swaps in the layers that take GGUF's quantized blocks, which are kept as they are."""
     import torch
     from accelerate import init_empty_weights
@@ -143,8 +144,9 @@ def built(make, state: dict, dtype, quantized=None):
         if quantized:
             quantized(model)
     own = model.state_dict()
-    if not any(k.startswith("text_model.") for k in own):  # transformers >= 5.6 dropped CLIP's prefix
-        state = {k.removeprefix("text_model."): v for k, v in state.items()}
+    for prefix in ("text_model.", "model."):  # CLIP's (dropped in transformers 5.6); a causal LM's (Qwen3's file)
+        if not any(k.startswith(prefix) for k in own):
+            state = {k.removeprefix(prefix): v for k, v in state.items()}
     if "text_projection.weight" in own and "text_projection.weight" not in state:  # as ComfyUI reads such a CLIP-L
         state["text_projection.weight"] = torch.eye(*own["text_projection.weight"].shape)
     state = {k: v if hasattr(v, "quant_type") else v.to(dtype) for k, v in state.items() if k in own}

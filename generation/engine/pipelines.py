@@ -18,6 +18,9 @@ PIPELINE_CLASSES = {  # (SDXL?, task) -> diffusers class name
 FLUX_PIPELINES = {"txt2img": "FluxPipeline", "img2img": "FluxImg2ImgPipeline", "inpaint": "FluxInpaintPipeline"}
 SD3_PIPELINES = {"txt2img": "StableDiffusion3Pipeline", "img2img": "StableDiffusion3Img2ImgPipeline",
                  "inpaint": "StableDiffusion3InpaintPipeline"}
+ZIMAGE_PIPELINES = {"txt2img": "ZImagePipeline", "img2img": "ZImageImg2ImgPipeline", "inpaint": "ZImageInpaintPipeline"}
+TRANSFORMER_PIPELINES = {"FluxPipeline": FLUX_PIPELINES, "StableDiffusion3Pipeline": SD3_PIPELINES,
+                         "ZImagePipeline": ZIMAGE_PIPELINES}
 
 
 def pipeline_for_run(base, scheduler_name: str, seeds: list[int], task: str = "txt2img", *,
@@ -29,8 +32,9 @@ def pipeline_for_run(base, scheduler_name: str, seeds: list[int], task: str = "t
 
     components = {**base.components, **extra,
                   "scheduler": make_scheduler(scheduler_name, base.scheduler.config, seeds)}
-    if isinstance(base, (diffusers.FluxPipeline, diffusers.StableDiffusion3Pipeline)):
-        cls = getattr(diffusers, (FLUX_PIPELINES if isinstance(base, diffusers.FluxPipeline) else SD3_PIPELINES)[task])
+    if kinds := next((kinds for name, kinds in TRANSFORMER_PIPELINES.items() if isinstance(base, getattr(diffusers, name))),
+                     None):
+        cls = getattr(diffusers, kinds[task])
         pipe = (with_sample_guidance(cls) if per_sample_guidance else cls)(**components)
         pipe.set_progress_bar_config(disable=True)
         return pipe

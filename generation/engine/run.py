@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import torch
 from PIL import Image
 
-from . import flux, sd3
+from . import flux, sd3, zimage
 from .addons import Addons, applied_loras, controlled_run
 from .esrgan import esrgan_upscale
 from .images import paste_back
@@ -183,11 +183,13 @@ def _pipeline_arguments(request, seeds, progress, embeds, *, xl: bool) -> dict:
 
 
 def _transformer(model, request, common, embeds, progress, start):
-    """FLUX.1's or SD 3.5's run (flux.denoise, sd3.denoise), its prompt's embeddings once for each
-    image; with hires fix, a second pass from the first's latents upscaled (or its pictures), with
-    fresh generators."""
-    denoise = flux.denoise if model.flux else sd3.denoise
-    embeds = {k: v.repeat_interleave(request.num_images, 0) for k, v in embeds.items()}
+    """FLUX.1's, SD 3.5's or Z-Image's run (its module's denoise), its prompt's embeddings once for
+    each image (Z-Image's are lists); with hires fix, a second pass from the first's latents upscaled
+    (or its pictures), with fresh generators."""
+    denoise = {"FLUX.1": flux, "SD 3.5": sd3, "Z-Image": zimage}[model.group].denoise
+    n = request.num_images
+    embeds = {k: [e for e in v for _ in range(n)] if isinstance(v, list) else v.repeat_interleave(n, 0)
+              for k, v in embeds.items()}
     if request.subseed_strength:  # FLUX.1 takes its starting noise packed in 2x2 patches
         noise = variation_noise(model.pipe, request, common["generator"], model)
         embeds["latents"] = model.pipe._pack_latents(noise, *noise.shape) if model.flux else noise

@@ -4,7 +4,7 @@ model's role checked, the prompts encoded, the latents decoded."""
 import torch
 from PIL import Image
 
-from . import flux, sd3
+from . import flux, sd3, zimage
 from .addons import Addons
 from .families import refiner_problem, role_problem
 from .loading import PIPELINES
@@ -51,7 +51,7 @@ def check_roles(model, refiner, request) -> None:
     if refiner is not None and (problem := refiner_problem(model.family, refiner.family)):
         raise JobError(f"refiner {refiner.name!r} can't refine {model.name!r}: {problem}")
     if model.transformer:
-        request.check_transformer("FLUX.1" if model.flux else "SD 3.5")
+        request.check_transformer(model.group)
 
 
 def encode(pipe, model, request, embeddings=None) -> dict:
@@ -64,8 +64,9 @@ def encode_many(pipe, model, requests, embeddings) -> list[dict]:
     device, pairs = model.device, [(r.prompt, r.negative_prompt, e) for r, e in zip(requests, embeddings)]
     if model.flux:
         return [encode_flux(pipe, model, r.prompt) for r in requests]
-    if model.sd3:
-        return [sd3.encode(pipe, plain(r.prompt), plain(r.negative_prompt), device) for r in requests]
+    if model.sd3 or model.zimage:
+        return [(sd3 if model.sd3 else zimage).encode(pipe, plain(r.prompt), plain(r.negative_prompt), device)
+                for r in requests]
     if not model.xl:
         # Clip skip changes SD 1.x's CLIP-L; SD 2.x keeps its trained layer, as in A1111 (one per run: the batch key).
         clip_skip = requests[0].clip_skip if pipe.text_encoder.config.hidden_act == "quick_gelu" else 1

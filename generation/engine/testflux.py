@@ -96,13 +96,13 @@ def make_tiny_flux_loras(transformer, path, *, seed: int = 1) -> dict[str, Path]
     return tiny_loras(transformer, path, _modules(config.num_layers, config.num_single_layers), "tiny-flux-lora", seed)
 
 
-def tiny_loras(transformer, path, table, stem: str, seed: int = 1) -> dict[str, Path]:
+def tiny_loras(transformer, path, table, stem: str, seed: int = 1, within: str = "transformer_blocks.") -> dict[str, Path]:
     """One random LoRA for a tiny transformer, written in the two layouts people trade: "peft",
     diffusers' own layer names (lora_A/lora_B, as diffusers and ai-toolkit save them); and "kohya",
     the original layer names of `table` ((name, (diffusers names, ...)[, are its halves swapped]), ...:
     lora_down/lora_up/alpha,
-    as sd-scripts trains them), each fused layer holding its parts' LoRAs side by side. The two
-    change the weights alike."""
+    as sd-scripts trains them), each fused layer holding its parts' LoRAs side by side; for the
+    linear layers `within` the blocks. The two change the weights alike."""
     import torch
     from safetensors.torch import save_file
 
@@ -112,7 +112,7 @@ def tiny_loras(transformer, path, table, stem: str, seed: int = 1) -> dict[str, 
     rank, modules = 2, dict(transformer.named_modules())
     pairs = {}
     for name, module in modules.items():
-        if isinstance(module, torch.nn.Linear) and "transformer_blocks." in name:
+        if isinstance(module, torch.nn.Linear) and within in name:
             pairs[name] = (torch.randn(rank, module.in_features) * 0.3, torch.randn(module.out_features, rank) * 0.3)
     peft = {f"transformer.{name}.lora_{part}.weight": tensor for name, (down, up) in pairs.items()
             for part, tensor in (("A", down), ("B", up))}
@@ -132,7 +132,7 @@ def tiny_loras(transformer, path, table, stem: str, seed: int = 1) -> dict[str, 
 
 def write_gguf(state: dict, path, quantization: str = "Q8_0") -> Path:
     """A state dict as a GGUF file, as people quantize FLUX.1 (city96's layout): each 2-D weight
-    whose rows fit the blocks in `quantization` (Q8_0, Q5_1, Q5_0, Q4_1, Q4_0: those gguf can
+    (not a learnt token, as Z-Image's padding) whose rows fit the blocks in `quantization` (Q8_0, Q5_1, Q5_0, Q4_1, Q4_0: those gguf can
     write), everything else in float32."""
     import numpy as np
     from gguf import GGMLQuantizationType, GGUFWriter
@@ -143,7 +143,7 @@ def write_gguf(state: dict, path, quantization: str = "Q8_0") -> Path:
     writer = GGUFWriter(str(path), "flux")
     for name, tensor in state.items():
         array = tensor.float().numpy()
-        if array.ndim == 2 and array.shape[1] % GGML_QUANT_SIZES[kind][0] == 0:
+        if array.ndim == 2 and name.endswith(".weight") and array.shape[1] % GGML_QUANT_SIZES[kind][0] == 0:
             blocks = quantize(array, kind)
             writer.add_tensor(name, blocks, raw_shape=blocks.shape, raw_dtype=kind)
         else:

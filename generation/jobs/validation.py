@@ -77,7 +77,7 @@ def validated(params: dict, inputs: dict, user) -> tuple[Checkpoint, dict]:
                                     mask=inputs.get("mask"), **engine_addons)
         request.validate(engine_limits())
         if FAMILIES[checkpoint.family].transformer:
-            request.check_transformer("FLUX.1" if FAMILIES[checkpoint.family].flux else "SD 3.5")
+            request.check_transformer(FAMILIES[checkpoint.family].group)
     except (TypeError, ValueError) as error:
         message = str(error)
         field = next((f for f in (*Job.PARAMS, "init_image", "mask", "controlnet") if message.startswith(f + " ")), None)
@@ -137,7 +137,8 @@ def _vae(checkpoint: Checkpoint, vae) -> Vae | None:
     if vae is None or not vae.enabled:
         raise Refused("No enabled VAE has that name; GET /api/v1/vaes/ lists them.", field="vae")
     if vae.latent_channels != (16 if FAMILIES[checkpoint.family].transformer else 4):
-        raise Refused(f"VAE {vae.name} is for {'FLUX.1 or SD 3.5' if vae.latent_channels == 16 else 'SD'} ({vae.latent_channels} "
+        kind = "FLUX.1, SD 3.5 or Z-Image" if vae.latent_channels == 16 else "SD"
+        raise Refused(f"VAE {vae.name} is for {kind} ({vae.latent_channels} "
                       f"latent channels); {checkpoint.name} is {checkpoint.get_family_display()}.", field="vae")
     return vae
 

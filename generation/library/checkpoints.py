@@ -97,9 +97,11 @@ def _folder_family(folder: Path, family: str) -> tuple[str, int]:
         return "flux-dev" if guided else "flux-schnell", 1024
     if kind == "StableDiffusion3Pipeline":
         return folder_sd3_family(folder), 1024
+    if kind == "ZImagePipeline":
+        return "zimage-turbo", 1024
     if kind not in ("StableDiffusionPipeline", "StableDiffusionXLPipeline"):
-        raise ValueError(f"model folder {folder.name!r} holds a {kind}: this studio runs SD 1.x, SD 2.x, SDXL, SD 3.5 "
-                         "and FLUX.1 pipelines")
+        raise ValueError(f"model folder {folder.name!r} holds a {kind}: this studio runs SD 1.x, SD 2.x, SDXL, SD 3.5, "
+                         "FLUX.1 and Z-Image pipelines")
     unet_config = json.loads((folder / "unet" / "config.json").read_text())
     found = "sdxl" if index.get("_class_name") == "StableDiffusionXLPipeline" else family or "sd1"
     return found, int(unet_config.get("sample_size", 64)) * 8

@@ -28,7 +28,8 @@ class Vae(models.Model):
 
     name = models.CharField(max_length=100, unique=True, help_text="Its file name, as A1111 names a VAE")
     source = models.CharField(max_length=500, help_text="A .safetensors file")
-    latent_channels = models.PositiveSmallIntegerField(default=4, help_text="4: SD 1.x, 2.x and SDXL; 16: FLUX.1, SD 3.5")
+    latent_channels = models.PositiveSmallIntegerField(default=4, help_text="4: SD 1.x, 2.x and SDXL; "
+                                                                            "16: FLUX.1, SD 3.5, Z-Image")
     sha256 = models.CharField(max_length=64)
     file_size = models.BigIntegerField(null=True, blank=True)
     file_mtime = models.FloatField(null=True, blank=True)
@@ -54,25 +55,29 @@ class Vae(models.Model):
 
 
 def transformer_parts(checkpoint: "Checkpoint") -> tuple:
-    """What a FLUX.1 or SD 3.5 transformer file may lack ((part, path), ...; parts.load_parts): CLIP-L,
-    CLIP-G (SD 3.5) and T5-XXL, the files chosen for the checkpoint in the admin or else the first
-    clip_l*, clip_g* and t5xxl* (fp16 before fp8) of the text-encoder folder, and T5's tokenizer
-    there; the VAE chosen as the checkpoint's default, else the first ae.safetensors (FLUX.1) or
+    """What a FLUX.1, SD 3.5 or Z-Image transformer file may lack ((part, path), ...; parts.load_parts):
+    CLIP-L, CLIP-G (SD 3.5) and T5-XXL, or Qwen3 4B (Z-Image), the files chosen for the checkpoint in
+    the admin or else the first clip_l*, clip_g*, t5xxl* (fp16 before fp8) or qwen_3_4b* of the
+    text-encoder folder, and the tokenizer there (t5_tokenizer/, qwen3_tokenizer/); the VAE chosen
+    as the checkpoint's default, else the first ae.safetensors (FLUX.1, Z-Image) or
     sd3*vae*.safetensors (SD 3.5) in the models folder, its VAE folder or the text-encoder folder."""
     texts, models_dir = Path(settings.SDWEB["TEXT_ENCODERS_DIR"]), Path(settings.SDWEB["MODELS_DIR"])
-    vae, sd3 = checkpoint.default_vae, FAMILIES[checkpoint.family].sd3
+    vae, spec = checkpoint.default_vae, FAMILIES[checkpoint.family]
 
     def chosen(name: str, pattern: str):
         return texts / Path(name).name if name else next(iter(sorted(texts.glob(pattern))), None)
 
-    vae_files = (sorted(folder.glob("sd3*vae*.safetensors" if sd3 else "ae.safetensors"))
+    vae_files = (sorted(folder.glob("sd3*vae*.safetensors" if spec.sd3 else "ae.safetensors"))
                  for folder in (models_dir, models_dir / "VAE", models_dir / "vae", texts))
-    t5, tokenizer = ("text_encoder_3", "tokenizer_3") if sd3 else ("text_encoder_2", "tokenizer_2")
-    parts = {"text_encoder": chosen(checkpoint.clip_file, "clip_l*.safetensors"),
-             t5: chosen(checkpoint.t5_file, "t5xxl*.safetensors"), tokenizer: texts / "t5_tokenizer",
-             "vae": Path(vae.source) if vae else next((files[0] for files in vae_files if files), None)}
-    if sd3:
+    if spec.zimage:  # Qwen3 4B instead of CLIP and T5
+        parts = {"text_encoder": chosen(checkpoint.t5_file, "qwen_3_4b*.safetensors"), "tokenizer": texts / "qwen3_tokenizer"}
+    else:
+        t5, tokenizer = ("text_encoder_3", "tokenizer_3") if spec.sd3 else ("text_encoder_2", "tokenizer_2")
+        parts = {"text_encoder": chosen(checkpoint.clip_file, "clip_l*.safetensors"),
+                 t5: chosen(checkpoint.t5_file, "t5xxl*.safetensors"), tokenizer: texts / "t5_tokenizer"}
+    if spec.sd3:
         parts["text_encoder_2"] = chosen(checkpoint.clip_g_file, "clip_g*.safetensors")
+    parts["vae"] = Path(vae.source) if vae else next((files[0] for files in vae_files if files), None)
     return tuple((part, str(path)) for part, path in parts.items() if path)
 
 
@@ -97,7 +102,8 @@ class Checkpoint(models.Model):
     clip_g_file = models.CharField(max_length=200, blank=True, help_text="SD 3.5 transformer files: the CLIP-G file in "
                                    "the text-encoder folder; blank: its first clip_g*.safetensors")
     t5_file = models.CharField(max_length=200, blank=True, help_text="FLUX.1 and SD 3.5 transformer files: the T5-XXL "
-                               "file in the text-encoder folder; blank: its first t5xxl*.safetensors (fp16 before fp8)")
+                               "file in the text-encoder folder; blank: its first t5xxl*.safetensors (fp16 before fp8). "
+                               "Z-Image: its Qwen3 file; blank: the first qwen_3_4b*.safetensors")
     default_width = models.PositiveIntegerField(default=512)
     default_height = models.PositiveIntegerField(default=512)
     default_steps = models.PositiveIntegerField(default=20)
@@ -142,7 +148,7 @@ class Checkpoint(models.Model):
         spec = FAMILIES[self.family]
         return {"xl": self.xl or spec.transformer, "width": self.default_width, "height": self.default_height,
                 "steps": self.default_steps, "family": self.family.split("-")[0], "guidance": self.guidance,
-                "flux": self.family if spec.flux else "", "sd3": spec.sd3}
+                "flux": self.family if spec.flux else "", "flow": spec.transformer}
 
     def model_ref(self, with_parts: bool = True) -> ModelRef:
         """What the engine loads; `with_parts=False` leaves out the files a FLUX.1 or SD 3.5 transformer
@@ -161,7 +167,7 @@ class AddOn(models.Model):
     LORA, EMBEDDING, CONTROLNET, UPSCALER = "lora", "embedding", "controlnet", "upscaler"
     KINDS = [(LORA, "LoRA"), (EMBEDDING, "Embedding"), (CONTROLNET, "ControlNet"), (UPSCALER, "Upscaler")]
     BASE_FAMILIES = [("sd1", "SD 1.x"), ("sd2", "SD 2.x"), ("sdxl", "SDXL"), ("flux", "FLUX.1"), ("sd35", "SD 3.5"),
-                     ("any", "any checkpoint")]
+                     ("zimage", "Z-Image"), ("any", "any checkpoint")]
 
     kind = models.CharField(max_length=12, choices=KINDS)
     name = models.CharField(max_length=100, help_text="As prompts name it: <lora:name:1>, or the embedding's word")

@@ -194,11 +194,11 @@ def test_a_file_that_is_not_a_checkpoint_gets_an_error_naming_what_it_is(tmp_pat
 
 FLUX = {"double_blocks.0.img_attn.norm.key_norm.scale": [8], "img_in.weight": [16, 64]}
 NEWER = [  # each family's telling tensors with small shapes, as its transformer alone (ComfyUI's diffusion_models);
-    # FLUX.1 and SD 3.5 themselves run (test_flux.py, test_sd3.py)
+    # FLUX.1, SD 3.5 and Z-Image themselves run (test_flux.py, test_sd3.py, test_zimage.py)
     ({**FLUX, "single_stream_modulation.lin.weight": [8]}, "FLUX.2"),
     ({**FLUX, "distilled_guidance_layer.in_proj.bias": [8]}, "Chroma"),
     ({"single_transformer_blocks.0.attn.norm_q.weight": [8], "txt_in.text_norm.weight": [8]}, "Qwen-Image"),
-    ({"layers.0.adaLN_modulation.0.weight": [8], "cap_embedder.0.weight": [8]}, "Z-Image"),
+    ({"layers.0.adaLN_modulation.1.weight": [8], "cap_embedder.0.weight": [8]}, "Lumina 2"),
 ]
 
 
@@ -211,7 +211,7 @@ def test_a_file_of_a_family_this_studio_doesnt_run_is_refused_naming_it(tmp_path
     path = tmp_path / "new-model.safetensors"
     save_file({prefix + name: torch.zeros(shape) for name, shape in tensors.items()} | extra, path)
     with pytest.raises(ValueError, match=rf"is a {re.escape(family)} model: this studio runs SD 1.x, SD 2.x, SDXL, "
-                                         "SD 3.5 and FLUX.1"):
+                                         "SD 3.5, FLUX.1 and Z-Image"):
         load_pipeline(str(path))
 
 

@@ -12,12 +12,12 @@ def test_add_model_registers_a_local_folder_with_its_native_size(db, test_model_
 
 
 def test_a_diffusers_folder_of_a_family_not_run_here_is_refused_naming_its_pipeline(db, tmp_path):
-    folder = tmp_path / "Z-Image-Turbo"
+    folder = tmp_path / "Qwen-Image"
     (folder / "transformer").mkdir(parents=True)
-    (folder / "model_index.json").write_text('{"_class_name": "ZImagePipeline"}')
-    with pytest.raises(CommandError, match="holds a ZImagePipeline: this studio runs SD 1.x, SD 2.x, SDXL, SD 3.5 and "
-                                           "FLUX.1"):
-        call_command("add_model", "zimage", str(folder))
+    (folder / "model_index.json").write_text('{"_class_name": "QwenImagePipeline"}')
+    with pytest.raises(CommandError, match="holds a QwenImagePipeline: this studio runs SD 1.x, SD 2.x, SDXL, SD 3.5, "
+                                           "FLUX.1 and Z-Image"):
+        call_command("add_model", "qwen", str(folder))
     (folder / "model_index.json").write_text('{"_class_name": "StableDiffusion3Pipeline"}')
     with pytest.raises(CommandError, match="StableDiffusion3Pipeline without its transformer/config.json"):
         call_command("add_model", "sd35", str(folder))

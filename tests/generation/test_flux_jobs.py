@@ -217,7 +217,7 @@ def test_a_vae_of_the_other_latent_kind_is_refused_at_submit_naming_the_field(al
     common = {"prompt": "a red house", "width": 256, "height": 256, "steps": 2, "guidance_scale": 7, "scheduler": "Euler",
               "seed": 3, "num_images": 1}
     for model, vae, message in ((flux["flux-dev"], "sd-vae.safetensors", "is for SD (4 latent channels)"),
-                                (checkpoint, "ae.safetensors", "is for FLUX.1 or SD 3.5 (16 latent channels)")):
+                                (checkpoint, "ae.safetensors", "is for FLUX.1, SD 3.5 or Z-Image (16 latent channels)")):
         with pytest.raises(Refused, match=re.escape(message)) as refused:
             job_submit(user=alice, params={**common, "checkpoint": model, "vae": vae})
         assert refused.value.field == "vae"
@@ -232,26 +232,38 @@ def test_the_form_tells_the_page_each_vaes_latents_and_each_checkpoints_family(c
     assert '"flux": "flux-dev"' in page and '"flux": "flux-schnell"' in page
 
 
-def test_fetch_t5_tokenizer_puts_the_wheels_tokenizer_where_flux_reads_it(tiny_flux, settings, tmp_path):
-    """The wheel here is a stand-in built from the tiny tokenizer (the real one is downloaded from PyPI)."""
+def test_fetch_tokenizers_puts_the_wheels_tokenizers_where_flux_and_z_image_read_them(tiny_flux, tiny_zimage, settings,
+                                                                                       tmp_path):
+    """The wheel here is a stand-in built from the tiny tokenizers (the real one is downloaded from
+    PyPI); Qwen3's tokenizer.json is gzipped in it, as in InvokeAI's."""
+    import gzip
     import zipfile
 
     from django.core.management import CommandError, call_command
 
     from generation.engine.flux import t5_tokenizer
+    from generation.engine.zimage import qwen3_tokenizer
 
     wheel = tmp_path / "invokeai-6.14.2-py3-none-any.whl"
-    source = tiny_flux["flux-dev"]["text_encoders"] / "t5_tokenizer"
+    t5, qwen = tiny_flux["flux-dev"]["text_encoders"] / "t5_tokenizer", tiny_zimage["text_encoders"] / "qwen3_tokenizer"
     with zipfile.ZipFile(wheel, "w") as archive:
         for name in ("tokenizer.json", "tokenizer_config.json"):
-            archive.write(source / name, "invokeai/backend/t5/tokenizer/" + name)
+            archive.write(t5 / name, "invokeai/backend/t5/tokenizer/" + name)
+        for file in qwen.iterdir():  # the chat template beside them, as transformers now saves it
+            name, data = file.name, file.read_bytes()
+            if name == "tokenizer.json":
+                name, data = "tokenizer.json.gz", gzip.compress(data)
+            archive.writestr("invokeai/backend/qwen3/tokenizer/" + name, data)
     settings.SDWEB = {**settings.SDWEB, "TEXT_ENCODERS_DIR": tmp_path / "text_encoders"}
-    call_command("fetch_t5_tokenizer", "--wheel", str(wheel))
+    call_command("fetch_tokenizers", "--wheel", str(wheel))
     fetched = t5_tokenizer(tmp_path / "text_encoders" / "t5_tokenizer")
-    assert fetched("a red house").input_ids == t5_tokenizer(source)("a red house").input_ids
+    assert fetched("a red house").input_ids == t5_tokenizer(t5)("a red house").input_ids
+    chat = [{"role": "user", "content": "a red house"}]
+    assert qwen3_tokenizer(tmp_path / "text_encoders" / "qwen3_tokenizer").apply_chat_template(chat) == \
+        qwen3_tokenizer(qwen).apply_chat_template(chat)
     (tmp_path / "empty.whl").write_bytes(b"PK\x05\x06" + bytes(18))
-    with pytest.raises(CommandError, match="not a wheel holding invokeai/backend/t5/tokenizer/"):
-        call_command("fetch_t5_tokenizer", "--wheel", str(tmp_path / "empty.whl"))
+    with pytest.raises(CommandError, match="not a wheel holding 'invokeai/backend/t5/tokenizer/'"):
+        call_command("fetch_tokenizers", "--wheel", str(tmp_path / "empty.whl"))
 
 
 def test_the_admin_chooses_a_checkpoints_t5_file_and_a_missing_one_fails_the_job_by_name(alice, flux, tiny_flux, settings,
