@@ -132,8 +132,8 @@ def tiny_loras(transformer, path, table, stem: str, seed: int = 1, within: str =
 
 def write_gguf(state: dict, path, quantization: str = "Q8_0") -> Path:
     """A state dict as a GGUF file, as people quantize FLUX.1 (city96's layout): each 2-D weight
-    (not a learnt token, as Z-Image's padding) whose rows fit the blocks in `quantization` (Q8_0, Q5_1, Q5_0, Q4_1, Q4_0: those gguf can
-    write), everything else in float32."""
+    (not a learnt token, as Z-Image's padding) whose rows fit the blocks in `quantization` (Q8_0,
+    Q5_1, Q5_0, Q4_1, Q4_0: those gguf can write), everything else in float32."""
     import numpy as np
     from gguf import GGMLQuantizationType, GGUFWriter
     from gguf.constants import GGML_QUANT_SIZES
