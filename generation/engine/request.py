@@ -97,9 +97,8 @@ def model_ref(model) -> ModelRef:
 def batch_key(request: "GenerationRequest") -> tuple | None:
     """What requests must share to be denoised in one run, or None for one that runs alone: only a
     plain txt2img with guidance on batches (hires fix, a refiner and ControlNet run passes of their
-    own; Z-Image's prompts are sequences of their own lengths, not batched yet). Files are
-    compared by content (their hash), never by the name a user gave them: two users' copies of one
-    LoRA are one file. Prompts, negative prompts, seeds, CFG scale,
+    own; Z-Image is not batched yet). Files are compared by content (their hash), never by the
+    name a user gave them: two users' copies of one LoRA are one file. Prompts, negative prompts, seeds, CFG scale,
     embeddings and the image count may differ. The claim (Job.batch_key) and the engine both ask
     this one function."""
     family = model_ref(request.model).family

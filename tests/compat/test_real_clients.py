@@ -99,6 +99,28 @@ def test_webuiapi_with_its_defaults_runs_a_flux_transformer_file_laid_out_as_com
     api.util_set_model("sdweb-test-tiny")
 
 
+def test_webuiapi_with_its_defaults_runs_a_z_image_turbo_file_laid_out_as_comfyui_has_it(studio, tiny_zimage):
+    import shutil
+
+    import webuiapi
+
+    models = studio.var_dir / "models"
+    shutil.copy(tiny_zimage["transformer"], models / "z_image_turbo_bf16.safetensors")
+    shutil.copytree(tiny_zimage["text_encoders"], models / "text_encoders", dirs_exist_ok=True)  # qwen_3_4b, its tokenizer
+    (models / "VAE").mkdir(exist_ok=True)
+    shutil.copy(tiny_zimage["vae"], models / "VAE" / "ae.safetensors")  # FLUX.1's VAE
+    studio.manage(f"from django.core.management import call_command; call_command('add_model', 'z-image-turbo', "
+                  f"'{models / 'z_image_turbo_bf16.safetensors'}', '--config', '{tiny_zimage['config']}')")
+    api = webuiapi.WebUIApi(host="127.0.0.1", port=studio.port)
+    api.set_auth("alice", "alice-password-1")
+    api.util_set_model("z-image-turbo")
+    result = api.txt2img(prompt="a red house", width=256, height=256, steps=2, cfg_scale=1)
+    infotext = result.info["infotexts"][0]
+    assert "Sampler: Euler a, " in infotext and "CFG scale: 1, " in infotext
+    assert result.info["sd_model_name"] == "z-image-turbo" and read_watermark(result.images[0]) is not None
+    api.util_set_model("sdweb-test-tiny")
+
+
 def test_webuiapi_with_its_defaults_runs_stabilitys_sd35_large_turbo_file(studio, tiny_sd3):
     import shutil
 
