@@ -106,8 +106,8 @@ def _load(ref: ModelRef, device: torch.device, dtype: torch.dtype, quantize: str
         fit_memory(pipe, dtype, quantize)
     pipe.to(device)
     if transformer and t5_device:  # T5, or Z-Image's Qwen3
-        {"FLUX.1": pipe.text_encoder_2, "SD 3.5": pipe.text_encoder_3, "Z-Image": pipe.text_encoder}[
-            FAMILIES[family].group].to(t5_device)
+        getattr(pipe, {"FLUX.1": "text_encoder_2", "SD 3.5": "text_encoder_3", "Z-Image": "text_encoder"}[
+            FAMILIES[family].group]).to(t5_device)
     if device.type == "cuda" and hasattr(pipe, "unet"):  # convolutions run faster on NHWC tensors there
         for module in (pipe.unet, pipe.vae):
             module.to(memory_format=torch.channels_last)

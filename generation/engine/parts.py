@@ -162,7 +162,8 @@ def built(make, state: dict, dtype, quantized=None):
     return model.eval().requires_grad_(False)
 
 
-FP8_KEPT = ("pos_embed", "x_embedder", "context_embedder", "^proj_out$")
+FP8_KEPT = ("pos_embed", "x_embedder", "context_embedder", "^proj_out$",
+            "^t_embedder", "^cap_embedder")  # (Z-Image's timestep embedder reads its weights' type)
 
 
 def fit_memory(pipe, dtype, quantize: str) -> None:

@@ -155,3 +155,17 @@ def test_a_gguf_z_image_and_its_loras_in_kohyas_and_peft_layouts(tiny_zimage, tm
         made[layout] = pixels(make(model, loras=(LoraUse(ModelRef(str(lora), name=layout), 1.0, 1.0),))[0])
     assert np.abs(made["kohya"] - plain).mean() > 1 and np.abs(made["kohya"] - made["peft"]).mean() < 0.5
     assert np.array_equal(pixels(make(model)[0]), plain)
+
+
+def test_fp8_storage_and_qwen3_on_the_cpu_still_make_the_image(tiny_zimage):
+    model = ref(tiny_zimage, "transformer")
+    plain = pixels(make(model)[0])
+    PIPELINES.quantize, PIPELINES.t5_device = "fp8", "cpu"
+    try:
+        loaded = PIPELINES.get(model)
+        assert loaded.pipe.transformer.layers[0].attention.to_q.weight.dtype == torch.float8_e4m3fn
+        assert loaded.pipe.text_encoder.device.type == "cpu"
+        stored = pixels(make(model)[0])
+    finally:
+        PIPELINES.quantize, PIPELINES.t5_device = "none", ""
+    assert stored.std() > 10 and np.abs(stored - plain).mean() < 12
