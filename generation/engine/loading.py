@@ -122,8 +122,16 @@ def _load(ref: ModelRef, device: torch.device, dtype: torch.dtype, quantize: str
 
 
 def module_bytes(module: torch.nn.Module, device: torch.device) -> int:
-    """The bytes of `module`'s weights on `device`'s kind of memory (T5 kept on the CPU costs no GPU memory)."""
-    return sum(p.numel() * p.element_size() for p in module.parameters() if p.device.type == device.type)
+    """The bytes of `module`'s weights on `device`'s kind of memory (T5 kept on the CPU costs no GPU memory);
+    a quantized weight's (torchao's int8: its int8 data and scales) as it is stored."""
+    from torch.utils._python_dispatch import is_traceable_wrapper_subclass
+
+    def stored(tensor) -> int:
+        if is_traceable_wrapper_subclass(tensor):
+            return sum(stored(getattr(tensor, name)) for name in tensor.__tensor_flatten__()[0])
+        return tensor.numel() * tensor.element_size()
+
+    return sum(stored(p) for p in module.parameters() if p.device.type == device.type)
 
 
 def _load_vae(ref: ModelRef, model: LoadedModel, dtype: torch.dtype) -> LoadedModel:

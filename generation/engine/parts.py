@@ -168,15 +168,27 @@ FP8_KEPT = ("pos_embed", "x_embedder", "context_embedder", "^proj_out$",
 
 def fit_memory(pipe, dtype, quantize: str) -> None:
     """`quantize`="fp8": the transformer's weights kept in float8 (half of bfloat16's memory: FLUX.1
-    ~12 GB), each layer widened to `dtype` as it runs (diffusers' layerwise casting)."""
-    import torch
-    from diffusers.hooks import apply_layerwise_casting
+    ~12 GB), each layer widened to `dtype` as it runs (diffusers' layerwise casting); "int8": in int8
+    with a scale per row (torchao's weight-only int8: as little memory, finer steps). Every linear
+    layer but the first and last, the modulations too (diffusers' own fp8 skips them). A GGUF
+    transformer is quantized already: kept as it is."""
+    import re
 
-    if quantize not in ("", "none", "fp8"):
-        raise JobError(f"quantize must be none or fp8 (got {quantize!r})")
-    if quantize == "fp8" and not any(hasattr(p, "quant_type") for p in pipe.transformer.parameters()):  # (GGUF is)
-        # every linear layer but the first and last, the modulations too (diffusers' own skips them)
+    import torch
+
+    if quantize not in ("", "none", "fp8", "int8"):
+        raise JobError(f"quantize must be none, fp8 or int8 (got {quantize!r})")
+    if quantize in ("", "none") or any(hasattr(p, "quant_type") for p in pipe.transformer.parameters()):
+        return
+    if quantize == "fp8":
+        from diffusers.hooks import apply_layerwise_casting
+
         apply_layerwise_casting(pipe.transformer, torch.float8_e4m3fn, dtype, skip_modules_pattern=FP8_KEPT)
+        return
+    from torchao.quantization import Int8WeightOnlyConfig, quantize_
+
+    quantize_(pipe.transformer, Int8WeightOnlyConfig(), filter_fn=lambda module, name: isinstance(
+        module, torch.nn.Linear) and not any(re.search(pattern, name) for pattern in FP8_KEPT))
 
 
 def config_folder(config, pipeline: str) -> Path:

@@ -219,6 +219,29 @@ def test_fp8_transformer_files_plain_and_scaled_load_within_float8s_precision(ti
             assert error < 0.07, (name, key)  # float8 e4m3 keeps 3 bits of mantissa
 
 
+def test_int8_storage_keeps_the_transformer_in_half_the_bytes_and_still_makes_the_image(tiny_flux):
+    """SDWEB_QUANTIZE=int8: torchao's weight-only int8 (a scale per row) for every linear layer but the
+    first and last; the cache counts the bytes as stored."""
+    from torchao.quantization import Int8Tensor
+
+    from generation.engine.loading import PIPELINES, module_bytes
+
+    model = ref(tiny_flux["flux-dev"], "transformer")
+    plain, wide = pixels(make(model)[0]), PIPELINES.get(model)
+    PIPELINES.quantize = "int8"
+    try:
+        loaded = PIPELINES.get(model)
+        block = loaded.pipe.transformer.transformer_blocks[0]
+        assert isinstance(block.attn.to_q.weight, Int8Tensor) and not isinstance(loaded.pipe.transformer.proj_out.weight,
+                                                                                  Int8Tensor)
+        assert module_bytes(block, loaded.device) < 0.6 * module_bytes(wide.pipe.transformer.transformer_blocks[0],
+                                                                          loaded.device)
+        stored = pixels(make(model)[0])
+    finally:
+        PIPELINES.quantize = "none"
+    assert stored.std() > 10 and np.abs(stored - plain).mean() < 4
+
+
 def test_fp8_storage_and_t5_on_the_cpu_still_make_the_image(tiny_flux):
     """SDWEB_QUANTIZE=fp8 keeps the transformer's weights in float8 (widened layer by layer as it
     runs); SDWEB_T5_DEVICE=cpu keeps T5 off the GPU. The tiny model's image barely changes."""
