@@ -67,13 +67,13 @@
   }
   function syncFlux() {
     // FLUX.1 takes no negative prompt and runs no CFG; [dev] has its distilled guidance. FLUX.1, SD 3.5
-    // and Z-Image run Euler (a), without ControlNet or clip skip. Each checkpoint is offered the VAEs of its latents.
+    // and Z-Image run Euler (a), without clip skip; SD 3.5 and Z-Image without ControlNet. Each checkpoint is offered the VAEs of its latents.
     const flux = checkpoint().flux;
     const flow = Boolean(checkpoint().flow);
     for (const name of ["negative_prompt", "guidance_scale"]) field(name).closest(".field").hidden = Boolean(flux);
     field("clip_skip").closest(".field").hidden = flow;
     field("distilled_guidance_scale").closest(".field").hidden = flux !== "flux-dev";
-    if (document.getElementById("controlnet")) document.getElementById("controlnet").hidden = flow;
+    if (document.getElementById("controlnet")) document.getElementById("controlnet").hidden = flow && !flux;
     for (const option of field("vae").options) {
       option.hidden = Boolean(option.value) && option.dataset.channels !== (flow ? "16" : "4");
     }

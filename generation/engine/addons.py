@@ -119,6 +119,8 @@ def _load_controlnet(ref: ModelRef, device, dtype):
     from .families import CONFIGS
 
     path = Path(ref.source)
+    if ref.family == "flux":
+        return flux.load_controlnet(path, dtype).to(device)
     if path.is_dir():
         model = ControlNetModel.from_pretrained(path, torch_dtype=dtype, local_files_only=True)
     else:

@@ -301,6 +301,11 @@ def addon_family(kind: str, path) -> str:
                              "tensor (diffusers) or clip_l and clip_g (SDXL)")
         return "sd2" if vectors["shape"][-1] == 1024 else "sd1"
     if kind == "controlnet":
+        if "controlnet_x_embedder.weight" in header:  # InstantX's and Shakker-Labs' layout (diffusers')
+            return "flux"
+        if any(k.startswith("double_blocks.") for k in keys):
+            raise JobError(f"{Path(path).name} is an XLabs FLUX.1 ControlNet: its layout is not read here yet (the "
+                           "diffusers-layout FLUX.1 ControlNets, InstantX's and Shakker-Labs', are)")
         if not any(k.startswith(("controlnet_cond_embedding.", "control_model.input_hint_block.", "input_hint_block."))
                    for k in keys):
             raise JobError(f"{Path(path).name} is not a ControlNet: it has no conditioning (hint) block")

@@ -10,7 +10,7 @@ import functools
 from pathlib import Path
 
 from . import parts
-from .parts import Layout, count_blocks, load_parts, swap_halves, t5_tokenizer, unscaled
+from .parts import Layout, built, count_blocks, load_parts, swap_halves, t5_tokenizer, unscaled
 from .request import JobError
 
 # BFL's module -> the diffusers modules whose weights it holds, concatenated along the first axis.
@@ -120,27 +120,85 @@ def load_flux(path: Path, whole: dict, files: dict, config: Path, dtype, shared:
     return pipe, own_files
 
 
-def denoise(model, request, generators, progress, embeds: dict, start=None):
+def denoise(model, request, generators, progress, embeds: dict, start=None, controlnets=()):
     """A FLUX.1 run of `request`'s size, steps, scheduler and distilled guidance (no negative prompt,
     no CFG) over the images of `generators`, from text (`embeds` may hold its starting `latents`), a
-    picture (img2img) or a picture and a mask (inpaint: `start`). Its latents come packed in 2x2
-    patches: they are laid out again for the previews and the VAE. Returns the latents and the
-    pipeline."""
+    picture (img2img) or a picture and a mask (inpaint: `start`), guided by `controlnets` ((loaded
+    add-on, ControlUnit), ...). Its latents come packed in 2x2 patches: they are laid out again for
+    the previews and the VAE. Returns the latents and the pipeline."""
+    import torch
     from diffusers import FluxPipeline
 
     from .pipelines import pipeline_for_run
 
-    pipe = pipeline_for_run(model.pipe, request.scheduler, [g.initial_seed() for g in generators], request.mode)
+    control = _control(request, start, controlnets) if controlnets else {}
+    task = ("controlnet-img2img" if start else "controlnet") if controlnets else request.mode
+    pipe = pipeline_for_run(model.pipe, request.scheduler, [g.initial_seed() for g in generators], task,
+                            **({"controlnet": control.pop("controlnet")} if controlnets else {}))
     unpack = functools.partial(FluxPipeline._unpack_latents, height=request.height, width=request.width,
                                vae_scale_factor=pipe.vae_scale_factor)
     progress.previews.factors, progress.previews.unpack = model.latent_rgb, unpack
     pipe.scheduler.generators = generators  # Euler a's noise, from each image's own generator
     picture = {} if start is None else {"image": start.picture, "strength": request.denoising_strength} | (
         {"mask_image": start.hard_mask} if request.mask is not None else {})
+    drawing = generators
+    if controlnets and start is None and "latents" not in embeds:
+        # The starting noise as without ControlNet (its map's VAE pass draws first from what it is given)
+        from diffusers.utils.torch_utils import randn_tensor
+
+        shape = (len(generators), pipe.transformer.config.in_channels // 4, request.height // 8, request.width // 8)
+        noise = randn_tensor(shape, generator=generators, device=model.device, dtype=model.dtype)
+        embeds = {**embeds, "latents": pipe._pack_latents(noise, *shape)}
+        drawing = [torch.Generator().manual_seed(g.initial_seed()) for g in generators]
     latents = pipe(width=request.width, height=request.height, num_inference_steps=request.steps,
-                   guidance_scale=request.distilled_guidance_scale, generator=generators, output_type="latent",
-                   callback_on_step_end=progress.on_step_end, **picture, **embeds).images
+                   guidance_scale=request.distilled_guidance_scale, generator=drawing, output_type="latent",
+                   callback_on_step_end=progress.on_step_end, **picture, **control, **embeds).images
     return unpack(latents), pipe
+
+
+UNION_CANNY = 0  # the mode of InstantX's and Shakker-Labs' union ControlNets our edge maps are read in
+
+
+def _control(request, start, controlnets) -> dict:
+    """The pipeline arguments of ControlNet units: each one's map at the run's size, weight and
+    steps; a union ControlNet reads edge maps (every preprocessor here makes one) in its Canny mode."""
+    from diffusers import FluxMultiControlNetModel
+
+    from .addons import control_image
+
+    nets, units = [loaded.value for loaded, _ in controlnets], [unit for _, unit in controlnets]
+    width, height = start.picture.size if start else (request.width, request.height)
+    modes = [UNION_CANNY if net.config.num_mode else None for net in nets]
+    return {"controlnet": nets[0] if len(nets) == 1 else FluxMultiControlNetModel(nets),
+            "control_image": [control_image(unit, width, height) for unit in units] if len(units) > 1 else
+            control_image(units[0], width, height), "control_mode": modes if len(nets) > 1 else modes[0],
+            "controlnet_conditioning_scale": [u.weight for u in units] if len(units) > 1 else units[0].weight,
+            "control_guidance_start": [u.guidance_start for u in units],
+            "control_guidance_end": [u.guidance_end for u in units]}
+
+
+def load_controlnet(path: Path, dtype):
+    """A FLUX.1 ControlNet in diffusers' layout (InstantX's, Shakker-Labs' union): a folder with its
+    config.json, or its .safetensors alone, whose config is read from its tensors' names and shapes
+    (every real one has FLUX.1's 128-wide attention heads, whose rotary axes are 16, 56, 56)."""
+    from diffusers import FluxControlNetModel
+    from safetensors.torch import load_file
+
+    from .families import read_header
+
+    if path.is_dir():
+        return FluxControlNetModel.from_pretrained(path, torch_dtype=dtype, local_files_only=True).eval()
+    header = read_header(path)
+    hidden, head = header["x_embedder.weight"]["shape"][0], header["transformer_blocks.0.attn.norm_q.weight"]["shape"][0]
+    mode = header.get("controlnet_mode_embedder.weight")
+    config = dict(patch_size=1, in_channels=header["x_embedder.weight"]["shape"][1],
+                  num_layers=count_blocks(header, "transformer_blocks."),
+                  num_single_layers=count_blocks(header, "single_transformer_blocks."), attention_head_dim=head,
+                  num_attention_heads=hidden // head, joint_attention_dim=header["context_embedder.weight"]["shape"][1],
+                  pooled_projection_dim=header["time_text_embed.text_embedder.linear_1.weight"]["shape"][1],
+                  guidance_embeds="time_text_embed.guidance_embedder.linear_1.weight" in header,
+                  axes_dims_rope=[head // 8, head * 7 // 16, head * 7 // 16], num_mode=mode["shape"][0] if mode else None)
+    return built(lambda: FluxControlNetModel.from_config(config), load_file(path), dtype)
 
 
 def lora_targets(transformer) -> dict:

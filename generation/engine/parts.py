@@ -223,3 +223,30 @@ def lora_targets(transformer, table, kohya: str) -> dict:
             for alias in ("transformer." + name, "lora_transformer_" + name.replace(".", "_")):
                 targets[alias] = ([(module, 0, module.weight.shape[0])], False)
     return targets
+
+
+def check_request(request, label: str) -> None:
+    """ValueError naming the field for what a FLUX.1, SD 3.5 or Z-Image model (`label`) doesn't take
+    here: a negative prompt (FLUX.1 runs no CFG), sizes that are not multiples of 16 pixels (their
+    latents go in 2x2 patches), and what is not built for them yet."""
+    from .schedulers import FLOW_SCHEDULERS, scheduler_spec
+
+    flux, r = label.startswith("FLUX"), request
+    unsupported = [
+        ("negative_prompt", flux and r.negative_prompt.strip(), f"must be empty: {label} takes no negative prompt"),
+        ("inpainting_fill", r.mode == "inpaint" and r.inpainting_fill > 1, f"must be 0 (fill) or 1 (original) for {label}"),
+        ("hr_scale", r.enable_hr and any(side % 16 for side in r.hires_size()),
+         f"must make a size of multiples of 16 for {label} (got {{}}x{{}})".format(*r.hires_size())),
+        ("refiner", r.refiner, f"can't be used: {label} has no refiner"),
+        ("controlnet", r.controlnets and not flux, f"is not supported for {label} yet"),
+        ("controlnet", r.controlnets and (r.mask is not None or r.enable_hr),
+         f"is not offered with inpainting or hires fix for {label} yet"),
+        ("control_mode", any(unit.control_mode for unit in r.controlnets), f"must be 0 (Balanced) for {label}"),
+        ("prompt", r.scheduled, f"uses prompt editing [from:to:when], not offered for {label} yet"),
+        ("scheduler", scheduler_spec(r.scheduler).name not in FLOW_SCHEDULERS,
+         f"must be {' or '.join(FLOW_SCHEDULERS)} for {label} (got {r.scheduler!r})"),
+        *((field, getattr(r, field) % 16, f"must be a multiple of 16 for {label} (got {getattr(r, field)})")
+          for field in ("width", "height"))]
+    for field, used, why in unsupported:
+        if used:
+            raise ValueError(f"{field} {why}")

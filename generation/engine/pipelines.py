@@ -1,6 +1,7 @@
 """The diffusers pipeline each run uses, built from a cached model's modules: no copy, no reload."""
 
 import functools
+import inspect
 
 from .schedulers import make_scheduler
 
@@ -15,7 +16,8 @@ PIPELINE_CLASSES = {  # (SDXL?, task) -> diffusers class name
 }
 
 
-FLUX_PIPELINES = {"txt2img": "FluxPipeline", "img2img": "FluxImg2ImgPipeline", "inpaint": "FluxInpaintPipeline"}
+FLUX_PIPELINES = {"txt2img": "FluxPipeline", "img2img": "FluxImg2ImgPipeline", "inpaint": "FluxInpaintPipeline",
+                  "controlnet": "FluxControlNetPipeline", "controlnet-img2img": "FluxControlNetImg2ImgPipeline"}
 SD3_PIPELINES = {"txt2img": "StableDiffusion3Pipeline", "img2img": "StableDiffusion3Img2ImgPipeline",
                  "inpaint": "StableDiffusion3InpaintPipeline"}
 ZIMAGE_PIPELINES = {"txt2img": "ZImagePipeline", "img2img": "ZImageImg2ImgPipeline", "inpaint": "ZImageInpaintPipeline"}
@@ -35,7 +37,9 @@ def pipeline_for_run(base, scheduler_name: str, seeds: list[int], task: str = "t
     if kinds := next((kinds for name, kinds in TRANSFORMER_PIPELINES.items() if isinstance(base, getattr(diffusers, name))),
                      None):
         cls = getattr(diffusers, kinds[task])
-        pipe = (with_sample_guidance(cls) if per_sample_guidance else cls)(**components)
+        takes = inspect.signature(cls.__init__).parameters  # (FLUX's ControlNet img2img has no image encoder)
+        pipe = (with_sample_guidance(cls) if per_sample_guidance else cls)(
+            **{name: module for name, module in components.items() if name in takes})
         pipe.set_progress_bar_config(disable=True)
         return pipe
     xl = "text_encoder_2" in components

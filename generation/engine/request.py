@@ -5,7 +5,7 @@ import re
 from dataclasses import dataclass
 
 from .prompts import LORA_TAG, check_prompt_syntax, has_schedule, lora_tags
-from .schedulers import FLOW_SCHEDULERS, scheduler_spec
+from .schedulers import scheduler_spec
 
 
 class JobError(ValueError):
@@ -260,28 +260,6 @@ class GenerationRequest:
         if self.enable_hr:
             self._validate_hires(limits)
         self._validate_addons()
-
-    def check_transformer(self, label: str) -> None:
-        """ValueError naming the field for what a FLUX.1 or SD 3.5 model (`label`) doesn't take here: a
-        negative prompt (FLUX.1 runs no CFG), sizes that are not multiples of 16 pixels (their latents
-        go in 2x2 patches), and what is not built for them yet."""
-        unsupported = [
-            ("negative_prompt", label.startswith("FLUX") and self.negative_prompt.strip(),
-             f"must be empty: {label} takes no negative prompt"),
-            ("inpainting_fill", self.mode == "inpaint" and self.inpainting_fill > 1,
-             f"must be 0 (fill) or 1 (original) for {label}"),
-            ("hr_scale", self.enable_hr and any(side % 16 for side in self.hires_size()),
-             f"must make a size of multiples of 16 for {label} (got {{}}x{{}})".format(*self.hires_size())),
-            ("refiner", self.refiner, f"can't be used: {label} has no refiner"),
-            ("controlnet", self.controlnets, f"is not supported for {label} yet"),
-            ("prompt", self.scheduled, f"uses prompt editing [from:to:when], not offered for {label} yet"),
-            ("scheduler", scheduler_spec(self.scheduler).name not in FLOW_SCHEDULERS,
-             f"must be {' or '.join(FLOW_SCHEDULERS)} for {label} (got {self.scheduler!r})"),
-            *((field, getattr(self, field) % 16, f"must be a multiple of 16 for {label} (got {getattr(self, field)})")
-              for field in ("width", "height"))]
-        for field, used, why in unsupported:
-            if used:
-                raise ValueError(f"{field} {why}")
 
     def _validate_kept(self, limits: Limits) -> None:
         """The choices and sizes of the image input and hires settings, even where this run doesn't

@@ -136,7 +136,7 @@ def generate(
         start = prepare_start(request) if request.init_image is not None else None
         try:
             if model.transformer:
-                latents, pipe = _transformer(model, request, common, embeds, progress, start)
+                latents, pipe = _transformer(model, request, common, embeds, progress, start, addons.controlnets)
             elif addons.controlnets:
                 latents, pipe = controlled_run(model, request, start, common, addons.controlnets)
             elif request.mode == "txt2img":
@@ -182,7 +182,7 @@ def _pipeline_arguments(request, seeds, progress, embeds, *, xl: bool) -> dict:
                 **(scheduled if progress.schedule else {}))
 
 
-def _transformer(model, request, common, embeds, progress, start):
+def _transformer(model, request, common, embeds, progress, start, controlnets=()):
     """FLUX.1's, SD 3.5's or Z-Image's run (its module's denoise), its prompt's embeddings once for
     each image (Z-Image's are lists); with hires fix, a second pass from the first's latents upscaled
     (or its pictures), with fresh generators."""
@@ -193,7 +193,8 @@ def _transformer(model, request, common, embeds, progress, start):
     if request.subseed_strength:  # FLUX.1 takes its starting noise packed in 2x2 patches
         noise = variation_noise(model.pipe, request, common["generator"], model)
         embeds["latents"] = model.pipe._pack_latents(noise, *noise.shape) if model.flux else noise
-    latents, pipe = denoise(model, request, common["generator"], progress, embeds, start)
+    latents, pipe = denoise(model, request, common["generator"], progress, embeds, start,
+                            **({"controlnets": controlnets} if controlnets else {}))
     if request.enable_hr and not progress.cancelled:
         progress.pass_ended(pipe)
         upscaled = _upscaled(pipe, model, latents, request)

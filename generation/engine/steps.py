@@ -8,6 +8,7 @@ from . import flux, sd3, zimage
 from .addons import Addons
 from .families import refiner_problem, role_problem
 from .loading import PIPELINES
+from .parts import check_request
 from .prompts import BREAK, embeddings_named, encode_prompts_many, encode_prompts_xl_many, parse_attention
 from .request import JobError
 
@@ -51,7 +52,7 @@ def check_roles(model, refiner, request) -> None:
     if refiner is not None and (problem := refiner_problem(model.family, refiner.family)):
         raise JobError(f"refiner {refiner.name!r} can't refine {model.name!r}: {problem}")
     if model.transformer:
-        request.check_transformer(model.group)
+        check_request(request, model.group)
 
 
 def encode(pipe, model, request, embeddings=None) -> dict:

@@ -153,3 +153,26 @@ def write_gguf(state: dict, path, quantization: str = "Q8_0") -> Path:
     writer.write_tensors_to_file()
     writer.close()
     return Path(path)
+
+
+def make_tiny_flux_controlnet(path, *, union: bool = False) -> dict[str, Path]:
+    """A tiny random-weight FLUX.1 [dev] ControlNet in diffusers' layout (InstantX's kind; `union`:
+    Shakker-Labs' union, with its mode embedding): "folder", with its config.json, and "file", its
+    .safetensors alone. Its attention heads are 32 wide (the tiny transformer's width in one head),
+    so its rotary axes follow FLUX.1's proportions (4, 14, 14) as a real one's do."""
+    import torch
+    from diffusers import FluxControlNetModel
+    from safetensors.torch import save_file
+
+    torch.manual_seed(2)
+    net = FluxControlNetModel(patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=32,
+                              num_attention_heads=1, joint_attention_dim=32, pooled_projection_dim=32,
+                              guidance_embeds=True, axes_dims_rope=[4, 14, 14], num_mode=7 if union else None)
+    with torch.no_grad():  # diffusers starts the map's input and the output layers at zero: training moves them
+        for layer in [net.controlnet_x_embedder, *net.controlnet_blocks, *net.controlnet_single_blocks]:
+            layer.weight.normal_(0, 0.5)
+    name = "flux-controlnet-union" if union else "flux-controlnet-canny"
+    files = {"folder": Path(path) / name, "file": Path(path) / f"{name}.safetensors"}
+    net.save_pretrained(files["folder"], safe_serialization=True)
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, files["file"])
+    return files

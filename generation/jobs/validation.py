@@ -7,6 +7,7 @@ from django.conf import settings
 
 from gallery.models import Image
 from generation.engine.families import FAMILIES, refiner_problem, role_problem
+from generation.engine.parts import check_request
 from generation.engine.request import MIN_SIDE, GenerationRequest, Limits
 from generation.engine.upscale import UPSCALERS, check_upscale, upscaled_size
 from generation.jobs.models import Job
@@ -77,7 +78,7 @@ def validated(params: dict, inputs: dict, user) -> tuple[Checkpoint, dict]:
                                     mask=inputs.get("mask"), **engine_addons)
         request.validate(engine_limits())
         if FAMILIES[checkpoint.family].transformer:
-            request.check_transformer(FAMILIES[checkpoint.family].group)
+            check_request(request, FAMILIES[checkpoint.family].group)
     except (TypeError, ValueError) as error:
         message = str(error)
         field = next((f for f in (*Job.PARAMS, "init_image", "mask", "controlnet") if message.startswith(f + " ")), None)

@@ -405,3 +405,48 @@ def test_flux_variation_seeds_move_the_noise_toward_the_subseeds(tiny_flux):
     assert np.abs(pixels(make(model, seed=7, subseed=11, subseed_strength=1.0)[0]) - other).max() <= 2
     assert np.abs(pixels(half) - plain).mean() > 3 and np.abs(pixels(half) - other).mean() > 3
     assert "Variation seed: 11, Variation seed strength: 0.5" in half.parameters(0)
+
+
+@pytest.mark.parametrize("union", [False, True], ids=["instantx", "union"])
+def test_a_flux_controlnet_folder_or_file_guides_the_run_and_at_weight_0_changes_nothing(tiny_flux, tmp_path, union):
+    """InstantX's layout (diffusers'), as a folder with its config.json or its .safetensors alone
+    (the config read from its tensors); Shakker-Labs' union reads our edge maps in its Canny mode."""
+    from PIL import Image
+
+    from generation.engine.families import addon_family
+    from generation.engine.request import ControlUnit
+    from generation.engine.testflux import make_tiny_flux_controlnet
+
+    files = make_tiny_flux_controlnet(tmp_path, union=union)
+    assert addon_family("controlnet", files["file"]) == "flux"
+    model = ref(tiny_flux["flux-dev"], "transformer")
+    square, circle = Image.new("RGB", (256, 256)), Image.new("RGB", (256, 256))
+    square.paste((255, 255, 255), (60, 60, 200, 200))
+    circle.paste((255, 255, 255), (0, 0, 90, 256))
+
+    def controlled(layout, hint, **unit):
+        units = (ControlUnit(ModelRef(str(files[layout]), family="flux", name="cn"), hint, **unit),)
+        return make(model, marked=False, controlnets=units)[0]
+
+    plain = pixels(make(model, marked=False)[0])
+    guided = controlled("folder", square)
+    assert np.array_equal(pixels(guided), pixels(controlled("file", square)))
+    assert np.abs(pixels(guided) - plain).mean() > 5 and np.abs(pixels(guided) - pixels(controlled("file", circle))).mean() > 2
+    assert np.array_equal(pixels(controlled("file", square, weight=0.0)), plain)  # the same starting noise
+    assert 'ControlNet 0: "Module: none, Model: cn [], Weight: 1' in guided.parameters(0)
+    start = Image.effect_noise((256, 256), 60).convert("RGB")
+    assert np.abs(pixels(make(model, marked=False, init_image=start, controlnets=(ControlUnit(
+        ModelRef(str(files["file"]), family="flux", name="cn"), square),))[0]) - pixels(
+        make(model, marked=False, init_image=start)[0])).mean() > 1  # img2img guided too
+    with pytest.raises(ValueError, match=r"control_mode must be 0 \(Balanced\) for FLUX.1"):
+        controlled("file", square, control_mode=1)
+
+
+def test_an_xlabs_flux_controlnet_is_refused_naming_its_layout(tmp_path):
+    from generation.engine.families import addon_family
+
+    path = tmp_path / "flux-canny-controlnet-v3.safetensors"
+    save_file({"double_blocks.0.img_attn.qkv.weight": torch.zeros(6, 2), "controlnet_blocks.0.weight": torch.zeros(2, 2),
+               "input_hint_block.0.weight": torch.zeros(2, 3, 3, 3)}, path)
+    with pytest.raises(ValueError, match="is an XLabs FLUX.1 ControlNet: its layout is not read here yet"):
+        addon_family("controlnet", path)

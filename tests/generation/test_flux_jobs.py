@@ -293,3 +293,29 @@ def test_the_admin_chooses_a_checkpoints_t5_file_and_a_missing_one_fails_the_job
     job.refresh_from_db()
     assert job.status == Job.FAILED and "T5-XXL text encoder chosen for this FLUX file, t5xxl_gone.safetensors, is " \
                                          "missing" in job.error
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_a1111_dialect_takes_a_flux_controlnet_unit_as_webuiapi_sends_it(alice, flux, worker, tmp_path):
+    """A FLUX.1 ControlNet downloaded as InstantX ships it (a diffusers folder), found by its folder;
+    the unit in the ControlNet extension's shape; a control mode FLUX.1 doesn't have is refused by name."""
+    from rest_framework.test import APIClient
+
+    from generation.engine.testflux import make_tiny_flux_controlnet
+    from generation.library.addons import addon_register
+    from tests.generation.test_addons import unit_as_webuiapi_sends_it
+
+    net = addon_register(kind="controlnet", name="flux-canny", source=str(make_tiny_flux_controlnet(tmp_path)["folder"]))
+    assert net.get_family_display() == "FLUX.1"
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION="Basic " + base64.b64encode(b"alice:alice-password-1").decode())
+    payload = {"prompt": "a red house", "sampler_name": "Euler", "steps": 2, "width": 256, "height": 256,
+               "override_settings": {"sd_model_checkpoint": flux["flux-dev"].title},
+               "alwayson_scripts": {"ControlNet": {"args": [unit_as_webuiapi_sends_it(model=net.title)]}}}
+    response = client.post("/sdapi/v1/txt2img", payload, format="json")
+    assert response.status_code == 200, response.data
+    info = parse_parameters(json.loads(response.data["info"])["infotexts"][0])
+    assert info["ControlNet 0"].startswith(f"Module: canny, Model: {net.title}") and info["model"] == "flux-dev"
+    refused = client.post("/sdapi/v1/txt2img", {**payload, "alwayson_scripts": {"ControlNet": {"args": [
+        unit_as_webuiapi_sends_it(model=net.title, control_mode="My prompt is more important")]}}}, format="json")
+    assert refused.status_code == 400 and "ontrol_mode must be 0 (Balanced) for FLUX.1" in str(refused.data)
