@@ -10,12 +10,12 @@ from pathlib import Path
 import torch
 
 from . import flux, sd3, zimage
-from .controlmaps import MODULES
+from .controlmaps import MODULES, unit_map
 from .esrgan import load_upscaler
 from .families import KOHYA_LORA_KEY, LYCORIS_KEY, read_header
 from .ldm import unet_key_to_ldm
 from .pipelines import pipeline_for_run
-from .request import CONTROL_MODES, RESIZE_MODES, ControlUnit, JobError, LoraUse, ModelRef
+from .request import CONTROL_MODES, RESIZE_MODES, JobError, LoraUse, ModelRef
 
 CONTROLNET_FAMILY_CONFIGS = {"sd1": "controlnet-sd1", "sdxl": "controlnet-sdxl"}
 
@@ -222,15 +222,6 @@ def controlnet_scales(controlnet, control_mode: int):
     return controlnet.register_forward_hook(hook)
 
 
-def control_image(unit: ControlUnit, width: int, height: int):
-    """The unit's control map at the run's size."""
-    from .controlmaps import control_map
-    from .images import resize
-
-    mapped = control_map(unit.image, unit.module, unit.processor_res, unit.threshold_a, unit.threshold_b)
-    return resize(mapped.convert("RGB"), width, height, unit.resize_mode)
-
-
 def controlled_run(model, request, start, common, controlnets):
     """txt2img or img2img guided by ControlNet units (each map at the run's size): (latents, the pipeline)."""
     from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
@@ -241,7 +232,7 @@ def controlled_run(model, request, start, common, controlnets):
         raise JobError("control_mode 2 (ControlNet is more important) must be every unit's mode or none's")
     nets = [loaded.value for loaded, _ in controlnets]
     width, height = start.picture.size if start else (request.width, request.height)
-    maps = [control_image(unit, width, height) for unit in units]
+    maps = [unit_map(unit, width, height) for unit in units]
     seeds = [g.initial_seed() for g in common["generator"]]
     task = "controlnet-img2img" if start else "controlnet"
     pipe = pipeline_for_run(model.pipe, request.scheduler, seeds, task,

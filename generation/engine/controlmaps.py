@@ -49,3 +49,11 @@ def control_map(image: Image.Image, module: str, processor_res: int = 512, thres
     else:
         edges = 255 - cv2.cvtColor(pixels, cv2.COLOR_RGB2GRAY)
     return Image.fromarray(edges).convert("RGB")
+
+
+def unit_map(unit, width: int, height: int) -> Image.Image:
+    """A ControlNet unit's (request.ControlUnit) control map at the run's size."""
+    from .images import resize
+
+    mapped = control_map(unit.image, unit.module, unit.processor_res, unit.threshold_a, unit.threshold_b)
+    return resize(mapped.convert("RGB"), width, height, unit.resize_mode)

@@ -164,14 +164,14 @@ def _control(request, start, controlnets) -> dict:
     steps; a union ControlNet reads edge maps (every preprocessor here makes one) in its Canny mode."""
     from diffusers import FluxMultiControlNetModel
 
-    from .addons import control_image
+    from .controlmaps import unit_map
 
     nets, units = [loaded.value for loaded, _ in controlnets], [unit for _, unit in controlnets]
     width, height = start.picture.size if start else (request.width, request.height)
     modes = [UNION_CANNY if net.config.num_mode else None for net in nets]
     return {"controlnet": nets[0] if len(nets) == 1 else FluxMultiControlNetModel(nets),
-            "control_image": [control_image(unit, width, height) for unit in units] if len(units) > 1 else
-            control_image(units[0], width, height), "control_mode": modes if len(nets) > 1 else modes[0],
+            "control_image": [unit_map(unit, width, height) for unit in units] if len(units) > 1 else
+            unit_map(units[0], width, height), "control_mode": modes if len(nets) > 1 else modes[0],
             "controlnet_conditioning_scale": [u.weight for u in units] if len(units) > 1 else units[0].weight,
             "control_guidance_start": [u.guidance_start for u in units],
             "control_guidance_end": [u.guidance_end for u in units]}
@@ -179,26 +179,25 @@ def _control(request, start, controlnets) -> dict:
 
 def load_controlnet(path: Path, dtype):
     """A FLUX.1 ControlNet in diffusers' layout (InstantX's, Shakker-Labs' union): a folder with its
-    config.json, or its .safetensors alone, whose config is read from its tensors' names and shapes
+    config.json, or its .safetensors alone, whose config is read from its tensors (names and shapes)
     (every real one has FLUX.1's 128-wide attention heads, whose rotary axes are 16, 56, 56)."""
     from diffusers import FluxControlNetModel
     from safetensors.torch import load_file
 
-    from .families import read_header
-
     if path.is_dir():
         return FluxControlNetModel.from_pretrained(path, torch_dtype=dtype, local_files_only=True).eval()
-    header = read_header(path)
-    hidden, head = header["x_embedder.weight"]["shape"][0], header["transformer_blocks.0.attn.norm_q.weight"]["shape"][0]
-    mode = header.get("controlnet_mode_embedder.weight")
-    config = dict(patch_size=1, in_channels=header["x_embedder.weight"]["shape"][1],
-                  num_layers=count_blocks(header, "transformer_blocks."),
-                  num_single_layers=count_blocks(header, "single_transformer_blocks."), attention_head_dim=head,
-                  num_attention_heads=hidden // head, joint_attention_dim=header["context_embedder.weight"]["shape"][1],
-                  pooled_projection_dim=header["time_text_embed.text_embedder.linear_1.weight"]["shape"][1],
-                  guidance_embeds="time_text_embed.guidance_embedder.linear_1.weight" in header,
-                  axes_dims_rope=[head // 8, head * 7 // 16, head * 7 // 16], num_mode=mode["shape"][0] if mode else None)
-    return built(lambda: FluxControlNetModel.from_config(config), load_file(path), dtype)
+    state = load_file(path)
+    hidden, head = state["x_embedder.weight"].shape[0], state["transformer_blocks.0.attn.norm_q.weight"].shape[0]
+    mode = state.get("controlnet_mode_embedder.weight")
+    config = dict(patch_size=1, in_channels=state["x_embedder.weight"].shape[1],
+                  num_layers=count_blocks(state, "transformer_blocks."),
+                  num_single_layers=count_blocks(state, "single_transformer_blocks."), attention_head_dim=head,
+                  num_attention_heads=hidden // head, joint_attention_dim=state["context_embedder.weight"].shape[1],
+                  pooled_projection_dim=state["time_text_embed.text_embedder.linear_1.weight"].shape[1],
+                  guidance_embeds="time_text_embed.guidance_embedder.linear_1.weight" in state,
+                  axes_dims_rope=[head // 8, head * 7 // 16, head * 7 // 16],
+                  num_mode=None if mode is None else mode.shape[0])
+    return built(lambda: FluxControlNetModel.from_config(config), state, dtype)
 
 
 def lora_targets(transformer) -> dict:
