@@ -465,3 +465,18 @@ def stored_picture(image):
         picture = Image.open(file)
         picture.load()
     return picture
+
+
+def install_sd35(models: Path, files: dict, name: str, file_name: str) -> str:
+    """Stability's SD 3.5 file (testsd3.make_tiny_sd3's "checkpoint": the MMDiT and its VAE) copied into
+    the models folder, its text encoders into the text-encoder folder under names of their own (FLUX.1's
+    tiny ones there have other widths): the Python that registers it and picks them in the admin."""
+    shutil.copy(files["checkpoint"], models / file_name)
+    texts = models / "text_encoders"
+    shutil.copytree(files["text_encoders"] / "t5_tokenizer", texts / "t5_tokenizer", dirs_exist_ok=True)
+    for part, saved in (("clip_l", "clip_l_sd3"), ("clip_g", "clip_g"), ("t5xxl_fp16", "t5xxl_sd3")):
+        shutil.copy(files["text_encoders"] / f"{part}.safetensors", texts / f"{saved}.safetensors")
+    return (f"from django.core.management import call_command; call_command('add_model', '{name}', "
+            f"'{models / file_name}', '--config', '{files['config']}'); "
+            f"from generation.library.models import Checkpoint; Checkpoint.objects.filter(name='{name}')"
+            ".update(clip_file='clip_l_sd3.safetensors', t5_file='t5xxl_sd3.safetensors')")

@@ -122,20 +122,12 @@ def test_webuiapi_with_its_defaults_runs_a_z_image_turbo_file_laid_out_as_comfyu
 
 
 def test_webuiapi_with_its_defaults_runs_stabilitys_sd35_large_turbo_file(studio, tiny_sd3):
-    import shutil
-
     import webuiapi
 
-    files, models = tiny_sd3["sd35-large"], studio.var_dir / "models"
-    shutil.copy(files["checkpoint"], models / "sd3.5_large_turbo.safetensors")  # the MMDiT and its VAE
-    texts = models / "text_encoders"  # maybe holding FLUX's tiny CLIP-L and T5 (other widths): the admin picks these
-    shutil.copytree(files["text_encoders"] / "t5_tokenizer", texts / "t5_tokenizer", dirs_exist_ok=True)
-    for name, saved in (("clip_l", "clip_l_sd3"), ("clip_g", "clip_g"), ("t5xxl_fp16", "t5xxl_sd3")):
-        shutil.copy(files["text_encoders"] / f"{name}.safetensors", texts / f"{saved}.safetensors")
-    studio.manage(f"from django.core.management import call_command; call_command('add_model', 'sd3.5-turbo', "
-                  f"'{models / 'sd3.5_large_turbo.safetensors'}', '--config', '{files['config']}'); "
-                  "from generation.library.models import Checkpoint; Checkpoint.objects.filter(name='sd3.5-turbo')"
-                  ".update(clip_file='clip_l_sd3.safetensors', t5_file='t5xxl_sd3.safetensors')")
+    from tests.support import install_sd35
+
+    studio.manage(install_sd35(studio.var_dir / "models", tiny_sd3["sd35-large"], "sd3.5-turbo",
+                               "sd3.5_large_turbo.safetensors"))
     api = webuiapi.WebUIApi(host="127.0.0.1", port=studio.port)
     api.set_auth("alice", "alice-password-1")
     api.util_set_model("sd3.5-turbo")

@@ -467,18 +467,10 @@ def test_12b_a_user_picks_a_flux_checkpoint_and_the_form_becomes_fluxs(new_page,
 def test_12c_a_user_picks_an_sd35_checkpoint_and_the_form_becomes_its(new_page, studio, tiny_sd3):
     """SD 3.5 Large as Stability ships it (the MMDiT and its VAE in one file), its text encoders in
     the text-encoder folder, chosen in the admin beside FLUX's tiny ones (which have other widths)."""
-    import shutil
+    from tests.support import install_sd35
 
-    files, models = tiny_sd3["sd35-large"], studio.var_dir / "models"
-    shutil.copy(files["checkpoint"], models / "sd3.5_large.safetensors")
-    texts = models / "text_encoders"
-    shutil.copytree(files["text_encoders"] / "t5_tokenizer", texts / "t5_tokenizer", dirs_exist_ok=True)
-    for name, saved in (("clip_l", "clip_l_sd3"), ("clip_g", "clip_g"), ("t5xxl_fp16", "t5xxl_sd3")):
-        shutil.copy(files["text_encoders"] / f"{name}.safetensors", texts / f"{saved}.safetensors")
-    studio.manage(f"from django.core.management import call_command; call_command('add_model', 'sd3.5_large', "
-                  f"'{models / 'sd3.5_large.safetensors'}', '--config', '{files['config']}'); "
-                  "from generation.library.models import Checkpoint; Checkpoint.objects.filter(name='sd3.5_large')"
-                  ".update(clip_file='clip_l_sd3.safetensors', t5_file='t5xxl_sd3.safetensors')")
+    studio.manage(install_sd35(studio.var_dir / "models", tiny_sd3["sd35-large"], "sd3.5_large",
+                               "sd3.5_large.safetensors"))
     page = new_page()
     sign_up(page)
     for phone in (False, True):

@@ -15,6 +15,8 @@ from generation.engine.loading import PIPELINES
 from generation.engine.parts import FP8_KEPT, missing_parts
 from generation.engine.previews import PreviewSettings
 from generation.engine.request import ModelRef
+from tests.engine import runs
+from tests.engine.runs import pixels, reference
 
 
 def parts(files) -> tuple:
@@ -24,23 +26,11 @@ def parts(files) -> tuple:
 
 
 def ref(files, layout: str) -> ModelRef:
-    if layout == "folder":
-        return ModelRef(str(files["folder"]))
-    return ModelRef(str(files[layout]), config=str(files["config"]), parts=parts(files))
+    return reference(files, layout, parts(files))
 
 
 def make(model, marked=True, **fields):
-    previews = []
-    request = GenerationRequest(**{"prompt": "a photo of a (red:1.2) house", "model": model, "width": 256,
-                                   "height": 256, "steps": 4, "seed": 7, "scheduler": "Euler", **fields})
-    result = generate(request, on_preview=lambda step, total, image: previews.append((step, total, image)),
-                      preview=PreviewSettings(min_interval=0),
-                      watermark_payloads=[bytes(8)] * request.num_images if marked else None)
-    return result, previews
-
-
-def pixels(result, k=0):
-    return np.asarray(result.images[k]).astype(int)
+    return runs.make(model, marked, **{"steps": 4} | fields)
 
 
 @pytest.mark.parametrize("family", ["flux-dev", "flux-schnell"])

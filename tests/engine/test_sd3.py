@@ -12,9 +12,10 @@ from generation.engine import GenerationRequest, generate
 from generation.engine.families import detect_family, family_config, file_family, read_header
 from generation.engine.loading import PIPELINES
 from generation.engine.parts import missing_parts
-from generation.engine.previews import PreviewSettings
 from generation.engine.request import ModelRef
 from generation.engine.sd3 import LAYOUT, to_diffusers, to_sai
+from tests.engine import runs
+from tests.engine.runs import pixels, reference
 
 
 def parts(files) -> tuple:
@@ -25,23 +26,11 @@ def parts(files) -> tuple:
 
 
 def ref(files, layout: str) -> ModelRef:
-    if layout == "folder":
-        return ModelRef(str(files["folder"]))
-    return ModelRef(str(files[layout]), config=str(files["config"]), parts=parts(files))
+    return reference(files, layout, parts(files))
 
 
 def make(model, **fields):
-    previews = []
-    request = GenerationRequest(**{"prompt": "a photo of a (red:1.2) house", "negative_prompt": "blurry", "model": model,
-                                   "width": 256, "height": 256, "steps": 3, "seed": 7, "scheduler": "Euler",
-                                   "guidance_scale": 4.5, **fields})
-    result = generate(request, on_preview=lambda step, total, image: previews.append((step, total, image)),
-                      preview=PreviewSettings(min_interval=0), watermark_payloads=[bytes(8)] * request.num_images)
-    return result, previews
-
-
-def pixels(result, k=0):
-    return np.asarray(result.images[k]).astype(int)
+    return runs.make(model, **{"negative_prompt": "blurry", "steps": 3, "guidance_scale": 4.5} | fields)
 
 
 @pytest.mark.parametrize("family", ["sd35-large", "sd35-medium"])

@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from generation.engine import GenerationRequest, generate
+from generation.engine import GenerationRequest
 from generation.engine.families import detect_family, family_config, file_family, read_header
 from generation.engine.loading import PIPELINES
 from generation.engine.parts import missing_parts
-from generation.engine.previews import PreviewSettings
 from generation.engine.request import ModelRef, batch_key
 from generation.engine.zimage import LAYOUT, to_diffusers, to_original
+from tests.engine import runs
+from tests.engine.runs import pixels, reference
 
 
 def parts(files) -> tuple:
@@ -22,22 +23,11 @@ def parts(files) -> tuple:
 
 
 def ref(files, layout: str) -> ModelRef:
-    if layout == "folder":
-        return ModelRef(str(files["folder"]))
-    return ModelRef(str(files[layout]), config=str(files["config"]), parts=parts(files))
+    return reference(files, layout, parts(files))
 
 
 def make(model, **fields):
-    previews = []
-    request = GenerationRequest(**{"prompt": "a photo of a (red:1.2) house", "model": model, "width": 256, "height": 256,
-                                   "steps": 3, "seed": 7, "scheduler": "Euler", "guidance_scale": 1.0, **fields})
-    result = generate(request, on_preview=lambda step, total, image: previews.append((step, total, image)),
-                      preview=PreviewSettings(min_interval=0), watermark_payloads=[bytes(8)] * request.num_images)
-    return result, previews
-
-
-def pixels(result, k=0):
-    return np.asarray(result.images[k]).astype(int)
+    return runs.make(model, **{"steps": 3, "guidance_scale": 1.0} | fields)
 
 
 def test_each_layout_makes_the_same_image_with_previews(tiny_zimage):
