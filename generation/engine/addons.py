@@ -173,8 +173,11 @@ def applied_loras(pipe, loras: list[tuple[LoadedAddon, LoraUse]]):
     """Merge each LoRA into the weights it changes (W += weight * alpha / rank * up @ down) for the
     body of the `with`, then copy the original weights back: the next run sees exactly the model
     it would have seen without this one. Merged, a LoRA costs nothing per step. A transformer's saved
-    weights wait in the CPU's memory (they may be most of a 22 GB transformer)."""
+    weights wait in the CPU's memory (they may be most of a 22 GB transformer). A quantized weight
+    (GGUF, int8, NF4) is left as it is: the LoRA's low-rank product is added to the layer's output
+    as it runs instead."""
     saved: dict[torch.nn.Module, torch.Tensor] = {}
+    hooks = []
     aside = "cpu" if hasattr(pipe, "transformer") else None
     try:
         targets = _lora_targets(pipe) if loras else {}
@@ -185,7 +188,8 @@ def applied_loras(pipe, loras: list[tuple[LoadedAddon, LoraUse]]):
                 if not parts:
                     continue
                 matched += 1
-                rows, columns = parts[-1][2], parts[0][0].weight[0].numel()
+                layer, rows = parts[0][0], parts[-1][2]
+                columns = layer.in_features if isinstance(layer, torch.nn.Linear) else layer.weight[0].numel()
                 if up.shape[0] != rows or down[0].numel() != columns:
                     raise JobError(f"LoRA {lora.name!r} doesn't fit this model (layer {base} has another shape): "
                                      "it is for another family")
@@ -195,6 +199,9 @@ def applied_loras(pipe, loras: list[tuple[LoadedAddon, LoraUse]]):
                 if swapped:  # BFL's and Stability's final modulations: (shift, scale) where diffusers has (scale, shift)
                     delta = torch.cat(delta.chunk(2)[::-1])
                 for module, first, end in parts:
+                    if _quantized(module.weight):
+                        hooks.append(_added_on_the_way(module, down.flatten(1), up.flatten(1), first, end, scale, swapped))
+                        continue
                     if module not in saved:
                         saved[module] = module.weight.detach().to(aside or module.weight.device, copy=True)
                     merged = module.weight.float() + scale * delta[first:end].reshape(module.weight.shape)
@@ -203,9 +210,29 @@ def applied_loras(pipe, loras: list[tuple[LoadedAddon, LoraUse]]):
                 raise JobError(f"LoRA {lora.name!r} changes no layer of this model: it is for another family")
         yield
     finally:
+        for hook in hooks:
+            hook.remove()
         with torch.no_grad():
             for module, weight in saved.items():
                 module.weight.copy_(weight)
+
+
+def _quantized(weight) -> bool:
+    """A weight kept in blocks or integers (GGUF, torchao's int8, bitsandbytes' NF4): not one to add to."""
+    return hasattr(weight, "quant_type") or hasattr(weight, "quant_state") or type(weight.data) is not torch.Tensor
+
+
+def _added_on_the_way(module, down, up, first: int, end: int, scale: float, swapped: bool):
+    """A forward hook adding rows first:end of scale * up @ down (halves swapped as the merge does)
+    times the layer's input to its output."""
+    up = torch.cat(up.chunk(2)[::-1]) if swapped else up
+    device = next(module.parameters()).device
+    down, up = down.to(device, torch.float32), (up[first:end] * scale).to(device, torch.float32)
+
+    def add(module, args, output):
+        return output + (args[0].float() @ down.T @ up.T).to(output.dtype)
+
+    return module.register_forward_hook(add)
 
 
 def controlnet_scales(controlnet, control_mode: int):

@@ -169,15 +169,16 @@ FP8_KEPT = ("pos_embed", "x_embedder", "context_embedder", "^proj_out$",
 def fit_memory(pipe, dtype, quantize: str) -> None:
     """`quantize`="fp8": the transformer's weights kept in float8 (half of bfloat16's memory: FLUX.1
     ~12 GB), each layer widened to `dtype` as it runs (diffusers' layerwise casting); "int8": in int8
-    with a scale per row (torchao's weight-only int8: as little memory, finer steps). Every linear
-    layer but the first and last, the modulations too (diffusers' own fp8 skips them). A GGUF
-    transformer is quantized already: kept as it is."""
+    with a scale per row (torchao's weight-only int8: as little memory, finer steps); "nf4":
+    bitsandbytes' 4-bit NormalFloat (a quarter of bfloat16's memory, coarser). Every linear layer but
+    the first and last, the modulations too (diffusers' own fp8 skips them). A GGUF transformer is
+    quantized already: kept as it is."""
     import re
 
     import torch
 
-    if quantize not in ("", "none", "fp8", "int8"):
-        raise JobError(f"quantize must be none, fp8 or int8 (got {quantize!r})")
+    if quantize not in ("", "none", "fp8", "int8", "nf4"):
+        raise JobError(f"quantize must be none, fp8, int8 or nf4 (got {quantize!r})")
     if quantize in ("", "none") or any(hasattr(p, "quant_type") for p in pipe.transformer.parameters()):
         return
     if quantize == "fp8":
@@ -185,10 +186,22 @@ def fit_memory(pipe, dtype, quantize: str) -> None:
 
         apply_layerwise_casting(pipe.transformer, torch.float8_e4m3fn, dtype, skip_modules_pattern=FP8_KEPT)
         return
-    from torchao.quantization import Int8WeightOnlyConfig, quantize_
+    layers = [(name, module) for name, module in pipe.transformer.named_modules()
+              if isinstance(module, torch.nn.Linear) and not any(re.search(pattern, name) for pattern in FP8_KEPT)]
+    if quantize == "int8":
+        from torchao.quantization import Int8WeightOnlyConfig, quantize_
 
-    quantize_(pipe.transformer, Int8WeightOnlyConfig(), filter_fn=lambda module, name: isinstance(
-        module, torch.nn.Linear) and not any(re.search(pattern, name) for pattern in FP8_KEPT))
+        chosen = {id(module) for _, module in layers}
+        quantize_(pipe.transformer, Int8WeightOnlyConfig(), filter_fn=lambda module, name: id(module) in chosen)
+        return
+    import bitsandbytes as bnb
+
+    for name, module in layers:  # each quantized as it is moved to its device
+        layer = bnb.nn.Linear4bit(module.in_features, module.out_features, bias=module.bias is not None,
+                                  compute_dtype=dtype, quant_type="nf4")
+        layer.weight = bnb.nn.Params4bit(module.weight.data, requires_grad=False, quant_type="nf4")
+        layer.bias = module.bias
+        pipe.transformer.set_submodule(name, layer.to(module.weight.device))
 
 
 def config_folder(config, pipeline: str) -> Path:
@@ -215,13 +228,13 @@ def lora_targets(transformer, table, kohya: str) -> dict:
             continue  # a norm, or a layer this model doesn't have
         parts, rows = [], 0
         for module in found:
-            parts.append((module, rows, rows + module.weight.shape[0]))
-            rows += module.weight.shape[0]
+            parts.append((module, rows, rows + module.out_features))  # (a quantized weight's shape may be packed)
+            rows += module.out_features
         for alias in (kohya + original.replace(".", "_"), "diffusion_model." + original, original):
             targets[alias] = (parts, swapped)
         for name, module in zip(ours, found):
             for alias in ("transformer." + name, "lora_transformer_" + name.replace(".", "_")):
-                targets[alias] = ([(module, 0, module.weight.shape[0])], False)
+                targets[alias] = ([(module, 0, module.out_features)], False)
     return targets
 
 

@@ -145,6 +145,8 @@ def test_a_gguf_z_image_and_its_loras_in_kohyas_and_peft_layouts(tiny_zimage, tm
         made[layout] = pixels(make(model, loras=(LoraUse(ModelRef(str(lora), name=layout), 1.0, 1.0),))[0])
     assert np.abs(made["kohya"] - plain).mean() > 1 and np.abs(made["kohya"] - made["peft"]).mean() < 0.5
     assert np.array_equal(pixels(make(model)[0]), plain)
+    on_gguf = pixels(make(gguf, loras=(LoraUse(ModelRef(str(loras["kohya"]), name="kohya"), 1.0, 1.0),))[0])
+    assert np.abs(on_gguf - made["kohya"]).mean() < 1.5  # added as the quantized layers run
 
 
 def test_fp8_storage_and_qwen3_on_the_cpu_still_make_the_image(tiny_zimage):
