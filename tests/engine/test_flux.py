@@ -16,7 +16,7 @@ from generation.engine.parts import FP8_KEPT, missing_parts
 from generation.engine.previews import PreviewSettings
 from generation.engine.request import ModelRef
 from tests.engine import runs
-from tests.engine.runs import pixels, reference
+from tests.engine.runs import fp8_files_load_within_float8s_precision, pixels, reference
 
 
 def parts(files) -> tuple:
@@ -179,34 +179,9 @@ def test_an_fp8_t5_file_loads(tiny_flux, tmp_path):
     assert pixels(make(model)[0]).std() > 10
 
 
-def scaled_fp8(state: dict) -> dict:
-    """ComfyUI's "scaled fp8" layout: each 2-D weight in float8 with its scale beside it."""
-    out = {"scaled_fp8": torch.zeros(0, dtype=torch.float8_e4m3fn)}
-    for key, value in state.items():
-        if key.endswith(".weight") and value.ndim == 2:
-            scale = value.abs().max() / 448
-            out[key], out[key.removesuffix("weight") + "scale_weight"] = (value / scale).to(torch.float8_e4m3fn), scale
-        else:
-            out[key] = value
-    return out
-
-
 def test_fp8_transformer_files_plain_and_scaled_load_within_float8s_precision(tiny_flux, tmp_path):
-    from safetensors.torch import load_file
-
-    from generation.engine import load_pipeline
-
     files = tiny_flux["flux-dev"]
-    state = load_file(files["transformer"])
-    expected = load_pipeline(ref(files, "folder")).pipe.transformer.state_dict()
-    for name, written in (("plain", {k: v.to(torch.float8_e4m3fn) if v.ndim == 2 else v for k, v in state.items()}),
-                          ("scaled", scaled_fp8(state))):
-        path = tmp_path / f"flux1-dev-fp8-{name}.safetensors"
-        save_file({k: v.contiguous() for k, v in written.items()}, path)
-        loaded = load_pipeline(ModelRef(str(path), config=str(files["config"]), parts=parts(files))).pipe.transformer
-        for key, value in loaded.state_dict().items():
-            error = (value.float() - expected[key].float()).abs().max() / expected[key].float().abs().max().clamp(min=1e-6)
-            assert error < 0.07, (name, key)  # float8 e4m3 keeps 3 bits of mantissa
+    fp8_files_load_within_float8s_precision(files, parts(files), tmp_path)
 
 
 @pytest.mark.parametrize("quantize, share, closeness", [("int8", 0.6, 4), ("nf4", 0.35, 12)])

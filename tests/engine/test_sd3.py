@@ -15,7 +15,7 @@ from generation.engine.parts import missing_parts
 from generation.engine.request import ModelRef
 from generation.engine.sd3 import LAYOUT, to_diffusers, to_sai
 from tests.engine import runs
-from tests.engine.runs import pixels, reference
+from tests.engine.runs import fp8_files_load_within_float8s_precision, pixels, reference
 
 
 def parts(files) -> tuple:
@@ -219,3 +219,7 @@ def test_fp8_storage_t5_on_the_cpu_and_variation_seeds_work_for_sd3(tiny_sd3):
     finally:
         PIPELINES.quantize, PIPELINES.t5_device = "none", ""
     assert stored.std() > 10 and np.abs(stored - plain).mean() < 12
+
+
+def test_fp8_transformer_files_plain_and_scaled_load_within_float8s_precision(tiny_sd3, tmp_path):
+    fp8_files_load_within_float8s_precision(tiny_sd3["sd35-medium"], parts(tiny_sd3["sd35-medium"]), tmp_path)

@@ -13,7 +13,7 @@ from generation.engine.parts import missing_parts
 from generation.engine.request import ModelRef, batch_key
 from generation.engine.zimage import LAYOUT, to_diffusers, to_original
 from tests.engine import runs
-from tests.engine.runs import pixels, reference
+from tests.engine.runs import fp8_files_load_within_float8s_precision, pixels, reference
 
 
 def parts(files) -> tuple:
@@ -161,3 +161,7 @@ def test_fp8_storage_and_qwen3_on_the_cpu_still_make_the_image(tiny_zimage):
     finally:
         PIPELINES.quantize, PIPELINES.t5_device = "none", ""
     assert stored.std() > 10 and np.abs(stored - plain).mean() < 12
+
+
+def test_fp8_transformer_files_plain_and_scaled_load_within_float8s_precision(tiny_zimage, tmp_path):
+    fp8_files_load_within_float8s_precision(tiny_zimage, parts(tiny_zimage), tmp_path)
