@@ -33,7 +33,7 @@ class LoadedModel:
     size_bytes: int
     load_seconds: float
     latent_rgb: tuple | None = None  # fitted preview factors (previews.fitted_latent_rgb) where none are published
-    parts: dict = dataclasses.field(default_factory=dict)  # FLUX.1, SD 3.5: {parts.part_key: module} it may share
+    parts: dict = dataclasses.field(default_factory=dict)  # FLUX.1, SD 3.5, Z-Image: {parts.part_key: module} it may share
 
     @property
     def xl(self) -> bool:
@@ -218,7 +218,7 @@ class PipelineCache:
         self._lock = threading.Lock()  # two threads asking for one model load it once
         self.hits = self.misses = 0
         self.load_seconds = 0.0
-        self.quantize, self.t5_device = "none", ""  # FLUX.1, SD 3.5: parts.fit_memory, and where T5 lives ("": with the rest)
+        self.quantize, self.t5_device = "none", ""  # parts.fit_memory, and where T5 (Qwen3) lives ("": with the rest)
 
     def get(self, model, device=None, dtype=None) -> LoadedModel:
         device = pick_device(device)
@@ -303,7 +303,7 @@ def load_pipeline(model: str | ModelRef, *, device=None, dtype=None) -> LoadedMo
 
 
 def compile_unet(model: LoadedModel) -> None:
-    """torch.compile the denoiser (UNet, or FLUX's or SD 3.5's transformer) of a cached model, once. The first
+    """torch.compile the denoiser (UNet, or a FLUX.1, SD 3.5 or Z-Image transformer) of a cached model, once. The first
     run of each new shape compiles (tens of seconds on a GPU); after a second batch size the batch
     dimension is compiled as dynamic, so warming up with batch 1 and the largest batch covers the
     sizes between. LoRAs are merged into the weights in place (addons.applied_loras), which needs
