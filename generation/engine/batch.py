@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from . import flux, sd3
+from . import flux, sd3, zimage
 from .addons import applied_loras
 from .loading import PIPELINES, load_pipeline
 from .pipelines import pipeline_for_run
@@ -134,7 +134,8 @@ def denoise(model, requests, embeds: dict, progress) -> dict:
     it was batched, and one that doesn't fit alone fails alone."""
     stopped = progress.stopped()
     jobs = [k for k in embeds if k not in stopped]
-    runs = runs_by_length(jobs, {k: embeds[k]["prompt_embeds"].shape[1] for k in jobs})
+    # (Z-Image's prompts are lists of their own lengths, padded together by its transformer)
+    runs = runs_by_length(jobs, {k: 1 if model.zimage else embeds[k]["prompt_embeds"].shape[1] for k in jobs})
     if len(runs) > 1:
         return {k: v for run in runs for k, v in denoise(model, requests, {k: embeds[k] for k in run}, progress).items()}
     if not jobs:
@@ -172,6 +173,11 @@ def _denoise(model, requests, jobs: list[int], embeds: dict, progress) -> dict:
     guidance = torch.tensor([requests[k].guidance_scale for k in jobs for _ in range(requests[k].num_images)],
                             device=model.device, dtype=model.dtype).view(-1, 1, 1, 1)
     progress.begin(jobs, counts)
+    if model.zimage:  # one CFG scale (in the batch key); each prompt an entry of a list, once per image
+        generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+        lists = {name: [e for k, count in zip(jobs, counts) for e in embeds[k][name] * count] for name in embeds[jobs[0]]}
+        latents, _ = zimage.denoise(model, requests[jobs[0]], generators, progress, lists)
+        return dict(zip(jobs, latents.split(counts)))
     if model.transformer:  # FLUX.1: no CFG, the batch's one distilled guidance (in the batch key)
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
         stack = stacked([embeds[k] for k in jobs], counts)

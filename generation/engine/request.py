@@ -97,19 +97,19 @@ def model_ref(model) -> ModelRef:
 def batch_key(request: "GenerationRequest") -> tuple | None:
     """What requests must share to be denoised in one run, or None for one that runs alone: only a
     plain txt2img with guidance on batches (hires fix, a refiner and ControlNet run passes of their
-    own; Z-Image is not batched yet). Files are compared by content (their hash), never by the
-    name a user gave them: two users' copies of one LoRA are one file. Prompts, negative prompts, seeds, CFG scale,
+    own). Files are compared by content (their hash), never by the name a user gave them: two
+    users' copies of one LoRA are one file. Prompts, negative prompts, seeds, CFG scale,
     embeddings and the image count may differ. The claim (Job.batch_key) and the engine both ask
     this one function."""
     family = model_ref(request.model).family
-    flux = family.startswith("flux")  # no CFG: one distilled guidance for the run
-    if (family.startswith("zimage") or request.mode != "txt2img" or request.enable_hr or request.refiner
-            or request.controlnets or (request.guidance_scale <= 1 and not flux) or request.subseed_strength
-            or request.scheduled):
+    flux, zimage = family.startswith("flux"), family.startswith("zimage")
+    if (request.mode != "txt2img" or request.enable_hr or request.refiner or request.controlnets
+            or (request.guidance_scale <= 1 and not (flux or zimage)) or request.subseed_strength or request.scheduled):
         return None
+    # FLUX.1 runs no CFG, one distilled guidance for the run; Z-Image's pipeline takes one CFG scale
+    shared = request.distilled_guidance_scale if flux else request.guidance_scale if zimage else request.clip_skip
     return (_file(request.model), request.vae and _file(request.vae), request.width, request.height, request.steps,
-            scheduler_spec(request.scheduler).name, request.distilled_guidance_scale if flux else request.clip_skip,
-            tuple((_file(use.ref), use.unet, use.te) for use in request.loras))
+            scheduler_spec(request.scheduler).name, shared, tuple((_file(use.ref), use.unet, use.te) for use in request.loras))
 
 
 def _counted(seed: int, count: int) -> list[int]:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from generation.engine import GenerationRequest
+from generation.engine import GenerationRequest, generate
 from generation.engine.families import detect_family, family_config, file_family, read_header
 from generation.engine.loading import PIPELINES
 from generation.engine.parts import missing_parts
@@ -112,8 +112,6 @@ def test_z_image_starts_from_a_picture_repaints_under_the_mask_and_keeps_variati
     assert np.abs(pixels(make(model, seed=7, subseed=11, subseed_strength=1.0)[0]) - other).max() <= 2
     two, _ = make(model, num_images=2)
     assert np.abs(pixels(two, 0) - pixels(make(model)[0])).max() <= 2 and np.abs(pixels(two, 1) - pixels(two, 0)).mean() > 1
-    assert batch_key(GenerationRequest(prompt="x", model=ModelRef("z.safetensors", family="zimage-turbo"),
-                                       guidance_scale=3)) is None  # runs alone (its prompts differ in length)
 
 
 def test_a_gguf_z_image_and_its_loras_in_kohyas_and_peft_layouts(tiny_zimage, tmp_path):
@@ -165,3 +163,23 @@ def test_fp8_storage_and_qwen3_on_the_cpu_still_make_the_image(tiny_zimage):
 
 def test_fp8_transformer_files_plain_and_scaled_load_within_float8s_precision(tiny_zimage, tmp_path):
     fp8_files_load_within_float8s_precision(tiny_zimage, parts(tiny_zimage), tmp_path)
+
+
+def test_z_image_jobs_of_different_users_batched_make_their_images_alone(tiny_zimage):
+    """Prompts of different lengths, negative prompts and image counts in one run; one CFG scale a run."""
+    from generation.engine.batch import generate_batch
+
+    model = ModelRef(str(tiny_zimage["transformer"]), family="zimage-turbo", config=str(tiny_zimage["config"]),
+                     parts=parts(tiny_zimage))
+    requests = [GenerationRequest(prompt=prompt, negative_prompt=negative, model=model, width=256, height=256, steps=3,
+                                  seed=seed, scheduler="Euler a", guidance_scale=2.0, num_images=count)
+                for prompt, negative, seed, count in (("a red house", "", 5, 2),
+                                                      ("a blue sky over the sea at night", "a cat", 9, 1))]
+    assert batch_key(requests[0]) == batch_key(requests[1]) is not None
+    assert batch_key(requests[0]) != batch_key(GenerationRequest(prompt="x", model=model, guidance_scale=3.0))
+    together = generate_batch(requests, watermark_payloads=[[bytes(8)] * r.num_images for r in requests])
+    for request, result in zip(requests, together):
+        alone = generate(request, watermark_payloads=[bytes(8)] * request.num_images)
+        assert result.batch_size == 2 and len(result.images) == request.num_images
+        for k in range(request.num_images):
+            assert np.abs(pixels(result, k) - pixels(alone, k)).max() <= 2
