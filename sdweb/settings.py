@@ -346,9 +346,9 @@ SDWEB = {
     "DTYPE": env_choice("SDWEB_DTYPE", "", ("", "float16", "bfloat16", "float32")),  # "" = by device
     "PIPELINE_CACHE_BYTES": env_int("SDWEB_PIPELINE_CACHE_BYTES", 8 * 2**30),
     # FLUX.1, SD 3.5, Z-Image in less memory: the transformer's weights in float8 ("fp8"), int8 ("int8") or NF4,
-    # T5 (Z-Image: Qwen3) kept on the CPU ("cpu")
+    # T5 (Z-Image: Qwen3) kept on the CPU ("cpu"), or there between runs and on the GPU for their prompts ("offload")
     "QUANTIZE": env_choice("SDWEB_QUANTIZE", "none", ("none", "fp8", "int8", "nf4")),
-    "T5_DEVICE": env_choice("SDWEB_T5_DEVICE", "", ("", "cpu")),
+    "T5_DEVICE": env_choice("SDWEB_T5_DEVICE", "", ("", "cpu", "offload")),
     # Cross-user batching: images of compatible jobs denoised together (0 = 8 on a GPU, 1 on the CPU),
     # and how long a worker waits for a fresh job's company before it starts
     "BATCH_MAX": env_int("SDWEB_BATCH_MAX", 0, minimum=0),

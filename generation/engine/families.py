@@ -41,6 +41,11 @@ class Family:
         """FLUX.1, SD 3.5 or Z-Image: a transformer over 16-channel latents, flow matching (parts.py)."""
         return bool(self.group)
 
+    @property
+    def big_encoder(self) -> str:
+        """The pipeline part holding its large text encoder (T5-XXL, Qwen3 4B), which may live on the CPU."""
+        return {"FLUX.1": "text_encoder_2", "SD 3.5": "text_encoder_3", "Z-Image": "text_encoder"}.get(self.group, "")
+
 
 FAMILIES = {
     "sd1": Family("SD 1.x", "StableDiffusionPipeline", 512),

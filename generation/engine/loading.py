@@ -105,9 +105,8 @@ def _load(ref: ModelRef, device: torch.device, dtype: torch.dtype, quantize: str
     if transformer:
         fit_memory(pipe, dtype, quantize)
     pipe.to(device)
-    if transformer and t5_device:  # T5, or Z-Image's Qwen3
-        getattr(pipe, {"FLUX.1": "text_encoder_2", "SD 3.5": "text_encoder_3", "Z-Image": "text_encoder"}[
-            FAMILIES[family].group]).to(t5_device)
+    if transformer and t5_device:  # T5, or Z-Image's Qwen3: on the CPU between prompts ("offload") or for good
+        getattr(pipe, FAMILIES[family].big_encoder).to("cpu")
     if device.type == "cuda" and hasattr(pipe, "unet"):  # convolutions run faster on NHWC tensors there
         for module in (pipe.unet, pipe.vae):
             module.to(memory_format=torch.channels_last)
@@ -218,7 +217,7 @@ class PipelineCache:
         self._lock = threading.Lock()  # two threads asking for one model load it once
         self.hits = self.misses = 0
         self.load_seconds = 0.0
-        self.quantize, self.t5_device = "none", ""  # parts.fit_memory, and where T5 (Qwen3) lives ("": with the rest)
+        self.quantize, self.t5_device = "none", ""  # parts.fit_memory, and where T5 (Qwen3) lives: "", "cpu", "offload"
 
     def get(self, model, device=None, dtype=None) -> LoadedModel:
         device = pick_device(device)

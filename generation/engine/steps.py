@@ -1,12 +1,14 @@
 """Steps every run takes, alone (run.py) or batched (batch.py): the add-ons loaded and checked, the
 model's role checked, the prompts encoded, the latents decoded."""
 
+import contextlib
+
 import torch
 from PIL import Image
 
 from . import flux, sd3, zimage
 from .addons import Addons
-from .families import refiner_problem, role_problem
+from .families import FAMILIES, refiner_problem, role_problem
 from .loading import PIPELINES
 from .parts import check_request
 from .prompts import BREAK, embeddings_named, encode_prompts_many, encode_prompts_xl_many, parse_attention
@@ -63,11 +65,12 @@ def encode(pipe, model, request, embeddings=None) -> dict:
 def encode_many(pipe, model, requests, embeddings) -> list[dict]:
     """encode for each request (and its embeddings), each text encoder run once for them all."""
     device, pairs = model.device, [(r.prompt, r.negative_prompt, e) for r, e in zip(requests, embeddings)]
-    if model.flux:
-        return [encode_flux(pipe, model, r.prompt) for r in requests]
-    if model.sd3 or model.zimage:
-        return [(sd3 if model.sd3 else zimage).encode(pipe, plain(r.prompt), plain(r.negative_prompt), device)
-                for r in requests]
+    if model.transformer:
+        with big_encoder_near(pipe, model):
+            if model.flux:
+                return [encode_flux(pipe, model, r.prompt) for r in requests]
+            return [(sd3 if model.sd3 else zimage).encode(pipe, plain(r.prompt), plain(r.negative_prompt), device)
+                    for r in requests]
     if not model.xl:
         # Clip skip changes SD 1.x's CLIP-L; SD 2.x keeps its trained layer, as in A1111 (one per run: the batch key).
         clip_skip = requests[0].clip_skip if pipe.text_encoder.config.hidden_act == "quick_gelu" else 1
@@ -82,6 +85,21 @@ def encode_many(pipe, model, requests, embeddings) -> list[dict]:
 def encode_flux(pipe, model, prompt: str) -> dict:
     """FLUX's conditioning from the prompt's plain text."""
     return flux.encode(pipe, plain(prompt), 512 if model.family == "flux-dev" else 256, model.device)
+
+
+@contextlib.contextmanager
+def big_encoder_near(pipe, model):
+    """With SDWEB_T5_DEVICE=offload, the large text encoder (T5, Qwen3) on the model's device for the
+    prompts' encoding only, back on the CPU after: its GPU memory is the run's again."""
+    encoder = getattr(pipe, FAMILIES[model.family].big_encoder)
+    offloaded = PIPELINES.t5_device == "offload" and model.device.type != "cpu"
+    if offloaded:
+        encoder.to(model.device)
+    try:
+        yield
+    finally:
+        if offloaded:
+            encoder.to("cpu")
 
 
 def plain(prompt: str) -> str:
