@@ -15,7 +15,7 @@ from django.utils.functional import cached_property
 from django.utils.html import format_html
 from django.utils.text import smart_split, unescape_string_literal
 
-from generation.accounts.models import StaffAction, StaffEvent
+from generation.accounts.models import Role, StaffAction, StaffEvent
 from generation.accounts.staff import staff_action
 from generation.credits.ledger import credits_grant
 from generation.credits.models import CreditAccount, CreditEntry
@@ -328,3 +328,11 @@ class StaffActionAdmin(AppendOnlyAdmin):
     list_display = ("created_at", "staff_name", "action", "target", "details")
     list_filter = ("action",)
     search_fields = ("staff_name", "target", "details")
+
+
+@admin.register(Role)
+class RoleAdmin(admin.ModelAdmin):
+    """What a group's members may use and how much; add people to the group on their user page."""
+
+    list_display = ("group", "active_jobs", "max_side", "max_steps", "max_images", "monthly_credits")
+    filter_horizontal = ("checkpoints",)

@@ -16,9 +16,9 @@ from generation.jobs.models import Job
 from generation.jobs.presenters import refusal_status
 from generation.jobs.queue import job_cancel
 from generation.jobs.submit import Refused, job_submit
-from generation.jobs.validation import settings_problems
-from generation.library.models import AddOn, Checkpoint, Vae
-from generation.library.selectors import addons_for, default_checkpoint
+from generation.jobs.validation import RefusalCode, settings_problems
+from generation.library.models import AddOn, Vae
+from generation.library.selectors import addons_for, checkpoints_for, default_checkpoint
 from generation.provenance.audit import audit_refused
 from generation.provenance.trace import trace_image, verify_image
 from generation.serializers import (
@@ -72,7 +72,7 @@ class JobList(generics.ListCreateAPIView):
             others = settings_problems({k: v for k, v in sent.items() if k not in form.errors})
             raise ValidationError({**{field: [why] for field, why in others.items()}, **form.errors})
         params = dict(form.validated_data)
-        checkpoint = params.setdefault("checkpoint", default_checkpoint())
+        checkpoint = params.setdefault("checkpoint", default_checkpoint(request.user))
         params.setdefault("steps", checkpoint.default_steps if checkpoint is not None else 20)
         params.setdefault("guidance_scale", checkpoint.guidance if checkpoint is not None else 7.0)
         if checkpoint is not None and "init_image" not in params:  # img2img: the starting image's size
@@ -82,10 +82,11 @@ class JobList(generics.ListCreateAPIView):
         try:
             job = job_submit(user=request.user, params=params, client_ip=client_ip(request), idempotency_key=key)
         except Refused as refusal:
-            if refusal.field:  # with every other setting's own problem, all in one round
+            if refusal.field and refusal.code != RefusalCode.ROLE_LIMIT:  # with every other setting's problem at once
                 raise ValidationError({**{field: [why] for field, why in settings_problems(params).items()},
                                        refusal.field: [str(refusal)]})
-            return Response({"detail": str(refusal), "code": refusal.code}, status=refusal_status(refusal))
+            return Response({"detail": str(refusal), "code": refusal.code, **({"field": refusal.field} if refusal.field
+                                                                                 else {})}, status=refusal_status(refusal))
         return Response(JobSerializer(job, context={"request": request}).data,
                         status=status.HTTP_200_OK if job.replayed else status.HTTP_201_CREATED)
 
@@ -113,7 +114,9 @@ class CheckpointList(generics.ListAPIView):
 
     serializer_class = CheckpointSerializer
     pagination_class = None
-    queryset = Checkpoint.objects.filter(enabled=True)
+
+    def get_queryset(self):
+        return checkpoints_for(self.request.user)
 
 
 class AddOnList(generics.ListAPIView):

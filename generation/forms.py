@@ -17,7 +17,7 @@ from generation.engine.request import (
 from generation.engine.schedulers import SCHEDULERS
 from generation.jobs.models import PromptStyle
 from generation.library.models import AddOn, Checkpoint, Vae
-from generation.library.selectors import addons_for, default_checkpoint, upscaler_models
+from generation.library.selectors import addons_for, checkpoints_for, default_checkpoint, upscaler_models
 
 MAX_BATCH_COUNT = 8
 SIZE_PRESETS = [(256, 256), (512, 512), (512, 768), (768, 512), (768, 768), (1024, 1024)]
@@ -144,10 +144,10 @@ class GenerateForm(forms.Form):
         self.fields["styles"].choices = [(s.name, s.name) for s in PromptStyle.objects.filter(owner=user)] if (
             user is not None and user.is_authenticated) else []
         self.fields["cn_model"].label_from_instance = lambda addon: f"{addon.title} · {addon.get_family_display()}"
-        self.fields["checkpoint"].queryset = Checkpoint.objects.filter(enabled=True, family__in=TXT2IMG_FAMILIES)
-        self.fields["refiner"].queryset = Checkpoint.objects.filter(enabled=True, family__in=["sdxl", "sdxl-refiner"])
+        self.fields["checkpoint"].queryset = checkpoints_for(user).filter(family__in=TXT2IMG_FAMILIES)
+        self.fields["refiner"].queryset = checkpoints_for(user).filter(family__in=["sdxl", "sdxl-refiner"])
         self.fields["vae"].queryset = Vae.objects.filter(enabled=True)
-        default = default_checkpoint()
+        default = default_checkpoint(user if user is not None and user.is_authenticated else None)
         if default and not self.is_bound:  # the checkpoint's defaults, unless the link says otherwise
             self.initial = {"checkpoint": default, "width": default.default_width, "height": default.default_height,
                             "steps": default.default_steps, "guidance_scale": default.guidance, **self.initial}

@@ -56,3 +56,22 @@ class StaffAction(models.Model):
         if not self._state.adding:
             raise PermissionError("staff actions are append-only")
         super().save(*args, **kwargs)
+
+
+class Role(models.Model):
+    """What the members of a group (the admin's Groups) may use and how much. Someone in several roles
+    gets the most any of them allows; someone in none, the site's settings (accounts.roles.allowance)."""
+
+    group = models.OneToOneField("auth.Group", on_delete=models.CASCADE, related_name="role")
+    checkpoints = models.ManyToManyField("generation.Checkpoint", blank=True, related_name="+",
+                                         help_text="The checkpoints its members may use; none chosen: every one")
+    active_jobs = models.PositiveIntegerField(null=True, blank=True, help_text="Jobs queued or running at once; "
+                                              "blank: the site's (SDWEB_ACTIVE_JOB_CAP)")
+    max_side = models.PositiveIntegerField(null=True, blank=True, help_text="Pixels; blank: the site's (SDWEB_MAX_SIDE)")
+    max_steps = models.PositiveIntegerField(null=True, blank=True, help_text="Blank: the site's (SDWEB_MAX_STEPS)")
+    max_images = models.PositiveIntegerField(null=True, blank=True, help_text="Images per job; blank: the site's")
+    monthly_credits = models.PositiveIntegerField(null=True, blank=True, help_text="Topped up to this once every 30 "
+                                                  "days, when the member next shows up; blank: the site's top-up")
+
+    def __str__(self):
+        return self.group.name

@@ -8,6 +8,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from generation.accounts.models import StaffEvent
+from generation.accounts.roles import allowance
 from generation.accounts.staff import staff_action
 from generation.credits.models import CreditAccount, CreditEntry
 
@@ -60,22 +61,26 @@ def credits_refund(*, job, amount: int | None = None, reason: str) -> CreditEntr
 
 
 def credits_topup_if_due(*, user) -> CreditEntry | None:
-    """The periodic top-up (SDWEB_TOPUP_*), applied when the user next shows up. Pages ask on every
-    visit, so the account is read first and locked only when a top-up is due."""
-    amount, ceiling = settings.SDWEB["TOPUP_AMOUNT"], settings.SDWEB["TOPUP_CEILING"]
-    if amount <= 0 or not _topup_due(CreditAccount.objects.filter(user_id=user.pk).first(), ceiling):
+    """The periodic top-up (SDWEB_TOPUP_*), or the monthly grant of the user's role (up to it, every
+    30 days), applied when the user next shows up. Pages ask on every visit, so the account is read
+    first and locked only when a top-up is due."""
+    amount, ceiling, hours = settings.SDWEB["TOPUP_AMOUNT"], settings.SDWEB["TOPUP_CEILING"], settings.SDWEB[
+        "TOPUP_EVERY_HOURS"]
+    if (monthly := allowance(user).monthly_credits) is not None:
+        amount, ceiling, hours = monthly, monthly, 30 * 24
+    every = timedelta(hours=hours)
+    if amount <= 0 or not _topup_due(CreditAccount.objects.filter(user_id=user.pk).first(), ceiling, every):
         return None
     with transaction.atomic():
         account = locked_account(user)
-        if not _topup_due(account, ceiling):  # another request topped it up first
+        if not _topup_due(account, ceiling, every):  # another request topped it up first
             return None
         CreditAccount.objects.filter(pk=account.pk).update(last_topup_at=timezone.now())
         return credits_change(user=user, kind=CreditEntry.TOPUP, amount=min(amount, ceiling - account.balance),
-                              reason="periodic top-up")
+                              reason="monthly grant of the role" if monthly is not None else "periodic top-up")
 
 
-def _topup_due(account: CreditAccount | None, ceiling: int) -> bool:
+def _topup_due(account: CreditAccount | None, ceiling: int, every: timedelta) -> bool:
     if account is None:
         return True
-    every = timedelta(hours=settings.SDWEB["TOPUP_EVERY_HOURS"])
     return account.balance < ceiling and (account.last_topup_at is None or timezone.now() - account.last_topup_at >= every)

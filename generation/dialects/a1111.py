@@ -27,7 +27,7 @@ from generation.jobs.queue import job_cancel
 from generation.jobs.submit import Refused, job_submit
 from generation.library.checkpoints import checkpoints_scan
 from generation.library.models import Checkpoint, Vae, is_model_name
-from generation.library.selectors import user_checkpoint
+from generation.library.selectors import checkpoints_for, user_checkpoint
 from generation.provenance.audit import audit_refused
 from generation.untrusted_images import decode_base64
 from sdweb.shared.api_auth import ApiKeyAuthentication, CachedBasicAuthentication
@@ -314,7 +314,7 @@ class SdModels(A1111View):
         # Only a base name: no server path reaches a client.
         return Response([{"title": c.title, "model_name": c.name, "hash": c.short_hash or None,
                           "sha256": c.sha256 or None, "filename": Path(c.source).name, "config": None}
-                         for c in Checkpoint.objects.filter(enabled=True)])
+                         for c in checkpoints_for(request.user)])
 
 
 class RefreshCheckpoints(A1111View):

@@ -127,9 +127,9 @@ def submit(user, request, params) -> Job:
             raise OpenAIError(429, str(refusal), code="insufficient_quota", kind="insufficient_quota")
         if refusal.code == RefusalCode.ACTIVE_JOB_CAP:
             raise OpenAIError(429, str(refusal), code="rate_limit_exceeded", kind="requests")
-        param = {"num_images": "n", "width": "size", "height": "size", "init_image": "image"}.get(refusal.field,
-                                                                                                refusal.field)
-        raise OpenAIError(400, str(refusal), param=param)
+        param = {"num_images": "n", "width": "size", "height": "size", "init_image": "image",
+                 "checkpoint": "model"}.get(refusal.field, refusal.field)
+        raise OpenAIError(403 if refusal.code == RefusalCode.ROLE_LIMIT else 400, str(refusal), param=param)
 
 
 def encoded(image: Image, output_format: str) -> bytes:

@@ -6,10 +6,10 @@ import json
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from django.conf import settings
 from django.db import IntegrityError, transaction
 
 from generation.accounts.models import UserSettings
+from generation.accounts.roles import allowance
 from generation.credits.ledger import credits_change, locked_account, quote_cost
 from generation.credits.models import CreditEntry
 from generation.jobs.inputs import image_inputs, input_digests, inputs_store, refused
@@ -118,9 +118,9 @@ def _decide(user, submission: Submission, client_ip, *, idempotency_key, digest)
     audit = {"user": user, "client_ip": client_ip, "params": submission.audited, "checkpoint": submission.checkpoint}
     with transaction.atomic():
         account = locked_account(user)
-        active = Job.objects.filter(user=user, status__in=Job.ACTIVE).count()
+        active, cap = Job.objects.filter(user=user, status__in=Job.ACTIVE).count(), allowance(user).active_jobs
         refusal = None
-        if active >= settings.SDWEB["ACTIVE_JOB_CAP"]:
+        if active >= cap:
             refusal = Refused(f"You already have {active} jobs queued or running, the most allowed at once; "
                               "wait for one to finish or cancel one.", code=RefusalCode.ACTIVE_JOB_CAP)
         elif account.balance < submission.cost:

@@ -6,6 +6,7 @@ from enum import StrEnum
 from django.conf import settings
 
 from gallery.models import Image
+from generation.accounts.roles import Allowance, allowance
 from generation.engine.families import FAMILIES, refiner_problem, role_problem
 from generation.engine.parts import check_request
 from generation.engine.request import MIN_SIDE, GenerationRequest, Limits
@@ -24,6 +25,7 @@ class RefusalCode(StrEnum):
     IDEMPOTENCY_MISMATCH = "idempotency_mismatch"
     BLOCKED = "blocked"  # by the prompt filter
     SUSPENDED = "suspended"
+    ROLE_LIMIT = "role_limit"  # beyond what the user's role allows (accounts.roles)
 
 
 class Refused(Exception):
@@ -36,9 +38,26 @@ class Refused(Exception):
         self.field, self.code, self.audit_reason = field, RefusalCode(code), audit_reason
 
 
-def engine_limits() -> Limits:
+def engine_limits(allowed: Allowance | None = None) -> Limits:
+    """The engine's limits: the site's, or those of a user's roles (`allowed`)."""
+    if allowed is not None:
+        return Limits(max_side=allowed.max_side, max_images=allowed.max_images, max_steps=allowed.max_steps)
     return Limits(max_side=settings.SDWEB["MAX_SIDE"], max_images=settings.SDWEB["MAX_IMAGES"],
                   max_steps=settings.SDWEB["MAX_STEPS"])
+
+
+def within_role(allowed: Allowance, checkpoint: Checkpoint | None, fields: dict, field: str = "checkpoint") -> None:
+    """Refuse (403: ROLE_LIMIT) a checkpoint or a size, steps or image count the user's roles don't allow."""
+    roles = ", ".join(allowed.roles)
+    if checkpoint is not None and allowed.checkpoints is not None and checkpoint.pk not in allowed.checkpoints:
+        raise Refused(f"{checkpoint.name} is not among the checkpoints your role ({roles}) may use.", field=field,
+                      code=RefusalCode.ROLE_LIMIT)
+    for name, cap in (("width", allowed.max_side), ("height", allowed.max_side), ("steps", allowed.max_steps),
+                      ("num_images", allowed.max_images)):
+        value = fields.get(name)
+        if allowed.roles and isinstance(value, int) and not isinstance(value, bool) and value > cap:
+            raise Refused(f"{name} may be at most {cap} for your role ({roles}); got {value}.", field=name,
+                          code=RefusalCode.ROLE_LIMIT)
 
 
 def settings_problems(values: dict) -> dict[str, str]:
@@ -64,7 +83,10 @@ def validated(params: dict, inputs: dict, user) -> tuple[Checkpoint, dict]:
         raise Refused("Choose one of the available checkpoints.", field="checkpoint")
     if problem := role_problem(checkpoint.family, "inpaint" if "mask" in inputs else "txt2img"):
         raise Refused(f"{checkpoint.name} {problem}; choose another checkpoint.", field="checkpoint")
+    allowed = allowance(user)
+    within_role(allowed, checkpoint, {})
     refiner = _refiner(checkpoint, params.get("refiner"))
+    within_role(allowed, refiner, {}, "refiner")
     vae = _vae(checkpoint, params.get("vae"))
     fields = {f: params[f] for f in Job.PARAMS if f in params}
     fields.setdefault("negative_prompt", "")
@@ -72,11 +94,12 @@ def validated(params: dict, inputs: dict, user) -> tuple[Checkpoint, dict]:
         width, height = default_size(*inputs["init_image"].size)
         fields.setdefault("width", width)
         fields.setdefault("height", height)
+    within_role(allowed, None, fields)
     addons, engine_addons = _uses(addon_uses, user, checkpoint, fields, params.get("controlnet"), inputs.get("controlnet", []))
     try:
         request = GenerationRequest(model=checkpoint.source, **fields, init_image=inputs.get("init_image"),
                                     mask=inputs.get("mask"), **engine_addons)
-        request.validate(engine_limits())
+        request.validate(engine_limits(allowed))  # (hires fix's size too)
         if FAMILIES[checkpoint.family].transformer:
             check_request(request, FAMILIES[checkpoint.family].group)
     except (TypeError, ValueError) as error:
@@ -113,6 +136,7 @@ def validated_upscale(params: dict, inputs: dict, user) -> tuple[Checkpoint, dic
         raise Refused(str(error)[:1].upper() + str(error)[1:], field=str(error).split(" ")[0]) from error
     width, height = upscaled_size(source.width, source.height, params["upscale_by"])
     job = source.job
+    within_role(allowance(user), job.checkpoint, {})
     kept = {f: getattr(job, f) for f in ("prompt", "negative_prompt", "steps", "guidance_scale", "scheduler", "clip_skip")}
     return job.checkpoint, {**kept, "width": width, "height": height, "num_images": 1, "seed": source.seed,
                             "upscale_by": params["upscale_by"], "upscaler": upscaler, "vae": job.vae,

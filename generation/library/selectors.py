@@ -3,18 +3,28 @@
 from django.db.models import Case, IntegerField, Q, Value, When
 
 from generation.accounts.models import UserSettings
+from generation.accounts.roles import allowance
 from generation.library.models import AddOn, Checkpoint, is_model_name
 
 
-def default_checkpoint() -> Checkpoint | None:
-    """The checkpoint a request that names none gets."""
-    return Checkpoint.objects.filter(enabled=True).order_by("-is_default", "name").first()
+def default_checkpoint(user=None) -> Checkpoint | None:
+    """The checkpoint a request that names none gets (of those `user`'s roles allow)."""
+    found = Checkpoint.objects.filter(enabled=True) if user is None else checkpoints_for(user)
+    return found.order_by("-is_default", "name").first()
+
+
+def checkpoints_for(user):
+    """The enabled checkpoints `user`'s roles let them use (every one for someone in no role)."""
+    allowed = allowance(user).checkpoints
+    found = Checkpoint.objects.filter(enabled=True)
+    return found if allowed is None else found.filter(pk__in=allowed)
 
 
 def user_checkpoint(user) -> Checkpoint | None:
-    """The user's own default (A1111 clients set it through /sdapi/v1/options), else the site's."""
+    """The user's own default (A1111 clients set it through /sdapi/v1/options), else the site's, else
+    the first their roles allow."""
     chosen = UserSettings.objects.filter(user=user).values_list("default_checkpoint", flat=True).first()
-    return Checkpoint.objects.filter(enabled=True, pk=chosen).first() or default_checkpoint()
+    return checkpoints_for(user).filter(pk=chosen).first() or default_checkpoint(user)
 
 
 def addons_for(user, *, kind: str | None = None):

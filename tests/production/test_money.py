@@ -16,6 +16,7 @@ from generation.jobs.submit import Refused, job_submit
 checkpoint = checkpoint_ensure_test_model()
 user = User.objects.create_user(USERNAME)
 credits_change(user=user, kind="adjust", amount=10 - user.credits.balance, reason="exactly ten")
+ROLE
 params = {"prompt": "a race", "checkpoint": checkpoint, "width": 256, "height": 256, "steps": 2,
           "guidance_scale": 7, "scheduler": "Euler a", "seed": 1, "num_images": 1}
 start = threading.Barrier(THREADS)
@@ -41,9 +42,17 @@ print(json.dumps({"results": results, "balance": account.balance,
 """
 
 
-def race(production, username, threads, key=None):
+CAPPED = """
+from django.contrib.auth.models import Group
+from generation.accounts.models import Role
+role = Role.objects.create(group=Group.objects.create(name="capped"), active_jobs=3)
+user.groups.add(role.group)
+"""
+
+
+def race(production, username, threads, key=None, role=""):
     code = RACE.replace("USERNAME", repr(username)).replace("THREADS", str(threads)).replace("KEY", repr(key))
-    return production.script(code)
+    return production.script(code.replace("ROLE", role))
 
 
 def test_50_concurrent_submissions_with_credit_for_10_accept_exactly_10(production):
@@ -62,3 +71,11 @@ def test_concurrent_retries_with_one_idempotency_key_make_one_job_and_one_charge
     assert len(set(outcome["results"])) == 1  # every retry got the same job id
     assert outcome["jobs"] == outcome["charges"] == 1
     assert outcome["balance"] == 9 == outcome["ledger"]
+
+
+def test_20_concurrent_submissions_in_a_role_of_3_jobs_at_once_accept_exactly_3(production):
+    """The role's cap is checked under the same row lock as the balance: no overshoot."""
+    outcome = race(production, "student", 20, role=CAPPED)
+    refused = [r for r in outcome["results"] if r == "active_job_cap"]
+    assert (len(outcome["results"]) - len(refused), len(refused)) == (3, 17)
+    assert outcome["jobs"] == outcome["charges"] == 3 and outcome["balance"] == 7 == outcome["ledger"]

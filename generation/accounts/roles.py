@@ -1,0 +1,38 @@
+"""What a user may use and how much, from their roles (accounts.models.Role): one answer that the
+submit path, the lists of models and the credit top-up all ask."""
+
+from dataclasses import dataclass
+
+from django.conf import settings
+
+from generation.accounts.models import Role
+
+
+@dataclass(frozen=True)
+class Allowance:
+    checkpoints: frozenset | None  # the checkpoints' ids a user may use; None: every one
+    active_jobs: int
+    max_side: int
+    max_steps: int
+    max_images: int
+    monthly_credits: int | None  # None: the site's periodic top-up
+    roles: tuple[str, ...]  # their names, for messages
+
+
+def allowance(user) -> Allowance:
+    """The most any of `user`'s roles allows; the site's settings for someone in none (or anonymous)."""
+    site = settings.SDWEB
+    roles = list(Role.objects.filter(group__user=user).select_related("group").prefetch_related("checkpoints")
+                 ) if user is not None and user.is_authenticated else []
+    if not roles:
+        return Allowance(None, site["ACTIVE_JOB_CAP"], site["MAX_SIDE"], site["MAX_STEPS"], site["MAX_IMAGES"], None, ())
+
+    def most(field: str, ceiling: int) -> int:  # blank: the site's own, which is also a role's ceiling
+        return min(ceiling, max(ceiling if getattr(r, field) is None else getattr(r, field) for r in roles))
+
+    chosen = [frozenset(c.pk for c in r.checkpoints.all()) for r in roles]
+    grants = [r.monthly_credits for r in roles if r.monthly_credits is not None]
+    return Allowance(None if not all(chosen) else frozenset().union(*chosen), most("active_jobs", site["ACTIVE_JOB_CAP"]),
+                     most("max_side", site["MAX_SIDE"]), most("max_steps", site["MAX_STEPS"]),
+                     most("max_images", site["MAX_IMAGES"]), max(grants) if grants else None,
+                     tuple(sorted(r.group.name for r in roles)))

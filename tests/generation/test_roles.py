@@ -1,0 +1,109 @@
+"""Roles (issue 31, first part): what a group's members may use and how much, checked in the one
+submit path, so the page, the REST API and the A1111 and OpenAI dialects refuse alike and list only
+what the role allows."""
+
+import base64
+import json
+from datetime import timedelta
+
+import pytest
+from django.contrib.auth.models import Group
+from django.test import Client
+from django.utils import timezone
+
+from generation.credits.models import CreditAccount, CreditEntry
+from generation.jobs.models import Job
+from generation.jobs.submit import Refused, job_submit
+from generation.jobs.validation import RefusalCode
+
+
+@pytest.fixture
+def students(db, alice, checkpoint, tiny_families):
+    """A role "students": only the tiny test model, 2 jobs at once, 256 px, 10 steps, 2 images, 50
+    credits a month; alice is one. Another checkpoint (SD 1.x) exists for others."""
+    from generation.accounts.models import Role
+    from generation.library.checkpoints import checkpoint_register
+
+    other = checkpoint_register(name="sd15", source=str(tiny_families["sd1"]["file"]))
+    group = Group.objects.create(name="students")
+    role = Role.objects.create(group=group, active_jobs=2, max_side=256, max_steps=10, max_images=2, monthly_credits=50)
+    role.checkpoints.add(checkpoint)
+    alice.groups.add(group)
+    return {"role": role, "allowed": checkpoint, "other": other}
+
+
+def params(checkpoint, **fields):
+    return {"prompt": "a red house", "checkpoint": checkpoint, "width": 256, "height": 256, "steps": 4,
+            "guidance_scale": 7, "scheduler": "Euler a", "seed": 1, "num_images": 1, **fields}
+
+
+@pytest.mark.parametrize("fields, field, words", [
+    ({"use": "other"}, "checkpoint", "sd15 is not among the checkpoints your role (students) may use"),
+    ({"width": 512}, "width", "width may be at most 256 for your role (students); got 512"),
+    ({"steps": 20}, "steps", "steps may be at most 10 for your role (students)"),
+    ({"num_images": 3}, "num_images", "num_images may be at most 2 for your role (students)"),
+    ({"enable_hr": True, "hr_scale": 2.0}, "hr_scale", "at most 256"),
+])
+def test_what_the_role_does_not_allow_is_refused_naming_the_limit_and_charges_nothing(alice, carol, students, fields,
+                                                                                       field, words):
+    before = alice.credits.balance
+    checkpoint = students["other"] if fields.pop("use", None) else students["allowed"]
+    with pytest.raises(Refused, match=words.replace("(", r"\(").replace(")", r"\)")) as refused:
+        job_submit(user=alice, params=params(checkpoint, **fields))
+    assert refused.value.field == field and not Job.objects.exists()
+    assert CreditAccount.objects.get(user=alice).balance == before
+    if field != "hr_scale":  # (the engine's own limit, a 400, names it)
+        assert refused.value.code == RefusalCode.ROLE_LIMIT
+    job_submit(user=carol, params=params(checkpoint, **fields))  # in no role: the site's limits
+
+
+def test_the_roles_active_job_cap_and_most_generous_role_win(alice, students):
+    from generation.accounts.models import Role
+
+    for _ in range(2):
+        job_submit(user=alice, params=params(students["allowed"]))
+    with pytest.raises(Refused, match="You already have 2 jobs queued or running") as refused:
+        job_submit(user=alice, params=params(students["allowed"]))
+    assert refused.value.code == RefusalCode.ACTIVE_JOB_CAP
+    staff = Role.objects.create(group=Group.objects.create(name="teachers"), active_jobs=5)  # every checkpoint
+    alice.groups.add(staff.group)
+    job_submit(user=alice, params=params(students["other"], width=512))
+
+
+def test_rest_a1111_and_openai_list_and_refuse_alike(alice, students, api):
+    listed = [c["name"] for c in api.get("/api/v1/checkpoints/").json()]
+    assert listed == ["sdweb-test-tiny"]
+    refused = api.post("/api/v1/jobs/", {"prompt": "x", "checkpoint": "sd15", "width": 256, "height": 256},
+                       format="json")
+    assert refused.status_code == 403 and "students" in refused.json()["detail"]
+    a1111 = Client(HTTP_AUTHORIZATION="Basic " + base64.b64encode(b"alice:alice-password-1").decode())
+    assert [m["model_name"] for m in a1111.get("/sdapi/v1/sd-models").json()] == ["sdweb-test-tiny"]
+    sent = a1111.post("/sdapi/v1/txt2img", json.dumps({"prompt": "x", "width": 512, "height": 256, "steps": 2}),
+                      content_type="application/json")
+    assert sent.status_code == 403 and "width may be at most 256" in sent.json()["detail"]
+    from sdweb.shared.api_keys import api_key_create
+
+    key = api_key_create(user=alice, name="openai")[1]
+    openai = Client().post("/v1/images/generations", json.dumps({"prompt": "x", "model": "sd15", "size": "256x256"}),
+                           content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {key}")
+    assert openai.status_code == 403 and openai.json()["error"]["param"] == "model"
+
+
+def test_the_generate_page_offers_only_the_roles_checkpoints(client, alice, students):
+    client.force_login(alice)
+    page = client.get("/generate/").content.decode()
+    assert "sdweb-test-tiny" in page and ">sd15<" not in page and "sd15 [" not in page
+
+
+def test_the_roles_monthly_credits_are_granted_once_a_month_up_to_it(alice, students):
+    from generation.credits.ledger import credits_topup_if_due
+
+    CreditAccount.objects.filter(user=alice).update(balance=5, last_topup_at=None)
+    entry = credits_topup_if_due(user=alice)
+    assert (entry.amount, entry.reason) == (45, "monthly grant of the role")
+    assert credits_topup_if_due(user=alice) is None
+    CreditAccount.objects.filter(user=alice).update(balance=0, last_topup_at=timezone.now() - timedelta(days=29))
+    assert credits_topup_if_due(user=alice) is None
+    CreditAccount.objects.filter(user=alice).update(last_topup_at=timezone.now() - timedelta(days=31))
+    assert credits_topup_if_due(user=alice).amount == 50
+    assert CreditEntry.objects.filter(account__user=alice, kind=CreditEntry.TOPUP).count() == 2
