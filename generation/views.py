@@ -15,6 +15,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from gallery.models import Image
+from generation.accounts.roles import allowance
 from generation.credits.ledger import credits_topup_if_due
 from generation.engine.controlmaps import control_map
 from generation.engine.metadata import parse_parameters, read_png_parameters
@@ -85,7 +86,7 @@ def generate(request):
     return render(request, "generate.html", {
         "form": form, "presets": SIZE_PRESETS + [s for s in SDXL_PRESETS if s not in SIZE_PRESETS],
         "sd_presets": SIZE_PRESETS, "sdxl_presets": SDXL_PRESETS, "cost_unit": settings.SDWEB["COST_UNIT"], "job": job,
-        "max_side": settings.SDWEB["MAX_SIDE"],
+        "max_side": allowance(request.user).max_side,  # (a dropped picture is shrunk to it)
         "recent_jobs": request.user.jobs.select_related("checkpoint")[:10], "start_image": start,
         "control_image": control, "loras": addons_for(request.user, kind=AddOn.LORA), "last_seed": last.seed if last else "",
         "recent_prompts": list(dict.fromkeys(request.user.jobs.values_list("prompt", flat=True)[:50]))[:10],

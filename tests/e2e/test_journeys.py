@@ -500,6 +500,33 @@ def test_12c_a_user_picks_an_sd35_checkpoint_and_the_form_becomes_its(new_page, 
             screenshot(page, "12c-sd35")
 
 
+def test_12d_a_student_in_a_role_sees_its_checkpoints_and_is_told_its_limits(new_page, studio):
+    """A role "students" (only the test model, 256 px): the student's page offers only it, and a
+    larger size is refused on the page naming the role, charging nothing."""
+    page = new_page()
+    name = sign_up(page)
+    studio.manage("from django.contrib.auth.models import Group, User; from generation.accounts.models import Role; "
+                  "from generation.library.models import Checkpoint; "
+                  "role = Role.objects.create(group=Group.objects.create(name='students'), max_side=256); "
+                  "role.checkpoints.add(Checkpoint.objects.get(name='sdweb-test-tiny')); "
+                  f"User.objects.get(username='{name}').groups.add(role.group)")
+    for phone in (False, True):
+        page.set_viewport_size(PHONE if phone else {"width": 1280, "height": 900})
+        page.goto("/generate/")
+        offered = page.locator("#id_checkpoint option").evaluate_all("options => options.map(o => o.text)")
+        assert offered == ["sdweb-test-tiny"]
+        before = balance(page)
+        page.get_by_label("Prompt", exact=True).fill("a red house")
+        page.get_by_label("Width").fill("512")
+        page.get_by_label("Height").fill("512")
+        page.get_by_role("button", name="Generate").click()
+        error = page.get_by_role("alert").filter(has_text="at most 256 for your role (students)")
+        assert error.first.is_visible() and balance(page) == before
+        assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+        if not phone:
+            screenshot(page, "12d-role-limit")
+
+
 def test_13_upload_img2img_paint_a_mask_inpaint_outpaint_and_hires_fix(new_page):
     from PIL import Image as PILImage
 
