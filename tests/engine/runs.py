@@ -62,3 +62,15 @@ def fp8_files_load_within_float8s_precision(files, parts: tuple, tmp_path) -> No
         for key, value in loaded.state_dict().items():
             error = (value.float() - expected[key].float()).abs().max() / expected[key].float().abs().max().clamp(min=1e-6)
             assert error < 0.07, (name, key)  # float8 e4m3 keeps 3 bits of mantissa
+
+
+def batched_as_alone(requests: list) -> None:
+    """Two users' requests denoised as one run: each gets what it would have had alone."""
+    from generation.engine.batch import generate_batch
+
+    together = generate_batch(requests, watermark_payloads=[[bytes(8)] * r.num_images for r in requests])
+    for request, result in zip(requests, together):
+        alone = generate(request, watermark_payloads=[bytes(8)] * request.num_images)
+        assert result.batch_size == len(requests) and len(result.images) == request.num_images
+        for k in range(request.num_images):
+            assert np.abs(pixels(result, k) - pixels(alone, k)).max() <= 2

@@ -16,7 +16,7 @@ from generation.engine.parts import FP8_KEPT, missing_parts
 from generation.engine.previews import PreviewSettings
 from generation.engine.request import ModelRef
 from tests.engine import runs
-from tests.engine.runs import fp8_files_load_within_float8s_precision, pixels, reference
+from tests.engine.runs import batched_as_alone, fp8_files_load_within_float8s_precision, pixels, reference
 
 
 def parts(files) -> tuple:
@@ -278,7 +278,6 @@ def test_flux_starts_from_a_picture_and_repaints_only_under_the_mask(tiny_flux):
 
 def test_flux_jobs_of_different_users_batched_make_their_images_alone(tiny_flux):
     """Two users' FLUX.1 jobs denoised as one run: each gets what it would have had alone."""
-    from generation.engine.batch import generate_batch
     from generation.engine.request import batch_key
 
     model = ModelRef(str(tiny_flux["flux-dev"]["transformer"]), family="flux-dev",
@@ -290,12 +289,7 @@ def test_flux_jobs_of_different_users_batched_make_their_images_alone(tiny_flux)
     assert batch_key(requests[0]) != batch_key(GenerationRequest(prompt="x", model=model, width=256, height=256,
                                                                  steps=3, scheduler="Euler a",
                                                                  distilled_guidance_scale=2))
-    together = generate_batch(requests, watermark_payloads=[[bytes(8)] * r.num_images for r in requests])
-    for request, result in zip(requests, together):
-        alone = generate(request, watermark_payloads=[bytes(8)] * request.num_images)
-        assert result.batch_size == 2 and len(result.images) == request.num_images
-        for k in range(request.num_images):
-            assert np.abs(pixels(result, k) - pixels(alone, k)).max() <= 2
+    batched_as_alone(requests)
 
 
 @pytest.mark.parametrize("quantization", ["Q8_0", "Q5_1", "Q4_0"])

@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from generation.engine import GenerationRequest, generate
+from generation.engine import GenerationRequest
 from generation.engine.families import detect_family, family_config, file_family, read_header
 from generation.engine.loading import PIPELINES
 from generation.engine.parts import missing_parts
 from generation.engine.request import ModelRef
 from generation.engine.sd3 import LAYOUT, to_diffusers, to_sai
 from tests.engine import runs
-from tests.engine.runs import fp8_files_load_within_float8s_precision, pixels, reference
+from tests.engine.runs import batched_as_alone, fp8_files_load_within_float8s_precision, pixels, reference
 
 
 def parts(files) -> tuple:
@@ -133,7 +133,6 @@ def test_sd3_starts_from_a_picture_repaints_under_the_mask_and_runs_hires_fix(ti
 
 
 def test_sd3_jobs_of_different_users_batched_make_their_images_alone_each_with_its_cfg(tiny_sd3):
-    from generation.engine.batch import generate_batch
     from generation.engine.request import batch_key
 
     files = tiny_sd3["sd35-medium"]
@@ -143,12 +142,7 @@ def test_sd3_jobs_of_different_users_batched_make_their_images_alone_each_with_i
                 for prompt, negative, seed, cfg, count in (("a red house", "", 5, 4.5, 2),
                                                            ("a blue sky over the sea", "clouds", 9, 7.0, 1))]
     assert batch_key(requests[0]) == batch_key(requests[1]) is not None
-    together = generate_batch(requests, watermark_payloads=[[bytes(8)] * r.num_images for r in requests])
-    for request, result in zip(requests, together):
-        alone = generate(request, watermark_payloads=[bytes(8)] * request.num_images)
-        assert result.batch_size == 2 and len(result.images) == request.num_images
-        for k in range(request.num_images):
-            assert np.abs(pixels(result, k) - pixels(alone, k)).max() <= 2
+    batched_as_alone(requests)
 
 
 def test_a_gguf_transformer_with_the_checkpoints_vae_file_makes_the_image_of_its_weights(tiny_sd3, tmp_path):

@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from generation.engine import GenerationRequest, generate
+from generation.engine import GenerationRequest
 from generation.engine.families import detect_family, family_config, file_family, read_header
 from generation.engine.loading import PIPELINES
 from generation.engine.parts import missing_parts
 from generation.engine.request import ModelRef, batch_key
 from generation.engine.zimage import LAYOUT, to_diffusers, to_original
 from tests.engine import runs
-from tests.engine.runs import fp8_files_load_within_float8s_precision, pixels, reference
+from tests.engine.runs import batched_as_alone, fp8_files_load_within_float8s_precision, pixels, reference
 
 
 def parts(files) -> tuple:
@@ -167,7 +167,6 @@ def test_fp8_transformer_files_plain_and_scaled_load_within_float8s_precision(ti
 
 def test_z_image_jobs_of_different_users_batched_make_their_images_alone(tiny_zimage):
     """Prompts of different lengths, negative prompts and image counts in one run; one CFG scale a run."""
-    from generation.engine.batch import generate_batch
 
     model = ModelRef(str(tiny_zimage["transformer"]), family="zimage-turbo", config=str(tiny_zimage["config"]),
                      parts=parts(tiny_zimage))
@@ -177,9 +176,4 @@ def test_z_image_jobs_of_different_users_batched_make_their_images_alone(tiny_zi
                                                       ("a blue sky over the sea at night", "a cat", 9, 1))]
     assert batch_key(requests[0]) == batch_key(requests[1]) is not None
     assert batch_key(requests[0]) != batch_key(GenerationRequest(prompt="x", model=model, guidance_scale=3.0))
-    together = generate_batch(requests, watermark_payloads=[[bytes(8)] * r.num_images for r in requests])
-    for request, result in zip(requests, together):
-        alone = generate(request, watermark_payloads=[bytes(8)] * request.num_images)
-        assert result.batch_size == 2 and len(result.images) == request.num_images
-        for k in range(request.num_images):
-            assert np.abs(pixels(result, k) - pixels(alone, k)).max() <= 2
+    batched_as_alone(requests)
