@@ -204,15 +204,6 @@ def fit_memory(pipe, dtype, quantize: str) -> None:
         pipe.transformer.set_submodule(name, layer.to(module.weight.device))
 
 
-def config_folder(config, pipeline: str) -> Path:
-    """A config folder, checked to be one of `pipeline`'s."""
-    config = Path(config)
-    index = config / "model_index.json"
-    if not index.is_file() or json.loads(index.read_text()).get("_class_name") != pipeline:
-        raise JobError(f"the config folder of this model must hold a {pipeline}'s model_index.json")
-    return config
-
-
 def lora_targets(transformer, table, kohya: str) -> dict:
     """{every name a LoRA file may give a layer: ([(module, first row, end row)], are the halves of
     its rows swapped)}, from `table` ((original name, (diffusers names, ...), swapped), ...: the
