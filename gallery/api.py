@@ -6,7 +6,7 @@ from rest_framework.views import APIView
 
 from gallery import services
 from gallery.models import Image
-from gallery.selectors import parse_image_id
+from gallery.selectors import parse_image_id, visible_images
 
 
 class ImageSerializer(serializers.ModelSerializer):
@@ -15,10 +15,12 @@ class ImageSerializer(serializers.ModelSerializer):
     prompt = serializers.CharField(source="job.prompt", read_only=True, help_text="The prompt that made it.")
     share_url = serializers.SerializerMethodField(help_text="The public page, while the image is public.")
     is_public = serializers.BooleanField(help_text="Whether anyone may see it; PATCH to change.")
+    team = serializers.CharField(source="team.slug", read_only=True, allow_null=True,
+                                 help_text="The team whose gallery holds it (its members see it); null: yours alone.")
 
     class Meta:
         model = Image
-        fields = ["id", "job", "index", "seed", "width", "height", "prompt", "is_public", "share_url", "created_at"]
+        fields = ["id", "job", "index", "seed", "width", "height", "prompt", "is_public", "share_url", "team", "created_at"]
         read_only_fields = ["index", "seed", "width", "height", "created_at"]
         extra_kwargs = {
             "index": {"help_text": "Its place in the job's batch."},
@@ -40,7 +42,7 @@ class ImageSerializer(serializers.ModelSerializer):
 
 
 class ImageList(generics.ListAPIView):
-    """Your images, newest first."""
+    """Your own images and your teams', newest first."""
 
     serializer_class = ImageSerializer
 
@@ -52,7 +54,7 @@ class ImageList(generics.ListAPIView):
         return super().get(request, *args, **kwargs)
 
     def get_queryset(self):
-        images = Image.objects.filter(owner=self.request.user).select_related("job")
+        images = visible_images(self.request.user).select_related("job")
         query = self.request.query_params
         if query.get("job"):
             images = images.filter(job_id=serializers.UUIDField().run_validation(query["job"]))
@@ -68,8 +70,11 @@ class ImageDetail(generics.RetrieveUpdateDestroyAPIView):
     http_method_names = ["get", "patch", "delete"]
 
     def get_object(self):
-        return generics.get_object_or_404(Image.objects.filter(owner=self.request.user).select_related("job"),
-                                          pk=parse_image_id(self.kwargs["hex_id"]))
+        image = generics.get_object_or_404(visible_images(self.request.user).select_related("job"),
+                                           pk=parse_image_id(self.kwargs["hex_id"]))
+        if self.request.method != "GET" and not image.may(self.request.user, "change"):
+            raise exceptions.PermissionDenied("Only its maker and the team's owners can change or delete a team image.")
+        return image
 
     def perform_destroy(self, image):
         services.images_delete(images=[image], actor=self.request.user)
@@ -80,6 +85,6 @@ class ImageDownload(APIView):
 
     @extend_schema(responses={(200, "image/png"): OpenApiTypes.BINARY})
     def get(self, request, hex_id):
-        image = generics.get_object_or_404(Image, owner=request.user, pk=parse_image_id(hex_id))
+        image = generics.get_object_or_404(visible_images(request.user), pk=parse_image_id(hex_id))
         return FileResponse(image.png.open("rb"), content_type="image/png", as_attachment=True,
                             filename=f"sdweb-{image.hex_id}.png")

@@ -8,6 +8,8 @@ class Image(models.Model):
     id = models.BigIntegerField(primary_key=True)
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="images")
     job = models.ForeignKey("generation.Job", on_delete=models.CASCADE, related_name="images")
+    team = models.ForeignKey("generation.Team", null=True, blank=True, on_delete=models.CASCADE, related_name="images",
+                             help_text="A team image: in the team's gallery, for its members only")
     index = models.PositiveIntegerField(help_text="Position in the job's batch")
     seed = models.BigIntegerField()
     png = models.FileField(upload_to="images/")
@@ -24,6 +26,8 @@ class Image(models.Model):
         ordering = ["-created_at", "index"]
         indexes = [  # the galleries' order (selectors.gallery_page), for one owner and for Explore
             models.Index(fields=["owner", "-created_at", "index", "id"], name="image_owner_newest"),
+            models.Index(fields=["team", "-created_at", "index", "id"], condition=models.Q(team__isnull=False),
+                         name="image_team_newest"),
             models.Index(fields=["-created_at", "index", "id"], condition=models.Q(is_public=True), name="image_public_newest"),
         ]
 
@@ -42,10 +46,17 @@ class Image(models.Model):
         return self.is_public or self.may(user, "view")
 
     def may(self, user, action: str) -> bool:
-        """The owner may do anything with an image; staff only what their Django permission
-        (gallery.view_image, change_image, delete_image) allows."""
-        return user.is_authenticated and (user.pk == self.owner_id or user.is_staff
-                                          and user.has_perm(f"gallery.{action}_image"))
+        """The owner may do anything with a private image; with a team image, its maker while still a
+        member, any member may view it and the team's owners do anything. Staff only what their Django
+        permission (gallery.view_image, change_image, delete_image) allows."""
+        if not user.is_authenticated:
+            return False
+        if user.is_staff and user.has_perm(f"gallery.{action}_image"):
+            return True
+        if self.team_id is None:
+            return user.pk == self.owner_id
+        role = user.team_memberships.filter(team_id=self.team_id).values_list("role", flat=True).first()
+        return role is not None and (action == "view" or user.pk == self.owner_id or role == "owner")
 
 
 class Report(models.Model):

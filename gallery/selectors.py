@@ -35,16 +35,25 @@ class Page:
         return len(self.images)
 
 
-def gallery_page(*, owner=None, public=False, query: str = "", before: str = "", after: str = "") -> Page:
-    """The PAGE_SIZE images older than cursor `before` (or newer than `after`, or the newest)."""
+def visible_images(user):
+    """A user's own private images and their teams' images (not those of teams they left)."""
+    return Image.objects.filter(Q(owner=user, team__isnull=True) | Q(team__members__user=user))
+
+
+def gallery_page(*, owner=None, team=None, public=False, query: str = "", before: str = "", after: str = "") -> Page:
+    """The PAGE_SIZE images older than cursor `before` (or newer than `after`, or the newest): an
+    owner's private ones, a team's, or the public ones."""
     images = Image.objects.select_related("job", "owner__studio_settings")
     if owner is not None:
-        images = images.filter(owner=owner)
+        images = images.filter(owner=owner, team__isnull=True)
+    if team is not None:
+        images = images.filter(team=team)
     if public:
         images = images.filter(is_public=True)
     if query:  # one owner's jobs first: their prompts, not every job's, are read
         jobs = Image.job.field.related_model.objects.filter(prompt__icontains=query)
-        images = images.filter(job__in=jobs.filter(user=owner) if owner is not None else jobs)
+        images = images.filter(job__in=jobs.filter(user=owner) if owner is not None else jobs.filter(
+            team=team) if team is not None else jobs)
     if start := cursor_parse(after):  # the page before: read towards the newest, shown newest first
         found = list(images.filter(created_at__gte=start[0]).filter(_beyond(start, newer=True)).order_by(
             "created_at", "-index", "-id")[:PAGE_SIZE + 1])

@@ -51,7 +51,8 @@ def images_publish(*, job, made: list[dict]) -> list[Image]:
     commits, so a takedown waits, then finds them."""
     source = Image.objects.select_for_update().filter(pk=job.init_image_id).values_list("hidden", flat=True)
     hidden = bool(job.init_image_id and source.first())
-    return Image.objects.bulk_create([Image(owner_id=job.user_id, job=job, hidden=hidden, **fields) for fields in made])
+    return Image.objects.bulk_create([Image(owner_id=job.user_id, team_id=job.team_id, job=job, hidden=hidden,
+                                             **fields) for fields in made])
 
 
 @transaction.atomic

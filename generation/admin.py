@@ -15,9 +15,9 @@ from django.utils.functional import cached_property
 from django.utils.html import format_html
 from django.utils.text import smart_split, unescape_string_literal
 
-from generation.accounts.models import Role, StaffAction, StaffEvent
+from generation.accounts.models import Role, StaffAction, StaffEvent, Team, TeamMember
 from generation.accounts.staff import staff_action
-from generation.credits.ledger import credits_grant
+from generation.credits.ledger import credits_grant, team_credits_grant
 from generation.credits.models import CreditAccount, CreditEntry
 from generation.jobs.models import Job
 from generation.library.addons import addon_publish, addons_remove, addons_scan
@@ -151,9 +151,9 @@ class CreditAccountAdmin(admin.ModelAdmin):
     """Balances change only through ledger rows: an adjustment here is one, signed by the admin."""
 
     form = CreditAccountForm
-    list_display = ("user", "balance", "last_topup_at")
-    search_fields = ("user__username",)
-    readonly_fields = ("user", "balance")
+    list_display = ("__str__", "balance", "last_topup_at")
+    search_fields = ("user__username", "team__name")
+    readonly_fields = ("user", "team", "balance")
     inlines = [CreditEntryInline]
 
     def has_add_permission(self, request):
@@ -164,9 +164,12 @@ class CreditAccountAdmin(admin.ModelAdmin):
 
     def save_model(self, request, obj, form, change):
         amount = form.cleaned_data.get("adjust_by")
-        if amount:
+        if amount and obj.team_id:
+            team_credits_grant(team=obj.team, amount=amount, reason=form.cleaned_data["reason"], staff=request.user)
+        elif amount:
             credits_grant(user=obj.user, amount=amount, reason=form.cleaned_data["reason"], staff=request.user)
-            messages.info(request, f"{amount:+d} credits recorded in {obj.user}'s ledger.")
+        if amount:
+            messages.info(request, f"{amount:+d} credits recorded in {obj.user or obj.team}'s ledger.")
 
 
 class AppendOnlyAdmin(admin.ModelAdmin):
@@ -336,3 +339,43 @@ class RoleAdmin(admin.ModelAdmin):
 
     list_display = ("group", "active_jobs", "max_side", "max_steps", "max_images", "monthly_credits")
     filter_horizontal = ("checkpoints",)
+
+
+class TeamMemberInline(admin.TabularInline):
+    model = TeamMember
+    fields = ("user", "role", "joined_at")
+    readonly_fields = ("joined_at",)
+    raw_id_fields = ("user",)
+    extra = 1
+
+
+class TeamForm(forms.ModelForm):
+    grant = forms.IntegerField(required=False, help_text="Credits to add to the team's pool (negative to remove)")
+    reason = forms.CharField(required=False, max_length=200, help_text="Why: it goes into the pool's ledger")
+
+    class Meta:
+        model = Team
+        fields = ("name", "slug", "from_sign_in")
+
+    def clean(self):
+        data = super().clean()
+        if data.get("grant") and not data.get("reason"):
+            self.add_error("reason", "Say why the pool changes; it goes into the ledger.")
+        return data
+
+
+@admin.register(Team)
+class TeamAdmin(admin.ModelAdmin):
+    """A team's members (owners manage invitations on the team's page) and its pool of credits."""
+
+    form = TeamForm
+    list_display = ("name", "slug", "from_sign_in", "created_at")
+    search_fields = ("name", "slug")
+    prepopulated_fields = {"slug": ("name",)}
+    inlines = [TeamMemberInline]
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        if amount := form.cleaned_data.get("grant"):
+            team_credits_grant(team=obj, amount=amount, reason=form.cleaned_data["reason"], staff=request.user)
+            messages.info(request, f"{amount:+d} credits recorded in the team {obj.name}'s pool.")

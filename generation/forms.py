@@ -1,6 +1,8 @@
 from django import forms
 from django.conf import settings
 
+from generation.accounts.teams import OWN_CREDITS, paying_team, teams_of
+from generation.credits.models import CreditAccount
 from generation.engine.controlmaps import MODULES
 from generation.engine.families import FAMILIES
 from generation.engine.plot import SUPPORTED as PLOT_AXES
@@ -37,6 +39,28 @@ class VaeSelect(forms.Select):
         return option
 
 
+class PoolSelect(forms.Select):
+    """Each choice of whose credits to spend carries that pool's balance, for the page's cost check."""
+
+    balances: dict = {}
+
+    def create_option(self, name, value, *args, **kwargs):
+        option = super().create_option(name, value, *args, **kwargs)
+        option["attrs"]["data-balance"] = self.balances.get(value, 0)
+        return option
+
+
+def pool_choices(user) -> tuple[list, dict]:
+    """("own" and each of the user's teams, their balances) for the form's `team` field."""
+    choices, balances = [(OWN_CREDITS, "My own credits and gallery")], {}
+    if user is not None and user.is_authenticated:
+        balances[OWN_CREDITS] = CreditAccount.objects.filter(user=user).values_list("balance", flat=True).first() or 0
+        for team in teams_of(user).select_related("credits"):
+            choices.append((team.slug, f"Team {team.name}: its credits and gallery"))
+            balances[team.slug] = team.credits.balance if hasattr(team, "credits") else 0
+    return choices, balances
+
+
 class GenerateForm(forms.Form):
     prompt = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), max_length=MAX_PROMPT_CHARS,
                              help_text="A1111 syntax works: (word:1.3), [word], BREAK.")
@@ -66,6 +90,8 @@ class GenerateForm(forms.Form):
     refiner_switch_at = forms.FloatField(min_value=0.01, max_value=0.99, initial=0.8, required=False,
                                          label="Refiner switch at")
 
+    team = forms.ChoiceField(required=False, label="Credits", widget=PoolSelect,
+                             help_text="A team's job is paid from its pool and kept in its gallery, for its members.")
     styles = forms.MultipleChoiceField(required=False, widget=forms.CheckboxSelectMultiple, label="Styles",
                                        help_text="Your saved styles: added to the prompts as the job runs.")
 
@@ -143,6 +169,9 @@ class GenerateForm(forms.Form):
         self.fields["hr_upscaler"].choices += [(name, name) for name in upscaler_models(user)]
         self.fields["styles"].choices = [(s.name, s.name) for s in PromptStyle.objects.filter(owner=user)] if (
             user is not None and user.is_authenticated) else []
+        self.fields["team"].choices, self.fields["team"].widget.balances = pool_choices(user)
+        if not self.is_bound and (chosen := paying_team(user, None) if user is not None and user.is_authenticated else None):
+            self.initial.setdefault("team", chosen.slug)
         self.fields["cn_model"].label_from_instance = lambda addon: f"{addon.title} · {addon.get_family_display()}"
         self.fields["checkpoint"].queryset = checkpoints_for(user).filter(family__in=TXT2IMG_FAMILIES)
         self.fields["refiner"].queryset = checkpoints_for(user).filter(family__in=["sdxl", "sdxl-refiner"])

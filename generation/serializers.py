@@ -79,6 +79,9 @@ class JobCreateSerializer(serializers.Serializer):
     styles = serializers.ListField(child=serializers.CharField(max_length=100), required=False, max_length=20,
                                    help_text="Names of your saved styles, applied in order (as A1111's styles).")
     checkpoint = serializers.CharField(required=False, help_text="A checkpoint name; the default one if left out.")
+    team = serializers.CharField(required=False, max_length=100, help_text="The slug of a team of yours whose pool pays "
+                                 "and whose gallery keeps the images, or \"own\" for your own credits; left out: "
+                                 "the one chosen on the Teams page.")
     width = serializers.IntegerField(required=False, help_text="Pixels; a multiple of 8 (FLUX.1: 16), at least 256. "
                                      "Default: the checkpoint's own size (1024 for SDXL).")
     height = serializers.IntegerField(required=False, help_text="Pixels; a multiple of 8 (FLUX.1, SD 3.5: 16), at least 256. "
@@ -164,6 +167,8 @@ class JobSerializer(serializers.ModelSerializer):
     queue_eta = serializers.SerializerMethodField(help_text="Seconds until it should start, while queued (null until "
                                                   "jobs have finished to measure by).")
     mode = serializers.CharField(read_only=True, help_text="txt2img, img2img or inpaint.")
+    team = serializers.CharField(source="team.slug", default=None, allow_null=True,
+                                 help_text="The team whose pool paid and whose gallery keeps the images; null: yours.")
     init_image_id = serializers.SerializerMethodField(help_text="The image of yours it started from, if one did.")
     addons = serializers.SerializerMethodField(help_text="The LoRAs, embeddings and ControlNet units it used: kind, "
                                                "name, sha256 and settings.")
@@ -174,7 +179,7 @@ class JobSerializer(serializers.ModelSerializer):
         model = Job
         fields = ["id", "status", "prompt", "negative_prompt", "checkpoint", "width", "height", "steps",
                   "guidance_scale", "distilled_guidance_scale", "scheduler", "seed", "subseed", "subseed_strength",
-                  "num_images", "clip_skip", "refiner", "refiner_switch_at", "vae", "mode", *IMAGE_INPUT_PARAMS,
+                  "num_images", "clip_skip", "refiner", "refiner_switch_at", "vae", "mode", "team", *IMAGE_INPUT_PARAMS,
                   "init_image_sha256", "init_image_id", "mask_sha256", *HIRES_PARAMS, "addons", "plot", "cost",
                   "created_at", "started_at", "finished_at", "attempts", "progress_step", "progress_total",
                   "queue_position", "queue_eta", "error", "timings", "batch_size", "images"]

@@ -6,6 +6,7 @@ from gallery import api as gallery_api
 from gallery import views as gallery_views
 from generation import api
 from generation import views as generation_views
+from generation.accounts import views as team_views
 from generation.dialects import a1111, a1111_addons, a1111_extras, openai
 from sdweb import views
 
@@ -36,6 +37,14 @@ urlpatterns = [
     path("images/<str:hex_id>/delete/", gallery_views.image_delete, name="image-delete"),
     path("images/<str:hex_id>/variants/", gallery_views.image_variants, name="image-variants"),
     path("images/<str:hex_id>/upscale/", gallery_views.image_upscale, name="image-upscale"),
+    path("teams/", team_views.team_list, name="teams"),
+    path("teams/join/<str:token>/", team_views.team_join, name="team-join"),
+    path("teams/<slug:slug>/", team_views.team_page, name="team"),
+    path("teams/<slug:slug>/gallery/", team_views.team_gallery, name="team-gallery"),
+    path("teams/<slug:slug>/link/", team_views.team_link, name="team-link"),
+    path("teams/<slug:slug>/invite/", team_views.team_invite, name="team-invite"),
+    path("teams/<slug:slug>/leave/", team_views.team_leave, name="team-leave"),
+    path("teams/<slug:slug>/remove/<int:user_id>/", team_views.team_remove, name="team-remove"),
     path("account/", views.account, name="account"),
     path("account/delete/", views.account_delete, name="account-delete"),
     path("account/sharing/", gallery_views.sharing_name, name="sharing-name"),

@@ -27,7 +27,8 @@ def studio_context(request):
     if request.user.is_authenticated:
         balance = CreditAccount.objects.filter(user=request.user).values_list("balance", flat=True).first() or 0
     return {"test_model_in_use": default is not None and default.is_test_model, "balance": balance,
-            "registration": settings.SDWEB["REGISTRATION"]}
+            "registration": settings.SDWEB["REGISTRATION"],
+            "has_teams": request.user.is_authenticated and request.user.team_memberships.exists()}
 
 
 def home(request):

@@ -39,7 +39,8 @@
     const out = document.getElementById("cost");
     out.textContent = Number.isFinite(cost) ? cost : "–";
     document.getElementById("cost-word").textContent = cost === 1 ? "credit" : "credits";
-    out.classList.toggle("error", cost > Number(form.dataset.balance));
+    const pool = field("team")?.selectedOptions[0]?.dataset.balance ?? form.dataset.balance;  // a team's pool, or yours
+    out.classList.toggle("error", cost > Number(pool));
   }
   function plotCells() {
     // Each axis's comma-separated values; a range (1-5, 10-30 (+10)) is counted by the server.

@@ -13,6 +13,8 @@ class UserSettings(models.Model):
     suspended_at = models.DateTimeField(null=True, blank=True, help_text="Set by staff: no more submissions")
     suspended_reason = models.TextField(blank=True)
     show_name_publicly = models.BooleanField(default=False, help_text="The user chose to be named on images they share")
+    team = models.ForeignKey("generation.Team", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+                             help_text="Whose credits new jobs spend and whose gallery keeps them; empty: the user's own")
 
 
 class StaffEvent(models.TextChoices):
@@ -37,6 +39,10 @@ class StaffEvent(models.TextChoices):
     ADMIN_ADD = "admin add", "admin add"  # in the admin; the target names the model
     ADMIN_CHANGE = "admin change", "admin change"
     ADMIN_DELETE = "admin delete", "admin delete"
+    GRANT_TEAM_CREDITS = "grant team credits", "grant team credits"
+    TEAM_INVITE = "team invite", "team invite"  # by a team's owner (not necessarily staff), as are:
+    TEAM_JOIN = "team join", "team join"
+    TEAM_LEAVE = "team leave", "team leave"
 
 
 class StaffAction(models.Model):
@@ -75,3 +81,41 @@ class Role(models.Model):
 
     def __str__(self):
         return self.group.name
+
+
+class Team(models.Model):
+    """People who share a credit pool and a gallery. A job made for the team is paid from its pool and
+    its images are the team's: members see them, a member who leaves doesn't (their own stay theirs)."""
+
+    name = models.CharField(max_length=100, unique=True)
+    slug = models.SlugField(max_length=100, unique=True)
+    invite_token = models.CharField(max_length=43, blank=True, help_text="The join link's secret; empty: no link")
+    from_sign_in = models.BooleanField(default=False, help_text="Members follow the sign-in provider's groups: "
+                                       "someone whose groups name the team joins it; no longer named, they leave")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self):
+        return self.name
+
+
+class TeamMember(models.Model):
+    OWNER, MEMBER = "owner", "member"
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="members")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="team_memberships")
+    role = models.CharField(max_length=10, choices=[(OWNER, "owner"), (MEMBER, "member")], default=MEMBER)
+    joined_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["team", "user"], name="one_membership_per_team")]
+
+
+class TeamInvite(models.Model):
+    """An invitation sent by e-mail: whoever signs in with that address and follows the link joins."""
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="invites")
+    email = models.EmailField()
+    token = models.CharField(max_length=43, unique=True)
+    invited_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+    accepted_at = models.DateTimeField(null=True, blank=True)

@@ -23,16 +23,18 @@ def quote_cost(*, width: int, height: int, steps: int, num_images: int, passes=N
     return max(1, math.ceil(work / settings.SDWEB["COST_UNIT"]))
 
 
-def locked_account(user) -> CreditAccount:
-    """The user's account, locked until the caller's transaction ends."""
-    CreditAccount.objects.get_or_create(user_id=user.pk)  # by id: leaves no stale copy cached on `user`
-    return CreditAccount.objects.select_for_update().get(user_id=user.pk)
+def locked_account(user=None, *, team=None) -> CreditAccount:
+    """The user's account (or the team's pool), locked until the caller's transaction ends."""
+    owner = {"team_id": team.pk} if team is not None else {"user_id": user.pk}  # by id: no stale copy cached
+    CreditAccount.objects.get_or_create(**owner)
+    return CreditAccount.objects.select_for_update().get(**owner)
 
 
 @transaction.atomic
-def credits_change(*, user, kind: str, amount: int, reason: str, job=None, staff=None) -> CreditEntry:
-    """The one way a balance changes: locked, with its ledger row in the same transaction."""
-    account = locked_account(user)
+def credits_change(*, user=None, team=None, kind: str, amount: int, reason: str, job=None, staff=None) -> CreditEntry:
+    """The one way a balance changes (a user's, or a team's pool): locked, with its ledger row in the
+    same transaction."""
+    account = locked_account(user, team=team)
     entry = CreditEntry.objects.create(account=account, kind=kind, amount=amount, reason=reason, job=job, staff=staff)
     account.balance += amount  # safe: the row is locked until this transaction ends
     account.save(update_fields=["balance"])
@@ -48,13 +50,19 @@ def credits_grant(*, user, amount: int, reason: str, staff=None) -> CreditEntry:
 
 
 @transaction.atomic
+def team_credits_grant(*, team, amount: int, reason: str, staff) -> CreditEntry:
+    staff_action(staff=staff, event=StaffEvent.GRANT_TEAM_CREDITS, target=f"team {team.name}", details=f"{amount:+d}: {reason}")
+    return credits_change(team=team, kind=CreditEntry.ADJUST, amount=amount, reason=reason, staff=staff)
+
+
+@transaction.atomic
 def credits_refund(*, job, amount: int | None = None, reason: str) -> CreditEntry | None:
     """Refund a job once; a second call (a retry, a race) changes nothing."""
     if CreditEntry.objects.filter(job=job, kind=CreditEntry.REFUND).exists():
         return None
     try:
         with transaction.atomic():
-            return credits_change(user=job.user, kind=CreditEntry.REFUND, amount=job.cost if amount is None else amount,
+            return credits_change(user=job.user, team=job.team, kind=CreditEntry.REFUND, amount=job.cost if amount is None else amount,
                                   reason=reason, job=job)
     except IntegrityError:  # the unique (job, kind) key: someone refunded it first
         return None

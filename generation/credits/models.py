@@ -6,12 +6,20 @@ from django.db.models import Q
 
 
 class CreditAccount(models.Model):
-    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="credits")
+    """A user's credits, or a team's pool (exactly one of the two)."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE,
+                                related_name="credits")
+    team = models.OneToOneField("generation.Team", null=True, blank=True, on_delete=models.CASCADE, related_name="credits")
     balance = models.IntegerField(default=0)
     last_topup_at = models.DateTimeField(null=True, blank=True)
 
+    class Meta:
+        constraints = [models.CheckConstraint(condition=Q(user__isnull=False, team__isnull=True) | Q(
+            user__isnull=True, team__isnull=False), name="user_or_team")]
+
     def __str__(self):
-        return f"{self.user} ({self.balance})"
+        return f"{self.user or self.team} ({self.balance})"
 
 
 class CreditEntry(models.Model):

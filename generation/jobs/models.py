@@ -30,6 +30,8 @@ class Job(models.Model):
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="jobs")
+    team = models.ForeignKey("generation.Team", null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs",
+                             help_text="Paid from this team's pool; its images are the team's")
     checkpoint = models.ForeignKey(Checkpoint, on_delete=models.PROTECT)
     prompt = models.TextField()
     negative_prompt = models.TextField(blank=True)

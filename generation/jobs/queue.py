@@ -51,8 +51,8 @@ def job_claim(*, worker: str = "", held: frozenset = frozenset()) -> Job | None:
 
 
 def jobs_claim(*, worker: str = "", held: frozenset = frozenset(), images: int = 1, wait_ms: int = 0) -> list[Job]:
-    """Claim the fairest claimable job: the user with the fewest jobs started in the last
-    SDWEB_FAIR_WINDOW_MINUTES first; among equals, a job for a checkpoint in `held` (ids of those
+    """Claim the fairest claimable job: the team or user with the fewest jobs started in the last
+    SDWEB_FAIR_WINDOW_MINUTES first (within a team, the member with the fewest); among equals, a job for a checkpoint in `held` (ids of those
     the worker has loaded: no load time), then the oldest job. With it, in the same conditional
     update, the fairest compatible jobs (Job.batch_key) while the batch holds at most `images`
     images; each job taken counts against its user's share. When the batch is short and the first
@@ -64,7 +64,7 @@ def jobs_claim(*, worker: str = "", held: frozenset = frozenset(), images: int =
     per_user = Window(RowNumber(), partition_by=[F("user_id")], order_by=F("created_at").asc())
     candidates = list(Job.objects.filter(_claimable(now)).annotate(place=per_user).filter(
         place__lte=max(images, 8)).select_related("checkpoint", "vae").order_by("created_at"))
-    recent = started_lately({j.user_id for j in candidates})
+    recent = started_lately(candidates)
     for pick in fair_order(candidates, recent=recent, held=held):
         batch = batch_with(pick, candidates, recent=recent, images=images)
         young = timedelta(milliseconds=wait_ms) - (now - pick.created_at)

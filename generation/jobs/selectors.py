@@ -20,17 +20,36 @@ def job_for_viewer(user, *, job_id) -> Job | None:
     return jobs.filter(pk=job_id).first()
 
 
-def started_lately(users) -> dict:
-    """{user id: jobs started in the last SDWEB_FAIR_WINDOW_MINUTES}: the fair order's first measure."""
-    window_start = timezone.now() - timedelta(minutes=settings.SDWEB["FAIR_WINDOW_MINUTES"])
-    return dict(Job.objects.filter(user__in=users, started_at__gte=window_start).values_list("user").annotate(
-        n=Count("id")).values_list("user", "n"))
+def started_lately(jobs) -> dict:
+    """How many jobs each of `jobs`' users and teams started in the last SDWEB_FAIR_WINDOW_MINUTES
+    ({("u", user id) or ("t", team id): n}): the fair order's first measures."""
+    lately = Job.objects.filter(started_at__gte=timezone.now() - timedelta(minutes=settings.SDWEB["FAIR_WINDOW_MINUTES"]))
+    users, teams = {j.user_id for j in jobs}, {j.team_id for j in jobs if j.team_id}
+    by_user = lately.filter(user__in=users).values_list("user").annotate(n=Count("id")).values_list("user", "n")
+    by_team = lately.filter(team__in=teams).values_list("team").annotate(n=Count("id")).values_list("team", "n")
+    return {("u", user): n for user, n in by_user} | {("t", team): n for team, n in by_team}
+
+
+def _shares(job: Job) -> tuple:
+    """Whose share a job counts against: its team's (teams are fair to each other as one party each)
+    then its user's (members are fair to each other within it); a job of one's own, the user's."""
+    return (("t", job.team_id) if job.team_id else ("u", job.user_id)), ("u", job.user_id)
+
+
+def _fairness(job: Job, recent: dict) -> tuple:
+    return tuple(recent.get(share, 0) for share in _shares(job))
+
+
+def count_started(recent: dict, job: Job) -> None:
+    for share in set(_shares(job)):
+        recent[share] = recent.get(share, 0) + 1
 
 
 def fair_order(jobs, *, recent: dict, held: frozenset = frozenset()) -> list[Job]:
-    """The claim's order: the user with the fewest jobs started lately first; among equals a job for
-    a checkpoint in `held` (loaded by the worker), then the oldest job."""
-    return sorted(jobs, key=lambda j: (recent.get(j.user_id, 0), j.checkpoint_id not in held, j.created_at))
+    """The claim's order: the team or user with the fewest jobs started lately first, then within a
+    team the member with the fewest; among equals a job for a checkpoint in `held` (loaded by the
+    worker), then the oldest job."""
+    return sorted(jobs, key=lambda j: (_fairness(j, recent), j.checkpoint_id not in held, j.created_at))
 
 
 def batch_with(pick: Job, candidates: list[Job], *, recent: dict, images: int) -> list[Job]:
@@ -39,23 +58,23 @@ def batch_with(pick: Job, candidates: list[Job], *, recent: dict, images: int) -
     if key is None:
         return batch
     counts = dict(recent)
-    counts[pick.user_id] = counts.get(pick.user_id, 0) + 1
+    count_started(counts, pick)
     others = [j for j in candidates if j.pk != pick.pk and j.batch_key == key]
     while True:
         room = images - sum(j.num_images for j in batch)
         fits = [j for j in others if j not in batch and j.num_images <= room]
         if not fits:
             return batch
-        chosen = min(fits, key=lambda j: (counts.get(j.user_id, 0), j.created_at))
+        chosen = min(fits, key=lambda j: (_fairness(j, counts), j.created_at))
         batch.append(chosen)
-        counts[chosen.user_id] = counts.get(chosen.user_id, 0) + 1
+        count_started(counts, chosen)
 
 
 def runs_before(job: Job, *, images: int) -> list[int]:
     """The sizes (in jobs) of the runs the claim would make from the queued jobs before the run
     that takes `job`: the claim's own order and batching, played forward."""
     queued = list(Job.objects.filter(status=Job.QUEUED).select_related("checkpoint", "vae"))
-    recent = started_lately({j.user_id for j in queued})
+    recent = started_lately(queued)
     sizes = []
     while queued:
         run = batch_with(fair_order(queued, recent=recent)[0], queued, recent=recent, images=images)
@@ -63,7 +82,7 @@ def runs_before(job: Job, *, images: int) -> list[int]:
             break
         sizes.append(len(run))
         for taken in run:
-            recent[taken.user_id] = recent.get(taken.user_id, 0) + 1
+            count_started(recent, taken)
             queued.remove(taken)
     return sizes
 

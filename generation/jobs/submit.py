@@ -8,8 +8,9 @@ from types import MappingProxyType
 
 from django.db import IntegrityError, transaction
 
-from generation.accounts.models import UserSettings
+from generation.accounts.models import Team, UserSettings
 from generation.accounts.roles import allowance
+from generation.accounts.teams import paying_team
 from generation.credits.ledger import credits_change, locked_account, quote_cost
 from generation.credits.models import CreditEntry
 from generation.jobs.inputs import image_inputs, input_digests, inputs_store, refused
@@ -39,18 +40,21 @@ def _with_styles(user, params: dict) -> dict:
 # What job_submit takes, by the names every entry point (the page, REST, the A1111 and OpenAI
 # dialects, the gallery's upscale and variations) translates into: the settings, the models by
 # name (or the row), the pictures as received (bytes, an Upload, or a gallery Image), ControlNet
-# units as the extension shapes them, style names, an X/Y/Z plot, or an upscale of a gallery image.
+# units as the extension shapes them, style names, an X/Y/Z plot, an upscale of a gallery image, and
+# the team that pays (a slug, or teams.OWN_CREDITS; absent: the user's chosen one).
 PARAMS = (*Job.PARAMS, "checkpoint", "refiner", "vae", "init_image", "mask", "controlnet", "styles", "plot",
-          "upscale_by", "upscaler")
+          "upscale_by", "upscaler", "team")
 
 
 @dataclass(frozen=True)
 class Submission:
     """A submission resolved and checked, before anything is decided: the checkpoint, the Job's
     other fields (settings with the seed fixed, refiner, VAE, add-on uses), the decoded pictures,
-    the cost, and the params it was resolved from (with styles applied), which the audit records."""
+    the cost, the team that pays (None: the user), and the params it was resolved from (with styles
+    applied), which the audit records."""
 
     checkpoint: Checkpoint
+    team: Team | None
     fields: MappingProxyType
     inputs: MappingProxyType
     cost: int
@@ -105,10 +109,14 @@ def submission_resolve(user, params: dict) -> Submission:
     validate = validated_upscale if "upscale_by" in params else validated_plot if params.get("plot") else validated
     checkpoint, fields = validate(params, inputs, user)
     _check_allowed(user, fields["prompt"])
+    try:
+        team = paying_team(user, params.get("team"))
+    except ValueError as error:
+        raise Refused(str(error), field="team") from error
     cost = quote_cost(width=0, height=0, steps=0, num_images=1 if fields.get("plot") else fields["num_images"],
                       passes=fields.pop("passes"),
                       controlnet_units=sum(a["kind"] == AddOn.CONTROLNET for a in fields.get("addons", [])))
-    return Submission(checkpoint=checkpoint, fields=MappingProxyType(fields), inputs=MappingProxyType(inputs),
+    return Submission(checkpoint=checkpoint, team=team, fields=MappingProxyType(fields), inputs=MappingProxyType(inputs),
                       cost=cost, audited=MappingProxyType(params))
 
 
@@ -116,25 +124,27 @@ def _decide(user, submission: Submission, client_ip, *, idempotency_key, digest)
     """Charge, create and audit the job in one transaction, or refuse (audited) for the active-job
     cap or the balance; the pictures are stored only once accepted, so a refusal leaves no file."""
     audit = {"user": user, "client_ip": client_ip, "params": submission.audited, "checkpoint": submission.checkpoint}
+    pool = f"the team {submission.team.name}'s pool" if submission.team else "your balance"
     with transaction.atomic():
-        account = locked_account(user)
+        account = locked_account(user, team=submission.team)
         active, cap = Job.objects.filter(user=user, status__in=Job.ACTIVE).count(), allowance(user).active_jobs
         refusal = None
         if active >= cap:
             refusal = Refused(f"You already have {active} jobs queued or running, the most allowed at once; "
                               "wait for one to finish or cancel one.", code=RefusalCode.ACTIVE_JOB_CAP)
         elif account.balance < submission.cost:
-            refusal = Refused(f"This costs {submission.cost} credits and your balance is {account.balance}.",
+            refusal = Refused(f"This costs {submission.cost} credits and {pool} is {account.balance}.",
                               code=RefusalCode.INSUFFICIENT_CREDITS)
         if refusal:
             audit_append(**audit, decision=PromptAudit.REFUSED, reason=str(refusal))
         else:
             fields = {**submission.fields, "addons": [{**record} for record in submission.fields["addons"]]}
             fields |= inputs_store(submission.inputs, fields["addons"])
-            job = Job.objects.create(user=user, checkpoint=submission.checkpoint, cost=submission.cost,
+            job = Job.objects.create(user=user, team=submission.team, checkpoint=submission.checkpoint, cost=submission.cost,
                                      idempotency_key=idempotency_key, request_digest=digest,
                                      image_ids=[new_image_id() for _ in range(fields["num_images"])], **fields)
-            credits_change(user=user, kind=CreditEntry.CHARGE, amount=-submission.cost, reason="generation", job=job)
+            credits_change(user=user, team=submission.team, kind=CreditEntry.CHARGE, amount=-submission.cost,
+                           reason=f"generation by {user.get_username()}" if submission.team else "generation", job=job)
             audit_append(**audit, decision=PromptAudit.ACCEPTED, job=job)
             transaction.on_commit(enqueue_job)
     if refusal:
@@ -157,7 +167,7 @@ def _check_allowed(user, prompt: str) -> None:
 def request_digest(params: dict) -> str:
     """What an Idempotency-Key promises: the same request, by its settings and its pictures' digests."""
     shown = {k: str(v.name if isinstance(v, (Checkpoint, Vae)) else v) for k, v in params.items()
-             if k in Job.PARAMS or k in ("checkpoint", "refiner", "vae", "upscale_by", "upscaler", *INPUT_DIGESTS)}
+             if k in Job.PARAMS or k in ("checkpoint", "refiner", "vae", "upscale_by", "upscaler", "team", *INPUT_DIGESTS)}
     if isinstance(params.get("controlnet"), list):  # the units' settings; their images are in the digests
         shown["controlnet"] = str([{k: v for k, v in unit.items() if k != "image"} if isinstance(unit, dict) else unit
                                    for unit in params["controlnet"]])

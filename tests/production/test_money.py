@@ -79,3 +79,52 @@ def test_20_concurrent_submissions_in_a_role_of_3_jobs_at_once_accept_exactly_3(
     refused = [r for r in outcome["results"] if r == "active_job_cap"]
     assert (len(outcome["results"]) - len(refused), len(refused)) == (3, 17)
     assert outcome["jobs"] == outcome["charges"] == 3 and outcome["balance"] == 7 == outcome["ledger"]
+
+
+TEAM_RACE = """
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from django.contrib.auth.models import User
+from django.db import connection
+from generation.accounts.models import Team, TeamMember
+from generation.credits.ledger import team_credits_grant
+from generation.credits.models import CreditAccount
+from generation.jobs.models import Job
+from generation.jobs.submit import Refused, job_submit
+from generation.library.checkpoints import checkpoint_ensure_test_model
+
+checkpoint = checkpoint_ensure_test_model()
+team = Team.objects.create(name="racers", slug="racers")
+members = [User.objects.create_user(f"member{n}") for n in range(2)]
+for member in members:
+    TeamMember.objects.create(team=team, user=member)
+team_credits_grant(team=team, amount=5, reason="five", staff=User.objects.create_user("boss", is_staff=True))
+params = {"prompt": "a race", "checkpoint": checkpoint, "width": 256, "height": 256, "steps": 2,
+          "guidance_scale": 7, "scheduler": "Euler a", "seed": 1, "num_images": 1, "team": "racers"}
+start = threading.Barrier(20)
+
+def submit(i):
+    start.wait()
+    try:
+        return str(job_submit(user=members[i % 2], params=params).pk)
+    except Refused as refusal:
+        return refusal.code
+    finally:
+        connection.close()
+
+with ThreadPoolExecutor(20) as pool:
+    results = list(pool.map(submit, range(20)))
+pool = CreditAccount.objects.get(team=team)
+print(json.dumps({"results": results, "pool": pool.balance, "ledger": sum(pool.entries.values_list("amount", flat=True)),
+                  "jobs": Job.objects.filter(team=team).count(), "charges": pool.entries.filter(kind="charge").count(),
+                  "own_charges": CreditAccount.objects.filter(user__in=members, entries__kind="charge").count()}))
+"""
+
+
+def test_two_members_racing_on_a_team_pool_of_5_credits_get_exactly_5_jobs(production):
+    """The team's pool is locked as a user's balance is: no overshoot, and no member's own credits touched."""
+    outcome = production.script(TEAM_RACE)
+    refused = [r for r in outcome["results"] if r == "insufficient_credits"]
+    assert (len(outcome["results"]) - len(refused), len(refused)) == (5, 15)
+    assert outcome["jobs"] == outcome["charges"] == 5 and outcome["pool"] == 0 == outcome["ledger"]
+    assert outcome["own_charges"] == 0
