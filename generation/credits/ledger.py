@@ -62,8 +62,8 @@ def credits_refund(*, job, amount: int | None = None, reason: str) -> CreditEntr
         return None
     try:
         with transaction.atomic():
-            return credits_change(user=job.user, team=job.team, kind=CreditEntry.REFUND, amount=job.cost if amount is None else amount,
-                                  reason=reason, job=job)
+            return credits_change(user=job.user, team=job.team, kind=CreditEntry.REFUND,
+                                  amount=job.cost if amount is None else amount, reason=reason, job=job)
     except IntegrityError:  # the unique (job, kind) key: someone refunded it first
         return None
 

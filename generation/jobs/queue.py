@@ -52,12 +52,13 @@ def job_claim(*, worker: str = "", held: frozenset = frozenset()) -> Job | None:
 
 def jobs_claim(*, worker: str = "", held: frozenset = frozenset(), images: int = 1, wait_ms: int = 0) -> list[Job]:
     """Claim the fairest claimable job: the team or user with the fewest jobs started in the last
-    SDWEB_FAIR_WINDOW_MINUTES first (within a team, the member with the fewest); among equals, a job for a checkpoint in `held` (ids of those
-    the worker has loaded: no load time), then the oldest job. With it, in the same conditional
-    update, the fairest compatible jobs (Job.batch_key) while the batch holds at most `images`
-    images; each job taken counts against its user's share. When the batch is short and the first
-    job is younger than `wait_ms`, wait that long for more first. A job whose worker died (its
-    lease ran out) is claimable again until SDWEB_ATTEMPT_LIMIT attempts."""
+    SDWEB_FAIR_WINDOW_MINUTES first (within a team, the member with the fewest); among equals, a job
+    for a checkpoint in `held` (ids of those the worker has loaded: no load time), then the oldest job.
+    With it, in the same conditional update, the fairest compatible jobs (Job.batch_key) while the
+    batch holds at most `images` images; each job taken counts against its team's and user's share.
+    When the batch is short and the first job is younger than `wait_ms`, wait that long for more
+    first. A job whose worker died (its lease ran out) is claimable again until SDWEB_ATTEMPT_LIMIT
+    attempts."""
     now = timezone.now()
     fail_exhausted(now)
     # Each user's oldest jobs, however deep the queue: a newcomer's job is always considered.

@@ -138,7 +138,7 @@ def test_an_email_invitation_is_for_that_address_alone(studio, alice, bob, carol
     path = link[link.index("/teams/join/"):]
     stranger = django_user_model.objects.create_user("dave", email="dave@example.org")
     assert signed_in(stranger).post(path).status_code == 403
-    assert signed_in(bob).post(f"/teams/studio/invite/", {"email": "x@example.org"}).status_code == 302
+    assert signed_in(bob).post("/teams/studio/invite/", {"email": "x@example.org"}).status_code == 302
     assert len(mail.outbox) == 1  # a member can't invite
     assert signed_in(carol).post(path).status_code == 302 and TeamMember.objects.filter(user=carol).exists()
     assert signed_in(carol).post(path).status_code == 403  # used
