@@ -223,6 +223,13 @@ SDWEB = {
     "SIGNED_URL_SECONDS": env_int("SDWEB_SIGNED_URL_SECONDS", 3600),
     "FAIR_WINDOW_MINUTES": env_int("SDWEB_FAIR_WINDOW_MINUTES", 60),
     "REGISTRATION": env_choice("SDWEB_REGISTRATION", "open", ("open", "invite", "closed")),
+    # Signing in with the organisation's accounts (sdweb.oidc): the provider's issuer URL, its name on
+    # the sign-in page, the claim listing someone's groups, and whether anyone it knows gets an account.
+    "OIDC_ISSUER": env("SDWEB_OIDC_ISSUER").rstrip("/"),
+    "OIDC_NAME": env("SDWEB_OIDC_NAME", "your organisation"),
+    "OIDC_GROUPS_CLAIM": env("SDWEB_OIDC_GROUPS_CLAIM", "groups"),
+    "OIDC_NEW_ACCOUNTS": env_choice("SDWEB_OIDC_NEW_ACCOUNTS", "open", ("open", "invited")),
+    "LOCAL_PASSWORDS": env_bool("SDWEB_LOCAL_PASSWORDS", True),
     "AUTH_ATTEMPTS_PER_IP": env_int("SDWEB_AUTH_ATTEMPTS_PER_IP", 20),
     "AUTH_FAILURES_PER_ACCOUNT": env_int("SDWEB_AUTH_FAILURES_PER_ACCOUNT", 5),
     "AUTH_WINDOW_SECONDS": env_int("SDWEB_AUTH_WINDOW_SECONDS", 900, minimum=1),
@@ -315,3 +322,14 @@ AXES_LOCKOUT_CALLABLE = "sdweb.shared.throttle.lockout_response"
 AXES_RESET_ON_SUCCESS = True
 AXES_VERBOSE = False
 AXES_ENABLE_ADMIN = False  # attempts live in the cache, so axes' database tables stay empty: don't show them
+if SDWEB["OIDC_ISSUER"]:
+    AUTHENTICATION_BACKENDS.append("sdweb.oidc.SignIn")
+    OIDC_RP_CLIENT_ID, OIDC_RP_CLIENT_SECRET = env("SDWEB_OIDC_CLIENT_ID"), env("SDWEB_OIDC_CLIENT_SECRET")
+    OIDC_RP_SIGN_ALGO = env_choice("SDWEB_OIDC_SIGN_ALGO", "RS256", ("RS256", "ES256", "HS256"))
+    OIDC_RP_SCOPES = env("SDWEB_OIDC_SCOPES", "openid email profile")
+    OIDC_USE_PKCE = True
+    LOGIN_REDIRECT_URL_FAILURE = "/accounts/login/"
+if not SDWEB["LOCAL_PASSWORDS"]:  # no password signs anyone in: sign-up and resets close too
+    if not SDWEB["OIDC_ISSUER"]:
+        raise RuntimeError("SDWEB_LOCAL_PASSWORDS=false needs SDWEB_OIDC_ISSUER: no one could sign in")
+    AUTHENTICATION_BACKENDS.remove("django.contrib.auth.backends.ModelBackend")

@@ -8,7 +8,7 @@ from generation import api
 from generation import views as generation_views
 from generation.accounts import views as team_views
 from generation.dialects import a1111, a1111_addons, a1111_extras, openai
-from sdweb import views
+from sdweb import oidc, views
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -54,6 +54,8 @@ urlpatterns = [
     path("accounts/password_change/", views.PasswordChangeView.as_view(), name="password_change"),
     path("accounts/password_reset/", views.PasswordResetView.as_view(), name="password_reset"),
     path("accounts/", include("django.contrib.auth.urls")),
+    path("oidc/authenticate/", oidc.SignInStart.as_view(), name="oidc_authentication_init"),
+    path("oidc/callback/", oidc.SignInReturn.as_view(), name="oidc_authentication_callback"),
     path("account/api-keys/", views.api_key_create, name="api-key-create"),
     path("account/api-keys/<int:key_id>/revoke/", views.api_key_revoke, name="api-key-revoke"),
     path("admin/", admin.site.urls),

@@ -6,7 +6,7 @@ from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.signals import user_login_failed
 from django.db import IntegrityError, connection, transaction
-from django.http import JsonResponse
+from django.http import Http404, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
@@ -27,7 +27,9 @@ def studio_context(request):
     if request.user.is_authenticated:
         balance = CreditAccount.objects.filter(user=request.user).values_list("balance", flat=True).first() or 0
     return {"test_model_in_use": default is not None and default.is_test_model, "balance": balance,
-            "registration": settings.SDWEB["REGISTRATION"],
+            "registration": settings.SDWEB["REGISTRATION"] if settings.SDWEB["LOCAL_PASSWORDS"] else "closed",
+            "local_passwords": settings.SDWEB["LOCAL_PASSWORDS"],
+            "oidc_name": settings.SDWEB["OIDC_NAME"] if settings.SDWEB["OIDC_ISSUER"] else "",
             "has_teams": request.user.is_authenticated and request.user.team_memberships.exists()}
 
 
@@ -57,6 +59,8 @@ class PasswordResetView(auth_views.PasswordResetView):
     """Django's password reset, at most SDWEB_RESETS_PER_WINDOW mails per address and per client."""
 
     def post(self, request, *args, **kwargs):
+        if not settings.SDWEB["LOCAL_PASSWORDS"]:
+            raise Http404
         limit = settings.SDWEB["RESETS_PER_WINDOW"]
         email = request.POST.get("email", "").strip().casefold()
         if (throttle.over_limit("reset-ip", throttle.client_ip(request), limit)
@@ -70,7 +74,7 @@ class InviteTaken(Exception):
 
 
 def signup(request, code=None):
-    mode = settings.SDWEB["REGISTRATION"]
+    mode = settings.SDWEB["REGISTRATION"] if settings.SDWEB["LOCAL_PASSWORDS"] else "closed"
     invite = get_object_or_404(Invite, code=code, used_by=None) if code else None
     if mode == "closed" or (mode == "invite" and invite is None):
         return render(request, "signup_closed.html", {"mode": mode}, status=403)
@@ -159,11 +163,12 @@ def _probe_layer():
 
 @login_required
 def account_delete(request):
-    error = None
+    error, by_name = None, not request.user.has_usable_password()  # signed in with the provider: type the name
     if request.method == "POST":
-        if authenticate(request, username=request.user.get_username(), password=request.POST.get("password", "")):
+        if (request.POST.get("username") == request.user.get_username() if by_name else
+                authenticate(request, username=request.user.get_username(), password=request.POST.get("password", ""))):
             accounts.account_delete(user=request.user)
             messages.success(request, "Your account, images and files are deleted.")
             return redirect("home")
-        error = "That password is not right."
-    return render(request, "account_delete.html", {"error": error}, status=400 if error else 200)
+        error = "That name is not yours." if by_name else "That password is not right."
+    return render(request, "account_delete.html", {"error": error, "by_name": by_name}, status=400 if error else 200)

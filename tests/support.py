@@ -90,6 +90,45 @@ class Studio:
             f"config='{files['controlnet_config']}').title)")
 
 
+class OidcProvider:
+    """The test OpenID Connect provider (tests.oidc_idp) in a process of its own, with `users`
+    ({username, email, password, groups}) and one client, "sdweb", that may return to `redirect_uris`."""
+
+    SECRET = "sdweb-test-secret"
+
+    def __init__(self, folder: Path, users: list[dict], redirect_uris: list[str]):
+        self.port, self.folder = free_port(), folder
+        self.issuer = f"http://127.0.0.1:{self.port}/openid"
+        config = {"port": self.port, "database": str(folder / "idp.sqlite3"), "users": users,
+                  "clients": [{"id": "sdweb", "secret": self.SECRET, "redirect_uris": redirect_uris}]}
+        (folder / "idp.json").write_text(json.dumps(config))
+
+    def settings(self, **more) -> dict:
+        """The studio's environment for signing in with it."""
+        return {"SDWEB_OIDC_ISSUER": self.issuer, "SDWEB_OIDC_CLIENT_ID": "sdweb", "SDWEB_OIDC_CLIENT_SECRET": self.SECRET,
+                "SDWEB_OIDC_NAME": "Example School", "SDWEB_OIDC_SCOPES": "openid email profile groups", **more}
+
+    def start(self):
+        self.log = open(self.folder / "idp.log", "a")
+        self.process = subprocess.Popen([sys.executable, "-m", "tests.oidc_idp", str(self.folder / "idp.json")], cwd=ROOT,
+                                        stdout=self.log, stderr=subprocess.STDOUT, env={
+                                            **{k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}})
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(self.issuer + "/.well-known/openid-configuration", timeout=2)
+                return self
+            except OSError:
+                assert self.process.poll() is None, (self.folder / "idp.log").read_text()
+                assert time.monotonic() < deadline, "the OIDC provider did not start"
+                time.sleep(0.2)
+
+    def stop(self):
+        self.process.terminate()
+        self.process.wait(timeout=30)
+        self.log.close()
+
+
 class Browser:
     """Cookies and CSRF like a browser, over plain HTTP."""
 

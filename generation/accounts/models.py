@@ -15,6 +15,8 @@ class UserSettings(models.Model):
     show_name_publicly = models.BooleanField(default=False, help_text="The user chose to be named on images they share")
     team = models.ForeignKey("generation.Team", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
                              help_text="Whose credits new jobs spend and whose gallery keeps them; empty: the user's own")
+    oidc_subject = models.CharField(max_length=255, null=True, blank=True, unique=True,
+                                    help_text="Who they are at the sign-in provider (its `sub` claim)")
 
 
 class StaffEvent(models.TextChoices):
