@@ -4,7 +4,7 @@ from django.conf import settings
 from generation.accounts.teams import OWN_CREDITS, paying_team, teams_of
 from generation.credits.models import CreditAccount
 from generation.engine.controlmaps import MODULES
-from generation.engine.families import FAMILIES
+from generation.engine.families import TXT2IMG_FAMILIES
 from generation.engine.plot import SUPPORTED as PLOT_AXES
 from generation.engine.request import (
     CONTROL_MODES,
@@ -26,7 +26,6 @@ SIZE_PRESETS = [(256, 256), (512, 512), (512, 768), (768, 512), (768, 768), (102
 # SDXL's usual sizes: about a megapixel, in the aspect ratios it was trained on.
 SDXL_PRESETS = [(1024, 1024), (1152, 896), (896, 1152), (1216, 832), (832, 1216), (1344, 768), (768, 1344),
                 (1536, 640), (640, 1536)]
-TXT2IMG_FAMILIES = [name for name, family in FAMILIES.items() if family.role == "txt2img"]
 
 
 class VaeSelect(forms.Select):

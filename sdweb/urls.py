@@ -100,6 +100,8 @@ urlpatterns = [
     path("controlnet/detect", a1111_addons.ControlNetDetect.as_view()),
     path("sdapi/v1/sd-vae", a1111.SdVae.as_view()),
     *[path(f"sdapi/v1/{name}", a1111.EmptyList.as_view()) for name in a1111.EMPTY_LISTS],
+    path("v1/models", openai.models),
+    path("v1/models/<str:model_id>", openai.models),
     path("v1/images/generations", openai.images_generations, name="openai-generations"),
     path("v1/images/edits", openai.images_edits, name="openai-edits"),
     path("v1/files/<str:token>", openai.signed_file, name="openai-file"),

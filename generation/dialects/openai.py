@@ -18,12 +18,13 @@ from django.views.decorators.csrf import csrf_exempt
 from PIL import Image as PILImage
 
 from gallery.models import Image
+from generation.engine.families import TXT2IMG_FAMILIES
 from generation.jobs.live import job_events, wait_for_end
 from generation.jobs.models import Job
 from generation.jobs.submit import Refused, job_submit
 from generation.jobs.validation import RefusalCode
 from generation.library.models import Checkpoint
-from generation.library.selectors import user_checkpoint
+from generation.library.selectors import checkpoints_for, user_checkpoint
 from generation.provenance.audit import audit_refused
 from generation.untrusted_images import Upload, mask_from, read_image
 from sdweb.shared import throttle
@@ -186,6 +187,23 @@ async def stream_events(request, job: Job, spec: dict):
     yield sse("image_generation.completed", {**base, "created_at": int(time.time()),
                                              "b64_json": base64.b64encode(data).decode(),
                                              "usage": {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}})
+
+
+def models(request, model_id=None):
+    """GET /v1/models (and /v1/models/ID): the checkpoints the caller's role may use, as OpenAI lists models."""
+    try:
+        if request.method != "GET":
+            raise OpenAIError(405, "Use GET.")
+        found = checkpoints_for(authenticate(request)).filter(family__in=TXT2IMG_FAMILIES).order_by("name")
+        shown = [{"id": c.name, "object": "model", "created": int(c.created_at.timestamp()), "owned_by": "sdweb"}
+                 for c in (found if model_id is None else found.filter(name=model_id))]
+        if model_id is None:
+            return JsonResponse({"object": "list", "data": shown})
+        if not shown:
+            raise OpenAIError(404, f"The model {model_id!r} does not exist.", param="model", code="model_not_found")
+        return JsonResponse(shown[0])
+    except OpenAIError as error:
+        return error.response()
 
 
 @csrf_exempt

@@ -62,6 +62,7 @@ FAMILIES = {
     "sd35-medium": Family("SD 3.5 Medium", "StableDiffusion3Pipeline", 1024, sd3=True, steps=40, guidance=4.5),
     "zimage-turbo": Family("Z-Image Turbo", "ZImagePipeline", 1024, zimage=True, steps=8, guidance=1.0),
 }
+TXT2IMG_FAMILIES = [name for name, family in FAMILIES.items() if family.role == "txt2img"]  # (not refiners)
 
 
 def role_problem(family: str, mode: str) -> str:

@@ -138,6 +138,42 @@ def test_webuiapi_with_its_defaults_runs_stabilitys_sd35_large_turbo_file(studio
     api.util_set_model("sdweb-test-tiny")
 
 
+def test_a_student_sees_and_uses_only_the_roles_checkpoints_in_webuiapi_and_the_openai_sdk(studio, tiny_families):
+    """A role "students" may use the test model alone: an SDXL file beside it is neither listed
+    nor usable through either client, refused naming the limit."""
+    import shutil
+
+    import openai
+    import webuiapi
+
+    copied = studio.var_dir / "models" / "bigXL.safetensors"
+    shutil.copy(tiny_families["sdxl"]["file"], copied)
+    key = studio.manage(
+        f"from django.core.management import call_command; call_command('add_model', 'bigXL', '{copied}', "
+        f"'--config', '{tiny_families['sdxl']['config']}'); "
+        "from django.contrib.auth.models import Group, User; from generation.accounts.models import Role; "
+        "from generation.library.models import Checkpoint; from sdweb.shared.api_keys import api_key_create; "
+        "role = Role.objects.create(group=Group.objects.create(name='students'), max_side=512); "
+        "role.checkpoints.add(Checkpoint.objects.get(name='sdweb-test-tiny')); "
+        "user = User.objects.create_user('stu', password='stu-password-1'); user.groups.add(role.group); "
+        "print(api_key_create(user=user, name='sdk')[1])")
+    api = webuiapi.WebUIApi(host="127.0.0.1", port=studio.port)
+    api.set_auth("stu", "stu-password-1")
+    assert [name.split(" [")[0] for name in api.util_get_model_names()] == ["sdweb-test-tiny"]
+    with pytest.raises(RuntimeError) as refused:
+        api.txt2img(prompt="a castle", width=256, height=256, steps=2, override_settings={"sd_model_checkpoint": "bigXL"})
+    assert refused.value.args[0] == 403 and "bigXL is not among the checkpoints your role (students) may use" in (
+        refused.value.args[1])
+    with pytest.raises(RuntimeError) as refused:
+        api.txt2img(prompt="a castle", width=768, height=768, steps=2)
+    assert refused.value.args[0] == 403 and "at most 512 for your role (students)" in refused.value.args[1]
+    client = openai.OpenAI(api_key=key, base_url=f"{studio.base}/v1", max_retries=0)
+    assert [model.id for model in client.models.list()] == ["sdweb-test-tiny"]
+    with pytest.raises(openai.PermissionDeniedError) as denied:
+        client.images.generate(model="bigXL", prompt="a castle", size="256x256")
+    assert denied.value.body["param"] == "model" and "your role (students)" in denied.value.body["message"]
+
+
 def test_webuiapi_img2img_with_and_without_a_mask_and_hires_fix_with_its_defaults(studio):
     import webuiapi
 
