@@ -16,6 +16,8 @@ class Image(models.Model):
     thumbnail = models.FileField(upload_to="thumbnails/")
     width = models.PositiveIntegerField()
     height = models.PositiveIntegerField()
+    stored_bytes = models.PositiveBigIntegerField(default=0, help_text="Its PNG and thumbnail: what it takes of "
+                                                  "the owner's storage quota")
     is_public = models.BooleanField(default=False, db_index=True)
     share_slug = models.CharField(max_length=32, null=True, blank=True, unique=True,
                                   help_text="Set while public; a new one each time, so old links stay dead")

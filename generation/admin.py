@@ -15,7 +15,8 @@ from django.utils.functional import cached_property
 from django.utils.html import format_html
 from django.utils.text import smart_split, unescape_string_literal
 
-from generation.accounts.models import Role, StaffAction, StaffEvent, Team, TeamMember
+from generation.accounts import admin as accounts_admin  # noqa: F401 (registers roles and teams)
+from generation.accounts.models import StaffAction, StaffEvent
 from generation.accounts.staff import staff_action
 from generation.credits.ledger import credits_grant, team_credits_grant
 from generation.credits.models import CreditAccount, CreditEntry
@@ -331,51 +332,3 @@ class StaffActionAdmin(AppendOnlyAdmin):
     list_display = ("created_at", "staff_name", "action", "target", "details")
     list_filter = ("action",)
     search_fields = ("staff_name", "target", "details")
-
-
-@admin.register(Role)
-class RoleAdmin(admin.ModelAdmin):
-    """What a group's members may use and how much; add people to the group on their user page."""
-
-    list_display = ("group", "active_jobs", "max_side", "max_steps", "max_images", "monthly_credits")
-    filter_horizontal = ("checkpoints",)
-
-
-class TeamMemberInline(admin.TabularInline):
-    model = TeamMember
-    fields = ("user", "role", "joined_at")
-    readonly_fields = ("joined_at",)
-    raw_id_fields = ("user",)
-    extra = 1
-
-
-class TeamForm(forms.ModelForm):
-    grant = forms.IntegerField(required=False, help_text="Credits to add to the team's pool (negative to remove)")
-    reason = forms.CharField(required=False, max_length=200, help_text="Why: it goes into the pool's ledger")
-
-    class Meta:
-        model = Team
-        fields = ("name", "slug", "from_sign_in")
-
-    def clean(self):
-        data = super().clean()
-        if data.get("grant") and not data.get("reason"):
-            self.add_error("reason", "Say why the pool changes; it goes into the ledger.")
-        return data
-
-
-@admin.register(Team)
-class TeamAdmin(admin.ModelAdmin):
-    """A team's members (owners manage invitations on the team's page) and its pool of credits."""
-
-    form = TeamForm
-    list_display = ("name", "slug", "from_sign_in", "created_at")
-    search_fields = ("name", "slug")
-    prepopulated_fields = {"slug": ("name",)}
-    inlines = [TeamMemberInline]
-
-    def save_model(self, request, obj, form, change):
-        super().save_model(request, obj, form, change)
-        if amount := form.cleaned_data.get("grant"):
-            team_credits_grant(team=obj, amount=amount, reason=form.cleaned_data["reason"], staff=request.user)
-            messages.info(request, f"{amount:+d} credits recorded in the team {obj.name}'s pool.")

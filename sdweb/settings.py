@@ -249,6 +249,8 @@ SDWEB = {
     # A user's own LoRAs and embeddings: bytes of one file, and of all of them together
     "ADDON_MAX_BYTES": env_int("SDWEB_ADDON_MAX_BYTES", 1024 * 2**20, minimum=2**20),
     "ADDON_QUOTA_BYTES": env_int("SDWEB_ADDON_QUOTA_BYTES", 2 * 1024 * 2**20, minimum=0),
+    # Each user's gallery and uploaded add-ons together, in MB (roles may set their own); 0: no limit.
+    "STORAGE_QUOTA_MB": env_int("SDWEB_STORAGE_QUOTA_MB", 0, minimum=0),
     "CONTROLNET_MAX_UNITS": env_int("SDWEB_CONTROLNET_MAX_UNITS", 3, minimum=0),
     "AUDIT_RETENTION_DAYS": env_int("SDWEB_AUDIT_RETENTION_DAYS", 365),  # prune_audit keeps at least this
     # Prompt filter rules beside the admin's: words or phrases, "re:" before a regular expression; "|" between

@@ -80,6 +80,16 @@ class Role(models.Model):
     max_images = models.PositiveIntegerField(null=True, blank=True, help_text="Images per job; blank: the site's")
     monthly_credits = models.PositiveIntegerField(null=True, blank=True, help_text="Topped up to this once every 30 "
                                                   "days, when the member next shows up; blank: the site's top-up")
+    addons = models.ManyToManyField("generation.AddOn", blank=True, related_name="+", limit_choices_to={"owner": None},
+                                    help_text="The library's add-ons its members may use; none chosen: every one")
+    blocked_addons = models.ManyToManyField("generation.AddOn", blank=True, related_name="+",
+                                            help_text="Add-ons its members may never use, uploads included")
+    own_addons = models.BooleanField(default=True, help_text="Members may upload LoRAs and embeddings and use "
+                                     "their own and those staff published")
+    max_upscale = models.FloatField(null=True, blank=True, help_text="The largest hires fix and Upscale factor; "
+                                    "blank: only the largest side limits it")
+    storage_mb = models.PositiveIntegerField(null=True, blank=True, help_text="Megabytes for a member's gallery and "
+                                             "uploaded add-ons (0: no limit); blank: the site's (SDWEB_STORAGE_QUOTA_MB)")
 
     def __str__(self):
         return self.group.name

@@ -130,7 +130,9 @@ def submit(user, request, params) -> Job:
             raise OpenAIError(429, str(refusal), code="rate_limit_exceeded", kind="requests")
         param = {"num_images": "n", "width": "size", "height": "size", "init_image": "image",
                  "checkpoint": "model"}.get(refusal.field, refusal.field)
-        raise OpenAIError(403 if refusal.code == RefusalCode.ROLE_LIMIT else 400, str(refusal), param=param)
+        if refusal.code in (RefusalCode.ROLE_LIMIT, RefusalCode.STORAGE_FULL):
+            raise OpenAIError(403, str(refusal), param=param, code=str(refusal.code))
+        raise OpenAIError(400, str(refusal), param=param)
 
 
 def encoded(image: Image, output_format: str) -> bytes:

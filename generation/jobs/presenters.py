@@ -11,7 +11,8 @@ from generation.jobs.validation import RefusalCode
 
 # A refusal's code -> HTTP status; a refusal that names a field, or any other code, is a 400.
 REFUSAL_STATUS = {RefusalCode.INSUFFICIENT_CREDITS: 402, RefusalCode.SUSPENDED: 403, RefusalCode.ACTIVE_JOB_CAP: 409,
-                  RefusalCode.IDEMPOTENCY_MISMATCH: 422, RefusalCode.ROLE_LIMIT: 403}
+                  RefusalCode.IDEMPOTENCY_MISMATCH: 422, RefusalCode.ROLE_LIMIT: 403,
+                  RefusalCode.STORAGE_FULL: 403}
 
 
 def refusal_status(refusal) -> int:

@@ -10,6 +10,7 @@ from django.db import IntegrityError, transaction
 
 from generation.accounts.models import Team, UserSettings
 from generation.accounts.roles import allowance
+from generation.accounts.storage import storage_full
 from generation.accounts.teams import paying_team
 from generation.credits.ledger import credits_change, locked_account, quote_cost
 from generation.credits.models import CreditEntry
@@ -122,7 +123,7 @@ def submission_resolve(user, params: dict) -> Submission:
 
 def _decide(user, submission: Submission, client_ip, *, idempotency_key, digest) -> Job:
     """Charge, create and audit the job in one transaction, or refuse (audited) for the active-job
-    cap or the balance; the pictures are stored only once accepted, so a refusal leaves no file."""
+    cap, a full storage quota or the balance; the pictures are stored only once accepted, so a refusal leaves no file."""
     audit = {"user": user, "client_ip": client_ip, "params": submission.audited, "checkpoint": submission.checkpoint}
     pool = f"the team {submission.team.name}'s pool" if submission.team else "your balance"
     with transaction.atomic():
@@ -132,6 +133,8 @@ def _decide(user, submission: Submission, client_ip, *, idempotency_key, digest)
         if active >= cap:
             refusal = Refused(f"You already have {active} jobs queued or running, the most allowed at once; "
                               "wait for one to finish or cancel one.", code=RefusalCode.ACTIVE_JOB_CAP)
+        elif full := storage_full(user):
+            refusal = Refused(full, code=RefusalCode.STORAGE_FULL)
         elif account.balance < submission.cost:
             refusal = Refused(f"This costs {submission.cost} credits and {pool} is {account.balance}.",
                               code=RefusalCode.INSUFFICIENT_CREDITS)

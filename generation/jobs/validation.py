@@ -26,6 +26,7 @@ class RefusalCode(StrEnum):
     BLOCKED = "blocked"  # by the prompt filter
     SUSPENDED = "suspended"
     ROLE_LIMIT = "role_limit"  # beyond what the user's role allows (accounts.roles)
+    STORAGE_FULL = "storage_full"  # the user's images, inputs and add-ons fill their quota
 
 
 class Refused(Exception):
@@ -47,7 +48,8 @@ def engine_limits(allowed: Allowance | None = None) -> Limits:
 
 
 def within_role(allowed: Allowance, checkpoint: Checkpoint | None, fields: dict, field: str = "checkpoint") -> None:
-    """Refuse (403: ROLE_LIMIT) a checkpoint or a size, steps or image count the user's roles don't allow."""
+    """Refuse (403: ROLE_LIMIT) a checkpoint or a size, steps, image count or upscale factor the user's
+    roles don't allow."""
     roles = ", ".join(allowed.roles)
     if checkpoint is not None and allowed.checkpoints is not None and checkpoint.pk not in allowed.checkpoints:
         raise Refused(f"{checkpoint.name} is not among the checkpoints your role ({roles}) may use.", field=field,
@@ -58,6 +60,11 @@ def within_role(allowed: Allowance, checkpoint: Checkpoint | None, fields: dict,
         if allowed.roles and isinstance(value, int) and not isinstance(value, bool) and value > cap:
             raise Refused(f"{name} may be at most {cap} for your role ({roles}); got {value}.", field=name,
                           code=RefusalCode.ROLE_LIMIT)
+    factors = {"upscale_by": fields.get("upscale_by"), "hr_scale": fields.get("hr_scale") if fields.get("enable_hr") else None}
+    for name, value in factors.items():
+        if allowed.max_upscale is not None and isinstance(value, (int, float)) and value > allowed.max_upscale:
+            raise Refused(f"{name} may be at most {allowed.max_upscale:g} for your role ({roles}); got {value:g}.",
+                          field=name, code=RefusalCode.ROLE_LIMIT)
 
 
 def settings_problems(values: dict) -> dict[str, str]:
@@ -117,7 +124,8 @@ def _uses(check, *args):
     try:
         return check(*args)
     except UseRefused as refusal:
-        raise Refused(str(refusal), field=refusal.field) from None
+        raise Refused(str(refusal), field=refusal.field,
+                      code=RefusalCode.ROLE_LIMIT if refusal.by_role else RefusalCode.INVALID) from None
 
 
 def validated_upscale(params: dict, inputs: dict, user) -> tuple[Checkpoint, dict]:
@@ -136,7 +144,7 @@ def validated_upscale(params: dict, inputs: dict, user) -> tuple[Checkpoint, dic
         raise Refused(str(error)[:1].upper() + str(error)[1:], field=str(error).split(" ")[0]) from error
     width, height = upscaled_size(source.width, source.height, params["upscale_by"])
     job = source.job
-    within_role(allowance(user), job.checkpoint, {})
+    within_role(allowance(user), job.checkpoint, {"upscale_by": params["upscale_by"]})
     kept = {f: getattr(job, f) for f in ("prompt", "negative_prompt", "steps", "guidance_scale", "scheduler", "clip_skip")}
     return job.checkpoint, {**kept, "width": width, "height": height, "num_images": 1, "seed": source.seed,
                             "upscale_by": params["upscale_by"], "upscaler": upscaler, "vae": job.vae,

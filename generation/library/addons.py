@@ -17,7 +17,9 @@ from django.db import transaction
 from django.db.models import Q, Sum
 
 from generation.accounts.models import StaffEvent
+from generation.accounts.roles import allowance
 from generation.accounts.staff import staff_action
+from generation.accounts.storage import storage_full
 from generation.engine.esrgan_file import describe as describe_upscaler
 from generation.engine.families import addon_family, file_metadata, file_sha256
 from generation.engine.request import JobError
@@ -191,6 +193,10 @@ def addon_upload(*, user, kind: str, name: str, file, preview=None) -> AddOn:
 
 
 def _check_room(user, kind: str, name: str, size: int) -> None:
+    if not allowance(user).own_addons:
+        raise ValueError(f"file: your role ({', '.join(allowance(user).roles)}) may not upload add-ons")
+    if full := storage_full(user, size):
+        raise ValueError(f"file: {full}")
     quota = settings.SDWEB["ADDON_QUOTA_BYTES"]
     used = AddOn.objects.filter(owner=user).aggregate(total=Sum("file_size"))["total"] or 0
     if used + size > quota:

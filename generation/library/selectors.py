@@ -27,13 +27,18 @@ def user_checkpoint(user) -> Checkpoint | None:
     return checkpoints_for(user).filter(pk=chosen).first() or default_checkpoint(user)
 
 
-def addons_for(user, *, kind: str | None = None):
+def addons_for(user, *, kind: str | None = None, within_role: bool = True):
     """The add-ons `user` may use: the library, published uploads and their own; their own first
-    where names clash, then the library's."""
-    shown = Q(owner=None) | Q(published=True)
-    if user is not None and user.is_authenticated:
-        shown |= Q(owner=user)
+    where names clash, then the library's. Their roles may narrow the library's, block some, or
+    leave uploads out (`within_role` False: as if in no role)."""
+    allowed = allowance(user) if within_role else None
+    library = Q(owner=None) if allowed is None or allowed.addons is None else Q(owner=None, pk__in=allowed.addons)
+    shown = library
+    if allowed is None or allowed.own_addons:
+        shown |= Q(published=True) | (Q(owner=user) if user is not None and user.is_authenticated else Q(pk=None))
     found = AddOn.objects.filter(shown, enabled=True).select_related("owner")
+    if allowed is not None and allowed.blocked_addons:
+        found = found.exclude(pk__in=allowed.blocked_addons)
     if kind:
         found = found.filter(kind=kind)
     rank = Case(When(owner=user.pk if user is not None and user.is_authenticated else None, then=Value(0)),

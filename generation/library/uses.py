@@ -2,6 +2,7 @@
 library's or a published upload) and fits the checkpoint's family. Gives what the job records
 (names, hashes, settings) and what the engine takes."""
 
+from generation.accounts.roles import allowance
 from generation.engine.prompts import LORA_TAG, embeddings_named, lora_tags
 from generation.engine.request import (
     CONTROL_MODES,
@@ -17,11 +18,12 @@ from generation.library.selectors import addon_named, addons_for
 
 
 class UseRefused(ValueError):
-    """An add-on a request can't use; `field` names where it was asked for."""
+    """An add-on a request can't use; `field` names where it was asked for; `by_role`: it exists,
+    but the user's roles don't allow it."""
 
-    def __init__(self, message: str, field: str):
+    def __init__(self, message: str, field: str, by_role: bool = False):
         super().__init__(message)
-        self.field = field
+        self.field, self.by_role = field, by_role
 
 
 def addon_uses(user, checkpoint: Checkpoint, fields: dict, units, control_images: list) -> tuple[list, dict]:
@@ -76,6 +78,9 @@ def upscaler_use(user, name: str, field: str) -> dict:
 def addon_use(user, kind: str, name: str, family: str, checkpoint: Checkpoint, field: str) -> AddOn:
     addon = addon_named(user, kind=kind, name=name)
     label = dict(AddOn.KINDS)[kind]
+    if addon is None and addons_for(user, kind=kind, within_role=False).filter(name=name).exists():
+        raise UseRefused(f"{label} {name!r} is not among the add-ons your role ({', '.join(allowance(user).roles)}) "
+                         "may use.", field=field, by_role=True)
     if addon is None:
         where = {AddOn.LORA: "GET /sdapi/v1/loras", AddOn.CONTROLNET: "GET /controlnet/model_list",
                  AddOn.UPSCALER: "GET /sdapi/v1/upscalers"}[kind]
