@@ -107,3 +107,63 @@ def test_the_roles_monthly_credits_are_granted_once_a_month_up_to_it(alice, stud
     CreditAccount.objects.filter(user=alice).update(last_topup_at=timezone.now() - timedelta(days=31))
     assert credits_topup_if_due(user=alice).amount == 50
     assert CreditEntry.objects.filter(account__user=alice, kind=CreditEntry.TOPUP).count() == 2
+
+
+def test_a_roles_add_on_lists_narrow_blocks_and_uploads_alike(alice, carol, students, library, addon_files):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    from generation.library.addons import addon_upload
+    from generation.library.selectors import addons_for
+
+    role = students["role"]
+    role.addons.add(library["embedding"])  # its library: the embedding only
+    role.own_addons = False
+    role.save()
+    lora = params(students["allowed"], prompt="a house <lora:tiny-style:0.8>")
+    with pytest.raises(Refused, match="LoRA 'tiny-style' is not among the add-ons your role \\(students\\) may use") as refused:
+        job_submit(user=alice, params=lora)
+    assert refused.value.field == "prompt" and refused.value.code == RefusalCode.ROLE_LIMIT
+    assert {a.name for a in addons_for(alice)} == {"tinyneg"}
+    with pytest.raises(ValueError, match="your role \\(students\\) may not upload add-ons"):
+        addon_upload(user=alice, kind="lora", name="mine", file=SimpleUploadedFile("mine.safetensors",
+                                                                                   addon_files["lora"].read_bytes()))
+    role.blocked_addons.add(library["embedding"])  # blocked beats allowed
+    assert not addons_for(alice).exists()
+    job_submit(user=carol, params=lora)  # in no role: the whole library
+    assert {a.name for a in addons_for(carol)} == {"tiny-style", "tinyneg", "tiny-canny"}
+
+
+def test_a_roles_largest_upscale_factor_holds_for_hires_fix_and_upscale(alice, students, make_job):
+    students["role"].max_upscale = 1.5
+    students["role"].max_side = 1024
+    students["role"].save()
+    image = make_job(alice, num_images=1, steps=2).images.get()
+    with pytest.raises(Refused, match="hr_scale may be at most 1.5 for your role \\(students\\); got 2") as refused:
+        job_submit(user=alice, params=params(students["allowed"], enable_hr=True, hr_scale=2.0))
+    assert refused.value.code == RefusalCode.ROLE_LIMIT
+    job_submit(user=alice, params=params(students["allowed"], enable_hr=True, hr_scale=1.5))
+    with pytest.raises(Refused, match="upscale_by may be at most 1.5"):
+        job_submit(user=alice, params={"init_image": image, "upscale_by": 2.0, "upscaler": "Lanczos"})
+
+
+def test_a_full_storage_quota_refuses_new_jobs_and_uploads_until_room_is_made(alice, students, make_job, addon_files):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    from gallery.models import Image
+    from gallery.services import images_delete
+    from generation.library.addons import addon_upload
+
+    students["role"].storage_mb = 1
+    students["role"].save()
+    image = make_job(alice, num_images=1, steps=2).images.get()
+    assert image.stored_bytes > 0  # its PNG and thumbnail, measured as stored
+    Image.objects.filter(pk=image.pk).update(stored_bytes=2**20)  # as if it were a megabyte
+    before = CreditAccount.objects.get(user=alice).balance
+    with pytest.raises(Refused, match="Your storage is full: 1.0 MB of your 1 MB") as refused:
+        job_submit(user=alice, params=params(students["allowed"]))
+    assert refused.value.code == RefusalCode.STORAGE_FULL and CreditAccount.objects.get(user=alice).balance == before
+    with pytest.raises(ValueError, match="file: Your storage is full"):
+        addon_upload(user=alice, kind="lora", name="mine", file=SimpleUploadedFile("mine.safetensors",
+                                                                                   addon_files["lora"].read_bytes()))
+    images_delete(images=[Image.objects.get(pk=image.pk)], actor=alice)
+    job_submit(user=alice, params=params(students["allowed"]))
