@@ -21,8 +21,7 @@ def image_files_save(*, image_id: int, attempt: int, png: bytes, thumbnail: byte
     that loses its job (its lease ran out) never replaces or deletes the winner's files."""
     stem = f"{image_id:016x}-{attempt}"
     return {"png": default_storage.save(f"images/{stem}.png", ContentFile(png)),
-            "thumbnail": default_storage.save(f"thumbnails/{stem}.webp", ContentFile(thumbnail)),
-            "stored_bytes": len(png) + len(thumbnail)}
+            "thumbnail": default_storage.save(f"thumbnails/{stem}.webp", ContentFile(thumbnail))}
 
 
 def saved_files_delete(saved: list[dict]) -> None:

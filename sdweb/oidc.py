@@ -19,6 +19,7 @@ from mozilla_django_oidc.utils import import_from_settings
 from generation.accounts import teams
 from generation.accounts.models import TeamInvite, UserSettings
 from sdweb.shared import throttle
+from sdweb.two_factor import PROVIDER
 
 DISCOVERED = {"OIDC_OP_AUTHORIZATION_ENDPOINT": "authorization_endpoint", "OIDC_OP_TOKEN_ENDPOINT": "token_endpoint",
               "OIDC_OP_USER_ENDPOINT": "userinfo_endpoint", "OIDC_OP_JWKS_ENDPOINT": "jwks_uri"}
@@ -99,6 +100,10 @@ class SignInReturn(views.OIDCAuthenticationCallbackView):
         if throttle.over_limit("oidc-ip", throttle.client_ip(request), settings.SDWEB["AUTH_ATTEMPTS_PER_IP"]):
             return throttle.lockout_response(request)
         return super().get(request)
+
+    def login_success(self):
+        self.request.session[PROVIDER] = True  # its own second factor, if any, was the provider's to ask
+        return super().login_success()
 
     def login_failure(self):
         if not getattr(self.request, "sign_in_refused", False):  # (already said why)

@@ -36,6 +36,8 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "axes",
+    "django_otp",
+    "django_otp.plugins.otp_totp",
     "sdweb",
     "generation",
     "gallery",
@@ -47,8 +49,10 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django_otp.middleware.OTPMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "sdweb.two_factor.StaffSecondFactor",
     "axes.middleware.AxesMiddleware",  # turns a lockout during sign-in into the 429 page
 ]
 # django-axes checks every authenticate() (sign-in pages, the admin, HTTP Basic, password
@@ -230,6 +234,7 @@ SDWEB = {
     "OIDC_GROUPS_CLAIM": env("SDWEB_OIDC_GROUPS_CLAIM", "groups"),
     "OIDC_NEW_ACCOUNTS": env_choice("SDWEB_OIDC_NEW_ACCOUNTS", "open", ("open", "invited")),
     "LOCAL_PASSWORDS": env_bool("SDWEB_LOCAL_PASSWORDS", True),
+    "STAFF_TWO_FACTOR": env_bool("SDWEB_STAFF_TWO_FACTOR", False),  # staff pages need a second factor (TOTP)
     "AUTH_ATTEMPTS_PER_IP": env_int("SDWEB_AUTH_ATTEMPTS_PER_IP", 20),
     "AUTH_FAILURES_PER_ACCOUNT": env_int("SDWEB_AUTH_FAILURES_PER_ACCOUNT", 5),
     "AUTH_WINDOW_SECONDS": env_int("SDWEB_AUTH_WINDOW_SECONDS", 900, minimum=1),

@@ -8,7 +8,7 @@ from generation import api
 from generation import views as generation_views
 from generation.accounts import views as team_views
 from generation.dialects import a1111, a1111_addons, a1111_extras, openai
-from sdweb import oidc, views
+from sdweb import oidc, two_factor, views
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -53,11 +53,15 @@ urlpatterns = [
     path("accounts/signup/<str:code>/", views.signup, name="signup-invite"),
     path("accounts/password_change/", views.PasswordChangeView.as_view(), name="password_change"),
     path("accounts/password_reset/", views.PasswordResetView.as_view(), name="password_reset"),
+    path("accounts/login/", two_factor.SignInView.as_view(), name="login"),
+    path("accounts/login/code/", two_factor.sign_in_code, name="sign-in-code"),
+    path("account/two-factor/", two_factor.two_factor_setup, name="two-factor"),
     path("accounts/", include("django.contrib.auth.urls")),
     path("oidc/authenticate/", oidc.SignInStart.as_view(), name="oidc_authentication_init"),
     path("oidc/callback/", oidc.SignInReturn.as_view(), name="oidc_authentication_callback"),
     path("account/api-keys/", views.api_key_create, name="api-key-create"),
     path("account/api-keys/<int:key_id>/revoke/", views.api_key_revoke, name="api-key-revoke"),
+    path("admin/login/", two_factor.AdminSignInView.as_view()),
     path("admin/", admin.site.urls),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerSplitView.as_view(url_name="api-schema"), name="api-docs"),

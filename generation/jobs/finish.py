@@ -85,10 +85,11 @@ def _store(job: Job, work: Finishing, k: int) -> dict:
         thumb = embed_watermark(thumb, image_id.to_bytes(8, "big"))
     webp = io.BytesIO()
     thumb.save(webp, format="WEBP", quality=85)
-    names = image_files_save(image_id=image_id, attempt=work.attempt, thumbnail=webp.getvalue(),
-                             png=sign_png(png.getvalue(), title=f"{image_id:016x}.png"))
+    signed = sign_png(png.getvalue(), title=f"{image_id:016x}.png")
+    names = image_files_save(image_id=image_id, attempt=work.attempt, thumbnail=webp.getvalue(), png=signed)
     width, height = picture.size  # hires fix and "only masked" inpainting change the size
-    return {"id": image_id, "index": work.indexes[k], "seed": work.seeds[k], "width": width, "height": height, **names}
+    return {"id": image_id, "index": work.indexes[k], "seed": work.seeds[k], "width": width, "height": height,
+            "stored_bytes": len(signed) + len(webp.getvalue()), **names}
 
 
 @transaction.atomic

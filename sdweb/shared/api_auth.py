@@ -5,6 +5,7 @@ from axes.handlers.proxy import AxesProxyHandler
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.cache import cache
+from django_otp.plugins.otp_totp.models import TOTPDevice
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
 
@@ -53,6 +54,8 @@ class CachedBasicAuthentication(authentication.BasicAuthentication):
             if user is not None and remembered[1] == _password_stamp(user):
                 return user, None
         user, auth = super().authenticate_credentials(userid, password, request)
+        if TOTPDevice.objects.filter(user=user, confirmed=True).exists():  # a password alone is not enough
+            raise exceptions.AuthenticationFailed("This account signs in with a second factor: use an API key.")
         cache.set(key, (user.pk, _password_stamp(user)), 60)
         return user, auth
 

@@ -4,16 +4,23 @@ process shared by every journey. Each journey signs up its own users."""
 
 import pytest
 
-from tests.support import CHROMIUM, FLAGS, PHONE, Studio
+from tests.support import CHROMIUM, FLAGS, PHONE, OidcProvider, Studio
+
+# The school's own accounts, at the test OpenID Connect provider the studio signs in with.
+SCHOOL = [{"username": "student1", "email": "student1@school.example", "password": "student-pass-1",
+           "groups": ["students", "Physics 101"]}]
 
 
 @pytest.fixture(scope="session")
 def studio(tmp_path_factory):
     # Every journey signs its own users up, all from one address: more than the throttle's 20 a window.
     studio = Studio(tmp_path_factory.mktemp("e2e-studio"), SDWEB_AUTH_ATTEMPTS_PER_IP="200")
+    studio.provider = OidcProvider(tmp_path_factory.mktemp("e2e-idp"), SCHOOL, [f"{studio.base}/oidc/callback/"]).start()
+    studio.settings |= studio.provider.settings()
     studio.start()
     yield studio
     studio.stop()
+    studio.provider.stop()
 
 
 @pytest.fixture(scope="module")

@@ -501,13 +501,13 @@ def test_12c_a_user_picks_an_sd35_checkpoint_and_the_form_becomes_its(new_page, 
 
 
 def test_12d_a_student_in_a_role_sees_its_checkpoints_and_is_told_its_limits(new_page, studio):
-    """A role "students" (only the test model, 256 px): the student's page offers only it, and a
+    """A role "trainees" (only the test model, 256 px): the student's page offers only it, and a
     larger size is refused on the page naming the role, charging nothing."""
     page = new_page()
     name = sign_up(page)
     studio.manage("from django.contrib.auth.models import Group, User; from generation.accounts.models import Role; "
                   "from generation.library.models import Checkpoint; "
-                  "role = Role.objects.create(group=Group.objects.create(name='students'), max_side=256); "
+                  "role = Role.objects.create(group=Group.objects.create(name='trainees'), max_side=256); "
                   "role.checkpoints.add(Checkpoint.objects.get(name='sdweb-test-tiny')); "
                   f"User.objects.get(username='{name}').groups.add(role.group)")
     for phone in (False, True):
@@ -520,11 +520,81 @@ def test_12d_a_student_in_a_role_sees_its_checkpoints_and_is_told_its_limits(new
         page.get_by_label("Width").fill("512")
         page.get_by_label("Height").fill("512")
         page.get_by_role("button", name="Generate").click()
-        error = page.get_by_role("alert").filter(has_text="at most 256 for your role (students)")
+        error = page.get_by_role("alert").filter(has_text="at most 256 for your role (trainees)")
         assert error.first.is_visible() and balance(page) == before
         assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
         if not phone:
             screenshot(page, "12d-role-limit")
+
+
+def test_12e_an_admin_makes_a_role_and_a_team_and_a_student_signs_in_with_the_school(new_page, studio, tiny_families):
+    """Issue 31's journey: the admin makes the role "students" (the test model only, 4 jobs at once,
+    512 px, 50 credits a month) and the team "Physics 101" in the admin; a student signs in through
+    the school's OpenID Connect provider, lands in the team, can't pick the SDXL checkpoint, spends
+    the team's credits, and is told the size cap and a full storage quota plainly."""
+    import shutil
+
+    copied = studio.var_dir / "models" / "bigXL.safetensors"
+    shutil.copy(tiny_families["sdxl"]["file"], copied)
+    studio.manage(f"from django.core.management import call_command; call_command('add_model', 'bigXL', '{copied}', "
+                  f"'--config', '{tiny_families['sdxl']['config']}')")
+    admin = staff_page(new_page, studio, "principal")
+    admin.goto("/admin/generation/role/add/")
+    admin.get_by_label("Name:").fill("students")
+    admin.locator("#id_checkpoints_from").select_option(label="sdweb-test-tiny")
+    admin.locator("#id_checkpoints_add_link").click()
+    admin.get_by_label("Active jobs:").fill("4")
+    admin.get_by_label("Max side:").fill("512")
+    admin.get_by_label("Monthly credits:").fill("50")
+    admin.get_by_role("button", name="Save", exact=True).click()
+    assert "was added successfully" in admin.locator(".messagelist").inner_text()
+    admin.goto("/admin/generation/team/add/")
+    admin.get_by_label("Name:").fill("Physics 101")
+    admin.get_by_label("From sign in").check()
+    admin.get_by_label("Grant:").fill("100")
+    admin.get_by_label("Reason:").fill("the term's credits")
+    admin.get_by_role("button", name="Save", exact=True).click()
+    assert "was added successfully" in admin.locator(".messagelist").inner_text()
+    admin.goto("/admin/generation/staffaction/")
+    assert "grant team credits" in admin.locator("#result_list").inner_text()
+
+    page = new_page()
+    page.goto("/accounts/login/")
+    page.get_by_role("link", name="Sign in with Example School").click()
+    page.get_by_label("Username").fill("student1")  # the school's own sign-in page
+    page.get_by_label("Password").fill("student-pass-1")
+    page.get_by_role("button", name="Sign in to Example School").click()
+    page.wait_for_url("**/generate/")
+    offered = page.locator("#id_checkpoint option").evaluate_all("options => options.map(o => o.text)")
+    assert offered == ["sdweb-test-tiny"]  # no bigXL
+    assert page.get_by_label("Credits").locator("option:checked").inner_text() == "Team Physics 101: its credits and gallery"
+    own = balance(page)
+    generate(page, prompt="a pendulum", steps=2, images=1)
+    page.goto("/teams/physics-101/")
+    pool = int(page.locator(".balance-team").inner_text())
+    assert pool < 100 and balance(page) == own and "student1" in page.locator(".ledger").inner_text()
+    page.get_by_role("link", name="The team's images").click()
+    assert page.locator(".thumbs img, .grid img, main img").count() >= 1
+    screenshot(page, "12e-team-gallery")
+    for phone in (False, True):
+        page.set_viewport_size(PHONE if phone else {"width": 1280, "height": 900})
+        page.goto("/generate/")
+        page.get_by_label("Prompt", exact=True).fill("a big pendulum")
+        page.get_by_label("Width").fill("768")
+        page.get_by_label("Height").fill("768")
+        page.get_by_role("button", name="Generate").click()
+        assert page.get_by_role("alert").filter(has_text="at most 512 for your role (students)").first.is_visible()
+        assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    studio.manage("from generation.accounts.models import Role; from gallery.models import Image; "
+                  "Role.objects.filter(group__name='students').update(storage_mb=1, own_addons=True); "
+                  "Image.objects.filter(owner__username='student1').update(team=None, stored_bytes=2 * 2**20); print(1)")
+    page.goto("/generate/")
+    page.get_by_label("Prompt", exact=True).fill("one more pendulum")
+    page.get_by_label("Steps").fill("2")
+    page.get_by_role("button", name="Generate").click()
+    full = page.get_by_role("alert").filter(has_text="Your storage is full: 2.0 MB of your 1 MB")
+    assert full.first.is_visible() and "Delete some images or add-ons to make room" in full.first.inner_text()
+    screenshot(page, "12e-storage-full")
 
 
 def test_13_upload_img2img_paint_a_mask_inpaint_outpaint_and_hires_fix(new_page):
