@@ -10,7 +10,6 @@ from django.db import IntegrityError, transaction
 
 from generation.accounts.models import Team, UserSettings
 from generation.accounts.roles import allowance
-from generation.accounts.storage import storage_full
 from generation.accounts.teams import paying_team
 from generation.credits.ledger import credits_change, locked_account, quote_cost
 from generation.credits.models import CreditEntry
@@ -21,6 +20,7 @@ from generation.jobs.queue import enqueue_job
 from generation.jobs.styles import styled
 from generation.jobs.validation import RefusalCode, Refused, validated, validated_upscale
 from generation.library.models import AddOn, Checkpoint, Vae
+from generation.library.storage import storage_full
 from generation.provenance import prompt_filter
 from generation.provenance.audit import audit_append
 from generation.provenance.models import INPUT_DIGESTS, PromptAudit, new_image_id

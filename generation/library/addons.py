@@ -19,11 +19,11 @@ from django.db.models import Q, Sum
 from generation.accounts.models import StaffEvent
 from generation.accounts.roles import allowance
 from generation.accounts.staff import staff_action
-from generation.accounts.storage import storage_full
 from generation.engine.esrgan_file import describe as describe_upscaler
 from generation.engine.families import addon_family, file_metadata, file_sha256
 from generation.engine.request import JobError
 from generation.library.models import AddOn
+from generation.library.storage import storage_full
 from generation.untrusted_images import png_bytes, read_image
 
 FOLDERS = {AddOn.LORA: "LORA_DIR", AddOn.EMBEDDING: "EMBEDDINGS_DIR", AddOn.CONTROLNET: "CONTROLNET_DIR",
