@@ -240,7 +240,7 @@ class EstimatedCountPaginator(Paginator):
 class PromptAuditAdmin(AppendOnlyAdmin):
     """Every submission, as decided. Read-only here; the CSV export takes the rows as filtered."""
 
-    list_display = ("created_at", "user_link", "decision", "checkpoint", "prompt_text", "reason", "job_id")
+    list_display = ("created_at", "user_link", "team", "decision", "checkpoint", "prompt_text", "reason", "job_id")
     # Filters whose choices don't come from a DISTINCT over a million rows; no date hierarchy (its
     # DISTINCT dates read every row), and the unfiltered count estimated (PostgreSQL).
     list_filter = ("decision", CheckpointFilter, ("created_at", admin.DateFieldListFilter), UsernameFilter)
@@ -249,6 +249,10 @@ class PromptAuditAdmin(AppendOnlyAdmin):
     paginator = EstimatedCountPaginator
     list_per_page = 50
     change_list_template = "admin/generation/promptaudit/change_list.html"
+
+    @admin.display(description="team")
+    def team(self, row):
+        return row.params.get("team", "")
 
     @admin.display(description="username", ordering="username")
     def user_link(self, row):

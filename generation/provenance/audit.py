@@ -99,7 +99,7 @@ def audit_append(*, user, client_ip, params: Mapping, decision: str, reason: str
     """One submission as decided: the prompts (made storable; past MAX_PROMPT_CHARS, that much of
     them with the whole one's length and SHA-256), the settings, the decision."""
     params = params if isinstance(params, Mapping) else {}
-    shown = {k: v for k, v in params.items() if k in (*SETTINGS, *INPUT_DIGESTS, "upscale_by", "upscaler")
+    shown = {k: v for k, v in params.items() if k in (*SETTINGS, *INPUT_DIGESTS, "upscale_by", "upscaler", "team")
              and k not in ("prompt", "negative_prompt")}
     for field in ("refiner", "vae"):
         if params.get(field):
@@ -109,6 +109,9 @@ def audit_append(*, user, client_ip, params: Mapping, decision: str, reason: str
         shown.update(refiner=job.refiner.name if job.refiner else None, vae=job.vae.name if job.vae else None)
         shown.update({f: getattr(job, f) for f in ("init_image_sha256", "mask_sha256", "upscale_by", "upscaler")
                       if getattr(job, f)})
+        shown.pop("team", None)
+        if job.team_id:  # whose pool paid: the team's name
+            shown["team"] = job.team.name
         if job.addons:  # what the trace names: each add-on's kind, name and file hash
             shown["addons"] = [{k: a[k] for k in ("kind", "name", "sha256")} for a in job.addons]
     checkpoint_name = checkpoint.name if checkpoint else str(params.get("checkpoint") or "")

@@ -53,6 +53,18 @@ def test_a_team_job_spends_the_pool_and_its_images_are_the_teams(studio, alice, 
     assert "bob" in page and f"-{job.cost}" in page
 
 
+def test_the_prompt_audit_names_the_team_that_paid(studio, bob, carol, checkpoint, admin):
+    from generation.provenance.models import PromptAudit
+
+    job = job_submit(user=bob, params=params(checkpoint, team="studio"))
+    with pytest.raises(Refused):
+        job_submit(user=carol, params=params(checkpoint, team="studio"))
+    assert PromptAudit.objects.get(job_id=job.pk).params["team"] == "studio"
+    assert PromptAudit.objects.get(username="carol").params["team"] == "studio"  # what was asked for
+    listing = signed_in(admin).get("/admin/generation/promptaudit/").content.decode()
+    assert '<td class="field-team">studio</td>' in listing
+
+
 def test_the_chosen_team_pays_by_default_and_own_credits_on_request(studio, alice, checkpoint):
     from generation.accounts.models import UserSettings
 
