@@ -39,8 +39,11 @@
     const out = document.getElementById("cost");
     out.textContent = Number.isFinite(cost) ? cost : "–";
     document.getElementById("cost-word").textContent = cost === 1 ? "credit" : "credits";
-    const pool = field("team")?.selectedOptions[0]?.dataset.balance ?? form.dataset.balance;  // a team's pool, or yours
-    out.classList.toggle("error", cost > Number(pool));
+    const team = field("team") && field("team").value !== "own" ? field("team").selectedOptions[0] : null;
+    document.getElementById("own-pool").hidden = Boolean(team);
+    document.getElementById("team-pool").hidden = !team;
+    if (team) document.getElementById("team-pool-balance").textContent = team.dataset.balance;
+    out.classList.toggle("error", cost > Number(team ? team.dataset.balance : form.dataset.balance));
   }
   function plotCells() {
     // Each axis's comma-separated values; a range (1-5, 10-30 (+10)) is counted by the server.

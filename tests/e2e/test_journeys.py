@@ -542,7 +542,7 @@ def test_12e_an_admin_makes_a_role_and_a_team_and_a_student_signs_in_with_the_sc
     admin.goto("/admin/generation/role/add/")
     admin.get_by_label("Name:").fill("students")
     admin.locator("#id_checkpoints_from").select_option(label="sdweb-test-tiny")
-    admin.locator("#id_checkpoints_add_link").click()
+    admin.locator("#id_checkpoints_add").click()
     admin.get_by_label("Active jobs:").fill("4")
     admin.get_by_label("Max side:").fill("512")
     admin.get_by_label("Monthly credits:").fill("50")
@@ -568,6 +568,8 @@ def test_12e_an_admin_makes_a_role_and_a_team_and_a_student_signs_in_with_the_sc
     offered = page.locator("#id_checkpoint option").evaluate_all("options => options.map(o => o.text)")
     assert offered == ["sdweb-test-tiny"]  # no bigXL
     assert page.get_by_label("Credits").locator("option:checked").inner_text() == "Team Physics 101: its credits and gallery"
+    page.get_by_label("Prompt", exact=True).fill("a pendulum")  # the cost line quotes against the team's pool
+    assert page.locator("#team-pool").inner_text() == "the team's pool 100" and not page.locator("#own-pool").is_visible()
     own = balance(page)
     generate(page, prompt="a pendulum", steps=2, images=1)
     page.goto("/teams/physics-101/")
@@ -828,7 +830,7 @@ def test_16_every_page_has_no_serious_accessibility_problem_in_either_theme(new_
     from tests.support import serious_accessibility_problems
 
     page = new_page()
-    sign_up(page)
+    own_team(studio, sign_up(page), "a11y")
     # The checker finds what it should: an image without a text alternative is a critical problem.
     page.evaluate("document.body.insertAdjacentHTML('beforeend', '<img id=probe src=/static/favicon.svg>')")
     assert any(p.startswith("image-alt (critical)") for p in serious_accessibility_problems(page))
@@ -840,7 +842,7 @@ def test_16_every_page_has_no_serious_accessibility_problem_in_either_theme(new_
     share = page.locator("a[href*='/s/']").get_attribute("href")
     pages = ["/generate/", f"/generate/?job={job}", f"/jobs/{job}/", image_page.replace(studio.base, ""),
              image_page.replace(studio.base, "") + "delete/", "/gallery/", "/explore/", "/account/", "/addons/", share,
-             "/no-such-page/"]
+             "/no-such-page/", "/teams/", "/teams/a11y/", "/teams/a11y/gallery/", "/account/two-factor/"]
     problems = {}
     for theme in ("light", "dark"):
         page.goto("/generate/")
@@ -856,10 +858,20 @@ def test_16_every_page_has_no_serious_accessibility_problem_in_either_theme(new_
     assert not problems, "\n".join(problems)
 
 
+def own_team(studio, username: str, slug: str) -> None:
+    """A team `slug` that `username` owns, with a join link, a waiting invitation and a pool."""
+    studio.manage("from django.contrib.auth.models import User; from generation.accounts import teams; "
+                  "from generation.accounts.models import Team, TeamMember; "
+                  f"team = Team.objects.create(name='{slug}', slug='{slug}'); user = User.objects.get(username='{username}'); "
+                  "TeamMember.objects.create(team=team, user=user, role='owner'); "
+                  "teams.invite_link_renew(actor=user, team=team); "
+                  "print(teams.invite_email(actor=user, team=team, email='someone@example.org', join_url=str).pk)")
+
+
 def test_17_every_page_fits_a_phone_without_sideways_scrolling(new_page, studio):
     studio.add_tiny_addons()  # the add-ons page lists them in a table
     page = new_page(phone=True)
-    sign_up(page)
+    own_team(studio, sign_up(page), "phones")
     job = generate(page, prompt="a lighthouse at dusk, masterpiece, best quality, <lora:tiny-style:0.8>, tinyneg",
                    steps=2, images=2)
     page.locator("#images a").first.click()
@@ -867,7 +879,8 @@ def test_17_every_page_fits_a_phone_without_sideways_scrolling(new_page, studio)
     image_page = page.url.replace(studio.base, "")
     wide = {}
     for path in ("/generate/", f"/generate/?job={job}", f"/jobs/{job}/", image_page, "/gallery/", "/explore/",
-                 "/account/", "/addons/", "/jobs/", "/verify/"):
+                 "/account/", "/addons/", "/jobs/", "/verify/", "/teams/", "/teams/phones/", "/teams/phones/gallery/",
+                 "/account/two-factor/"):
         page.goto(path)
         width = page.evaluate("document.documentElement.scrollWidth")
         if width > PHONE["width"]:
