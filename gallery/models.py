@@ -8,8 +8,9 @@ class Image(models.Model):
     id = models.BigIntegerField(primary_key=True)
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="images")
     job = models.ForeignKey("generation.Job", on_delete=models.CASCADE, related_name="images")
-    team = models.ForeignKey("generation.Team", null=True, blank=True, on_delete=models.CASCADE, related_name="images",
-                             help_text="A team image: in the team's gallery, for its members only")
+    team = models.ForeignKey("generation.Team", null=True, blank=True, on_delete=models.SET_NULL, related_name="images",
+                             help_text="A team image: in the team's gallery, for its members only (a deleted team's "
+                                       "images go back to their makers)")
     index = models.PositiveIntegerField(help_text="Position in the job's batch")
     seed = models.BigIntegerField()
     png = models.FileField(upload_to="images/")

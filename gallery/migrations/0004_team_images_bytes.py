@@ -35,7 +35,7 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='image',
             name='team',
-            field=models.ForeignKey(blank=True, help_text="A team image: in the team's gallery, for its members only", null=True, on_delete=django.db.models.deletion.CASCADE, related_name='images', to='generation.team'),
+            field=models.ForeignKey(blank=True, help_text="A team image: in the team's gallery, for its members only (a deleted team's images go back to their makers)", null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='images', to='generation.team'),
         ),
         migrations.AddIndex(
             model_name='image',

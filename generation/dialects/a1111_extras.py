@@ -9,6 +9,7 @@ from django.db import transaction
 from drf_spectacular.utils import extend_schema
 from rest_framework.response import Response
 
+from generation.accounts.roles import allowance
 from generation.credits.ledger import credits_change, locked_account, quote_cost
 from generation.credits.models import CreditEntry
 from generation.dialects.a1111 import A1111View, a1111_error
@@ -16,7 +17,7 @@ from generation.engine.request import LATENT_UPSCALERS, PIXEL_UPSCALERS
 from generation.engine.upscale import UPSCALERS, check_upscale, resize_by, upscaled_size
 from generation.jobs.presenters import refusal_status
 from generation.jobs.submit import Refused
-from generation.jobs.validation import RefusalCode
+from generation.jobs.validation import RefusalCode, within_role
 from generation.library.models import AddOn
 from generation.library.selectors import addons_for, upscaler_models
 from generation.untrusted_images import decode_base64, flattened, png_bytes, read_image
@@ -36,6 +37,7 @@ def extras_upscale(*, user, data: bytes, scale: float, upscaler: str, to_width: 
     except ValueError as error:
         field, _, message = str(error).partition(": ") if str(error).startswith("image:") else ("", "", str(error))
         raise Refused(message or str(error), field=field or str(error).split(" ")[0]) from error
+    within_role(allowance(user), None, {"upscale_by": scale})  # (paid from the user's own credits, never a team's)
     cost = quote_cost(width=0, height=0, steps=0, num_images=1, passes=[(*upscaled_size(*image.size, scale), 1)])
     with transaction.atomic():
         balance = locked_account(user).balance

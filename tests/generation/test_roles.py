@@ -144,6 +144,10 @@ def test_a_roles_largest_upscale_factor_holds_for_hires_fix_and_upscale(alice, s
     job_submit(user=alice, params=params(students["allowed"], enable_hr=True, hr_scale=1.5))
     with pytest.raises(Refused, match="upscale_by may be at most 1.5"):
         job_submit(user=alice, params={"init_image": image, "upscale_by": 2.0, "upscaler": "Lanczos"})
+    from generation.dialects.a1111_extras import extras_upscale  # A1111's Extras tab, paid at once
+
+    with pytest.raises(Refused, match="upscale_by may be at most 1.5"):
+        extras_upscale(user=alice, data=image.png.open("rb").read(), scale=2.0, upscaler="Lanczos")
 
 
 def test_a_full_storage_quota_refuses_new_jobs_and_uploads_until_room_is_made(alice, students, make_job, addon_files):

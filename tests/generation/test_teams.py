@@ -168,3 +168,10 @@ def test_fair_share_counts_a_team_as_one_party_and_its_members_fairly_within_it(
     assert sum(j.user_id == carol.pk for j in order) == 4
     team_jobs = [j.user_id for j in order if j.team_id]
     assert sorted(team_jobs) == sorted([alice.pk, alice.pk, bob.pk, bob.pk])
+
+
+def test_a_deleted_teams_images_go_back_to_their_makers(studio, bob, make_job):
+    image = Image.objects.get(job=make_job(bob, num_images=1, team="studio"))
+    studio.delete()
+    assert Image.objects.get(pk=image.pk).team is None
+    assert image.hex_id in signed_in(bob).get("/gallery/").content.decode()
