@@ -17,7 +17,8 @@ from mozilla_django_oidc import auth, views
 from mozilla_django_oidc.utils import import_from_settings
 
 from generation.accounts import teams
-from generation.accounts.models import TeamInvite, UserSettings
+from generation.accounts.models import StaffEvent, TeamInvite, UserSettings
+from generation.accounts.staff import staff_action
 from sdweb.shared import throttle
 from sdweb.two_factor import PROVIDER
 
@@ -73,8 +74,13 @@ class SignIn(auth.OIDCAuthenticationBackend):
         if isinstance(names, list):  # no claim at all: roles and teams stay as they are
             names = {str(name) for name in names}
             roles = Group.objects.filter(role__isnull=False)
+            before = set(user.groups.filter(role__isnull=False).values_list("name", flat=True))
             user.groups.remove(*roles.exclude(name__in=names))
             user.groups.add(*roles.filter(name__in=names))
+            after = set(user.groups.filter(role__isnull=False).values_list("name", flat=True))
+            if before != after:
+                staff_action(staff=None, event=StaffEvent.ROLES_FROM_SIGN_IN, target=user.get_username(),
+                             details=f"roles {', '.join(sorted(after)) or 'none'} (were {', '.join(sorted(before)) or 'none'})")
             teams.teams_sync(user=user, names=names)
         return user
 

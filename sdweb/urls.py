@@ -15,6 +15,7 @@ urlpatterns = [
     path("healthz", views.healthz, name="healthz"),
     path("metrics", generation_views.metrics, name="metrics"),
     path("staff/dashboard/", generation_views.dashboard, name="dashboard"),
+    path("staff/roles/", team_views.staff_roles, name="staff-roles"),
     path("generate/", generation_views.generate, name="generate"),
     path("generate/control-map/", generation_views.control_map_preview, name="control-map"),
     path("generate/png-info/", generation_views.png_info, name="png-info"),

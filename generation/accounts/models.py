@@ -45,6 +45,7 @@ class StaffEvent(models.TextChoices):
     TEAM_INVITE = "team invite", "team invite"  # by a team's owner (not necessarily staff), as are:
     TEAM_JOIN = "team join", "team join"
     TEAM_LEAVE = "team leave", "team leave"
+    ROLES_FROM_SIGN_IN = "roles from sign-in", "roles from sign-in"  # the provider's groups changed someone's roles
 
 
 class StaffAction(models.Model):

@@ -1,10 +1,12 @@
 """The teams pages: one's teams and which pays for new jobs, a team's members, pool, ledger and
-invitations, its gallery, and joining by a link."""
+invitations, its gallery, and joining by a link; and staff's overview of roles and teams."""
 
 from django.contrib import messages
+from django.contrib.admin.views.decorators import staff_member_required
 from django.contrib.auth import get_user_model
-from django.contrib.auth.decorators import login_required
+from django.contrib.auth.decorators import login_required, permission_required
 from django.core.validators import validate_email
+from django.db.models import Count
 from django.forms import ValidationError
 from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect, render
@@ -13,7 +15,7 @@ from django.views.decorators.http import require_POST
 
 from gallery.selectors import gallery_page
 from generation.accounts import teams
-from generation.accounts.models import Team, TeamInvite, TeamMember, UserSettings
+from generation.accounts.models import Role, Team, TeamInvite, TeamMember, UserSettings
 
 
 @login_required
@@ -133,3 +135,13 @@ def team_join(request, token):
         return render(request, "team_join.html", {"error": "This invitation link is not valid any more; "
                                                             "ask the team's owner for a new one."}, status=404)
     return render(request, "team_join.html", {"team": team})
+
+
+@staff_member_required
+@permission_required(["generation.view_role", "generation.view_team"], raise_exception=True)
+def staff_roles(request):
+    """Staff: every role with its limits and members, every team with its members and pool (changes: the admin)."""
+    roles = Role.objects.select_related("group").prefetch_related("checkpoints").annotate(
+        people=Count("group__user")).order_by("group__name")
+    return render(request, "staff_roles.html", {"roles": roles, "teams": Team.objects.select_related("credits").annotate(
+        people=Count("members")).order_by("name")})

@@ -191,8 +191,14 @@ def test_a_newcomer_is_considered_however_deep_the_queue(alice, checkpoint, sett
 
 
 def test_small_users_start_within_one_batch_of_a_big_one(alice, bob, carol, checkpoint, settings):
-    """SwarmUI users' case (#1551): A queues 32, B 2, C 3."""
+    """SwarmUI users' case (#1551): A queues 32, B 2, C 3, all in one role."""
+    from django.contrib.auth.models import Group
+
+    from generation.accounts.models import Role
+
     settings.SDWEB = {**settings.SDWEB, "ACTIVE_JOB_CAP": 40}
+    role = Role.objects.create(group=Group.objects.create(name="everyone"), active_jobs=40)
+    role.group.user_set.add(alice, bob, carol)
     big = [job_submit(user=alice, params=params(checkpoint, num_images=1, seed=s)) for s in range(32)]
     small = [job_submit(user=u, params=params(checkpoint, num_images=1, seed=s)) for u, n in ((bob, 2), (carol, 3))
              for s in range(n)]

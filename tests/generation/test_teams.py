@@ -175,3 +175,17 @@ def test_a_deleted_teams_images_go_back_to_their_makers(studio, bob, make_job):
     studio.delete()
     assert Image.objects.get(pk=image.pk).team is None
     assert image.hex_id in signed_in(bob).get("/gallery/").content.decode()
+
+
+def test_staff_see_every_role_and_team_on_one_page(studio, admin, alice, django_user_model):
+    from django.contrib.auth.models import Group
+
+    from generation.accounts.models import Role
+
+    Role.objects.create(group=Group.objects.create(name="students"), max_side=512, storage_mb=100)
+    page = signed_in(admin).get("/staff/roles/").content.decode()
+    assert "students" in page and "512" in page and "100 MB" in page and "studio" in page
+    assert ">100</td>" in page  # the pool
+    assert signed_in(alice).get("/staff/roles/").status_code == 302  # not staff
+    helper = django_user_model.objects.create_user("helper", is_staff=True)
+    assert signed_in(helper).get("/staff/roles/").status_code == 403  # staff without the permission

@@ -9,7 +9,7 @@ import requests
 from django.contrib.auth.models import Group, User
 from django.test import Client
 
-from generation.accounts.models import Role, Team, TeamInvite, TeamMember
+from generation.accounts.models import Role, StaffAction, Team, TeamInvite, TeamMember
 from generation.credits.ledger import team_credits_grant
 from sdweb import oidc
 from tests.support import OidcProvider
@@ -76,6 +76,9 @@ def test_a_first_sign_in_makes_the_account_in_its_role_and_team_and_api_keys_wor
     assert stu.email == "stu@school.example" and not stu.has_usable_password()
     assert list(stu.groups.values_list("name", flat=True)) == ["students"]
     assert TeamMember.objects.get(user=stu).team == school
+    assert StaffAction.objects.filter(action="roles from sign-in", target="stu", details="roles students (were none)",
+                                      staff_name="system").exists()
+    assert StaffAction.objects.filter(action="team join", target="team Physics 101").exists()
     created = client.post("/account/api-keys/", {"name": "script"}).content.decode()
     key = re.search(r'<code id="new-key">([^<]+)</code>', created).group(1)
     job = Client().post("/api/v1/jobs/", {"prompt": "a comet", "checkpoint": checkpoint.name, "width": 256, "height": 256,
