@@ -1,6 +1,7 @@
 """Teams: who is in one, joining by link or e-mail invitation, leaving and removal, and which
 team (if any) pays for a job. Every change leaves a StaffAction row naming who made it."""
 
+import re
 import secrets
 
 from django.core.mail import send_mail
@@ -11,6 +12,7 @@ from generation.accounts.models import StaffEvent, Team, TeamInvite, TeamMember,
 from generation.accounts.staff import staff_action
 
 OWN_CREDITS = "own"  # a job's `team` param for "my own credits and gallery"
+SLUG = re.compile(r"[-a-zA-Z0-9_]{1,100}")  # (anything else is no team's, and never reaches the database)
 
 
 class TeamRefused(Exception):
@@ -32,7 +34,7 @@ def paying_team(user, requested: str | None) -> Team | None:
     if requested == OWN_CREDITS:
         return None
     if requested:
-        team = teams_of(user).filter(slug=requested).first()
+        team = teams_of(user).filter(slug=requested).first() if SLUG.fullmatch(requested) else None
         if team is None:
             raise ValueError(f"You are not a member of a team {requested!r}; choose one of yours or "
                              f"{OWN_CREDITS!r} for your own credits.")

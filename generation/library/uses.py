@@ -13,7 +13,7 @@ from generation.engine.request import (
     LoraUse,
     ModelRef,
 )
-from generation.library.models import AddOn, Checkpoint
+from generation.library.models import AddOn, Checkpoint, is_model_name
 from generation.library.selectors import addon_named, addons_for
 
 
@@ -78,7 +78,7 @@ def upscaler_use(user, name: str, field: str) -> dict:
 def addon_use(user, kind: str, name: str, family: str, checkpoint: Checkpoint, field: str) -> AddOn:
     addon = addon_named(user, kind=kind, name=name)
     label = dict(AddOn.KINDS)[kind]
-    if addon is None and addons_for(user, kind=kind, within_role=False).filter(name=name).exists():
+    if addon is None and is_model_name(name) and addons_for(user, kind=kind, within_role=False).filter(name=name).exists():
         raise UseRefused(f"{label} {name!r} is not among the add-ons your role ({', '.join(allowance(user).roles)}) "
                          "may use.", field=field, by_role=True)
     if addon is None:

@@ -101,7 +101,7 @@ def test_twenty_requests_at_once_with_one_idempotency_key_get_one_201(deployment
     """) == [1, 1]
 
 
-def test_add_on_names_that_postgresql_cant_store_are_refused_by_name(deployment):
+def test_names_that_postgresql_cant_store_are_refused_by_name(deployment):
     import base64
     import io
 
@@ -113,7 +113,9 @@ def test_add_on_names_that_postgresql_cant_store_are_refused_by_name(deployment)
     unit = {"model": "canny\u0000", "image": base64.b64encode(picture.getvalue()).decode(), "module": "canny"}
     for path, body in (("/api/v1/jobs/", {"prompt": "x <lora:a\u0000b:1>"}),
                        ("/sdapi/v1/txt2img", {"prompt": "x <lora:\ud800:1>"}),
-                       ("/sdapi/v1/txt2img", {"prompt": "x", "alwayson_scripts": {"controlnet": {"args": [unit]}}})):
+                       ("/sdapi/v1/txt2img", {"prompt": "x", "alwayson_scripts": {"controlnet": {"args": [unit]}}}),
+                       ("/api/v1/jobs/", {"prompt": "x", "team": "\ud800"}),
+                       ("/api/v1/jobs/", {"prompt": "x", "team": "a\u0000b"})):
         data = json.dumps(body).encode()
         assert request(deployment, path, data, headers) == 400, (path, body)
 
