@@ -80,6 +80,8 @@ class Job(models.Model):
                             "where they differ from the job's (image k is cell k; the last, the grid)")
     image_ids = models.JSONField(help_text="Identifiers allocated at submit; also the watermark payloads")
     cost = models.PositiveIntegerField()
+    storage_bound = models.PositiveBigIntegerField(default=0, help_text="Bytes its images may take at the most: held "
+                                                   "against its owner's storage quota while it is queued or running")
 
     status = models.CharField(max_length=10, choices=STATUSES, default=QUEUED, db_index=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 from django.db import IntegrityError, transaction
+from django.db.models import Sum
 
 from generation.accounts.models import Team, UserSettings
 from generation.accounts.roles import allowance
@@ -20,7 +21,7 @@ from generation.jobs.queue import enqueue_job
 from generation.jobs.styles import styled
 from generation.jobs.validation import RefusalCode, Refused, validated, validated_upscale
 from generation.library.models import AddOn, Checkpoint, Vae
-from generation.library.storage import storage_full
+from generation.library.storage import BYTES_PER_PIXEL, THUMBNAIL_BYTES, storage_full
 from generation.provenance import prompt_filter
 from generation.provenance.audit import audit_append
 from generation.provenance.models import INPUT_DIGESTS, PromptAudit, new_image_id
@@ -114,26 +115,34 @@ def submission_resolve(user, params: dict) -> Submission:
         team = paying_team(user, params.get("team"))
     except ValueError as error:
         raise Refused(str(error), field="team") from error
+    passes = fields.pop("passes")
     cost = quote_cost(width=0, height=0, steps=0, num_images=1 if fields.get("plot") else fields["num_images"],
-                      passes=fields.pop("passes"),
-                      controlnet_units=sum(a["kind"] == AddOn.CONTROLNET for a in fields.get("addons", [])))
+                      passes=passes, controlnet_units=sum(a["kind"] == AddOn.CONTROLNET for a in fields.get("addons", [])))
+    # The most its images can take until stored (a plot's grid is as large as its cells together); a
+    # team's images count against no member's storage.
+    largest = max(w * h for w, h, _ in passes) * BYTES_PER_PIXEL + THUMBNAIL_BYTES
+    fields["storage_bound"] = 0 if team else largest * fields["num_images"] * (2 if fields.get("plot") else 1)
     return Submission(checkpoint=checkpoint, team=team, fields=MappingProxyType(fields), inputs=MappingProxyType(inputs),
                       cost=cost, audited=MappingProxyType(params))
 
 
 def _decide(user, submission: Submission, client_ip, *, idempotency_key, digest) -> Job:
     """Charge, create and audit the job in one transaction, or refuse (audited) for the active-job
-    cap, a full storage quota or the balance; the pictures are stored only once accepted, so a refusal leaves no file."""
+    cap, the storage quota or the balance; the pictures are stored only once accepted, so a refusal
+    leaves no file. The user's account is locked even when a team pays: their cap and quota hold."""
     audit = {"user": user, "client_ip": client_ip, "params": submission.audited, "checkpoint": submission.checkpoint}
     pool = f"the team {submission.team.name}'s pool" if submission.team else "your balance"
     with transaction.atomic():
-        account = locked_account(user, team=submission.team)
+        account = locked_account(user)
+        if submission.team:  # (always the user's lock first, then the team's: no deadlock)
+            account = locked_account(team=submission.team)
         active, cap = Job.objects.filter(user=user, status__in=Job.ACTIVE).count(), allowance(user).active_jobs
         refusal = None
         if active >= cap:
             refusal = Refused(f"You already have {active} jobs queued or running, the most allowed at once; "
                               "wait for one to finish or cancel one.", code=RefusalCode.ACTIVE_JOB_CAP)
-        elif full := storage_full(user):
+        elif full := storage_full(user, submission.fields["storage_bound"], held=Job.objects.filter(
+                user=user, status__in=Job.ACTIVE).aggregate(n=Sum("storage_bound"))["n"] or 0):
             refusal = Refused(full, code=RefusalCode.STORAGE_FULL)
         elif account.balance < submission.cost:
             refusal = Refused(f"This costs {submission.cost} credits and {pool} is {account.balance}.",

@@ -171,3 +171,16 @@ def test_a_full_storage_quota_refuses_new_jobs_and_uploads_until_room_is_made(al
                                                                                    addon_files["lora"].read_bytes()))
     images_delete(images=[Image.objects.get(pk=image.pk)], actor=alice)
     job_submit(user=alice, params=params(students["allowed"]))
+
+
+def test_jobs_under_way_hold_room_for_their_images_until_they_end(alice, students):
+    from generation.jobs.queue import job_cancel
+
+    students["role"].storage_mb, students["role"].active_jobs = 1, 10
+    students["role"].save()
+    jobs = [job_submit(user=alice, params=params(students["allowed"], seed=s)) for s in range(4)]  # a quarter MB each
+    with pytest.raises(Refused, match="1.0 MB of your 1 MB are taken by your images, add-ons and jobs under way") as full:
+        job_submit(user=alice, params=params(students["allowed"], seed=5))
+    assert full.value.code == RefusalCode.STORAGE_FULL
+    job_cancel(user=alice, job_id=jobs[0].pk)
+    job_submit(user=alice, params=params(students["allowed"], seed=5))

@@ -81,6 +81,23 @@ def test_20_concurrent_submissions_in_a_role_of_3_jobs_at_once_accept_exactly_3(
     assert outcome["jobs"] == outcome["charges"] == 3 and outcome["balance"] == 7 == outcome["ledger"]
 
 
+QUOTA = """
+from django.contrib.auth.models import Group
+from generation.accounts.models import Role
+role = Role.objects.create(group=Group.objects.create(name="quota"), storage_mb=1)
+user.groups.add(role.group)
+"""
+
+
+def test_20_concurrent_submissions_with_room_for_4_jobs_images_accept_exactly_4(production):
+    """A 256 px image may take 3 bytes a pixel and a thumbnail's 64 KiB until stored: a quarter MB. The
+    room a job holds is counted under the same row lock as the balance: no overshoot."""
+    outcome = race(production, "collector", 20, role=QUOTA)
+    refused = [r for r in outcome["results"] if r == "storage_full"]
+    assert (len(outcome["results"]) - len(refused), len(refused)) == (4, 16)
+    assert outcome["jobs"] == outcome["charges"] == 4 and outcome["balance"] == 6 == outcome["ledger"]
+
+
 TEAM_RACE = """
 import threading
 from concurrent.futures import ThreadPoolExecutor
