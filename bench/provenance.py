@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageEnhance
+from PIL import Image, ImageEnhance, ImageOps
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -79,6 +79,10 @@ EDITS |= {
     "brightness -15 %": lambda im: ImageEnhance.Brightness(im).enhance(0.85),
     "screenshot (80 %, PNG)": lambda im: png(scaled(im, 0.8)),
     "resize to 50 %, then JPEG q75": lambda im: jpeg(scaled(im, 0.5), 75, 2),
+    **{f"turn {d:+d}°": lambda im, d=d: im.rotate(d, resample=Image.BICUBIC) for d in (2, -2, 5, -5, 10, -10)},
+    "mirror": lambda im: ImageOps.mirror(im),
+    "mirror, turn 5°, JPEG q90": lambda im: jpeg(ImageOps.mirror(im).rotate(5, resample=Image.BICUBIC), 90, 2),
+    **{f"keep {p} % of the area (middle)": lambda im, p=p: all_round(im, 1 - (p / 100) ** 0.5) for p in (50, 25, 10)},
 }
 
 

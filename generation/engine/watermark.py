@@ -9,10 +9,12 @@ a rate-1/2 convolutional code, whitened by a fixed key.
 
 Reading folds the block correlations at every pixel modulo the tile, so a crop only rolls the
 fold: one FFT correlation with the sync pattern finds the block grid and the tile phase together.
-A resize is undone by trying the sizes the image plausibly had (common factors, multiples of 64,
-then 2 % steps), within a time budget. Soft-decision Viterbi decodes the cells, and a read counts
-only when the CRC-32 passes. Images marked before this scheme (invisible-watermark's dwtDctSvd in
-the U plane, CRC-16) are still read by `read_legacy_watermark`.
+A mirror image or a copy turned by quarter turns, or by up to MAX_TURN degrees, is undone by
+trying each (1° steps: a read tolerates about 0.75° off), then a resize by trying the sizes the
+image plausibly had (common factors, multiples of 64, then 2 % steps), within a time budget.
+Soft-decision Viterbi decodes the cells, and a read counts only when the CRC-32 passes. Images
+marked before this scheme (invisible-watermark's dwtDctSvd in the U plane, CRC-16) are still read
+by `read_legacy_watermark`.
 """
 
 import binascii
@@ -37,6 +39,7 @@ _GENERATORS = (0o171, 0o133)  # the classic rate-1/2, constraint-length-7 convol
 _MEMORY = 6
 _CODED_BITS = (_MESSAGE_BITS + _MEMORY) * 2  # six zero bits end the code in state 0
 _SYNC_THRESHOLD = 7.0  # z-score of the sync peak over all positions of the tile
+MAX_TURN = 12  # degrees a copy may have been turned (beside quarter turns) and still read
 
 
 def _layout():
@@ -100,6 +103,7 @@ class WatermarkReading:
     sync: float | None = None  # z-score of the grid found
     scale: float = 1.0  # how much the image was resized before reading (1.0: not at all)
     corrected_bits: int = 0
+    turned: str = ""  # how the copy had been turned or mirrored ("": not at all)
 
 
 def _message(payload: bytes) -> np.ndarray:
@@ -212,25 +216,48 @@ def read_watermark(image: Image.Image, *, budget_s: float = 2.0) -> bytes | None
 
 def watermark_reading(image: Image.Image, *, budget_s: float = 2.0) -> WatermarkReading | None:
     """What the image's watermark says, or None when it carries no readable sdweb watermark.
-    Tries the image as it is, then the old mark, then the sizes it may have had until `budget_s`."""
-    import cv2  # OpenCV comes with invisible-watermark
-
+    Tries the image as it is, then the old mark, then the ways it may have been turned, then the
+    sizes it may have had, until `budget_s`."""
     deadline = time.monotonic() + budget_s
     luma = _luma(np.asarray(image.convert("RGB"), dtype=np.float32))
-    height, width = luma.shape
-    for n, size in enumerate(_sizes_to_try(width, height)):
+    for n, (candidate, scale, turned) in enumerate(_hypotheses(luma)):
         if n == 1 and (legacy := read_legacy_watermark(image)):
             return WatermarkReading(legacy, "legacy dwtDctSvd", 1.0)
         if n and time.monotonic() > deadline:
             return None
-        resized = luma if n == 0 else cv2.resize(luma, size, interpolation=cv2.INTER_CUBIC)
-        folded = _fold(_correlations(resized))
+        folded = _fold(_correlations(candidate()))
         sync, row, col = _find_grid(folded)
         if sync >= _SYNC_THRESHOLD and (decoded := _decode(folded, row, col)):
             payload, agreement, corrected = decoded
-            return WatermarkReading(payload, "luma tile", round(agreement, 3), round(sync, 1),
-                                    round(size[0] / width, 3), corrected)
+            return WatermarkReading(payload, "luma tile", round(agreement, 3), round(sync, 1), scale, corrected, turned)
     return None
+
+
+def _hypotheses(luma: np.ndarray):
+    """(the luminance as it may have been marked, made when asked; its scale; how it was turned),
+    most likely first: as it is; mirrored or turned by quarter turns; turned back in 1° steps up to
+    MAX_TURN either way, also mirrored (a read tolerates about 0.75° off); then the sizes it may
+    have had (`_sizes_to_try`)."""
+    import cv2  # OpenCV comes with invisible-watermark
+
+    height, width = luma.shape
+    yield (lambda: luma), 1.0, ""
+    for quarter, mirrored in ((0, True), (2, False), (2, True), (1, False), (3, False), (1, True), (3, True)):
+        yield (lambda q=quarter, m=mirrored: np.rot90(luma[:, ::-1] if m else luma, q)), 1.0, _turn_name(-90 * quarter, mirrored)
+    for degrees in sorted((d for d in range(-MAX_TURN, MAX_TURN + 1) if d), key=abs):
+        for mirrored in (False, True):
+            def turned_back(d=degrees, m=mirrored):
+                source = luma[:, ::-1] if m else luma
+                matrix = cv2.getRotationMatrix2D((width / 2, height / 2), d, 1.0)
+                return cv2.warpAffine(source, matrix, (width, height), flags=cv2.INTER_CUBIC)
+            yield turned_back, 1.0, _turn_name(-degrees, mirrored).replace("turned", "turned about")
+    for size in _sizes_to_try(width, height)[1:]:
+        yield (lambda size=size: cv2.resize(luma, size, interpolation=cv2.INTER_CUBIC)), round(size[0] / width, 3), ""
+
+
+def _turn_name(degrees: int, mirrored: bool) -> str:
+    turned = f"turned {degrees % 360 if abs(degrees) >= 90 else degrees}°" if degrees else ""
+    return ", ".join(part for part in ("mirrored" if mirrored else "", turned) if part)
 
 
 # The mark images carried before November 2026: read-only, so those images still trace.

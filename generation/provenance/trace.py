@@ -49,7 +49,8 @@ def _trace(upload) -> dict:
     query = hypotheses(pixels)
     mismatch = ""
     if reading and (row := _audit_image(int.from_bytes(reading.payload, "big"))):
-        how = f"scheme {reading.method}" + (f", read at {reading.scale:g}x its size" if reading.scale != 1 else "")
+        how = f"scheme {reading.method}" + (f", read at {reading.scale:g}x its size" if reading.scale != 1 else "") + (
+            f", the copy {reading.turned}" if reading.turned else "")
         agreement = _agreement(row.image_id, query)
         if agreement and agreement[0] <= MATCH_DISTANCE:
             return _found(result, row, "watermark", reading.confidence,

@@ -4,7 +4,7 @@ import random
 
 import numpy as np
 import pytest
-from PIL import Image, ImageEnhance
+from PIL import Image, ImageEnhance, ImageOps
 
 from generation.engine import embed_watermark, read_watermark, watermark_reading
 from generation.engine.watermark import embed_legacy_watermark
@@ -51,6 +51,33 @@ def test_the_payload_survives_png_and_4_2_0_jpeg_on_the_test_models_noise(run, s
         marked = embed_watermark(image, payload)
         assert read_watermark(reopen(marked, format="PNG")) == payload
         assert read_watermark(reopen(marked, format="JPEG", quality=90)) == payload
+
+
+TURNED_COPIES = {
+    "mirrored": (lambda im: ImageOps.mirror(im), "mirrored"),
+    "upside down": (lambda im: im.rotate(180), "turned 180°"),
+    "a quarter turn": (lambda im: im.rotate(90, expand=True), "turned 90°"),
+    "turned 2°": (lambda im: im.rotate(2, resample=Image.BICUBIC, expand=True), "turned about 2°"),
+    "turned 5° the other way, saved as JPEG": (lambda im: reopen(im.rotate(-5, resample=Image.BICUBIC), format="JPEG",
+                                                                 quality=85), "turned about -5°"),
+    "turned 10°, cropped to no corners": (lambda im: im.rotate(10, resample=Image.BICUBIC).crop((64, 64, 448, 448)),
+                                          "turned about 10°"),
+    "a quarter of the area, from the middle": (lambda im: im.crop((128, 128, 384, 384)), ""),
+}
+
+
+@pytest.mark.parametrize("copy", TURNED_COPIES)
+def test_turned_mirrored_and_small_copies_read_and_say_how(copy):
+    edit, said = TURNED_COPIES[copy]
+    for seed in (4, 5):
+        payload = random.Random(seed).randbytes(8)
+        reading = watermark_reading(edit(embed_watermark(photo(seed).resize((512, 512)), payload)))
+        assert reading is not None and reading.payload == payload, seed
+        if "about" in said:  # found within a read's tolerance (about 0.75°) of the turn: 1° either way
+            degrees = int(said.split()[-1].rstrip("°"))
+            assert reading.turned in {f"turned about {d}°" for d in (degrees - 1, degrees, degrees + 1)}, reading.turned
+        else:
+            assert reading.turned == said
 
 
 def test_a_resized_copy_says_how_it_was_read():
