@@ -104,6 +104,14 @@ class WatermarkReading:
     scale: float = 1.0  # how much the image was resized before reading (1.0: not at all)
     corrected_bits: int = 0
     turned: str = ""  # how the copy had been turned or mirrored ("": not at all)
+    undo: tuple = (False, 0, 0)  # (mirror it, then quarter turns, then degrees): the copy as it was marked
+
+    def untouched(self, image: Image.Image) -> Image.Image:
+        """`image` turned back as the read found it had to be (see `undo`), as the watermark was read."""
+        mirrored, quarters, degrees = self.undo
+        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if mirrored else image
+        image = image.rotate(90 * quarters, expand=True) if quarters else image
+        return image.rotate(degrees, resample=Image.BICUBIC) if degrees else image
 
 
 def _message(payload: bytes) -> np.ndarray:
@@ -220,7 +228,7 @@ def watermark_reading(image: Image.Image, *, budget_s: float = 2.0) -> Watermark
     sizes it may have had, until `budget_s`."""
     deadline = time.monotonic() + budget_s
     luma = _luma(np.asarray(image.convert("RGB"), dtype=np.float32))
-    for n, (candidate, scale, turned) in enumerate(_hypotheses(luma)):
+    for n, (candidate, scale, turned, undo) in enumerate(_hypotheses(luma)):
         if n == 1 and (legacy := read_legacy_watermark(image)):
             return WatermarkReading(legacy, "legacy dwtDctSvd", 1.0)
         if n and time.monotonic() > deadline:
@@ -229,30 +237,34 @@ def watermark_reading(image: Image.Image, *, budget_s: float = 2.0) -> Watermark
         sync, row, col = _find_grid(folded)
         if sync >= _SYNC_THRESHOLD and (decoded := _decode(folded, row, col)):
             payload, agreement, corrected = decoded
-            return WatermarkReading(payload, "luma tile", round(agreement, 3), round(sync, 1), scale, corrected, turned)
+            return WatermarkReading(payload, "luma tile", round(agreement, 3), round(sync, 1), scale, corrected, turned,
+                                    undo)
     return None
 
 
 def _hypotheses(luma: np.ndarray):
-    """(the luminance as it may have been marked, made when asked; its scale; how it was turned),
+    """(the luminance as it may have been marked, made when asked; its scale; how it was turned; how
+    to turn it back: WatermarkReading.undo),
     most likely first: as it is; mirrored or turned by quarter turns; turned back in 1° steps up to
     MAX_TURN either way, also mirrored (a read tolerates about 0.75° off); then the sizes it may
     have had (`_sizes_to_try`)."""
     import cv2  # OpenCV comes with invisible-watermark
 
     height, width = luma.shape
-    yield (lambda: luma), 1.0, ""
+    yield (lambda: luma), 1.0, "", (False, 0, 0)
     for quarter, mirrored in ((0, True), (2, False), (2, True), (1, False), (3, False), (1, True), (3, True)):
-        yield (lambda q=quarter, m=mirrored: np.rot90(luma[:, ::-1] if m else luma, q)), 1.0, _turn_name(-90 * quarter, mirrored)
+        yield ((lambda q=quarter, m=mirrored: np.rot90(luma[:, ::-1] if m else luma, q)), 1.0,
+               _turn_name(-90 * quarter, mirrored), (mirrored, quarter, 0))
     for degrees in sorted((d for d in range(-MAX_TURN, MAX_TURN + 1) if d), key=abs):
         for mirrored in (False, True):
             def turned_back(d=degrees, m=mirrored):
                 source = luma[:, ::-1] if m else luma
                 matrix = cv2.getRotationMatrix2D((width / 2, height / 2), d, 1.0)
                 return cv2.warpAffine(source, matrix, (width, height), flags=cv2.INTER_CUBIC)
-            yield turned_back, 1.0, _turn_name(-degrees, mirrored).replace("turned", "turned about")
+            yield turned_back, 1.0, _turn_name(-degrees, mirrored).replace("turned", "turned about"), (mirrored, 0, degrees)
     for size in _sizes_to_try(width, height)[1:]:
-        yield (lambda size=size: cv2.resize(luma, size, interpolation=cv2.INTER_CUBIC)), round(size[0] / width, 3), ""
+        yield ((lambda size=size: cv2.resize(luma, size, interpolation=cv2.INTER_CUBIC)), round(size[0] / width, 3), "",
+               (False, 0, 0))
 
 
 def _turn_name(degrees: int, mirrored: bool) -> str:

@@ -20,6 +20,7 @@ from generation.provenance.models import AuditImage, ImageFingerprint
 from generation.untrusted_images import open_image
 
 MAX_CANDIDATES = 10
+PART_MATCH = 0.9  # a picture whose watermark reads is the stored image's (a part of it) at this correlation
 
 
 def trace_image(upload, *, staff) -> dict:
@@ -51,12 +52,17 @@ def _trace(upload) -> dict:
     if reading and (row := _audit_image(int.from_bytes(reading.payload, "big"))):
         how = f"scheme {reading.method}" + (f", read at {reading.scale:g}x its size" if reading.scale != 1 else "") + (
             f", the copy {reading.turned}" if reading.turned else "")
-        agreement = _agreement(row.image_id, query)
+        # the picture turned back as the watermark was read, to compare it with the stored image
+        agreement = _agreement(row.image_id, hypotheses(reading.untouched(pixels)) if reading.turned else query)
         if agreement and agreement[0] <= MATCH_DISTANCE:
             return _found(result, row, "watermark", reading.confidence,
                           f"Watermark read ({how}; {reading.confidence:.0%} of its coded cells agree); the picture "
                           f"matches the stored image (distance {agreement[0]} of 128 bits, {agreement[1]}).",
                           distance=agreement[0])
+        if (match := _part_of_stored(row.image_id, reading, pixels)) is not None and match >= PART_MATCH:
+            return _found(result, row, "watermark", reading.confidence,
+                          f"Watermark read ({how}; {reading.confidence:.0%} of its coded cells agree); the picture "
+                          f"is part of the stored image (correlation {match:.2f}, threshold {PART_MATCH}).")
         mismatch = (f"The watermark of image {row.image_id:016x} was read, but the picture doesn't match it "
                     + (f"(distance {agreement[0]} of 128 bits at best, threshold {MATCH_DISTANCE}): the watermark "
                        "was copied or forged." if agreement else "(no fingerprint of it is stored to compare)."))
@@ -96,6 +102,39 @@ def _agreement(image_id: int, query: list[Hypothesis]) -> tuple[int, str] | None
         with default_storage.open(image.png.name, "rb") as file:
             stored = ImageFingerprint.of(image_id, PILImage.open(file, formats=["PNG"]).convert("RGB"))
     return closest(query, Fingerprint(stored.phash, stored.whash, stored.width, stored.height))
+
+
+def _part_of_stored(image_id: int, reading, pixels: PILImage.Image) -> float | None:
+    """How well the picture — turned back and resized as its watermark was read, less the corners a
+    turn left empty — matches the best place in the stored image (normalised correlation of their
+    blurred luminance: a crop, a turn or a mirror image the hashes can't compare), while the file
+    exists; None without it. A turn is tried within half a degree of the one read."""
+    import cv2  # OpenCV comes with invisible-watermark
+
+    image = Image.objects.filter(pk=image_id).first()
+    if image is None:
+        return None
+    with default_storage.open(image.png.name, "rb") as file:
+        stored = _blurred(PILImage.open(file, formats=["PNG"]).convert("L"))
+    copy = reading.untouched(pixels)
+    copy = copy.resize((round(copy.width * reading.scale), round(copy.height * reading.scale)), PILImage.BICUBIC)
+    degrees, best = reading.undo[2], None
+    for fine in ((-0.5, -0.25, 0.0, 0.25, 0.5) if degrees else (0.0,)):
+        turned = copy.rotate(fine, resample=PILImage.BICUBIC) if fine else copy
+        part = _blurred(turned.convert("L"))
+        margin = [round(side * (0.18 if degrees else 0.02)) for side in part.shape]
+        part = part[margin[0]:part.shape[0] - margin[0], margin[1]:part.shape[1] - margin[1]]
+        if min(part.shape) < 64 or part.shape[0] > stored.shape[0] or part.shape[1] > stored.shape[1]:
+            return best
+        score = float(cv2.matchTemplate(stored, part, cv2.TM_CCOEFF_NORMED).max())
+        best = score if best is None else max(best, score)
+    return best
+
+
+def _blurred(luma: PILImage.Image) -> np.ndarray:
+    import cv2
+
+    return cv2.GaussianBlur(np.asarray(luma, dtype=np.float32), (0, 0), 2.0)
 
 
 def _audit_image(image_id: int) -> AuditImage | None:

@@ -6,6 +6,7 @@ import io
 import pytest
 from django.core.management import call_command
 from PIL import Image as PILImage
+from PIL import ImageOps
 
 from gallery.services import images_delete
 from generation.engine import read_png_marking, save_png, watermark_reading
@@ -83,6 +84,36 @@ def test_trace_finds_the_right_job_among_many(client, admin, jobs, copy):
     assert result["prompt"] == "picture 3 by carol" and result["checkpoint"] == jobs[3].checkpoint.name
     assert result["read"]["c2pa"]["present"] == (copy == "png")  # re-saved copies lose the manifest
     assert result["read"]["watermark_scheme"] == "luma tile" and result["confidence"] > 0.6
+
+
+TURNED = {"mirrored": lambda im: ImageOps.mirror(im), "turned 5°": lambda im: im.rotate(5, resample=PILImage.BICUBIC),
+          "turned -10°, JPEG": lambda im: im.rotate(-10, resample=PILImage.BICUBIC),
+          "a quarter of the area": lambda im: im.crop((128, 128, 384, 384))}
+
+
+@pytest.mark.parametrize("copy", TURNED)
+def test_turned_mirrored_and_small_copies_trace_to_their_job_and_a_forged_one_does_not(client, admin, alice, make_job,
+                                                                                       copy):
+    """The test model's noise, which the perceptual hashes can't compare after such edits: the
+    picture turned back as the watermark was read is matched against the stored image's pixels."""
+    from generation.engine import embed_watermark
+
+    image = make_job(alice, num_images=1, width=512, height=512).images.get()
+    edit = TURNED[copy]
+    client.force_login(admin)
+    result = trace(client, resaved(png_of(edit(PILImage.open(io.BytesIO(stored_png(image))).convert("RGB"))),
+                                   "JPEG" if "JPEG" in copy else "PNG", quality=90)).json()
+    assert result["found"] and (result["method"], result["image_id"]) == ("watermark", image.hex_id), result
+    assert "the picture is part of the stored image" in result["message"] or "matches the stored" in result["message"]
+    forged = edit(embed_watermark(photo(3, 512), image.watermark_payload))
+    refused = trace(client, png_of(forged)).json()
+    assert not refused["found"] and "doesn't match it" in refused["message"], refused
+
+
+def png_of(picture) -> bytes:
+    out = io.BytesIO()
+    picture.save(out, format="PNG")
+    return out.getvalue()
 
 
 def test_when_the_watermark_is_gone_the_similarity_index_finds_the_job_and_says_so(client, admin, carol, jobs):
