@@ -411,6 +411,19 @@ def photo(seed: int, width: int = 512, height: int | None = None):
     return Image.fromarray(np.clip(np.asarray(picture) + grain, 0, 255).astype(np.uint8))
 
 
+def ssim(a, b) -> float:
+    """Mean SSIM of two pictures' luminance (Gaussian window 11, sigma 1.5, the usual constants)."""
+    import cv2
+    import numpy as np
+
+    x, y = (np.asarray(im.convert("L"), dtype=np.float64) for im in (a, b))
+    blur = lambda v: cv2.GaussianBlur(v, (11, 11), 1.5)  # noqa: E731
+    mx, my = blur(x), blur(y)
+    vx, vy, cxy = blur(x * x) - mx**2, blur(y * y) - my**2, blur(x * y) - mx * my
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    return float(np.mean((2 * mx * my + c1) * (2 * cxy + c2) / ((mx**2 + my**2 + c1) * (vx + vy + c2))))
+
+
 def photo_generate(request, *, watermark_payloads=None, **_):
     """Stands in for generate() on a real checkpoint (which this machine can't run) where a test
     needs pictures that differ from job to job as real ones do: the test model's noise all looks

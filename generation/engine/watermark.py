@@ -2,10 +2,12 @@
 
 The mark lives in luminance, which every JPEG keeps at full resolution (4:2:0 halves only the
 chroma planes). Each 12x12 pixel block carries one sign: its correlation with a one-period sine
-pattern is pushed to at least +STRENGTH or -STRENGTH, changing only blocks whose own content
-disagrees (busy blocks hide, and need, a larger change). The blocks form a 16x16 tile (192 px)
-repeated over the image: 52 cells hold a fixed sync pattern, 204 hold the payload + CRC-32 under
-a rate-1/2 convolutional code, whitened by a fixed key.
+pattern is pushed to at least a strength in that sign, changing only blocks whose own content
+disagrees. The change is shaped by perceptual masking: each pixel's share grows with the local
+contrast around it (measured as SSIM measures it), so flat areas get a change under one grey
+level and textured ones up to MAX_WEIGHT times more, where the eye (and SSIM) can't tell. The
+blocks form a 16x16 tile (192 px) repeated over the image: 52 cells hold a fixed sync pattern,
+204 hold the payload + CRC-32 under a rate-1/2 convolutional code, whitened by a fixed key.
 
 Reading folds the block correlations at every pixel modulo the tile, so a crop only rolls the
 fold: one FFT correlation with the sync pattern finds the block grid and the tile phase together.
@@ -32,8 +34,11 @@ PAYLOAD_BYTES = 8
 MIN_SIDE = 256
 BLOCK = 12
 TILE = 16  # blocks per tile side
-STRENGTH = 16.0  # the correlation each block is pushed to, in luminance levels
-MAX_CHANGE = 3 * STRENGTH  # how far a disagreeing flat block may move (busy ones: plus 4x their std)
+STRENGTH = 4.5  # the correlation a flat block is pushed to, in luminance levels (textured: up to MAX_WEIGHT x)
+MAX_WEIGHT = 10.0
+PREVIEW_STRENGTH = 16.0  # for small lossy previews (thumbnails), where SSIM matters less than surviving WebP
+_SSIM_C2 = (0.03 * 255) ** 2  # SSIM's contrast constant: below this local variance an area counts as flat
+_READ_CLIP = 6.0  # a block's correlation counts at most this much when read (its content's can be far more)
 _MESSAGE_BITS = (PAYLOAD_BYTES + 4) * 8  # the payload and its CRC-32
 _GENERATORS = (0o171, 0o133)  # the classic rate-1/2, constraint-length-7 convolutional code
 _MEMORY = 6
@@ -123,26 +128,31 @@ def _luma(rgb: np.ndarray) -> np.ndarray:
     return rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
 
 
-def embed_watermark(image: Image.Image, payload: bytes) -> Image.Image:
+def embed_watermark(image: Image.Image, payload: bytes, *, strength: float = STRENGTH) -> Image.Image:
     if not isinstance(payload, bytes) or len(payload) != PAYLOAD_BYTES:
         raise ValueError(f"a watermark payload is exactly {PAYLOAD_BYTES} bytes")
     if min(image.size) < MIN_SIDE:
         raise ValueError(f"images under {MIN_SIDE}x{MIN_SIDE} can't carry the watermark")
     rgb = np.asarray(image.convert("RGB"), dtype=np.float64)
     height, width = (s - s % BLOCK for s in rgb.shape[:2])
-    blocks = _luma(rgb)[:height, :width].reshape(height // BLOCK, BLOCK, width // BLOCK, BLOCK)
+    luma = _luma(rgb)[:height, :width]
+    blocks = luma.reshape(height // BLOCK, BLOCK, width // BLOCK, BLOCK)
     # 1. the sign every block should carry, from its place in the tile
     tile = np.zeros(TILE * TILE)
     tile[SYNC_CELLS] = SYNC_SIGNS
     tile[DATA_CELLS] = _encode(_message(payload)) * KEY
     rows, cols = blocks.shape[0], blocks.shape[2]
     wanted = np.tile(tile.reshape(TILE, TILE), (-(-rows // TILE), -(-cols // TILE)))[:rows, :cols]
-    # 2. move each block's correlation to at least STRENGTH in that sign, and no further than needed
+    # 2. move each block's correlation to at least its strength in that sign, and no further than
+    #    needed; a block against it may be fought up to three times its strength (more where the
+    #    whole block is textured: noise-like pictures need it, and hide it)
+    weight = _masking(luma).reshape(blocks.shape)
+    gain = np.einsum("iajb,ab->ij", weight, PATTERN**2)  # correlation per unit of change (PATTERN**2 sums to 1)
+    target = strength * gain
     have = np.einsum("iajb,ab->ij", blocks, PATTERN)
-    # busy blocks hide a larger change (and need one: their own content correlates strongly)
-    cap = MAX_CHANGE + 4 * blocks.std(axis=(1, 3))
-    change = np.clip(wanted * STRENGTH - have, -cap, cap) * (have * wanted < STRENGTH)
-    delta = np.einsum("ij,ab->iajb", change, PATTERN).reshape(height, width)
+    cap = 3 * target + 6 * strength * weight.min(axis=(1, 3)) ** 2
+    change = np.clip(wanted * target - have, -cap, cap) * (have * wanted < target) / gain
+    delta = (np.einsum("ij,ab->iajb", change, PATTERN) * weight).reshape(height, width)
     # 3. the same change on R, G and B is a change of luminance alone; where a channel is already
     #    at 0 or 255, the others make up its share
     marked = rgb.copy()
@@ -152,6 +162,16 @@ def embed_watermark(image: Image.Image, payload: bytes) -> Image.Image:
     weight = (room * np.array([0.299, 0.587, 0.114])).sum(axis=-1)
     marked[:height, :width] += room * (short / np.maximum(weight, 0.114))[..., None]
     return Image.fromarray(np.clip(np.rint(marked), 0, 255).astype(np.uint8))
+
+
+def _masking(luma: np.ndarray) -> np.ndarray:
+    """Each pixel's share of the mark: 1 where the picture is flat, growing with the local contrast
+    (SSIM's window: a change costs SSIM in proportion to it over 2 variance + C2)."""
+    import cv2  # OpenCV comes with invisible-watermark
+
+    mean = cv2.GaussianBlur(luma, (11, 11), 1.5)
+    variance = np.maximum(cv2.GaussianBlur(luma * luma, (11, 11), 1.5) - mean * mean, 0)
+    return np.clip(np.sqrt(1 + 2 * variance / _SSIM_C2), 1, MAX_WEIGHT)
 
 
 def _correlations(luma: np.ndarray) -> np.ndarray:
@@ -170,7 +190,7 @@ def _fold(values: np.ndarray) -> np.ndarray:
     height, width = values.shape
     padded = np.zeros((-(-height // period) * period, -(-width // period) * period), dtype=np.float32)
     # clipped: a block of the picture's own strong content counts no more than a marked one
-    np.clip(values, -STRENGTH, STRENGTH, out=padded[:height, :width])
+    np.clip(values, -_READ_CLIP, _READ_CLIP, out=padded[:height, :width])
     return padded.reshape(padded.shape[0] // period, period, padded.shape[1] // period, period).sum(
         axis=(0, 2), dtype=np.float64)
 

@@ -22,7 +22,7 @@ from PIL import Image as PILImage
 from gallery.services import image_files_save, images_publish, saved_files_delete
 from generation.credits.ledger import credits_refund
 from generation.engine.metadata import save_png
-from generation.engine.watermark import embed_watermark
+from generation.engine.watermark import PREVIEW_STRENGTH, embed_watermark
 from generation.jobs import live
 from generation.jobs.models import Job
 from generation.jobs.process_start import finishing_process_start
@@ -79,10 +79,11 @@ def _store(job: Job, work: Finishing, k: int) -> dict:
     png = io.BytesIO()
     save_png(picture, png, work.texts[k], f"{image_id:016x}")
     thumb = picture
-    if min(picture.size) > THUMBNAIL_EDGE:  # its own mark: the picture's is lost shrinking past half
+    if min(picture.size) > THUMBNAIL_EDGE:  # the picture's mark is lost shrinking past half
         scale = THUMBNAIL_EDGE / min(picture.size)
         thumb = picture.resize([max(THUMBNAIL_EDGE, round(side * scale)) for side in picture.size], PILImage.LANCZOS)
-        thumb = embed_watermark(thumb, image_id.to_bytes(8, "big"))
+    # its own, firmer mark: a small lossy preview, where the picture's quiet one may not survive WebP
+    thumb = embed_watermark(thumb, image_id.to_bytes(8, "big"), strength=PREVIEW_STRENGTH)
     webp = io.BytesIO()
     thumb.save(webp, format="WEBP", quality=85)
     signed = sign_png(png.getvalue(), title=f"{image_id:016x}.png")
