@@ -129,9 +129,9 @@ def make_images(kind: str, count: int, size: int):
 
     made, unmarked, real_generate = [], {}, worker.generate
 
-    def recorded(picture, payload):  # keeps each picture as it was before the watermark, for PSNR and the old mark
+    def recorded(picture, payload, **options):  # keeps each picture as it was before the watermark, for PSNR and the old mark
         unmarked.setdefault(payload, picture)  # the first: the image itself, not its (marked) thumbnail
-        return embed_watermark(picture, payload)
+        return embed_watermark(picture, payload, **options)
 
     settings.SDWEB["FINISH_PROCESSES"] = 0  # finished here, where the pictures are recorded
     finish.embed_watermark = recorded
@@ -291,7 +291,8 @@ def run(args):
         reads = results[kind]["reads"]
         print(f"{kind}: PSNR new {statistics.median(map(psnr, cleans, new)):.1f} dB (min "
               f"{min(map(psnr, cleans, new)):.1f}), old {statistics.median(map(psnr, cleans, old)):.1f} dB; "
-              f"SSIM new {statistics.median(map(ssim, cleans, new)):.4f}, old {statistics.median(map(ssim, cleans, old)):.4f}; "
+              f"SSIM new {statistics.median(map(ssim, cleans, new)):.4f} (min {min(map(ssim, cleans, new)):.4f}), "
+              f"old {statistics.median(map(ssim, cleans, old)):.4f}; "
               f"embed {statistics.median(embed_ms):.0f} ms; trace when the watermark reads "
               f"{1000 * statistics.median(reads['found']):.0f} ms (max {1000 * max(reads['found']):.0f}), "
               + (f"when it doesn't {1000 * statistics.median(reads['missed']):.0f} ms (max "
