@@ -49,7 +49,7 @@ def test_each_job_of_a_batch_ends_as_if_it_ran_alone(alice, bob, carol, checkpoi
             job_submit(user=bob, params=params(checkpoint, num_images=1, seed=2, prompt="a fox in snow")),
             job_submit(user=carol, params=params(checkpoint, num_images=1, seed=3, prompt="a teapot"))]
     # Each image carries its own id in its watermark; compared here are the pictures under it.
-    monkeypatch.setattr("generation.jobs.finish.embed_watermark", lambda image, payload: image)
+    monkeypatch.setattr("generation.jobs.finish.embed_watermark", lambda image, payload, **_: image)
     previews = []
     monkeypatch.setattr(worker, "job_event_soon", lambda job_id, event: previews.append((job_id, event["type"])))
     worker.jobs_run(jobs_claim(images=8))
