@@ -11,7 +11,8 @@ trace (the right job). Then: PSNR/SSIM of both marks, embed and read times, fals
 unmarked pictures (noise, flat, gradients, photos; any size from 256 to 640 px) and the
 similarity search's time on PostgreSQL with --index-rows fingerprints.
 
-    .venv/bin/python bench/provenance.py [--images 40] [--size 512] [--unmarked 10000] [--index-rows 1000000]
+    .venv/bin/python bench/provenance.py [--images 40] [--size 512] [--unmarked 10000] [--unmarked-from 0]
+                                         [--index-rows 1000000]
 """
 
 import argparse
@@ -236,6 +237,8 @@ def main():
     parser.add_argument("--images", type=int, default=40, help="of each kind")
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--unmarked", type=int, default=10_000)
+    parser.add_argument("--unmarked-from", type=int, default=0, help="the first unmarked picture's number: "
+                        "a long false-positive count can be run in parts, each part other pictures")
     parser.add_argument("--index-rows", type=int, default=1_000_000)
     parser.add_argument("--postgres", default=POSTGRES)
     args = parser.parse_args()
@@ -302,9 +305,11 @@ def run(args):
         connections.close_all()  # each pool process opens its own
         tick = time.perf_counter()
         with multiprocessing.get_context("fork").Pool(os.cpu_count()) as pool:
-            outcomes = pool.map(false_positive, range(args.unmarked), chunksize=20)
+            outcomes = pool.map(false_positive, range(args.unmarked_from, args.unmarked_from + args.unmarked),
+                                chunksize=20)
         payloads, similar, traced = (sum(o[i] for o in outcomes) for i in range(3))
-        print(f"\nunmarked pictures: {args.unmarked} (noise, flat, gradients, photos; 256-640 px): "
+        print(f"\nunmarked pictures: {args.unmarked} (from number {args.unmarked_from}; noise, flat, gradients, "
+              "photos; 256-640 px): "
               f"watermark payloads read {payloads}, similar images found {similar}, **traced to a job (false "
               f"positives) {traced}**; trace median {1000 * statistics.median(o[3] for o in outcomes):.0f} ms "
               f"(max {1000 * max(o[3] for o in outcomes):.0f}; wall {time.perf_counter() - tick:.0f} s)")
