@@ -6,7 +6,7 @@ import re
 
 from PIL import Image as PILImage
 
-from tests.support import PHONE, balance, generate, screenshot, sign_up, staff_page
+from tests.support import PHONE, balance, generate, photo, screenshot, sign_up, staff_page
 
 # Records, in order, what the live view changes: progress values, preview images, final images.
 WATCH_LIVE_VIEW = """
@@ -142,6 +142,12 @@ def test_3_a_public_image_is_found_by_a_visitor_until_it_is_private_again(new_pa
     assert visitor.locator(f"a[href='{share_url}']").count() == 0
     verdict = verify()
     assert "Its maker has not shared it." in verdict.inner_text() and verdict.get_by_role("link").count() == 0
+    unrelated = io.BytesIO()  # a photo of the visitor's own
+    photo(77).save(unrelated, format="JPEG", quality=90)
+    jpeg = {"name": "holiday.jpg", "mimeType": "image/jpeg", "buffer": unrelated.getvalue()}
+    verdict = verify()
+    assert verdict.get_by_role("heading").inner_text() == "Not made here, as far as we can tell"
+    assert verdict.inner_text().count("No sign of this studio") == 1
 
 
 def test_4_a_waiting_job_counts_the_running_one_and_cancelling_updates_the_whole_page(new_page):
