@@ -88,7 +88,9 @@ def test_a_thumbnail_carries_the_mark_of_its_image(alice, make_job, monkeypatch)
 
 
 def test_every_way_out_carries_the_mark_of_the_image_it_is(alice, client, make_job, monkeypatch):
-    """The original (and its API download), the thumbnail, a larger copy and a plot's grid."""
+    """The original (and its API download), the thumbnail, a larger copy, a plot's grid and the
+    OpenAI dialect's JPEG and WebP copies, of photo-like pictures (flat areas carry the least mark)."""
+    from generation.dialects.openai import encoded
     from generation.engine.watermark import watermark_reading
     from generation.jobs.models import Job
     from generation.jobs.queue import job_claim
@@ -115,3 +117,6 @@ def test_every_way_out_carries_the_mark_of_the_image_it_is(alice, client, make_j
     grid = plot.images.order_by("index").last()
     for made in (image, larger, grid):
         assert mark(made.png) == mark(made.thumbnail) == made.id.to_bytes(8, "big")
+    for output_format in ("jpeg", "webp"):  # what the OpenAI dialect hands out, from the quiet mark
+        copy = PILImage.open(io.BytesIO(encoded(image, output_format)))
+        assert watermark_reading(copy).payload == image.id.to_bytes(8, "big")
