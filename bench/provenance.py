@@ -302,7 +302,10 @@ def run(args):
                  f"{1000 * max(reads['missed']):.0f})" if reads["missed"] else "it always read"))
 
     if args.unmarked:
-        connections.close_all()  # each pool process opens its own
+        connections.close_all()  # each pool process opens its own: no socket (nor connection pool) is forked
+        for connection in connections.all():
+            if hasattr(connection, "close_pool"):
+                connection.close_pool()
         tick = time.perf_counter()
         with multiprocessing.get_context("fork").Pool(os.cpu_count()) as pool:
             outcomes = pool.map(false_positive, range(args.unmarked_from, args.unmarked_from + args.unmarked),
