@@ -41,6 +41,8 @@
   function showImages(images) {
     $("preview").hidden = true;
     const box = $("images");
+    // the same images again (the socket's state after the page drew them): keep what was unticked
+    const unticked = new Set([...box.querySelectorAll("input[name=keep]")].filter((b) => !b.checked).map((b) => b.value));
     box.replaceChildren(...images.map((im) => {
       const figure = document.createElement("figure");
       const link = document.createElement("a");
@@ -54,7 +56,7 @@
       if (box.dataset.keep) {
         const label = document.createElement("label");
         const box_ = document.createElement("input");
-        Object.assign(box_, { type: "checkbox", name: "keep", value: im.id, checked: true });
+        Object.assign(box_, { type: "checkbox", name: "keep", value: im.id, checked: !unticked.has(im.id) });
         label.append(box_, " Keep");
         caption.append(label, " · ");
       }
