@@ -243,10 +243,12 @@ def main():
     parser.add_argument("--postgres", default=POSTGRES)
     args = parser.parse_args()
 
+    import cv2
     import psycopg
     import torch
 
     torch.set_num_threads(1)
+    cv2.setNumThreads(1)  # the false-positive count runs a process per core
     database = f"sdweb_bench_provenance_{os.getpid()}"
     with psycopg.connect(args.postgres, autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{database}"')

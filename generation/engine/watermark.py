@@ -175,41 +175,53 @@ def _masking(luma: np.ndarray) -> np.ndarray:
 
 
 def _correlations(luma: np.ndarray) -> np.ndarray:
-    """The correlation of the block starting at every pixel with PATTERN (one separable filter)."""
+    """The correlation of the block starting at every pixel with PATTERN (a separable filter: rows,
+    then columns; two passes of filter2D are faster than sepFilter2D)."""
     import cv2  # OpenCV comes with invisible-watermark
 
-    kernel = _WAVE / np.linalg.norm(_WAVE)
-    full = cv2.sepFilter2D(luma.astype(np.float32), cv2.CV_32F, kernel.astype(np.float32), kernel.astype(np.float32),
-                           anchor=(0, 0), borderType=cv2.BORDER_CONSTANT)
+    kernel = (_WAVE / np.linalg.norm(_WAVE)).astype(np.float32)
+    full = np.ascontiguousarray(luma, dtype=np.float32)
+    for shape in ((1, BLOCK), (BLOCK, 1)):
+        full = cv2.filter2D(full, cv2.CV_32F, kernel.reshape(shape), anchor=(0, 0), borderType=cv2.BORDER_CONSTANT)
     return full[: luma.shape[0] - BLOCK + 1, : luma.shape[1] - BLOCK + 1]
 
 
 def _fold(values: np.ndarray) -> np.ndarray:
     """Sum of the correlations at each position modulo the tile: a crop only rolls it."""
+    import cv2  # OpenCV comes with invisible-watermark
+
     period = BLOCK * TILE
-    height, width = values.shape
-    padded = np.zeros((-(-height // period) * period, -(-width // period) * period), dtype=np.float32)
     # clipped: a block of the picture's own strong content counts no more than a marked one
-    np.clip(values, -_READ_CLIP, _READ_CLIP, out=padded[:height, :width])
-    return padded.reshape(padded.shape[0] // period, period, padded.shape[1] // period, period).sum(
-        axis=(0, 2), dtype=np.float64)
+    clipped = cv2.max(cv2.min(values, _READ_CLIP), -_READ_CLIP)
+    folded = np.zeros((period, period), dtype=np.float32)
+    for row in range(0, clipped.shape[0], period):
+        for col in range(0, clipped.shape[1], period):
+            part = clipped[row:row + period, col:col + period]
+            folded[: part.shape[0], : part.shape[1]] += part
+    return folded
 
 
 @functools.cache
-def _sync_template_fft() -> np.ndarray:
+def _sync_template_dft() -> np.ndarray:
+    import cv2  # OpenCV comes with invisible-watermark
+
     period = BLOCK * TILE
-    template = np.zeros((period, period))
+    template = np.zeros((period, period), dtype=np.float32)
     rows, cols = np.divmod(SYNC_CELLS, TILE)
     template[rows * BLOCK, cols * BLOCK] = SYNC_SIGNS
-    return np.conj(np.fft.fft2(template))
+    return cv2.dft(template, flags=cv2.DFT_COMPLEX_OUTPUT)
 
 
 def _find_grid(folded: np.ndarray) -> tuple[float, int, int]:
-    """(z-score, row, column) of the best tile origin."""
-    scores = np.real(np.fft.ifft2(np.fft.fft2(folded) * _sync_template_fft()))
-    row, col = np.unravel_index(np.argmax(scores), scores.shape)
-    spread = scores.std() or 1.0
-    return float((scores[row, col] - scores.mean()) / spread), int(row), int(col)
+    """(z-score, row, column) of the best tile origin: the folded correlations' circular
+    correlation with the sync pattern, through the DFT."""
+    import cv2  # OpenCV comes with invisible-watermark
+
+    spectrum = cv2.mulSpectrums(cv2.dft(folded, flags=cv2.DFT_COMPLEX_OUTPUT), _sync_template_dft(), 0, conjB=True)
+    scores = cv2.idft(spectrum, flags=cv2.DFT_SCALE | cv2.DFT_REAL_OUTPUT)
+    _, top, _, (col, row) = cv2.minMaxLoc(scores)
+    mean, spread = (float(v[0, 0]) for v in cv2.meanStdDev(scores))
+    return (top - mean) / (spread or 1.0), int(row), int(col)
 
 
 def _decode(folded: np.ndarray, row: int, col: int) -> tuple[bytes, float, int] | None:
@@ -299,8 +311,8 @@ _LEGACY_CRC_INIT = 0xFFFF  # not 0: a flat image reads as all-zero bits, which a
 
 @functools.cache
 def _dwt_dct_svd():
-    """invisible-watermark's dwtDctSvd method, loaded from its own file: the package's __init__
-    imports its RivaGAN method, which imports torch, and a web process tracing an image must not."""
+    """invisible-watermark's dwtDctSvd method (to make old marks in tests and the benchmark), loaded
+    from its own file: the package's __init__ imports its RivaGAN method, which imports torch."""
     package = importlib.util.find_spec("imwatermark")  # finds the package without running it
     spec = importlib.util.spec_from_file_location(
         "sdweb_imwatermark_dwtdctsvd", Path(package.submodule_search_locations[0]) / "dwtDctSvd.py")
@@ -324,6 +336,25 @@ def embed_legacy_watermark(image: Image.Image, payload: bytes) -> Image.Image:
 def read_legacy_watermark(image: Image.Image) -> bytes | None:
     if min(image.size) < MIN_SIDE:
         return None
-    data = np.packbits(_dwt_dct_svd()(watermarks=[], wmLen=_LEGACY_BITS).decode(_bgr(image))).tobytes()
+    data = np.packbits(_legacy_bits(image)).tobytes()
     payload, check = data[:PAYLOAD_BYTES], data[PAYLOAD_BYTES:]
     return payload if binascii.crc_hqx(payload, _LEGACY_CRC_INIT).to_bytes(2, "big") == check else None
+
+
+def _legacy_bits(image: Image.Image) -> np.ndarray:
+    """The old mark's bits, as dwtDctSvd reads them, vectorised: each 4x4 block of the U plane's Haar
+    approximation votes for its bit (block n for bit n mod the mark's length) by whether its largest
+    singular value modulo 36 lies in the upper half. (dwtDctSvd takes it after a DCT, which, being
+    orthonormal, leaves singular values as they are.)"""
+    import cv2  # OpenCV comes with invisible-watermark
+    import pywt  # comes with invisible-watermark
+
+    u_plane = cv2.cvtColor(_bgr(image), cv2.COLOR_BGR2YUV)[..., 1]
+    height, width = (side - side % 4 for side in u_plane.shape)
+    band, _ = pywt.dwt2(u_plane[:height, :width], "haar")
+    rows, cols = (side // 4 for side in band.shape)
+    blocks = band[: rows * 4, : cols * 4].reshape(rows, 4, cols, 4).transpose(0, 2, 1, 3).reshape(-1, 4, 4)
+    votes = np.linalg.svd(blocks, compute_uv=False)[:, 0] % 36 > 18
+    bit = np.arange(votes.size) % _LEGACY_BITS
+    share = np.bincount(bit, weights=votes, minlength=_LEGACY_BITS) / np.bincount(bit, minlength=_LEGACY_BITS)
+    return share * 255 > 127

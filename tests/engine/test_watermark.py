@@ -7,7 +7,7 @@ import pytest
 from PIL import Image, ImageEnhance, ImageOps
 
 from generation.engine import embed_watermark, read_watermark, watermark_reading
-from generation.engine.watermark import embed_legacy_watermark
+from generation.engine.watermark import PAYLOAD_BYTES, _dwt_dct_svd, _legacy_bits, embed_legacy_watermark, read_legacy_watermark
 from tests.support import photo, ssim
 
 
@@ -103,6 +103,19 @@ def test_images_marked_before_are_still_read_with_the_old_scheme():
     marked = embed_legacy_watermark(photo(5), b"old-mark")
     reading = watermark_reading(reopen(marked, format="PNG"))
     assert reading.payload == b"old-mark" and reading.method == "legacy dwtDctSvd"
+
+
+def test_the_old_marks_bits_read_as_invisible_watermarks_own_decoder_reads_them():
+    """Our vectorised reading of the old mark gives the library's bits, also on copies where some
+    of them flip, at sizes that aren't multiples of its blocks."""
+    library = _dwt_dct_svd()(watermarks=[], wmLen=(PAYLOAD_BYTES + 2) * 8)
+    marked = [embed_legacy_watermark(photo(seed, 300 + 37 * seed, 256 + 29 * seed), b"old-mark") for seed in range(4)]
+    pictures = marked + [reopen(im, format="JPEG", quality=q) for im, q in zip(marked, (95, 85, 75, 60))] + [
+        ImageEnhance.Brightness(marked[0]).enhance(1.1), photo(9, 333, 401)]
+    for picture in pictures:
+        bits = library.decode(np.ascontiguousarray(np.asarray(picture.convert("RGB"))[:, :, ::-1]))
+        assert np.array_equal(_legacy_bits(picture), bits)
+    assert read_legacy_watermark(marked[3]) == b"old-mark" and read_legacy_watermark(photo(9, 333, 401)) is None
 
 
 @pytest.mark.parametrize("picture", ["test model", "photo", "noise", "flat", "gradient"])
