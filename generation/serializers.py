@@ -9,7 +9,7 @@ from generation.engine.request import HIRES_PARAMS, IMAGE_INPUT_PARAMS, MAX_PROM
 from generation.engine.schedulers import SCHEDULERS
 from generation.jobs.models import Job
 from generation.jobs.presenters import job_images
-from generation.jobs.selectors import queue_position, queue_wait
+from generation.jobs.selectors import queue_waits
 from generation.library.models import AddOn, Checkpoint, Vae
 
 
@@ -228,10 +228,17 @@ class JobSerializer(serializers.ModelSerializer):
         return job_images(job, api_request=self.context["request"])
 
     def get_queue_position(self, job) -> int | None:
-        return queue_position(job) if job.status == Job.QUEUED else None
+        return self._wait(job).get("queued_ahead") if job.status == Job.QUEUED else None
 
     def get_queue_eta(self, job) -> float | None:
-        return queue_wait(job)["eta"] if job.status == Job.QUEUED else None
+        return self._wait(job).get("eta") if job.status == Job.QUEUED else None
+
+    def _wait(self, job) -> dict:
+        """The job's place in the queue, from one look at the whole queue per response (a list's
+        jobs share it)."""
+        if "queue_waits" not in self.context:
+            self.context["queue_waits"] = queue_waits()
+        return self.context["queue_waits"].get(job.pk, {"queued_ahead": 0, "eta": 0.0})
 
 
 class CheckpointSerializer(serializers.ModelSerializer):

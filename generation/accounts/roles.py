@@ -1,6 +1,8 @@
 """What a user may use and how much, from their roles (accounts.models.Role): one answer that the
 submit path, the lists of models and the credit top-up all ask."""
 
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -24,8 +26,32 @@ class Allowance:
     storage_bytes: int = 0  # 0: no quota
 
 
+_KEPT: ContextVar[dict | None] = ContextVar("sdweb_allowances", default=None)
+
+
+@contextmanager
+def allowances_kept():
+    """Within it, each user's allowance is worked out once: one request asks several times (the
+    studio page: its lists, its checks), and a role changed meanwhile counts from the next request."""
+    token = _KEPT.set({})
+    try:
+        yield
+    finally:
+        _KEPT.reset(token)
+
+
 def allowance(user) -> Allowance:
     """The most any of `user`'s roles allows; the site's settings for someone in none (or anonymous)."""
+    kept = _KEPT.get()
+    key = user.pk if user is not None and user.is_authenticated else None
+    if kept is None:
+        return _allowance(user)
+    if key not in kept:
+        kept[key] = _allowance(user)
+    return kept[key]
+
+
+def _allowance(user) -> Allowance:
     site = settings.SDWEB
     roles = list(Role.objects.filter(group__user=user).select_related("group").prefetch_related(
         "checkpoints", "addons", "blocked_addons")) if user is not None and user.is_authenticated else []

@@ -1,4 +1,5 @@
 import asyncio
+import time
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
@@ -6,7 +7,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from generation.jobs.live import group_name
 from generation.jobs.models import Job
 from generation.jobs.presenters import job_event_shown, job_state
-from generation.jobs.selectors import job_for_viewer, queue_wait
+from generation.jobs.selectors import job_for_viewer, queue_waits
 
 QUEUE_REFRESH_SECONDS = 2.0  # a waiting job's place and ETA are sent again this often
 
@@ -34,11 +35,12 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
         announced by the workers at every claim."""
         while True:
             await asyncio.sleep(QUEUE_REFRESH_SECONDS)
-            wait = await database_sync_to_async(
-                lambda: (job := Job.objects.filter(pk=job_id, status=Job.QUEUED).first()) and queue_wait(job))()
-            if not wait:
-                return
-            await self.send_json({"type": "queued", **wait})
+            wait = (await _queue_waits()).get(job_id)
+            if wait is None:  # started, cancelled, or queued since the last look at the queue
+                if not await database_sync_to_async(Job.objects.filter(pk=job_id, status=Job.QUEUED).exists)():
+                    return
+                continue
+            await self.send_json({"type": "queued", "position": wait["position"], "eta": wait["eta"]})
 
     async def disconnect(self, code):
         if hasattr(self, "waiting"):
@@ -48,3 +50,17 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
 
     async def job_event(self, message):
         await self.send_json(job_event_shown(message["event"]))
+
+
+_latest_waits = (-QUEUE_REFRESH_SECONDS, {})
+
+
+async def _queue_waits() -> dict[int, dict]:
+    """Every queued job's place and ETA, looked at once per refresh for all the sockets this
+    process serves (each socket looking for itself made the web's work grow with the square of the
+    queue's length). While one socket looks, the others keep the last answer."""
+    global _latest_waits
+    if time.monotonic() - _latest_waits[0] >= QUEUE_REFRESH_SECONDS / 2:
+        _latest_waits = (time.monotonic(), _latest_waits[1])
+        _latest_waits = (time.monotonic(), await database_sync_to_async(queue_waits)())
+    return _latest_waits[1]

@@ -70,26 +70,20 @@ def batch_with(pick: Job, candidates: list[Job], *, recent: dict, images: int) -
         count_started(counts, chosen)
 
 
-def runs_before(job: Job, *, images: int) -> list[int]:
-    """The sizes (in jobs) of the runs the claim would make from the queued jobs before the run
-    that takes `job`: the claim's own order and batching, played forward."""
+def queue_plan(*, images: int) -> dict[int, list[int]]:
+    """Every queued job's runs before it (their sizes in jobs): the claim's own order and batching,
+    played forward once for the whole queue."""
     queued = list(Job.objects.filter(status=Job.QUEUED).select_related("checkpoint", "vae"))
     recent = started_lately(queued)
-    sizes = []
+    plan, sizes = {}, []
     while queued:
         run = batch_with(fair_order(queued, recent=recent)[0], queued, recent=recent, images=images)
-        if any(j.pk == job.pk for j in run):
-            break
-        sizes.append(len(run))
         for taken in run:
+            plan[taken.pk] = list(sizes)
             count_started(recent, taken)
             queued.remove(taken)
-    return sizes
-
-
-def queue_position(job: Job) -> int:
-    """Queued jobs that start before this one, as the claim would take them."""
-    return sum(runs_before(job, images=_run_images()))
+        sizes.append(len(run))
+    return plan
 
 
 def _run_images() -> int:
@@ -100,16 +94,22 @@ def _run_images() -> int:
 
 
 def queue_wait(job: Job) -> dict:
-    """What a queued job's page shows: jobs ahead (queued and running) and an ETA in seconds, from
-    the runs of the last 10 minutes. A run is the jobs a worker claimed at once (one start time);
-    it lasts until that worker's next claim. This job starts when the first worker is done with the
-    run it has going (how long runs of that size took lately, less what has passed) plus the runs
-    the claim would make of the queued jobs before it, shared between the workers. While too few
-    runs ended lately: the median job time over the running jobs."""
+    """What a queued job's page shows ({"position", "eta"}: see `queue_waits`)."""
+    wait = queue_waits().get(job.pk) or {"position": Job.objects.filter(status=Job.RUNNING).count(), "eta": 0.0}
+    return {"position": wait["position"], "eta": wait["eta"]}
+
+
+def queue_waits() -> dict[int, dict]:
+    """What each queued job's page shows, worked out for the whole queue at once: jobs ahead (queued
+    and running), the queued ones alone (`queued_ahead`), and an ETA in seconds, from the runs of the
+    last 10 minutes. A run is the jobs a worker claimed at once (one start time); it lasts until that
+    worker's next claim. A job starts when the first worker is done with the run it has going (how
+    long runs of that size took lately, less what has passed) plus the runs the claim would make of
+    the queued jobs before it, shared between the workers. While too few runs ended lately: the
+    median job time over the running jobs."""
     running = Job.objects.filter(status=Job.RUNNING)
-    before = runs_before(job, images=_run_images())
-    ahead = sum(before) + running.count()
-    now = timezone.now()
+    plan = queue_plan(images=_run_images())
+    now, busy_count = timezone.now(), running.count()
     runs = list(Job.objects.filter(started_at__gte=now - timedelta(minutes=10), status__in=(Job.RUNNING, Job.SUCCEEDED))
                 .values("worker", "started_at").annotate(size=Count("id")).order_by("worker", "started_at"))
     lasted = {}  # run size -> how long such runs lasted
@@ -126,10 +126,16 @@ def queue_wait(job: Job) -> dict:
         busy = set(running.values_list("worker", flat=True))  # (the run before may still be finishing)
         now_going = min((max(0.0, takes(run["size"]) - (now - run["started_at"]).total_seconds())
                          for worker, run in latest.items() if worker in busy), default=0.0)
-        return {"position": ahead, "eta": round(now_going + sum(map(takes, before)) / len(latest), 1)}
-    durations = [(j.finished_at - j.started_at).total_seconds() for j in Job.objects.filter(
-        status=Job.SUCCEEDED, started_at__isnull=False, finished_at__gte=now - timedelta(minutes=10)).order_by(
-        "-finished_at")[:20]]
-    # The running jobs hold the workers: the queue drains about `running` jobs per typical job time.
-    eta = round(ahead * statistics.median(durations) / max(1, ahead - sum(before)), 1) if durations else None
-    return {"position": ahead, "eta": eta}
+
+        def eta(before):
+            return round(now_going + sum(map(takes, before)) / len(latest), 1)
+    else:
+        durations = [(j.finished_at - j.started_at).total_seconds() for j in Job.objects.filter(
+            status=Job.SUCCEEDED, started_at__isnull=False, finished_at__gte=now - timedelta(minutes=10)).order_by(
+            "-finished_at")[:20]]
+
+        def eta(before):  # the running jobs hold the workers: the queue drains ~`running` jobs per job time
+            ahead = sum(before) + busy_count
+            return round(ahead * statistics.median(durations) / max(1, busy_count), 1) if durations else None
+    return {pk: {"position": sum(before) + busy_count, "eta": eta(before), "queued_ahead": sum(before)}
+            for pk, before in plan.items()}

@@ -178,6 +178,33 @@ def test_a_queued_job_hears_its_place_in_the_queue_move(client, checkpoint):
     assert moved == {"type": "queued", "position": 1, "eta": None}  # the first now runs: still ahead of it
 
 
+def test_two_people_waiting_at_once_each_hear_their_own_place_move(client, checkpoint):
+    """Every socket of a process reads the one look at the queue per refresh; each gets its own job's place."""
+    from django.test import Client
+
+    alice, carol = (User.objects.create_user(name, password=f"pw-{name}-123") for name in ("alice", "carol"))
+    carols = Client()
+    first = submit(client, alice, checkpoint)
+    theirs = submit(carols, carol, checkpoint)
+    mine = submit(client, alice, checkpoint)  # alice's second: carol's first goes before it
+
+    async def scenario():
+        sockets = [socket_for(carols, theirs), socket_for(client, mine)]
+        for socket in sockets:
+            assert (await socket.connect())[0]
+        try:
+            states = [await socket.receive_json_from() for socket in sockets]
+            await sync_to_async(job_cancel, thread_sensitive=False)(user=alice, job_id=first.pk)
+            return states, [await socket.receive_json_from(timeout=5) for socket in sockets]
+        finally:
+            for socket in sockets:
+                await socket.disconnect()
+
+    states, moved = async_to_sync(scenario)()
+    assert [(s["status"], s["position"]) for s in states] == [("queued", 1), ("queued", 2)]
+    assert [(m["type"], m["position"]) for m in moved] == [("queued", 0), ("queued", 1)]
+
+
 def test_a_waiting_job_counts_the_running_jobs_ahead_and_gets_an_eta_from_recent_jobs(alice, carol, make_job,
                                                                                       checkpoint):
     from generation.jobs.presenters import job_state
