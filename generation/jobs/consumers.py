@@ -7,7 +7,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from generation.jobs.live import group_name
 from generation.jobs.models import Job
 from generation.jobs.presenters import job_event_shown, job_state
-from generation.jobs.selectors import job_for_viewer, queue_waits
+from generation.jobs.selectors import job_for_viewer, queue_wait, queue_waits
 
 QUEUE_REFRESH_SECONDS = 2.0  # a waiting job's place and ETA are sent again this often
 
@@ -25,7 +25,10 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
         # Join before reading the state: an event sent meanwhile is queued, not lost.
         await self.channel_layer.group_add(self.group, self.channel_name)
         await self.accept()
-        state = await database_sync_to_async(lambda: job_state(Job.objects.get(pk=job.pk)))()
+        state = await database_sync_to_async(lambda: job_state(Job.objects.get(pk=job.pk), queue=False))()
+        if state["status"] == Job.QUEUED:  # its place from the process's last look at the queue, if it was in it
+            wait = (await _queue_waits()).get(job.pk) or await database_sync_to_async(queue_wait)(job)
+            state |= {"position": wait["position"], "eta": wait["eta"]}
         await self.send_json(state)
         if state["status"] == Job.QUEUED:
             self.waiting = asyncio.create_task(self.queue_updates(job.pk))

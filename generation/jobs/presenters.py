@@ -50,11 +50,12 @@ def job_event_shown(event: dict) -> dict:
     return event
 
 
-def job_state(job: Job) -> dict:
-    """Where a job is now, in the shape of the live events, so a reloaded page resumes."""
+def job_state(job: Job, *, queue: bool = True) -> dict:
+    """Where a job is now, in the shape of the live events, so a reloaded page resumes (`queue`
+    False: a queued job's place left to the caller)."""
     state = {"type": "state", "status": job.status, "step": job.progress_step, "total": job.progress_total,
              "error": job.error}
-    if job.status == Job.QUEUED:
+    if job.status == Job.QUEUED and queue:
         state |= queue_wait(job)
     if job.status == Job.RUNNING and job.preview:
         state["preview"] = data_url(bytes(job.preview))
