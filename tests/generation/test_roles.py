@@ -184,3 +184,20 @@ def test_jobs_under_way_hold_room_for_their_images_until_they_end(alice, student
     assert full.value.code == RefusalCode.STORAGE_FULL
     job_cancel(user=alice, job_id=jobs[0].pk)
     job_submit(user=alice, params=params(students["allowed"], seed=5))
+
+
+def test_a_role_changed_between_two_page_loads_counts_from_the_next_and_each_load_reads_the_roles_once(
+        client, alice, students):
+    """The studio page asks for the user's allowance a dozen times (its lists, its limits): one
+    read of the roles per request, and a role changed meanwhile shows on the next page."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    client.force_login(alice)
+    with CaptureQueriesContext(connection) as queries:
+        page = client.get("/generate/").content.decode()
+    assert 'data-max-side="256"' in page
+    assert sum('FROM "generation_role"' in q["sql"] for q in queries.captured_queries) == 1
+    students["role"].max_side = 512
+    students["role"].save()
+    assert 'data-max-side="512"' in client.get("/generate/").content.decode()
