@@ -1,18 +1,21 @@
 from axes.handlers.proxy import AxesProxyHandler
 from django.conf import settings
 from django.contrib import messages
-from django.contrib.auth import authenticate, login
+from django.contrib.auth import authenticate, get_user_model, login
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.signals import user_login_failed
 from django.db import IntegrityError, connection, transaction
+from django.db.models import Exists, OuterRef, Subquery
+from django.db.models.functions import Coalesce
 from django.http import Http404, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
+from generation.accounts.models import TeamMember
 from generation.credits.ledger import credits_topup_if_due
 from generation.credits.models import CreditAccount
-from generation.library.selectors import default_checkpoint
+from generation.library.models import Checkpoint
 from sdweb import accounts
 from sdweb.celery import app
 from sdweb.forms import SignUpForm
@@ -21,16 +24,20 @@ from sdweb.shared import api_keys, throttle
 
 
 def studio_context(request):
-    """On every page: whether the test model is the one in use, and the user's balance."""
-    default = default_checkpoint()
-    balance = None
+    """On every page: whether the test model is the one in use (said to signed-in people only),
+    their balance and whether they are in a team: one query, on every page."""
+    test_model, balance, has_teams = False, None, False
     if request.user.is_authenticated:
-        balance = CreditAccount.objects.filter(user=request.user).values_list("balance", flat=True).first() or 0
-    return {"test_model_in_use": default is not None and default.is_test_model, "balance": balance,
+        default = Checkpoint.objects.filter(enabled=True).order_by("-is_default", "name")  # as default_checkpoint()
+        test_model, balance, has_teams = get_user_model().objects.filter(pk=request.user.pk).values_list(
+            Subquery(default.values("is_test_model")[:1]),
+            Coalesce(Subquery(CreditAccount.objects.filter(user=OuterRef("pk")).values("balance")[:1]), 0),
+            Exists(TeamMember.objects.filter(user=OuterRef("pk")))).get()
+    return {"test_model_in_use": bool(test_model), "balance": balance,
             "registration": settings.SDWEB["REGISTRATION"] if settings.SDWEB["LOCAL_PASSWORDS"] else "closed",
             "local_passwords": settings.SDWEB["LOCAL_PASSWORDS"],
             "oidc_name": settings.SDWEB["OIDC_NAME"] if settings.SDWEB["OIDC_ISSUER"] else "",
-            "has_teams": request.user.is_authenticated and request.user.team_memberships.exists()}
+            "has_teams": has_teams}
 
 
 def home(request):

@@ -9,6 +9,7 @@ from PIL import Image as PILImage
 
 from gallery.models import Image
 from gallery.selectors import PAGE_SIZE
+from generation.credits.models import CreditAccount
 from generation.engine import parse_parameters, read_watermark
 from generation.jobs.models import Job
 from generation.jobs.queue import job_cancel
@@ -23,6 +24,20 @@ def test_the_private_gallery_lists_my_images_newest_first(client, alice, carol, 
     shown = [image.job_id for image in page.context["page"]]
     assert shown == [newer.pk, newer.pk, older.pk, older.pk]
     assert "carol&#x27;s secret" not in page.content.decode()
+
+
+def test_a_gallery_or_explore_page_costs_four_queries_however_many_images_and_says_the_balance(
+        client, alice, make_job, django_assert_num_queries):
+    """The session, the user, one for what every page says (the balance, teams, the test model) and
+    one for the page's images with their jobs and makers."""
+    for n in range(3):
+        make_job(alice, prompt=f"picture {n}").images.update(is_public=True)
+    client.force_login(alice)
+    for url in ("/gallery/", "/explore/"):
+        with django_assert_num_queries(4):
+            page = client.get(url).content.decode()
+        balance = CreditAccount.objects.get(user=alice).balance
+        assert page.count("<li data-width") == 6 and f'<span id="balance">{balance}</span>' in page, url
 
 
 def test_the_gallery_is_searchable_by_prompt(client, alice, make_job):
