@@ -98,7 +98,7 @@ def _publish(job: Job, work: Finishing, made: list[dict], prints: list[ImageFing
     """Succeed the job with these images if this attempt still owns it; False if it lost it."""
     flagged = len(work.flagged)
     finished = Job.objects.filter(pk=job.pk, attempts=work.attempt, status=Job.RUNNING).update(
-        status=Job.SUCCEEDED, finished_at=timezone.now(), lease_until=None, preview=None,
+        status=Job.SUCCEEDED, finished_at=timezone.now(), lease_until=None,
         timings={k: round(v, 4) for k, v in work.timings.items()}, batch_size=work.batch_size,
         error=f"{flagged} image(s) withheld by the safety checker; their share was refunded." if flagged else "")
     if not finished:  # cancelled or taken over meanwhile

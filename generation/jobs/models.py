@@ -94,7 +94,7 @@ class Job(models.Model):
     progress_step = models.PositiveIntegerField(default=0)
     previews_sent = models.PositiveIntegerField(default=0)
     progress_total = models.PositiveIntegerField(default=0)
-    preview = models.BinaryField(null=True, blank=True, editable=False)  # the latest live one, while it runs
+    preview = models.BinaryField(null=True, blank=True, editable=False)
     timings = models.JSONField(default=dict, blank=True)
     batch_size = models.PositiveSmallIntegerField(default=1, help_text="Jobs denoised together in its run")
     error = models.TextField(blank=True, help_text="What its owner is told, in one plain sentence")

@@ -108,7 +108,7 @@ def job_end_refunded(*, job: Job, attempt: int, error: str, status: str = Job.FA
     """End a job as failed or cancelled and refund it once, if this attempt still owns it; `error`
     is for its owner, `detail` for staff only."""
     ended = Job.objects.filter(pk=job.pk, attempts=attempt, status__in=Job.ACTIVE).update(
-        status=status, error=error, error_detail=detail, finished_at=timezone.now(), lease_until=None, preview=None)
+        status=status, error=error, error_detail=detail, finished_at=timezone.now(), lease_until=None)
     if ended:
         credits_refund(job=job, reason="cancelled" if status == Job.CANCELLED else "failed")
         event = {"type": "cancelled"} if status == Job.CANCELLED else {"type": "failed", "reason": error}
