@@ -43,7 +43,7 @@ def visible_images(user):
 def gallery_page(*, owner=None, team=None, public=False, query: str = "", before: str = "", after: str = "") -> Page:
     """The PAGE_SIZE images older than cursor `before` (or newer than `after`, or the newest): an
     owner's private ones, a team's, or the public ones."""
-    images = Image.objects.select_related("job", "owner__studio_settings")
+    images = Image.objects.select_related("job", "owner__studio_settings").defer("job__preview")  # (a live one)
     if owner is not None:
         images = images.filter(owner=owner, team__isnull=True)
     if team is not None:

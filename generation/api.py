@@ -49,7 +49,7 @@ class JobList(generics.ListCreateAPIView):
 
     def get_queryset(self):
         jobs = Job.objects.filter(user=self.request.user).select_related("checkpoint", "refiner", "vae") \
-            .prefetch_related("images")
+            .prefetch_related("images").defer("preview")  # the last live preview: the list doesn't show it
         query = self.request.query_params
         if query.get("status"):
             jobs = jobs.filter(status=query["status"])
