@@ -6,8 +6,9 @@ the VAE's pictures, and each ancestral sampler step's noise (made on the CPU wit
 generators and copied to the device with a blocking copy). The VAE's decode is twice a step's work;
 the text encoder's forward a tenth of one (on a GPU it is GPU work; the tiny model's forward on
 this CPU took ~47 ms a run under load, host time no GPU server spends); pictures and embeddings
-are zeros and noise, as the test model's are. Everything else (tokenizing and prompt weights, the
-queue, watermark, PNG, C2PA, storage, the database, websockets, the web) is the studio's real code.
+are zeros and noise, as the test model's are (the pictures' noise made once per size: making it is
+GPU work). Everything else (tokenizing and prompt weights, the queue, watermark, PNG, C2PA, storage,
+the database, websockets, the web) is the studio's real code.
 The seconds of work run are written to $SDWEB_VAR_DIR/standin-busy, which the benchmark reads for
 its busy %. BENCH_TRACE=1 records where the queue ran dry (bench/trace_standin.py).
 
@@ -82,11 +83,15 @@ def install(step_ms: float, busy_file: Path) -> None:
         return BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=hidden[:, 0], hidden_states=(
             (hidden,) * (self.config.num_hidden_layers + 1) if output_hidden_states else None))
 
+    made = {}
+
     def decode(self, z, return_dict=True, generator=None):
         device.launch(2 * step_ms / 1000 * z.shape[0] ** 0.3)
         device.synchronize()  # the pipeline reads the pictures at once
-        pictures = torch.rand((z.shape[0], 3, z.shape[2] * 8, z.shape[3] * 8), generator=torch.Generator().manual_seed(
-            int(z.shape[0]))) * 2 - 1
+        shape = (z.shape[0], 3, z.shape[2] * 8, z.shape[3] * 8)
+        if shape not in made:  # the GPU's work (launched above), not the host's: made once per shape
+            made[shape] = torch.rand(shape, generator=torch.Generator().manual_seed(shape[0])) * 2 - 1
+        pictures = made[shape].clone()
         return DecoderOutput(sample=pictures) if return_dict else (pictures,)
 
     def step_noise(*args, randn=torch_utils.randn_tensor, **kwargs):

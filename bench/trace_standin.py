@@ -40,7 +40,7 @@ def patch(**kwargs):
 
     for owner, name in [(worker, "job_run_next"), (worker, "jobs_claim"), (worker, "jobs_run"), (worker, "_outcomes"),
                         (worker, "_request"), (worker.RunTracker, "save"), (worker, "flush"), (finish.Finisher, "submit"),
-                        (worker, "jobs_reap"), (worker, "engine_configure"), (batch, "load_pipeline"), (batch, "_encode_many"),
+                        (worker, "jobs_reap"), (worker, "engine_configure"), (batch, "load_pipeline"), (batch, "encode_many"),
                         (batch, "denoise"), (batch, "_decoded"), (batch, "checked_result"),
                         (previews.PreviewMaker, "wait"), (worker, "generate_batch"), (worker, "job_event_soon"),
                         (worker.RunTracker, "stopped")]:

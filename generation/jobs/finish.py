@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import F
 from django.utils import timezone
 from PIL import Image as PILImage
 
@@ -49,6 +50,7 @@ class Finishing:
     flagged: list[int] = field(default_factory=list)
     timings: dict = field(default_factory=dict)
     batch_size: int = 1
+    progress: tuple = ()  # the last step, total, preview and previews sent since the last save
 
 
 def job_finish(work: Finishing) -> list[tuple]:
@@ -97,8 +99,12 @@ def _store(job: Job, work: Finishing, k: int) -> dict:
 def _publish(job: Job, work: Finishing, made: list[dict], prints: list[ImageFingerprint]) -> bool:
     """Succeed the job with these images if this attempt still owns it; False if it lost it."""
     flagged = len(work.flagged)
+    shown = {}
+    if work.progress:  # the run's last steps and preview, not saved before
+        step, total, preview, sent = work.progress
+        shown = dict(progress_step=step, progress_total=total, preview=preview, previews_sent=F("previews_sent") + sent)
     finished = Job.objects.filter(pk=job.pk, attempts=work.attempt, status=Job.RUNNING).update(
-        status=Job.SUCCEEDED, finished_at=timezone.now(), lease_until=None,
+        status=Job.SUCCEEDED, finished_at=timezone.now(), lease_until=None, **shown,
         timings={k: round(v, 4) for k, v in work.timings.items()}, batch_size=work.batch_size,
         error=f"{flagged} image(s) withheld by the safety checker; their share was refunded." if flagged else "")
     if not finished:  # cancelled or taken over meanwhile

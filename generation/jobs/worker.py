@@ -224,7 +224,9 @@ def jobs_run(jobs: list[Job], on_last_step=None, prepared: dict | None = None) -
     for job in jobs:
         job_event_soon(job.pk, {"type": "started", "attempt": job.attempts})
     outcomes = _outcomes(jobs, watch, prepared or {})
-    watch.save()  # the last steps and previews, before the jobs leave this thread
+    made = [k for k, outcome in enumerate(outcomes) if k not in watch.reasons and not isinstance(outcome, Exception)]
+    progress = {k: watch.latest.pop(k) for k in made if k in watch.latest}  # saved as they are published
+    watch.save()  # the others' last steps and previews (no query when every job was made)
     flush()  # previews already handed to the sender go out before any job's end
     for k, (job, outcome) in enumerate(zip(jobs, outcomes)):
         if k in watch.reasons or isinstance(outcome, GenerationCancelled):
@@ -239,7 +241,8 @@ def jobs_run(jobs: list[Job], on_last_step=None, prepared: dict | None = None) -
             FINISHER.submit(job, Finishing(
                 job_id=job.pk, attempt=job.attempts, images=list(outcome.images), indexes=outcome.indexes,
                 seeds=outcome.seeds, texts=[_parameters(outcome, k) for k in range(len(outcome.images))],
-                flagged=outcome.flagged, timings=outcome.timings, batch_size=getattr(outcome, "batch_size", 1)))
+                flagged=outcome.flagged, timings=outcome.timings, batch_size=getattr(outcome, "batch_size", 1),
+                progress=progress.get(k, ())))
         except Exception:  # this job alone: the others of the batch are finished as usual
             log.exception("job %s could not be handed over to be finished", job.pk)
             job_end_refunded(job=job, attempt=job.attempts, error="Generation failed: its images could not be stored.")

@@ -266,3 +266,18 @@ def test_the_cfg_scale_changes_the_image(run):
     """It once went unused (every image at diffusers' default 7.5) and no test noticed."""
     low, high, default = run(guidance_scale=3.0), run(guidance_scale=9.0), run(guidance_scale=7.5)
     assert low.images[0].tobytes() != high.images[0].tobytes() != default.images[0].tobytes()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_pictures_made_on_the_device_equal_those_diffusers_makes(dtype):
+    from diffusers.image_processor import VaeImageProcessor
+
+    from generation.engine.steps import to_pictures
+
+    processor = VaeImageProcessor()
+    decoded = torch.rand((3, 3, 40, 24), generator=torch.Generator().manual_seed(5)) * 2.4 - 1.2  # past [-1, 1] too
+    decoded[0, 0, 0, :6] = torch.tensor([-1, 1, 2 * 0.5 / 255 - 1, 2 * 1.5 / 255 - 1, 2 * 127.5 / 255 - 1, 0])  # halves
+    decoded = decoded.to(dtype)
+    ours, theirs = to_pictures(processor, decoded), processor.postprocess(decoded, output_type="pil")
+    assert [p.mode for p in ours] == ["RGB"] * 3
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(ours, theirs))

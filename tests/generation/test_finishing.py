@@ -33,6 +33,9 @@ def test_a_batch_is_finished_in_another_process_and_each_job_is_told(finisher, a
     for job in jobs:
         job.refresh_from_db()
         assert (job.status, job.batch_size, job.images.count(), refunds(job)) == ("succeeded", 2, 2, 0)
+        # its last step and preview, kept for reloaded pages with its publishing (not saved before)
+        assert (job.progress_step, job.progress_total) == (job.steps, job.steps) and job.preview
+        assert job.previews_sent >= 1
         for image in job.images.all():
             assert read_watermark(PILImage.open(image.png)) == image.id.to_bytes(8, "big")
             assert image.owner_id == job.user_id
