@@ -27,9 +27,10 @@ def studio_context(request):
     """On every page: whether the test model is the one in use (said to signed-in people only),
     their balance and whether they are in a team: one query, on every page."""
     test_model, balance, has_teams = False, None, False
-    if request.user.is_authenticated:
+    user = getattr(request, "user", None)  # none on the not-found page of a static file (no middleware ran)
+    if user is not None and user.is_authenticated:
         default = Checkpoint.objects.filter(enabled=True).order_by("-is_default", "name")  # as default_checkpoint()
-        test_model, balance, has_teams = get_user_model().objects.filter(pk=request.user.pk).values_list(
+        test_model, balance, has_teams = get_user_model().objects.filter(pk=user.pk).values_list(
             Subquery(default.values("is_test_model")[:1]),
             Coalesce(Subquery(CreditAccount.objects.filter(user=OuterRef("pk")).values("balance")[:1]), 0),
             Exists(TeamMember.objects.filter(user=OuterRef("pk")))).get()

@@ -236,7 +236,7 @@ def test_a_scheduler_that_is_not_a_name_is_a_400_naming_it(alice, checkpoint):
     assert response.status_code == 400 and response.json()["detail"].startswith("scheduler:")
 
 
-def test_a_static_path_that_climbs_out_is_a_400():
+def _through_asgi(path: str) -> dict:
     import asyncio
     from concurrent.futures import ThreadPoolExecutor
 
@@ -245,11 +245,21 @@ def test_a_static_path_that_climbs_out_is_a_400():
     from sdweb.asgi import application
 
     async def fetch():
-        return await HttpCommunicator(application, "GET", "/static/../var/secret_key").get_response()
+        return await HttpCommunicator(application, "GET", path).get_response()
 
     with ThreadPoolExecutor(1) as pool:  # a loop of its own, whatever an earlier test left running here
-        response = pool.submit(asyncio.run, fetch()).result()
+        return pool.submit(asyncio.run, fetch()).result()
+
+
+def test_a_static_path_that_climbs_out_is_a_400():
+    response = _through_asgi("/static/../var/secret_key")
     assert response["status"] == 400 and b"secret" not in response["body"]
+
+
+@pytest.mark.django_db
+def test_a_static_file_that_is_not_there_is_the_not_found_page():
+    response = _through_asgi("/static/no-such-file.css")  # was a 500: the page asked who was signed in
+    assert response["status"] == 404 and b"Not found" in response["body"]
 
 
 def test_partial_images_must_be_a_whole_number_and_nothing_is_charged(client, alice, checkpoint):
