@@ -110,3 +110,22 @@ def test_only_the_owner_cancels_and_the_worker_in_another_process_stops_within_a
         print(json.dumps([job.status, job.images.count(), list(job.credit_entries.values_list("kind", flat=True))]))
     """)
     assert state[0] == "cancelled" and state[1] == 0 and sorted(state[2]) == ["charge", "refund"]
+
+
+def test_the_web_process_keeps_its_connections_to_redis_across_requests(deployment):
+    """Django makes a cache object per request under ASGI; each made a Redis connection pool of its
+    own, so every throttle check opened a new connection (20 requests: 20 connections)."""
+    import redis
+
+    from tests.support import REDIS
+
+    def connections_received() -> int:
+        with redis.Redis.from_url(REDIS) as client:
+            return client.info("stats")["total_connections_received"]
+
+    before = connections_received()
+    for _ in range(20):  # the public verify API: per-address throttles, then a 400 (no image)
+        with pytest.raises(urllib.error.HTTPError):
+            urllib.request.urlopen(urllib.request.Request(deployment.base + "/api/v1/verify", data=b"",
+                                                          method="POST"), timeout=30)
+    assert connections_received() - before < 5
