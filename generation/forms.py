@@ -1,5 +1,6 @@
 from django import forms
 from django.conf import settings
+from django.forms.renderers import Jinja2
 
 from generation.accounts.teams import OWN_CREDITS, paying_team, teams_of
 from generation.credits.models import CreditAccount
@@ -49,6 +50,21 @@ class PoolSelect(forms.Select):
         return option
 
 
+class ListedChoices(forms.models.ModelChoiceIterator):
+    """A model field's choices from its queryset's results, loaded once per form: Django's own
+    iterator queries again each time the field is rendered or its choices are looked at."""
+
+    def __iter__(self):
+        if self.field.empty_label is not None:
+            yield ("", self.field.empty_label)
+        for obj in self.queryset:
+            yield self.choice(obj)
+
+
+class ListedModelChoiceField(forms.ModelChoiceField):
+    iterator = ListedChoices
+
+
 def pool_choices(user) -> tuple[list, dict]:
     """("own" and each of the user's teams, their balances) for the form's `team` field."""
     choices, balances = [(OWN_CREDITS, "My own credits and gallery")], {}
@@ -60,11 +76,19 @@ def pool_choices(user) -> tuple[list, dict]:
     return choices, balances
 
 
+# The studio form's ~50 widgets rendered through Django's Jinja2 copies of its widget templates (the
+# same markup): through Django's template language they were 40 % of the studio page's time. One
+# renderer for every request (it holds the compiled templates); Django's admin keeps its own.
+WIDGETS = Jinja2()
+
+
 class GenerateForm(forms.Form):
+    default_renderer = WIDGETS
+
     prompt = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), max_length=MAX_PROMPT_CHARS,
                              help_text="A1111 syntax works: (word:1.3), [word], BREAK.")
     negative_prompt = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), max_length=MAX_PROMPT_CHARS, required=False)
-    checkpoint = forms.ModelChoiceField(queryset=Checkpoint.objects.none(), empty_label=None)
+    checkpoint = ListedModelChoiceField(queryset=Checkpoint.objects.none(), empty_label=None)
     width = forms.IntegerField(min_value=256, initial=512, widget=forms.NumberInput(attrs={"step": 8}))
     height = forms.IntegerField(min_value=256, initial=512, widget=forms.NumberInput(attrs={"step": 8}))
     steps = forms.IntegerField(min_value=1, max_value=MAX_STEPS, initial=20)
@@ -81,9 +105,9 @@ class GenerateForm(forms.Form):
                                         widget=forms.NumberInput(attrs={"step": 0.05}))
     clip_skip = forms.IntegerField(min_value=1, max_value=12, initial=1, required=False, label="Clip skip",
                                    help_text="SD 1.x: 2 suits many anime models.")
-    refiner = forms.ModelChoiceField(queryset=Checkpoint.objects.none(), required=False, empty_label="None",
+    refiner = ListedModelChoiceField(queryset=Checkpoint.objects.none(), required=False, empty_label="None",
                                      help_text="SDXL only: a refiner finishes the last steps.")
-    vae = forms.ModelChoiceField(queryset=Vae.objects.none(), required=False, label="VAE", empty_label="Automatic",
+    vae = ListedModelChoiceField(queryset=Vae.objects.none(), required=False, label="VAE", empty_label="Automatic",
                                  help_text="Automatic: the checkpoint's default VAE, or its own.",
                                  widget=VaeSelect)
     refiner_switch_at = forms.FloatField(min_value=0.01, max_value=0.99, initial=0.8, required=False,
@@ -140,7 +164,7 @@ class GenerateForm(forms.Form):
 
     # One ControlNet unit from the page (the APIs take several): its image is an upload, a gallery
     # image ("Use as control image"), or else the starting image.
-    cn_model = forms.ModelChoiceField(queryset=AddOn.objects.none(), required=False, empty_label="None",
+    cn_model = ListedModelChoiceField(queryset=AddOn.objects.none(), required=False, empty_label="None",
                                       label="ControlNet model")
     cn_image = forms.FileField(required=False, label="Control image", widget=forms.ClearableFileInput(
         attrs={"accept": "image/png,image/jpeg,image/webp"}), help_text="Empty: the starting image.")

@@ -294,6 +294,22 @@ def test_the_page_previews_the_map_and_submits_its_controlnet_unit(alice, checkp
     assert (job.addons[0]["module"], job.addons[0]["resize_mode"]) == ("invert", 1)
 
 
+def test_the_studio_page_reads_each_model_list_once(alice, checkpoint, library, client):
+    """Django's model choice fields queried again each time the page rendered them or asked whether
+    they had any choices (the ControlNet list: twice a page)."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    client.force_login(alice)
+    with CaptureQueriesContext(connection) as queries:
+        page = client.get("/generate/").content.decode()
+    assert f'<option value="{library["controlnet"].pk}">' in page and f'<option value="{checkpoint.pk}" selected>' in page
+    reads = [q["sql"] for q in queries.captured_queries]
+    assert sum(q.startswith('SELECT "generation_addon"."id"') and "'controlnet'" in q for q in reads) == 1
+    # the checkpoint list, the refiner's and the default checkpoint
+    assert sum(q.startswith('SELECT "generation_checkpoint"."id"') for q in reads) == 3
+
+
 @pytest.fixture
 def a1111(alice, checkpoint):
     client = APIClient()
