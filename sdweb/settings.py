@@ -167,6 +167,10 @@ CELERY_IMPORTS = ("generation.tasks",)
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# A pool process that replaces a dead one imports torch and (SDWEB_COMPILE) compiles the UNet before
+# it says it is up: 14 s of imports on a busy 2-core host. Celery's 4 s default killed it and the next,
+# over and over, and the job never ran again.
+CELERY_WORKER_PROC_ALIVE_TIMEOUT = JOB_TIMEOUT_SECONDS
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_WORKER_REDIRECT_STDOUTS = False
