@@ -43,13 +43,17 @@ def visible_images(user):
 def gallery_page(*, owner=None, team=None, public=False, query: str = "", before: str = "", after: str = "") -> Page:
     """The PAGE_SIZE images older than cursor `before` (or newer than `after`, or the newest): an
     owner's private ones, a team's, or the public ones."""
-    images = Image.objects.select_related("job", "owner__studio_settings").defer("job__preview")  # (a live one)
+    # The grid shows each image's prompt and, on Explore, its maker's name: a job's other ~60 columns
+    # (its JSON among them) are not read for every thumbnail.
+    shown = [f.attname for f in Image._meta.concrete_fields] + ["job__prompt"]
+    images = Image.objects.select_related("job").only(*shown)
     if owner is not None:
         images = images.filter(owner=owner, team__isnull=True)
     if team is not None:
         images = images.filter(team=team)
     if public:
-        images = images.filter(is_public=True)
+        images = images.filter(is_public=True).select_related("owner__studio_settings").only(
+            *shown, "owner__username", "owner__studio_settings__show_name_publicly")
     if query:  # one owner's jobs first: their prompts, not every job's, are read
         jobs = Image.job.field.related_model.objects.filter(prompt__icontains=query)
         images = images.filter(job__in=jobs.filter(user=owner) if owner is not None else jobs.filter(
