@@ -40,6 +40,16 @@ def test_a_gallery_or_explore_page_costs_four_queries_however_many_images_and_sa
         assert page.count("<li data-width") == 6 and f'<span id="balance">{balance}</span>' in page, url
 
 
+def test_explore_names_only_the_makers_who_chose_to_be_named(client, alice, carol, make_job):
+    from gallery.services import sharing_name_set
+
+    make_job(alice, prompt="alice's bridge").images.update(is_public=True)
+    make_job(carol, prompt="carol's tower").images.update(is_public=True)
+    sharing_name_set(user=alice, shown=True)
+    page = client.get("/explore/").content.decode()
+    assert page.count("· by alice") == 2 and "carol's tower" in page.replace("&#x27;", "'") and "by carol" not in page
+
+
 def test_the_gallery_is_searchable_by_prompt(client, alice, make_job):
     make_job(alice, prompt="a red fox in snow")
     make_job(alice, prompt="a blue whale")
