@@ -46,18 +46,22 @@ def _private_response(response):
     return response
 
 
-def image_file(request, hex_id):
-    image = _image(hex_id)
+def _viewable(request, hex_id) -> Image:
+    """The image alone (its job isn't read: a page shows many thumbnails), if the user may see it."""
+    image = get_object_or_404(Image, pk=parse_image_id(hex_id))
     if not image.can_view(request.user):
         raise Http404
+    return image
+
+
+def image_file(request, hex_id):
+    image = _viewable(request, hex_id)
     return _private_response(FileResponse(image.png.open("rb"), content_type="image/png",
                                           as_attachment="download" in request.GET, filename=f"sdweb-{hex_id}.png"))
 
 
 def image_thumbnail(request, hex_id):
-    image = _image(hex_id)
-    if not image.can_view(request.user):
-        raise Http404
+    image = _viewable(request, hex_id)
     return _private_response(FileResponse(image.thumbnail.open("rb"), content_type="image/webp"))
 
 

@@ -50,6 +50,19 @@ def test_explore_names_only_the_makers_who_chose_to_be_named(client, alice, caro
     assert page.count("· by alice") == 2 and "carol's tower" in page.replace("&#x27;", "'") and "by carol" not in page
 
 
+def test_a_thumbnail_or_png_reads_the_image_alone_not_its_job(client, alice, make_job):
+    """A gallery page asks for 24 thumbnails at once: each is the image's row, not its job's ~60 columns."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    image = make_job(alice, prompt="a quiet harbour").images.first()
+    client.force_login(alice)
+    for url in (f"/images/{image.hex_id}.webp", f"/images/{image.hex_id}.png"):
+        with CaptureQueriesContext(connection) as queries:
+            assert client.get(url).status_code == 200
+        assert not [q for q in queries.captured_queries if "generation_job" in q["sql"]], url
+
+
 def test_the_gallery_is_searchable_by_prompt(client, alice, make_job):
     make_job(alice, prompt="a red fox in snow")
     make_job(alice, prompt="a blue whale")
