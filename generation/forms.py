@@ -20,7 +20,7 @@ from generation.engine.request import (
 from generation.engine.schedulers import SCHEDULERS
 from generation.jobs.models import PromptStyle
 from generation.library.models import AddOn, Checkpoint, Vae
-from generation.library.selectors import addons_for, checkpoints_for, default_checkpoint, upscaler_models
+from generation.library.selectors import addons_for, checkpoints_for, default_checkpoint
 
 MAX_BATCH_COUNT = 8
 SIZE_PRESETS = [(256, 256), (512, 512), (512, 768), (768, 512), (768, 768), (1024, 1024)]
@@ -57,12 +57,16 @@ class ListedChoices(forms.models.ModelChoiceIterator):
     def __iter__(self):
         if self.field.empty_label is not None:
             yield ("", self.field.empty_label)
-        for obj in self.queryset:
+        for obj in self.queryset if self.field.listed is None else self.field.listed:
             yield self.choice(obj)
 
 
 class ListedModelChoiceField(forms.ModelChoiceField):
     iterator = ListedChoices
+    listed = None  # the choices' objects when the form read them with others; the queryset checks a choice
+
+    def list(self, queryset, objects: list) -> None:
+        self.queryset, self.listed = queryset, objects
 
 
 def pool_choices(user) -> tuple[list, dict]:
@@ -188,18 +192,23 @@ class GenerateForm(forms.Form):
 
     def __init__(self, *args, user=None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["cn_model"].queryset = addons_for(user, kind=AddOn.CONTROLNET)
-        self.fields["hr_upscaler"].choices += [(name, name) for name in upscaler_models(user)]
+        # Each list read once for the page, its kinds and families picked from it here.
+        self.addons = list(addons_for(user))
+        self.fields["cn_model"].list(addons_for(user, kind=AddOn.CONTROLNET), self.addons_of(AddOn.CONTROLNET))
+        self.fields["hr_upscaler"].choices += [(name, name) for name in dict.fromkeys(
+            a.name for a in self.addons_of(AddOn.UPSCALER))]
         self.fields["styles"].choices = [(s.name, s.name) for s in PromptStyle.objects.filter(owner=user)] if (
             user is not None and user.is_authenticated) else []
         self.fields["team"].choices, self.fields["team"].widget.balances = pool_choices(user)
         if not self.is_bound and (chosen := paying_team(user, None) if user is not None and user.is_authenticated else None):
             self.initial.setdefault("team", chosen.slug)
         self.fields["cn_model"].label_from_instance = lambda addon: f"{addon.title} · {addon.get_family_display()}"
-        self.fields["checkpoint"].queryset = checkpoints_for(user).filter(family__in=TXT2IMG_FAMILIES)
-        self.fields["refiner"].queryset = checkpoints_for(user).filter(family__in=["sdxl", "sdxl-refiner"])
+        allowed = checkpoints_for(user)
+        listed = list(allowed)  # the default first (Checkpoint's order), as default_checkpoint picks
+        for name, families in (("checkpoint", TXT2IMG_FAMILIES), ("refiner", ("sdxl", "sdxl-refiner"))):
+            self.fields[name].list(allowed.filter(family__in=families), [c for c in listed if c.family in families])
         self.fields["vae"].queryset = Vae.objects.filter(enabled=True)
-        default = default_checkpoint(user if user is not None and user.is_authenticated else None)
+        default = listed[0] if listed and user is not None and user.is_authenticated else default_checkpoint(None)
         if default and not self.is_bound:  # the checkpoint's defaults, unless the link says otherwise
             self.initial = {"checkpoint": default, "width": default.default_width, "height": default.default_height,
                             "steps": default.default_steps, "guidance_scale": default.guidance, **self.initial}
@@ -208,6 +217,9 @@ class GenerateForm(forms.Form):
         self.fields["batch_count"] = forms.IntegerField(
             min_value=1, max_value=MAX_BATCH_COUNT, initial=1, required=False, label="Batch count",
             help_text="Jobs one after another, each charged, seeds continuing (A1111's batch count).")
+
+    def addons_of(self, kind: str) -> list:
+        return [a for a in self.addons if a.kind == kind]
 
     def clean(self):
         data = super().clean()

@@ -88,10 +88,10 @@ def generate(request):
         "sd_presets": SIZE_PRESETS, "sdxl_presets": SDXL_PRESETS, "cost_unit": settings.SDWEB["COST_UNIT"], "job": job,
         "max_side": allowance(request.user).max_side,  # (a dropped picture is shrunk to it)
         "recent_jobs": request.user.jobs.select_related("checkpoint")[:10], "start_image": start,
-        "control_image": control, "loras": addons_for(request.user, kind=AddOn.LORA), "last_seed": last.seed if last else "",
+        "control_image": control, "loras": form.addons_of(AddOn.LORA), "last_seed": last.seed if last else "",
         "recent_prompts": list(dict.fromkeys(request.user.jobs.values_list("prompt", flat=True)[:50]))[:10],
-        "embeddings": addons_for(request.user, kind=AddOn.EMBEDDING),
-        "checkpoint_sizes": {c.pk: c.form_facts() for c in form.fields["checkpoint"].queryset},
+        "embeddings": form.addons_of(AddOn.EMBEDDING),
+        "checkpoint_sizes": {c.pk: c.form_facts() for c in form.fields["checkpoint"].listed},
     }, status=400 if form.errors else 200)
 
 

@@ -294,9 +294,10 @@ def test_the_page_previews_the_map_and_submits_its_controlnet_unit(alice, checkp
     assert (job.addons[0]["module"], job.addons[0]["resize_mode"]) == ("invert", 1)
 
 
-def test_the_studio_page_reads_each_model_list_once(alice, checkpoint, library, client):
+def test_the_studio_page_reads_the_checkpoints_and_the_add_ons_once_each(alice, checkpoint, library, client):
     """Django's model choice fields queried again each time the page rendered them or asked whether
-    they had any choices (the ControlNet list: twice a page)."""
+    they had any choices (the ControlNet list: twice a page); the checkpoint, refiner and default
+    checkpoint, and each kind of add-on, were a query each."""
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
@@ -304,10 +305,10 @@ def test_the_studio_page_reads_each_model_list_once(alice, checkpoint, library, 
     with CaptureQueriesContext(connection) as queries:
         page = client.get("/generate/").content.decode()
     assert f'<option value="{library["controlnet"].pk}">' in page and f'<option value="{checkpoint.pk}" selected>' in page
+    assert '<option value="tiny-style"' in page and '<option value="tinyneg"' in page  # the LoRA, the embedding
     reads = [q["sql"] for q in queries.captured_queries]
-    assert sum(q.startswith('SELECT "generation_addon"."id"') and "'controlnet'" in q for q in reads) == 1
-    # the checkpoint list, the refiner's and the default checkpoint
-    assert sum(q.startswith('SELECT "generation_checkpoint"."id"') for q in reads) == 3
+    assert sum(q.startswith('SELECT "generation_addon"."id"') for q in reads) == 1
+    assert sum(q.startswith('SELECT "generation_checkpoint"."id"') for q in reads) == 1
 
 
 @pytest.fixture
