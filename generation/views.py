@@ -24,7 +24,7 @@ from generation.forms import SDXL_PRESETS, SIZE_PRESETS, AddonUploadForm, Genera
 from generation.jobs import styles
 from generation.jobs.models import Job
 from generation.jobs.queue import job_cancel as cancel
-from generation.jobs.selectors import job_for_viewer
+from generation.jobs.selectors import job_for_viewer, studio_jobs
 from generation.jobs.submit import Refused, job_submit
 from generation.jobs.validation import default_size, settings_problems
 from generation.library.addons import addon_delete, addon_upload
@@ -45,15 +45,16 @@ def generate(request):
     """The studio page: the form, and beside it the live view of the job just submitted (or the
     latest one still running), with the form keeping that job's settings for the next try."""
     credits_topup_if_due(user=request.user)
+    recent, active, made = studio_jobs(request.user)
     job = _job_or_none(request.user, request.GET.get("job"))
     if job is None and request.method == "GET":
-        job = request.user.jobs.filter(status__in=Job.ACTIVE).select_related("checkpoint").first()
+        job = active
     initial = None
     start = _start_image(request, job)
     # The form keeps the settings of the job shown, else those that made the starting image picked
     # ("Use as starting image"), else of the user's last job (not its image).
     last = job or (start.job if start is not None and request.GET.get("init") and not start.job.upscale_by else
-                   request.user.jobs.filter(upscale_by=0).first())
+                   made)
     if request.method == "GET":
         initial = request.GET.dict() if "prompt" in request.GET else (
             {**last.params(), "seed": -1, "num_images": 1 if last.plot else last.num_images,
@@ -87,7 +88,7 @@ def generate(request):
         "form": form, "presets": SIZE_PRESETS + [s for s in SDXL_PRESETS if s not in SIZE_PRESETS],
         "sd_presets": SIZE_PRESETS, "sdxl_presets": SDXL_PRESETS, "cost_unit": settings.SDWEB["COST_UNIT"], "job": job,
         "max_side": allowance(request.user).max_side,  # (a dropped picture is shrunk to it)
-        "recent_jobs": request.user.jobs.select_related("checkpoint")[:10], "start_image": start,
+        "recent_jobs": recent, "start_image": start,
         "control_image": control, "loras": form.addons_of(AddOn.LORA), "last_seed": last.seed if last else "",
         "recent_prompts": list(dict.fromkeys(request.user.jobs.values_list("prompt", flat=True)[:50]))[:10],
         "embeddings": form.addons_of(AddOn.EMBEDDING),

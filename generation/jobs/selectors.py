@@ -20,6 +20,20 @@ def job_for_viewer(user, *, job_id) -> Job | None:
     return jobs.filter(pk=job_id).first()
 
 
+def studio_jobs(user) -> tuple[list[Job], Job | None, Job | None]:
+    """For the studio page: the user's 10 newest jobs, their newest active job and their newest that
+    isn't an upscale, the last two found among those 10 where they are (a query each otherwise)."""
+    recent = list(user.jobs.select_related("checkpoint")[:10])
+    every = len(recent) < 10  # the user has no other job
+    active = next((j for j in recent if j.status in Job.ACTIVE), None)
+    if active is None and not every:
+        active = user.jobs.filter(status__in=Job.ACTIVE).select_related("checkpoint").first()
+    made = next((j for j in recent if not j.upscale_by), None)
+    if made is None and not every:
+        made = user.jobs.filter(upscale_by=0).select_related("checkpoint").first()
+    return recent, active, made
+
+
 def started_lately(jobs) -> dict:
     """How many jobs each of `jobs`' users and teams started in the last SDWEB_FAIR_WINDOW_MINUTES
     ({("u", user id) or ("t", team id): n}): the fair order's first measures."""

@@ -114,6 +114,17 @@ def test_the_studio_page_follows_the_latest_running_job(client, alice, checkpoin
     assert client.get("/generate/", {"job": "not-a-uuid"}).status_code == 200
 
 
+def test_the_studio_page_follows_a_waiting_job_older_than_the_ten_newest(client, alice, checkpoint):
+    waiting = job_submit(user=alice, params=params(checkpoint))
+    for _ in range(10):  # newer, each finished (as if run) before the next: at most 10 may wait at once
+        Job.objects.filter(pk=job_submit(user=alice, params=params(checkpoint)).pk).update(status=Job.SUCCEEDED)
+    client.force_login(alice)
+    page = client.get("/generate/")
+    assert page.context["job"] == waiting and len(page.context["recent_jobs"]) == 10
+    Job.objects.filter(pk=waiting.pk).update(status=Job.SUCCEEDED)
+    assert client.get("/generate/").context["job"] is None
+
+
 @pytest.mark.parametrize("overrides", [
     {"width": "1e400"}, {"width": "99999999999999999999999"}, {"seed": "99999999999999999999"},
     {"checkpoint": "abc"}, {"checkpoint": "999999"}, {"num_images": "-1"}, {"guidance_scale": "nan"},
