@@ -208,7 +208,8 @@ class GenerateForm(forms.Form):
         for name, families in (("checkpoint", TXT2IMG_FAMILIES), ("refiner", ("sdxl", "sdxl-refiner"))):
             self.fields[name].list(allowed.filter(family__in=families), [c for c in listed if c.family in families])
         self.fields["vae"].queryset = Vae.objects.filter(enabled=True)
-        default = listed[0] if listed and user is not None and user.is_authenticated else default_checkpoint(None)
+        signed_in = user is not None and user.is_authenticated
+        default = (listed[0] if listed else None) if signed_in else default_checkpoint(None)
         if default and not self.is_bound:  # the checkpoint's defaults, unless the link says otherwise
             self.initial = {"checkpoint": default, "width": default.default_width, "height": default.default_height,
                             "steps": default.default_steps, "guidance_scale": default.guidance, **self.initial}

@@ -93,6 +93,9 @@ def test_the_generate_page_offers_only_the_roles_checkpoints(client, alice, stud
     client.force_login(alice)
     page = client.get("/generate/").content.decode()
     assert "sdweb-test-tiny" in page and ">sd15<" not in page and "sd15 [" not in page
+    students["allowed"].__class__.objects.filter(pk=students["allowed"].pk).update(enabled=False)
+    response = client.get("/generate/")  # nothing left to offer: the site's default is not picked instead
+    assert response.status_code == 200 and "checkpoint" not in response.context["form"].initial
 
 
 def test_the_roles_monthly_credits_are_granted_once_a_month_up_to_it(alice, students):
