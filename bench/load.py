@@ -411,7 +411,10 @@ def cpu_seconds(stack) -> Counter:
     used = Counter()
     for part, process in parts:
         for one in [process] + (process.children(recursive=True) if part in ("web", "workers") else []):
-            times = one.cpu_times()
+            try:
+                times = one.cpu_times()
+            except psutil.NoSuchProcess:  # it ended since it was listed (a database connection closing)
+                continue
             used[part] += times.user + times.system
     return used
 
