@@ -514,8 +514,7 @@ def main() -> None:
         started, cpu, before = time.monotonic(), cpu_seconds(stack), traffic(stack)
         runner.start(args.users, spawn_rate=args.spawn_rate)
         gevent.spawn_later(args.minutes * 60, runner.quit)
-        runner.greenlet.join(timeout=args.minutes * 60 + 120)
-        if not runner.greenlet.dead:  # a person stuck in a call doesn't hold the report back
+        if not runner.greenlet.join(timeout=args.minutes * 60 + 120):  # a person stuck in a call doesn't hold the report back
             print(f"{runner.user_count} simulated people had not stopped 2 minutes after the end; reported without them")
         seconds = time.monotonic() - started
         cpu = cpu_seconds(stack) - cpu
