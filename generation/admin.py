@@ -11,6 +11,7 @@ from django.http import HttpResponse
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import path
+from django.utils import timezone
 from django.utils.functional import cached_property
 from django.utils.html import format_html
 from django.utils.text import smart_split, unescape_string_literal
@@ -240,15 +241,22 @@ class EstimatedCountPaginator(Paginator):
 class PromptAuditAdmin(AppendOnlyAdmin):
     """Every submission, as decided. Read-only here; the CSV export takes the rows as filtered."""
 
-    list_display = ("created_at", "user_link", "team", "decision", "checkpoint", "prompt_text", "reason", "job_id")
+    list_display = ("created", "user_link", "team", "decision", "checkpoint", "prompt_text", "reason", "job_id")
     # Filters whose choices don't come from a DISTINCT over a million rows; no date hierarchy (its
     # DISTINCT dates read every row), and the unfiltered count estimated (PostgreSQL).
     list_filter = ("decision", CheckpointFilter, ("created_at", admin.DateFieldListFilter), UsernameFilter)
     search_fields = ("prompt",)  # searched as get_search_results says
     show_full_result_count = False
+    # A row's page (read-only) links back to the whole list, not the filtered one: carrying the
+    # filters made every row's link resolve the URL again, a fifth of a filtered page's time.
+    preserve_filters = False
     paginator = EstimatedCountPaginator
     list_per_page = 50
     change_list_template = "admin/generation/promptaudit/change_list.html"
+
+    @admin.display(description="created at", ordering="created_at")
+    def created(self, row):  # to the second, and cheaper than the admin's localised date format
+        return timezone.localtime(row.created_at).strftime("%Y-%m-%d %H:%M:%S")
 
     @admin.display(description="team")
     def team(self, row):

@@ -1,9 +1,12 @@
 import os
+from concurrent.futures import ThreadPoolExecutor
 
-from django.core.asgi import get_asgi_application
+import django
+from asgiref.sync import ThreadSensitiveContext
+from django.core.handlers.asgi import ASGIHandler
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "sdweb.settings")
-django_asgi = get_asgi_application()
+django.setup(set_prefix=False)
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402  (needs Django set up)
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
@@ -15,6 +18,30 @@ from django.core.handlers.exception import response_for_exception  # noqa: E402
 from django.http.request import split_domain_port, validate_host  # noqa: E402
 
 from generation.jobs.routing import websocket_urlpatterns  # noqa: E402
+
+
+class KeptThreads(ASGIHandler):
+    """Django's ASGI handler, each request's synchronous part (middleware, view) on a thread kept
+    for later requests: Django's own starts a thread per request and joins it after, about half a
+    millisecond of CPU per request (bench/request_cpu.py). One request at a time per thread, as
+    Django's is; a burst's extra threads are let go once it passes."""
+
+    KEEP = 32
+
+    def __init__(self):
+        super().__init__()
+        self.idle: list[ThreadPoolExecutor] = []
+
+    async def __call__(self, scope, receive, send):
+        executor = self.idle.pop() if self.idle else ThreadPoolExecutor(max_workers=1, thread_name_prefix="request")
+        try:
+            async with ThreadSensitiveContext(executor=executor):
+                await self.handle(scope, receive, send)
+        finally:
+            if len(self.idle) < self.KEEP:
+                self.idle.append(executor)
+            else:
+                executor.shutdown(wait=False)
 
 
 class StaticFiles(ASGIStaticFilesHandler):
@@ -55,6 +82,6 @@ class SameOriginOnly:
 
 
 application = ProtocolTypeRouter({
-    "http": StaticFiles(django_asgi),
+    "http": StaticFiles(KeptThreads()),
     "websocket": SameOriginOnly(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
 })

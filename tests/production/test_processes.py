@@ -129,3 +129,18 @@ def test_the_web_process_keeps_its_connections_to_redis_across_requests(deployme
             urllib.request.urlopen(urllib.request.Request(deployment.base + "/api/v1/verify", data=b"",
                                                           method="POST"), timeout=30)
     assert connections_received() - before < 5
+
+
+def test_two_people_s_requests_at_once_on_the_kept_threads_are_each_their_own(deployment):
+    """The web process runs requests on threads it keeps for later ones (sdweb.asgi.KeptThreads):
+    two people's pages, many at once and one after another, each answered as its own person."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    people = {name: http_sign_up(deployment.base, name) for name in ("kept-ann", "kept-bob")}
+
+    def whose(name) -> str:
+        return re.search(r"<h1>([^<]+)</h1>", people[name].get("/account/")[1]).group(1)
+
+    with ThreadPoolExecutor(6) as pool:
+        seen = list(pool.map(whose, ["kept-ann", "kept-bob"] * 15))
+    assert seen == ["kept-ann", "kept-bob"] * 15
