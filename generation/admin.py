@@ -273,8 +273,9 @@ class PromptAuditAdmin(AppendOnlyAdmin):
         for word in smart_split(search_term):
             if word[0] in "\"'" and word[0] == word[-1] and len(word) > 1:
                 word = unescape_string_literal(word)
-            queryset = queryset.filter(Q(search_text__contains=prompt_filter.normalise(word))
-                                       | Q(search_text__contains=prompt_filter.skeleton(word)) | Q(reason__icontains=word))
+            spellings = dict.fromkeys((prompt_filter.normalise(word), prompt_filter.skeleton(word)))  # mostly one
+            queryset = queryset.filter(Q(*(Q(search_text__contains=s) for s in spellings), Q(reason__icontains=word),
+                                         _connector=Q.OR))
         return queryset, False
 
     @admin.display(description="prompt")
