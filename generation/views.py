@@ -46,7 +46,7 @@ def generate(request):
     latest one still running), with the form keeping that job's settings for the next try."""
     credits_topup_if_due(user=request.user)
     recent, active, made = studio_jobs(request.user)
-    job = _job_or_none(request.user, request.GET.get("job"))
+    job = _job_or_none(request.user, request.GET.get("job"), recent)
     if job is None and request.method == "GET":
         job = active
     initial = None
@@ -177,11 +177,12 @@ def _is_hex_id(value: str) -> bool:
     return len(value) == 16 and all(c in "0123456789abcdef" for c in value)
 
 
-def _job_or_none(user, job_id):
+def _job_or_none(user, job_id, among: list[Job]):  # the job asked for; from `among` (listed) if there
     try:
-        return job_for_viewer(user, job_id=uuid.UUID(str(job_id))) if job_id else None
+        job_id = uuid.UUID(str(job_id)) if job_id else None
     except ValueError:
         return None
+    return next((j for j in among if j.pk == job_id), None) or job_id and job_for_viewer(user, job_id=job_id)
 
 
 @login_required

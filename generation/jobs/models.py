@@ -145,7 +145,10 @@ class Job(models.Model):
 
     @property
     def refunded(self) -> int:
-        """Credits given back for it (a failed or cancelled job: all; withheld images: their share)."""
+        """Credits given back for it (a failed or cancelled job: all; withheld images: their share),
+        as it ends: none while it is queued or running (not asked of the database)."""
+        if self.status in self.ACTIVE:
+            return 0
         return sum(e.amount for e in self.credit_entries.all() if e.kind == CreditEntry.REFUND)
 
     @property

@@ -125,6 +125,25 @@ def test_the_studio_page_follows_a_waiting_job_older_than_the_ten_newest(client,
     assert client.get("/generate/").context["job"] is None
 
 
+def test_the_page_watching_a_job_it_lists_reads_it_once_and_its_refund_only_once_it_ended(client, alice, checkpoint):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from generation.credits.ledger import credits_refund
+
+    job = job_submit(user=alice, params=params(checkpoint))
+    client.force_login(alice)
+    with CaptureQueriesContext(connection) as queries:
+        page = client.get("/generate/", {"job": str(job.pk)})
+    reads = [q["sql"] for q in queries.captured_queries]
+    assert page.context["job"] == job and "refunded" not in page.content.decode()
+    assert not any('FROM "generation_job"' in sql and job.pk.hex in sql for sql in reads)  # one of the 10 listed
+    assert not any('"generation_creditentry"' in sql for sql in reads)
+    Job.objects.filter(pk=job.pk).update(status=Job.FAILED)
+    credits_refund(job=job, reason="failed")
+    assert f"{job.cost} credit, refunded" in client.get("/generate/", {"job": str(job.pk)}).content.decode()
+
+
 @pytest.mark.parametrize("overrides", [
     {"width": "1e400"}, {"width": "99999999999999999999999"}, {"seed": "99999999999999999999"},
     {"checkpoint": "abc"}, {"checkpoint": "999999"}, {"num_images": "-1"}, {"guidance_scale": "nan"},
