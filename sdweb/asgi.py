@@ -1,12 +1,11 @@
 import os
 from concurrent.futures import ThreadPoolExecutor
 
-import django
 from asgiref.sync import ThreadSensitiveContext
-from django.core.handlers.asgi import ASGIHandler
+from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "sdweb.settings")
-django.setup(set_prefix=False)
+django_asgi = get_asgi_application()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402  (needs Django set up)
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
@@ -20,23 +19,23 @@ from django.http.request import split_domain_port, validate_host  # noqa: E402
 from generation.jobs.routing import websocket_urlpatterns  # noqa: E402
 
 
-class KeptThreads(ASGIHandler):
-    """Django's ASGI handler, each request's synchronous part (middleware, view) on a thread kept
-    for later requests: Django's own starts a thread per request and joins it after, about half a
-    millisecond of CPU per request (bench/request_cpu.py). One request at a time per thread, as
-    Django's is; a burst's extra threads are let go once it passes."""
+class KeptThreads:
+    """Each request's synchronous part (middleware, view, a static file) on a thread kept for later
+    requests. Django's ASGI handler starts a thread per request and joins it after: about half a
+    millisecond of CPU per request (docs/performance.md). One request at a time per thread, as
+    Django's is; a burst's extra threads are let go once it passes. The context is set here, around
+    everything, so that Django's own (which defers to an enclosing one) runs its work on this thread."""
 
     KEEP = 32
 
-    def __init__(self):
-        super().__init__()
-        self.idle: list[ThreadPoolExecutor] = []
+    def __init__(self, app):
+        self.app, self.idle = app, []
 
     async def __call__(self, scope, receive, send):
         executor = self.idle.pop() if self.idle else ThreadPoolExecutor(max_workers=1, thread_name_prefix="request")
         try:
             async with ThreadSensitiveContext(executor=executor):
-                await self.handle(scope, receive, send)
+                await self.app(scope, receive, send)
         finally:
             if len(self.idle) < self.KEEP:
                 self.idle.append(executor)
@@ -82,6 +81,6 @@ class SameOriginOnly:
 
 
 application = ProtocolTypeRouter({
-    "http": StaticFiles(KeptThreads()),
+    "http": KeptThreads(StaticFiles(django_asgi)),
     "websocket": SameOriginOnly(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
 })

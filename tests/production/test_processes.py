@@ -144,3 +144,18 @@ def test_two_people_s_requests_at_once_on_the_kept_threads_are_each_their_own(de
     with ThreadPoolExecutor(6) as pool:
         seen = list(pool.map(whose, ["kept-ann", "kept-bob"] * 15))
     assert seen == ["kept-ann", "kept-bob"] * 15
+
+
+def test_a_page_then_its_static_files_sent_at_once_on_one_connection_are_each_answered(deployment):
+    """Requests sent back to back on one connection (the next arrives while the last is answered):
+    uvicorn starts the next inside the last one's context. With the kept threads, Django's static
+    file handler took that ended context for its own and answered 500."""
+    import socket
+
+    paths = ("/accounts/login/", "/static/lightbox.js", "/static/sdweb.css", "/accounts/login/")
+    with socket.create_connection(("127.0.0.1", deployment.port), timeout=30) as connection:
+        connection.sendall(b"".join(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode() for path in paths))
+        received = b""
+        while received.count(b"HTTP/1.1 ") < len(paths) and (chunk := connection.recv(65536)):
+            received += chunk
+    assert re.findall(rb"^HTTP/1.1 (\d+)", received, re.M) == [b"200"] * len(paths)
