@@ -205,14 +205,29 @@ def full_search():
     trace.watermark_reading = functools.partial(watermark_reading, budget_s=math.inf)
 
 
-def false_positive(n: int) -> tuple[int, int, int, float]:
-    """(payload read, similar image found, traced to a job, seconds) for unmarked picture n."""
+def false_positive(n: int) -> tuple[int, int, int, float, tuple[int, int]]:
+    """(payload read, similar image found, traced to a job, seconds, size) for unmarked picture n."""
     from generation.provenance.trace import _trace
 
     tick = time.perf_counter()
-    result = _trace(upload(unmarked_picture(n)))
+    picture = unmarked_picture(n)
+    result = _trace(upload(picture))
     return bool(result["read"]["watermark"]), result["method"] == "similarity", result["found"], \
-        time.perf_counter() - tick
+        time.perf_counter() - tick, picture.size
+
+
+def chance_reads(sizes) -> str:
+    """The codes' theoretical bound on reading a payload by chance: a CRC-32 passing (2^-32) for each
+    turn and size the full search tries on a picture of that size, plus a CRC-16 (2^-16) for the old
+    mark's one read; the sync peak's test, which a chance read must also pass, is left out."""
+    from generation.engine.watermark import _hypotheses
+
+    tries = [sum(1 for _ in _hypotheses(np.zeros((height, width), np.float32))) for width, height in sizes]
+    per_picture = [n * 2.0**-32 + 2.0**-16 for n in tries]
+    return (f"theoretical bound on chance payload reads: at most {max(per_picture):.3g} a picture ({min(tries)}-"
+            f"{max(tries)} tries at 2^-32, the old mark's one at 2^-16), {sum(per_picture):.3g} expected in these "
+            f"{len(sizes)}; a chance read traces to a job only if it names one of the studio's images (ids of 63 "
+            f"random bits: 5.4e-14 with a million images) and the picture matches that image")
 
 
 def index_timing(rows: int, made) -> list[float]:
@@ -330,7 +345,8 @@ def run(args):
               "photos; 256-640 px): "
               f"watermark payloads read {payloads}, similar images found {similar}, **traced to a job (false "
               f"positives) {traced}**; trace median {1000 * statistics.median(o[3] for o in outcomes):.0f} ms "
-              f"(max {1000 * max(o[3] for o in outcomes):.0f}; wall {time.perf_counter() - tick:.0f} s)")
+              f"(max {1000 * max(o[3] for o in outcomes):.0f}; wall {time.perf_counter() - tick:.0f} s)\n"
+              + chance_reads([o[4] for o in outcomes]))
 
     if args.index_rows:
         times = index_timing(args.index_rows, kinds["photo"])
