@@ -231,14 +231,16 @@ def test_the_eta_counts_what_is_left_of_the_run_now_going_and_the_runs_ahead(ali
 
     params = {"prompt": "x", "checkpoint": checkpoint, "width": 256, "height": 256, "steps": 2, "num_images": 1}
 
-    def run(*jobs, seconds_ago, status="succeeded"):
+    def run(*jobs, seconds_ago, status="succeeded", before=None):
         Job.objects.filter(pk__in=[j.pk for j in jobs]).update(
-            status=status, worker="w1", started_at=timezone.now() - timedelta(seconds=seconds_ago))
+            status=status, worker="w1", started_at=(before or timezone.now()) - timedelta(seconds=seconds_ago))
 
+    then = timezone.now()  # the runs before are 4 s apart however long the submits take
     for start in (30, 26, 22, 18, 14):  # lately a run of two jobs every 4 s
-        run(*[job_submit(user=alice, params=params) for _ in range(2)], seconds_ago=start)
+        run(*[job_submit(user=alice, params=params) for _ in range(2)], seconds_ago=start, before=then)
     # The run before, one image still being stored beside the run now going: not the one to wait for.
-    run(job_submit(user=alice, params=params), job_submit(user=carol, params=params), seconds_ago=10, status="running")
+    run(job_submit(user=alice, params=params), job_submit(user=carol, params=params), seconds_ago=10, status="running",
+        before=then)
     going = [job_submit(user=carol, params=params), job_submit(user=alice, params=params)]
     ahead = [job_submit(user=carol, params=params) for _ in range(2)]
     mine = job_submit(user=alice, params=params)
