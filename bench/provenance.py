@@ -227,7 +227,7 @@ def chance_reads(sizes) -> str:
     return (f"theoretical bound on chance payload reads: at most {max(per_picture):.3g} a picture ({min(tries)}-"
             f"{max(tries)} tries at 2^-32, the old mark's one at 2^-16), {sum(per_picture):.3g} expected in these "
             f"{len(sizes)}; a chance read traces to a job only if it names one of the studio's images (ids of 63 "
-            f"random bits: 5.4e-14 with a million images) and the picture matches that image")
+            f"random bits: {10**6 / 2**64:.2g} with a million images) and the picture matches that image")
 
 
 def index_timing(rows: int, made) -> list[float]:
