@@ -582,6 +582,7 @@ def test_12e_an_admin_makes_a_role_and_a_team_and_a_student_signs_in_with_the_sc
     pool = int(page.locator(".balance-team").inner_text())
     assert pool < 100 and balance(page) == own and "student1" in page.locator(".ledger").inner_text()
     page.get_by_role("link", name="The team's images").click()
+    page.wait_for_url("**/teams/physics-101/gallery/")
     assert page.locator(".thumbs img, .grid img, main img").count() >= 1
     screenshot(page, "12e-team-gallery")
     for phone in (False, True):
@@ -591,7 +592,7 @@ def test_12e_an_admin_makes_a_role_and_a_team_and_a_student_signs_in_with_the_sc
         page.get_by_label("Width").fill("768")
         page.get_by_label("Height").fill("768")
         page.get_by_role("button", name="Generate").click()
-        assert page.get_by_role("alert").filter(has_text="at most 512 for your role (students)").first.is_visible()
+        page.get_by_role("alert").filter(has_text="at most 512 for your role (students)").first.wait_for()
         assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
     studio.manage("from generation.accounts.models import Role; from gallery.models import Image; "
                   "Role.objects.filter(group__name='students').update(storage_mb=1, own_addons=True); "
